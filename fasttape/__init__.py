@@ -1,0 +1,36 @@
+"""fasttape: compile a scalar computational graph once, evaluate values and gradients fast.
+
+The pipeline, module by module: :mod:`~fasttape.var` / :mod:`~fasttape.trace` (record Python
+code) -> :mod:`~fasttape.graph` (flat node columns) -> :mod:`~fasttape.passes` (dead code) ->
+:mod:`~fasttape.compile` (flatten) -> :mod:`~fasttape.tape` (struct-of-arrays) ->
+:mod:`~fasttape.kernels` (Numba sweeps generated from the op table :mod:`~fasttape.ops`).
+"""
+
+from fasttape import ops
+from fasttape.compile import compile
+from fasttape.graph import Graph
+from fasttape.serialize import FORMAT_VERSION, TapeFormatError, load
+from fasttape.tape import GRAD_MODES, Tape
+from fasttape.trace import OP_FUNCTIONS, pow, sum, trace, where
+from fasttape.var import Var
+
+globals().update(OP_FUNCTIONS)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph",
+    "Var",
+    "Tape",
+    "compile",
+    "trace",
+    "load",
+    "TapeFormatError",
+    "FORMAT_VERSION",
+    "GRAD_MODES",
+    "where",
+    "pow",
+    "sum",
+    "ops",
+    *sorted(OP_FUNCTIONS),
+]

@@ -1,0 +1,268 @@
+"""Generate the sweep kernels from the op table.
+
+Run ``python -m fasttape.kernels.codegen`` after editing :mod:`fasttape.ops` or
+:mod:`fasttape.kernels.scalar`; it rewrites ``fasttape/kernels/_generated.py``.  A test
+(``tests/test_codegen.py``) regenerates the text in memory and fails if the file on disk is
+stale, so the table and the kernels cannot drift apart.
+
+Why a checked-in file instead of ``exec`` at import: Numba's on-disk cache is keyed on the
+source file, so a real file gives correct cache invalidation (a formula change changes the file)
+and readable tracebacks; and reviewers see the kernel diff next to the table diff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+from fasttape import ops as _ops
+from fasttape.kernels import scalar as _scalar
+
+GENERATED_PATH = Path(__file__).with_name("_generated.py")
+
+_ARG_NAMES = ("x", "y", "z")
+
+
+def _load_args(spec: _ops.OpSpec, indent: str) -> list[str]:
+    return [f"{indent}{_ARG_NAMES[j]} = vals[args[k + {j}]]" for j in range(spec.arity)]
+
+
+def _chain(lines: list[str], specs, body) -> None:
+    """Append an if/elif chain over op codes; ``body(spec, indent)`` gives each branch."""
+    for n, spec in enumerate(specs):
+        kw = "if" if n == 0 else "elif"
+        lines.append(f"        {kw} op == {spec.code}:  # {spec.name}")
+        lines.extend(body(spec, "            "))
+
+
+def _forward(partials: bool) -> list[str]:
+    name = "forward_partials" if partials else "forward_values"
+    sig = "ops, args, consts, xin, vals, parts" if partials else "ops, args, consts, xin, vals"
+    what = (
+        "values and the partial derivative of every differentiable edge (``parts[e]`` "
+        "parallel to ``args[e]``)"
+        if partials
+        else "the value of every slot"
+    )
+    lines = [
+        "@_kernel",
+        f"def {name}({sig}):",
+        f'    """Forward sweep: {what}.',
+        "",
+        "    Loads ``xin`` and ``consts`` into the first slots of ``vals``, then evaluates every",
+        "    instruction in order.  Arrays follow docs/tape-format.md; no bounds checks: the",
+        "    caller validated the tape.",
+        '    """',
+        "    n_in = xin.shape[0]",
+        "    n_pre = n_in + consts.shape[0]",
+        "    for i in range(n_in):",
+        "        vals[i] = xin[i]",
+        "    for i in range(consts.shape[0]):",
+        "        vals[n_in + i] = consts[i]",
+        "    k = 0",
+        "    for i in range(ops.shape[0]):",
+        "        op = ops[i]",
+    ]
+
+    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
+        out = _load_args(spec, ind)
+        out.append(f"{ind}f = {spec.forward}")
+        if partials:
+            for j, d in enumerate(spec.partials):
+                out.append(f"{ind}parts[k + {j}] = {d}")
+        out.append(f"{ind}k += {spec.arity}")
+        return out
+
+    _chain(lines, _ops.OPS, body)
+    lines += [
+        "        else:",
+        "            f = np.nan  # unreachable for a validated tape",
+        "        vals[n_pre + i] = f",
+        "",
+        "",
+    ]
+    return lines
+
+
+_REVERSE_HEAD = [
+    "    k = args.shape[0]",
+    "    for i in range(ops.shape[0] - 1, -1, -1):",
+    "        op = ops[i]",
+    "        k -= _ARITY[op]",
+    "        s = n_pre + i",
+    "        g = adj[s]",
+    "        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call",
+    "        if g == 0.0:",
+    "            continue  # a zero adjoint contributes nothing (see docs/derivatives.md)",
+]
+
+
+def _reverse_stored() -> list[str]:
+    return [
+        "@_kernel",
+        "def reverse_stored(ops, args, parts, adj, n_pre):",
+        '    """Reverse sweep over partials stored by :func:`forward_partials`.',
+        "",
+        "    Op-agnostic: each differentiable edge adds ``adjoint * partial`` to its parent.",
+        "    ``adj`` must hold the seed on entry and zeros elsewhere; on exit the instruction",
+        "    slots are zero again and slots below ``n_pre`` hold the input and constant adjoints.",
+        '    """',
+        *_REVERSE_HEAD,
+        "        nd = _NDIFF[op]",
+        "        if nd >= 1:",
+        "            _acc(adj, args[k], g, parts[k])",
+        "            if nd >= 2:",
+        "                _acc(adj, args[k + 1], g, parts[k + 1])",
+        "",
+        "",
+    ]
+
+
+def _reverse_lean() -> list[str]:
+    lines = [
+        "@_kernel",
+        "def reverse_lean(ops, args, vals, adj, n_pre):",
+        '    """Reverse sweep that recomputes each partial from the stored values.',
+        "",
+        "    Needs no per-edge memory (the lean mode); same contract as :func:`reverse_stored`.",
+        '    """',
+        *_REVERSE_HEAD,
+    ]
+
+    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
+        out = _load_args(spec, ind)
+        uses_f = any("f" in _tokens(d) for d in spec.partials)
+        if uses_f:
+            out.append(f"{ind}f = vals[s]")
+        for j, d in enumerate(spec.partials):
+            out.append(f"{ind}_acc(adj, args[k + {j}], g, {d})")
+        return out
+
+    _chain(lines, [s for s in _ops.OPS if s.ndiff], body)
+    lines += ["", ""]
+    return lines
+
+
+def _tokens(expr: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", expr))
+
+
+_DRIVERS = '''
+@_kernel
+def value_kernel(ops, args, consts, outputs, xin, vals, out):
+    """Evaluate the outputs at ``xin`` into ``out`` (shape ``(n_outputs,)``)."""
+    forward_values(ops, args, consts, xin, vals)
+    for j in range(outputs.shape[0]):
+        out[j] = vals[outputs[j]]
+
+
+@_kernel
+def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj, grad):
+    """Value of output ``which`` and its gradient into ``grad``; stores partials (fast mode).
+
+    ``adj`` must be all zeros on entry (it is again on exit); ``parts`` has ``len(args)``
+    entries.  Returns the output's value.
+    """
+    forward_partials(ops, args, consts, xin, vals, parts)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    reverse_stored(ops, args, parts, adj, n_pre)
+    for i in range(xin.shape[0]):
+        grad[i] = adj[i]
+    for i in range(n_pre):
+        adj[i] = 0.0
+    return vals[outputs[which]]
+
+
+@_kernel
+def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj, grad):
+    """As :func:`value_and_grad_kernel` but recomputes partials (lean mode, no ``parts``)."""
+    forward_values(ops, args, consts, xin, vals)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    reverse_lean(ops, args, vals, adj, n_pre)
+    for i in range(xin.shape[0]):
+        grad[i] = adj[i]
+    for i in range(n_pre):
+        adj[i] = 0.0
+    return vals[outputs[which]]
+'''
+
+
+def generate() -> str:
+    """Return the full text of ``_generated.py`` for the current table."""
+    helpers = inspect.getsource(_scalar).split('"""', 2)[2]  # drop the module docstring
+    table = ";".join(f"{o.name}|{o.arity}|{o.forward}|{o.partials}" for o in _ops.OPS)
+    digest = hashlib.sha256((table + helpers).encode()).hexdigest()[:16]
+    arity = ", ".join(str(o.arity) for o in _ops.OPS)
+    ndiff = ", ".join(str(o.ndiff) for o in _ops.OPS)
+    lines = [
+        "# GENERATED by `python -m fasttape.kernels.codegen` from fasttape/ops.py and",
+        "# fasttape/kernels/scalar.py -- do not edit by hand.",
+        f"# table+helpers sha256: {digest}",
+        '"""Sweep kernels generated from the op table (see fasttape/kernels/codegen.py)."""',
+        "",
+        "import math  # noqa: F401  (used by the formulas)",
+        "",
+        "import numba",
+        "import numpy as np",
+        "",
+        "# One set of options for every kernel: cached on disk, GIL released so Python threads run",
+        "# in parallel, IEEE results for x / 0 instead of exceptions.  Never fastmath: it breaks",
+        "# NaN and inf handling.",
+        '_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")',
+        "",
+        f"_ARITY = np.array([{arity}], dtype=np.int64)",
+        f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",
+        "",
+        "# --- scalar helpers, copied from fasttape/kernels/scalar.py ---",
+    ]
+    body = helpers.strip("\n").splitlines()
+    out_helpers = []
+    for line in body:
+        if line.startswith("import "):
+            continue
+        if line.startswith("def "):
+            out_helpers.append("@_kernel")
+        out_helpers.append(line)
+    lines += out_helpers
+    lines += [
+        "",
+        "",
+        "@_kernel",
+        "def _acc(adj, p, g, d):",
+        "    # An exactly-zero partial is a structural zero: never form 0 * inf = NaN.",
+        "    if d != 0.0:",
+        "        adj[p] += g * d",
+        "",
+        "",
+        "# --- sweeps ---",
+        "",
+        "",
+    ]
+    lines += _forward(False)
+    lines += _forward(True)
+    lines += _reverse_stored()
+    lines += _reverse_lean()
+    lines += _DRIVERS.strip("\n").splitlines()
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write (or with ``--check``, verify) ``_generated.py``."""
+    argv = sys.argv[1:] if argv is None else argv
+    text = generate()
+    if "--check" in argv:
+        fresh = GENERATED_PATH.exists() and GENERATED_PATH.read_text() == text
+        print("up to date" if fresh else f"{GENERATED_PATH} is stale: run codegen")
+        return 0 if fresh else 1
+    GENERATED_PATH.write_text(text)
+    print(f"wrote {GENERATED_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The op table: every operation fasttape knows, defined once.
+
+Each :class:`OpSpec` row holds everything that is "about an op": its name, arity, which of its
+arguments are differentiable, the forward formula, the partial derivatives, the input domain used
+by the tests and the convention at non-smooth points.  The Numba kernels are generated from this
+table by :mod:`fasttape.kernels.codegen`; the frontend functions (``ft.sin``, ...), the docs' op
+list and the tests' parametrisations are all derived from it.  Nothing else in the package spells
+out an op's formula.
+
+Notation in the formula strings (Numba-compatible Python expressions):
+
+``x, y, z``
+    the first, second and third argument of the instruction, as stored in the tape;
+``f``
+    the instruction's result (partials may reuse it, as CasADi's ``der(x, y, f, d)`` does);
+``math``, ``np``
+    the standard modules; helpers such as ``_sign`` live in :mod:`fasttape.kernels.scalar`.
+
+Arguments are ordered so that the differentiable ones come first: an op with ``ndiff = k`` has
+partials with respect to its first ``k`` arguments only.  The remaining arguments are
+*parameters* (the constant exponent of ``powi``/``powc``) or *conditions* (the selector of
+``where``); they receive no adjoint.  That is why ``where(cond, a, b)`` is stored as
+``where(a, b, cond)`` in the tape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = [
+    "OpSpec",
+    "OPS",
+    "OP_BY_NAME",
+    "N_OPS",
+    "table_hash",
+]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One row of the op table.
+
+    Parameters
+    ----------
+    name : str
+        Lowercase NumPy-style spelling; the op code is the row's position in :data:`OPS`.
+    arity : int
+        Number of arguments (1, 2 or 3).
+    forward : str
+        Expression for the result in terms of ``x, y, z``.
+    partials : tuple of str
+        One expression per differentiable argument (the first ``len(partials)`` arguments), in
+        terms of ``x, y, z`` and the result ``f``.
+    domain : tuple of (float, float)
+        Per-argument interval on which the op is smooth, used by the tests to draw inputs.
+    doc : str
+        One line for docstrings and the docs' op table.
+    commutative : bool
+        ``op(x, y) == op(y, x)`` bitwise; lets passes canonicalise argument order.
+    param : str
+        ``""`` for plain args, ``"const"`` if the non-differentiable arguments must be constant
+        slots (exponents), ``"cond"`` if they are 0/1 selectors.
+    nonsmooth : str
+        The documented derivative convention at non-smooth points (empty if smooth).
+    """
+
+    name: str
+    arity: int
+    forward: str
+    partials: tuple[str, ...]
+    domain: tuple[tuple[float, float], ...]
+    doc: str
+    commutative: bool = False
+    param: str = ""
+    nonsmooth: str = ""
+    code: int = field(default=-1, compare=False)
+
+    @property
+    def ndiff(self) -> int:
+        """Number of leading differentiable arguments."""
+        return len(self.partials)
+
+
+_R = (-3.0, 3.0)  # default domain: reals, kept small so exp and friends stay finite
+_P = (0.05, 4.0)  # strictly positive
+_U = (-0.95, 0.95)  # open unit interval
+_I = (-9.0, 9.0)  # integer exponents in tests
+
+# The order matters only for speed: the most frequent ops come first so the kernels'
+# if/elif chains (lowered by LLVM to a jump table where it can) test them first.
+_ROWS = [
+    # name       arity forward                            partials
+    OpSpec("add", 2, "x + y", ("1.0", "1.0"), (_R, _R), "x + y", commutative=True),
+    OpSpec("mul", 2, "x * y", ("y", "x"), (_R, _R), "x * y", commutative=True),
+    OpSpec("sub", 2, "x - y", ("1.0", "-1.0"), (_R, _R), "x - y"),
+    OpSpec("div", 2, "x / y", ("1.0 / y", "-f / y"), (_R, _P), "x / y"),
+    OpSpec("neg", 1, "-x", ("-1.0",), (_R,), "-x"),
+    OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x"),
+    OpSpec(
+        "powi", 2, "_powi(x, y)", ("_dpowi(x, y)",), (_R, _I),
+        "x ** n for a constant integer n (repeated squaring, like JAX's integer_pow)",
+        param="const", nonsmooth="n = 0 gives derivative 0 everywhere, x = 0 included",
+    ),
+    OpSpec(
+        "powc", 2, "x ** y", ("_dpowc(x, y)",), (_P, _R),
+        "x ** c for a constant real c (libm pow)",
+        param="const", nonsmooth="c = 0 gives derivative 0; x = 0 with 0 < c < 1 gives inf",
+    ),
+    OpSpec(
+        "pow", 2, "x ** y", ("_dpowc(x, y)", "_dpow_exp(x, y, f)"), (_P, _R),
+        "x ** y, both arguments variable (libm pow)",
+        nonsmooth="d/dx is 0 where y = 0; d/dy is 0 where x = 0 (JAX's convention)",
+    ),
+    OpSpec("sqrt", 1, "math.sqrt(x)", ("0.5 / f",), (_P,), "square root",
+           nonsmooth="+inf at x = 0 (as JAX)"),
+    OpSpec("cbrt", 1, "np.cbrt(x)", ("1.0 / (3.0 * f * f)",), ((0.05, 4.0),), "cube root",
+           nonsmooth="+inf at x = 0"),
+    OpSpec("exp", 1, "math.exp(x)", ("f",), (_R,), "e ** x"),
+    OpSpec("expm1", 1, "math.expm1(x)", ("f + 1.0",), (_R,), "e ** x - 1, accurate near 0"),
+    OpSpec("log", 1, "math.log(x)", ("1.0 / x",), (_P,), "natural logarithm"),
+    OpSpec("log1p", 1, "math.log1p(x)", ("1.0 / (1.0 + x)",), ((-0.9, 3.0),),
+           "log(1 + x), accurate near 0"),
+    OpSpec("log2", 1, "math.log2(x)", ("1.4426950408889634 / x",), (_P,), "base-2 logarithm"),
+    OpSpec("log10", 1, "math.log10(x)", ("0.4342944819032518 / x",), (_P,),
+           "base-10 logarithm"),
+    OpSpec("sin", 1, "math.sin(x)", ("math.cos(x)",), (_R,), "sine"),
+    OpSpec("cos", 1, "math.cos(x)", ("-math.sin(x)",), (_R,), "cosine"),
+    OpSpec("tan", 1, "math.tan(x)", ("1.0 + f * f",), ((-1.4, 1.4),), "tangent"),
+    OpSpec("asin", 1, "math.asin(x)", ("1.0 / math.sqrt(1.0 - x * x)",), (_U,), "arcsine",
+           nonsmooth="+inf at x = +-1"),
+    OpSpec("acos", 1, "math.acos(x)", ("-1.0 / math.sqrt(1.0 - x * x)",), (_U,),
+           "arccosine", nonsmooth="-inf at x = +-1"),
+    OpSpec("atan", 1, "math.atan(x)", ("1.0 / (1.0 + x * x)",), (_R,), "arctangent"),
+    OpSpec(
+        "atan2", 2, "math.atan2(x, y)", ("y / (x * x + y * y)", "-x / (x * x + y * y)"),
+        ((0.1, 3.0), (0.1, 3.0)), "atan2(a, b) = angle of the point (b, a), as math.atan2",
+        nonsmooth="NaN at the origin (0/0, as JAX)",
+    ),
+    OpSpec("sinh", 1, "math.sinh(x)", ("math.cosh(x)",), (_R,), "hyperbolic sine"),
+    OpSpec("cosh", 1, "math.cosh(x)", ("math.sinh(x)",), (_R,), "hyperbolic cosine"),
+    OpSpec("tanh", 1, "math.tanh(x)", ("1.0 - f * f",), (_R,), "hyperbolic tangent"),
+    OpSpec("asinh", 1, "math.asinh(x)", ("1.0 / math.sqrt(x * x + 1.0)",), (_R,),
+           "inverse hyperbolic sine"),
+    OpSpec("acosh", 1, "math.acosh(x)", ("1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))",),
+           ((1.05, 4.0),), "inverse hyperbolic cosine", nonsmooth="+inf at x = 1"),
+    OpSpec("atanh", 1, "math.atanh(x)", ("1.0 / (1.0 - x * x)",), (_U,),
+           "inverse hyperbolic tangent", nonsmooth="+inf at x = +-1"),
+    OpSpec("erf", 1, "math.erf(x)", ("1.1283791670955126 * math.exp(-x * x)",), (_R,),
+           "error function"),
+    OpSpec("erfc", 1, "math.erfc(x)", ("-1.1283791670955126 * math.exp(-x * x)",), (_R,),
+           "complementary error function"),
+    OpSpec("abs", 1, "abs(x)", ("_sign(x)",), (_R,), "absolute value",
+           nonsmooth="0 at x = 0 (sign(x), as JAX)"),
+    OpSpec("sign", 1, "_sign(x)", (), (_R,), "-1, 0 or 1 (sign(+-0) = +-0, NaN stays NaN)",
+           nonsmooth="derivative 0 everywhere (the jump at 0 is ignored)"),
+    OpSpec("floor", 1, "np.floor(x)", (), (_R,), "round toward -inf",
+           nonsmooth="derivative 0 everywhere (jumps are ignored)"),
+    OpSpec("ceil", 1, "np.ceil(x)", (), (_R,), "round toward +inf",
+           nonsmooth="derivative 0 everywhere (jumps are ignored)"),
+    OpSpec("minimum", 2, "_fmin(x, y)", ("_dmin(x, y)", "_dmin(y, x)"), (_R, _R),
+           "smaller argument; NaN if either is NaN", commutative=True,
+           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)"),
+    OpSpec("maximum", 2, "_fmax(x, y)", ("_dmin(y, x)", "_dmin(x, y)"), (_R, _R),
+           "larger argument; NaN if either is NaN", commutative=True,
+           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)"),
+    OpSpec("hypot", 2, "math.hypot(x, y)", ("_safe_div(x, f)", "_safe_div(y, f)"),
+           (_R, _R), "sqrt(x*x + y*y) without overflow", commutative=True,
+           nonsmooth="0 for both arguments at the origin"),
+    OpSpec("sigmoid", 1, "_sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))"),
+    OpSpec("softplus", 1, "_softplus(x)", ("_sigmoid(x)",), (_R,), "log(1 + exp(x)), stable"),
+    OpSpec(
+        "where", 3, "x if z != 0.0 else y", ("1.0 if z != 0.0 else 0.0",
+                                             "0.0 if z != 0.0 else 1.0"),
+        (_R, _R, (0.0, 1.0)), "where(cond, a, b): a where cond != 0 else b (stored a, b, cond)",
+        param="cond",
+        nonsmooth="the unselected branch gets exactly 0; a zero adjoint is never multiplied "
+        "into an inf or NaN partial, so it cannot poison the gradient",
+    ),
+    OpSpec("lt", 2, "1.0 if x < y else 0.0", (), (_R, _R), "x < y as 0/1",
+           nonsmooth="derivative 0"),
+    OpSpec("le", 2, "1.0 if x <= y else 0.0", (), (_R, _R), "x <= y as 0/1",
+           nonsmooth="derivative 0"),
+    OpSpec("gt", 2, "1.0 if x > y else 0.0", (), (_R, _R), "x > y as 0/1",
+           nonsmooth="derivative 0"),
+    OpSpec("ge", 2, "1.0 if x >= y else 0.0", (), (_R, _R), "x >= y as 0/1",
+           nonsmooth="derivative 0"),
+    OpSpec("eq", 2, "1.0 if x == y else 0.0", (), (_R, _R), "x == y as 0/1",
+           commutative=True, nonsmooth="derivative 0"),
+    OpSpec("ne", 2, "1.0 if x != y else 0.0", (), (_R, _R), "x != y as 0/1",
+           commutative=True, nonsmooth="derivative 0"),
+]
+
+#: The table, indexed by op code.
+OPS: tuple[OpSpec, ...] = tuple(
+    OpSpec(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "code": i})
+    for i, r in enumerate(_ROWS)
+)
+OP_BY_NAME: dict[str, OpSpec] = {op.name: op for op in OPS}
+N_OPS = len(OPS)
+
+# Graph-only codes: inputs and constants are nodes of a Graph but not instructions of a Tape
+# (their values are loaded into the first slots before the forward sweep).
+INPUT_CODE = 254
+CONST_CODE = 255
+
+
+def table_hash() -> str:
+    """A short hash of everything in the table that the tape format depends on.
+
+    Saved tapes record it; a tape written by a different table (ops renumbered or changed
+    arity) is refused on load instead of being silently misread.
+    """
+    text = ";".join(f"{op.code}:{op.name}:{op.arity}:{op.ndiff}:{op.param}" for op in OPS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,87 @@
+"""Save and load tapes as .npz files: no pickle, a format version, validated on load."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from fasttape.ops import table_hash
+from fasttape.tape import Tape
+
+__all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION"]
+
+#: Bumped whenever the meaning of the saved arrays changes.
+FORMAT_VERSION = 1
+_KEYS = ("format_version", "op_table", "ops", "args", "consts", "outputs", "n_inputs")
+
+
+class TapeFormatError(ValueError):
+    """A file is not a valid fasttape tape (corrupt, hostile, or from another format/table)."""
+
+
+def save(tape: Tape, path: str | os.PathLike) -> None:
+    """Write ``tape`` to ``path`` (.npz; NumPy appends the suffix if missing)."""
+    if not isinstance(tape, Tape):
+        raise TypeError(f"save() expects a Tape, got {type(tape).__name__}")
+    np.savez(
+        path,
+        format_version=np.int64(FORMAT_VERSION),
+        op_table=np.array(table_hash()),
+        ops=tape.ops,
+        args=tape.args,
+        consts=tape.consts,
+        outputs=tape.outputs,
+        n_inputs=np.int64(tape.n_inputs),
+        grad_mode=np.array(tape.grad_mode),
+    )
+
+
+def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
+    """Read a tape written by :func:`save`, validating every array.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    TapeFormatError
+        If the file is not a tape of this format and op table, or its arrays break the tape
+        format (the message names the first offending entry).  Never crashes the process: the
+        arrays are fully validated before any kernel sees them.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in _KEYS if k not in data.files]
+            if missing:
+                raise TapeFormatError(f"{path}: not a fasttape tape (missing {missing})")
+            arrays: dict[str, Any] = {k: data[k] for k in _KEYS}
+            saved_mode = str(data["grad_mode"]) if "grad_mode" in data.files else "stored"
+    except TapeFormatError:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, MemoryError) as exc:
+        raise TapeFormatError(f"{path}: cannot read as a fasttape tape: {exc}") from exc
+    version = arrays.pop("format_version")
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        raise TapeFormatError(
+            f"{path}: tape format version {version!r}; this fasttape reads version "
+            f"{FORMAT_VERSION}"
+        )
+    table = arrays.pop("op_table")
+    if table.shape != () or str(table) != table_hash():
+        raise TapeFormatError(
+            f"{path}: written with a different op table (hash {table!s}, this fasttape has "
+            f"{table_hash()}); rebuild the tape from its graph"
+        )
+    n_inputs = arrays.pop("n_inputs")
+    if n_inputs.shape != () or n_inputs.dtype.kind not in "iu":
+        raise TapeFormatError(f"{path}: n_inputs must be an integer scalar")
+    try:
+        return Tape.from_arrays(
+            **arrays, n_inputs=int(n_inputs), grad_mode=grad_mode or saved_mode
+        )
+    except ValueError as exc:
+        raise TapeFormatError(f"{path}: {exc}") from exc

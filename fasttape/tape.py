@@ -1,0 +1,508 @@
+"""The Tape: a compiled graph as immutable struct-of-arrays, and its evaluation methods.
+
+The array layout is documented once, in docs/tape-format.md; this module enforces it
+(:func:`validate_arrays`) and evaluates it with the kernels of :mod:`fasttape.kernels`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from fasttape import kernels
+from fasttape.kernels import structure
+from fasttape.ops import N_OPS, OPS
+
+__all__ = ["Tape", "GRAD_MODES"]
+
+#: Gradient strategies: "stored" keeps one partial derivative per edge from the forward sweep
+#: (faster reverse sweep, 8 more bytes per edge); "lean" recomputes partials from the values.
+GRAD_MODES = ("stored", "lean")
+
+_ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
+_NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
+_PARAM_CONST = np.array([op.param == "const" for op in OPS], dtype=np.bool_)
+_POWI = next(op.code for op in OPS if op.name == "powi")
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class Tape:
+    """A compiled scalar graph: evaluate values and gradients many times.
+
+    Build one with :func:`fasttape.compile` (from a Graph), :meth:`from_arrays` (from another
+    tool) or :func:`fasttape.load`.  A Tape is immutable: its arrays are read-only and it holds
+    no Python objects of the graph.  Evaluation is thread-safe and releases the GIL; each thread
+    keeps its own work buffers (allocated on first use and reused, so repeated calls do not
+    allocate).
+
+    Attributes
+    ----------
+    n_inputs : int
+        Length of the ``x`` that the evaluation methods take.
+    n_outputs : int
+        Number of outputs.
+    n_nodes : int
+        Number of instructions in the tape.  Inputs and constants do **not** count: they are
+        loaded into the first ``n_inputs + n_consts`` slots, not computed by instructions.
+    n_consts : int
+        Number of distinct constants.
+    grad_mode : str
+        ``"stored"`` or ``"lean"`` (see :data:`GRAD_MODES` and docs/tape-format.md).
+    """
+
+    __slots__ = ("ops", "args", "consts", "outputs", "n_inputs", "grad_mode", "_local")
+
+    ops: np.ndarray
+    args: np.ndarray
+    consts: np.ndarray
+    outputs: np.ndarray
+    n_inputs: int
+    grad_mode: str
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "create a Tape with fasttape.compile(graph), Tape.from_arrays(...) or fasttape.load"
+        )
+
+    @classmethod
+    def _trusted(
+        cls,
+        ops: np.ndarray,
+        args: np.ndarray,
+        consts: np.ndarray,
+        outputs: np.ndarray,
+        n_inputs: int,
+        grad_mode: str = "stored",
+    ) -> Tape:
+        """Wrap arrays that are already valid (from compile or validate_arrays)."""
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
+        self = object.__new__(cls)
+        for name, arr in (("ops", ops), ("args", args), ("consts", consts), ("outputs", outputs)):
+            arr = np.ascontiguousarray(arr)
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "n_inputs", int(n_inputs))
+        object.__setattr__(self, "grad_mode", grad_mode)
+        object.__setattr__(self, "_local", threading.local())
+        return self
+
+    @classmethod
+    def from_arrays(
+        cls,
+        ops: Any,
+        args: Any,
+        consts: Any,
+        outputs: Any,
+        n_inputs: int,
+        *,
+        grad_mode: str = "stored",
+    ) -> Tape:
+        """Build a Tape from plain arrays, validating them first (see docs/tape-format.md).
+
+        Parameters
+        ----------
+        ops : array of int, shape (n_nodes,)
+            Op codes (row numbers of :data:`fasttape.ops.OPS`), stored as uint8.
+        args : array of int, shape (sum of the ops' arities,)
+            Argument slots of every instruction, concatenated; stored as int32 when every slot
+            fits, else int64.
+        consts : array of float, shape (n_consts,)
+            Constant values, loaded into slots ``n_inputs .. n_inputs + n_consts - 1``.
+        outputs : array of int, shape (n_outputs,)
+            Slots whose values are the outputs.
+        n_inputs : int
+            Number of inputs (slots ``0 .. n_inputs - 1``).
+        grad_mode : {"stored", "lean"}
+            Gradient strategy.
+
+        Raises
+        ------
+        ValueError
+            Naming the first offending entry if the arrays break the format.
+        """
+        ops, args, consts, outputs, n_inputs = validate_arrays(ops, args, consts, outputs, n_inputs)
+        return cls._trusted(ops, args, consts, outputs, n_inputs, grad_mode)
+
+    def to_arrays(self) -> dict[str, Any]:
+        """The tape's arrays (read-only) and ``n_inputs``: the inverse of :meth:`from_arrays`."""
+        return {
+            "ops": self.ops,
+            "args": self.args,
+            "consts": self.consts,
+            "outputs": self.outputs,
+            "n_inputs": self.n_inputs,
+        }
+
+    def with_grad_mode(self, grad_mode: str) -> Tape:
+        """The same tape (arrays shared) with another gradient strategy."""
+        return Tape._trusted(
+            self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Tape is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle as arrays, re-validated on the way in (so a pickled tape can't smuggle bad
+        # indices into the kernels); the per-thread buffers are not part of the state.
+        return (_tape_from_state, (self.to_arrays(), self.grad_mode))
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_outputs(self) -> int:
+        return int(self.outputs.shape[0])
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.ops.shape[0])
+
+    @property
+    def n_consts(self) -> int:
+        return int(self.consts.shape[0])
+
+    @property
+    def n_slots(self) -> int:
+        """Length of the value vector: inputs + constants + instructions."""
+        return self.n_inputs + self.n_consts + self.n_nodes
+
+    @property
+    def n_edges(self) -> int:
+        """Number of instruction arguments (``len(args)``)."""
+        return int(self.args.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tape's own arrays (ops, args, consts, outputs); see :meth:`work_nbytes`."""
+        return int(self.ops.nbytes + self.args.nbytes + self.consts.nbytes + self.outputs.nbytes)
+
+    def work_nbytes(self, grad: bool = True) -> int:
+        """Bytes of the per-thread work buffers for ``value`` (grad=False) or gradients."""
+        n = 8 * self.n_slots
+        if not grad:
+            return n
+        n += 8 * self.n_slots  # adjoints
+        if self.grad_mode == "stored":
+            n += 8 * self.n_edges
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and memory of the tape, as a dict (also shown by ``print(tape)``)."""
+        return {
+            "n_inputs": self.n_inputs,
+            "n_consts": self.n_consts,
+            "n_nodes": self.n_nodes,
+            "n_edges": self.n_edges,
+            "n_outputs": self.n_outputs,
+            "n_slots": self.n_slots,
+            "index_dtype": str(self.args.dtype),
+            "tape_nbytes": self.nbytes,
+            "value_work_nbytes": self.work_nbytes(grad=False),
+            "grad_work_nbytes": self.work_nbytes(grad=True),
+            "grad_mode": self.grad_mode,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def _x(self, x: Any) -> np.ndarray:
+        if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.flags.c_contiguous:
+            arr = x
+        else:
+            arr = _as_float_vector(x)
+        if arr.shape[0] != self.n_inputs:
+            raise ValueError(
+                f"x has {arr.shape[0]} entries but this tape has {self.n_inputs} inputs"
+            )
+        return arr
+
+    def _which(self, output: int | None) -> int:
+        m = self.n_outputs
+        if output is None:
+            if m == 1:
+                return 0
+            raise ValueError(
+                f"this tape has {m} outputs: pass output=k (0 <= k < {m}) to choose which one "
+                "to differentiate"
+            )
+        if isinstance(output, bool) or not isinstance(output, (int, np.integer)):
+            raise TypeError(f"output must be an int, got {type(output).__name__}")
+        if not -m <= output < m:
+            raise ValueError(f"output={output} is out of range for a tape with {m} outputs")
+        return int(output) % m
+
+    def _buffers(self) -> Any:
+        local = self._local
+        if not hasattr(local, "vals"):
+            local.vals = np.empty(self.n_slots)
+            local.res = np.empty(self.n_outputs)
+        return local
+
+    def _grad_buffers(self) -> Any:
+        local = self._buffers()
+        if not hasattr(local, "adj"):
+            # Zeros once: the reverse sweep leaves the adjoints zeroed (read-then-zero).
+            local.adj = np.zeros(self.n_slots)
+            local.parts = np.empty(self.n_edges if self.grad_mode == "stored" else 0)
+        return local
+
+    def value(self, x: Any, *, out: np.ndarray | None = None) -> Any:
+        """Evaluate the outputs at ``x``.
+
+        Parameters
+        ----------
+        x : array_like of float, shape (n_inputs,)
+        out : ndarray of float64, shape (n_outputs,), optional
+            Written in place and returned (no allocation).
+
+        Returns
+        -------
+        float or ndarray
+            A float for a single-output tape, an array of shape (n_outputs,) otherwise (or
+            ``out`` when given).
+        """
+        xin = self._x(x)
+        buf = self._buffers()
+        res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
+        kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals, res)
+        if out is not None:
+            return out
+        if self.n_outputs == 1:
+            return float(res[0])
+        return res.copy()
+
+    __call__ = value
+
+    def value_and_grad(
+        self, x: Any, *, output: int | None = None, out: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        """Value of one output and its gradient with respect to all inputs.
+
+        Parameters
+        ----------
+        x : array_like of float, shape (n_inputs,)
+        output : int, optional
+            Which output to differentiate; required when the tape has several.
+        out : ndarray of float64, shape (n_inputs,), optional
+            Receives the gradient (no allocation); it is also returned.
+
+        Returns
+        -------
+        value : float
+        grad : ndarray, shape (n_inputs,)
+            Inputs that the output does not depend on get 0.
+        """
+        xin = self._x(x)
+        which = self._which(output)
+        grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
+        buf = self._grad_buffers()
+        if self.grad_mode == "stored":
+            v = kernels.value_and_grad_kernel(
+                self.ops, self.args, self.consts, self.outputs, which, xin,
+                buf.vals, buf.parts, buf.adj, grad,
+            )
+        else:
+            v = kernels.value_and_grad_lean_kernel(
+                self.ops, self.args, self.consts, self.outputs, which, xin,
+                buf.vals, buf.adj, grad,
+            )
+        return float(v), grad
+
+    def grad(
+        self, x: Any, *, output: int | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Gradient of one output at ``x``; see :meth:`value_and_grad`."""
+        return self.value_and_grad(x, output=output, out=out)[1]
+
+    # ------------------------------------------------------------------ io and display
+    def save(self, path: Any) -> None:
+        """Write the tape to ``path`` as .npz (no pickle); read back with :func:`fasttape.load`."""
+        from fasttape.serialize import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return self.listing(max_lines=12)
+
+    def listing(self, max_lines: int = 40) -> str:
+        """A readable listing of the first ``max_lines`` instructions and the sizes."""
+        s = self.stats()
+        head = (
+            f"<fasttape.Tape: {s['n_inputs']} inputs, {s['n_consts']} constants, "
+            f"{s['n_nodes']} instructions, {s['n_outputs']} outputs; tape {s['tape_nbytes']:,} B, "
+            f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
+        )
+        lines = [head]
+        n_pre = self.n_inputs + self.n_consts
+        shown = 0
+        for j in range(min(self.n_consts, max_lines)):
+            lines.append(f"  %{self.n_inputs + j} = const {float(self.consts[j])!r}")
+            shown += 1
+        k = 0
+        for i in range(self.n_nodes):
+            if shown >= max_lines:
+                break
+            op = OPS[int(self.ops[i])]
+            a = ", ".join(f"%{int(v)}" for v in self.args[k : k + op.arity])
+            lines.append(f"  %{n_pre + i} = {op.name}({a})")
+            k += op.arity
+            shown += 1
+        hidden = self.n_consts + self.n_nodes - shown
+        if hidden > 0:
+            lines.append(f"  ... {hidden} more")
+        outs = ", ".join(f"%{int(o)}" for o in self.outputs[:8])
+        more = " ..." if self.n_outputs > 8 else ""
+        lines.append(f"  outputs: {outs}{more}")
+        return "\n".join(lines)
+
+
+def _tape_from_state(arrays: dict[str, Any], grad_mode: str) -> Tape:
+    return Tape.from_arrays(**arrays, grad_mode=grad_mode)
+
+
+def _as_float_vector(x: Any) -> np.ndarray:
+    """``x`` as a contiguous 1-D float64 array, with errors that say what was expected."""
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"x must be a 1-D array of real numbers; got {type(x).__name__}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"x must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
+            + (" (traced Vars cannot be evaluated; pass numbers)" if arr.dtype.kind == "O" else "")
+        )
+    if arr.ndim != 1:
+        raise ValueError(f"x must be 1-D (one value per input); got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _check_out(out: Any, n: int, name: str) -> np.ndarray:
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.float64
+        and out.shape == (n,)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        got = (
+            f"{type(out).__name__}"
+            if not isinstance(out, np.ndarray)
+            else f"array of dtype {out.dtype}, shape {out.shape}"
+        )
+        raise ValueError(f"{name} must be a writeable contiguous float64 array of shape ({n},); "
+                         f"got {got}")
+    return out
+
+
+_MESSAGES = {
+    structure.BAD_OPCODE: "op code {val} is not a known op (valid: 0..{max_op})",
+    structure.ARGS_LENGTH: "args has {n_args} entries but the ops' arities need {need}",
+    structure.ARG_NEGATIVE: "argument {pos} is the negative slot {val}",
+    structure.ARG_NOT_EARLIER: (
+        "argument {pos} refers to slot {val}, which is not earlier than the instruction's own "
+        "slot {slot} (instruction i writes slot n_inputs + n_consts + i = {n_pre} + i)"
+    ),
+    structure.PARAM_NOT_CONST: (
+        "argument {pos} (the exponent) refers to slot {val}, which is not a constant slot "
+        "({n_inputs} <= slot < {n_pre})"
+    ),
+    structure.EXPONENT_NOT_INTEGRAL: (
+        "argument {pos} (the exponent) is the constant {cval!r}, which is not an integer with "
+        "|n| < 2**31"
+    ),
+}
+
+
+def _as_index_array(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D; got shape {arr.shape}")
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must hold integers; got dtype {arr.dtype}")
+    return arr
+
+
+def validate_arrays(
+    ops: Any, args: Any, consts: Any, outputs: Any, n_inputs: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Check plain arrays against the tape format and return them in canonical dtypes.
+
+    Returns ``(ops uint8, args int32|int64, consts float64, outputs int64, n_inputs int)``.
+    Raises ValueError naming the first offending entry.
+    """
+    if isinstance(n_inputs, (bool, np.bool_)) or not isinstance(n_inputs, (int, np.integer)):
+        raise ValueError(f"n_inputs must be a non-negative int; got {n_inputs!r}")
+    n_inputs = int(n_inputs)
+    if n_inputs < 0:
+        raise ValueError(f"n_inputs must be a non-negative int; got {n_inputs}")
+    ops = _as_index_array(ops, "ops")
+    args = _as_index_array(args, "args")
+    outputs = _as_index_array(outputs, "outputs")
+    consts = np.asarray(consts)
+    if consts.ndim != 1:
+        raise ValueError(f"consts must be 1-D; got shape {consts.shape}")
+    if consts.size and consts.dtype.kind not in "iuf":
+        raise ValueError(f"consts must hold real numbers; got dtype {consts.dtype}")
+    consts = np.ascontiguousarray(consts, dtype=np.float64)
+    if ops.size:
+        lo, hi = int(ops.min()), int(ops.max())
+        if lo < 0 or hi >= N_OPS:
+            i = int(np.flatnonzero((ops < 0) | (ops >= N_OPS))[0])
+            raise ValueError(
+                f"ops[{i}] = {int(ops[i])} is not a known op code (valid: 0..{N_OPS - 1})"
+            )
+    ops = np.ascontiguousarray(ops, dtype=np.uint8)
+    n_pre = n_inputs + consts.shape[0]
+    n_slots = n_pre + ops.shape[0]
+    if args.size and (int(args.min()) < np.iinfo(np.int64).min or int(args.max()) > 2**63 - 1):
+        raise ValueError("args out of int64 range")
+    idx = np.int32 if n_slots <= _INT32_MAX else np.int64
+    if args.size and (int(args.min()) < 0 or int(args.max()) >= n_slots):
+        # Out of every slot's range: report the first one (also catches int32 overflow).
+        e = int(np.flatnonzero((args < 0) | (args >= n_slots))[0])
+        i, pos = _edge_owner(ops, e)
+        where = f"instruction {i}" if i is not None else "a position past the last instruction"
+        raise ValueError(
+            f"args[{e}] = {int(args[e])} ({where}, argument {pos}) is not a slot: expected "
+            f"0 <= slot < {n_slots}"
+        )
+    args = np.ascontiguousarray(args, dtype=idx)
+    code, i, pos = structure.check_tape(
+        ops, args, consts, n_inputs, _ARITY, _NDIFF, _PARAM_CONST, _POWI
+    )
+    if code != structure.OK:
+        need = int(_ARITY[ops].sum())
+        op = OPS[int(ops[i])] if 0 <= i < ops.shape[0] and ops[i] < N_OPS else None
+        k = int(_ARITY[ops[:i]].sum()) if i >= 0 else 0
+        val = int(args[k + pos]) if code not in (structure.BAD_OPCODE, structure.ARGS_LENGTH) else (
+            int(ops[i]) if code == structure.BAD_OPCODE else 0
+        )
+        msg = _MESSAGES[code].format(
+            pos=pos, val=val, slot=n_pre + i, n_pre=n_pre, n_inputs=n_inputs,
+            n_args=args.shape[0], need=need, max_op=N_OPS - 1,
+            cval=float(consts[val - n_inputs]) if code == structure.EXPONENT_NOT_INTEGRAL else 0,
+        )
+        label = f"instruction {i} ({op.name})" if op is not None and code != structure.ARGS_LENGTH \
+            else "tape"
+        raise ValueError(f"invalid tape: {label}: {msg}")
+    if outputs.size == 0:
+        raise ValueError("invalid tape: it has no outputs (outputs is empty)")
+    if int(outputs.min()) < 0 or int(outputs.max()) >= n_slots:
+        j = int(np.flatnonzero((outputs < 0) | (outputs >= n_slots))[0])
+        raise ValueError(
+            f"invalid tape: outputs[{j}] = {int(outputs[j])} is not a slot "
+            f"(expected 0 <= slot < {n_slots})"
+        )
+    outputs = np.ascontiguousarray(outputs, dtype=np.int64)
+    return ops, args, consts, outputs, n_inputs
+
+
+def _edge_owner(ops: np.ndarray, e: int) -> tuple[int | None, int]:
+    """(instruction, argument position) of edge ``e`` (instruction None if past the end)."""
+    ends = np.cumsum(_ARITY[np.minimum(ops, N_OPS - 1)])
+    i = int(np.searchsorted(ends, e, side="right"))
+    if i >= ops.shape[0]:
+        return None, 0
+    start = int(ends[i] - _ARITY[ops[i]])
+    return i, e - start

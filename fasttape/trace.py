@@ -1,0 +1,185 @@
+"""Tracing: the ``ft.*`` math functions and :func:`trace`.
+
+Every op of the table gets a module function here, made from its row (so a new row is a new
+function with no code written).  Called on traced :class:`~fasttape.var.Var` values they record a
+node; called on plain numbers only they evaluate at once with the kernels' own semantics
+(bitwise the same as a compiled tape), so ``ft.sin(0.5) * x`` works.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from fasttape.graph import Graph, _as_float, _is_integral_number
+from fasttape.kernels import eval_op
+from fasttape.ops import OP_BY_NAME, OPS, OpSpec
+from fasttape.var import Var
+
+__all__ = ["trace", "sum", "where", "pow", "OP_FUNCTIONS"]
+
+Scalar = Var | float
+
+
+def _graph_of(*values: Any) -> Graph | None:
+    """The one Graph the Vars among ``values`` belong to (None if there are no Vars)."""
+    g = None
+    for v in values:
+        if type(v) is Var:
+            if g is None:
+                g = v.g
+            elif v.g is not g:
+                g._foreign(v)
+    return g
+
+
+def _node(g: Graph, v: Any) -> int:
+    return v.i if type(v) is Var else g._constant_node(v)
+
+
+def _make_function(spec: OpSpec) -> Callable[..., Any]:
+    code = spec.code
+    if spec.arity == 1:
+
+        def fn(x: Any) -> Any:
+            if type(x) is Var:
+                return x.g._unary(code, x.i)
+            return eval_op(code, (_as_float(x),))
+
+    else:
+
+        def fn(*xs: Any) -> Any:  # type: ignore[misc]
+            if len(xs) != spec.arity:
+                raise TypeError(f"{spec.name}() takes {spec.arity} arguments, got {len(xs)}")
+            g = _graph_of(*xs)
+            if g is None:
+                return eval_op(code, tuple(_as_float(x) for x in xs))
+            return g._node(code, tuple(_node(g, x) for x in xs))
+
+    fn.__name__ = fn.__qualname__ = spec.name
+    fn.__module__ = "fasttape"
+    fn.__doc__ = f"{spec.doc[:1].upper()}{spec.doc[1:]}  (op ``{spec.name}``, {spec.arity} args)."
+    if spec.nonsmooth:
+        fn.__doc__ += f"\n\nDerivative convention: {spec.nonsmooth}."
+    return fn
+
+
+# Ops that are reached through another public function rather than by their own name.
+_INTERNAL = {"powi", "powc", "where"}
+
+#: name -> frontend function, for every public op of the table.
+OP_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    spec.name: _make_function(spec) for spec in OPS if spec.name not in _INTERNAL
+}
+globals().update(OP_FUNCTIONS)
+__all__ += sorted(OP_FUNCTIONS)
+
+_POWI = OP_BY_NAME["powi"].code
+_POWC = OP_BY_NAME["powc"].code
+_POW = OP_BY_NAME["pow"].code
+_WHERE = OP_BY_NAME["where"].code
+
+
+def pow(x: Any, y: Any) -> Any:  # noqa: A001 (NumPy's name)
+    """``x ** y``.
+
+    A constant integer exponent records ``powi`` (repeated squaring, like JAX's
+    ``integer_pow``); a constant real exponent records ``powc``; a traced exponent records
+    ``pow``.  See docs/derivatives.md for the conventions at ``x = 0``.
+    """
+    if type(y) is not Var:
+        if type(x) is not Var:
+            return eval_op(_POW, (_as_float(x), _as_float(y)))
+        if _is_integral_number(y):
+            n = int(y)
+            if builtins.abs(n) >= 2**31:
+                raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
+            return x.g._binary(_POWI, x.i, x.g._constant_node(float(n)))
+        return x.g._binary(_POWC, x.i, x.g._constant_node(y))
+    g = _graph_of(x, y)
+    assert g is not None
+    return g._binary(_POW, _node(g, x), y.i)
+
+
+def where(cond: Any, a: Any, b: Any) -> Any:
+    """``a`` where ``cond != 0``, else ``b`` (cond is typically a comparison such as ``x > 0``).
+
+    Only the selected branch receives an adjoint, and a zero adjoint is never multiplied into
+    the other branch's partials, so an inf or NaN in the unselected branch (``sqrt`` of a
+    negative number, ``log(0)``) does not turn the gradient into NaN.
+    """
+    g = _graph_of(cond, a, b)
+    if g is None:
+        return eval_op(_WHERE, (_as_float(a), _as_float(b), _as_float(cond)))
+    # Stored as (a, b, cond): differentiable arguments first (see fasttape.ops).
+    return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
+
+
+def sum(values: Iterable[Any]) -> Any:  # noqa: A001 (NumPy's name)
+    """Sum of an iterable of traced values and numbers, as a balanced tree of additions.
+
+    Pairwise summation keeps the tree depth at log2(n) and is more accurate than a running sum;
+    it is built by iteration, never by recursion, so any length works.  An empty iterable gives
+    ``0.0``.
+    """
+    items = list(values)
+    if not items:
+        return 0.0
+    while len(items) > 1:
+        paired = [items[i] + items[i + 1] for i in range(0, len(items) - 1, 2)]
+        if len(items) % 2:
+            paired.append(items[-1])
+        items = paired
+    return items[0]
+
+
+def trace(fn: Callable[[list[Var]], Any], n_inputs: int) -> Graph:
+    """Trace ``fn`` over ``n_inputs`` symbolic scalars and return the Graph.
+
+    ``fn`` receives a list of ``n_inputs`` :class:`Var` and returns a scalar (one output) or a
+    sequence of scalars (several outputs, in order).
+
+    Examples
+    --------
+    >>> import fasttape as ft
+    >>> g = ft.trace(lambda x: ft.sum(x[i] * x[i + 1] for i in range(len(x) - 1)), n_inputs=4)
+    >>> ft.compile(g).value([1.0, 2.0, 3.0, 4.0])
+    20.0
+    """
+    g = Graph()
+    x = g.inputs(n_inputs)
+    result = fn(x)
+    if isinstance(result, np.ndarray) and result.ndim == 0:
+        result = result.item()
+    g.output(result)
+    return g
+
+
+# NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
+_UFUNCS = {
+    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
+    "negative": "neg", "power": "pow", "float_power": "pow", "square": "square", "sqrt": "sqrt",
+    "cbrt": "cbrt", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
+    "log2": "log2", "log10": "log10", "sin": "sin", "cos": "cos", "tan": "tan",
+    "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "sinh": "sinh",
+    "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh",
+    "arctanh": "atanh", "absolute": "abs", "fabs": "abs", "sign": "sign", "floor": "floor",
+    "ceil": "ceil", "minimum": "minimum", "maximum": "maximum", "hypot": "hypot",
+    "less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
+    "equal": "eq", "not_equal": "ne", "positive": "positive",
+}
+
+
+def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
+    name = _UFUNCS.get(ufunc.__name__)
+    if method != "__call__" or kwargs or name is None:
+        return NotImplemented
+    fn = (lambda v: v) if name == "positive" else pow if name == "pow" else OP_FUNCTIONS[name]
+    if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
+        # An array mixed with a Var: apply elementwise, giving an object array of Vars.
+        return np.frompyfunc(fn, len(inputs), 1)(*inputs)
+    inputs = tuple(a.item() if isinstance(a, np.ndarray) else a for a in inputs)
+    return fn(*inputs)
