@@ -47,7 +47,7 @@ class Graph:
     7.0
     """
 
-    __slots__ = ("_ops", "_args", "_consts", "_const_nodes", "_n_inputs", "_outputs", "__weakref__")
+    __slots__ = ("__weakref__", "_args", "_const_nodes", "_consts", "_n_inputs", "_ops", "_outputs")
 
     def __init__(self) -> None:
         self._ops = array("B")

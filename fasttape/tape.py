@@ -52,7 +52,7 @@ class Tape:
         ``"stored"`` or ``"lean"`` (see :data:`GRAD_MODES` and docs/tape-format.md).
     """
 
-    __slots__ = ("ops", "args", "consts", "outputs", "n_inputs", "grad_mode", "_local")
+    __slots__ = ("_local", "args", "consts", "grad_mode", "n_inputs", "ops", "outputs")
 
     ops: np.ndarray
     args: np.ndarray
