@@ -20,7 +20,7 @@ __all__ = ["compile"]
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def compile(graph: Graph, *, grad_mode: str = "stored") -> Tape:  # noqa: A001 (the API name)
+def compile(graph: Graph, *, grad_mode: str = "stored") -> Tape:
     """Flatten ``graph`` into a :class:`~fasttape.tape.Tape`.
 
     Only nodes that some output depends on become instructions.  All inputs are kept (in order),

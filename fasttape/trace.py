@@ -83,7 +83,7 @@ _POW = OP_BY_NAME["pow"].code
 _WHERE = OP_BY_NAME["where"].code
 
 
-def pow(x: Any, y: Any) -> Any:  # noqa: A001 (NumPy's name)
+def pow(x: Any, y: Any) -> Any:
     """``x ** y``.
 
     A constant integer exponent records ``powi`` (repeated squaring, like JAX's
@@ -118,7 +118,7 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
 
 
-def sum(values: Iterable[Any]) -> Any:  # noqa: A001 (NumPy's name)
+def sum(values: Iterable[Any]) -> Any:
     """Sum of an iterable of traced values and numbers, as a balanced tree of additions.
 
     Pairwise summation keeps the tree depth at log2(n) and is more accurate than a running sum;

@@ -41,7 +41,7 @@ EXPONENT_NOT_INTEGRAL = 6
 
 
 @_structural
-def check_tape(ops, args, consts, n_inputs, arity, ndiff, param_const, powi_code):  # pragma: no cover
+def check_tape(ops, args, consts, n_inputs, arity, ndiff, param_const, powi_code):
     """Validate a tape in one pass; return ``(code, instruction, argument position)``.
 
     Checks op codes, that ``args`` has exactly the length the arities imply, that every argument
