@@ -98,7 +98,7 @@ _ROWS = [
     OpSpec("neg", 1, "-x", ("-1.0",), (_R,), "-x"),
     OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x"),
     OpSpec(
-        "powi", 2, "_powi(x, y)", ("_dpowi(x, y)",), (_R, _I),
+        "powi", 2, "_powi(x, y)", ("_dpowi(x, y)",), ((0.2, 3.0), _I),
         "x ** n for a constant integer n (repeated squaring, like JAX's integer_pow)",
         param="const", nonsmooth="n = 0 gives derivative 0 everywhere, x = 0 included",
     ),

@@ -1,0 +1,207 @@
+"""Every op of the table: kernels vs the reference, partials vs finite differences, specials."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fasttape as ft
+from fasttape.kernels import _generated
+from fasttape.ops import OP_BY_NAME, OPS
+from tests.reference import REFERENCE
+from tests.reference import value_and_grad as ref_value_and_grad
+
+SPECIALS = [0.0, -0.0, 1.0, -1.0, 0.5, math.inf, -math.inf, math.nan]
+IDS = [op.name for op in OPS]
+
+
+def same(a: float, b: float, rtol: float = 1e-12) -> bool:
+    """Equal up to ``rtol``, with NaN equal to NaN and infinities exact."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def single_op_tape(name: str, params: tuple[float, ...] = ()) -> ft.Tape:
+    """A one-instruction tape: differentiable args (and conditions) are inputs, exponents consts.
+
+    Inputs come first in the op's argument order; parameter args of ``param == "const"`` ops
+    refer to the constants ``params``.
+    """
+    spec = OP_BY_NAME[name]
+    n_in = spec.arity if spec.param != "const" else spec.ndiff
+    args = list(range(n_in)) + [n_in + j for j in range(spec.arity - n_in)]
+    return ft.Tape.from_arrays([spec.code], args, list(params), [n_in + len(params)], n_in)
+
+
+def params_for(spec) -> list[tuple[float, ...]]:
+    if spec.name == "powi":
+        return [(-3.0,), (-1.0,), (0.0,), (1.0,), (2.0,), (5.0,)]
+    if spec.name == "powc":
+        return [(-1.5,), (0.0,), (0.5,), (2.0,), (3.7,)]
+    return [()]
+
+
+def test_table_is_consistent():
+    assert [op.code for op in OPS] == list(range(len(OPS)))
+    assert len({op.name for op in OPS}) == len(OPS)
+    assert set(REFERENCE) == {op.name for op in OPS}, "the reference must cover every op"
+    for op in OPS:
+        assert op.arity in (1, 2, 3)
+        assert 0 <= op.ndiff <= op.arity
+        assert len(op.domain) == op.arity, op.name
+        if op.param:
+            assert op.ndiff < op.arity, op.name
+    assert list(_generated._ARITY) == [op.arity for op in OPS]
+    assert list(_generated._NDIFF) == [op.ndiff for op in OPS]
+
+
+@pytest.mark.parametrize("name", [op.name for op in OPS if op.name not in ("powi", "powc")])
+def test_every_public_op_has_a_function(name):
+    fn = getattr(ft, name)
+    assert fn.__name__ == name
+    if name != "where":  # where has its own hand-written docstring in trace.py
+        assert OP_BY_NAME[name].doc[:10].lower() in fn.__doc__.lower()
+
+
+def _draw_point(spec, data):
+    vals = []
+    for lo, hi in spec.domain[: spec.ndiff if spec.param == "const" else spec.arity]:
+        vals.append(data.draw(st.floats(lo, hi, allow_nan=False), label="x"))
+    return vals
+
+
+@pytest.mark.parametrize("name", IDS)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_kernel_matches_reference_in_domain(name, data):
+    spec = OP_BY_NAME[name]
+    params = data.draw(st.sampled_from(params_for(spec)))
+    tape = single_op_tape(name, params)
+    x = _draw_point(spec, data)
+    if name == "powi" and data.draw(st.booleans()):
+        x = [-x[0]]  # integer powers of negative bases are real
+    v, g = tape.with_grad_mode("stored").value_and_grad(x)
+    v2, g2 = tape.with_grad_mode("lean").value_and_grad(x)
+    rv, rg = ref_value_and_grad(tape, x)
+    assert same(v, rv), (name, x, v, rv)
+    assert v2 == v or (math.isnan(v) and math.isnan(v2))
+    for a, b, c in zip(g, g2, rg):
+        assert same(a, c), (name, x, list(g), rg)
+        assert a == b or (math.isnan(a) and math.isnan(b)), "stored and lean must agree bitwise"
+
+
+@pytest.mark.parametrize("name", [op.name for op in OPS if op.ndiff])
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_partials_match_central_differences(name, data):
+    spec = OP_BY_NAME[name]
+    params = data.draw(st.sampled_from(params_for(spec)))
+    tape = single_op_tape(name, params)
+    x = np.array(_draw_point(spec, data))
+    if name in ("minimum", "maximum") and abs(x[0] - x[1]) < 1e-4:
+        return  # the kink: the tie convention is tested separately
+    if name in ("abs", "hypot") and np.all(np.abs(x) < 1e-4):
+        return  # the kink at 0
+    g = tape.grad(x)
+    for j in range(spec.ndiff):
+        h = 1e-6 * max(1.0, abs(x[j]))
+        xp, xm = x.copy(), x.copy()
+        xp[j] += h
+        xm[j] -= h
+        fd = (tape.value(xp) - tape.value(xm)) / (2 * h)
+        assert abs(fd - g[j]) <= 1e-5 * max(1.0, abs(g[j])), (name, x, j, fd, g[j])
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_special_values(name):
+    """0, -0, +-1, +-inf and NaN in every argument: same value and partials as the reference."""
+    spec = OP_BY_NAME[name]
+    for params in params_for(spec) + ([(math.nan,), (math.inf,)] if name == "powc" else []):
+        tape = single_op_tape(name, params)
+        for x in itertools.product(SPECIALS, repeat=tape.n_inputs):
+            v, g = tape.value_and_grad(list(x))
+            v_lean, g_lean = tape.with_grad_mode("lean").value_and_grad(list(x))
+            rv, rg = ref_value_and_grad(tape, x)
+            assert same(v, rv), (name, params, x, v, rv)
+            assert same(v_lean, rv)
+            for a, b, c in zip(g, g_lean, rg):
+                assert same(a, c), (name, params, x, list(g), rg)
+                assert same(b, c), (name, params, x, list(g_lean), rg)
+
+
+def test_signed_zero_and_nan_conventions():
+    assert math.copysign(1.0, ft.sign(-0.0)) == -1.0
+    assert ft.sign(0.0) == 0.0 and math.copysign(1.0, ft.sign(0.0)) == 1.0
+    assert math.isnan(ft.sign(math.nan))
+    assert math.isnan(ft.minimum(math.nan, 1.0)) and math.isnan(ft.minimum(1.0, math.nan))
+    assert math.isnan(ft.maximum(math.nan, 1.0)) and math.isnan(ft.maximum(1.0, math.nan))
+    assert ft.sigmoid(-1000.0) == 0.0 and ft.sigmoid(1000.0) == 1.0
+    assert ft.softplus(1000.0) == 1000.0 and ft.softplus(-1000.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "x", "expected"),
+    [
+        ("abs", [0.0], [0.0]),
+        ("sqrt", [0.0], [math.inf]),
+        ("minimum", [1.0, 1.0], [0.5, 0.5]),
+        ("maximum", [2.0, 2.0], [0.5, 0.5]),
+        ("hypot", [0.0, 0.0], [0.0, 0.0]),
+        ("floor", [2.0], [0.0]),
+        ("ceil", [2.0], [0.0]),
+        ("sign", [0.0], [0.0]),
+        ("pow", [0.0, 2.0], [0.0, 0.0]),
+        ("pow", [3.0, 0.0], [0.0, math.log(3.0)]),
+    ],
+)
+def test_nonsmooth_conventions(name, x, expected):
+    tape = single_op_tape(name)
+    g = tape.grad(x)
+    assert list(g) == expected
+
+
+def test_where_does_not_poison_the_gradient():
+    """where(x > 0, sqrt(x), 0) at x = 0 and log(x) branches: the gradient is finite."""
+    g = ft.Graph()
+    (x,) = g.inputs(1)
+    g.output(ft.where(x > 0, ft.sqrt(x), 0.0) + ft.where(x > 0, ft.log(x), 1.0) * 2)
+    tape = ft.compile(g)
+    for mode in ft.GRAD_MODES:
+        v, dx = tape.with_grad_mode(mode).value_and_grad([0.0])
+        assert v == 2.0 and list(dx) == [0.0]
+        v, dx = tape.with_grad_mode(mode).value_and_grad([-1.0])
+        assert v == 2.0 and list(dx) == [0.0]
+        v, dx = tape.with_grad_mode(mode).value_and_grad([4.0])
+        assert v == 2.0 + 2 * math.log(4.0) and list(dx) == [0.25 + 0.5]
+
+
+def test_nan_and_inf_propagate_through_the_gradient():
+    g = ft.Graph()
+    (x,) = g.inputs(1)
+    g.output(ft.sqrt(x) * 3.0)
+    tape = ft.compile(g)
+    v, dx = tape.value_and_grad([-1.0])
+    assert math.isnan(v) and math.isnan(dx[0])
+    v, dx = tape.value_and_grad([0.0])
+    assert v == 0.0 and dx[0] == math.inf
+
+
+@pytest.mark.parametrize("n", [-7, -2, -1, 0, 1, 2, 3, 10, 31])
+def test_integer_power_is_repeated_squaring(n):
+    x = 1.0000001
+    acc = 1.0
+    for _ in range(abs(n)):  # n multiplications agree with squaring for these small n
+        acc *= x
+    tape = single_op_tape("powi", (float(n),))
+    v = tape.value([x])
+    expected = 1.0 / acc if n < 0 else acc
+    assert same(v, expected, rtol=4e-16 * (abs(n) + 1)), (n, v, expected)
+    assert tape.value([0.0]) == (math.inf if n < 0 else (1.0 if n == 0 else 0.0))
