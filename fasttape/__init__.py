@@ -11,7 +11,7 @@ from fasttape.compile import compile
 from fasttape.graph import Graph
 from fasttape.serialize import FORMAT_VERSION, TapeFormatError, load
 from fasttape.tape import GRAD_MODES, Tape
-from fasttape.trace import OP_FUNCTIONS, pow, sum, trace, where
+from fasttape.trace import OP_FUNCTIONS, sum, trace
 from fasttape.var import Var
 
 globals().update(OP_FUNCTIONS)
@@ -28,8 +28,6 @@ __all__ = [
     "TapeFormatError",
     "FORMAT_VERSION",
     "GRAD_MODES",
-    "where",
-    "pow",
     "sum",
     "ops",
     *sorted(OP_FUNCTIONS),

@@ -105,12 +105,14 @@ _ROWS = [
     OpSpec(
         "powc", 2, "x ** y", ("_dpowc(x, y)",), (_P, _R),
         "x ** c for a constant real c (libm pow)",
-        param="const", nonsmooth="c = 0 gives derivative 0; x = 0 with 0 < c < 1 gives inf",
+        param="const", nonsmooth="c = 0 gives derivative 0 (x ** 0 is constant; JAX gives NaN at x = 0); "
+        "x = 0 with 0 < c < 1 gives inf",
     ),
     OpSpec(
         "pow", 2, "x ** y", ("_dpowc(x, y)", "_dpow_exp(x, y, f)"), (_P, _R),
         "x ** y, both arguments variable (libm pow)",
-        nonsmooth="d/dx is 0 where y = 0; d/dy is 0 where x = 0 (JAX's convention)",
+        nonsmooth="d/dx is 0 where y = 0 (x ** 0 is constant; JAX gives NaN at x = 0); d/dy is 0 "
+        "where x = 0 (as JAX)",
     ),
     OpSpec("sqrt", 1, "math.sqrt(x)", ("0.5 / f",), (_P,), "square root",
            nonsmooth="+inf at x = 0 (as JAX)"),
@@ -151,7 +153,7 @@ _ROWS = [
     OpSpec("erfc", 1, "math.erfc(x)", ("-1.1283791670955126 * math.exp(-x * x)",), (_R,),
            "complementary error function"),
     OpSpec("abs", 1, "abs(x)", ("_sign(x)",), (_R,), "absolute value",
-           nonsmooth="0 at x = 0 (sign(x), as JAX)"),
+           nonsmooth="0 at x = 0 (sign(x), the minimum-norm subgradient, as PyTorch; JAX gives 1)"),
     OpSpec("sign", 1, "_sign(x)", (), (_R,), "-1, 0 or 1 (sign(+-0) = +-0, NaN stays NaN)",
            nonsmooth="derivative 0 everywhere (the jump at 0 is ignored)"),
     OpSpec("floor", 1, "np.floor(x)", (), (_R,), "round toward -inf",
@@ -166,7 +168,7 @@ _ROWS = [
            nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)"),
     OpSpec("hypot", 2, "math.hypot(x, y)", ("_safe_div(x, f)", "_safe_div(y, f)"),
            (_R, _R), "sqrt(x*x + y*y) without overflow", commutative=True,
-           nonsmooth="0 for both arguments at the origin"),
+           nonsmooth="0 for both arguments at the origin (the minimum-norm subgradient)"),
     OpSpec("sigmoid", 1, "_sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))"),
     OpSpec("softplus", 1, "_softplus(x)", ("_sigmoid(x)",), (_R,), "log(1 + exp(x)), stable"),
     OpSpec(

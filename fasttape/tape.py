@@ -329,8 +329,9 @@ class Tape:
         """A readable listing of the first ``max_lines`` instructions and the sizes."""
         s = self.stats()
         head = (
-            f"<fasttape.Tape: {s['n_inputs']} inputs, {s['n_consts']} constants, "
-            f"{s['n_nodes']} instructions, {s['n_outputs']} outputs; tape {s['tape_nbytes']:,} B, "
+            f"<fasttape.Tape: {_count(s['n_inputs'], 'input')}, {_count(s['n_consts'], 'constant')}, "
+            f"{_count(s['n_nodes'], 'instruction')}, {_count(s['n_outputs'], 'output')}; "
+            f"tape {s['tape_nbytes']:,} B, "
             f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
         )
         lines = [head]
@@ -357,6 +358,10 @@ class Tape:
         return "\n".join(lines)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _tape_from_state(arrays: dict[str, Any], grad_mode: str) -> Tape:
     return Tape.from_arrays(**arrays, grad_mode=grad_mode)
 
@@ -379,7 +384,7 @@ def _as_float_vector(x: Any) -> np.ndarray:
 
 def _check_out(out: Any, n: int, name: str) -> np.ndarray:
     if not (
-        isinstance(out, np.ndarray)
+        type(out) is np.ndarray
         and out.dtype == np.float64
         and out.shape == (n,)
         and out.flags.c_contiguous
@@ -483,9 +488,9 @@ def validate_arrays(
             n_args=args.shape[0], need=need, max_op=N_OPS - 1,
             cval=float(consts[val - n_inputs]) if code == structure.EXPONENT_NOT_INTEGRAL else 0,
         )
-        label = f"instruction {i} ({op.name})" if op is not None and code != structure.ARGS_LENGTH \
-            else "tape"
-        raise ValueError(f"invalid tape: {label}: {msg}")
+        if op is not None and code != structure.ARGS_LENGTH:
+            msg = f"instruction {i} ({op.name}): {msg}"
+        raise ValueError(f"invalid tape: {msg}")
     if outputs.size == 0:
         raise ValueError("invalid tape: it has no outputs (outputs is empty)")
     if int(outputs.min()) < 0 or int(outputs.max()) >= n_slots:

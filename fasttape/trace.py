@@ -68,14 +68,14 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
 
 
 # Ops that are reached through another public function rather than by their own name.
-_INTERNAL = {"powi", "powc", "where"}
+_INTERNAL = {"powi", "powc", "pow", "where"}
 
 #: name -> frontend function, for every public op of the table.
 OP_FUNCTIONS: dict[str, Callable[..., Any]] = {
     spec.name: _make_function(spec) for spec in OPS if spec.name not in _INTERNAL
 }
 globals().update(OP_FUNCTIONS)
-__all__ += sorted(OP_FUNCTIONS)
+__all__ += sorted(set(OP_FUNCTIONS) - set(__all__))
 
 _POWI = OP_BY_NAME["powi"].code
 _POWC = OP_BY_NAME["powc"].code
@@ -158,6 +158,10 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int) -> Graph:
     return g
 
 
+# pow and where dispatch or reorder their arguments, so they are written by hand above.
+OP_FUNCTIONS["pow"] = pow
+OP_FUNCTIONS["where"] = where
+
 # NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
 _UFUNCS = {
     "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
@@ -177,7 +181,7 @@ def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) 
     name = _UFUNCS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented
-    fn = (lambda v: v) if name == "positive" else pow if name == "pow" else OP_FUNCTIONS[name]
+    fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
     if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
         # An array mixed with a Var: apply elementwise, giving an object array of Vars.
         return np.frompyfunc(fn, len(inputs), 1)(*inputs)

@@ -2,8 +2,8 @@
 
 Every kernel takes the tape's arrays as arguments (never as globals), is compiled with
 ``cache=True, nogil=True`` and runs without bounds checks: callers validate first.  See
-docs/tape-format.md for the array layout and docs/embedding.md for calling them from your own
-``@numba.njit`` code.
+docs/tape-format.md for the array layout; the ``*_kernel`` drivers can be called from your own
+``@numba.njit`` code with a tape's arrays.
 """
 
 from __future__ import annotations

@@ -194,6 +194,9 @@ def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj
 
 def generate() -> str:
     """Return the full text of ``_generated.py`` for the current table."""
+    too_many = [o.name for o in _ops.OPS if o.ndiff > 2]
+    if too_many:  # reverse_stored unrolls at most two differentiable edges per instruction
+        raise ValueError(f"ops with more than 2 differentiable arguments: {too_many}")
     helpers = inspect.getsource(_scalar).split('"""', 2)[2]  # drop the module docstring
     table = ";".join(f"{o.name}|{o.arity}|{o.forward}|{o.partials}" for o in _ops.OPS)
     digest = hashlib.sha256((table + helpers).encode()).hexdigest()[:16]

@@ -67,7 +67,7 @@ def check_tape(ops, args, consts, n_inputs, arity, ndiff, param_const, powi_code
             if a >= slot:
                 return ARG_NOT_EARLIER, i, j
             if j >= ndiff[op] and param_const[op]:
-                if a < n_inputs:
+                if a < n_inputs or a >= n_pre:
                     return PARAM_NOT_CONST, i, j
                 if op == powi_code:
                     c = consts[a - n_inputs]

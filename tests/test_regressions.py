@@ -1,0 +1,33 @@
+"""Regression tests: one per bug found, named after what went wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+import fasttape as ft
+from fasttape.ops import OP_BY_NAME, OPS
+
+NEG, POWI, POWC = (OP_BY_NAME[k].code for k in ("neg", "powi", "powc"))
+
+
+@pytest.mark.parametrize("code", [POWI, POWC])
+def test_exponent_pointing_at_an_instruction_slot_is_rejected(code):
+    # Used to pass validation (powc: silently dropped d/dexponent) or read consts out of bounds
+    # inside check_tape (powi: IndexError instead of ValueError).
+    with pytest.raises(ValueError, match=r"instruction 1 .* not a constant slot"):
+        ft.Tape.from_arrays([NEG, code], [0, 0, 1], [], [2], 1)
+
+
+def test_ft_pow_dispatches_like_the_operator():
+    # ft.pow used to be the raw two-variable `pow` op (OP_FUNCTIONS shadowed trace.pow).
+    g = ft.Graph()
+    (x,) = g.inputs(1)
+    g.output(ft.pow(x, 3), x**3, ft.pow(x, 0.5), ft.pow(2.0, x))
+    names = [OPS[int(c)].name for c in ft.compile(g).ops]
+    assert names == ["powi", "powi", "powc", "pow"]
+    assert ft.__all__.count("pow") == 1
+
+
+def test_args_length_error_is_worded_once():
+    with pytest.raises(ValueError, match=r"^invalid tape: args has 2 entries but the ops' "):
+        ft.Tape.from_arrays([NEG], [0, 0], [], [1], 1)
