@@ -15,3 +15,12 @@ def test_ops_md_matches_op_table() -> None:
         'root with: python -c "from fasttape.opsdoc import ops_markdown; '
         "open('docs/ops.md','w').write(ops_markdown())\""
     )
+
+
+def test_derivatives_md_contains_the_generated_table():
+    from fasttape.opsdoc import derivatives_markdown
+
+    text = (OPS_MD.parent / "derivatives.md").read_text(encoding="utf-8")
+    assert derivatives_markdown().strip() in text, (
+        "docs/derivatives.md's table is stale: paste fasttape.opsdoc.derivatives_markdown() in"
+    )
