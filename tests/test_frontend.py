@@ -624,13 +624,6 @@ def test_power_dispatch(fn, name):
     assert op_names(tape) == [name]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fasttape/__init__.py runs globals().update(OP_FUNCTIONS) after importing "
-    "trace.pow, so ft.pow is the raw 'pow' op function (both arguments variable), not the "
-    "documented dispatcher: ft.pow(x, 3) records pow instead of powi, ft.pow(x, 0.5) records pow "
-    "instead of powc, and ft.pow(x, 2**31) does not raise",
-)
 @pytest.mark.parametrize(("c", "name"), [(3, "powi"), (np.int32(-2), "powi"), (0.5, "powc")])
 def test_ft_pow_dispatches_like_the_operator(c, name):
     g = ft.Graph()

@@ -1,0 +1,190 @@
+"""Evaluating one tape from several Python threads: same results, and the GIL is released."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import fasttape as ft
+from fasttape.families import chain, random_local
+
+N_THREADS = 4
+CALLS_PER_THREAD = 10
+
+
+def same_bits(a, b) -> bool:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    return a.shape == b.shape and np.array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+@pytest.fixture(scope="module")
+def big_tape() -> ft.Tape:
+    return random_local(200_000)
+
+
+@pytest.mark.parametrize("mode", ft.GRAD_MODES)
+def test_one_tape_from_four_threads_gives_single_threaded_results(big_tape, mode):
+    tape = big_tape.with_grad_mode(mode)
+    rng = np.random.default_rng(2024)
+    # Two different points per thread, so a thread that read another thread's buffers (or its
+    # own previous call's) would return a wrong result.
+    xs = [[rng.uniform(0.1, 0.9, tape.n_inputs) for _ in range(2)] for _ in range(N_THREADS)]
+    expected = [
+        [(tape.value(x), *tape.value_and_grad(x)) for x in per_thread] for per_thread in xs
+    ]
+    for per_thread in expected:
+        for _, _, grad in per_thread:
+            assert np.count_nonzero(grad) > 0, "the gradient should not be identically zero"
+    start = threading.Barrier(N_THREADS)
+
+    def work(t: int) -> list[str]:
+        errors = []
+        out = np.empty(tape.n_inputs)
+        start.wait()
+        for call in range(CALLS_PER_THREAD):
+            j = call % 2
+            x = xs[t][j]
+            want_value, want_v, want_grad = expected[t][j]
+            v = tape.value(x)
+            if not same_bits(v, want_value):
+                errors.append(f"thread {t} call {call}: value {v!r} != {want_value!r}")
+            vg, grad = tape.value_and_grad(x)
+            if not same_bits(vg, want_v) or not same_bits(grad, want_grad):
+                bad = np.flatnonzero(grad != want_grad)[:5]
+                errors.append(f"thread {t} call {call}: value_and_grad differs at {bad}")
+            vg2, grad2 = tape.value_and_grad(x, out=out)
+            if grad2 is not out or not same_bits(out, want_grad) or not same_bits(vg2, want_v):
+                errors.append(f"thread {t} call {call}: value_and_grad(out=) differs")
+        return errors
+
+    with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
+        results = list(pool.map(work, range(N_THREADS)))
+    errors = [e for r in results for e in r]
+    assert not errors, "\n".join(errors[:10])
+
+
+def test_threads_with_several_outputs_and_modes_at_once():
+    g = ft.Graph()
+    xs = g.inputs(50)
+    s = ft.sum(ft.sin(a) * b for a, b in itertools.pairwise(xs))
+    g.output(s, ft.sum(ft.exp(v) for v in xs), s * s)
+    stored = ft.compile(g)
+    lean = stored.with_grad_mode("lean")
+    rng = np.random.default_rng(5)
+    points = [rng.uniform(-1, 1, 50) for _ in range(8)]
+    expected = {
+        (i, k): stored.value_and_grad(points[i], output=k) for i in range(8) for k in range(3)
+    }
+    values = [stored.value(p) for p in points]
+
+    def work(t: int) -> int:
+        tape = stored if t % 2 else lean
+        n = 0
+        for rep in range(30):
+            i = (t + rep) % 8
+            k = rep % 3
+            v, grad = tape.value_and_grad(points[i], output=k)
+            assert same_bits(v, expected[i, k][0]) and same_bits(grad, expected[i, k][1]), (t, i, k)
+            assert same_bits(tape.value(points[i]), values[i]), (t, i)
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(max_workers=N_THREADS) as pool:
+        assert sum(pool.map(work, range(2 * N_THREADS))) == 2 * N_THREADS * 30
+
+
+def test_each_thread_has_its_own_buffers():
+    """A result array returned to one thread is not overwritten by another thread's call."""
+    g = ft.Graph()
+    x, y = g.inputs(2)
+    g.output(x + y, x * y)
+    tape = ft.compile(g)
+    got = {}
+    barrier = threading.Barrier(2)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        r = tape.value([float(t), 10.0])
+        barrier.wait()
+        for _ in range(50):
+            tape.value([100.0 + t, 1.0])
+        got[t] = r
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert list(got[0]) == [10.0, 0.0]
+    assert list(got[1]) == [11.0, 10.0]
+
+
+def test_kernels_release_the_gil():
+    """While one thread is inside a long kernel call, another thread starts *and finishes*
+    kernel calls.  That is impossible if the kernel held the GIL: the other thread could then
+    only run Python code just before or after the long call (within a few switch intervals),
+    so we look for a short call nested well inside the middle of a long one."""
+    long_tape = chain(3_000_000, "sin")
+    short_tape = random_local(20_000)
+    long_x = [0.5]
+    short_x = np.full(short_tape.n_inputs, 0.5)
+    long_tape.value_and_grad(long_x)  # allocate this thread's buffers, warm the caches
+    margin = max(4 * sys.getswitchinterval(), 0.01)
+
+    long_calls: list[tuple[float, float]] = []
+    short_calls: list[tuple[float, float]] = []
+    done = threading.Event()
+    ready = threading.Barrier(2)
+
+    def long_worker() -> None:
+        ready.wait()
+        try:
+            for _ in range(3):
+                t0 = time.perf_counter()
+                long_tape.value_and_grad(long_x)
+                long_calls.append((t0, time.perf_counter()))
+        finally:
+            done.set()
+
+    def short_worker() -> None:
+        short_tape.value(short_x)  # this thread's buffers
+        ready.wait()
+        while not done.is_set():
+            t0 = time.perf_counter()
+            short_tape.value(short_x)
+            short_calls.append((t0, time.perf_counter()))
+
+    threads = [threading.Thread(target=long_worker), threading.Thread(target=short_worker)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert len(long_calls) == 3
+
+    def overlaps(a, b) -> bool:
+        return a[0] < b[1] and b[0] < a[1]
+
+    assert any(overlaps(s, long) for s in short_calls for long in long_calls), (
+        "no short kernel call overlapped a long one"
+    )
+    nested = [
+        (s, long)
+        for long in long_calls
+        for s in short_calls
+        if long[1] - long[0] > 3 * margin
+        and s[0] >= long[0] + margin
+        and s[1] <= long[1] - margin
+    ]
+    durations = [round(b - a, 4) for a, b in long_calls]
+    assert max(durations) > 3 * margin, f"long calls too short to judge: {durations}"
+    assert nested, (
+        f"no short call ran inside a long call (long calls {durations} s, "
+        f"{len(short_calls)} short calls, margin {margin} s): the kernel seems to hold the GIL"
+    )
