@@ -105,13 +105,14 @@ class Graph:
                 flat.extend(v)
         if not flat:
             raise ValueError("output() needs at least one value")
+        # Check everything first, so that a bad value leaves the graph unchanged.
         for v in flat:
             if type(v) is Var:
                 if v.g is not self:
                     self._foreign(v)
-                self._outputs.append(v.i)
             else:
-                self._outputs.append(self._constant_node(v))
+                _as_float(v)
+        self._outputs.extend(v.i if type(v) is Var else self._constant_node(v) for v in flat)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -105,7 +105,8 @@ _ROWS = [
     OpSpec(
         "powc", 2, "x ** y", ("_dpowc(x, y)",), (_P, _R),
         "x ** c for a constant real c (libm pow)",
-        param="const", nonsmooth="c = 0 gives derivative 0 (x ** 0 is constant; JAX gives NaN at x = 0); "
+        param="const",
+        nonsmooth="c = 0 gives derivative 0 (x ** 0 is constant; JAX gives NaN at x = 0); "
         "x = 0 with 0 < c < 1 gives inf",
     ),
     OpSpec(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,15 @@ def save(tape: Tape, path: str | os.PathLike) -> None:
     )
 
 
+def _existing(path: str | os.PathLike) -> str | os.PathLike:
+    """``path``, or ``path + ".npz"`` when only that exists (``save`` appends the suffix)."""
+    if not os.path.exists(path) and not str(path).endswith(".npz"):
+        alt = f"{os.fspath(path)}.npz"
+        if os.path.exists(alt):
+            return alt
+    return path
+
+
 def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
     """Read a tape written by :func:`save`, validating every array.
 
@@ -51,8 +59,17 @@ def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
         format (the message names the first offending entry).  Never crashes the process: the
         arrays are fully validated before any kernel sees them.
     """
+    path = _existing(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # any parse failure of a corrupt or hostile file
+        raise TapeFormatError(f"{path}: cannot read as a fasttape tape: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise TapeFormatError(f"{path}: not a fasttape tape (a single .npy array, not .npz)")
+    try:
+        with data:
             missing = [k for k in _KEYS if k not in data.files]
             if missing:
                 raise TapeFormatError(f"{path}: not a fasttape tape (missing {missing})")
@@ -60,10 +77,11 @@ def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
             saved_mode = str(data["grad_mode"]) if "grad_mode" in data.files else "stored"
     except TapeFormatError:
         raise
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, MemoryError) as exc:
+    except Exception as exc:
         raise TapeFormatError(f"{path}: cannot read as a fasttape tape: {exc}") from exc
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # a member without the .npy magic reads as bytes
+            raise TapeFormatError(f"{path}: member {key!r} is not an .npy array")
     version = arrays.pop("format_version")
     if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
         raise TapeFormatError(

@@ -124,6 +124,9 @@ class Tape:
         ValueError
             Naming the first offending entry if the arrays break the format.
         """
+        # Copy first: the tape must own its arrays, or a write through the caller's view could
+        # change a validated tape under kernels that run without bounds checks.
+        ops, args, consts, outputs = (np.array(a, copy=True) for a in (ops, args, consts, outputs))
         ops, args, consts, outputs, n_inputs = validate_arrays(ops, args, consts, outputs, n_inputs)
         return cls._trusted(ops, args, consts, outputs, n_inputs, grad_mode)
 
@@ -144,6 +147,9 @@ class Tape:
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Tape is immutable")
+
+    def __delattr__(self, name: str) -> None:
         raise AttributeError("a Tape is immutable")
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -329,7 +335,8 @@ class Tape:
         """A readable listing of the first ``max_lines`` instructions and the sizes."""
         s = self.stats()
         head = (
-            f"<fasttape.Tape: {_count(s['n_inputs'], 'input')}, {_count(s['n_consts'], 'constant')}, "
+            f"<fasttape.Tape: {_count(s['n_inputs'], 'input')}, "
+            f"{_count(s['n_consts'], 'constant')}, "
             f"{_count(s['n_nodes'], 'instruction')}, {_count(s['n_outputs'], 'output')}; "
             f"tape {s['tape_nbytes']:,} B, "
             f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
@@ -401,8 +408,6 @@ def _check_out(out: Any, n: int, name: str) -> np.ndarray:
 
 
 _MESSAGES = {
-    structure.BAD_OPCODE: "op code {val} is not a known op (valid: 0..{max_op})",
-    structure.ARGS_LENGTH: "args has {n_args} entries but the ops' arities need {need}",
     structure.ARG_NEGATIVE: "argument {pos} is the negative slot {val}",
     structure.ARG_NOT_EARLIER: (
         "argument {pos} refers to slot {val}, which is not earlier than the instruction's own "
@@ -439,8 +444,8 @@ def validate_arrays(
     if isinstance(n_inputs, (bool, np.bool_)) or not isinstance(n_inputs, (int, np.integer)):
         raise ValueError(f"n_inputs must be a non-negative int; got {n_inputs!r}")
     n_inputs = int(n_inputs)
-    if n_inputs < 0:
-        raise ValueError(f"n_inputs must be a non-negative int; got {n_inputs}")
+    if not 0 <= n_inputs < 2**62:
+        raise ValueError(f"n_inputs must be a non-negative int below 2**62; got {n_inputs}")
     ops = _as_index_array(ops, "ops")
     args = _as_index_array(args, "args")
     outputs = _as_index_array(outputs, "outputs")
@@ -460,8 +465,13 @@ def validate_arrays(
     ops = np.ascontiguousarray(ops, dtype=np.uint8)
     n_pre = n_inputs + consts.shape[0]
     n_slots = n_pre + ops.shape[0]
-    if args.size and (int(args.min()) < np.iinfo(np.int64).min or int(args.max()) > 2**63 - 1):
-        raise ValueError("args out of int64 range")
+    need = int(_ARITY[ops].sum())
+    if args.shape[0] != need:
+        raise ValueError(
+            f"invalid tape: args has {args.shape[0]} entries but the arities of the "
+            f"{ops.shape[0]} ops need {need} (args holds every instruction's arguments, "
+            "concatenated)"
+        )
     idx = np.int32 if n_slots <= _INT32_MAX else np.int64
     if args.size and (int(args.min()) < 0 or int(args.max()) >= n_slots):
         # Out of every slot's range: report the first one (also catches int32 overflow).
@@ -476,21 +486,14 @@ def validate_arrays(
     code, i, pos = structure.check_tape(
         ops, args, consts, n_inputs, _ARITY, _NDIFF, _PARAM_CONST, _POWI
     )
-    if code != structure.OK:
-        need = int(_ARITY[ops].sum())
-        op = OPS[int(ops[i])] if 0 <= i < ops.shape[0] and ops[i] < N_OPS else None
-        k = int(_ARITY[ops[:i]].sum()) if i >= 0 else 0
-        val = int(args[k + pos]) if code not in (structure.BAD_OPCODE, structure.ARGS_LENGTH) else (
-            int(ops[i]) if code == structure.BAD_OPCODE else 0
-        )
+    if code != structure.OK:  # an argument of instruction i is wrong (lengths checked above)
+        k = int(_ARITY[ops[:i]].sum()) + pos
+        val = int(args[k])
         msg = _MESSAGES[code].format(
             pos=pos, val=val, slot=n_pre + i, n_pre=n_pre, n_inputs=n_inputs,
-            n_args=args.shape[0], need=need, max_op=N_OPS - 1,
             cval=float(consts[val - n_inputs]) if code == structure.EXPONENT_NOT_INTEGRAL else 0,
         )
-        if op is not None and code != structure.ARGS_LENGTH:
-            msg = f"instruction {i} ({op.name}): {msg}"
-        raise ValueError(f"invalid tape: {msg}")
+        raise ValueError(f"invalid tape: instruction {i} ({OPS[int(ops[i])].name}): {msg}")
     if outputs.size == 0:
         raise ValueError("invalid tape: it has no outputs (outputs is empty)")
     if int(outputs.min()) < 0 or int(outputs.max()) >= n_slots:

@@ -181,9 +181,27 @@ def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) 
     name = _UFUNCS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented
+    if name in ("eq", "ne"):
+        # `np.float64(2) == var` and `var in [np.float64(2)]` must keep Python's identity
+        # meaning of == (as for plain numbers); the traced comparison is ft.eq / ft.ne.
+        same = inputs[0] is inputs[1]
+        return same if name == "eq" else not same
     fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
     if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
-        # An array mixed with a Var: apply elementwise, giving an object array of Vars.
-        return np.frompyfunc(fn, len(inputs), 1)(*inputs)
+        # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not
+        # np.frompyfunc: its ufunc would dispatch straight back to Var.__array_ufunc__.)
+        arrays = [a if isinstance(a, np.ndarray) else _object_scalar(a) for a in inputs]
+        b = np.broadcast(*arrays)
+        out = np.empty(b.shape, dtype=object)
+        flat = out.reshape(-1)
+        for k, elems in enumerate(b):
+            flat[k] = fn(*elems)
+        return out
     inputs = tuple(a.item() if isinstance(a, np.ndarray) else a for a in inputs)
     return fn(*inputs)
+
+
+def _object_scalar(v: Any) -> np.ndarray:
+    arr = np.empty((), dtype=object)
+    arr[()] = v
+    return arr

@@ -209,7 +209,7 @@ def value_and_grad(tape, x, output=0):
         if g == 0.0:
             continue  # the zero rule: a zero adjoint contributes nothing
         partials = REFERENCE[name][1](*(vals[j] for j in a), vals[n_pre + i])
-        for j, d in zip(a, partials):
+        for j, d in zip(a, partials, strict=False):  # params have no partial
             if d != 0.0:
                 adj[j] += mul(g, d)
     return vals[out], adj[: tape.n_inputs]

@@ -244,12 +244,6 @@ def test_vars_are_hashable_and_live_in_sets_and_dicts():
     assert [y, x].index(x) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Var defines no __eq__, so `var == np.float64(2.0)` falls back to NumPy's "
-    "reflected ufunc equal and returns a traced eq node instead of False (identity); "
-    "`var in [np.float64(2.0)]` then raises TypeError from __bool__",
-)
 @pytest.mark.parametrize("c", [np.float64(2.0), np.array(2.0)], ids=["np.float64", "0d"])
 def test_var_equality_with_numpy_number_is_identity(c):
     g = ft.Graph()
@@ -340,11 +334,6 @@ def test_mixing_vars_of_two_graphs_raises(fn):
         fn(x, y, g1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Graph.output is not atomic: output([x, bad]) appends x to the outputs before "
-    "raising on bad, so the graph keeps a stray output and later outputs are renumbered",
-)
 @pytest.mark.parametrize("bad", ["foreign", "str"])
 def test_failed_output_leaves_graph_unchanged(bad):
     g1, g2 = ft.Graph(), ft.Graph()
@@ -521,13 +510,6 @@ def test_numpy_positive_returns_the_var():
     assert np.positive(x) is x
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: trace._from_ufunc applies np.frompyfunc(fn) to an array mixed with a Var, but "
-    "the vectorized ufunc dispatches back to Var.__array_ufunc__ under the name "
-    "'mul (vectorized)', which is unknown, so `np.array([1.0, 2.0]) * var` raises TypeError "
-    "instead of giving the documented object array of Vars",
-)
 def test_numpy_array_times_var_gives_object_array_of_vars():
     g = ft.Graph()
     x = g.input()

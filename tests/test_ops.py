@@ -67,7 +67,7 @@ def test_table_is_consistent():
 def test_every_public_op_has_a_function(name):
     fn = getattr(ft, name)
     assert fn.__name__ == name
-    if name != "where":  # where has its own hand-written docstring in trace.py
+    if name not in ("where", "pow"):  # hand-written docstrings in trace.py
         assert OP_BY_NAME[name].doc[:10].lower() in fn.__doc__.lower()
 
 
@@ -93,7 +93,7 @@ def test_kernel_matches_reference_in_domain(name, data):
     rv, rg = ref_value_and_grad(tape, x)
     assert same(v, rv), (name, x, v, rv)
     assert v2 == v or (math.isnan(v) and math.isnan(v2))
-    for a, b, c in zip(g, g2, rg):
+    for a, b, c in zip(g, g2, rg, strict=True):
         assert same(a, c), (name, x, list(g), rg)
         assert a == b or (math.isnan(a) and math.isnan(b)), "stored and lean must agree bitwise"
 
@@ -132,7 +132,7 @@ def test_special_values(name):
             rv, rg = ref_value_and_grad(tape, x)
             assert same(v, rv), (name, params, x, v, rv)
             assert same(v_lean, rv)
-            for a, b, c in zip(g, g_lean, rg):
+            for a, b, c in zip(g, g_lean, rg, strict=True):
                 assert same(a, c), (name, params, x, list(g), rg)
                 assert same(b, c), (name, params, x, list(g_lean), rg)
 

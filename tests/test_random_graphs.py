@@ -64,19 +64,19 @@ def test_random_tapes_match_the_oracle(case):
     every = _all_slots_tape(tape)
     values = every.value(x)
     ref_values = reference.forward(tape, x)
-    for i, (a, b) in enumerate(zip(np.atleast_1d(values), ref_values)):
+    for i, (a, b) in enumerate(zip(np.atleast_1d(values), ref_values, strict=True)):
         assert same(a, b), f"slot {i}: kernel {a!r} vs reference {b!r}\n{tape.listing()}"
     # The gradient of every slot, so each instruction's partials are checked directly.
     for k in range(tape.n_inputs + tape.n_consts, every.n_slots):
         rv, rg = reference.value_and_grad(every, x, output=k)
         v, g = every.value_and_grad(x, output=k)
-        assert all(same(a, b) for a, b in zip(g, rg)), f"slot {k}: {list(g)} vs {rg}"
+        assert all(same(a, b) for a, b in zip(g, rg, strict=True)), f"slot {k}: {list(g)} vs {rg}"
     for k in range(tape.n_outputs):
         rv, rg = reference.value_and_grad(tape, x, output=k)
         for mode in ft.GRAD_MODES:
             v, g = tape.with_grad_mode(mode).value_and_grad(x, output=k)
             assert same(v, rv), (mode, k, v, rv)
-            for j, (a, b) in enumerate(zip(g, rg)):
+            for j, (a, b) in enumerate(zip(g, rg, strict=True)):
                 assert same(a, b), f"{mode} d out{k}/dx{j}: {a!r} vs {b!r}\n{tape.listing()}"
 
 
@@ -162,14 +162,14 @@ def test_traced_programs_compile_to_the_same_values(prog):
     tape = ft.compile(g)
     expected = [_run(steps, x, _REF)[i] for i in outputs]
     got = np.atleast_1d(tape.value(x))
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert same(float(a), float(b)), (a, b, steps)
     # and the compiled tape's gradient agrees with the oracle run on the same tape
     for k in range(tape.n_outputs):
         rv, rg = reference.value_and_grad(tape, x, output=k)
         v, gr = tape.value_and_grad(x, output=k)
         assert same(v, rv)
-        assert all(same(a, b) for a, b in zip(gr, rg)), (list(gr), rg)
+        assert all(same(a, b) for a, b in zip(gr, rg, strict=True)), (list(gr), rg)
 
 
 def test_gradient_matches_finite_differences_on_a_smooth_graph():
@@ -193,7 +193,7 @@ def test_gradient_matches_finite_differences_on_a_smooth_graph():
 def test_reference_is_not_trivially_equal():
     """The oracle can fail: a wrong partial is caught (guards against a test that can't fail)."""
     tape = ft.Tape.from_arrays([OP_BY_NAME["sin"].code], [0], [], [1], 1)
-    v, g = tape.value_and_grad([0.3])
-    rv, rg = reference.value_and_grad(tape, [0.3])
+    _, g = tape.value_and_grad([0.3])
+    _, rg = reference.value_and_grad(tape, [0.3])
     assert same(g[0], rg[0])
     assert not same(g[0] * (1 + 1e-10), rg[0])

@@ -409,11 +409,6 @@ def test_member_that_is_not_npy_data_is_refused(good_file, tmp_path, key):
 
 
 # ---------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ft.load of a plain .npy file: np.load returns an ndarray (not an NpzFile), and "
-    "`with ndarray:` raises TypeError instead of TapeFormatError",
-)
 @pytest.mark.parametrize("name", ["array.npy", "array.npz"])
 def test_npy_file_is_refused(tmp_path, name):
     path = tmp_path / name
@@ -422,21 +417,11 @@ def test_npy_file_is_refused(tmp_path, name):
     assert_refused(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NpzFile returns the raw bytes of a zip member without the .npy magic, and "
-    "ft.load then calls .shape on them: AttributeError instead of TapeFormatError",
-)
 @pytest.mark.parametrize("key", ["format_version", "op_table", "n_inputs"])
 def test_scalar_member_that_is_not_npy_data_is_refused(good_file, tmp_path, key):
     assert_refused(_zip_with(tmp_path / "raw.npz", good_file, key, b"not an npy file at all"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an .npy header with unbalanced brackets makes NumPy's header parser raise "
-    "tokenize.TokenError (not a ValueError), which ft.load does not turn into TapeFormatError",
-)
 @pytest.mark.parametrize("key", ["consts", "n_inputs"])
 def test_npy_header_with_unbalanced_brackets_is_refused(good_file, tmp_path, key):
     blob = _header(b"{'descr': '<f8', 'fortran_order': False, 'shape': (3,")
@@ -452,12 +437,6 @@ def _patch_zip_field(data: bytes, signature: bytes, offset: int, value: int) -> 
     return bytes(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: zipfile raises NotImplementedError for an unknown compression method or a "
-    "too-new 'version needed to extract', and ft.load lets it escape instead of raising "
-    "TapeFormatError",
-)
 @pytest.mark.parametrize("field", ["compression", "version"])
 def test_unsupported_zip_features_are_refused(good_file, tmp_path, field):
     data = good_file.read_bytes()
@@ -481,11 +460,6 @@ def _load_never_crashes(path: Path) -> None:
         t.value_and_grad(np.full(t.n_inputs, 0.5), output=k)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: some single-byte corruptions of the zip headers escape as NotImplementedError "
-    "(see test_unsupported_zip_features_are_refused)",
-)
 def test_fuzz_byte_flips_anywhere_in_the_file(good_file, tmp_path):
     data = good_file.read_bytes()
     rng = np.random.default_rng(12345)
@@ -497,11 +471,6 @@ def test_fuzz_byte_flips_anywhere_in_the_file(good_file, tmp_path):
         _load_never_crashes(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: corrupting an .npy member's header (with a valid zip CRC) escapes as "
-    "tokenize.TokenError or AttributeError (see the two tests above)",
-)
 def test_fuzz_byte_flips_in_npy_members(good_file, tmp_path):
     with zipfile.ZipFile(good_file) as src:
         members = {n: src.read(n) for n in src.namelist()}
