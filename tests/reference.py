@@ -63,7 +63,8 @@ def div(a, b):
 
 
 def mul(a, b):
-    return float(np.float64(a) * np.float64(b))  # inf * 0 = nan without exceptions
+    with np.errstate(all="ignore"):  # inf * 0 = nan, quietly, as in the kernels
+        return float(np.float64(a) * np.float64(b))
 
 
 def ipow(x, n):
