@@ -28,7 +28,7 @@ def _sigmoid(a):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def baseline_value_and_grad(ops, args, x, vals, adj, grad):
+def baseline_value(ops, args, x, vals):
     n_in = x.shape[0]
     vals[:n_in] = x
     k = 0
@@ -63,6 +63,15 @@ def baseline_value_and_grad(ops, args, x, vals, adj, grad):
                 f = math.sqrt(a)
             k += 1
         vals[n_in + i] = f
+    return vals[vals.shape[0] - 1]
+
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def baseline_value_and_grad(ops, args, x, vals, adj, grad):
+    n_in = x.shape[0]
+    baseline_value(ops, args, x, vals)
+    k = args.shape[0]
     adj[:] = 0.0
     adj[adj.shape[0] - 1] = 1.0
     for i in range(ops.shape[0] - 1, -1, -1):
@@ -104,46 +113,6 @@ def baseline_value_and_grad(ops, args, x, vals, adj, grad):
             adj[p] += g * d
     grad[:] = adj[:n_in]
     return vals[vals.shape[0] - 1]
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def baseline_value(ops, args, x, vals):
-    n_in = x.shape[0]
-    vals[:n_in] = x
-    k = 0
-    for i in range(ops.shape[0]):
-        o = ops[i]
-        a = vals[args[k]]
-        if o == ADD:
-            f = a + vals[args[k + 1]]
-            k += 2
-        elif o == MUL:
-            f = a * vals[args[k + 1]]
-            k += 2
-        elif o == SUB:
-            f = a - vals[args[k + 1]]
-            k += 2
-        else:
-            if o == SIN:
-                f = math.sin(a)
-            elif o == COS:
-                f = math.cos(a)
-            elif o == TANH:
-                f = math.tanh(a)
-            elif o == SIGMOID:
-                f = _sigmoid(a)
-            elif o == ATAN:
-                f = math.atan(a)
-            elif o == SQUARE:
-                f = a * a
-            elif o == EXP:
-                f = math.exp(a)
-            else:
-                f = math.sqrt(a)
-            k += 1
-        vals[n_in + i] = f
-    return vals[vals.shape[0] - 1]
-
 
 def run_baseline(tape, x):
     """Value and gradient of a :func:`fasttape.families.random_local` tape by the baseline."""

@@ -160,6 +160,15 @@ def value_kernel(ops, args, consts, outputs, xin, vals, out):
 
 
 @_kernel
+def _collect_grad(adj, n_in, n_pre, grad):
+    # The inputs' adjoints are the gradient; zero every pre-slot so adj is clean for next time.
+    for i in range(n_in):
+        grad[i] = adj[i]
+    for i in range(n_pre):
+        adj[i] = 0.0
+
+
+@_kernel
 def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj, grad):
     """Value of output ``which`` and its gradient into ``grad``; stores partials (fast mode).
 
@@ -170,10 +179,7 @@ def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, a
     n_pre = xin.shape[0] + consts.shape[0]
     adj[outputs[which]] = 1.0
     reverse_stored(ops, args, parts, adj, n_pre)
-    for i in range(xin.shape[0]):
-        grad[i] = adj[i]
-    for i in range(n_pre):
-        adj[i] = 0.0
+    _collect_grad(adj, xin.shape[0], n_pre, grad)
     return vals[outputs[which]]
 
 
@@ -184,10 +190,7 @@ def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj
     n_pre = xin.shape[0] + consts.shape[0]
     adj[outputs[which]] = 1.0
     reverse_lean(ops, args, vals, adj, n_pre)
-    for i in range(xin.shape[0]):
-        grad[i] = adj[i]
-    for i in range(n_pre):
-        adj[i] = 0.0
+    _collect_grad(adj, xin.shape[0], n_pre, grad)
     return vals[outputs[which]]
 '''
 
