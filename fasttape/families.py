@@ -53,6 +53,9 @@ def random_local(
 ) -> Tape:
     """A random graph whose arguments lie among the previous ``window`` slots.
 
+    The op sequence is drawn from ``mix``; arguments are drawn uniformly from the window, then
+    a few are moved to an earlier slot to keep values finite (see the comments in the code).
+
     Parameters
     ----------
     n_nodes : int
@@ -65,6 +68,8 @@ def random_local(
         Op name -> probability; defaults to :data:`DEFAULT_MIX`.
     seed : int
         Seed for NumPy's generator: the same arguments give the same tape.
+    grad_mode : {"stored", "lean"}
+        Passed to :meth:`Tape.from_arrays`.
 
     Returns
     -------
@@ -87,10 +92,10 @@ def random_local(
     owner = np.repeat(own, ar)
     lo = np.maximum(owner - window, 0)
     args = lo + (rng.random(owner.shape[0]) * (owner - lo)).astype(np.int64)
-    # Keep values and gradients finite over millions of nodes: binary ops, exp and square only
-    # read bounded slots (inputs in [0.1, 0.9], outputs of sin/cos/tanh/sigmoid/atan), sqrt
-    # only non-negative ones (inputs, sigmoid outputs).  An offending argument moves to the
-    # nearest earlier allowed slot, which keeps the graph local.
+    # Keep values and gradients finite over millions of nodes: mul, exp and square only read
+    # bounded slots (inputs in [0.1, 0.9], outputs of sin/cos/tanh/sigmoid/atan), sqrt only
+    # non-negative ones (inputs, sigmoid outputs).  An offending argument moves to the nearest
+    # earlier allowed slot, which keeps the graph local (usually still inside the window).
     index = np.arange(n_pre + n_nodes)
 
     def nearest_allowed(allowed: set[str]) -> np.ndarray:
