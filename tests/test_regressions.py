@@ -32,3 +32,17 @@ def test_args_length_error_is_worded_once():
     msg = r"^invalid tape: args has 2 entries but the arities of the 1 ops need 1 "
     with pytest.raises(ValueError, match=msg):
         ft.Tape.from_arrays([NEG], [0, 0], [], [1], 1)
+
+
+@pytest.mark.parametrize("pause", [True, False])
+def test_trace_restores_the_garbage_collector(pause):
+    import gc
+
+    assert gc.isenabled()
+    seen = []
+    ft.trace(lambda x: seen.append(gc.isenabled()) or x[0] * 2, 1, pause_gc=pause)
+    assert seen == [not pause]
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        ft.trace(lambda x: 1 / 0, 1)
+    assert gc.isenabled(), "restored even when the traced function raises"
