@@ -149,214 +149,169 @@ def forward_values(ops, args, consts, xin, vals):
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
+        # Every op has a first argument: loading it before the dispatch lets the load
+        # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).
+        x = vals[args[k]]
         if op == 0:  # add
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x + y
             k += 2
         elif op == 1:  # mul
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x * y
             k += 2
         elif op == 2:  # sub
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x - y
             k += 2
         elif op == 3:  # div
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x / y
             k += 2
         elif op == 4:  # neg
-            x = vals[args[k + 0]]
             f = -x
             k += 1
         elif op == 5:  # square
-            x = vals[args[k + 0]]
             f = x * x
             k += 1
         elif op == 6:  # powi
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _powi(x, y)
             k += 2
         elif op == 7:  # powc
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x ** y
             k += 2
         elif op == 8:  # pow
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x ** y
             k += 2
         elif op == 9:  # sqrt
-            x = vals[args[k + 0]]
             f = math.sqrt(x)
             k += 1
         elif op == 10:  # cbrt
-            x = vals[args[k + 0]]
             f = np.cbrt(x)
             k += 1
         elif op == 11:  # exp
-            x = vals[args[k + 0]]
             f = math.exp(x)
             k += 1
         elif op == 12:  # expm1
-            x = vals[args[k + 0]]
             f = math.expm1(x)
             k += 1
         elif op == 13:  # log
-            x = vals[args[k + 0]]
             f = math.log(x)
             k += 1
         elif op == 14:  # log1p
-            x = vals[args[k + 0]]
             f = math.log1p(x)
             k += 1
         elif op == 15:  # log2
-            x = vals[args[k + 0]]
             f = math.log2(x)
             k += 1
         elif op == 16:  # log10
-            x = vals[args[k + 0]]
             f = math.log10(x)
             k += 1
         elif op == 17:  # sin
-            x = vals[args[k + 0]]
             f = math.sin(x)
             k += 1
         elif op == 18:  # cos
-            x = vals[args[k + 0]]
             f = math.cos(x)
             k += 1
         elif op == 19:  # tan
-            x = vals[args[k + 0]]
             f = math.tan(x)
             k += 1
         elif op == 20:  # asin
-            x = vals[args[k + 0]]
             f = math.asin(x)
             k += 1
         elif op == 21:  # acos
-            x = vals[args[k + 0]]
             f = math.acos(x)
             k += 1
         elif op == 22:  # atan
-            x = vals[args[k + 0]]
             f = math.atan(x)
             k += 1
         elif op == 23:  # atan2
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = math.atan2(x, y)
             k += 2
         elif op == 24:  # sinh
-            x = vals[args[k + 0]]
             f = math.sinh(x)
             k += 1
         elif op == 25:  # cosh
-            x = vals[args[k + 0]]
             f = math.cosh(x)
             k += 1
         elif op == 26:  # tanh
-            x = vals[args[k + 0]]
             f = math.tanh(x)
             k += 1
         elif op == 27:  # asinh
-            x = vals[args[k + 0]]
             f = math.asinh(x)
             k += 1
         elif op == 28:  # acosh
-            x = vals[args[k + 0]]
             f = math.acosh(x)
             k += 1
         elif op == 29:  # atanh
-            x = vals[args[k + 0]]
             f = math.atanh(x)
             k += 1
         elif op == 30:  # erf
-            x = vals[args[k + 0]]
             f = math.erf(x)
             k += 1
         elif op == 31:  # erfc
-            x = vals[args[k + 0]]
             f = math.erfc(x)
             k += 1
         elif op == 32:  # abs
-            x = vals[args[k + 0]]
             f = abs(x)
             k += 1
         elif op == 33:  # sign
-            x = vals[args[k + 0]]
             f = _sign(x)
             k += 1
         elif op == 34:  # floor
-            x = vals[args[k + 0]]
             f = np.floor(x)
             k += 1
         elif op == 35:  # ceil
-            x = vals[args[k + 0]]
             f = np.ceil(x)
             k += 1
         elif op == 36:  # minimum
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _fmin(x, y)
             k += 2
         elif op == 37:  # maximum
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _fmax(x, y)
             k += 2
         elif op == 38:  # hypot
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = math.hypot(x, y)
             k += 2
         elif op == 39:  # sigmoid
-            x = vals[args[k + 0]]
             f = _sigmoid(x)
             k += 1
         elif op == 40:  # softplus
-            x = vals[args[k + 0]]
             f = _softplus(x)
             k += 1
         elif op == 41:  # where
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             z = vals[args[k + 2]]
             f = x if z != 0.0 else y
             k += 3
         elif op == 42:  # lt
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x < y else 0.0
             k += 2
         elif op == 43:  # le
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x <= y else 0.0
             k += 2
         elif op == 44:  # gt
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x > y else 0.0
             k += 2
         elif op == 45:  # ge
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x >= y else 0.0
             k += 2
         elif op == 46:  # eq
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x == y else 0.0
             k += 2
         elif op == 47:  # ne
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x != y else 0.0
             k += 2
@@ -382,230 +337,191 @@ def forward_partials(ops, args, consts, xin, vals, parts):
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
+        # Every op has a first argument: loading it before the dispatch lets the load
+        # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).
+        x = vals[args[k]]
         if op == 0:  # add
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x + y
             parts[k + 0] = 1.0
             parts[k + 1] = 1.0
             k += 2
         elif op == 1:  # mul
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x * y
             parts[k + 0] = y
             parts[k + 1] = x
             k += 2
         elif op == 2:  # sub
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x - y
             parts[k + 0] = 1.0
             parts[k + 1] = -1.0
             k += 2
         elif op == 3:  # div
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x / y
             parts[k + 0] = 1.0 / y
             parts[k + 1] = -f / y
             k += 2
         elif op == 4:  # neg
-            x = vals[args[k + 0]]
             f = -x
             parts[k + 0] = -1.0
             k += 1
         elif op == 5:  # square
-            x = vals[args[k + 0]]
             f = x * x
             parts[k + 0] = 2.0 * x
             k += 1
         elif op == 6:  # powi
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _powi(x, y)
             parts[k + 0] = _dpowi(x, y)
             k += 2
         elif op == 7:  # powc
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x ** y
             parts[k + 0] = _dpowc(x, y)
             k += 2
         elif op == 8:  # pow
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = x ** y
             parts[k + 0] = _dpowc(x, y)
             parts[k + 1] = _dpow_exp(x, y, f)
             k += 2
         elif op == 9:  # sqrt
-            x = vals[args[k + 0]]
             f = math.sqrt(x)
             parts[k + 0] = 0.5 / f
             k += 1
         elif op == 10:  # cbrt
-            x = vals[args[k + 0]]
             f = np.cbrt(x)
             parts[k + 0] = 1.0 / (3.0 * f * f)
             k += 1
         elif op == 11:  # exp
-            x = vals[args[k + 0]]
             f = math.exp(x)
             parts[k + 0] = f
             k += 1
         elif op == 12:  # expm1
-            x = vals[args[k + 0]]
             f = math.expm1(x)
             parts[k + 0] = f + 1.0
             k += 1
         elif op == 13:  # log
-            x = vals[args[k + 0]]
             f = math.log(x)
             parts[k + 0] = 1.0 / x
             k += 1
         elif op == 14:  # log1p
-            x = vals[args[k + 0]]
             f = math.log1p(x)
             parts[k + 0] = 1.0 / (1.0 + x)
             k += 1
         elif op == 15:  # log2
-            x = vals[args[k + 0]]
             f = math.log2(x)
             parts[k + 0] = 1.4426950408889634 / x
             k += 1
         elif op == 16:  # log10
-            x = vals[args[k + 0]]
             f = math.log10(x)
             parts[k + 0] = 0.4342944819032518 / x
             k += 1
         elif op == 17:  # sin
-            x = vals[args[k + 0]]
             f = math.sin(x)
             parts[k + 0] = math.cos(x)
             k += 1
         elif op == 18:  # cos
-            x = vals[args[k + 0]]
             f = math.cos(x)
             parts[k + 0] = -math.sin(x)
             k += 1
         elif op == 19:  # tan
-            x = vals[args[k + 0]]
             f = math.tan(x)
             parts[k + 0] = 1.0 + f * f
             k += 1
         elif op == 20:  # asin
-            x = vals[args[k + 0]]
             f = math.asin(x)
             parts[k + 0] = 1.0 / math.sqrt(1.0 - x * x)
             k += 1
         elif op == 21:  # acos
-            x = vals[args[k + 0]]
             f = math.acos(x)
             parts[k + 0] = -1.0 / math.sqrt(1.0 - x * x)
             k += 1
         elif op == 22:  # atan
-            x = vals[args[k + 0]]
             f = math.atan(x)
             parts[k + 0] = 1.0 / (1.0 + x * x)
             k += 1
         elif op == 23:  # atan2
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = math.atan2(x, y)
             parts[k + 0] = y / (x * x + y * y)
             parts[k + 1] = -x / (x * x + y * y)
             k += 2
         elif op == 24:  # sinh
-            x = vals[args[k + 0]]
             f = math.sinh(x)
             parts[k + 0] = math.cosh(x)
             k += 1
         elif op == 25:  # cosh
-            x = vals[args[k + 0]]
             f = math.cosh(x)
             parts[k + 0] = math.sinh(x)
             k += 1
         elif op == 26:  # tanh
-            x = vals[args[k + 0]]
             f = math.tanh(x)
             parts[k + 0] = 1.0 - f * f
             k += 1
         elif op == 27:  # asinh
-            x = vals[args[k + 0]]
             f = math.asinh(x)
             parts[k + 0] = 1.0 / math.sqrt(x * x + 1.0)
             k += 1
         elif op == 28:  # acosh
-            x = vals[args[k + 0]]
             f = math.acosh(x)
             parts[k + 0] = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
             k += 1
         elif op == 29:  # atanh
-            x = vals[args[k + 0]]
             f = math.atanh(x)
             parts[k + 0] = 1.0 / (1.0 - x * x)
             k += 1
         elif op == 30:  # erf
-            x = vals[args[k + 0]]
             f = math.erf(x)
             parts[k + 0] = 1.1283791670955126 * math.exp(-x * x)
             k += 1
         elif op == 31:  # erfc
-            x = vals[args[k + 0]]
             f = math.erfc(x)
             parts[k + 0] = -1.1283791670955126 * math.exp(-x * x)
             k += 1
         elif op == 32:  # abs
-            x = vals[args[k + 0]]
             f = abs(x)
             parts[k + 0] = _sign(x)
             k += 1
         elif op == 33:  # sign
-            x = vals[args[k + 0]]
             f = _sign(x)
             k += 1
         elif op == 34:  # floor
-            x = vals[args[k + 0]]
             f = np.floor(x)
             k += 1
         elif op == 35:  # ceil
-            x = vals[args[k + 0]]
             f = np.ceil(x)
             k += 1
         elif op == 36:  # minimum
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _fmin(x, y)
             parts[k + 0] = _dmin(x, y)
             parts[k + 1] = _dmin(y, x)
             k += 2
         elif op == 37:  # maximum
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = _fmax(x, y)
             parts[k + 0] = _dmin(y, x)
             parts[k + 1] = _dmin(x, y)
             k += 2
         elif op == 38:  # hypot
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = math.hypot(x, y)
             parts[k + 0] = _safe_div(x, f)
             parts[k + 1] = _safe_div(y, f)
             k += 2
         elif op == 39:  # sigmoid
-            x = vals[args[k + 0]]
             f = _sigmoid(x)
             parts[k + 0] = f * (1.0 - f)
             k += 1
         elif op == 40:  # softplus
-            x = vals[args[k + 0]]
             f = _softplus(x)
             parts[k + 0] = _sigmoid(x)
             k += 1
         elif op == 41:  # where
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             z = vals[args[k + 2]]
             f = x if z != 0.0 else y
@@ -613,32 +529,26 @@ def forward_partials(ops, args, consts, xin, vals, parts):
             parts[k + 1] = 0.0 if z != 0.0 else 1.0
             k += 3
         elif op == 42:  # lt
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x < y else 0.0
             k += 2
         elif op == 43:  # le
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x <= y else 0.0
             k += 2
         elif op == 44:  # gt
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x > y else 0.0
             k += 2
         elif op == 45:  # ge
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x >= y else 0.0
             k += 2
         elif op == 46:  # eq
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x == y else 0.0
             k += 2
         elif op == 47:  # ne
-            x = vals[args[k + 0]]
             y = vals[args[k + 1]]
             f = 1.0 if x != y else 0.0
             k += 2

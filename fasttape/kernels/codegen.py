@@ -26,8 +26,9 @@ GENERATED_PATH = Path(__file__).with_name("_generated.py")
 _ARG_NAMES = ("x", "y", "z")
 
 
-def _load_args(spec: _ops.OpSpec, indent: str) -> list[str]:
-    return [f"{indent}{_ARG_NAMES[j]} = vals[args[k + {j}]]" for j in range(spec.arity)]
+def _load_args(spec: _ops.OpSpec, indent: str, first_loaded: bool = False) -> list[str]:
+    start = 1 if first_loaded else 0
+    return [f"{indent}{_ARG_NAMES[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
 
 
 def _chain(lines: list[str], specs, body) -> None:
@@ -65,10 +66,13 @@ def _forward(partials: bool) -> list[str]:
         "    k = 0",
         "    for i in range(ops.shape[0]):",
         "        op = ops[i]",
+        "        # Every op has a first argument: loading it before the dispatch lets the load",
+        "        # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).",
+        "        x = vals[args[k]]",
     ]
 
     def body(spec: _ops.OpSpec, ind: str) -> list[str]:
-        out = _load_args(spec, ind)
+        out = _load_args(spec, ind, first_loaded=True)
         out.append(f"{ind}f = {spec.forward}")
         if partials:
             for j, d in enumerate(spec.partials):
