@@ -23,8 +23,6 @@ from fasttape.var import Var
 
 __all__ = ["trace", "sum", "where", "pow", "OP_FUNCTIONS"]
 
-Scalar = Var | float
-
 
 def _graph_of(*values: Any) -> Graph | None:
     """The one Graph the Vars among ``values`` belong to (None if there are no Vars)."""

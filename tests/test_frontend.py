@@ -465,14 +465,20 @@ def test_ft_function_arity_is_checked():
     ],
 )
 def test_numpy_unary_ufunc_traces(ufunc, name, ref):
+    assert_traces_to_one_op(ufunc, name, ref, [0.7])
+
+
+def assert_traces_to_one_op(fn, name, ref, points) -> None:
+    """``fn(var)`` records exactly the op ``name``, whose values equal ``ref`` bit for bit."""
     g = ft.Graph()
     x = g.input()
-    y = ufunc(x)
+    y = fn(x)
     assert isinstance(y, ft.Var), type(y)
     g.output(y)
     tape = ft.compile(g)
     assert op_names(tape) == [name]
-    assert bits(tape.value([0.7])) == bits(ref(0.7))
+    for x0 in points:
+        assert bits(tape.value([x0])) == bits(ref(x0)), (name, x0)
 
 
 @pytest.mark.parametrize(
@@ -493,15 +499,7 @@ def test_numpy_unary_ufunc_traces(ufunc, name, ref):
     ],
 )
 def test_numpy_scalar_on_the_left_traces(fn, name, ref):
-    g = ft.Graph()
-    x = g.input()
-    y = fn(x)
-    assert isinstance(y, ft.Var), type(y)
-    g.output(y)
-    tape = ft.compile(g)
-    assert op_names(tape) == [name]
-    for x0 in [0.7, 1.5]:
-        assert bits(tape.value([x0])) == bits(ref(x0)), (name, x0)
+    assert_traces_to_one_op(fn, name, ref, [0.7, 1.5])
 
 
 def test_numpy_positive_returns_the_var():

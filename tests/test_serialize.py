@@ -471,9 +471,21 @@ def test_fuzz_byte_flips_anywhere_in_the_file(good_file, tmp_path):
         _load_never_crashes(path)
 
 
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as src:
+        return {n: src.read(n) for n in src.namelist()}
+
+
+def _load_with_member(path: Path, members: dict[str, bytes], name: str, blob: bytes) -> None:
+    """Write ``members`` with ``name`` replaced by ``blob`` (valid CRC), then try to load."""
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in members.items():
+            z.writestr(n, blob if n == name else d)
+    _load_never_crashes(path)
+
+
 def test_fuzz_byte_flips_in_npy_members(good_file, tmp_path):
-    with zipfile.ZipFile(good_file) as src:
-        members = {n: src.read(n) for n in src.namelist()}
+    members = _members(good_file)
     rng = np.random.default_rng(54321)
     path = tmp_path / "member.npz"
     names = sorted(members)
@@ -481,16 +493,12 @@ def test_fuzz_byte_flips_in_npy_members(good_file, tmp_path):
         name = names[int(rng.integers(len(names)))]
         blob = bytearray(members[name])
         blob[int(rng.integers(min(len(blob), 128)))] = int(rng.integers(256))
-        with zipfile.ZipFile(path, "w") as z:
-            for n, d in members.items():
-                z.writestr(n, bytes(blob) if n == name else d)
-        _load_never_crashes(path)
+        _load_with_member(path, members, name, bytes(blob))
 
 
 def test_fuzz_byte_flips_in_npy_data_regions(good_file, tmp_path):
     """Flips past the .npy headers (array data only, CRC rewritten): refused or a valid tape."""
-    with zipfile.ZipFile(good_file) as src:
-        members = {n: src.read(n) for n in src.namelist()}
+    members = _members(good_file)
     rng = np.random.default_rng(999)
     path = tmp_path / "data.npz"
     names = [n for n in sorted(members) if n.split(".")[0] in ("ops", "args", "outputs",
@@ -503,10 +511,7 @@ def test_fuzz_byte_flips_in_npy_data_regions(good_file, tmp_path):
             continue
         j = header_len + int(rng.integers(len(blob) - header_len))
         blob[j] = int(rng.integers(256))
-        with zipfile.ZipFile(path, "w") as z:
-            for n, d in members.items():
-                z.writestr(n, bytes(blob) if n == name else d)
-        _load_never_crashes(path)
+        _load_with_member(path, members, name, bytes(blob))
 
 
 def test_renumbered_ops_with_a_forged_hash_are_still_validated(good_file, tmp_path):
