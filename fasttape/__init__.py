@@ -1,14 +1,18 @@
 """fasttape: compile a scalar computational graph once, evaluate values and gradients fast.
 
 The pipeline, module by module: :mod:`~fasttape.var` / :mod:`~fasttape.trace` (record Python
-code) -> :mod:`~fasttape.graph` (flat node columns) -> :mod:`~fasttape.passes` (dead code) ->
+code) -> :mod:`~fasttape.graph` (flat node columns) -> :mod:`~fasttape.passes` (dead code,
+optimisation) ->
 :mod:`~fasttape.compile` (flatten) -> :mod:`~fasttape.tape` (struct-of-arrays) ->
 :mod:`~fasttape.kernels` (Numba sweeps generated from the op table :mod:`~fasttape.ops`).
 """
 
 from fasttape import ops
+from fasttape.checkpoint import CheckpointReport, checkpointed, scan
 from fasttape.compile import compile
+from fasttape.embed.sympy_import import from_sympy
 from fasttape.graph import Graph
+from fasttape.passes import optimize
 from fasttape.serialize import FORMAT_VERSION, TapeFormatError, load
 from fasttape.tape import GRAD_MODES, Tape
 from fasttape.trace import OP_FUNCTIONS, sum, trace
@@ -23,7 +27,12 @@ __all__ = [
     "Var",
     "Tape",
     "compile",
+    "optimize",
     "trace",
+    "from_sympy",
+    "scan",
+    "checkpointed",
+    "CheckpointReport",
     "load",
     "TapeFormatError",
     "FORMAT_VERSION",

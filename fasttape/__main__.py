@@ -1,4 +1,4 @@
-"""Command line: ``fasttape demo`` (or ``python -m fasttape demo``)."""
+"""Command line: ``fasttape demo`` and ``fasttape bench`` (or ``python -m fasttape ...``)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,18 @@ def demo() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # bench parses its own options (fasttape/bench/cli.py); imported only when used.
+        from fasttape.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="fasttape", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="trace, compile and differentiate example graphs")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    sub.add_parser("bench", help="benchmark graph families against installed peers "
+                   "(fasttape bench --help)")
+    args = parser.parse_args(argv)
     if args.command == "demo":
         return demo()
     return 2  # pragma: no cover (argparse rejects unknown commands)

@@ -139,6 +139,13 @@ class Graph:
             f"{len(self._consts)} constants, {self.n_outputs} outputs>"
         )
 
+    def to_dot(self, **kwargs: Any) -> str:
+        """Graphviz DOT text of the graph (small graphs); see
+        :func:`fasttape.embed.dot.graph_to_dot`."""
+        from fasttape.embed.dot import graph_to_dot
+
+        return graph_to_dot(self, **kwargs)
+
     # ------------------------------------------------------------------ raw arrays
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The graph's columns as NumPy arrays (views where possible; do not modify).

@@ -63,6 +63,17 @@ class OpSpec:
         slots (exponents), ``"cond"`` if they are 0/1 selectors.
     nonsmooth : str
         The documented derivative convention at non-smooth points (empty if smooth).
+    second : tuple of str
+        Second partial derivatives of the result with respect to the differentiable arguments,
+        in terms of ``x, y, z`` and ``f``, used by the Hessian-vector products and Hessians
+        (:mod:`fasttape.derivatives`): ``(d2f/dx2,)`` for one differentiable argument,
+        ``(d2f/dx2, d2f/dxdy, d2f/dy2)`` for two, ``()`` for none.  Where a first partial has
+        a convention (a constant branch, a guard against ``0 * inf``), the second partial is the
+        derivative of that same branch, so it is exactly 0 wherever the first partial is a
+        constant (``abs``, ``minimum``, ``where``, the ``c = 0`` exponent).
+    nonsmooth2 : str
+        The convention of the second partials at non-smooth points, where it is not simply
+        "the derivative of the first partial's branch" (empty otherwise).
     """
 
     name: str
@@ -74,12 +85,20 @@ class OpSpec:
     commutative: bool = False
     param: str = ""
     nonsmooth: str = ""
+    second: tuple[str, ...] = ()
+    nonsmooth2: str = ""
     code: int = field(default=-1, compare=False)
 
     @property
     def ndiff(self) -> int:
         """Number of leading differentiable arguments."""
         return len(self.partials)
+
+    @property
+    def hessian_entries(self) -> tuple[tuple[int, int, str], ...]:
+        """``(j, k, expr)`` for each second partial d2f/(dj dk) with ``j <= k``."""
+        pairs = [(j, k) for j in range(self.ndiff) for k in range(j, self.ndiff)]
+        return tuple((j, k, e) for (j, k), e in zip(pairs, self.second, strict=True))
 
 
 _R = (-3.0, 3.0)  # default domain: reals, kept small so exp and friends stay finite
@@ -91,16 +110,23 @@ _I = (-9.0, 9.0)  # integer exponents in tests
 # if/elif chains (lowered by LLVM to a jump table where it can) test them first.
 _ROWS = [
     # name       arity forward                            partials
-    OpSpec("add", 2, "x + y", ("1.0", "1.0"), (_R, _R), "x + y", commutative=True),
-    OpSpec("mul", 2, "x * y", ("y", "x"), (_R, _R), "x * y", commutative=True),
-    OpSpec("sub", 2, "x - y", ("1.0", "-1.0"), (_R, _R), "x - y"),
-    OpSpec("div", 2, "x / y", ("1.0 / y", "-f / y"), (_R, _P), "x / y"),
-    OpSpec("neg", 1, "-x", ("-1.0",), (_R,), "-x"),
-    OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x"),
+    OpSpec("add", 2, "x + y", ("1.0", "1.0"), (_R, _R), "x + y", commutative=True,
+           second=("0.0", "0.0", "0.0")),
+    OpSpec("mul", 2, "x * y", ("y", "x"), (_R, _R), "x * y", commutative=True,
+           second=("0.0", "1.0", "0.0")),
+    OpSpec("sub", 2, "x - y", ("1.0", "-1.0"), (_R, _R), "x - y",
+           second=("0.0", "0.0", "0.0")),
+    OpSpec("div", 2, "x / y", ("1.0 / y", "-f / y"), (_R, _P), "x / y",
+           second=("0.0", "-1.0 / (y * y)", "2.0 * f / (y * y)")),
+    OpSpec("neg", 1, "-x", ("-1.0",), (_R,), "-x",
+           second=("0.0",)),
+    OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x",
+           second=("2.0",)),
     OpSpec(
         "powi", 2, "_powi(x, y)", ("_dpowi(x, y)",), ((0.2, 3.0), _I),
         "x ** n for a constant integer n (repeated squaring, like JAX's integer_pow)",
         param="const", nonsmooth="n = 0 gives derivative 0 everywhere, x = 0 included",
+        second=("0.0 if y == 0.0 else y * _dpowi(x, y - 1.0)",),
     ),
     OpSpec(
         "powc", 2, "x ** y", ("_dpowc(x, y)",), (_P, _R),
@@ -108,70 +134,118 @@ _ROWS = [
         param="const",
         nonsmooth="c = 0 gives derivative 0 (x ** 0 is constant; JAX gives NaN at x = 0); "
         "x = 0 with 0 < c < 1 gives inf",
+        second=("0.0 if y == 0.0 else y * _dpowc(x, y - 1.0)",),
     ),
     OpSpec(
         "pow", 2, "x ** y", ("_dpowc(x, y)", "_dpow_exp(x, y, f)"), (_P, _R),
         "x ** y, both arguments variable (libm pow)",
         nonsmooth="d/dx is 0 where y = 0 (x ** 0 is constant; JAX gives NaN at x = 0); d/dy is 0 "
         "where x = 0 (as JAX)",
+        second=(
+            "0.0 if y == 0.0 else y * _dpowc(x, y - 1.0)",
+            "0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))",
+            "0.0 if x == 0.0 else f * math.log(x) * math.log(x)",
+        ),
+        nonsmooth2="the second partials involving y are 0 where x = 0 (as d/dy); d2/dx2 is 0 "
+        "where y = 0 (as d/dx)",
     ),
     OpSpec("sqrt", 1, "math.sqrt(x)", ("0.5 / f",), (_P,), "square root",
-           nonsmooth="+inf at x = 0 (as JAX)"),
+           nonsmooth="+inf at x = 0 (as JAX)",
+           second=("-0.25 / (f * f * f)",)),
     OpSpec("cbrt", 1, "np.cbrt(x)", ("1.0 / (3.0 * f * f)",), ((0.05, 4.0),), "cube root",
-           nonsmooth="+inf at x = 0"),
-    OpSpec("exp", 1, "math.exp(x)", ("f",), (_R,), "e ** x"),
-    OpSpec("expm1", 1, "math.expm1(x)", ("f + 1.0",), (_R,), "e ** x - 1, accurate near 0"),
-    OpSpec("log", 1, "math.log(x)", ("1.0 / x",), (_P,), "natural logarithm"),
+           nonsmooth="+inf at x = 0",
+           second=("-2.0 / (9.0 * f * f * f * f * f)",)),
+    OpSpec("exp", 1, "math.exp(x)", ("f",), (_R,), "e ** x",
+           second=("f",)),
+    OpSpec("expm1", 1, "math.expm1(x)", ("f + 1.0",), (_R,), "e ** x - 1, accurate near 0",
+           second=("f + 1.0",)),
+    OpSpec("log", 1, "math.log(x)", ("1.0 / x",), (_P,), "natural logarithm",
+           second=("-1.0 / (x * x)",)),
     OpSpec("log1p", 1, "math.log1p(x)", ("1.0 / (1.0 + x)",), ((-0.9, 3.0),),
-           "log(1 + x), accurate near 0"),
-    OpSpec("log2", 1, "math.log2(x)", ("1.4426950408889634 / x",), (_P,), "base-2 logarithm"),
+           "log(1 + x), accurate near 0",
+           second=("-1.0 / ((1.0 + x) * (1.0 + x))",)),
+    OpSpec("log2", 1, "math.log2(x)", ("1.4426950408889634 / x",), (_P,), "base-2 logarithm",
+           second=("-1.4426950408889634 / (x * x)",)),
     OpSpec("log10", 1, "math.log10(x)", ("0.4342944819032518 / x",), (_P,),
-           "base-10 logarithm"),
-    OpSpec("sin", 1, "math.sin(x)", ("math.cos(x)",), (_R,), "sine"),
-    OpSpec("cos", 1, "math.cos(x)", ("-math.sin(x)",), (_R,), "cosine"),
-    OpSpec("tan", 1, "math.tan(x)", ("1.0 + f * f",), ((-1.4, 1.4),), "tangent"),
+           "base-10 logarithm",
+           second=("-0.4342944819032518 / (x * x)",)),
+    OpSpec("sin", 1, "math.sin(x)", ("math.cos(x)",), (_R,), "sine",
+           second=("-f",)),
+    OpSpec("cos", 1, "math.cos(x)", ("-math.sin(x)",), (_R,), "cosine",
+           second=("-f",)),
+    OpSpec("tan", 1, "math.tan(x)", ("1.0 + f * f",), ((-1.4, 1.4),), "tangent",
+           second=("2.0 * f * (1.0 + f * f)",)),
     OpSpec("asin", 1, "math.asin(x)", ("1.0 / math.sqrt(1.0 - x * x)",), (_U,), "arcsine",
-           nonsmooth="+inf at x = +-1"),
+           nonsmooth="+inf at x = +-1",
+           second=("x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))",)),
     OpSpec("acos", 1, "math.acos(x)", ("-1.0 / math.sqrt(1.0 - x * x)",), (_U,),
-           "arccosine", nonsmooth="-inf at x = +-1"),
-    OpSpec("atan", 1, "math.atan(x)", ("1.0 / (1.0 + x * x)",), (_R,), "arctangent"),
+           "arccosine", nonsmooth="-inf at x = +-1",
+           second=("-x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))",)),
+    OpSpec("atan", 1, "math.atan(x)", ("1.0 / (1.0 + x * x)",), (_R,), "arctangent",
+           second=("-2.0 * x / ((1.0 + x * x) * (1.0 + x * x))",)),
     OpSpec(
         "atan2", 2, "math.atan2(x, y)", ("y / (x * x + y * y)", "-x / (x * x + y * y)"),
         ((0.1, 3.0), (0.1, 3.0)), "atan2(a, b) = angle of the point (b, a), as math.atan2",
         nonsmooth="NaN at the origin (0/0, as JAX)",
+        second=(
+            "-2.0 * x * y / ((x * x + y * y) * (x * x + y * y))",
+            "(x * x - y * y) / ((x * x + y * y) * (x * x + y * y))",
+            "2.0 * x * y / ((x * x + y * y) * (x * x + y * y))",
+        ),
     ),
-    OpSpec("sinh", 1, "math.sinh(x)", ("math.cosh(x)",), (_R,), "hyperbolic sine"),
-    OpSpec("cosh", 1, "math.cosh(x)", ("math.sinh(x)",), (_R,), "hyperbolic cosine"),
-    OpSpec("tanh", 1, "math.tanh(x)", ("1.0 - f * f",), (_R,), "hyperbolic tangent"),
+    OpSpec("sinh", 1, "math.sinh(x)", ("math.cosh(x)",), (_R,), "hyperbolic sine",
+           second=("f",)),
+    OpSpec("cosh", 1, "math.cosh(x)", ("math.sinh(x)",), (_R,), "hyperbolic cosine",
+           second=("f",)),
+    OpSpec("tanh", 1, "math.tanh(x)", ("1.0 - f * f",), (_R,), "hyperbolic tangent",
+           second=("-2.0 * f * (1.0 - f * f)",)),
     OpSpec("asinh", 1, "math.asinh(x)", ("1.0 / math.sqrt(x * x + 1.0)",), (_R,),
-           "inverse hyperbolic sine"),
+           "inverse hyperbolic sine",
+           second=("-x / ((x * x + 1.0) * math.sqrt(x * x + 1.0))",)),
     OpSpec("acosh", 1, "math.acosh(x)", ("1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))",),
-           ((1.05, 4.0),), "inverse hyperbolic cosine", nonsmooth="+inf at x = 1"),
+           ((1.05, 4.0),), "inverse hyperbolic cosine", nonsmooth="+inf at x = 1",
+           second=("-x / ((x - 1.0) * (x + 1.0) * math.sqrt(x - 1.0) * math.sqrt(x + 1.0))",)),
     OpSpec("atanh", 1, "math.atanh(x)", ("1.0 / (1.0 - x * x)",), (_U,),
-           "inverse hyperbolic tangent", nonsmooth="+inf at x = +-1"),
+           "inverse hyperbolic tangent", nonsmooth="+inf at x = +-1",
+           second=("2.0 * x / ((1.0 - x * x) * (1.0 - x * x))",)),
     OpSpec("erf", 1, "math.erf(x)", ("1.1283791670955126 * math.exp(-x * x)",), (_R,),
-           "error function"),
+           "error function",
+           second=("-2.2567583341910252 * x * math.exp(-x * x)",)),
     OpSpec("erfc", 1, "math.erfc(x)", ("-1.1283791670955126 * math.exp(-x * x)",), (_R,),
-           "complementary error function"),
+           "complementary error function",
+           second=("2.2567583341910252 * x * math.exp(-x * x)",)),
     OpSpec("abs", 1, "abs(x)", ("_sign(x)",), (_R,), "absolute value",
-           nonsmooth="0 at x = 0 (sign(x), the minimum-norm subgradient, as PyTorch; JAX gives 1)"),
+           nonsmooth="0 at x = 0 (sign(x), the minimum-norm subgradient, as PyTorch; JAX gives 1)",
+           second=("0.0",), nonsmooth2="0 everywhere, x = 0 included (the kink is ignored)"),
     OpSpec("sign", 1, "_sign(x)", (), (_R,), "-1, 0 or 1 (sign(+-0) = +-0, NaN stays NaN)",
            nonsmooth="derivative 0 everywhere (the jump at 0 is ignored)"),
     OpSpec("floor", 1, "np.floor(x)", (), (_R,), "round toward -inf",
            nonsmooth="derivative 0 everywhere (jumps are ignored)"),
     OpSpec("ceil", 1, "np.ceil(x)", (), (_R,), "round toward +inf",
            nonsmooth="derivative 0 everywhere (jumps are ignored)"),
+    # minimum/maximum are NOT flagged commutative: on a tie they return their first argument,
+    # so minimum(0.0, -0.0) is 0.0 but minimum(-0.0, 0.0) is -0.0 (bitwise different).
     OpSpec("minimum", 2, "_fmin(x, y)", ("_dmin(x, y)", "_dmin(y, x)"), (_R, _R),
-           "smaller argument; NaN if either is NaN", commutative=True,
-           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)"),
+           "smaller argument; NaN if either is NaN",
+           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)",
+           second=("0.0", "0.0", "0.0"), nonsmooth2="0 everywhere, ties included"),
     OpSpec("maximum", 2, "_fmax(x, y)", ("_dmin(y, x)", "_dmin(x, y)"), (_R, _R),
-           "larger argument; NaN if either is NaN", commutative=True,
-           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)"),
+           "larger argument; NaN if either is NaN",
+           nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)",
+           second=("0.0", "0.0", "0.0"), nonsmooth2="0 everywhere, ties included"),
     OpSpec("hypot", 2, "math.hypot(x, y)", ("_safe_div(x, f)", "_safe_div(y, f)"),
            (_R, _R), "sqrt(x*x + y*y) without overflow", commutative=True,
-           nonsmooth="0 for both arguments at the origin (the minimum-norm subgradient)"),
-    OpSpec("sigmoid", 1, "_sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))"),
-    OpSpec("softplus", 1, "_softplus(x)", ("_sigmoid(x)",), (_R,), "log(1 + exp(x)), stable"),
+           nonsmooth="0 for both arguments at the origin (the minimum-norm subgradient)",
+           second=(
+               "_safe_div(_safe_div(y, f) * _safe_div(y, f), f)",
+               "_safe_div(-_safe_div(x, f) * _safe_div(y, f), f)",
+               "_safe_div(_safe_div(x, f) * _safe_div(x, f), f)",
+           ),
+           nonsmooth2="0 at the origin (where the first partials are 0 too)"),
+    OpSpec("sigmoid", 1, "_sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))",
+           second=("f * (1.0 - f) * (1.0 - 2.0 * f)",)),
+    OpSpec("softplus", 1, "_softplus(x)", ("_sigmoid(x)",), (_R,), "log(1 + exp(x)), stable",
+           second=("_sigmoid(x) * (1.0 - _sigmoid(x))",)),
     OpSpec(
         "where", 3, "x if z != 0.0 else y", ("1.0 if z != 0.0 else 0.0",
                                              "0.0 if z != 0.0 else 1.0"),
@@ -179,6 +253,7 @@ _ROWS = [
         param="cond",
         nonsmooth="the unselected branch gets exactly 0; a zero adjoint is never multiplied "
         "into an inf or NaN partial, so it cannot poison the gradient",
+        second=("0.0", "0.0", "0.0"),
     ),
     OpSpec("lt", 2, "1.0 if x < y else 0.0", (), (_R, _R), "x < y as 0/1",
            nonsmooth="derivative 0"),

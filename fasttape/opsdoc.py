@@ -7,7 +7,8 @@ root with::
     from fasttape.opsdoc import ops_markdown
     open("docs/ops.md", "w").write(ops_markdown())
 
-:func:`derivatives_markdown` renders the derivative table embedded in ``docs/derivatives.md``.
+:func:`derivatives_markdown` renders the derivative table embedded in ``docs/derivatives.md``,
+and :func:`second_derivatives_markdown` its second-derivative table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from fasttape.ops import OPS, OpSpec, table_hash
 from fasttape.trace import OP_FUNCTIONS
 
-__all__ = ["ops_markdown", "derivatives_markdown"]
+__all__ = ["ops_markdown", "derivatives_markdown", "second_derivatives_markdown"]
 
 _ARG_NAMES = ("x", "y", "z")
 
@@ -147,6 +148,41 @@ def derivatives_markdown() -> str:
             _code(spec.forward),
             _partials(spec),
             _text(spec.nonsmooth) if spec.nonsmooth else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_HESSIAN_NAMES = {(0, 0): "∂²/∂x²", (0, 1): "∂²/∂x∂y", (1, 1): "∂²/∂y²"}
+
+
+def _second(spec: OpSpec) -> str:
+    if not spec.second:
+        return "none (derivative 0)"
+    return "; ".join(f"{_HESSIAN_NAMES[(j, k)]} = {_code(e)}" for j, k, e in spec.hessian_entries)
+
+
+def second_derivatives_markdown() -> str:
+    """Return the second-derivative table of ``docs/derivatives.md`` as Markdown.
+
+    Returns
+    -------
+    str
+        One row per op with differentiable arguments: name, the second partials of
+        :attr:`fasttape.ops.OpSpec.second` (in terms of ``x, y, z`` and ``f``) and their
+        convention at non-smooth points, ending with a newline.
+    """
+    lines = [
+        "| name | second partials | convention at non-smooth points |",
+        "| --- | --- | --- |",
+    ]
+    for spec in OPS:
+        if not spec.ndiff:
+            continue
+        cells = [
+            f"`{spec.name}`",
+            _second(spec),
+            _text(spec.nonsmooth2) if spec.nonsmooth2 else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ import numpy as np
 
 from fasttape import kernels
 from fasttape.ops import OPS
+from fasttape.passes import planned as passes_planned
 from fasttape.validate import validate_arrays
 
 __all__ = ["Tape", "GRAD_MODES"]
@@ -47,7 +48,9 @@ class Tape:
         ``"stored"`` or ``"lean"`` (see :data:`GRAD_MODES` and docs/tape-format.md).
     """
 
-    __slots__ = ("_local", "args", "consts", "grad_mode", "n_inputs", "ops", "outputs")
+    __slots__ = (
+        "_local", "_passes", "_plan", "args", "consts", "grad_mode", "n_inputs", "ops", "outputs"
+    )
 
     ops: np.ndarray
     args: np.ndarray
@@ -71,8 +74,14 @@ class Tape:
         outputs: np.ndarray,
         n_inputs: int,
         grad_mode: str = "stored",
+        plan: Any = None,
+        passes: Any = None,
     ) -> Tape:
-        """Wrap arrays that are already valid (from compile or validate_arrays)."""
+        """Wrap arrays that are already valid (from compile or validate_arrays).
+
+        ``plan`` (a :class:`fasttape.passes.reuse.ReusePlan` derived from these arrays) and
+        ``passes`` (pass records) come from the optimisation pipeline; see docs/passes.md.
+        """
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         self = object.__new__(cls)
@@ -83,6 +92,8 @@ class Tape:
         object.__setattr__(self, "n_inputs", int(n_inputs))
         object.__setattr__(self, "grad_mode", grad_mode)
         object.__setattr__(self, "_local", threading.local())
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_passes", passes)
         return self
 
     @classmethod
@@ -138,7 +149,8 @@ class Tape:
     def with_grad_mode(self, grad_mode: str) -> Tape:
         """The same tape (arrays shared) with another gradient strategy."""
         return Tape._trusted(
-            self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode
+            self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode,
+            plan=self._plan, passes=self._passes,
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -182,6 +194,8 @@ class Tape:
 
     def work_nbytes(self, grad: bool = True) -> int:
         """Bytes of the per-thread work buffers for ``value`` (grad=False) or gradients."""
+        if self._plan is not None:  # slot reuse (fasttape.passes.reuse)
+            return passes_planned.work_nbytes(self, grad)
         n = 8 * self.n_slots
         if not grad:
             return n
@@ -204,6 +218,7 @@ class Tape:
             "value_work_nbytes": self.work_nbytes(grad=False),
             "grad_work_nbytes": self.work_nbytes(grad=True),
             "grad_mode": self.grad_mode,
+            **passes_planned.stats(self),
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -248,25 +263,45 @@ class Tape:
             local.parts = np.empty(self.n_edges if self.grad_mode == "stored" else 0)
         return local
 
-    def value(self, x: Any, *, out: np.ndarray | None = None) -> Any:
-        """Evaluate the outputs at ``x``.
+    def value(
+        self, x: Any, *, out: np.ndarray | None = None, threads: int | None = None
+    ) -> Any:
+        """Evaluate the outputs at ``x``, or at every row of a batch ``x``.
 
         Parameters
         ----------
-        x : array_like of float, shape (n_inputs,)
+        x : array_like of float, shape (n_inputs,) or (B, n_inputs)
+            One point, or a batch of ``B`` points (docs/batch.md).
         out : ndarray of float64, shape (n_outputs,), optional
-            Written in place and returned (no allocation).
+            Written in place and returned (no allocation).  For a batch: shape (B,) for a
+            single-output tape, else (B, n_outputs).
+        threads : int, optional
+            Batches only: worker threads (default ``numba.get_num_threads()``).
 
         Returns
         -------
         float or ndarray
             A float for a single-output tape, an array of shape (n_outputs,) otherwise (or
-            ``out`` when given).
+            ``out`` when given).  For a batch, shape (B,) or (B, n_outputs), bitwise the
+            single-point results row by row.
         """
-        xin = self._x(x)
-        buf = self._buffers()
-        res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
-        kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals, res)
+        try:
+            xin = self._x(x)
+        except _BatchInput as b:  # a 2-D x: hand over to fasttape.batch (zero cost otherwise)
+            from fasttape import batch
+
+            return batch.value(self, b.x, out=out, threads=threads)
+        if threads is not None:
+            _check_threads(threads)
+        if self._plan is not None:  # slot reuse: a work vector of the plan's size
+            res = passes_planned.value(
+                self, xin, None if out is None else _check_out(out, self.n_outputs, "out")
+            )
+        else:
+            buf = self._buffers()
+            res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
+            kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals,
+                                 res)
         if out is not None:
             return out
         if self.n_outputs == 1:
@@ -276,27 +311,44 @@ class Tape:
     __call__ = value
 
     def value_and_grad(
-        self, x: Any, *, output: int | None = None, out: np.ndarray | None = None
-    ) -> tuple[float, np.ndarray]:
+        self,
+        x: Any,
+        *,
+        output: int | None = None,
+        out: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> tuple[Any, np.ndarray]:
         """Value of one output and its gradient with respect to all inputs.
 
         Parameters
         ----------
-        x : array_like of float, shape (n_inputs,)
+        x : array_like of float, shape (n_inputs,) or (B, n_inputs)
+            One point, or a batch of ``B`` points (docs/batch.md).
         output : int, optional
             Which output to differentiate; required when the tape has several.
-        out : ndarray of float64, shape (n_inputs,), optional
+        out : ndarray of float64, shape (n_inputs,) or (B, n_inputs), optional
             Receives the gradient (no allocation); it is also returned.
+        threads : int, optional
+            Batches only: worker threads (default ``numba.get_num_threads()``).
 
         Returns
         -------
-        value : float
-        grad : ndarray, shape (n_inputs,)
+        value : float, or ndarray of shape (B,) for a batch
+        grad : ndarray, shape (n_inputs,) or (B, n_inputs)
             Inputs that the output does not depend on get 0.
         """
-        xin = self._x(x)
+        try:
+            xin = self._x(x)
+        except _BatchInput as b:
+            from fasttape import batch
+
+            return batch.value_and_grad(self, b.x, self._which(output), out=out, threads=threads)
+        if threads is not None:
+            _check_threads(threads)
         which = self._which(output)
         grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
+        if self._plan is not None and self.grad_mode == "stored":  # slot reuse
+            return float(passes_planned.value_and_grad(self, which, xin, grad)), grad
         buf = self._grad_buffers()
         if self.grad_mode == "stored":
             v = kernels.value_and_grad_kernel(
@@ -311,10 +363,76 @@ class Tape:
         return float(v), grad
 
     def grad(
-        self, x: Any, *, output: int | None = None, out: np.ndarray | None = None
+        self,
+        x: Any,
+        *,
+        output: int | None = None,
+        out: np.ndarray | None = None,
+        threads: int | None = None,
     ) -> np.ndarray:
-        """Gradient of one output at ``x``; see :meth:`value_and_grad`."""
-        return self.value_and_grad(x, output=output, out=out)[1]
+        """Gradient of one output at ``x`` (or at every row of a batch); see
+        :meth:`value_and_grad`."""
+        return self.value_and_grad(x, output=output, out=out, threads=threads)[1]
+
+    # ------------------------------------------------------------------ more derivatives
+    # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
+    def jvp(self, x: Any, v: Any) -> tuple[Any, Any]:
+        """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
+        from fasttape import derivatives
+
+        return derivatives.jvp(self, x, v)
+
+    def vjp(self, x: Any, w: Any) -> tuple[Any, np.ndarray]:
+        """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
+        from fasttape import derivatives
+
+        return derivatives.vjp(self, x, w)
+
+    def jacobian(self, x: Any, *, mode: str = "auto", chunk: int | None = None) -> np.ndarray:
+        """Jacobian ``(n_outputs, n_inputs)`` in vector mode; see
+        :func:`fasttape.derivatives.jacobian`."""
+        from fasttape import derivatives
+
+        return derivatives.jacobian(self, x, mode=mode, chunk=chunk)
+
+    def hvp(self, x: Any, v: Any, *, output: int | None = None) -> np.ndarray:
+        """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
+        ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
+        from fasttape import derivatives
+
+        return derivatives.hvp(self, x, v, output=output)
+
+    def hessian(
+        self, x: Any, *, output: int | None = None, chunk: int | None = None
+    ) -> np.ndarray:
+        """Symmetric Hessian of one output from vector-mode HVPs; see
+        :func:`fasttape.derivatives.hessian`."""
+        from fasttape import derivatives
+
+        return derivatives.hessian(self, x, output=output, chunk=chunk)
+
+    # ------------------------------------------------------------------ embedding
+    # Thin wrappers: the implementations and their docs live in fasttape/embed/.
+    def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None) -> Any:
+        """``(fn, arrays)`` for calling this tape inside ``@numba.njit`` code as
+        ``fn(*arrays, x, grad)``; see :func:`fasttape.embed.numba_api.numba_kernel`."""
+        from fasttape.embed.numba_api import numba_kernel
+
+        return numba_kernel(self, kind, output=output)
+
+    def cfunc(self, *, output: int | None = None, reentrant: bool = False) -> Any:
+        """C function pointers (ctypes, cffi, C, ``scipy.LowLevelCallable``) for one output;
+        see :func:`fasttape.embed.cabi.cfunction`."""
+        from fasttape.embed.cabi import cfunction
+
+        return cfunction(self, output=output, reentrant=reentrant)
+
+    def to_dot(self, **kwargs: Any) -> str:
+        """Graphviz DOT text of the tape (small tapes); see
+        :func:`fasttape.embed.dot.tape_to_dot`."""
+        from fasttape.embed.dot import tape_to_dot
+
+        return tape_to_dot(self, **kwargs)
 
     # ------------------------------------------------------------------ io and display
     def save(self, path: Any) -> None:
@@ -336,7 +454,7 @@ class Tape:
             f"tape {s['tape_nbytes']:,} B, "
             f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
         )
-        lines = [head]
+        lines = [head, *passes_planned.listing_lines(self)]
         n_pre = self.n_inputs + self.n_consts
         shown = 0
         for j in range(min(self.n_consts, max_lines)):
@@ -368,8 +486,33 @@ def _tape_from_state(arrays: dict[str, Any], grad_mode: str) -> Tape:
     return Tape.from_arrays(**arrays, grad_mode=grad_mode)
 
 
+class _BatchInput(ValueError):
+    """Raised by :func:`_as_float_vector` for a 2-D ``x``.
+
+    The evaluation methods catch it and evaluate a batch; any other caller sees the ValueError
+    of a non-1-D ``x``.
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        super().__init__()
+        self.x = x
+
+    def __str__(self) -> str:  # formatted only if someone reads it (not on the batch path)
+        return f"x must be 1-D (one value per input); got shape {self.x.shape}"
+
+
+def _check_threads(threads: Any) -> None:
+    # threads= only matters for batches; still refuse a bad value for a single point.
+    from fasttape import batch
+
+    batch.resolve_threads(threads)
+
+
 def _as_float_vector(x: Any) -> np.ndarray:
-    """``x`` as a contiguous 1-D float64 array, with errors that say what was expected."""
+    """``x`` as a contiguous 1-D float64 array, with errors that say what was expected.
+
+    A 2-D ``x`` raises :class:`_BatchInput` (a ValueError) carrying the array.
+    """
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -379,8 +522,13 @@ def _as_float_vector(x: Any) -> np.ndarray:
             f"x must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
             + (" (traced Vars cannot be evaluated; pass numbers)" if arr.dtype.kind == "O" else "")
         )
+    if arr.ndim == 2:
+        raise _BatchInput(arr)
     if arr.ndim != 1:
-        raise ValueError(f"x must be 1-D (one value per input); got shape {arr.shape}")
+        raise ValueError(
+            f"x must be 1-D (one value per input) or 2-D (one row per point); got shape "
+            f"{arr.shape}"
+        )
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 

@@ -540,7 +540,7 @@ def test_sum_of_100001_terms_has_no_recursion_error():
     x = g.input()
     s = ft.sum([x] * 100_001)
     g.output(s)
-    tape = ft.compile(g)
+    tape = ft.compile(g, optimize=False)  # the tree as traced (CSE would merge equal halves)
     assert tape.n_nodes == 100_000  # one add per pair, a balanced tree
     v, grad = tape.value_and_grad([1.0])
     assert v == 100_001.0
@@ -600,7 +600,7 @@ def test_power_dispatch(fn, name):
     g = ft.Graph()
     x, y = g.inputs(2)
     g.output(fn(x, y))
-    tape = ft.compile(g)
+    tape = ft.compile(g, optimize=False)  # what the frontend records, before simplification
     assert op_names(tape) == [name]
 
 

@@ -23,7 +23,8 @@ def test_ft_pow_dispatches_like_the_operator():
     g = ft.Graph()
     (x,) = g.inputs(1)
     g.output(ft.pow(x, 3), x**3, ft.pow(x, 0.5), ft.pow(2.0, x))
-    names = [OPS[int(c)].name for c in ft.compile(g).ops]
+    # optimize=False: the ops the frontend records (CSE would merge the two powi).
+    names = [OPS[int(c)].name for c in ft.compile(g, optimize=False).ops]
     assert names == ["powi", "powi", "powc", "pow"]
     assert ft.__all__.count("pow") == 1
 

@@ -391,8 +391,10 @@ def test_x_of_wrong_length(small_tape, n):
 
 @pytest.mark.parametrize(
     "x",
-    [np.ones((1, 3)), np.ones((3, 1)), np.float64(1.0), [[1.0, 2.0, 3.0]]],
-    ids=["1x3", "3x1", "0d", "nested-list"],
+    # (1, 3) is a valid batch of one point since batching (docs/batch.md); (3, 1) is a batch
+    # of the wrong width, and 0-d / 3-d inputs are neither a point nor a batch.
+    [np.ones((3, 1)), np.ones((1, 1, 3)), np.float64(1.0), [[[1.0, 2.0, 3.0]]]],
+    ids=["3x1", "1x1x3", "0d", "nested-3d"],
 )
 def test_x_must_be_one_dimensional(small_tape, x):
     with pytest.raises(ValueError, match="1-D"):

@@ -3,7 +3,8 @@
 Every kernel takes the tape's arrays as arguments (never as globals), is compiled with
 ``cache=True, nogil=True`` and runs without bounds checks: callers validate first.  See
 docs/tape-format.md for the array layout; the ``*_kernel`` drivers can be called from your own
-``@numba.njit`` code with a tape's arrays.
+``@numba.njit`` code with a tape's arrays (the stable embedding API; buffer contract in
+docs/embedding.md, checked wrappers from ``tape.numba_kernel()``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""Dead-code elimination: find the nodes that some output depends on."""
+"""Dead-code elimination: find the nodes that some output depends on.
+
+``live_nodes`` works on a Graph's columns (used by :func:`fasttape.compile` when flattening);
+``mark_live_ir`` and ``resolve`` work on the passes' fixed-width form
+(:mod:`fasttape.passes.ir`), whose ``to_tape_arrays`` runs dead-code elimination last.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from fasttape.kernels.structure import mark_live
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS
@@ -32,3 +38,35 @@ def live_nodes(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray) -> np.nda
     live[outputs] = True
     mark_live(ops, args, GRAPH_ARITY, N_OPS, live)
     return live
+
+
+@njit(cache=True, nogil=True)
+def mark_live_ir(ops, a, arity, n_real_ops, live):  # pragma: no cover (jitted)
+    """As :func:`~fasttape.kernels.structure.mark_live` on the passes' fixed-width form.
+
+    ``a[i, j]`` is the ``j``-th argument of node ``i``; arguments must already be resolved
+    through the replacement map (:func:`resolve`).  Walks backwards once.
+    """
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        if live[i] and op < n_real_ops:
+            for j in range(arity[op]):
+                live[a[i, j]] = True
+
+
+@njit(cache=True, nogil=True)
+def resolve(ops, a, rep, arity, n_real_ops):  # pragma: no cover (jitted)
+    """Map every surviving node's arguments through ``rep`` and path-compress ``rep``.
+
+    Forward order: a replaced node's target is earlier, hence already final.  Each pass's
+    own sweep does the same per node; this is the stand-alone version used before renumbering.
+    """
+    for i in range(ops.shape[0]):
+        r = rep[i]
+        if r != i:
+            rep[i] = rep[r]
+            continue
+        op = ops[i]
+        if op < n_real_ops:
+            for j in range(arity[op]):
+                a[i, j] = rep[a[i, j]]

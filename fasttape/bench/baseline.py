@@ -1,0 +1,205 @@
+"""The simplest hand-written Numba loop over a tape's arrays: the benchmarks' baseline.
+
+No validation, no API, no generated code: one forward loop and one reverse loop written by hand
+for the ops the benchmark families use (:data:`BASELINE_OPS`), over the same
+``ops``/``args``/``consts`` arrays as the engine.  The reverse loop recomputes each partial from
+the stored values (what a person would write first).  The engine's overhead is reported as a
+ratio to this; ``benchmarks/baseline.py`` re-exports it for the older scripts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from fasttape.ops import OP_BY_NAME
+
+__all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", "run_baseline"]
+
+#: Op names the baseline kernels implement.
+BASELINE_OPS = (
+    "add", "sub", "mul", "div", "neg", "powi", "square", "sqrt", "exp", "sin", "cos",
+    "tanh", "sigmoid", "atan", "softplus", "maximum",
+)
+
+ADD, SUB, MUL, DIV, NEG, POWI, SQUARE, SQRT, EXP, SIN, COS, TANH, SIGMOID, ATAN, SOFTPLUS, MAX = (
+    OP_BY_NAME[k].code for k in BASELINE_OPS
+)
+# The reverse loop tells the four arithmetic binary ops apart from the rest with one compare.
+if sorted((ADD, SUB, MUL, DIV)) != [0, 1, 2, 3]:  # pragma: no cover (op table reordered)
+    raise ImportError("fasttape.bench.baseline assumes add, mul, sub, div are op codes 0-3")
+
+
+def supports(ops: np.ndarray) -> bool:
+    """Whether every op code in ``ops`` is one the baseline implements."""
+    codes = {OP_BY_NAME[k].code for k in BASELINE_OPS}
+    return set(np.unique(ops).tolist()) <= codes
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sigmoid(a):
+    # Same two-branch formula as the op table, so both give bitwise the same numbers.
+    if a >= 0.0:
+        return 1.0 / (1.0 + math.exp(-a))
+    e = math.exp(a)
+    return e / (1.0 + e)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _powi(a, y):
+    # Binary exponentiation, as the engine (and JAX's integer_pow).
+    n = int(y)
+    m = -n if n < 0 else n
+    acc = 1.0
+    base = a
+    while m > 0:
+        if m & 1:
+            acc *= base
+        base *= base
+        m >>= 1
+    if n < 0:
+        return 1.0 / acc
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def value_kernel(ops, args, consts, x, vals):
+    """Forward sweep: fill ``vals`` (inputs, constants, instructions); return the last slot."""
+    n_in = x.shape[0]
+    vals[:n_in] = x
+    n_pre = n_in + consts.shape[0]
+    vals[n_in:n_pre] = consts
+    k = 0
+    for i in range(ops.shape[0]):
+        o = ops[i]
+        a = vals[args[k]]
+        if o == ADD:
+            f = a + vals[args[k + 1]]
+            k += 2
+        elif o == MUL:
+            f = a * vals[args[k + 1]]
+            k += 2
+        elif o == SUB:
+            f = a - vals[args[k + 1]]
+            k += 2
+        elif o == DIV:
+            f = a / vals[args[k + 1]]
+            k += 2
+        elif o == POWI:
+            f = _powi(a, vals[args[k + 1]])
+            k += 2
+        elif o == MAX:
+            b = vals[args[k + 1]]
+            f = a if (a >= b or a != a) else b
+            k += 2
+        else:
+            if o == SIN:
+                f = math.sin(a)
+            elif o == COS:
+                f = math.cos(a)
+            elif o == TANH:
+                f = math.tanh(a)
+            elif o == SIGMOID:
+                f = _sigmoid(a)
+            elif o == ATAN:
+                f = math.atan(a)
+            elif o == SQUARE:
+                f = a * a
+            elif o == EXP:
+                f = math.exp(a)
+            elif o == NEG:
+                f = -a
+            elif o == SOFTPLUS:
+                f = max(a, 0.0) + math.log1p(math.exp(-abs(a)))
+            else:
+                f = math.sqrt(a)
+            k += 1
+        vals[n_pre + i] = f
+    return vals[vals.shape[0] - 1]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
+    """Both sweeps for the last slot as the output; the gradient goes to ``grad``."""
+    n_in = x.shape[0]
+    n_pre = n_in + consts.shape[0]
+    value_kernel(ops, args, consts, x, vals)
+    k = args.shape[0]
+    adj[:] = 0.0
+    adj[adj.shape[0] - 1] = 1.0
+    for i in range(ops.shape[0] - 1, -1, -1):
+        o = ops[i]
+        g = adj[n_pre + i]
+        if o <= 3 or o == POWI or o == MAX:  # binary ops
+            k -= 2
+            p, q = args[k], args[k + 1]
+            if o == ADD:
+                adj[p] += g
+                adj[q] += g
+            elif o == MUL:
+                adj[p] += g * vals[q]
+                adj[q] += g * vals[p]
+            elif o == SUB:
+                adj[p] += g
+                adj[q] -= g
+            elif o == DIV:
+                b = vals[q]
+                adj[p] += g / b
+                adj[q] -= g * vals[n_pre + i] / b
+            elif o == POWI:
+                y = vals[q]
+                if y != 0.0:
+                    adj[p] += g * y * _powi(vals[p], y - 1.0)
+            else:
+                a, b = vals[p], vals[q]
+                if a > b:
+                    adj[p] += g
+                elif a < b:
+                    adj[q] += g
+                else:
+                    adj[p] += 0.5 * g
+                    adj[q] += 0.5 * g
+        else:
+            k -= 1
+            p = args[k]
+            a = vals[p]
+            f = vals[n_pre + i]
+            if o == SIN:
+                d = math.cos(a)
+            elif o == COS:
+                d = -math.sin(a)
+            elif o == TANH:
+                d = 1.0 - f * f
+            elif o == SIGMOID:
+                d = f * (1.0 - f)
+            elif o == ATAN:
+                d = 1.0 / (1.0 + a * a)
+            elif o == SQUARE:
+                d = 2.0 * a
+            elif o == EXP:
+                d = f
+            elif o == NEG:
+                d = -1.0
+            elif o == SOFTPLUS:
+                d = _sigmoid(a)
+            else:
+                d = 0.5 / f
+            adj[p] += g * d
+    grad[:] = adj[:n_in]
+    return vals[vals.shape[0] - 1]
+
+
+def run_baseline(tape, x):
+    """Value and gradient of a one-output tape (output = last slot) by the baseline kernels."""
+    if not supports(tape.ops):
+        raise ValueError("the baseline kernel does not implement every op of this tape")
+    if int(tape.outputs[0]) != tape.n_slots - 1:
+        raise ValueError("the baseline kernel needs the output to be the last slot")
+    vals = np.empty(tape.n_slots)
+    adj = np.empty(tape.n_slots)
+    grad = np.empty(tape.n_inputs)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    v = value_and_grad_kernel(tape.ops, tape.args, tape.consts, x, vals, adj, grad)
+    return float(v), grad

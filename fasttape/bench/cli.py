@@ -1,0 +1,239 @@
+"""``fasttape bench``: graph families side by side with every installed peer.
+
+Builds each family at each size with fasttape, times it with the hand-written baseline kernel
+and with every installed peer that agrees with fasttape's value and gradient, prints the table
+on stdout (progress on stderr), and optionally writes JSON, a PNG plot and Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fasttape.bench.cases import FAMILIES
+from fasttape.bench.machine import machine_info
+from fasttape.bench.output import (
+    SCHEMA,
+    render_table,
+    render_targets,
+    render_west,
+    write_json,
+    write_plot,
+)
+from fasttape.bench.peers import PEERS
+from fasttape.bench.runner import Settings, measure_case, warm_up
+
+__all__ = ["main", "build_parser", "run"]
+
+FULL_NODES = [1_000, 10_000, 100_000, 1_000_000]
+QUICK_NODES = [1_000, 10_000]
+MAX_NODES = 100_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _node_list(text: str) -> list[int]:
+    out = []
+    for item in text.split(","):
+        item = item.strip().replace("_", "")
+        try:
+            v = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {item!r}") from None
+        if v != int(v) or not 1 <= v <= MAX_NODES:
+            raise argparse.ArgumentTypeError(
+                f"sizes must be whole numbers from 1 to {MAX_NODES:.0e}, got {item}"
+            )
+        out.append(int(v))
+    return out
+
+
+def _choice_list(choices: tuple[str, ...], what: str) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        for s in items:
+            if s not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {what} {s!r} (choose from {', '.join(choices)})"
+                )
+        return items
+
+    return parse
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``fasttape bench``."""
+    p = _Parser(prog="fasttape bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", type=_choice_list(FAMILIES, "family"), default=None,
+                   help=f"comma-separated, from {', '.join(FAMILIES)} (default: all)")
+    p.add_argument("--nodes", type=_node_list, default=None,
+                   help="comma-separated sizes in instructions, e.g. 1e3,1e5 "
+                        "(default 1e3,1e4,1e5,1e6; --quick: 1e3,1e4)")
+    p.add_argument("--repeat", type=_positive(int), default=None,
+                   help="timed samples per figure, median reported (default 7, --quick 5)")
+    p.add_argument("--threads", type=_positive(int), default=None,
+                   help="Numba threads (batch evaluation); the single-point sweeps are serial")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and peer caps: the whole run in well under a minute")
+    p.add_argument("--peers", type=_choice_list((*(q.name for q in PEERS), "none"), "peer"),
+                   default=None, help="comma-separated peers to try, or none (default: all)")
+    p.add_argument("--peer-timeout", type=_positive(float), default=None,
+                   help="seconds per peer and case (default 60, --quick 15)")
+    p.add_argument("--west-calls", type=_positive(int), default=10_000,
+                   help="evaluations of the autograd-west workload (default 10000; --quick "
+                        "runs 1000 and scales up)")
+    p.add_argument("--no-west", action="store_true",
+                   help="skip the autograd-west 10k x 10k workload")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write all figures and the machine description as JSON")
+    p.add_argument("--plot", type=Path, default=None, metavar="PATH",
+                   help="write a PNG plot (needs matplotlib)")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress messages on stderr")
+    return p
+
+
+def _progress(tty: bool) -> Any:
+    """Progress on stderr: one self-overwriting line on a terminal, plain lines otherwise."""
+    start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        line = f"[bench {time.perf_counter() - start:6.1f} s] {msg}"
+        sys.stderr.write(f"\r\x1b[K{line}" if tty else line + "\n")
+        sys.stderr.flush()
+
+    return say
+
+
+def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
+    """Run the benchmark described by parsed arguments; the JSON-ready result."""
+    say = say or (lambda _m: None)
+    families = ns.families or list(FAMILIES)
+    nodes = ns.nodes or (QUICK_NODES if ns.quick else FULL_NODES)
+    peers = None if ns.peers is None else [p for p in ns.peers if p != "none"]
+    settings = Settings(
+        families=families, nodes=nodes,
+        repeat=ns.repeat or (5 if ns.quick else 7), quick=ns.quick, peers=peers,
+        peer_timeout=ns.peer_timeout or (15.0 if ns.quick else 60.0),
+        min_sample=0.005 if ns.quick else 0.02,
+    )
+    if ns.threads is not None:
+        import numba
+
+        numba.set_num_threads(min(ns.threads, numba.config.NUMBA_NUM_THREADS))
+    t0 = time.perf_counter()
+    say("loading kernels")
+    warm_s = warm_up()
+    rows: list[dict[str, Any]] = []
+    total = len(families) * len(nodes)
+    for i, (family, n) in enumerate(((f, n) for f in families for n in nodes), 1):
+        rows += measure_case(family, n, settings, lambda m, i=i: say(f"[{i}/{total}] {m}"))
+    west = None
+    if not ns.no_west and "autograd-west" in families:
+        from fasttape.bench.west import west_workload
+
+        say("autograd-west 10k x 10k workload")
+        west = west_workload(n_calls=ns.west_calls,
+                             measured_calls=min(1_000, ns.west_calls) if ns.quick else None,
+                             threads=ns.threads)
+    peers_info = {}
+    for p in PEERS:
+        missing = p.available()
+        peers_info[p.name] = {"installed": missing is None, "version": p.version()
+                              if missing is None else None, "status": missing or "installed"}
+    return {
+        "schema": SCHEMA,
+        "command": "fasttape bench " + " ".join(getattr(ns, "argv", [])),
+        "machine": machine_info(),
+        "settings": {
+            "families": families, "nodes": nodes, "repeat": settings.repeat, "peers": peers,
+            "quick": ns.quick, "peer_timeout_s": settings.peer_timeout,
+            "threads": ns.threads, "min_sample_s": settings.min_sample,
+            "timing": "median of samples, round-robin",
+        },
+        "kernel_load_s": warm_s,
+        "peers": peers_info,
+        "rows": rows,
+        "west": west,
+        "total_s": time.perf_counter() - t0,
+    }
+
+
+def render(result: dict[str, Any], markdown: bool = False) -> str:
+    """The whole report: header, table, west workload, targets, peers."""
+    m = result["machine"]
+    b = "- " if markdown else ""
+    head = [
+        f"{b}machine: {m['cpu']}, {m['cpus_usable']} usable cores, Python {m['python']}, "
+        f"NumPy {m['numpy']}, Numba {m['numba']}, fasttape {m['fasttape']}",
+        f"{b}peers: " + ", ".join(
+            f"{k} {v['version'] or ''}".strip() if v["installed"] else f"{k} (not installed)"
+            for k, v in result["peers"].items()
+            if result["settings"]["peers"] is None or k in result["settings"]["peers"]),
+        f"{b}timing: median of {result['settings']['repeat']} samples; ns/node is per "
+        "fasttape instruction for every system; 'code': arrays = tape built as arrays, "
+        "traced = ft.trace of Python code",
+        "",
+    ]
+    parts = ["\n".join(head), render_table(result["rows"], markdown), ""]
+    west = render_west(result["west"], markdown)
+    if west:
+        parts += [west, ""]
+    parts += [render_targets(result["rows"], markdown), "",
+              f"total {result['total_s']:.1f} s"]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fasttape bench``; returns the exit status.
+
+    0 on success, 2 on bad arguments, 1 when the baseline kernel disagrees with fasttape
+    (an engine bug).
+    """
+    argv = list(sys.argv[2:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a bad argument: report the status, don't exit
+        return int(exc.code or 0)
+    ns.argv = argv
+    say = _progress(sys.stderr.isatty()) if ns.progress else None
+    result = run(ns, say)
+    if ns.progress and sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    print(render(result, ns.markdown))
+    if ns.json is not None:
+        write_json(ns.json, result)
+    if ns.plot is not None:
+        try:
+            title = f"fasttape bench ({result['machine']['cpu']})"
+            write_plot(ns.plot, result["rows"], title=title)
+        except ImportError:
+            print("fasttape bench: --plot needs matplotlib (pip install fasttape[plot])",
+                  file=sys.stderr)
+            return 1
+    bad = [r for r in result["rows"] if r["system"] == "baseline"
+           and r["status"].startswith("DISAGREES")]
+    return 1 if bad else 0

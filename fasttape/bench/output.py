@@ -1,0 +1,209 @@
+"""Output of ``fasttape bench``: the text table, Markdown, JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "render_table", "render_west", "render_targets", "write_json",
+           "write_plot", "SCHEMA"]
+
+#: JSON schema name and version (bump when keys change meaning).
+SCHEMA = "fasttape-bench/1"
+
+#: (row key, header, format) of the table's columns.
+COLUMNS = (
+    ("family", "family", "s"),
+    ("n_nodes", "nodes", "n"),
+    ("system", "system", "s"),
+    ("code", "code", "s"),
+    ("build_s", "build s", "t"),
+    ("compile_s", "compile s", "t"),
+    ("first_call_s", "1st call s", "t"),
+    ("value_ns", "value ns/node", "f"),
+    ("vg_ns", "v+g ns/node", "f"),
+    ("grad_over_value", "grad/value", "r"),
+    ("vs_fasttape", "v+g vs fasttape", "r"),
+    ("peak_bytes_per_node", "peak B/node", "b"),
+    ("grad_rel_diff", "grad rel diff", "e"),
+    ("status", "status", "s"),
+)
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return ""
+    if kind == "s":
+        return str(value)
+    if kind == "n":
+        return f"{int(value):,}"
+    v = float(value)
+    if math.isinf(v):
+        return "inf"
+    if kind == "t":
+        return f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}"
+    if kind == "f":
+        return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
+    if kind == "r":
+        return f"{v:,.2f}x" if v < 100 else f"{v:,.0f}x"
+    if kind == "b":
+        return f"{v:,.0f}"
+    return f"{v:.1e}"  # "e"
+
+
+def render_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """The rows as an aligned text table, or a Markdown table."""
+    heads = [h for _, h, _ in COLUMNS]
+    cells = [[_fmt(r.get(k), kind) for k, _, kind in COLUMNS] for r in rows]
+    right = [kind not in ("s",) for _, _, kind in COLUMNS]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |",
+                 "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(heads)]
+
+    def line(items: list[str]) -> str:
+        return "  ".join(s.rjust(w) if r else s.ljust(w)
+                         for s, w, r in zip(items, widths, right, strict=True)).rstrip()
+
+    out = [line(heads), line(["-" * w for w in widths])]
+    prev = None
+    for r, c in zip(rows, cells, strict=True):
+        group = (r["family"], r["n_nodes"])
+        if prev is not None and group != prev:
+            out.append("")
+        prev = group
+        out.append(line(c))
+    return "\n".join(out)
+
+
+def render_west(west: dict[str, Any] | None, markdown: bool = False) -> str:
+    """The autograd-west workload section."""
+    if west is None:
+        return ""
+    from fasttape.bench.west import PUBLISHED, TARGET_S
+
+    b = "- " if markdown else "  "
+    extra = (f" (extrapolated from {west['measured_calls']:,} calls)"
+             if west["extrapolated"] else "")
+    lines = [
+        f"autograd-west workload: {west['n_ops']:,} ops ({west['n_nodes']:,} instructions), "
+        f"{west['n_calls']:,} value+gradient evaluations at distinct points{extra}",
+        f"{b}trace {west['trace_s']:.3f} s, compile {west['compile_s']:.3f} s, "
+        f"first call {west['first_call_s']:.4f} s",
+        f"{b}sequential single calls: {west['sequential_s']:.2f} s evaluating, "
+        f"{west['sequential_total_s']:.2f} s total with trace and compile",
+    ]
+    if west["batch"]:
+        ok = "met" if west["batch_total_s"] <= TARGET_S else "NOT met"
+        lines.append(
+            f"{b}one batch of {west['n_calls']:,} points: {west['batch_s']:.2f} s evaluating, "
+            f"{west['batch_total_s']:.2f} s total with trace and compile (target "
+            f"<= {TARGET_S} s: {ok}); batch == sequential bitwise: "
+            f"{'yes' if west['batch_matches_sequential'] else 'NO'}"
+        )
+    else:
+        lines.append(f"{b}batch: not available")
+    pub = ", ".join(f"{k} {v:g} s" for k, v in PUBLISHED.items())
+    lines.append(f"{b}published totals (M1 laptop, other machine): {pub}")
+    return "\n".join(lines)
+
+
+def render_targets(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """Per family: fasttape vs the baseline (target <= 1.25x) and vs CasADi SX (target > 1).
+
+    Each comparison is made at the largest size where both systems have a value+gradient
+    figure.
+    """
+    b = "- " if markdown else "  "
+    lines = ["targets (value+gradient time ratios, at the largest size both systems ran):"]
+
+    def largest(fam: str, system: str) -> tuple[int, float] | None:
+        pts = [(r["n_nodes"], r["vs_fasttape"]) for r in rows
+               if r["family"] == fam and r["system"] == system and r.get("vs_fasttape")
+               and r["status"] == "ok"]
+        return max(pts) if pts else None
+
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        parts = []
+        base = largest(fam, "baseline")
+        if base:
+            ratio = 1.0 / base[1]
+            verdict = "ok" if ratio <= 1.25 else "MISSED"
+            parts.append(f"fasttape/baseline {ratio:.2f}x at {base[0]:,} ({verdict}, <= 1.25x)")
+        cas = largest(fam, "casadi-sx")
+        if cas:
+            verdict = "fasttape ahead" if cas[1] > 1 else "fasttape BEHIND"
+            parts.append(f"casadi-sx/fasttape {cas[1]:.2f}x at {cas[0]:,} ({verdict})")
+        else:
+            status = [r["status"] for r in rows if r["family"] == fam
+                      and r["system"] == "casadi-sx"]
+            parts.append(f"casadi-sx: {status[-1] if status else 'not run'}")
+        lines.append(f"{b}{fam}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write the whole result (rows, west, machine, settings) as JSON."""
+
+    def clean(v: Any) -> Any:  # JSON has no inf/NaN
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    Path(path).write_text(json.dumps(clean(result), indent=2) + "\n", encoding="utf-8")
+
+
+def write_plot(path: Path, rows: list[dict[str, Any]], title: str = "") -> None:
+    """PNG: value+gradient ns/node against size, one line per system, one panel per family.
+
+    Needs matplotlib (``pip install fasttape[plot]``); raises ImportError otherwise.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    ncol = min(4, len(fams))
+    nrow = math.ceil(len(fams) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, fam in zip(axes.flat, fams, strict=False):
+        for k, system in enumerate(systems):
+            pts = sorted((r["n_nodes"], r["vg_ns"]) for r in rows
+                         if r["family"] == fam and r["system"] == system
+                         and r.get("vg_ns") and r["status"] == "ok")
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", label=system, color=colors[k % len(colors)],
+                        linewidth=2.2 if system == "fasttape" else 1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(fam)
+        ax.set_xlabel("instructions")
+        ax.set_ylabel("value+gradient ns/node")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(fams):]:
+        ax.axis("off")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""Peer "ddx": ddx-ad's runtime graphs (``ddx.equation`` of a model, ``jacobian``).
+
+The model names one ``ddx.var`` per input and returns the function written in scalar
+operations; ``equation.buffer(x)`` is ddx's allocation-free way to call it in a loop.
+Default options (the interpreter); ddx's LLVM kernel compilation is not used, since its
+compile time on graphs of this size is the cost the "graph changes constantly" use case avoids.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from fasttape.bench.cases import Case
+from fasttape.bench.peers.base import Built, Peer, scalar_namespace
+
+__all__ = ["DdxPeer"]
+
+
+class DdxPeer(Peer):
+    """ddx-ad (import name ``ddx``)."""
+
+    name = "ddx"
+    module = "ddx"
+    dist = "ddx-ad"
+    scalar_cap = 1_200_000
+    scalar_cap_quick = 12_000
+
+    def build(self, case: Case) -> Built:
+        import ddx
+
+        ns = scalar_namespace(
+            tanh=ddx.tanh, exp=ddx.exp, sin=ddx.sin, cos=ddx.cos, atan=ddx.atan,
+            sqrt=ddx.sqrt, maximum=ddx.max,
+            softplus=lambda a: ddx.max(a, 0.0) + ddx.log(1.0 + ddx.exp(-abs(a))),
+            sigmoid=lambda a: 1.0 / (1.0 + ddx.exp(-a)),
+        )
+        n = case.tape.n_inputs
+        fn = case.fn
+
+        def model() -> Any:
+            return fn([ddx.var(f"x{i}") for i in range(n)], ns)
+
+        t0 = time.perf_counter()
+        eq = ddx.equation(model)
+        t1 = time.perf_counter()
+
+        def value(x: np.ndarray) -> float:
+            return float(eq.evaluate(x))
+
+        def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+            v, g = eq.jacobian(x)
+            return float(v), np.asarray(g).ravel()
+
+        return Built(value, value_and_grad, t1 - t0, 0.0, "scalar")

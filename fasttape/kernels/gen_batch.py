@@ -1,0 +1,333 @@
+"""Generate the batch (chunked, multi-point) sweep kernels from the op table.
+
+Discovered by ``python -m fasttape.kernels.codegen`` (any ``gen_<name>.py`` module with
+``TARGET`` and ``generate()``), which writes ``fasttape/kernels/_batch_generated.py``.
+
+Layout.  A *chunk* of ``nb <= C`` points is evaluated at once in buffers laid out
+``[slot, point]`` (``vals[s, p]``, C-contiguous, shape ``(n_slots, C)``): each instruction is
+decoded once per chunk (op code, argument slots) and then applied to a contiguous row of
+points, so the op dispatch and index loads are paid once per chunk and the inner loop over
+points is a plain strided-by-one loop that LLVM vectorizes where the formula allows (it always
+does for the arithmetic ops; calls to libm functions stay scalar unless SVML is available).
+
+Semantics.  The per-point operations are exactly those of the single-point sweeps in
+``_generated.py``, in the same order and from the same table formulas, so a batch is bitwise
+the loop of single calls (without SVML; a NaN's sign and payload excepted, which IEEE leaves
+open when both operands of an addition are NaN, docs/batch.md).  In particular the reverse
+sweeps keep the single sweeps' zero rules: an adjoint of exactly 0 or a partial of exactly 0
+contributes nothing (written as a select, ``t + g * d if g != 0 and d != 0 else t``, which is
+what the scalar ``continue`` / ``if d != 0`` does and what keeps a signed zero or a
+``0 * inf`` out of the sum).
+
+Drivers.  ``*_chunks`` process chunks ``first, first + step, ...`` of a batch serially with one
+set of buffers; ``*_parallel`` hand the chunks to Numba's threads under ``numba.prange``
+(dynamically, one chunk at a time), each thread owning one set of the 3-D buffers (indexed by
+``numba.get_thread_id()``), so there is no race on adjoint accumulation and no allocation
+inside the parallel region.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fasttape import ops as _ops
+from fasttape.kernels import codegen as _cg
+
+TARGET = Path(__file__).with_name("_batch_generated.py")
+
+_ARGS = ("x", "y", "z")
+
+
+def _load_rows(spec: _ops.OpSpec, ind: str) -> list[str]:
+    # Argument slots are read once per chunk, outside the loop over points.
+    return [f"{ind}a{j} = args[k + {j}]" for j in range(1, spec.arity)]
+
+
+def _load_points(spec: _ops.OpSpec, ind: str, src: str = "vals") -> list[str]:
+    return [f"{ind}{_ARGS[j]} = {src}[a{j}, p]" for j in range(spec.arity)]
+
+
+def _forward(partials: bool) -> list[str]:
+    name = "chunk_forward_partials" if partials else "chunk_forward_values"
+    sig = "ops, args, consts, X, b0, nb, vals" + (", parts" if partials else "")
+    what = "values and partials (``parts[e, p]``)" if partials else "values"
+    lines = [
+        "@_kernel",
+        f"def {name}({sig}):",
+        f'    """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: {what}.',
+        "",
+        "    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_slots, C)`` with",
+        "    ``nb <= C``, and receives the value of slot ``s`` at point ``b0 + p`` in",
+        "    ``vals[s, p]``.  No bounds checks: the caller validated the tape and the shapes.",
+        '    """',
+        "    n_in = X.shape[1]",
+        "    n_pre = n_in + consts.shape[0]",
+        "    for i in range(n_in):",
+        "        for p in range(nb):",
+        "            vals[i, p] = X[b0 + p, i]",
+        "    for i in range(consts.shape[0]):",
+        "        c = consts[i]",
+        "        for p in range(nb):",
+        "            vals[n_in + i, p] = c",
+        "    k = 0",
+        "    for i in range(ops.shape[0]):",
+        "        op = ops[i]",
+        "        s = n_pre + i",
+        "        a0 = args[k]",
+    ]
+
+    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
+        out = _load_rows(spec, ind)
+        out.append(f"{ind}for p in range(nb):")
+        inner = ind + "    "
+        out += _load_points(spec, inner)
+        out.append(f"{inner}f = {spec.forward}")
+        out.append(f"{inner}vals[s, p] = f")
+        if partials:
+            for j, d in enumerate(spec.partials):
+                out.append(f"{inner}parts[k + {j}, p] = {d}")
+        out.append(f"{ind}k += {spec.arity}")
+        return out
+
+    _cg._chain(lines, _ops.OPS, body)
+    lines += [
+        "        else:",
+        "            for p in range(nb):  # unreachable for a validated tape",
+        "                vals[s, p] = np.nan",
+        "",
+        "",
+    ]
+    return lines
+
+
+def _acc(j: int, d: str, ind: str) -> list[str]:
+    # The scalar sweep's `if g == 0: continue` and `_acc`'s `if d != 0` as one select.
+    return [f"{ind}d = {d}", f"{ind}t = adj[a{j}, p]",
+            f"{ind}adj[a{j}, p] = t + g * d if g != 0.0 and d != 0.0 else t"]
+
+
+_REVERSE_HEAD = [
+    "    k = args.shape[0]",
+    "    for i in range(ops.shape[0] - 1, -1, -1):",
+    "        op = ops[i]",
+    "        k -= _ARITY[op]",
+    "        s = n_pre + i",
+    "        a0 = args[k]",
+]
+
+
+def _reverse_stored() -> list[str]:
+    return [
+        "@_kernel",
+        "def chunk_reverse_stored(ops, args, parts, adj, n_pre, nb):",
+        '    """Reverse sweep over the partials of :func:`chunk_forward_partials`.',
+        "",
+        "    ``adj`` (shape ``(n_slots, C)``) holds the seed on entry and zeros elsewhere; on exit",
+        "    the instruction rows are zero again and rows below ``n_pre`` hold the input and",
+        "    constant adjoints of each point.",
+        '    """',
+        *_REVERSE_HEAD,
+        "        nd = _NDIFF[op]",
+        "        if nd == 0:",
+        "            for p in range(nb):",
+        "                adj[s, p] = 0.0",
+        "        elif nd == 1:",
+        "            for p in range(nb):",
+        "                g = adj[s, p]",
+        "                adj[s, p] = 0.0  # read-then-zero, as the scalar sweep",
+        *_acc(0, "parts[k, p]", "                "),
+        "        else:",
+        "            a1 = args[k + 1]",
+        "            for p in range(nb):",
+        "                g = adj[s, p]",
+        "                adj[s, p] = 0.0",
+        *_acc(0, "parts[k, p]", "                "),
+        *_acc(1, "parts[k + 1, p]", "                "),
+        "",
+        "",
+    ]
+
+
+def _reverse_lean() -> list[str]:
+    lines = [
+        "@_kernel",
+        "def chunk_reverse_lean(ops, args, vals, adj, n_pre, nb):",
+        '    """Reverse sweep recomputing each partial from ``vals`` (lean mode).',
+        "",
+        "    Same contract as :func:`chunk_reverse_stored`.",
+        '    """',
+        *_REVERSE_HEAD,
+    ]
+
+    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
+        out = _load_rows(spec, ind)
+        out.append(f"{ind}for p in range(nb):")
+        inner = ind + "    "
+        out += [f"{inner}g = adj[s, p]", f"{inner}adj[s, p] = 0.0"]
+        out += _load_points(spec, inner)
+        if any("f" in _cg._tokens(d) for d in spec.partials):
+            out.append(f"{inner}f = vals[s, p]")
+        for j, d in enumerate(spec.partials):
+            out += _acc(j, d, inner)
+        return out
+
+    _cg._chain(lines, [s for s in _ops.OPS if s.ndiff], body)
+    lines += [
+        "        else:  # no differentiable argument: only clear the row",
+        "            for p in range(nb):",
+        "                adj[s, p] = 0.0",
+        "",
+        "",
+    ]
+    return lines
+
+
+_DRIVERS = '''
+@_kernel
+def _outputs_of_chunk(outputs, vals, b0, nb, out):
+    for j in range(outputs.shape[0]):
+        o = outputs[j]
+        for p in range(nb):
+            out[b0 + p, j] = vals[o, p]
+
+
+@_kernel
+def _collect_chunk(adj, n_in, n_pre, b0, nb, grad):
+    # Copy the inputs' adjoints out and zero every pre-slot row: adj is clean for next time.
+    for i in range(n_in):
+        for p in range(nb):
+            grad[b0 + p, i] = adj[i, p]
+    for i in range(n_pre):
+        for p in range(nb):
+            adj[i, p] = 0.0
+
+
+@_kernel
+def value_chunks(ops, args, consts, outputs, X, first, step, vals, out):
+    """Outputs at the points of chunks ``first, first + step, ...`` into ``out[b, j]``.
+
+    ``vals`` has shape ``(n_slots, C)``; chunk ``c`` holds points ``c * C .. c * C + C - 1``.
+    """
+    B = X.shape[0]
+    C = vals.shape[1]
+    n_chunks = (B + C - 1) // C
+    for c in range(first, n_chunks, step):
+        b0 = c * C
+        nb = min(C, B - b0)
+        chunk_forward_values(ops, args, consts, X, b0, nb, vals)
+        _outputs_of_chunk(outputs, vals, b0, nb, out)
+
+
+@_kernel
+def value_and_grad_chunks(ops, args, consts, outputs, which, X, first, step, vals, parts, adj,
+                          out, grad):
+    """Value of output ``which`` into ``out[b]`` and its gradient into ``grad[b, :]``.
+
+    Stored mode (``parts`` of shape ``(n_edges, C)``); ``adj`` must be all zeros on entry and
+    is again on exit.
+    """
+    B = X.shape[0]
+    C = vals.shape[1]
+    n_in = X.shape[1]
+    n_pre = n_in + consts.shape[0]
+    n_chunks = (B + C - 1) // C
+    o = outputs[which]
+    for c in range(first, n_chunks, step):
+        b0 = c * C
+        nb = min(C, B - b0)
+        chunk_forward_partials(ops, args, consts, X, b0, nb, vals, parts)
+        for p in range(nb):
+            out[b0 + p] = vals[o, p]
+            adj[o, p] = 1.0
+        chunk_reverse_stored(ops, args, parts, adj, n_pre, nb)
+        _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
+
+
+@_kernel
+def value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, first, step, vals, adj,
+                               out, grad):
+    """As :func:`value_and_grad_chunks`, recomputing partials (lean mode, no ``parts``)."""
+    B = X.shape[0]
+    C = vals.shape[1]
+    n_in = X.shape[1]
+    n_pre = n_in + consts.shape[0]
+    n_chunks = (B + C - 1) // C
+    o = outputs[which]
+    for c in range(first, n_chunks, step):
+        b0 = c * C
+        nb = min(C, B - b0)
+        chunk_forward_values(ops, args, consts, X, b0, nb, vals)
+        for p in range(nb):
+            out[b0 + p] = vals[o, p]
+            adj[o, p] = 1.0
+        chunk_reverse_lean(ops, args, vals, adj, n_pre, nb)
+        _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
+
+
+# Parallel drivers: prange over the chunks.  The caller sets Numba's parallel chunksize to 1
+# (fasttape.batch._launch; from Python, because calling numba.set_parallel_chunksize in a
+# kernel makes it uncachable), so chunks are handed out one at a time to whichever thread is
+# free: on a machine shared with other work a descheduled thread does not hold up the rest,
+# as a static split would.  The thread with id numba.get_thread_id() uses buffer set [id], so
+# the buffers need numba.get_num_threads() <= their first axis: the caller sets the count.
+
+
+@_pkernel
+def value_parallel(ops, args, consts, outputs, X, vals, out):
+    """:func:`value_chunks` on all threads; ``vals`` is ``(threads, n_slots, C)``."""
+    C = vals.shape[2]
+    n_chunks = (X.shape[0] + C - 1) // C
+    for c in numba.prange(n_chunks):
+        w = numba.get_thread_id()
+        value_chunks(ops, args, consts, outputs, X, c, n_chunks, vals[w], out)
+
+
+@_pkernel
+def value_and_grad_parallel(ops, args, consts, outputs, which, X, vals, parts, adj, out, grad):
+    """:func:`value_and_grad_chunks` on all threads, each with its own 2-D buffers."""
+    C = vals.shape[2]
+    n_chunks = (X.shape[0] + C - 1) // C
+    for c in numba.prange(n_chunks):
+        w = numba.get_thread_id()
+        value_and_grad_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
+                              parts[w], adj[w], out, grad)
+
+
+@_pkernel
+def value_and_grad_lean_parallel(ops, args, consts, outputs, which, X, vals, adj, out, grad):
+    """:func:`value_and_grad_lean_chunks` on all threads."""
+    C = vals.shape[2]
+    n_chunks = (X.shape[0] + C - 1) // C
+    for c in numba.prange(n_chunks):
+        w = numba.get_thread_id()
+        value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
+                                   adj[w], out, grad)
+'''
+
+
+def generate() -> str:
+    """Return the full text of ``_batch_generated.py`` for the current table."""
+    arity = ", ".join(str(o.arity) for o in _ops.OPS)
+    ndiff = ", ".join(str(o.ndiff) for o in _ops.OPS)
+    lines = _cg.header(
+        "Batch sweep kernels generated from the op table (see fasttape/kernels/gen_batch.py)."
+    )
+    lines += [
+        "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
+        "# Parallel drivers: same options plus parallel=True (prange over workers).  Their",
+        "# threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).",
+        '_pkernel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)',
+        "",
+        f"_ARITY = np.array([{arity}], dtype=np.int64)",
+        f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",
+        "",
+        "# --- scalar helpers, copied from fasttape/kernels/scalar.py ---",
+    ]
+    lines += _cg.helper_lines()
+    lines += ["", "", "# --- chunk sweeps ---", "", ""]
+    lines += _forward(False)
+    lines += _forward(True)
+    lines += _reverse_stored()
+    lines += _reverse_lean()
+    lines += _DRIVERS.strip("\n").splitlines()
+    return "\n".join(lines) + "\n"

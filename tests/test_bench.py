@@ -1,0 +1,297 @@
+"""``fasttape bench``: cases, baseline, agreement check, peers, output and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from fasttape.bench import baseline as bl
+from fasttape.bench.cases import FAMILIES, VECTORIZED, build_case, replay_fn
+from fasttape.bench.cli import main as run_bench_cli
+from fasttape.bench.peers import PEERS, Built, Peer
+from fasttape.bench.peers.base import float_namespace
+from fasttape.bench.prune import prune
+from fasttape.bench.runner import GRAD_RTOL, Settings, agreement, measure_case, run_peer
+from fasttape.families import random_local, random_uniform
+from fasttape.ops import OP_BY_NAME, OPS
+from tests import reference
+
+SMALL = 300
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {f: build_case(f, SMALL) for f in FAMILIES}
+
+
+# ---------------------------------------------------------------------------- cases
+@pytest.mark.parametrize("family", FAMILIES)
+def test_case_function_replays_the_tape(cases, family):
+    """fn(x, floats) -- what every peer builds from -- gives fasttape's value."""
+    case = cases[family]
+    # random graphs: the live fraction is below its large-size value on tiny graphs
+    low = 0.15 if family.startswith("random") else 0.5
+    assert low * SMALL <= case.n_nodes <= 1.6 * SMALL
+    assert case.built == ("arrays" if family.startswith("random") else "traced")
+    v = case.tape.value(case.x)
+    assert math.isfinite(v)
+    assert case.fn(list(case.x), float_namespace()) == pytest.approx(v, rel=1e-12)
+
+
+@pytest.mark.parametrize("gen", [random_local, random_uniform])
+def test_prune_keeps_value_and_gradient_and_drops_dead_code(gen):
+    tape = gen(4_000, seed=3)
+    small = prune(tape)
+    assert small.n_nodes < tape.n_nodes
+    x = np.linspace(0.1, 0.9, tape.n_inputs)
+    v, g = tape.value_and_grad(x)
+    v2, g2 = small.value_and_grad(x)
+    assert v == v2
+    np.testing.assert_array_equal(g, g2)
+    assert prune(small) is small  # nothing left to remove
+
+
+def test_replay_fn_covers_operators_and_named_ops():
+    import fasttape as ft
+
+    g = ft.Graph()
+    a, b = g.inputs(2)
+    g.output(ft.maximum(-(a * a) / b - a ** 3, ft.tanh(b) + ft.softplus(a)))
+    tape = ft.compile(g)
+    x = np.array([0.7, 1.3])
+    assert replay_fn(tape)(list(x), float_namespace()) == pytest.approx(tape.value(x))
+
+
+# ---------------------------------------------------------------------------- baseline
+@pytest.mark.parametrize("op", [op.name for op in OPS])
+def test_baseline_covers_exactly_its_ops_and_matches_the_reference(op):
+    """Every op of the table: the baseline implements it and agrees, or says it does not."""
+    import fasttape as ft
+
+    spec = OP_BY_NAME[op]
+    codes = np.array([spec.code], dtype=np.uint8)
+    assert bl.supports(codes) == (op in bl.BASELINE_OPS)
+    if op not in bl.BASELINE_OPS:
+        return
+    # x0 op x1 (or op x0), then a multiply so the output is the last slot of a non-trivial tape
+    n_in = 2
+    consts = np.array([3.0]) if op == "powi" else np.zeros(0)
+    second = n_in if op == "powi" else 1
+    args = [*[0, second][: spec.arity], n_in + len(consts), 1]
+    tape = ft.Tape.from_arrays(
+        [spec.code, OP_BY_NAME["mul"].code], args, consts, [n_in + len(consts) + 1], n_in
+    )
+    for x in ([0.3, 0.8], [1.7, 0.4], [0.5, 0.5]):
+        x = np.array(x)
+        v, g = bl.run_baseline(tape, x)
+        rv, rg = reference.value_and_grad(tape, x)
+        assert v == pytest.approx(rv, rel=1e-14)
+        np.testing.assert_allclose(g, rg, rtol=1e-13)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_baseline_agrees_with_fasttape_on_every_family(cases, family):
+    case = cases[family]
+    v, g = case.tape.value_and_grad(case.x)
+    bv, bg = bl.run_baseline(case.tape, case.x)
+    assert agreement(v, g, bv, bg)[2] is None
+
+
+def test_baseline_refuses_tapes_it_cannot_run():
+    import fasttape as ft
+
+    tape = ft.compile(ft.trace(lambda x: ft.log(x[0]), 1))
+    with pytest.raises(ValueError, match="does not implement"):
+        bl.run_baseline(tape, np.array([2.0]))
+
+
+# ---------------------------------------------------------------------------- agreement
+def test_agreement_accepts_rounding_and_flags_real_differences():
+    g = np.array([1.0, -2.0, 1e-3])
+    assert agreement(1.5, g, 1.5, g * (1 + 1e-13))[2] is None
+    rel, _, problem = agreement(1.5, g, 1.5, g + np.array([0.0, 0.0, 1e-3]))
+    assert problem is not None and "gradient" in problem and rel > GRAD_RTOL
+    assert "value" in agreement(1.5, g, 1.6, g)[2]
+    assert "entries" in agreement(1.5, g, 1.5, g[:2])[2]
+    assert agreement(1.5, g, 1.5, np.array([1.0, np.nan, 1e-3]))[2] is not None
+    both = np.array([np.nan, 1.0])
+    assert agreement(1.0, both, 1.0, both)[2] is None
+
+
+class _FakePeer(Peer):
+    module = "numpy"
+    scalar_cap = None
+
+    def __init__(self, name, behaviour):
+        self.name = name
+        self.behaviour = behaviour
+
+    def build(self, case):
+        tape, behaviour = case.tape, self.behaviour
+
+        def vg(x):
+            v, g = tape.value_and_grad(x)
+            if behaviour == "wrong-gradient":
+                g = g.copy()
+                g[0] += 0.1 * max(1.0, np.abs(g).max())
+            if behaviour == "slow":
+                time.sleep(1.5)
+            if behaviour == "raises":
+                raise RuntimeError("boom\nsecond line")
+            return v, g
+
+        return Built(lambda x: tape.value(x), vg, 0.0, 0.0, "scalar")
+
+
+def _peer_row(case, peer, **kw):
+    v, g = case.tape.value_and_grad(case.x)
+    settings = Settings(families=[case.family], nodes=[SMALL], repeat=2, **kw)
+    return run_peer(peer, case, v, g, 10.0, settings), settings
+
+
+def test_a_peer_with_a_wrong_gradient_is_flagged_and_not_timed(cases):
+    row, _ = _peer_row(cases["rosenbrock"], _FakePeer("liar", "wrong-gradient"))
+    assert row["status"].startswith("DISAGREES: gradient differs")
+    assert row["grad_rel_diff"] > GRAD_RTOL
+    assert row["vg_ns"] is None and row["value_ns"] is None
+
+
+def test_an_honest_peer_is_timed(cases):
+    row, _ = _peer_row(cases["chain"], _FakePeer("honest", "ok"))
+    assert row["status"] == "ok"
+    assert row["vg_ns"] > 0 and row["value_ns"] > 0 and row["vs_fasttape"] > 0
+    assert row["grad_rel_diff"] == 0.0
+
+
+def test_failing_slow_and_missing_peers_get_rows(cases):
+    case = cases["chain"]
+    row, settings = _peer_row(case, _FakePeer("broken", "raises"))
+    assert row["status"].startswith("failed (RuntimeError: boom second line")
+    assert ("broken", "chain") in settings.stopped
+    row, settings = _peer_row(case, _FakePeer("slow", "slow"), peer_timeout=0.3)
+    assert row["status"].startswith("timeout (> 0.3 s in first call")
+    again = run_peer(_FakePeer("slow", "slow"), case, 0.0, np.zeros(1), 1.0, settings)
+    assert again["status"].startswith("skipped (timed out")
+    missing = _FakePeer("ghost", "ok")
+    missing.module = "fasttape_no_such_module"
+    row, _ = _peer_row(case, missing)
+    assert row["status"].startswith("not installed")
+    capped = _FakePeer("capped", "ok")
+    capped.scalar_cap_quick = 10
+    row, _ = _peer_row(case, capped, quick=True)
+    assert row["status"] == "skipped (> 10 nodes in --quick)"
+
+
+@pytest.mark.parametrize("peer", PEERS, ids=[p.name for p in PEERS])
+@pytest.mark.parametrize("family", ["random-uniform", "autograd-west", *VECTORIZED])
+def test_installed_peers_agree_with_fasttape(peer, family):
+    if peer.available() is not None:
+        pytest.skip(f"{peer.name} not installed")
+    if peer.name == "jax" and peer.style(family) == "scalar":
+        family_size = 60  # XLA compile time grows fast on scalar graphs
+    else:
+        family_size = 200
+    case = build_case(family, family_size)
+    v, g = case.tape.value_and_grad(case.x)
+    built = peer.build(case)
+    pv, pg = built.value_and_grad(case.x)
+    assert agreement(v, g, pv, pg)[2] is None
+    assert built.value(case.x) == pytest.approx(v, rel=1e-9)
+    assert built.style == peer.style(family)
+
+
+def test_measure_case_rows(cases):
+    settings = Settings(families=["lennard-jones"], nodes=[SMALL], repeat=2, peers=[],
+                        min_sample=1e-4)
+    rows = measure_case("lennard-jones", SMALL, settings)
+    assert [r["system"] for r in rows] == ["fasttape", "baseline"]
+    ft_row, base = rows
+    assert ft_row["status"] == "ok" and base["status"] == "ok"
+    for key in ("build_s", "compile_s", "first_call_s", "value_ns", "vg_ns", "grad_over_value"):
+        assert ft_row[key] > 0, key
+    assert base["vs_fasttape"] > 0
+
+
+# ---------------------------------------------------------------------------- CLI
+def _run_cli(capsys, *args):
+    code = run_bench_cli(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_quick_json_schema(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code, out, _ = _run_cli(
+        capsys, "--quick", "--nodes", "200,400", "--families", "chain,rosenbrock",
+        "--peers", "none", "--repeat", "2", "--no-west", "--json", str(path),
+    )
+    assert code == 0
+    assert "fasttape" in out and "rosenbrock" in out and "targets" in out
+    data = json.loads(path.read_text())
+    assert data["schema"] == "fasttape-bench/1"
+    assert {"machine", "settings", "rows", "west", "peers", "kernel_load_s"} <= set(data)
+    assert data["machine"]["cpus_usable"] >= 1 and data["machine"]["numba"]
+    assert data["settings"]["nodes"] == [200, 400]
+    systems = {(r["family"], r["n_nodes"] // 100, r["system"]) for r in data["rows"]}
+    assert len(data["rows"]) == 2 * 2 * 2 and len(systems) == 8
+    from fasttape.bench.runner import ROW_KEYS
+
+    for row in data["rows"]:
+        assert set(row) == set(ROW_KEYS)
+        assert row["status"] == "ok"
+
+
+def test_cli_markdown_and_west(capsys):
+    code, out, _ = _run_cli(
+        capsys, "--quick", "--nodes", "300", "--families", "autograd-west", "--peers", "none",
+        "--repeat", "2", "--west-calls", "20", "--markdown",
+    )
+    assert code == 0
+    assert "| family | nodes | system |" in out
+    assert "| autograd-west |" in out
+    assert "autograd-west workload: 10,000 ops" in out
+    assert "sequential single calls" in out
+    assert ("one batch of 20 points" in out) or ("batch: not available" in out)
+
+
+def test_cli_all_peers_listed(capsys):
+    """Every peer gets a row: figures, or why not (never silently dropped)."""
+    code, out, _ = _run_cli(capsys, "--quick", "--nodes", "100", "--families", "chain",
+                            "--repeat", "1", "--no-west", "--peer-timeout", "30")
+    assert code == 0
+    for p in PEERS:
+        assert f" {p.name} " in out
+
+
+def test_cli_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    code, _, _ = _run_cli(capsys, "--quick", "--nodes", "100,200", "--families", "chain",
+                          "--peers", "none", "--repeat", "1", "--no-west", "--plot", str(path))
+    assert code == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--families", "nope"], "unknown family 'nope'"),
+        (["--nodes", "-5"], "sizes must be whole numbers"),
+        (["--nodes", "1e3,abc"], "not a number"),
+        (["--repeat", "0"], "must be positive"),
+        (["--peers", "matlab"], "unknown peer 'matlab'"),
+        (["--frobnicate"], "unrecognized arguments"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(capsys, args, message):
+    from fasttape.__main__ import main
+
+    code = main(["bench", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("fasttape bench: error: ")
+    assert message in err
