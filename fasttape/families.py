@@ -25,6 +25,7 @@ import numpy as np
 
 from fasttape.ops import OP_BY_NAME
 from fasttape.tape import Tape
+from fasttape.trace import sum as _ft_sum
 
 __all__ = [
     "random_local",
@@ -245,17 +246,10 @@ def chain(n_nodes: int, op: str = "sin", *, grad_mode: str = "stored") -> Tape:
 def pairwise_sum(values: Any) -> Any:
     """Sum as a balanced tree of additions, the same tree as :func:`fasttape.sum`.
 
-    Peers use it so that every system adds the terms in the same order (same rounding).
+    Peers use it so that every system adds the terms in the same order (same rounding); it
+    works on any objects with ``+`` (floats, JAX or PyTorch scalars), as ``fasttape.sum`` does.
     """
-    items = list(values)
-    if not items:
-        return 0.0
-    while len(items) > 1:
-        paired = [items[i] + items[i + 1] for i in range(0, len(items) - 1, 2)]
-        if len(items) % 2:
-            paired.append(items[-1])
-        items = paired
-    return items[0]
+    return _ft_sum(values)
 
 
 def _float_softplus(a: float) -> float:
