@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+import fasttape as ft
 from fasttape.bench import baseline as bl
 from fasttape.bench.cases import FAMILIES, VECTORIZED, build_case, replay_fn
 from fasttape.bench.cli import main as run_bench_cli
@@ -295,3 +296,27 @@ def test_bad_arguments_give_one_line_and_exit_2(capsys, args, message):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("fasttape bench: error: ")
     assert message in err
+
+
+def test_west_batch_is_warmed_up_on_the_timed_batch(monkeypatch):
+    # Regression: the warm-up used a 2-point slice, which can take the serial path, so on a
+    # cold Numba cache the parallel drivers compiled inside the timed call (156 s reported
+    # for 4 s of work on a fresh install).  The warm-up must use the timed batch's shape.
+    from fasttape.bench import west
+
+    shapes = []
+    original = ft.Tape.value_and_grad
+
+    def recording(self, x, **kw):
+        arr = np.asarray(x)
+        if arr.ndim == 2:
+            shapes.append(arr.shape)
+        return original(self, x, **kw)
+
+    monkeypatch.setattr(ft.Tape, "value_and_grad", recording)
+    out = west.west_workload(n_ops=40, n_calls=12, measured_calls=6)
+    if not out["batch"]:
+        pytest.skip("batching not available")
+    batch_calls = [s for s in shapes if s[0] > 1]  # batch_available() probes a tiny tape
+    assert len(batch_calls) >= 2 and batch_calls[-1] == batch_calls[-2] == (6, 100)
+    assert out["batch_matches_sequential"]

@@ -106,7 +106,10 @@ def west_workload(
     if out["batch"]:
         kw = {} if threads is None else {"threads": threads}
         t5 = time.perf_counter()
-        tape.value_and_grad(pts[:2], **kw)  # loads the batch kernels (Numba cache)
+        # Warm up on the same batch, not a slice: a small batch can take the serial path and
+        # leave the parallel drivers to compile inside the timed call (regression: 156 s
+        # reported on a fresh install for what takes 4 s).
+        tape.value_and_grad(pts, **kw)
         t6 = time.perf_counter()
         bv, bg = tape.value_and_grad(pts, **kw)
         batch = (time.perf_counter() - t6) * n_calls / m
