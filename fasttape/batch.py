@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from fasttape.kernels import _batch_generated as _k
+from fasttape.tape import _check_out
 
 __all__ = [
     "CHUNK_BYTES",
@@ -162,29 +163,10 @@ def as_batch(x: Any, n_inputs: int) -> np.ndarray:
         x = np.ascontiguousarray(arr, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != n_inputs:
         raise ValueError(
-            f"x must be 2-D of shape (B, n_inputs) with n_inputs = {n_inputs} (or 1-D for one "
-            f"point); got shape {x.shape}"
+            f"a batch x must have shape (B, {n_inputs}), one row per point (or be 1-D of "
+            f"shape ({n_inputs},) for one point); got shape {x.shape}"
         )
     return x
-
-
-def _check_out(out: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    if not (
-        type(out) is np.ndarray
-        and out.dtype == np.float64
-        and out.shape == shape
-        and out.flags.c_contiguous
-        and out.flags.writeable
-    ):
-        got = (
-            type(out).__name__
-            if not isinstance(out, np.ndarray)
-            else f"array of dtype {out.dtype}, shape {out.shape}"
-        )
-        raise ValueError(
-            f"{name} must be a writeable C-contiguous float64 array of shape {shape}; got {got}"
-        )
-    return out
 
 
 def _buffers(tape: Any, kind: str, workers: int, c: int) -> tuple[np.ndarray, ...]:

@@ -60,23 +60,19 @@ def _point(tape: Tape, x: Any) -> np.ndarray:
 
 
 def _batch(tape: Tape, x: Any, what: str) -> np.ndarray | None:
-    """``x`` as a validated ``(B, n_inputs)`` float64 batch, or None if it is not 2-D."""
-    if isinstance(x, np.ndarray):
-        if x.ndim != 2:
-            return None
-    elif np.ndim(x) != 2:
+    """``x`` as a validated ``(B, n_inputs)`` float64 batch, or None if it is not 2-D.
+
+    Validation is :func:`fasttape.batch.as_batch` (the one batch check); its message gets the
+    method's name in front.
+    """
+    if np.ndim(x) != 2:
         return None
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{what}: x must be an array of real numbers; got an array of dtype {arr.dtype}"
-        )
-    if arr.shape[1] != tape.n_inputs:
-        raise ValueError(
-            f"{what}: a batch x must have shape (B, {tape.n_inputs}) (one row per point); got "
-            f"shape {arr.shape}"
-        )
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    from fasttape.batch import as_batch
+
+    try:
+        return as_batch(x, tape.n_inputs)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what}: {exc}") from None
 
 
 def _rows(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> list[np.ndarray]:

@@ -532,11 +532,16 @@ def _as_float_vector(x: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _check_out(out: Any, n: int, name: str) -> np.ndarray:
+def _check_out(out: Any, shape: int | tuple[int, ...], name: str) -> np.ndarray:
+    """``out`` if it is a writeable C-contiguous float64 array of ``shape``, else a ValueError.
+
+    The one check of caller-supplied output arrays (single points, batches, embedding).
+    """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if not (
         type(out) is np.ndarray
         and out.dtype == np.float64
-        and out.shape == (n,)
+        and out.shape == shape
         and out.flags.c_contiguous
         and out.flags.writeable
     ):
@@ -545,6 +550,7 @@ def _check_out(out: Any, n: int, name: str) -> np.ndarray:
             if not isinstance(out, np.ndarray)
             else f"array of dtype {out.dtype}, shape {out.shape}"
         )
-        raise ValueError(f"{name} must be a writeable contiguous float64 array of shape ({n},); "
-                         f"got {got}")
+        raise ValueError(
+            f"{name} must be a writeable C-contiguous float64 array of shape {shape}; got {got}"
+        )
     return out

@@ -215,8 +215,8 @@ def test_empty_batch(two_out):
 @pytest.mark.parametrize(
     "x,exc,pattern",
     [
-        (np.ones((4, 2)), ValueError, r"\(B, n_inputs\) with n_inputs = 3.*\(4, 2\)"),
-        (np.ones((2, 4)), ValueError, r"n_inputs = 3.*\(2, 4\)"),
+        (np.ones((4, 2)), ValueError, r"shape \(B, 3\), one row per point.*\(4, 2\)"),
+        (np.ones((2, 4)), ValueError, r"shape \(B, 3\).*\(2, 4\)"),
         (np.ones((2, 3, 1)), ValueError, r"1-D.*2-D.*\(2, 3, 1\)"),
         (np.ones((2, 3), dtype=complex), TypeError, "complex"),
         (np.array([["a", "b", "c"]]), TypeError, "real numbers"),

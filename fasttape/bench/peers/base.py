@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.families import pairwise_sum
+from fasttape.families import FLOATS, pairwise_sum
 
 __all__ = ["Built", "Peer", "scalar_namespace"]
 
@@ -107,10 +107,8 @@ def scalar_namespace(**funcs: Any) -> SimpleNamespace:
 
 
 def float_namespace() -> SimpleNamespace:
-    """The namespace evaluating ``case.fn`` on Python floats."""
-
-    def softplus(a: float) -> float:
-        return max(a, 0.0) + math.log1p(math.exp(-abs(a)))
+    """The namespace evaluating ``case.fn`` on Python floats: :data:`fasttape.families.FLOATS`
+    plus the functions of the random families."""
 
     def sigmoid(a: float) -> float:
         if a >= 0.0:
@@ -118,7 +116,7 @@ def float_namespace() -> SimpleNamespace:
         e = math.exp(a)
         return e / (1.0 + e)
 
-    return scalar_namespace(
-        tanh=math.tanh, exp=math.exp, softplus=softplus, maximum=max, sin=math.sin,
-        cos=math.cos, atan=math.atan, sqrt=math.sqrt, sigmoid=sigmoid,
+    return SimpleNamespace(
+        **vars(FLOATS), sin=math.sin, cos=math.cos, atan=math.atan, sqrt=math.sqrt,
+        sigmoid=sigmoid,
     )

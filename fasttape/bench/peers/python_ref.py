@@ -20,20 +20,13 @@ from fasttape.ops import OPS
 __all__ = ["PythonPeer"]
 
 
-def _sigmoid(a: float) -> float:
-    if a >= 0.0:
-        return 1.0 / (1.0 + math.exp(-a))
-    e = math.exp(a)
-    return e / (1.0 + e)
-
-
 _F = float_namespace()
 _FORWARD = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "powi": lambda a, b: a ** int(b), "neg": lambda a: -a,
     "square": lambda a: a * a, "maximum": lambda a, b: a if a >= b else b,
     "sin": math.sin, "cos": math.cos, "tanh": math.tanh, "atan": math.atan, "exp": math.exp,
-    "sqrt": math.sqrt, "sigmoid": _sigmoid, "softplus": _F.softplus,
+    "sqrt": math.sqrt, "sigmoid": _F.sigmoid, "softplus": _F.softplus,
 }
 
 
@@ -58,7 +51,7 @@ _PARTIALS = {
     "exp": lambda a, f: (f,),
     "sqrt": lambda a, f: (0.5 / f,),
     "sigmoid": lambda a, f: (f * (1.0 - f),),
-    "softplus": lambda a, f: (_sigmoid(a),),
+    "softplus": lambda a, f: (_F.sigmoid(a),),
 }
 
 
