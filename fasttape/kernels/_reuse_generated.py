@@ -125,8 +125,15 @@ def _dpow_exp(x, y, f):
 
 @_kernel
 def _acc(adj, p, g, d):
-    # An exactly-zero partial is a structural zero: never form 0 * inf = NaN.
-    if d != 0.0:
+    # An exactly-zero partial is a structural zero: never form 0 * inf = NaN.  A unit
+    # partial (add, sub, a selected max) adds g itself: g * 1.0 and g * -1.0 are exact,
+    # and skipping the product avoids the x86 microcode assist that multiplying a
+    # subnormal adjoint costs (about 150 cycles; additions have no such penalty).
+    if d == 1.0:
+        adj[p] += g
+    elif d == -1.0:
+        adj[p] -= g
+    elif d != 0.0:
         adj[p] += g * d
 
 
@@ -562,7 +569,8 @@ def forward_partials_plan(ops, args, dest, consts, xin, vals, parts):
 def reverse_stored_plan(ops, args, dest, parts, adj):
     """Reverse sweep over partials stored by :func:`forward_partials`.
 
-    Op-agnostic: each differentiable edge adds ``adjoint * partial`` to its parent.
+    Each differentiable edge adds ``adjoint * partial`` to its parent; ops whose
+    partials are the constants +-1 add or subtract the adjoint without reading them.
     ``adj`` must hold the seed on entry and zeros elsewhere; on exit the instruction
     slots are zero again and slots below ``n_pre`` hold the input and constant adjoints.
     """
@@ -575,6 +583,17 @@ def reverse_stored_plan(ops, args, dest, parts, adj):
         adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call
         if g == 0.0:
             continue  # a zero adjoint contributes nothing (see docs/derivatives.md)
+        if op == 0:  # add
+            adj[args[k + 0]] += g
+            adj[args[k + 1]] += g
+            continue
+        elif op == 2:  # sub
+            adj[args[k + 0]] += g
+            adj[args[k + 1]] -= g
+            continue
+        elif op == 4:  # neg
+            adj[args[k + 0]] -= g
+            continue
         nd = _NDIFF[op]
         if nd >= 1:
             _acc(adj, args[k], g, parts[k])

@@ -83,7 +83,7 @@ def _forward(partials: bool) -> list[str]:
         out += _load_points(spec, inner)
         out.append(f"{inner}f = {spec.forward}")
         out.append(f"{inner}vals[s, p] = f")
-        if partials:
+        if partials and not _cg.unit_partials(spec):  # not stored: the reverse knows them
             for j, d in enumerate(spec.partials):
                 out.append(f"{inner}parts[k + {j}, p] = {d}")
         out.append(f"{ind}k += {spec.arity}")
@@ -98,6 +98,12 @@ def _forward(partials: bool) -> list[str]:
         "",
     ]
     return lines
+
+
+def _unit_acc(j: int, d: str, ind: str) -> list[str]:
+    sign = "+" if d == "1.0" else "-"
+    return [f"{ind}t = adj[a{j}, p]",
+            f"{ind}adj[a{j}, p] = t {sign} g if g != 0.0 else t"]
 
 
 def _acc(j: int, d: str, ind: str) -> list[str]:
@@ -116,6 +122,25 @@ _REVERSE_HEAD = [
 ]
 
 
+def _unit_reverse() -> list[str]:
+    # Ops with unit partials first (their partials are not stored; see codegen.unit_partials), then
+    # the generic loops over stored partials.
+    lines: list[str] = []
+    for spec in _ops.OPS:
+        if not _cg.unit_partials(spec):
+            continue
+        kw = "if" if not lines else "elif"
+        lines.append(f"        {kw} op == {spec.code}:  # {spec.name}")
+        lines += _load_rows(spec, "            ")
+        lines += ["            for p in range(nb):",
+                  "                g = adj[s, p]",
+                  "                adj[s, p] = 0.0"]
+        for j, d in enumerate(spec.partials):
+            lines += _unit_acc(j, d, "                ")
+        lines.append("            continue")
+    return lines
+
+
 def _reverse_stored() -> list[str]:
     return [
         "@_kernel",
@@ -127,6 +152,7 @@ def _reverse_stored() -> list[str]:
         "    constant adjoints of each point.",
         '    """',
         *_REVERSE_HEAD,
+        *_unit_reverse(),
         "        nd = _NDIFF[op]",
         "        if nd == 0:",
         "            for p in range(nb):",
