@@ -22,6 +22,7 @@ import numba
 import numpy as np
 
 from fasttape.kernels import _batch_generated as _k
+from fasttape.kernels import fpenv
 from fasttape.tape import _check_out
 
 __all__ = [
@@ -241,7 +242,7 @@ def _plan(
 
 def value(
     tape: Any, x: Any, *, out: np.ndarray | None = None, threads: Any = None,
-    chunk: int | None = None,
+    chunk: int | None = None, flush_subnormals: bool = False,
 ) -> np.ndarray:
     """The outputs at every point of a batch.
 
@@ -255,11 +256,14 @@ def value(
         Worker threads; default ``numba.get_num_threads()``.
     chunk : int, optional
         Points per chunk (default from :func:`chunk_size`); results do not depend on it.
+    flush_subnormals : bool
+        Flush subnormal numbers to zero on every worker (:mod:`fasttape.kernels.fpenv`).
 
     Returns
     -------
     ndarray, shape (B,) for a single-output tape, else (B, n_outputs)
     """
+    flush = fpenv.check_flush(flush_subnormals)
     X = as_batch(x, tape.n_inputs)
     B = X.shape[0]
     m = tape.n_outputs
@@ -270,23 +274,28 @@ def value(
         ret = _check_out(out, (B,) if m == 1 else (B, m), "out")
         res = ret.reshape(B, m)
     if B == 1 and chunk is None:  # one point: the single-point kernel, no [slot, point] layout
-        tape.value(X[0], out=res[0], threads=threads)
+        tape.value(X[0], out=res[0], threads=threads, flush_subnormals=flush)
         return ret
     _, w, c = _plan(tape, False, B, threads, chunk)
     if B == 0:
         return ret
     (vals,) = _buffers(tape, "value", w, c)
     if w == 1:
-        _k.value_chunks(tape.ops, tape.args, tape.consts, tape.outputs, X, 0, 1, vals[0], res)
+        old = fpenv.enter(flush)
+        try:
+            _k.value_chunks(tape.ops, tape.args, tape.consts, tape.outputs, X, 0, 1, vals[0],
+                            res)
+        finally:
+            fpenv.leave(old)
     else:
         _launch(w, _k.value_parallel, tape.ops, tape.args, tape.consts, tape.outputs, X, vals,
-                res)
+                res, flush)
     return ret
 
 
 def value_and_grad(
     tape: Any, x: Any, which: int, *, out: np.ndarray | None = None, threads: Any = None,
-    chunk: int | None = None,
+    chunk: int | None = None, flush_subnormals: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Value of output ``which`` and its gradient at every point of a batch.
 
@@ -298,7 +307,7 @@ def value_and_grad(
         The output to differentiate (already checked by the caller, ``0 <= which < m``).
     out : ndarray of float64, shape (B, n_inputs), optional
         Receives the gradients.
-    threads, chunk
+    threads, chunk, flush_subnormals
         As in :func:`value`.
 
     Returns
@@ -306,13 +315,15 @@ def value_and_grad(
     values : ndarray, shape (B,)
     grads : ndarray, shape (B, n_inputs)
     """
+    flush = fpenv.check_flush(flush_subnormals)
     X = as_batch(x, tape.n_inputs)
     B = X.shape[0]
     n = tape.n_inputs
     grad = np.empty((B, n)) if out is None else _check_out(out, (B, n), "out")
     vals_out = np.empty(B)
     if B == 1 and chunk is None:  # one point: the single-point kernel, no [slot, point] layout
-        vals_out[0], _ = tape.value_and_grad(X[0], output=which, out=grad[0], threads=threads)
+        vals_out[0], _ = tape.value_and_grad(X[0], output=which, out=grad[0], threads=threads,
+                                             flush_subnormals=flush)
         return vals_out, grad
     _, w, c = _plan(tape, True, B, threads, chunk)
     if B == 0:
@@ -320,16 +331,21 @@ def value_and_grad(
     mode = tape.grad_mode
     bufs = _buffers(tape, mode, w, c)
     a = (tape.ops, tape.args, tape.consts, tape.outputs, which, X)
-    if mode == "stored":
+    if w == 1:  # the serial drivers run on this thread: set its register here
+        old = fpenv.enter(flush)
+        try:
+            if mode == "stored":
+                vals, parts, adj = bufs
+                _k.value_and_grad_chunks(*a, 0, 1, vals[0], parts[0], adj[0], vals_out, grad)
+            else:
+                vals, adj = bufs
+                _k.value_and_grad_lean_chunks(*a, 0, 1, vals[0], adj[0], vals_out, grad)
+        finally:
+            fpenv.leave(old)
+    elif mode == "stored":
         vals, parts, adj = bufs
-        if w == 1:
-            _k.value_and_grad_chunks(*a, 0, 1, vals[0], parts[0], adj[0], vals_out, grad)
-        else:
-            _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad)
+        _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)
     else:
         vals, adj = bufs
-        if w == 1:
-            _k.value_and_grad_lean_chunks(*a, 0, 1, vals[0], adj[0], vals_out, grad)
-        else:
-            _launch(w, _k.value_and_grad_lean_parallel, *a, vals, adj, vals_out, grad)
+        _launch(w, _k.value_and_grad_lean_parallel, *a, vals, adj, vals_out, grad, flush)
     return vals_out, grad

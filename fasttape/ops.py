@@ -118,6 +118,24 @@ _ROWS = [
            second=("0.0", "0.0", "0.0")),
     OpSpec("div", 2, "x / y", ("1.0 / y", "-f / y"), (_R, _P), "x / y",
            second=("0.0", "-1.0 / (y * y)", "2.0 * f / (y * y)")),
+    # Arithmetic with one constant argument, stored last (``param="const"``).  The tracer
+    # never makes these: the ``simplify`` pass rewrites ``x * c``, ``c * x``, ``x + c``, ...
+    # into them, with bitwise the same value.  A constant needs no adjoint, so each has one
+    # differentiable edge where ``mul``/``add``/... have two: one partial fewer to store and
+    # one adjoint update fewer per instruction in the reverse sweep (CasADi does not
+    # differentiate constants either).
+    OpSpec("mulc", 2, "x * y", ("y",), (_R, _R), "x * c for a constant c", param="const",
+           second=("0.0",)),
+    OpSpec("addc", 2, "x + y", ("1.0",), (_R, _R), "x + c for a constant c", param="const",
+           second=("0.0",)),
+    OpSpec("subc", 2, "x - y", ("1.0",), (_R, _R), "x - c for a constant c", param="const",
+           second=("0.0",)),
+    OpSpec("rsubc", 2, "y - x", ("-1.0",), (_R, _R), "c - x for a constant c (stored x, c)",
+           param="const", second=("0.0",)),
+    OpSpec("divc", 2, "x / y", ("1.0 / y",), (_R, _P), "x / c for a constant c",
+           param="const", second=("0.0",)),
+    OpSpec("rdivc", 2, "y / x", ("-f / x",), (_P, _R), "c / x for a constant c (stored x, c)",
+           param="const", second=("2.0 * f / (x * x)",)),
     OpSpec("neg", 1, "-x", ("-1.0",), (_R,), "-x",
            second=("0.0",)),
     OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x",

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fasttape import kernels
+from fasttape.kernels import fpenv
 from fasttape.ops import OPS
 from fasttape.passes import planned as passes_planned
 from fasttape.validate import validate_arrays
@@ -264,7 +265,8 @@ class Tape:
         return local
 
     def value(
-        self, x: Any, *, out: np.ndarray | None = None, threads: int | None = None
+        self, x: Any, *, out: np.ndarray | None = None, threads: int | None = None,
+        flush_subnormals: bool = False,
     ) -> Any:
         """Evaluate the outputs at ``x``, or at every row of a batch ``x``.
 
@@ -277,6 +279,10 @@ class Tape:
             single-output tape, else (B, n_outputs).
         threads : int, optional
             Batches only: worker threads (default ``numba.get_num_threads()``).
+        flush_subnormals : bool
+            Run the sweep with subnormal numbers flushed to zero (x86 FTZ/DAZ): faster where
+            values underflow, and different from IEEE exactly there.  See
+            :mod:`fasttape.kernels.fpenv`.
 
         Returns
         -------
@@ -290,18 +296,18 @@ class Tape:
         except _BatchInput as b:  # a 2-D x: hand over to fasttape.batch (zero cost otherwise)
             from fasttape import batch
 
-            return batch.value(self, b.x, out=out, threads=threads)
+            return batch.value(self, b.x, out=out, threads=threads,
+                               flush_subnormals=flush_subnormals)
         if threads is not None:
             _check_threads(threads)
-        if self._plan is not None:  # slot reuse: a work vector of the plan's size
-            res = passes_planned.value(
-                self, xin, None if out is None else _check_out(out, self.n_outputs, "out")
-            )
+        if flush_subnormals is not False and fpenv.check_flush(flush_subnormals):
+            old = fpenv.enter(True)
+            try:
+                res = self._value_single(xin, out)
+            finally:
+                fpenv.leave(old)
         else:
-            buf = self._buffers()
-            res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
-            kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals,
-                                 res)
+            res = self._value_single(xin, out)
         if out is not None:
             return out
         if self.n_outputs == 1:
@@ -310,6 +316,16 @@ class Tape:
 
     __call__ = value
 
+    def _value_single(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        if self._plan is not None:  # slot reuse: a work vector of the plan's size
+            return passes_planned.value(
+                self, xin, None if out is None else _check_out(out, self.n_outputs, "out")
+            )
+        buf = self._buffers()
+        res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
+        kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals, res)
+        return res
+
     def value_and_grad(
         self,
         x: Any,
@@ -317,6 +333,7 @@ class Tape:
         output: int | None = None,
         out: np.ndarray | None = None,
         threads: int | None = None,
+        flush_subnormals: bool = False,
     ) -> tuple[Any, np.ndarray]:
         """Value of one output and its gradient with respect to all inputs.
 
@@ -330,6 +347,9 @@ class Tape:
             Receives the gradient (no allocation); it is also returned.
         threads : int, optional
             Batches only: worker threads (default ``numba.get_num_threads()``).
+        flush_subnormals : bool
+            Both sweeps with subnormal numbers flushed to zero (x86 FTZ/DAZ), as in
+            :meth:`value`.
 
         Returns
         -------
@@ -342,13 +362,23 @@ class Tape:
         except _BatchInput as b:
             from fasttape import batch
 
-            return batch.value_and_grad(self, b.x, self._which(output), out=out, threads=threads)
+            return batch.value_and_grad(self, b.x, self._which(output), out=out, threads=threads,
+                                        flush_subnormals=flush_subnormals)
         if threads is not None:
             _check_threads(threads)
         which = self._which(output)
         grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
+        if flush_subnormals is not False and fpenv.check_flush(flush_subnormals):
+            old = fpenv.enter(True)
+            try:
+                return self._value_and_grad_single(xin, which, grad), grad
+            finally:
+                fpenv.leave(old)
+        return self._value_and_grad_single(xin, which, grad), grad
+
+    def _value_and_grad_single(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         if self._plan is not None and self.grad_mode == "stored":  # slot reuse
-            return float(passes_planned.value_and_grad(self, which, xin, grad)), grad
+            return float(passes_planned.value_and_grad(self, which, xin, grad))
         buf = self._grad_buffers()
         if self.grad_mode == "stored":
             v = kernels.value_and_grad_kernel(
@@ -360,7 +390,7 @@ class Tape:
                 self.ops, self.args, self.consts, self.outputs, which, xin,
                 buf.vals, buf.adj, grad,
             )
-        return float(v), grad
+        return float(v)
 
     def grad(
         self,
@@ -369,10 +399,12 @@ class Tape:
         output: int | None = None,
         out: np.ndarray | None = None,
         threads: int | None = None,
+        flush_subnormals: bool = False,
     ) -> np.ndarray:
         """Gradient of one output at ``x`` (or at every row of a batch); see
         :meth:`value_and_grad`."""
-        return self.value_and_grad(x, output=output, out=out, threads=threads)[1]
+        return self.value_and_grad(x, output=output, out=out, threads=threads,
+                                   flush_subnormals=flush_subnormals)[1]
 
     # ------------------------------------------------------------------ more derivatives
     # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.

@@ -68,7 +68,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
 
 
 # Ops that are reached through another public function rather than by their own name.
-_INTERNAL = {"powi", "powc", "pow", "where"}
+_INTERNAL = {"powi", "powc", "pow", "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc"}
 
 #: name -> frontend function, for every public op of the table.
 OP_FUNCTIONS: dict[str, Callable[..., Any]] = {

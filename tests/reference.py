@@ -128,6 +128,12 @@ REFERENCE = {
     "mul": (mul, lambda x, y, f: [y, x]),
     "sub": (lambda x, y: x - y, lambda x, y, f: [1.0, -1.0]),
     "div": (div, lambda x, y, f: [div(1.0, y), -div(f, y)]),
+    "mulc": (mul, lambda x, c, f: [c]),
+    "addc": (lambda x, c: x + c, lambda x, c, f: [1.0]),
+    "subc": (lambda x, c: x - c, lambda x, c, f: [1.0]),
+    "rsubc": (lambda x, c: c - x, lambda x, c, f: [-1.0]),
+    "divc": (div, lambda x, c, f: [div(1.0, c)]),
+    "rdivc": (lambda x, c: div(c, x), lambda x, c, f: [-div(f, x)]),
     "neg": (lambda x: -x, lambda x, f: [-1.0]),
     "square": (lambda x: mul(x, x), lambda x, f: [2.0 * x]),
     "powi": (ipow, lambda x, n, f: [0.0 if n == 0 else mul(n, ipow(x, n - 1))]),
@@ -173,6 +179,18 @@ REFERENCE = {
     "ge": (lambda x, y: float(x >= y), lambda x, y, f: []),
     "eq": (lambda x, y: float(x == y), lambda x, y, f: []),
     "ne": (lambda x, y: float(x != y), lambda x, y, f: []),
+}
+
+
+# The constant-argument ops as the Python expressions the simplify pass rewrites into them
+# (they have no frontend function): ``CONST_FORMS[name](x, c)`` works on Vars and floats.
+CONST_FORMS = {
+    "mulc": lambda x, c: x * c,
+    "addc": lambda x, c: x + c,
+    "subc": lambda x, c: x - c,
+    "rsubc": lambda x, c: c - x,
+    "divc": lambda x, c: x / c,
+    "rdivc": lambda x, c: c / x,
 }
 
 

@@ -16,8 +16,16 @@ from fasttape.bench.cli import main as run_bench_cli
 from fasttape.bench.peers import PEERS, Built, Peer
 from fasttape.bench.peers.base import float_namespace
 from fasttape.bench.prune import prune
-from fasttape.bench.runner import GRAD_RTOL, Settings, agreement, measure_case, run_peer
+from fasttape.bench.runner import (
+    FTZ_SYSTEM,
+    GRAD_RTOL,
+    Settings,
+    agreement,
+    measure_case,
+    run_peer,
+)
 from fasttape.families import random_local, random_uniform
+from fasttape.kernels import fpenv
 from fasttape.ops import OP_BY_NAME, OPS
 from tests import reference
 
@@ -80,8 +88,8 @@ def test_baseline_covers_exactly_its_ops_and_matches_the_reference(op):
         return
     # x0 op x1 (or op x0), then a multiply so the output is the last slot of a non-trivial tape
     n_in = 2
-    consts = np.array([3.0]) if op == "powi" else np.zeros(0)
-    second = n_in if op == "powi" else 1
+    consts = np.array([3.0]) if spec.param == "const" else np.zeros(0)
+    second = n_in if spec.param == "const" else 1
     args = [*[0, second][: spec.arity], n_in + len(consts), 1]
     tape = ft.Tape.from_arrays(
         [spec.code, OP_BY_NAME["mul"].code], args, consts, [n_in + len(consts) + 1], n_in
@@ -209,12 +217,15 @@ def test_measure_case_rows(cases):
     settings = Settings(families=["lennard-jones"], nodes=[SMALL], repeat=2, peers=[],
                         min_sample=1e-4)
     rows = measure_case("lennard-jones", SMALL, settings)
-    assert [r["system"] for r in rows] == ["fasttape", "baseline"]
-    ft_row, base = rows
+    ftz = [FTZ_SYSTEM] if fpenv.SUPPORTED else []
+    assert [r["system"] for r in rows] == ["fasttape", "baseline", *ftz]
+    ft_row, base = rows[:2]
     assert ft_row["status"] == "ok" and base["status"] == "ok"
     for key in ("build_s", "compile_s", "first_call_s", "value_ns", "vg_ns", "grad_over_value"):
         assert ft_row[key] > 0, key
     assert base["vs_fasttape"] > 0
+    if ftz:  # no subnormals in this case: the flushed sweep gives the same numbers
+        assert rows[2]["status"].startswith("ok") and rows[2]["grad_rel_diff"] == 0.0
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -238,12 +249,13 @@ def test_cli_quick_json_schema(tmp_path, capsys):
     assert data["machine"]["cpus_usable"] >= 1 and data["machine"]["numba"]
     assert data["settings"]["nodes"] == [200, 400]
     systems = {(r["family"], r["n_nodes"] // 100, r["system"]) for r in data["rows"]}
-    assert len(data["rows"]) == 2 * 2 * 2 and len(systems) == 8
+    per_case = 3 if fpenv.SUPPORTED else 2  # fasttape, baseline (and fasttape-ftz)
+    assert len(data["rows"]) == 2 * 2 * per_case and len(systems) == 4 * per_case
     from fasttape.bench.runner import ROW_KEYS
 
     for row in data["rows"]:
         assert set(row) == set(ROW_KEYS)
-        assert row["status"] == "ok"
+        assert row["status"].startswith("ok")
 
 
 def test_cli_markdown_and_west(capsys):
@@ -257,6 +269,8 @@ def test_cli_markdown_and_west(capsys):
     assert "autograd-west workload: 10,000 ops" in out
     assert "sequential single calls" in out
     assert ("one batch of 20 points" in out) or ("batch: not available" in out)
+    if fpenv.SUPPORTED:
+        assert "the same batch with subnormals flushed" in out
 
 
 def test_cli_all_peers_listed(capsys):

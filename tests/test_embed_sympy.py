@@ -103,6 +103,9 @@ def test_every_op_has_a_sympy_spelling_or_a_stated_reason(spec):
         "negative power", "neg": "Mul by -1", "square": "Pow 2 (as powi)", "powi": "Pow",
         "powc": "Pow", "pow": "Pow", "minimum": "Min", "maximum": "Max", "where": "Piecewise",
         "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "Eq", "ne": "Ne",
+        # Made by the simplify pass from Add/Mul with a number, never spelled directly.
+        "mulc": "Mul", "addc": "Add", "subc": "Add", "rsubc": "Add", "divc": "Mul",
+        "rdivc": "Mul",
     }
     # Ops with no SymPy function: written out, SymPy's spelling turns into other ops.
     spelled_out = {"sigmoid": "1/(1+exp(-x))", "softplus": "log(1+exp(x))"}

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 import fasttape as ft
 from fasttape.kernels import _generated
 from fasttape.ops import OP_BY_NAME, OPS
+
+# Ops reached through another function (pow, where) or made only by the passes (mulc, ...).
+from fasttape.trace import _INTERNAL
 from tests.reference import REFERENCE
 from tests.reference import value_and_grad as ref_value_and_grad
 
@@ -27,6 +30,8 @@ def same(a: float, b: float, rtol: float = 1e-12) -> bool:
     if math.isinf(a) or math.isinf(b):
         return a == b
     return abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
 
 
 def single_op_tape(name: str, params: tuple[float, ...] = ()) -> ft.Tape:
@@ -46,6 +51,8 @@ def params_for(spec) -> list[tuple[float, ...]]:
         return [(-3.0,), (-1.0,), (0.0,), (1.0,), (2.0,), (5.0,)]
     if spec.name == "powc":
         return [(-1.5,), (0.0,), (0.5,), (2.0,), (3.7,)]
+    if spec.param == "const":  # the constant-argument arithmetic: mulc, addc, ..., rdivc
+        return [(-2.5,), (-1.0,), (0.5,), (3.0,)]
     return [()]
 
 
@@ -63,7 +70,7 @@ def test_table_is_consistent():
     assert list(_generated._NDIFF) == [op.ndiff for op in OPS]
 
 
-@pytest.mark.parametrize("name", [op.name for op in OPS if op.name not in ("powi", "powc")])
+@pytest.mark.parametrize("name", [op.name for op in OPS if op.name not in _INTERNAL])
 def test_every_public_op_has_a_function(name):
     fn = getattr(ft, name)
     assert fn.__name__ == name
@@ -127,7 +134,12 @@ def test_partials_match_central_differences(name, data):
 def test_special_values(name):
     """0, -0, +-1, +-inf and NaN in every argument: same value and partials as the reference."""
     spec = OP_BY_NAME[name]
-    for params in params_for(spec) + ([(math.nan,), (math.inf,)] if name == "powc" else []):
+    extra = []
+    if name == "powc":
+        extra = [(math.nan,), (math.inf,)]
+    elif spec.param == "const" and name != "powi":  # constants that are special values too
+        extra = [(0.0,), (-0.0,), (math.nan,), (math.inf,), (-math.inf,)]
+    for params in params_for(spec) + extra:
         tape = single_op_tape(name, params)
         for x in itertools.product(SPECIALS, repeat=tape.n_inputs):
             v, g = tape.value_and_grad(list(x))

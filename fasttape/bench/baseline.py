@@ -21,15 +21,19 @@ __all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", 
 #: Op names the baseline kernels implement.
 BASELINE_OPS = (
     "add", "sub", "mul", "div", "neg", "powi", "square", "sqrt", "exp", "sin", "cos",
-    "tanh", "sigmoid", "atan", "softplus", "maximum",
+    "tanh", "sigmoid", "atan", "softplus", "maximum", "mulc", "addc", "subc", "rsubc", "divc",
+    "rdivc",
 )
 
-ADD, SUB, MUL, DIV, NEG, POWI, SQUARE, SQRT, EXP, SIN, COS, TANH, SIGMOID, ATAN, SOFTPLUS, MAX = (
-    OP_BY_NAME[k].code for k in BASELINE_OPS
-)
-# The reverse loop tells the four arithmetic binary ops apart from the rest with one compare.
-if sorted((ADD, SUB, MUL, DIV)) != [0, 1, 2, 3]:  # pragma: no cover (op table reordered)
-    raise ImportError("fasttape.bench.baseline assumes add, mul, sub, div are op codes 0-3")
+(ADD, SUB, MUL, DIV, NEG, POWI, SQUARE, SQRT, EXP, SIN, COS, TANH, SIGMOID, ATAN, SOFTPLUS, MAX,
+ MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC) = (OP_BY_NAME[k].code for k in BASELINE_OPS)
+# The reverse loop tells the four arithmetic binary ops apart from the rest with one compare,
+# and the six constant-argument ops with a range test.
+if sorted((ADD, SUB, MUL, DIV)) != [0, 1, 2, 3] or [MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC] != list(
+    range(MULC, MULC + 6)
+):  # pragma: no cover (op table reordered)
+    raise ImportError("fasttape.bench.baseline assumes add, mul, sub, div are op codes 0-3 "
+                      "and mulc .. rdivc consecutive")
 
 
 def supports(ops: np.ndarray) -> bool:
@@ -94,6 +98,24 @@ def value_kernel(ops, args, consts, x, vals):
             b = vals[args[k + 1]]
             f = a if (a >= b or a != a) else b
             k += 2
+        elif o == MULC:
+            f = a * vals[args[k + 1]]
+            k += 2
+        elif o == ADDC:
+            f = a + vals[args[k + 1]]
+            k += 2
+        elif o == SUBC:
+            f = a - vals[args[k + 1]]
+            k += 2
+        elif o == RSUBC:
+            f = vals[args[k + 1]] - a
+            k += 2
+        elif o == DIVC:
+            f = a / vals[args[k + 1]]
+            k += 2
+        elif o == RDIVC:
+            f = vals[args[k + 1]] / a
+            k += 2
         else:
             if o == SIN:
                 f = math.sin(a)
@@ -132,7 +154,20 @@ def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
     for i in range(ops.shape[0] - 1, -1, -1):
         o = ops[i]
         g = adj[n_pre + i]
-        if o <= 3 or o == POWI or o == MAX:  # binary ops
+        if o >= MULC and o <= RDIVC:  # one variable argument, one constant
+            k -= 2
+            p = args[k]
+            if o == MULC:
+                adj[p] += g * vals[args[k + 1]]
+            elif o == ADDC or o == SUBC:
+                adj[p] += g
+            elif o == RSUBC:
+                adj[p] -= g
+            elif o == DIVC:
+                adj[p] += g / vals[args[k + 1]]
+            else:
+                adj[p] -= g * vals[n_pre + i] / vals[p]
+        elif o <= 3 or o == POWI or o == MAX:  # binary ops
             k -= 2
             p, q = args[k], args[k + 1]
             if o == ADD:

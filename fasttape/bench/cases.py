@@ -161,6 +161,13 @@ _BINARY = {
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
     "powi": lambda a, b: a ** int(b),
+    # The constant-argument forms made by the simplify pass (stored x, c).
+    "mulc": lambda a, b: a * b,
+    "addc": lambda a, b: a + b,
+    "subc": lambda a, b: a - b,
+    "rsubc": lambda a, b: b - a,
+    "divc": lambda a, b: a / b,
+    "rdivc": lambda a, b: b / a,
 }
 
 

@@ -26,8 +26,10 @@ from fasttape.bench import baseline as bl
 from fasttape.bench.cases import Case, build_case
 from fasttape.bench.peers import PEERS, Peer
 from fasttape.bench.timing import median_times, peak_rss_growth
+from fasttape.kernels import fpenv
 
 __all__ = [
+    "FTZ_SYSTEM",
     "GRAD_RTOL",
     "VALUE_RTOL",
     "ROW_KEYS",
@@ -52,6 +54,9 @@ TIMEOUT_WAIT = 10
 #: Safety factor on the linear extrapolation of a peer's setup time to the next size (setup
 #: often grows faster than linearly).
 SETUP_GROWTH = 1.5
+
+#: The row of fasttape with ``flush_subnormals=True`` (x86 only).
+FTZ_SYSTEM = "fasttape-ftz"
 
 #: The figures of one row.
 ROW_KEYS = (
@@ -191,6 +196,11 @@ def measure_case(
         b_grad_rel, b_value_rel, base_problem = agreement(v_ref, g_ref, bv, bg)
         fns["base_value"] = lambda: bl.value_kernel(ops, args, consts, x, vals)
         fns["base_vg"] = lambda: bl.value_and_grad_kernel(ops, args, consts, x, vals, adj, grad)
+    if fpenv.SUPPORTED:  # the same tape with subnormals flushed (x86 FTZ/DAZ), for its own row
+        fv, fg = tape.value_and_grad(x, flush_subnormals=True)
+        f_grad_rel, f_value_rel, _ = agreement(v_ref, g_ref, fv, fg)
+        fns["ftz_value"] = lambda: tape.value(x, flush_subnormals=True)
+        fns["ftz_vg"] = lambda: tape.value_and_grad(x, flush_subnormals=True)
     t = median_times(fns, settings.repeat, min_sample=settings.min_sample)
     ft_vg = t["vg"] / n * 1e9
     rows = [_row(
@@ -210,6 +220,15 @@ def measure_case(
         ))
     else:
         rows.append(_row(case, "baseline", "hand-written", "n/a (op not in the baseline)"))
+    if fpenv.SUPPORTED:
+        # Not IEEE: differs from fasttape exactly where a subnormal number appears (its
+        # grad rel diff column says by how much); not counted for the targets.
+        rows.append(_row(
+            case, FTZ_SYSTEM, case.built, "ok (subnormals flushed)",
+            value_ns=t["ftz_value"] / n * 1e9, vg_ns=t["ftz_vg"] / n * 1e9,
+            grad_over_value=t["ftz_vg"] / t["ftz_value"], vs_fasttape=t["ftz_vg"] / t["vg"],
+            grad_rel_diff=f_grad_rel, value_rel_diff=f_value_rel,
+        ))
     for peer in PEERS:
         if settings.peers is not None and peer.name not in settings.peers:
             continue

@@ -20,6 +20,7 @@ import numpy as np
 
 import fasttape as ft
 from fasttape.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
+from fasttape.kernels import fpenv
 
 __all__ = ["PUBLISHED", "TARGET_S", "batch_available", "west_workload"]
 
@@ -75,8 +76,10 @@ def west_workload(
     dict
         ``trace_s``, ``compile_s``, ``first_call_s``, ``sequential_s`` and ``sequential_total_s``
         (trace + compile + sequential), ``batch_s`` and ``batch_total_s`` (None without
-        batching), ``batch`` (bool), ``n_nodes``, and the agreement of the batch with the
-        sequential results.
+        batching), ``batch`` (bool), ``n_nodes``, the agreement of the batch with the
+        sequential results, and (x86 only) ``batch_flush_s`` / ``batch_flush_total_s``: the
+        batch with ``flush_subnormals=True``, with ``batch_flush_max_abs_diff`` from the IEEE
+        batch.
     """
     m = n_calls if measured_calls is None else min(measured_calls, n_calls)
     rng = np.random.default_rng(seed)
@@ -102,6 +105,7 @@ def west_workload(
         "sequential_s": seq, "sequential_total_s": (t2 - t0) + seq,
         "batch": batch_available(), "batch_s": None, "batch_total_s": None,
         "batch_first_call_s": None, "batch_matches_sequential": None, "threads": threads,
+        "batch_flush_s": None, "batch_flush_total_s": None, "batch_flush_max_abs_diff": None,
     }
     if out["batch"]:
         kw = {} if threads is None else {"threads": threads}
@@ -118,4 +122,17 @@ def west_workload(
             batch_matches_sequential=bool(np.array_equal(bv, seq_v)
                                           and np.array_equal(bg, seq_g)),
         )
+        if fpenv.SUPPORTED:
+            # The same batch with subnormals flushed to zero (x86 FTZ/DAZ): this graph's
+            # adjoints decay through the subnormal range, where each product costs a
+            # microcode assist.  Not IEEE, so reported beside the batch, not instead of it.
+            tape.value_and_grad(pts, flush_subnormals=True, **kw)  # warm up
+            t7 = time.perf_counter()
+            fv, fg = tape.value_and_grad(pts, flush_subnormals=True, **kw)
+            flushed = (time.perf_counter() - t7) * n_calls / m
+            out.update(
+                batch_flush_s=flushed, batch_flush_total_s=(t2 - t0) + flushed,
+                batch_flush_max_abs_diff=float(max(np.max(np.abs(fv - bv), initial=0.0),
+                                                   np.max(np.abs(fg - bg), initial=0.0))),
+            )
     return out

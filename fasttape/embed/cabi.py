@@ -26,6 +26,8 @@ pointer is **not reentrant**; make one :class:`CFunction` per thread, or build i
 ``reentrant=True`` to allocate the buffers on each call (measured cost in docs/embedding.md).
 """
 
+# kernels digest: 9462179cbdb3a86d  (see codegen.DEPENDENTS)
+
 from __future__ import annotations
 
 import ctypes

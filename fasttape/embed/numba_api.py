@@ -13,6 +13,8 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
+# kernels digest: 9462179cbdb3a86d  (see codegen.DEPENDENTS)
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple

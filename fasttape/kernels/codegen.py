@@ -233,7 +233,9 @@ def table_digest() -> str:
     the helpers must change text whenever they change: the digest in its header does that.
     """
     table = ";".join(f"{o.name}|{o.arity}|{o.forward}|{o.partials}" for o in _ops.OPS)
-    return hashlib.sha256((table + helpers_source()).encode()).hexdigest()[:16]
+    # fpenv's enter/leave are called by the batch drivers: their cache must follow it too.
+    fpenv_src = (Path(__file__).parent / "fpenv.py").read_text()
+    return hashlib.sha256((table + helpers_source() + fpenv_src).encode()).hexdigest()[:16]
 
 
 def helpers_source() -> str:
@@ -324,19 +326,53 @@ def generate() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Hand-written modules whose cached Numba functions call the generated kernels.  Numba keys
+#: a file's cache on that file alone, so when the kernels change (a new op renumbers the
+#: codes) these would go on running the old kernels compiled into them -- with the old op
+#: codes, out of bounds.  Each carries a line starting with :data:`DIGEST_MARK` that the
+#: generator rewrites with :func:`kernels_digest`, so its text, and its cache, change too.
+DEPENDENTS = ("passes/fold.py", "embed/numba_api.py", "embed/cabi.py")
+DIGEST_MARK = "# kernels digest: "
+
+
+def _generated_targets() -> list[tuple[Path, Callable[[], str]]]:
+    out: list[tuple[Path, Callable[[], str]]] = [(GENERATED_PATH, generate)]
+    for path in sorted(Path(__file__).parent.glob("gen_*.py")):
+        mod = importlib.import_module(f"fasttape.kernels.{path.stem}")
+        out.append((Path(mod.TARGET), mod.generate))
+    return out
+
+
+def kernels_digest() -> str:
+    """Hash of the text of every generated kernel file (as generated now)."""
+    h = hashlib.sha256()
+    for _, gen in _generated_targets():
+        h.update(gen().encode())
+    return h.hexdigest()[:16]
+
+
+def _dependent(path: Path) -> Callable[[], str]:
+    def text() -> str:
+        lines = path.read_text().splitlines(keepends=True)
+        marks = [i for i, line in enumerate(lines) if line.startswith(DIGEST_MARK)]
+        if len(marks) != 1:
+            raise RuntimeError(f"{path} needs exactly one line starting with {DIGEST_MARK!r}")
+        lines[marks[0]] = f"{DIGEST_MARK}{kernels_digest()}  (see codegen.DEPENDENTS)\n"
+        return "".join(lines)
+
+    return text
+
+
 def targets() -> list[tuple[Path, Callable[[], str]]]:
     """Every generated file and the function that writes its text.
 
     ``_generated.py`` (the core sweeps) comes from this module; each further kernel family
     lives in its own generator module ``fasttape/kernels/gen_<name>.py`` defining ``TARGET``
     (the output path) and ``generate()``.  They are discovered by name, so adding a family
-    touches no shared file.
+    touches no shared file.  Then the :data:`DEPENDENTS`, whose digest line is rewritten.
     """
-    out: list[tuple[Path, Callable[[], str]]] = [(GENERATED_PATH, generate)]
-    for path in sorted(Path(__file__).parent.glob("gen_*.py")):
-        mod = importlib.import_module(f"fasttape.kernels.{path.stem}")
-        out.append((Path(mod.TARGET), mod.generate))
-    return out
+    package = Path(__file__).parent.parent
+    return _generated_targets() + [(package / d, _dependent(package / d)) for d in DEPENDENTS]
 
 
 def main(argv: list[str] | None = None) -> int:

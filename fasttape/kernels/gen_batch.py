@@ -296,38 +296,48 @@ def value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, first, step
 # free: on a machine shared with other work a descheduled thread does not hold up the rest,
 # as a static split would.  The thread with id numba.get_thread_id() uses buffer set [id], so
 # the buffers need numba.get_num_threads() <= their first axis: the caller sets the count.
+# ``flush`` sets FTZ/DAZ on the worker thread around each chunk (fasttape/kernels/fpenv.py):
+# worker threads do not inherit the caller's MXCSR register.
 
 
 @_pkernel
-def value_parallel(ops, args, consts, outputs, X, vals, out):
+def value_parallel(ops, args, consts, outputs, X, vals, out, flush):
     """:func:`value_chunks` on all threads; ``vals`` is ``(threads, n_slots, C)``."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
+        old = fpenv_enter(flush)
         value_chunks(ops, args, consts, outputs, X, c, n_chunks, vals[w], out)
+        fpenv_leave(old)
 
 
 @_pkernel
-def value_and_grad_parallel(ops, args, consts, outputs, which, X, vals, parts, adj, out, grad):
+def value_and_grad_parallel(ops, args, consts, outputs, which, X, vals, parts, adj, out, grad,
+                            flush):
     """:func:`value_and_grad_chunks` on all threads, each with its own 2-D buffers."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
+        old = fpenv_enter(flush)
         value_and_grad_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
                               parts[w], adj[w], out, grad)
+        fpenv_leave(old)
 
 
 @_pkernel
-def value_and_grad_lean_parallel(ops, args, consts, outputs, which, X, vals, adj, out, grad):
+def value_and_grad_lean_parallel(ops, args, consts, outputs, which, X, vals, adj, out, grad,
+                                 flush):
     """:func:`value_and_grad_lean_chunks` on all threads."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
+        old = fpenv_enter(flush)
         value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
                                    adj[w], out, grad)
+        fpenv_leave(old)
 '''
 
 
@@ -343,6 +353,9 @@ def generate() -> str:
         "# Parallel drivers: same options plus parallel=True (prange over workers).  Their",
         "# threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).",
         '_pkernel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)',
+        "",
+        "from fasttape.kernels.fpenv import enter as fpenv_enter  # noqa: E402",
+        "from fasttape.kernels.fpenv import leave as fpenv_leave  # noqa: E402",
         "",
         f"_ARITY = np.array([{arity}], dtype=np.int64)",
         f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",

@@ -11,6 +11,8 @@ Gradients are unchanged too: an instruction with only constant arguments has zer
 with respect to every input.
 """
 
+# kernels digest: 9462179cbdb3a86d  (see codegen.DEPENDENTS)
+
 from __future__ import annotations
 
 import numpy as np

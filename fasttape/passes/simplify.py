@@ -31,7 +31,20 @@ pattern                     becomes                 why it is exact
 ``pow(x, c)``, c constant   ``powc(x, c)``          same formula, same partial in x
 ``where(a, a, c)``          ``a``
 ``where(a, b, c)``, c const ``a`` or ``b``          chosen by ``c != 0`` (NaN selects ``a``)
+``x * c``, ``c * x``        ``mulc(x, c)``          same product (``c * x`` only for a non-NaN
+                                                    ``c``: IEEE leaves the NaN chosen from two
+                                                    NaN operands open)
+``x + c``, ``c + x``        ``addc(x, c)``          as ``mulc``
+``x - c``, ``c - x``        ``subc(x, c)``,         same formula, ``c - x`` stored as ``(x, c)``
+                            ``rsubc(x, c)``
+``x / c``, ``c / x``        ``divc(x, c)``,         as ``subc`` / ``rsubc``
+                            ``rdivc(x, c)``
 ==========================  ======================  =============================================
+
+The last four rows apply only when no other rule does, and only to an instruction with
+exactly one constant argument (two constants fold).  A constant needs no adjoint, so the
+rewritten instruction has one differentiable edge instead of two: a gradient stores one
+partial and updates one adjoint fewer, with bitwise the same gradient.
 
 Not a rule: ``minimum(x, x) -> x`` has the same value but not the same gradient at NaN (the
 tie convention gives each argument ``_dmin(NaN, NaN) = 0``), and the tests check gradients at
@@ -64,10 +77,12 @@ __all__ = ["simplify", "RULE_OPS"]
 
 #: Ops the rules refer to, in the order of the ``codes`` array passed to the kernel.
 RULE_OPS = ("add", "mul", "sub", "div", "neg", "square", "powi", "pow", "powc", "abs",
-            "where")
+            "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc")
+#: Targets of rules that have no rules of their own.
+_TARGETS = ("powc", "mulc", "addc", "subc", "rsubc", "divc", "rdivc")
 _CODES = np.array([OP_BY_NAME[n].code for n in RULE_OPS], dtype=np.int64)
 _HAS_RULE = np.zeros(256, dtype=np.bool_)
-_HAS_RULE[_CODES[[RULE_OPS.index(n) for n in RULE_OPS if n != "powc"]]] = True
+_HAS_RULE[_CODES[[RULE_OPS.index(n) for n in RULE_OPS if n not in _TARGETS]]] = True
 
 # Result kinds of one rule application.
 _NONE, _ALIAS, _REWRITE, _CONST = 0, 1, 2, 3
@@ -88,6 +103,9 @@ def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, cons
     ADD, MUL, SUB, DIV, NEG, SQUARE, POWI, POW, POWC, ABS, WHERE = (
         codes[0], codes[1], codes[2], codes[3], codes[4], codes[5], codes[6], codes[7],
         codes[8], codes[9], codes[10],
+    )
+    MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC = (
+        codes[11], codes[12], codes[13], codes[14], codes[15], codes[16],
     )
     removed = 0
     rewritten = 0
@@ -137,11 +155,19 @@ def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, cons
                     kind, nop, nx = _REWRITE, SQUARE, x
                 elif finite and ((yc and yv == 0.0) or (xc and xv == 0.0)):
                     kind, t = _CONST, 0
+                elif yc and not xc:
+                    kind, nop, nx, ny = _REWRITE, MULC, x, y
+                elif xc and not yc and xv == xv:  # swapping two NaNs could change the payload
+                    kind, nop, nx, ny = _REWRITE, MULC, y, x
             elif op == DIV:
                 if yc and yv == 1.0:
                     kind, t = _ALIAS, x
                 elif yc and yv == -1.0:
                     kind, nop, nx = _REWRITE, NEG, x
+                elif yc and not xc:
+                    kind, nop, nx, ny = _REWRITE, DIVC, x, y
+                elif xc and not yc:
+                    kind, nop, nx, ny = _REWRITE, RDIVC, y, x
             elif op == ADD:
                 if yc and yv == 0.0 and (math.copysign(1.0, yv) < 0.0 or finite):
                     kind, t = _ALIAS, x
@@ -151,6 +177,10 @@ def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, cons
                     kind, nop, nx, ny = _REWRITE, SUB, x, a[y, 0]
                 elif ops[x] == NEG:
                     kind, nop, nx, ny = _REWRITE, SUB, y, a[x, 0]
+                elif yc and not xc:
+                    kind, nop, nx, ny = _REWRITE, ADDC, x, y
+                elif xc and not yc and xv == xv:
+                    kind, nop, nx, ny = _REWRITE, ADDC, y, x
             elif op == SUB:
                 if yc and yv == 0.0 and (math.copysign(1.0, yv) > 0.0 or finite):
                     kind, t = _ALIAS, x
@@ -158,6 +188,10 @@ def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, cons
                     kind, nop, nx, ny = _REWRITE, ADD, x, a[y, 0]
                 elif finite and x == y:
                     kind, t = _CONST, 0
+                elif yc and not xc:
+                    kind, nop, nx, ny = _REWRITE, SUBC, x, y
+                elif xc and not yc:
+                    kind, nop, nx, ny = _REWRITE, RSUBC, y, x
             elif op == NEG:
                 if ops[x] == NEG:
                     kind, t = _ALIAS, a[x, 0]

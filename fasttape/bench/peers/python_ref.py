@@ -27,6 +27,9 @@ _FORWARD = {
     "square": lambda a: a * a, "maximum": lambda a, b: a if a >= b else b,
     "sin": math.sin, "cos": math.cos, "tanh": math.tanh, "atan": math.atan, "exp": math.exp,
     "sqrt": math.sqrt, "sigmoid": _F.sigmoid, "softplus": _F.softplus,
+    # The constant-argument forms of the simplify pass (stored x, c).
+    "mulc": lambda a, c: a * c, "addc": lambda a, c: a + c, "subc": lambda a, c: a - c,
+    "rsubc": lambda a, c: c - a, "divc": lambda a, c: a / c, "rdivc": lambda a, c: c / a,
 }
 
 
@@ -52,6 +55,12 @@ _PARTIALS = {
     "sqrt": lambda a, f: (0.5 / f,),
     "sigmoid": lambda a, f: (f * (1.0 - f),),
     "softplus": lambda a, f: (_F.sigmoid(a),),
+    "mulc": lambda a, c, f: (c,),
+    "addc": lambda a, c, f: (1.0,),
+    "subc": lambda a, c, f: (1.0,),
+    "rsubc": lambda a, c, f: (-1.0,),
+    "divc": lambda a, c, f: (1.0 / c,),
+    "rdivc": lambda a, c, f: (-f / a,),
 }
 
 
