@@ -18,6 +18,8 @@ import fasttape as ft
 from fasttape.families import random_local
 from fasttape.ops import OP_BY_NAME, OPS
 from fasttape.passes import PASS_NAMES, optimize, reuse
+from fasttape.passes.interleave import _ARITY as _IL_ARITY
+from fasttape.passes.interleave import depths, interleave_order
 from fasttape.passes.locality import distances, typical_distance
 from tests.test_random_graphs import FLOATS, random_tapes
 
@@ -163,7 +165,7 @@ def test_default_compile_runs_the_pipeline_and_reports_it(capsys):
     print(tape)
     text = capsys.readouterr().out
     assert "passes: 8 instructions -> dce 8 -> fold 7" in text, text
-    assert "cse 4 -> simplify 4 -> dce 4; slots 7 -> 4 (reuse)" in text
+    assert "cse 4 -> simplify 4 -> dce 4 -> interleave 4; slots 7 -> 4 (reuse)" in text
     xx = [0.3, -1.7]
     assert same_bits(tape.value(xx), plain.value(xx))
     v, gr = tape.value_and_grad(xx)
@@ -204,7 +206,7 @@ def test_optimize_refuses_non_tapes():
 
 
 def test_pass_names():
-    assert PASS_NAMES == ("dce", "fold", "simplify", "cse", "locality", "reuse")
+    assert PASS_NAMES == ("dce", "fold", "simplify", "cse", "locality", "interleave", "reuse")
 
 
 def test_with_grad_mode_keeps_the_plan_and_lean_mode_ignores_it():
@@ -231,8 +233,8 @@ def test_out_argument_with_a_plan():
 # ---------------------------------------------------------------------------- hypothesis
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_tapes(), st.sampled_from(
-    [True, ["fold"], ["simplify"], ["cse"], ["dce"], ["reuse"], ["locality"],
-     ["dce", "fold", "simplify", "cse", "locality", "reuse"]]))
+    [True, ["fold"], ["simplify"], ["cse"], ["dce"], ["reuse"], ["locality"], ["interleave"],
+     ["dce", "fold", "simplify", "cse", "locality", "reuse"], list(PASS_NAMES)]))
 def test_every_pass_preserves_values_and_gradients(case, passes):
     tape, x = case
     ref = every_slot(tape)  # every intermediate value is an output, so all are compared
@@ -654,3 +656,50 @@ def test_planned_tape_from_many_threads_and_after_pickling():
     assert back._plan is None
     assert same_bits(back.value(xs[0]), tape.value(xs[0]))
     assert same_bits(optimize(back, ["reuse"])._plan.dest, tape._plan.dest)
+
+
+# ---------------------------------------------------------------------------- interleave
+@settings(max_examples=100, deadline=None)
+@given(random_tapes(), st.sampled_from([1, 2, 3, 7, 4096]))
+def test_interleave_orders_each_window_by_depth(case, window):
+    tape, x = case
+    n_pre = tape.n_inputs + tape.n_consts
+    ops, args, outs = interleave_order(tape.ops, tape.args, tape.outputs, n_pre, window)
+    moved = ft.Tape.from_arrays(ops, args, tape.consts, outs, tape.n_inputs)  # validates order
+    d_old = depths(tape.ops, tape.args, n_pre, _IL_ARITY)
+    d_new = depths(ops, args, n_pre, _IL_ARITY)
+    n = len(ops)
+    for w0 in range(0, n, window):
+        # Same instructions in each window (as a multiset of depths), sorted by depth.
+        assert sorted(d_old[w0:w0 + window]) == d_new[w0:w0 + window].tolist()
+    assert same_bits(moved.value(x), tape.value(x))
+    again = interleave_order(ops, args, outs, n_pre, window)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (ops, args, outs), strict=True))
+    if window == 1:  # windows of one instruction: nothing moves
+        assert np.array_equal(ops, tape.ops) and np.array_equal(args, tape.args)
+
+
+def test_interleave_leaves_a_chain_alone_and_separates_independent_work():
+    g = ft.Graph()
+    (w,) = g.inputs(1)
+    y = w
+    for _ in range(50):
+        y = ft.sin(y)
+    g.output(y)
+    chain = ft.compile(g, optimize=["interleave"])
+    assert np.array_equal(chain.ops, ft.compile(g, optimize=False).ops)
+    # Four independent chains written one after the other come out interleaved.
+    g = ft.Graph()
+    xs = g.inputs(4)
+    ends = []
+    for x in xs:
+        y = x
+        for _ in range(10):
+            y = ft.sin(y)
+        ends.append(y)
+    g.output(ft.sum(ends))
+    tape = ft.compile(g, optimize=["interleave"])
+    first = [OPS[int(o)].name for o in tape.ops[:4]]
+    assert first == ["sin"] * 4 and list(tape.args[:4]) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        interleave_order(tape.ops, tape.args, tape.outputs, 4, 0)

@@ -7,6 +7,8 @@ Each pass is a small module with one job, run in this order:
 - :mod:`~fasttape.passes.simplify`: algebraic simplification that is exact in IEEE arithmetic;
 - :mod:`~fasttape.passes.cse`: common subexpression elimination (hash-consing);
 - :mod:`~fasttape.passes.locality`: optional depth-first reordering of the instructions;
+- :mod:`~fasttape.passes.interleave`: ordering by depth within windows, so that consecutive
+  instructions are independent;
 - :mod:`~fasttape.passes.reuse`: the value-slot reuse plan (live variables).
 
 :mod:`~fasttape.passes.ir` is the working form the rewriting passes share,
