@@ -193,7 +193,8 @@ def render(result: dict[str, Any], markdown: bool = False) -> str:
             for k, v in result["peers"].items()
             if result["settings"]["peers"] is None or k in result["settings"]["peers"]),
         f"{b}timing: median of {result['settings']['repeat']} samples; ns/node is per "
-        "fasttape instruction for every system; 'code': arrays = tape built as arrays, "
+        "fasttape instruction for every system; 'v+g vs fasttape' divides medians sampled "
+        "in turn with fasttape's (same machine load); 'code': arrays = tape built as arrays, "
         "traced = ft.trace of Python code",
         "",
     ]
