@@ -15,6 +15,8 @@ min/max) of interleaved repeats.  Under pytest (``python -m pytest benchmarks``)
 Nothing asserts a time.
 """
 
+# kernels digest: 9462179cbdb3a86d  (see codegen.DEPENDENTS)
+
 from __future__ import annotations
 
 import argparse

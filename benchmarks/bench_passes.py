@@ -41,7 +41,7 @@ if _ROOT not in sys.path:  # run as a script from a checkout without installing
 
 import fasttape as ft  # noqa: E402
 from fasttape import families  # noqa: E402
-from fasttape.passes import DEFAULT_PASSES, reuse  # noqa: E402
+from fasttape.passes import DEFAULT_PASSES, PASS_NAMES, reuse  # noqa: E402
 
 WITH_LOCALITY = (*DEFAULT_PASSES, "locality")
 STRUCTURED = ("rosenbrock", "lennard-jones", "mlp", "autograd-west")
@@ -84,9 +84,8 @@ def family_tape(name: str, n: int) -> tuple[ft.Tape, np.ndarray]:
 
 
 def pipeline_cost(names: list[str], sizes: list[int]) -> list[str]:
-    rows = ["| family | instructions | passes | " + " | ".join(
-        ["dce", "fold", "simplify", "cse", "locality", "reuse"]) + " | whole pipeline |",
-        "| --- | ---: | --- |" + " ---: |" * 7]
+    rows = ["| family | instructions | passes | " + " | ".join(PASS_NAMES)
+            + " | whole pipeline |", "| --- | ---: | --- |" + " ---: |" * (len(PASS_NAMES) + 1)]
     # Compile (or load) every pass's kernels before timing; reuse skips tiny tapes, so plan
     # this one directly.
     small = ft.optimize(families.random_local(1000), WITH_LOCALITY)
@@ -98,7 +97,7 @@ def pipeline_cost(names: list[str], sizes: list[int]) -> list[str]:
                 t0 = time.perf_counter()
                 opt = ft.optimize(tape, passes)
                 total = time.perf_counter() - t0
-                per = dict.fromkeys(["dce", "fold", "simplify", "cse", "locality", "reuse"], 0.0)
+                per = dict.fromkeys(PASS_NAMES, 0.0)
                 for r in opt._passes:
                     per[r.name] += r.seconds
                 cells = [f"{per[k] / n * 1e9:.1f}" if k in passes else "" for k in per]

@@ -326,12 +326,14 @@ def generate() -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Hand-written modules whose cached Numba functions call the generated kernels.  Numba keys
+#: Files (from the repository root) whose cached Numba functions call the generated kernels
+#: (the same holds for a user's own ``cache=True`` code, docs/embedding.md).  Numba keys
 #: a file's cache on that file alone, so when the kernels change (a new op renumbers the
 #: codes) these would go on running the old kernels compiled into them -- with the old op
 #: codes, out of bounds.  Each carries a line starting with :data:`DIGEST_MARK` that the
 #: generator rewrites with :func:`kernels_digest`, so its text, and its cache, change too.
-DEPENDENTS = ("passes/fold.py", "embed/numba_api.py", "embed/cabi.py")
+DEPENDENTS = ("fasttape/passes/fold.py", "fasttape/embed/numba_api.py", "fasttape/embed/cabi.py",
+              "benchmarks/bench_embed.py")
 DIGEST_MARK = "# kernels digest: "
 
 
@@ -371,8 +373,11 @@ def targets() -> list[tuple[Path, Callable[[], str]]]:
     (the output path) and ``generate()``.  They are discovered by name, so adding a family
     touches no shared file.  Then the :data:`DEPENDENTS`, whose digest line is rewritten.
     """
-    package = Path(__file__).parent.parent
-    return _generated_targets() + [(package / d, _dependent(package / d)) for d in DEPENDENTS]
+    root = Path(__file__).parent.parent.parent  # the repository (benchmarks/ is not installed)
+    return _generated_targets() + [
+        (root / d, _dependent(root / d)) for d in DEPENDENTS
+        if d.startswith("fasttape/") or (root / d).exists()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
