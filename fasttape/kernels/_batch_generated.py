@@ -148,15 +148,15 @@ def _acc(adj, p, g, d):
 
 
 @_kernel
-def chunk_forward_values(ops, args, consts, X, b0, nb, vals):
+def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):
     """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values.
 
-    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_slots, C)`` with
-    ``nb <= C``, and receives the value of slot ``s`` at point ``b0 + p`` in
-    ``vals[s, p]``.  No bounds checks: the caller validated the tape and the shapes.
+    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with
+    ``nb <= C``; instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a
+    slot-reuse plan; with one, ``args`` and ``dest`` are the plan's).  No bounds
+    checks: the caller validated the tape and the shapes.
     """
     n_in = X.shape[1]
-    n_pre = n_in + consts.shape[0]
     for i in range(n_in):
         for p in range(nb):
             vals[i, p] = X[b0 + p, i]
@@ -167,7 +167,7 @@ def chunk_forward_values(ops, args, consts, X, b0, nb, vals):
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
-        s = n_pre + i
+        s = dest[i]
         a0 = args[k]
         if op == 0:  # add
             a1 = args[k + 1]
@@ -549,15 +549,15 @@ def chunk_forward_values(ops, args, consts, X, b0, nb, vals):
 
 
 @_kernel
-def chunk_forward_partials(ops, args, consts, X, b0, nb, vals, parts):
+def chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts):
     """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values and partials (``parts[e, p]``).
 
-    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_slots, C)`` with
-    ``nb <= C``, and receives the value of slot ``s`` at point ``b0 + p`` in
-    ``vals[s, p]``.  No bounds checks: the caller validated the tape and the shapes.
+    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with
+    ``nb <= C``; instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a
+    slot-reuse plan; with one, ``args`` and ``dest`` are the plan's).  No bounds
+    checks: the caller validated the tape and the shapes.
     """
     n_in = X.shape[1]
-    n_pre = n_in + consts.shape[0]
     for i in range(n_in):
         for p in range(nb):
             vals[i, p] = X[b0 + p, i]
@@ -568,7 +568,7 @@ def chunk_forward_partials(ops, args, consts, X, b0, nb, vals, parts):
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
-        s = n_pre + i
+        s = dest[i]
         a0 = args[k]
         if op == 0:  # add
             a1 = args[k + 1]
@@ -997,10 +997,10 @@ def chunk_forward_partials(ops, args, consts, X, b0, nb, vals, parts):
 
 
 @_kernel
-def chunk_reverse_stored(ops, args, parts, adj, n_pre, nb):
+def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
     """Reverse sweep over the partials of :func:`chunk_forward_partials`.
 
-    ``adj`` (shape ``(n_slots, C)``) holds the seed on entry and zeros elsewhere; on exit
+    ``adj`` (shape ``(n_work, C)``) holds the seed on entry and zeros elsewhere; on exit
     the instruction rows are zero again and rows below ``n_pre`` hold the input and
     constant adjoints of each point.
     """
@@ -1008,7 +1008,7 @@ def chunk_reverse_stored(ops, args, parts, adj, n_pre, nb):
     for i in range(ops.shape[0] - 1, -1, -1):
         op = ops[i]
         k -= _ARITY[op]
-        s = n_pre + i
+        s = dest[i]
         a0 = args[k]
         if op == 0:  # add
             a1 = args[k + 1]
@@ -1086,7 +1086,7 @@ def chunk_reverse_stored(ops, args, parts, adj, n_pre, nb):
 
 
 @_kernel
-def chunk_reverse_lean(ops, args, vals, adj, n_pre, nb):
+def chunk_reverse_lean(ops, args, dest, vals, adj, nb):
     """Reverse sweep recomputing each partial from ``vals`` (lean mode).
 
     Same contract as :func:`chunk_reverse_stored`.
@@ -1095,7 +1095,7 @@ def chunk_reverse_lean(ops, args, vals, adj, n_pre, nb):
     for i in range(ops.shape[0] - 1, -1, -1):
         op = ops[i]
         k -= _ARITY[op]
-        s = n_pre + i
+        s = dest[i]
         a0 = args[k]
         if op == 0:  # add
             a1 = args[k + 1]
@@ -1561,7 +1561,7 @@ def _collect_chunk(adj, n_in, n_pre, b0, nb, grad):
 
 
 @_kernel
-def value_chunks(ops, args, consts, outputs, X, first, step, vals, out):
+def value_chunks(ops, args, dest, consts, outputs, X, first, step, vals, out):
     """Outputs at the points of chunks ``first, first + step, ...`` into ``out[b, j]``.
 
     ``vals`` has shape ``(n_slots, C)``; chunk ``c`` holds points ``c * C .. c * C + C - 1``.
@@ -1572,13 +1572,13 @@ def value_chunks(ops, args, consts, outputs, X, first, step, vals, out):
     for c in range(first, n_chunks, step):
         b0 = c * C
         nb = min(C, B - b0)
-        chunk_forward_values(ops, args, consts, X, b0, nb, vals)
+        chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals)
         _outputs_of_chunk(outputs, vals, b0, nb, out)
 
 
 @_kernel
-def value_and_grad_chunks(ops, args, consts, outputs, which, X, first, step, vals, parts, adj,
-                          out, grad):
+def value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, parts,
+                          adj, out, grad):
     """Value of output ``which`` into ``out[b]`` and its gradient into ``grad[b, :]``.
 
     Stored mode (``parts`` of shape ``(n_edges, C)``); ``adj`` must be all zeros on entry and
@@ -1593,17 +1593,17 @@ def value_and_grad_chunks(ops, args, consts, outputs, which, X, first, step, val
     for c in range(first, n_chunks, step):
         b0 = c * C
         nb = min(C, B - b0)
-        chunk_forward_partials(ops, args, consts, X, b0, nb, vals, parts)
+        chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts)
         for p in range(nb):
             out[b0 + p] = vals[o, p]
             adj[o, p] = 1.0
-        chunk_reverse_stored(ops, args, parts, adj, n_pre, nb)
+        chunk_reverse_stored(ops, args, dest, parts, adj, nb)
         _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
 
 
 @_kernel
-def value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, first, step, vals, adj,
-                               out, grad):
+def value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals,
+                               adj, out, grad):
     """As :func:`value_and_grad_chunks`, recomputing partials (lean mode, no ``parts``)."""
     B = X.shape[0]
     C = vals.shape[1]
@@ -1614,11 +1614,11 @@ def value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, first, step
     for c in range(first, n_chunks, step):
         b0 = c * C
         nb = min(C, B - b0)
-        chunk_forward_values(ops, args, consts, X, b0, nb, vals)
+        chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals)
         for p in range(nb):
             out[b0 + p] = vals[o, p]
             adj[o, p] = 1.0
-        chunk_reverse_lean(ops, args, vals, adj, n_pre, nb)
+        chunk_reverse_lean(ops, args, dest, vals, adj, nb)
         _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
 
 
@@ -1633,40 +1633,40 @@ def value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, first, step
 
 
 @_pkernel
-def value_parallel(ops, args, consts, outputs, X, vals, out, flush):
+def value_parallel(ops, args, dest, consts, outputs, X, vals, out, flush):
     """:func:`value_chunks` on all threads; ``vals`` is ``(threads, n_slots, C)``."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
         old = fpenv_enter(flush)
-        value_chunks(ops, args, consts, outputs, X, c, n_chunks, vals[w], out)
+        value_chunks(ops, args, dest, consts, outputs, X, c, n_chunks, vals[w], out)
         fpenv_leave(old)
 
 
 @_pkernel
-def value_and_grad_parallel(ops, args, consts, outputs, which, X, vals, parts, adj, out, grad,
-                            flush):
+def value_and_grad_parallel(ops, args, dest, consts, outputs, which, X, vals, parts, adj, out,
+                            grad, flush):
     """:func:`value_and_grad_chunks` on all threads, each with its own 2-D buffers."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
         old = fpenv_enter(flush)
-        value_and_grad_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
+        value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks, vals[w],
                               parts[w], adj[w], out, grad)
         fpenv_leave(old)
 
 
 @_pkernel
-def value_and_grad_lean_parallel(ops, args, consts, outputs, which, X, vals, adj, out, grad,
-                                 flush):
+def value_and_grad_lean_parallel(ops, args, dest, consts, outputs, which, X, vals, adj, out,
+                                 grad, flush):
     """:func:`value_and_grad_lean_chunks` on all threads."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
         old = fpenv_enter(flush)
-        value_and_grad_lean_chunks(ops, args, consts, outputs, which, X, c, n_chunks, vals[w],
-                                   adj[w], out, grad)
+        value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks,
+                                   vals[w], adj[w], out, grad)
         fpenv_leave(old)

@@ -93,11 +93,15 @@ def last_uses(ops, args, outputs, n_pre, arity):  # pragma: no cover (jitted)
 
 @njit(cache=True, nogil=True)
 def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
-                 new_outputs):  # pragma: no cover (jitted)
+                 new_outputs, inplace):  # pragma: no cover (jitted)
     """Linear-scan slot assignment; fills ``dest``, ``new_args``, ``new_outputs``.
 
     Returns ``n_work``.  A freed slot goes on a stack and is reused first (last in, first
-    out), which keeps the work vector's hot part small.
+    out), which keeps the work vector's hot part small.  With ``inplace`` an instruction may
+    take the slot of an argument it reads for the last time (the smallest work set); without,
+    its arguments' slots are freed only after its own is chosen, so it never writes a slot it
+    reads (the batch sweeps need that: a loop over points whose input and output rows
+    overlap does not vectorize).
     """
     n = ops.shape[0]
     last = last_uses(ops, args, outputs, n_pre, arity)
@@ -105,8 +109,10 @@ def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
     n_free = 0
     n_work = n_pre
     k = 0
+    dying = np.empty(4, dtype=np.int64)
     for i in range(n):
         m = arity[ops[i]]
+        n_dying = 0
         for j in range(m):
             s = args[k + j]
             if s < n_pre:
@@ -115,9 +121,13 @@ def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
                 d = dest[s - n_pre]
                 new_args[k + j] = d
                 if last[s - n_pre] == i:
-                    free[n_free] = d
-                    n_free += 1
+                    dying[n_dying] = d
+                    n_dying += 1
                     last[s - n_pre] = -2  # freed once even if read twice here
+        if inplace:
+            for j in range(n_dying):
+                free[n_free] = dying[j]
+                n_free += 1
         if n_free > 0:
             n_free -= 1
             d = free[n_free]
@@ -125,6 +135,10 @@ def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
             d = n_work
             n_work += 1
         dest[i] = d
+        if not inplace:
+            for j in range(n_dying):
+                free[n_free] = dying[j]
+                n_free += 1
         if last[i] == -1:  # never read: its slot is free again right away
             free[n_free] = d
             n_free += 1
@@ -135,7 +149,8 @@ def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
     return n_work
 
 
-def plan_slots(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_pre: int) -> ReusePlan:
+def plan_slots(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_pre: int, *,
+               inplace: bool = True) -> ReusePlan:
     """Compute the slot-reuse plan of a (valid) tape's arrays.
 
     Parameters
@@ -144,6 +159,9 @@ def plan_slots(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_pre: in
         The tape's arrays (docs/tape-format.md).
     n_pre : int
         ``n_inputs + n_consts``.
+    inplace : bool
+        Let an instruction write the slot of an argument it reads last (the default, the
+        smallest work set); False for the batch sweeps (see :func:`assign_slots`).
     """
     if np.any(ops >= N_OPS):  # callers pass validated tapes; this keeps the kernel in bounds
         raise ValueError("plan_slots needs a valid tape (op code out of range)")
@@ -152,7 +170,8 @@ def plan_slots(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_pre: in
     dest = np.empty(n, dtype=idx)
     new_args = np.empty(args.shape[0], dtype=idx)
     new_outputs = np.empty(outputs.shape[0], dtype=np.int64)
-    n_work = assign_slots(ops, args, outputs, n_pre, _ARITY, dest, new_args, new_outputs)
+    n_work = assign_slots(ops, args, outputs, n_pre, _ARITY, dest, new_args, new_outputs,
+                          bool(inplace))
     for arr in (dest, new_args, new_outputs):
         arr.flags.writeable = False
     return ReusePlan(dest, new_args, new_outputs, int(n_work))
