@@ -26,7 +26,7 @@ pointer is **not reentrant**; make one :class:`CFunction` per thread, or build i
 ``reentrant=True`` to allocate the buffers on each call (measured cost in docs/embedding.md).
 """
 
-# kernels digest: 0f3d0841c0d60f9d  (see codegen.DEPENDENTS)
+# kernels digest: 3a02366a37c4b91f  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

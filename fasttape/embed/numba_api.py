@@ -13,7 +13,7 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
-# kernels digest: 0f3d0841c0d60f9d  (see codegen.DEPENDENTS)
+# kernels digest: 3a02366a37c4b91f  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 
