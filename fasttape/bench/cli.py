@@ -157,7 +157,7 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
         say("autograd-west 10k x 10k workload")
         west = west_workload(n_calls=ns.west_calls,
                              measured_calls=min(1_000, ns.west_calls) if ns.quick else None,
-                             threads=ns.threads)
+                             threads=ns.threads, repeat=3)
     peers_info = {}
     for p in PEERS:
         missing = p.available()

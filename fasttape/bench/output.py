@@ -101,7 +101,8 @@ def render_west(west: dict[str, Any] | None, markdown: bool = False) -> str:
     if west["batch"]:
         ok = "met" if west["batch_total_s"] <= TARGET_S else "NOT met"
         lines.append(
-            f"{b}one batch of {west['n_calls']:,} points: {west['batch_s']:.2f} s evaluating, "
+            f"{b}one batch of {west['n_calls']:,} points (median of {west['repeat']}): "
+            f"{west['batch_s']:.2f} s evaluating, "
             f"{west['batch_total_s']:.2f} s total with trace and compile (target "
             f"<= {TARGET_S} s: {ok}); batch == sequential bitwise: "
             f"{'yes' if west['batch_matches_sequential'] else 'NO'}"

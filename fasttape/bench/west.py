@@ -53,7 +53,7 @@ def batch_available() -> bool:
 
 def west_workload(
     n_ops: int = 10_000, n_calls: int = 10_000, *, measured_calls: int | None = None,
-    threads: int | None = None, seed: int = 0,
+    threads: int | None = None, seed: int = 0, repeat: int = 3,
 ) -> dict[str, Any]:
     """Time the workload; a JSON-ready dict of figures (seconds).
 
@@ -70,6 +70,9 @@ def west_workload(
         Passed to the batch call.
     seed : int
         Seed of the points: the benchmark point 0..99 plus uniform noise in [-0.5, 0.5).
+    repeat : int
+        Timed batch calls; the median is reported (``batch_samples_s`` lists them all: a
+        shared machine's speed drifts between calls).
 
     Returns
     -------
@@ -106,6 +109,7 @@ def west_workload(
         "batch": batch_available(), "batch_s": None, "batch_total_s": None,
         "batch_first_call_s": None, "batch_matches_sequential": None, "threads": threads,
         "batch_flush_s": None, "batch_flush_total_s": None, "batch_flush_max_abs_diff": None,
+        "batch_samples_s": None, "batch_flush_samples_s": None, "repeat": repeat,
     }
     if out["batch"]:
         kw = {} if threads is None else {"threads": threads}
@@ -115,10 +119,15 @@ def west_workload(
         # reported on a fresh install for what takes 4 s).
         tape.value_and_grad(pts, **kw)
         t6 = time.perf_counter()
-        bv, bg = tape.value_and_grad(pts, **kw)
-        batch = (time.perf_counter() - t6) * n_calls / m
+        samples = []
+        for _ in range(max(1, repeat)):
+            t = time.perf_counter()
+            bv, bg = tape.value_and_grad(pts, **kw)
+            samples.append((time.perf_counter() - t) * n_calls / m)
+        batch = float(np.median(samples))
         out.update(
             batch_s=batch, batch_total_s=(t2 - t0) + batch, batch_first_call_s=t6 - t5,
+            batch_samples_s=samples,
             batch_matches_sequential=bool(np.array_equal(bv, seq_v)
                                           and np.array_equal(bg, seq_g)),
         )
@@ -127,11 +136,15 @@ def west_workload(
             # adjoints decay through the subnormal range, where each product costs a
             # microcode assist.  Not IEEE, so reported beside the batch, not instead of it.
             tape.value_and_grad(pts, flush_subnormals=True, **kw)  # warm up
-            t7 = time.perf_counter()
-            fv, fg = tape.value_and_grad(pts, flush_subnormals=True, **kw)
-            flushed = (time.perf_counter() - t7) * n_calls / m
+            fsamples = []
+            for _ in range(max(1, repeat)):
+                t = time.perf_counter()
+                fv, fg = tape.value_and_grad(pts, flush_subnormals=True, **kw)
+                fsamples.append((time.perf_counter() - t) * n_calls / m)
+            flushed = float(np.median(fsamples))
             out.update(
                 batch_flush_s=flushed, batch_flush_total_s=(t2 - t0) + flushed,
+                batch_flush_samples_s=fsamples,
                 batch_flush_max_abs_diff=float(max(np.max(np.abs(fv - bv), initial=0.0),
                                                    np.max(np.abs(fg - bg), initial=0.0))),
             )
