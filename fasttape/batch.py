@@ -139,8 +139,9 @@ def layout(tape: Any, grad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
 
     A slot-reuse plan without in-place slots (made from :data:`BATCH_PLAN_MIN_SLOTS` slots,
     kept per thread) for values and for "stored" gradients; the plain layout
-    (``dest[i] = n_pre + i``) for "lean" gradients, whose reverse
-    sweep rereads every value, and for small tapes.  Results are bitwise the same either way.
+    (``dest[i] = n_pre + i``) for "lean" gradients, whose reverse sweep rereads every value,
+    and for small tapes.  Results are bitwise the same either way.  ``dest`` has the dtype
+    of ``args`` in both, so the chunk kernels compile once per index width.
     """
     local = tape._local
     plain = grad and tape.grad_mode == "lean"
@@ -158,7 +159,7 @@ def layout(tape: Any, grad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     dest = getattr(local, "batch_dest", None)
     if dest is None:
         n_pre = tape.n_inputs + tape.n_consts
-        dest = local.batch_dest = np.arange(n_pre, n_pre + tape.n_nodes, dtype=np.int64)
+        dest = local.batch_dest = np.arange(n_pre, n_pre + tape.n_nodes, dtype=tape.args.dtype)
     return tape.args, dest, tape.outputs, tape.n_slots
 
 
