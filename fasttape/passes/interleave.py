@@ -61,7 +61,9 @@ def interleave_order(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_p
         raise ValueError(f"window must be >= 1, got {window}")
     n = ops.shape[0]
     idx = np.arange(n)
-    order = np.lexsort((idx, depths(ops, args, n_pre, _ARITY), idx // window))
+    d = depths(ops, args, n_pre, _ARITY)
+    # One stable sort on (window, depth): equal depths keep their order within a window.
+    order = np.argsort((idx // window) * (int(d.max(initial=0)) + 1) + d, kind="stable")
     if np.array_equal(order, idx):
         return ops, args, np.asarray(outputs)
     return reorder(ops, args, np.asarray(outputs), n_pre, order)
