@@ -15,7 +15,7 @@ min/max) of interleaved repeats.  Under pytest (``python -m pytest benchmarks``)
 Nothing asserts a time.
 """
 
-# kernels digest: 3a02366a37c4b91f  (see codegen.DEPENDENTS)
+# kernels digest: 9a9e21b21ccdfe18  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

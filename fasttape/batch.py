@@ -323,12 +323,8 @@ def value(
     args, dest, outputs, rows = layout(tape, False)
     (vals,) = _buffers(tape, "value", w, c, rows)
     a = (tape.ops, args, dest, tape.consts, outputs, X)
-    if w == 1:
-        old = fpenv.enter(flush)
-        try:
-            _k.value_chunks(*a, 0, 1, vals[0], res)
-        finally:
-            fpenv.leave(old)
+    if w == 1:  # the serial driver runs on this thread: fpenv.call sets its register
+        fpenv.call(flush, _k.value_chunks, *a, 0, 1, vals[0], res)
     else:
         _launch(w, _k.value_parallel, *a, vals, res, flush)
     return ret
@@ -373,17 +369,15 @@ def value_and_grad(
     args, dest, outputs, rows = layout(tape, True)
     bufs = _buffers(tape, mode, w, c, rows)
     a = (tape.ops, args, dest, tape.consts, outputs, which, X)
-    if w == 1:  # the serial drivers run on this thread: set its register here
-        old = fpenv.enter(flush)
-        try:
-            if mode == "stored":
-                vals, parts, adj = bufs
-                _k.value_and_grad_chunks(*a, 0, 1, vals[0], parts[0], adj[0], vals_out, grad)
-            else:
-                vals, adj = bufs
-                _k.value_and_grad_lean_chunks(*a, 0, 1, vals[0], adj[0], vals_out, grad)
-        finally:
-            fpenv.leave(old)
+    if w == 1:  # the serial drivers run on this thread: fpenv.call sets its register
+        if mode == "stored":
+            vals, parts, adj = bufs
+            fpenv.call(flush, _k.value_and_grad_chunks, *a, 0, 1, vals[0], parts[0], adj[0],
+                       vals_out, grad)
+        else:
+            vals, adj = bufs
+            fpenv.call(flush, _k.value_and_grad_lean_chunks, *a, 0, 1, vals[0], adj[0],
+                       vals_out, grad)
     elif mode == "stored":
         vals, parts, adj = bufs
         _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)

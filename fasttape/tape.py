@@ -300,14 +300,8 @@ class Tape:
                                flush_subnormals=flush_subnormals)
         if threads is not None:
             _check_threads(threads)
-        if flush_subnormals is not False and fpenv.check_flush(flush_subnormals):
-            old = fpenv.enter(True)
-            try:
-                res = self._value_single(xin, out)
-            finally:
-                fpenv.leave(old)
-        else:
-            res = self._value_single(xin, out)
+        res = fpenv.call(flush_subnormals is not False and fpenv.check_flush(flush_subnormals),
+                         self._value_single, xin, out)
         if out is not None:
             return out
         if self.n_outputs == 1:
@@ -368,13 +362,8 @@ class Tape:
             _check_threads(threads)
         which = self._which(output)
         grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
-        if flush_subnormals is not False and fpenv.check_flush(flush_subnormals):
-            old = fpenv.enter(True)
-            try:
-                return self._value_and_grad_single(xin, which, grad), grad
-            finally:
-                fpenv.leave(old)
-        return self._value_and_grad_single(xin, which, grad), grad
+        flush = flush_subnormals is not False and fpenv.check_flush(flush_subnormals)
+        return fpenv.call(flush, self._value_and_grad_single, xin, which, grad), grad
 
     def _value_and_grad_single(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         if self._plan is not None and self.grad_mode == "stored":  # slot reuse

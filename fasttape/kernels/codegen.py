@@ -233,9 +233,7 @@ def table_digest() -> str:
     the helpers must change text whenever they change: the digest in its header does that.
     """
     table = ";".join(f"{o.name}|{o.arity}|{o.forward}|{o.partials}" for o in _ops.OPS)
-    # fpenv's enter/leave are called by the batch drivers: their cache must follow it too.
-    fpenv_src = (Path(__file__).parent / "fpenv.py").read_text()
-    return hashlib.sha256((table + helpers_source() + fpenv_src).encode()).hexdigest()[:16]
+    return hashlib.sha256((table + helpers_source()).encode()).hexdigest()[:16]
 
 
 def helpers_source() -> str:

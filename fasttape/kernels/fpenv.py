@@ -21,13 +21,15 @@ Only x86-64 is supported (the MXCSR register); elsewhere asking for it raises ``
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from typing import Any
 
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["FTZ_DAZ", "SUPPORTED", "check_flush", "enter", "leave", "mxcsr"]
+__all__ = ["FTZ_DAZ", "SUPPORTED", "call", "check_flush", "enter", "leave", "mxcsr"]
 
 #: Whether this machine has the MXCSR register (x86-64).
 SUPPORTED = platform.machine().lower() in ("x86_64", "amd64")
@@ -86,6 +88,21 @@ def enter(flush):  # pragma: no cover (jitted)
 def leave(old):  # pragma: no cover (jitted)
     """Restore the register that :func:`enter` returned."""
     _set_mxcsr(old)
+
+
+def call(flush: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on the calling thread, with FTZ/DAZ set around it when ``flush``.
+
+    ``flush`` must already be checked (:func:`check_flush`).  Without it this is a plain call:
+    the register is neither read nor written.
+    """
+    if not flush:
+        return fn(*args)
+    old = enter(True)
+    try:
+        return fn(*args)
+    finally:
+        leave(old)
 
 
 def check_flush(flush_subnormals: object) -> bool:

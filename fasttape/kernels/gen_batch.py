@@ -28,6 +28,7 @@ inside the parallel region.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from fasttape import ops as _ops
@@ -348,7 +349,11 @@ def generate() -> str:
     lines = _cg.header(
         "Batch sweep kernels generated from the op table (see fasttape/kernels/gen_batch.py)."
     )
+    # The parallel drivers call fasttape.kernels.fpenv: a digest of its source keeps their
+    # Numba cache in step with it (the table digest above covers the formulas only).
+    fpenv_src = (Path(__file__).parent / "fpenv.py").read_text()
     lines += [
+        f"# fpenv.py sha256: {hashlib.sha256(fpenv_src.encode()).hexdigest()[:16]}",
         "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
         "# Parallel drivers: same options plus parallel=True (prange over workers).  Their",
         "# threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).",
