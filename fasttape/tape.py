@@ -300,8 +300,10 @@ class Tape:
                                flush_subnormals=flush_subnormals)
         if threads is not None:
             _check_threads(threads)
-        res = fpenv.call(flush_subnormals is not False and fpenv.check_flush(flush_subnormals),
-                         self._value_single, xin, out)
+        if flush_subnormals is False:  # the default: no wrapper on the per-call path
+            res = self._value_single(xin, out)
+        else:
+            res = fpenv.call(fpenv.check_flush(flush_subnormals), self._value_single, xin, out)
         if out is not None:
             return out
         if self.n_outputs == 1:
@@ -362,7 +364,9 @@ class Tape:
             _check_threads(threads)
         which = self._which(output)
         grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
-        flush = flush_subnormals is not False and fpenv.check_flush(flush_subnormals)
+        if flush_subnormals is False:  # the default: no wrapper on the per-call path
+            return self._value_and_grad_single(xin, which, grad), grad
+        flush = fpenv.check_flush(flush_subnormals)
         return fpenv.call(flush, self._value_and_grad_single, xin, which, grad), grad
 
     def _value_and_grad_single(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
