@@ -26,7 +26,7 @@ pointer is **not reentrant**; make one :class:`CFunction` per thread, or build i
 ``reentrant=True`` to allocate the buffers on each call (measured cost in docs/embedding.md).
 """
 
-# kernels digest: 9a9e21b21ccdfe18  (see codegen.DEPENDENTS)
+# kernels digest: 5690d626bafef7ae  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

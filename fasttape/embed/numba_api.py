@@ -13,7 +13,7 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
-# kernels digest: 9a9e21b21ccdfe18  (see codegen.DEPENDENTS)
+# kernels digest: 5690d626bafef7ae  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import numpy as np
 _kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 # fpenv.py sha256: dd115458dbe6fe94
+# memhint.py sha256: 562d52f514a29795
 # ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)
 # Parallel drivers: same options plus parallel=True (prange over workers).  Their
 # threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).
@@ -21,6 +22,7 @@ _pkernel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True
 
 from fasttape.kernels.fpenv import enter as fpenv_enter  # noqa: E402
 from fasttape.kernels.fpenv import leave as fpenv_leave  # noqa: E402
+from fasttape.kernels.memhint import LINE_DOUBLES, prefetch, prefetch_write  # noqa: E402
 
 _ARITY = np.array([2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 3, 2, 2, 2, 2, 2, 2], dtype=np.int64)
 _NDIFF = np.array([2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 0, 0, 0, 0, 0], dtype=np.int64)
@@ -575,6 +577,12 @@ def chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts):
         op = ops[i]
         s = dest[i]
         a0 = args[k]
+        q = k + 64
+        if q + 3 <= parts.shape[0]:
+            for r in range(q, q + _ARITY[op]):
+                for col in range(0, nb, LINE_DOUBLES):
+                    prefetch_write(parts, r, col)
+                prefetch_write(parts, r, nb - 1)
         if op == 0:  # add
             a1 = args[k + 1]
             for p in range(nb):
@@ -1007,7 +1015,8 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
 
     ``adj`` (shape ``(n_work, C)``) holds the seed on entry and zeros elsewhere; on exit
     the instruction rows are zero again and rows below ``n_pre`` hold the input and
-    constant adjoints of each point.
+    constant adjoints of each point.  The partials are prefetched ``PREFETCH_ROWS``
+    rows ahead (see fasttape/kernels/memhint.py).
     """
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
@@ -1015,6 +1024,12 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
         k -= _ARITY[op]
         s = dest[i]
         a0 = args[k]
+        q = k - 64
+        if q >= 0:
+            for r in range(q, q + _ARITY[op]):
+                for col in range(0, nb, LINE_DOUBLES):
+                    prefetch(parts, r, col)
+                prefetch(parts, r, nb - 1)
         if op == 0:  # add
             a1 = args[k + 1]
             for p in range(nb):

@@ -41,6 +41,30 @@ def _chain(lines: list[str], specs, body) -> None:
         lines.extend(body(spec, "            "))
 
 
+#: How many argument positions ahead the single-point sweeps prefetch the slots they will read
+#: (forward: ``vals``) or update (reverse: ``adj``); fasttape/kernels/memhint.py.  About 16
+#: instructions.  On random-uniform at 1e6 instructions, 16 and 64 gave the same gain and
+#: 256 a little less (docs/tape-format.md, "Memory access").
+PREFETCH_ARGS = 32
+
+#: Slots from which the single-point reverse sweeps prefetch: below it the adjoints (8 bytes
+#: each) fit in L2 and the prefetches only cost instructions (random-local at 1e3: 2-4%).
+PREFETCH_MIN_SLOTS = 1 << 16
+
+
+def _prefetch_args(array: str, sign: str, fn: str = "prefetch", ind: str = "        ") -> list[str]:
+    # The slots of the argument PREFETCH_ARGS positions further along, and of the next one:
+    # about one instruction's worth per instruction (the mean arity is near 2).  ``far`` is
+    # set once per call (a predictable branch where it is false).
+    cond = "q + 1 < args.shape[0]" if sign == "+" else "q >= 0"
+    return [
+        f"{ind}q = k {sign} {PREFETCH_ARGS}",
+        f"{ind}if far and {cond}:",
+        f"{ind}    {fn}({array}, args[q])",
+        f"{ind}    {fn}({array}, args[q + 1])",
+    ]
+
+
 def _forward(partials: bool) -> list[str]:
     name = "forward_partials" if partials else "forward_values"
     sig = "ops, args, consts, xin, vals, parts" if partials else "ops, args, consts, xin, vals"
@@ -93,17 +117,26 @@ def _forward(partials: bool) -> list[str]:
     return lines
 
 
-_REVERSE_HEAD = [
-    "    k = args.shape[0]",
-    "    for i in range(ops.shape[0] - 1, -1, -1):",
-    "        op = ops[i]",
-    "        k -= _ARITY[op]",
-    "        s = n_pre + i",
-    "        g = adj[s]",
-    "        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call",
-    "        if g == 0.0:",
-    "            continue  # a zero adjoint contributes nothing (see docs/derivatives.md)",
-]
+def _reverse_head(prefetch: bool = True) -> list[str]:
+    # ``prefetch=False`` for the slot-reuse sweeps (gen_reuse.py): their work vector is small
+    # and mostly local, and the prefetches cost 3-5% there (lennard-jones, rosenbrock, 1e6).
+    lines = [
+        f"    far = adj.shape[0] >= {PREFETCH_MIN_SLOTS}",
+        "    k = args.shape[0]",
+        "    for i in range(ops.shape[0] - 1, -1, -1):",
+        "        op = ops[i]",
+        "        k -= _ARITY[op]",
+        "        s = n_pre + i",
+        *_prefetch_args("adj", "-", "prefetch_write"),
+        "        g = adj[s]",
+        "        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call",
+        "        if g == 0.0:",
+        "            continue  # a zero adjoint contributes nothing (see docs/derivatives.md)",
+    ]
+    if not prefetch:
+        drop = _prefetch_args("adj", "-", "prefetch_write")
+        lines = [line for line in lines[1:] if line not in drop]
+    return lines
 
 
 def unit_partials(spec: _ops.OpSpec) -> bool:
@@ -129,7 +162,7 @@ def _unit_reverse() -> list[str]:
     return lines
 
 
-def _reverse_stored() -> list[str]:
+def _reverse_stored(prefetch: bool = True) -> list[str]:
     return [
         "@_kernel",
         "def reverse_stored(ops, args, parts, adj, n_pre):",
@@ -140,7 +173,7 @@ def _reverse_stored() -> list[str]:
         "    ``adj`` must hold the seed on entry and zeros elsewhere; on exit the instruction",
         "    slots are zero again and slots below ``n_pre`` hold the input and constant adjoints.",
         '    """',
-        *_REVERSE_HEAD,
+        *_reverse_head(prefetch),
         *_unit_reverse(),
         "        nd = _NDIFF[op]",
         "        if nd >= 1:",
@@ -160,7 +193,8 @@ def _reverse_lean() -> list[str]:
         "",
         "    Needs no per-edge memory (the lean mode); same contract as :func:`reverse_stored`.",
         '    """',
-        *_REVERSE_HEAD,
+        *_reverse_head(),
+        *_prefetch_args("vals", "-"),  # the partials read the arguments' values too
     ]
 
     def body(spec: _ops.OpSpec, ind: str) -> list[str]:
@@ -273,6 +307,27 @@ def helper_lines() -> list[str]:
     return out
 
 
+def core_digest() -> str:
+    """Digest of ``_generated.py``'s text as generated now, for the headers of generated
+    modules whose kernels call (and so inline) the core sweeps: their Numba caches must
+    change with it, and the table digest alone misses a change to the sweeps' templates."""
+    return hashlib.sha256(generate().encode()).hexdigest()[:16]
+
+
+def source_digest(name: str) -> str:
+    """Digest of a hand-written module of this folder (``fpenv.py``, ``memhint.py``) whose
+    intrinsics a generated module calls, for that module's header (same reason)."""
+    return hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest()[:16]
+
+
+def with_memhint(lines: list[str]) -> list[str]:
+    """A generated module's header plus the import of the prefetch intrinsics and, as the
+    fourth line, the digest of ``memhint.py`` that keeps the module's Numba cache in step."""
+    return [*lines[:3], f"# memhint.py sha256: {source_digest('memhint.py')}", *lines[3:],
+            "from fasttape.kernels.memhint import prefetch, prefetch_write  # noqa: E402",
+            ""]
+
+
 def header(module_doc: str) -> list[str]:
     """Opening lines shared by every generated module: banner, digest, imports, ``_kernel``."""
     return [
@@ -302,6 +357,7 @@ def generate() -> str:
     arity = ", ".join(str(o.arity) for o in _ops.OPS)
     ndiff = ", ".join(str(o.ndiff) for o in _ops.OPS)
     lines = header("Sweep kernels generated from the op table (see fasttape/kernels/codegen.py).")
+    lines = with_memhint(lines)
     lines += [
         f"_ARITY = np.array([{arity}], dtype=np.int64)",
         f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",

@@ -28,7 +28,6 @@ inside the parallel region.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fasttape import ops as _ops
@@ -76,6 +75,8 @@ def _forward(partials: bool) -> list[str]:
         "        s = dest[i]",
         "        a0 = args[k]",
     ]
+    if partials:
+        lines += _prefetch_rows("k + ", "prefetch_write", "parts.shape[0]")
 
     def body(spec: _ops.OpSpec, ind: str) -> list[str]:
         out = _load_rows(spec, ind)
@@ -142,6 +143,28 @@ def _unit_reverse() -> list[str]:
     return lines
 
 
+#: How far ahead (in rows of ``parts``, about two per instruction) the stored reverse sweep
+#: prefetches the partials it will read (fasttape/kernels/memhint.py).  Measured on
+#: autograd-west (25 MB of partials per worker): 16 rows already gains, 48-128 gain most,
+#: 400 a little less (the lines start to leave L1/L2 before they are used).
+PREFETCH_ROWS = 64
+
+
+def _prefetch_rows(base: str = "k - ", fn: str = "prefetch", limit: str = "") -> list[str]:
+    # The rows the instruction PREFETCH_ROWS rows further down will read: over the sweep,
+    # every row once.  One prefetch per cache line of a row, and one for its last element (a
+    # row need not start on a line boundary).
+    cond = "q >= 0" if not limit else f"q + 3 <= {limit}"
+    return [
+        f"        q = {base}{PREFETCH_ROWS}",
+        f"        if {cond}:",
+        "            for r in range(q, q + _ARITY[op]):",
+        "                for col in range(0, nb, LINE_DOUBLES):",
+        f"                    {fn}(parts, r, col)",
+        f"                {fn}(parts, r, nb - 1)",
+    ]
+
+
 def _reverse_stored() -> list[str]:
     return [
         "@_kernel",
@@ -150,9 +173,11 @@ def _reverse_stored() -> list[str]:
         "",
         "    ``adj`` (shape ``(n_work, C)``) holds the seed on entry and zeros elsewhere; on exit",
         "    the instruction rows are zero again and rows below ``n_pre`` hold the input and",
-        "    constant adjoints of each point.",
+        "    constant adjoints of each point.  The partials are prefetched ``PREFETCH_ROWS``",
+        "    rows ahead (see fasttape/kernels/memhint.py).",
         '    """',
         *_REVERSE_HEAD,
+        *_prefetch_rows(),
         *_unit_reverse(),
         "        nd = _NDIFF[op]",
         "        if nd == 0:",
@@ -349,11 +374,10 @@ def generate() -> str:
     lines = _cg.header(
         "Batch sweep kernels generated from the op table (see fasttape/kernels/gen_batch.py)."
     )
-    # The parallel drivers call fasttape.kernels.fpenv: a digest of its source keeps their
-    # Numba cache in step with it (the table digest above covers the formulas only).
-    fpenv_src = (Path(__file__).parent / "fpenv.py").read_text()
+    # The kernels call fasttape.kernels.fpenv and .memhint: a digest of their sources keeps
+    # the Numba cache in step with them (the table digest above covers the formulas only).
+    lines += [f"# {name} sha256: {_cg.source_digest(name)}" for name in ("fpenv.py", "memhint.py")]
     lines += [
-        f"# fpenv.py sha256: {hashlib.sha256(fpenv_src.encode()).hexdigest()[:16]}",
         "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
         "# Parallel drivers: same options plus parallel=True (prange over workers).  Their",
         "# threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).",
@@ -361,6 +385,7 @@ def generate() -> str:
         "",
         "from fasttape.kernels.fpenv import enter as fpenv_enter  # noqa: E402",
         "from fasttape.kernels.fpenv import leave as fpenv_leave  # noqa: E402",
+        "from fasttape.kernels.memhint import LINE_DOUBLES, prefetch, prefetch_write  # noqa: E402",
         "",
         f"_ARITY = np.array([{arity}], dtype=np.int64)",
         f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",

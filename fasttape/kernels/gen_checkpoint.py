@@ -14,7 +14,6 @@ invalidates its cache (a plain module would keep running stale inlined sweeps).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fasttape.kernels import codegen as _cg
@@ -433,16 +432,12 @@ def segment_reverse(ops, args, consts, xin, n_pre, seg_len, edge_ptr, ext_ptr, e
 '''
 
 
-def _core_digest() -> str:
-    return hashlib.sha256(_cg.generate().encode()).hexdigest()[:16]
-
-
 def generate() -> str:
     """Return the full text of ``_checkpoint_generated.py``."""
     lines = _cg.header(
         "Checkpointing drivers (see fasttape/kernels/gen_checkpoint.py)."
     )
-    lines.insert(3, f"# core sweeps (_generated.py) sha256: {_core_digest()}")
+    lines.insert(3, f"# core sweeps (_generated.py) sha256: {_cg.core_digest()}")
     i = lines.index("import numpy as np")
     lines[i : i + 1] = [
         "import numpy as np  # noqa: F401  (kept from the shared header)",

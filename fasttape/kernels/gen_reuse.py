@@ -42,7 +42,7 @@ def _forward(partials: bool) -> list[str]:
 
 
 def _reverse() -> list[str]:
-    lines = codegen._reverse_stored()
+    lines = codegen._reverse_stored(prefetch=False)
     lines = _replace(lines, "def reverse_stored(ops, args, parts, adj, n_pre):",
                      "def reverse_stored_plan(ops, args, dest, parts, adj):")
     return _replace(lines, "        s = n_pre + i", "        s = dest[i]")

@@ -465,6 +465,8 @@ def generate() -> str:
         "Tangent, vector-reverse and Hessian kernels generated from the op table "
         "(see fasttape/kernels/gen_tangent.py)."
     )
+    # These kernels call (inline) forward_values: the digest keeps their cache in step.
+    lines.insert(3, f"# core sweeps (_generated.py) sha256: {_cg.core_digest()}")
     lines += [
         "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
         "from fasttape.kernels._generated import forward_values  # noqa: E402",

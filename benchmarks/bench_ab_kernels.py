@@ -1,0 +1,216 @@
+"""The generated kernels against another revision's, timed in turn in one process.
+
+    python benchmarks/bench_ab_kernels.py --rev HEAD~1
+    python benchmarks/bench_ab_kernels.py --rev 760adaf \
+        --cases batch:autograd-west,single:random-uniform:1e6 --repeat 9
+
+For a change to a kernel template (codegen.py, gen_batch.py, memhint.py, ...): the generated
+files ``_generated.py``, ``_batch_generated.py`` and ``_reuse_generated.py`` of ``--rev`` are
+written to a temporary folder and imported beside the work tree's, and both are run on the
+same tape, buffers and points, old and new alternating (the order swapped every round), so a
+shared machine's drift reaches both.  The op table must be the same in both (the tape's op
+codes must mean the same thing); a table change is refused.
+
+Cases, comma-separated:
+
+``batch:<family>[:<nodes>]``
+    ``value_and_grad`` of ``--points`` points through the parallel batch driver on
+    ``--threads`` threads, IEEE and with subnormals flushed.  ``batch:autograd-west`` without
+    a size is the published workload's graph (10k ops, 54,995 instructions).
+``single:<family>:<nodes>``
+    one-point ``value_and_grad``: the plain kernels, or the slot-reuse kernels when the tape
+    has a plan (``fasttape.passes.reuse``).
+
+Reported: best and median time per instruction (and per point for batches) of each side, the
+ratio old / new of the medians (above 1: the work tree is faster), and whether both gave
+bitwise the same values and gradients (they must: no template change may alter a result).
+The first round also compiles the old kernels (Numba, about a minute for the batch file);
+it is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+import fasttape as ft
+from fasttape import batch as fb
+from fasttape.bench.cases import build_case
+from fasttape.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
+from fasttape.kernels import _batch_generated, _generated, _reuse_generated
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {"core": "_generated.py", "batch": "_batch_generated.py", "reuse": "_reuse_generated.py"}
+NEW = {"core": _generated, "batch": _batch_generated, "reuse": _reuse_generated}
+DIGEST = re.compile(r"^# table\+helpers sha256: (\w+)$", re.M)
+
+
+def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
+    """Import ``rev``'s generated kernel files from ``folder`` under names of their own."""
+    mods = {}
+    for key, name in FILES.items():
+        try:
+            text = subprocess.run(
+                ["git", "show", f"{rev}:fasttape/kernels/{name}"], cwd=ROOT, check=True,
+                capture_output=True, text=True).stdout
+        except subprocess.CalledProcessError as e:
+            raise SystemExit(f"bench_ab_kernels: cannot read {name} at {rev!r}: "
+                             f"{e.stderr.strip()}") from None
+        ours = (Path(_generated.__file__).parent / name).read_text()
+        old_digest, new_digest = DIGEST.search(text), DIGEST.search(ours)
+        if old_digest is None or new_digest is None or old_digest[1] != new_digest[1]:
+            raise SystemExit(f"bench_ab_kernels: the op table or helpers of {rev!r} differ from "
+                             "the work tree's; this script compares kernel templates only")
+        path = folder / f"ab_old_{name}"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(f"ab_old_{name[:-3]}", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        mods[key] = mod
+    return mods
+
+
+def _west_tape() -> ft.Tape:
+    return ft.compile(ft.trace(lambda x: autograd_west_fn(x, ft, 10_000), WEST_INPUTS))
+
+
+def batch_case(family: str, nodes: float | None, points: int, threads: int
+               ) -> tuple[str, ft.Tape, Callable[[ModuleType, bool], tuple[Any, ...]]]:
+    """A batch value_and_grad runner ``run(batch_module, flush) -> (values, grads)``."""
+    rng = np.random.default_rng(0)
+    if family == "autograd-west" and nodes is None:
+        tape = _west_tape()
+        X = autograd_west_point() + rng.uniform(-0.5, 0.5, size=(points, WEST_INPUTS))
+    else:
+        case = build_case(family, int(nodes or 1e5))
+        tape = case.tape
+        X = case.x + rng.uniform(-0.01, 0.01, size=(points, tape.n_inputs))
+    args, dest, outputs, rows = fb.layout(tape, True)
+    _, w, c = fb._plan(tape, True, points, threads, None)
+    vals, parts, adj = fb._buffers(tape, "stored", w, c, rows)
+
+    def run(mod: ModuleType, flush: bool) -> tuple[Any, ...]:
+        v, g = np.empty(points), np.empty((points, tape.n_inputs))
+        fb._launch(w, mod.value_and_grad_parallel, tape.ops, args, dest, tape.consts, outputs,
+                   0, X, vals, parts, adj, v, g, flush)
+        return v, g
+
+    return f"batch {family} ({len(tape.ops):,} instr., {points} points, {w} thr.)", tape, run
+
+
+def single_case(family: str, nodes: float) -> tuple[str, ft.Tape, Callable[[dict], Any]]:
+    """A one-point value_and_grad runner ``run(modules) -> (value, grad)``."""
+    case = build_case(family, int(nodes))
+    t, x = case.tape, case.x
+    g = np.empty(t.n_inputs)
+    plan = t._plan
+    if plan is None or t.grad_mode != "stored":
+        vals, parts, adj = np.empty(t.n_slots), np.empty(t.n_edges), np.zeros(t.n_slots)
+
+        def run(mods: dict) -> Any:
+            v = mods["core"].value_and_grad_kernel(t.ops, t.args, t.consts, t.outputs, 0, x,
+                                                   vals, parts, adj, g)
+            return v, g.copy()
+        kind = "plain kernels"
+    else:
+        vals, parts, adj = np.empty(plan.n_work), np.empty(t.n_edges), np.zeros(plan.n_work)
+
+        def run(mods: dict) -> Any:
+            v = mods["reuse"].value_and_grad_plan_kernel(
+                t.ops, plan.args, plan.dest, t.consts, plan.outputs, 0, x, vals, parts, adj, g)
+            return v, g.copy()
+        kind = "slot-reuse kernels"
+    return f"single {family} ({len(t.ops):,} instr., {kind})", t, run
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return all(np.array_equal(np.asarray(p), np.asarray(q), equal_nan=True)
+               for p, q in zip(a, b, strict=True))
+
+
+def alternate(run_old: Callable[[], Any], run_new: Callable[[], Any], rounds: int, calls: int
+              ) -> tuple[list[float], list[float], bool]:
+    """Seconds per call of each side over ``rounds`` rounds (order swapped every round)."""
+    same = _same(run_old(), run_new())  # also compiles / warms both
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for r in range(rounds):
+        order = (("old", run_old), ("new", run_new))
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times["old"], times["new"], same
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rev", required=True, help="git revision whose kernels are the baseline")
+    p.add_argument("--cases", default="batch:autograd-west,single:random-uniform:1e6,"
+                   "single:random-local:1e6,single:lennard-jones:1e6")
+    p.add_argument("--repeat", type=int, default=7, help="rounds (each side once per round)")
+    p.add_argument("--points", type=int, default=2000, help="points of a batch case")
+    p.add_argument("--threads", type=int, default=2)
+    ns = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        old = load_revision(ns.rev, Path(tmp))
+        for spec in ns.cases.split(","):
+            parts = spec.split(":")
+            if parts[0] == "batch" and len(parts) in (2, 3):
+                nodes = float(parts[2]) if len(parts) == 3 else None
+                label, tape, run = batch_case(parts[1], nodes, ns.points, ns.threads)
+                per = 1e9 / (len(tape.ops) * ns.points)
+                for flush in (False, True):
+                    a, b, same = alternate(lambda r=run, f=flush: r(old["batch"], f),
+                                           lambda r=run, f=flush: r(NEW["batch"], f),
+                                           ns.repeat, 1)
+                    rows.append((label + (", flushed" if flush else ", IEEE"), "ns/instr/point",
+                                 a, b, per, same))
+            elif parts[0] == "single" and len(parts) == 3:
+                label, tape, run1 = single_case(parts[1], float(parts[2]))
+                calls = max(1, 4_000_000 // len(tape.ops))  # about 0.1 s per sample
+                a, b, same = alternate(lambda r=run1: r(old), lambda r=run1: r(NEW),
+                                       ns.repeat, calls)
+                rows.append((label, "ns/instr", a, b, 1e9 / len(tape.ops), same))
+            else:
+                p.error(f"bad case {spec!r}: batch:<family>[:<nodes>] or single:<family>:<nodes>")
+    print(f"# kernels of {ns.rev} (old) vs the work tree (new); {ns.repeat} rounds, alternating")
+    print("| case | unit | old best | new best | old median | new median | old/new | bitwise |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    ok = True
+    for label, unit, a, b, scale, same in rows:
+        ma, mb = float(np.median(a)) * scale, float(np.median(b)) * scale
+        print(f"| {label} | {unit} | {min(a) * scale:.2f} | {min(b) * scale:.2f} | {ma:.2f} "
+              f"| {mb:.2f} | {ma / mb:.2f}x | {'yes' if same else 'NO'} |")
+        ok &= same
+    return 0 if ok else 1
+
+
+def bench_ab_kernels_smoke(capsys) -> None:
+    """Against HEAD's kernels on a tiny tape: one row, bitwise the same (a smoke test: the
+    timing is not checked).  Skipped outside a git checkout."""
+    import pytest
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    assert main(["--rev", "HEAD", "--cases", "single:random-local:2000", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| single random-local" in out and "| yes |" in out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
