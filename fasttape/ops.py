@@ -285,6 +285,14 @@ _ROWS = [
            commutative=True, nonsmooth="derivative 0"),
     OpSpec("ne", 2, "1.0 if x != y else 0.0", (), (_R, _R), "x != y as 0/1",
            commutative=True, nonsmooth="derivative 0"),
+    # Fused instructions, made only by the ``fuse`` pass (passes/fuse.py) from a pair whose
+    # inner result has no other use; appended so that no op code moves.  Each computes exactly
+    # what the pair did (two roundings, no fma), so values are bitwise the pair's.
+    OpSpec("fmac", 3, "x * z + y", ("z", "1.0"), (_R, _R, _R),
+           "x * c + y for a constant c (stored x, y, c): a mulc feeding an add",
+           param="const", second=("0.0", "0.0", "0.0")),
+    OpSpec("sqdiff", 2, "(x - y) * (x - y)", ("2.0 * (x - y)", "-2.0 * (x - y)"), (_R, _R),
+           "(x - y) ** 2: a sub feeding a square", second=("2.0", "-2.0", "2.0")),
 ]
 
 #: The table, indexed by op code.

@@ -68,7 +68,8 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
 
 
 # Ops that are reached through another public function rather than by their own name.
-_INTERNAL = {"powi", "powc", "pow", "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc"}
+_INTERNAL = {"powi", "powc", "pow", "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc",
+             "fmac", "sqdiff"}
 
 #: name -> frontend function, for every public op of the table.
 OP_FUNCTIONS: dict[str, Callable[..., Any]] = {

@@ -179,6 +179,8 @@ REFERENCE = {
     "ge": (lambda x, y: float(x >= y), lambda x, y, f: []),
     "eq": (lambda x, y: float(x == y), lambda x, y, f: []),
     "ne": (lambda x, y: float(x != y), lambda x, y, f: []),
+    "fmac": (lambda x, y, c: mul(x, c) + y, lambda x, y, c, f: [c, 1.0]),
+    "sqdiff": (lambda x, y: mul(x - y, x - y), lambda x, y, f: [2.0 * (x - y), -(2.0 * (x - y))]),
 }
 
 
@@ -192,6 +194,26 @@ CONST_FORMS = {
     "divc": lambda x, c: x / c,
     "rdivc": lambda x, c: c / x,
 }
+
+
+# The fused ops as the expressions the fuse pass turns into them (no frontend function
+# either): ``FUSED_FORMS[name](x, y, *c)`` on Vars, floats or JAX arrays (``c`` for fmac).
+FUSED_FORMS = {
+    "fmac": lambda x, y, c: x * c + y,
+    "sqdiff": lambda x, y: (x - y) ** 2,
+}
+
+
+def internal_form(name, args, c):
+    """``name`` applied to the variables ``args`` (and the constant ``c`` where the op takes
+    one) through the expression the passes rewrite into it, or None for a public op."""
+    if name in CONST_FORMS:
+        return CONST_FORMS[name](args[0], c)
+    if name == "fmac":
+        return FUSED_FORMS[name](args[0], args[1], c)
+    if name in FUSED_FORMS:
+        return FUSED_FORMS[name](args[0], args[1])
+    return None
 
 
 def _instructions(ops, args, names):

@@ -89,8 +89,11 @@ def test_baseline_covers_exactly_its_ops_and_matches_the_reference(op):
     # x0 op x1 (or op x0), then a multiply so the output is the last slot of a non-trivial tape
     n_in = 2
     consts = np.array([3.0]) if spec.param == "const" else np.zeros(0)
-    second = n_in if spec.param == "const" else 1
-    args = [*[0, second][: spec.arity], n_in + len(consts), 1]
+    if spec.param == "const":  # differentiable args on the inputs, parameters on the constant
+        op_args = list(range(spec.ndiff)) + [n_in] * (spec.arity - spec.ndiff)
+    else:
+        op_args = [0, 1][: spec.arity]
+    args = [*op_args, n_in + len(consts), 1]
     tape = ft.Tape.from_arrays(
         [spec.code, OP_BY_NAME["mul"].code], args, consts, [n_in + len(consts) + 1], n_in
     )

@@ -11,7 +11,7 @@ import pytest
 import fasttape as ft
 from fasttape.ops import OP_BY_NAME, OPS
 from tests import reference_derivs
-from tests.reference import CONST_FORMS
+from tests.reference import CONST_FORMS, FUSED_FORMS
 from tests.test_ops import params_for, single_op_tape
 
 IDS = [op.name for op in OPS]
@@ -184,6 +184,7 @@ def _jax_ops(jnp, jax):
         "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus,
         "where": lambda a, b, c: jnp.where(c != 0, a, b),
         **CONST_FORMS,  # x * c, c - x, ...: plain arithmetic on jax arrays
+        **FUSED_FORMS,  # x * c + y, (x - y) ** 2
     }
     for name, fn in cmp.items():
         table[name] = lambda x, y, fn=fn: fn(x, y).astype(x.dtype)

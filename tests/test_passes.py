@@ -165,7 +165,7 @@ def test_default_compile_runs_the_pipeline_and_reports_it(capsys):
     print(tape)
     text = capsys.readouterr().out
     assert "passes: 8 instructions -> dce 8 -> fold 7" in text, text
-    assert "cse 4 -> simplify 4 -> dce 4 -> interleave 4; slots 7 -> 4 (reuse)" in text
+    assert "cse 4 -> simplify 4 -> fuse 4 -> dce 4 -> interleave 4; slots 7 -> 4 (reuse)" in text
     xx = [0.3, -1.7]
     assert same_bits(tape.value(xx), plain.value(xx))
     v, gr = tape.value_and_grad(xx)
@@ -206,7 +206,8 @@ def test_optimize_refuses_non_tapes():
 
 
 def test_pass_names():
-    assert PASS_NAMES == ("dce", "fold", "simplify", "cse", "locality", "interleave", "reuse")
+    assert PASS_NAMES == ("dce", "fold", "simplify", "cse", "fuse", "locality", "interleave",
+                          "reuse")
 
 
 def test_with_grad_mode_keeps_the_plan_and_lean_mode_ignores_it():
@@ -703,3 +704,106 @@ def test_interleave_leaves_a_chain_alone_and_separates_independent_work():
     assert first == ["sin"] * 4 and list(tape.args[:4]) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="window must be >= 1"):
         interleave_order(tape.ops, tape.args, tape.outputs, 4, 0)
+
+
+# ---------------------------------------------------------------------------- fuse
+NO_FUSE = [p for p in PASS_NAMES if p not in ("fuse", "locality")]
+
+
+def _op_names(tape: ft.Tape) -> list[str]:
+    return [OPS[int(o)].name for o in tape.ops]
+
+
+@pytest.mark.parametrize("fn, fused", [
+    (lambda x: x[0] * 2.5 + x[1], ["fmac"]),
+    (lambda x: x[1] + 2.5 * x[0], ["fmac"]),
+    (lambda x: (x[0] - x[1]) ** 2, ["sqdiff"]),
+    (lambda x: ft.square(x[0] - x[1]), ["sqdiff"]),
+    (lambda x: ft.sin(x[0]) * 3.0 + (x[0] - x[1]) ** 2, ["sin", "sqdiff", "fmac"]),
+])
+def test_fuse_makes_one_instruction_of_a_pair(fn, fused):
+    tape = ft.compile(ft.trace(fn, 2))
+    assert sorted(_op_names(tape)) == sorted(fused)
+    plain = ft.compile(ft.trace(fn, 2), optimize=NO_FUSE)
+    assert len(plain.ops) > len(tape.ops)
+    for x in ([0.3, -1.7], [2.0, 2.0], [-0.0, 0.0], [np.inf, 1.0], [np.nan, 0.5]):
+        assert same_bits(tape.value(x), plain.value(x))
+        assert same_bits(tape.grad(x), plain.grad(x))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: [x[0] * 2.5 + x[1], x[0] * 2.5],  # the product is an output
+    lambda x: (x[0] * 2.5 + x[1]) * (x[0] * 2.5),  # ... or has a second use (after CSE)
+    lambda x: (x[0] - x[1]) ** 2 + (x[0] - x[1]),
+    lambda x: [(x[0] - x[1]) ** 2, x[0] - x[1]],
+])
+def test_fuse_keeps_an_inner_result_that_is_still_needed(fn):
+    tape = ft.compile(ft.trace(fn, 2))
+    assert not {"fmac", "sqdiff"} & set(_op_names(tape)), tape.listing()
+
+
+@st.composite
+def sum_of_products_programs(draw):
+    """Random wiring of the fused pairs' ops (mul by constants, add, sub, square), some
+    results used twice or made outputs, so that some pairs fuse and some must not."""
+    n_in = draw(st.integers(1, 4))
+    steps = []
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.sampled_from(["mulc", "add", "sub", "square", "sin"]))
+        steps.append((kind, draw(st.integers(0, 10 ** 6)), draw(st.integers(0, 10 ** 6)),
+                      draw(st.sampled_from([2.5, -1.0 / 3.0, 0.0, -0.0, 1e308, np.nan]))))
+    outs = draw(st.lists(st.integers(0, 10 ** 6), min_size=1, max_size=3))
+    x = draw(st.lists(FLOATS, min_size=n_in, max_size=n_in))
+    return n_in, steps, outs, x
+
+
+def _build(n_in, steps, outs):
+    def fn(x):
+        v = list(x)
+        for kind, a, b, c in steps:
+            # p among the last three values (chains: a product feeding the next add), q anywhere
+            p, q = v[-1 - a % min(3, len(v))], v[b % len(v)]
+            if kind == "mulc":
+                v.append(p * c)
+            elif kind == "add":
+                v.append(p + q)
+            elif kind == "sub":
+                v.append(p - q)
+            elif kind == "square":
+                v.append(ft.square(p))
+            else:
+                v.append(ft.sin(p))
+        return [v[-1]] + [v[o % len(v)] for o in outs]  # the last value keeps the chain live
+
+    return ft.trace(fn, n_in)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sum_of_products_programs())
+def test_fuse_keeps_values_bitwise_and_gradients_to_rounding(prog):
+    n_in, steps, outs, x = prog
+    graph = _build(n_in, steps, outs)
+    fused = ft.compile(graph)
+    plain = ft.compile(graph, optimize=NO_FUSE)
+    assert len(fused.ops) <= len(plain.ops)
+    assert same_bits(fused.value(x), plain.value(x))
+    for k in range(fused.n_outputs):
+        v, g = fused.value_and_grad(x, output=k)
+        v0, g0 = plain.value_and_grad(x, output=k)
+        assert same_bits(v, v0)
+        assert close_where_finite(g, g0), (k, g, g0, fused.listing())
+        # and the fused tape's own gradient is exactly what the Python oracle computes on it
+        from tests import reference
+
+        rv, rg = reference.value_and_grad(fused, x, output=k)
+        assert same_bits(v, rv) and same_bits(g, rg), (g, rg, fused.listing())
+    again = optimize(fused, True)
+    assert np.array_equal(again.ops, fused.ops) and np.array_equal(again.args, fused.args)
+
+
+def test_fuse_shrinks_the_structured_families():
+    from fasttape import families as F
+
+    for build, n, least in ((F.mlp, 3, 0.15), (F.lennard_jones, 12, 0.2)):
+        rec = next(r for r in build(n).stats()["passes"] if r["pass"] == "fuse")
+        assert rec["before"] - rec["after"] >= least * rec["before"], rec

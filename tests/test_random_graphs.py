@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape.ops import OP_BY_NAME, OPS
+from fasttape.trace import _INTERNAL
 from tests import reference
 from tests.test_ops import same
 
@@ -82,7 +83,9 @@ def test_random_tapes_match_the_oracle(case):
 
 # ---------------------------------------------------------------------- traced programs
 UNARY = [op.name for op in OPS if op.arity == 1]
-BINARY = [op.name for op in OPS if op.arity == 2 and op.param != "const"]
+# Internal ops (sqdiff, ...) have no frontend function: the passes make them from these.
+BINARY = [op.name for op in OPS
+          if op.arity == 2 and op.param != "const" and op.name not in _INTERNAL]
 
 
 @st.composite

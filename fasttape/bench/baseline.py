@@ -22,11 +22,11 @@ __all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", 
 BASELINE_OPS = (
     "add", "sub", "mul", "div", "neg", "powi", "square", "sqrt", "exp", "sin", "cos",
     "tanh", "sigmoid", "atan", "softplus", "maximum", "mulc", "addc", "subc", "rsubc", "divc",
-    "rdivc",
+    "rdivc", "fmac", "sqdiff",
 )
 
 (ADD, SUB, MUL, DIV, NEG, POWI, SQUARE, SQRT, EXP, SIN, COS, TANH, SIGMOID, ATAN, SOFTPLUS, MAX,
- MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC) = (OP_BY_NAME[k].code for k in BASELINE_OPS)
+ MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC, FMAC, SQDIFF) = (OP_BY_NAME[k].code for k in BASELINE_OPS)
 # The reverse loop tells the four arithmetic binary ops apart from the rest with one compare,
 # and the six constant-argument ops with a range test.
 if sorted((ADD, SUB, MUL, DIV)) != [0, 1, 2, 3] or [MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC] != list(
@@ -116,6 +116,13 @@ def value_kernel(ops, args, consts, x, vals):
         elif o == RDIVC:
             f = vals[args[k + 1]] / a
             k += 2
+        elif o == FMAC:  # the fused pairs of the default pipeline (passes/fuse.py)
+            f = a * vals[args[k + 2]] + vals[args[k + 1]]
+            k += 3
+        elif o == SQDIFF:
+            b = a - vals[args[k + 1]]
+            f = b * b
+            k += 2
         else:
             if o == SIN:
                 f = math.sin(a)
@@ -196,6 +203,17 @@ def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
                 else:
                     adj[p] += 0.5 * g
                     adj[q] += 0.5 * g
+        elif o == FMAC:
+            k -= 3
+            p = args[k]
+            adj[p] += g * vals[args[k + 2]]
+            adj[args[k + 1]] += g
+        elif o == SQDIFF:
+            k -= 2
+            p, q = args[k], args[k + 1]
+            d = 2.0 * (vals[p] - vals[q])
+            adj[p] += g * d
+            adj[q] -= g * d
         else:
             k -= 1
             p = args[k]

@@ -6,6 +6,7 @@ Each pass is a small module with one job, run in this order:
 - :mod:`~fasttape.passes.fold`: constant folding (with the kernels' own semantics);
 - :mod:`~fasttape.passes.simplify`: algebraic simplification that is exact in IEEE arithmetic;
 - :mod:`~fasttape.passes.cse`: common subexpression elimination (hash-consing);
+- :mod:`~fasttape.passes.fuse`: instruction pairs fused into one (``fmac``, ``sqdiff``);
 - :mod:`~fasttape.passes.locality`: optional depth-first reordering of the instructions;
 - :mod:`~fasttape.passes.interleave`: ordering by depth within windows, so that consecutive
   instructions are independent;

@@ -11,10 +11,13 @@ Order (each pass switchable by name; :data:`DEFAULT_PASSES` is what ``optimize=T
    CSE merge can make two arguments equal (``x*y * y*x`` -> ``square``; for the rules).  A
    pass reruns only when another has given it work, until none has: the result is a fixed
    point of all three, which is what makes the pipeline idempotent;
-3. ``"locality"`` (off by default): depth-first reordering of the instructions;
-4. ``"interleave"``: within windows of 4,096 instructions, order by depth so that
+3. ``"fuse"``: an instruction pair whose inner result has no other use becomes one fused
+   instruction (``add(mulc(x, c), y)`` -> ``fmac``, ``square(sub(x, y))`` -> ``sqdiff``),
+   once, after the fixed point;
+4. ``"locality"`` (off by default): depth-first reordering of the instructions;
+5. ``"interleave"``: within windows of 4,096 instructions, order by depth so that
    consecutive instructions are independent (the sweeps overlap them);
-5. ``"reuse"``: the value-slot reuse plan used by ``value`` and the ``"stored"`` gradient
+6. ``"reuse"``: the value-slot reuse plan used by ``value`` and the ``"stored"`` gradient
    (for tapes of at least :data:`fasttape.passes.reuse.MIN_SLOTS` slots).
 
 Every pass is a linear (expected) time Numba sweep or vectorised NumPy: no Python loop per
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.passes import cse, fold, interleave, ir, locality, reuse, simplify
+from fasttape.passes import cse, fold, fuse, interleave, ir, locality, reuse, simplify
 
 __all__ = [
     "PASS_NAMES",
@@ -42,9 +45,9 @@ __all__ = [
 ]
 
 #: Every pass, in pipeline order.
-PASS_NAMES = ("dce", "fold", "simplify", "cse", "locality", "interleave", "reuse")
+PASS_NAMES = ("dce", "fold", "simplify", "cse", "fuse", "locality", "interleave", "reuse")
 #: The passes ``optimize=True`` runs (``"locality"`` is opt-in: its effect on speed is mixed).
-DEFAULT_PASSES = ("dce", "fold", "simplify", "cse", "interleave", "reuse")
+DEFAULT_PASSES = ("dce", "fold", "simplify", "cse", "fuse", "interleave", "reuse")
 _REWRITES = ("fold", "simplify", "cse")
 _MAX_ROUNDS = 20
 
@@ -119,7 +122,7 @@ def optimize_arrays(
     passes = tuple(passes)
     records = list(records or [])
     out = dict(arrays)
-    if "dce" in passes or any(p in passes for p in _REWRITES):
+    if "dce" in passes or "fuse" in passes or any(p in passes for p in _REWRITES):
         work = ir.from_tape_arrays(out["ops"], out["args"], out["consts"], out["outputs"],
                                    out["n_inputs"])
         count = work.n_instructions
@@ -157,6 +160,12 @@ def optimize_arrays(
                 records.append(PassRecord(name, count, count - removed, dt,
                                           f"run {runs[name]}" + (f", {detail}" if detail else "")))
                 count -= removed
+        if "fuse" in passes:
+            t0 = time.perf_counter()
+            absorbed = fuse.fuse(work)
+            records.append(PassRecord("fuse", count, count - absorbed, time.perf_counter() - t0,
+                                      f"{absorbed} pairs fused"))
+            count -= absorbed
         t0 = time.perf_counter()
         out = ir.to_tape_arrays(work, dce="dce" in passes)
         n_after = int(out["ops"].shape[0])

@@ -30,6 +30,8 @@ _FORWARD = {
     # The constant-argument forms of the simplify pass (stored x, c).
     "mulc": lambda a, c: a * c, "addc": lambda a, c: a + c, "subc": lambda a, c: a - c,
     "rsubc": lambda a, c: c - a, "divc": lambda a, c: a / c, "rdivc": lambda a, c: c / a,
+    # The fused pairs of the fuse pass (fmac stored x, y, c).
+    "fmac": lambda a, b, c: a * c + b, "sqdiff": lambda a, b: (a - b) * (a - b),
 }
 
 
@@ -61,6 +63,8 @@ _PARTIALS = {
     "rsubc": lambda a, c, f: (-1.0,),
     "divc": lambda a, c, f: (1.0 / c,),
     "rdivc": lambda a, c, f: (-f / a,),
+    "fmac": lambda a, b, c, f: (c, 1.0),
+    "sqdiff": lambda a, b, f: (2.0 * (a - b), -2.0 * (a - b)),
 }
 
 
