@@ -15,7 +15,7 @@ min/max) of interleaved repeats.  Under pytest (``python -m pytest benchmarks``)
 Nothing asserts a time.
 """
 
-# kernels digest: b4ce14d5400ba187  (see codegen.DEPENDENTS)
+# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

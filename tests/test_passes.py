@@ -725,7 +725,7 @@ def test_fuse_makes_one_instruction_of_a_pair(fn, fused):
     tape = ft.compile(ft.trace(fn, 2))
     assert sorted(_op_names(tape)) == sorted(fused)
     plain = ft.compile(ft.trace(fn, 2), optimize=NO_FUSE)
-    assert len(plain.ops) > len(tape.ops)
+    assert len(plain.ops) == len(tape.ops) + sum(n in ("fmac", "sqdiff") for n in fused)
     for x in ([0.3, -1.7], [2.0, 2.0], [-0.0, 0.0], [np.inf, 1.0], [np.nan, 0.5]):
         assert same_bits(tape.value(x), plain.value(x))
         assert same_bits(tape.grad(x), plain.grad(x))

@@ -13,7 +13,7 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
-# kernels digest: b4ce14d5400ba187  (see codegen.DEPENDENTS)
+# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

@@ -1032,7 +1032,6 @@ def chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts):
                 f = x * z + y
                 vals[s, p] = f
                 parts[k + 0, p] = z
-                parts[k + 1, p] = 1.0
             k += 3
         elif op == 55:  # sqdiff
             a1 = args[k + 1]
@@ -1091,7 +1090,6 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
                 adj[a1, p] = t - g if g != 0.0 else t
             continue
         elif op == 5:  # addc
-            a1 = args[k + 1]
             for p in range(nb):
                 g = adj[s, p]
                 adj[s, p] = 0.0
@@ -1099,7 +1097,6 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
                 adj[a0, p] = t + g if g != 0.0 else t
             continue
         elif op == 6:  # subc
-            a1 = args[k + 1]
             for p in range(nb):
                 g = adj[s, p]
                 adj[s, p] = 0.0
@@ -1107,7 +1104,6 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
                 adj[a0, p] = t + g if g != 0.0 else t
             continue
         elif op == 7:  # rsubc
-            a1 = args[k + 1]
             for p in range(nb):
                 g = adj[s, p]
                 adj[s, p] = 0.0
@@ -1120,6 +1116,17 @@ def chunk_reverse_stored(ops, args, dest, parts, adj, nb):
                 adj[s, p] = 0.0
                 t = adj[a0, p]
                 adj[a0, p] = t - g if g != 0.0 else t
+            continue
+        elif op == 54:  # fmac
+            a1 = args[k + 1]
+            for p in range(nb):
+                g = adj[s, p]
+                adj[s, p] = 0.0
+                d = parts[k + 0, p]
+                t = adj[a0, p]
+                adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+                t = adj[a1, p]
+                adj[a1, p] = t + g if g != 0.0 else t
             continue
         nd = _NDIFF[op]
         if nd == 0:

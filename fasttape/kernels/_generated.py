@@ -390,8 +390,6 @@ def forward_partials(ops, args, consts, xin, vals, parts):
         if op == 0:  # add
             y = vals[args[k + 1]]
             f = x + y
-            parts[k + 0] = 1.0
-            parts[k + 1] = 1.0
             k += 2
         elif op == 1:  # mul
             y = vals[args[k + 1]]
@@ -402,8 +400,6 @@ def forward_partials(ops, args, consts, xin, vals, parts):
         elif op == 2:  # sub
             y = vals[args[k + 1]]
             f = x - y
-            parts[k + 0] = 1.0
-            parts[k + 1] = -1.0
             k += 2
         elif op == 3:  # div
             y = vals[args[k + 1]]
@@ -419,17 +415,14 @@ def forward_partials(ops, args, consts, xin, vals, parts):
         elif op == 5:  # addc
             y = vals[args[k + 1]]
             f = x + y
-            parts[k + 0] = 1.0
             k += 2
         elif op == 6:  # subc
             y = vals[args[k + 1]]
             f = x - y
-            parts[k + 0] = 1.0
             k += 2
         elif op == 7:  # rsubc
             y = vals[args[k + 1]]
             f = y - x
-            parts[k + 0] = -1.0
             k += 2
         elif op == 8:  # divc
             y = vals[args[k + 1]]
@@ -443,7 +436,6 @@ def forward_partials(ops, args, consts, xin, vals, parts):
             k += 2
         elif op == 10:  # neg
             f = -x
-            parts[k + 0] = -1.0
             k += 1
         elif op == 11:  # square
             f = x * x
@@ -634,7 +626,6 @@ def forward_partials(ops, args, consts, xin, vals, parts):
             z = vals[args[k + 2]]
             f = x * z + y
             parts[k + 0] = z
-            parts[k + 1] = 1.0
             k += 3
         elif op == 55:  # sqdiff
             y = vals[args[k + 1]]
@@ -689,6 +680,10 @@ def reverse_stored(ops, args, parts, adj, n_pre):
             continue
         elif op == 10:  # neg
             adj[args[k + 0]] -= g
+            continue
+        elif op == 54:  # fmac
+            _acc(adj, args[k + 0], g, parts[k + 0])
+            adj[args[k + 1]] += g
             continue
         nd = _NDIFF[op]
         if nd >= 1:

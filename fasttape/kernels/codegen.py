@@ -102,7 +102,8 @@ def _forward(partials: bool) -> list[str]:
         out.append(f"{ind}f = {spec.forward}")
         if partials:
             for j, d in enumerate(spec.partials):
-                out.append(f"{ind}parts[k + {j}] = {d}")
+                if d not in UNIT:  # +-1: the reverse sweeps know it (unit_partials)
+                    out.append(f"{ind}parts[k + {j}] = {d}")
         out.append(f"{ind}k += {spec.arity}")
         return out
 
@@ -139,16 +140,21 @@ def _reverse_head(prefetch: bool = True) -> list[str]:
     return lines
 
 
-def unit_partials(spec: _ops.OpSpec) -> bool:
-    """Whether every partial of ``spec`` is the literal 1.0 or -1.0 (add, sub, neg).
+UNIT = ("1.0", "-1.0")
 
-    The stored-mode reverse sweeps add or subtract the adjoint itself for such ops instead
-    of reading the stored partial and multiplying: bitwise the same (a product by +-1 is
-    exact), one memory read and one product fewer per edge, and no microcode assist when the
-    adjoint is subnormal (x86 charges about 150 cycles for a product with a subnormal operand,
-    none for a sum).
+
+def unit_partials(spec: _ops.OpSpec) -> bool:
+    """Whether ``spec`` has a partial that is the literal 1.0 or -1.0 (add, sub, neg, fmac's
+    second argument, ...).
+
+    The stored-mode sweeps never store such a partial, and the reverse sweeps add or subtract
+    the adjoint itself instead of reading the partial and multiplying: bitwise the same (a
+    product by +-1 is exact), one store, one load and one product fewer per edge, and no
+    microcode assist when the adjoint is subnormal (x86 charges about 150 cycles for a product
+    with a subnormal operand, none for a sum).  Such ops get their own branch in the reverse
+    sweeps; the other edges of the op go through ``_acc`` as usual.
     """
-    return bool(spec.partials) and all(d in ("1.0", "-1.0") for d in spec.partials)
+    return any(d in UNIT for d in spec.partials)
 
 
 def _unit_reverse() -> list[str]:
@@ -157,7 +163,10 @@ def _unit_reverse() -> list[str]:
         if unit_partials(spec):
             lines.append(f"        {'elif' if lines else 'if'} op == {spec.code}:  # {spec.name}")
             for j, d in enumerate(spec.partials):
-                lines.append(f"            adj[args[k + {j}]] {'+' if d == '1.0' else '-'}= g")
+                if d in UNIT:
+                    lines.append(f"            adj[args[k + {j}]] {'+' if d == '1.0' else '-'}= g")
+                else:
+                    lines.append(f"            _acc(adj, args[k + {j}], g, parts[k + {j}])")
             lines.append("            continue")
     return lines
 

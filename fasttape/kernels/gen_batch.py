@@ -85,9 +85,10 @@ def _forward(partials: bool) -> list[str]:
         out += _load_points(spec, inner)
         out.append(f"{inner}f = {spec.forward}")
         out.append(f"{inner}vals[s, p] = f")
-        if partials and not _cg.unit_partials(spec):  # not stored: the reverse knows them
+        if partials:
             for j, d in enumerate(spec.partials):
-                out.append(f"{inner}parts[k + {j}, p] = {d}")
+                if d not in _cg.UNIT:  # +-1 is not stored: the reverse knows it
+                    out.append(f"{inner}parts[k + {j}, p] = {d}")
         out.append(f"{ind}k += {spec.arity}")
         return out
 
@@ -125,20 +126,24 @@ _REVERSE_HEAD = [
 
 
 def _unit_reverse() -> list[str]:
-    # Ops with unit partials first (their partials are not stored; see codegen.unit_partials), then
-    # the generic loops over stored partials.
+    # Ops with a unit partial first (unit partials are not stored; see codegen.unit_partials),
+    # then the generic loops over stored partials.
     lines: list[str] = []
     for spec in _ops.OPS:
         if not _cg.unit_partials(spec):
             continue
         kw = "if" if not lines else "elif"
         lines.append(f"        {kw} op == {spec.code}:  # {spec.name}")
-        lines += _load_rows(spec, "            ")
+        # The differentiable arguments' rows only (fmac's constant gets no adjoint).
+        lines += [f"            a{j} = args[k + {j}]" for j in range(1, spec.ndiff)]
         lines += ["            for p in range(nb):",
                   "                g = adj[s, p]",
                   "                adj[s, p] = 0.0"]
         for j, d in enumerate(spec.partials):
-            lines += _unit_acc(j, d, "                ")
+            if d in _cg.UNIT:
+                lines += _unit_acc(j, d, "                ")
+            else:  # an op with both kinds of edge (fmac): this one was stored
+                lines += _acc(j, f"parts[k + {j}, p]", "                ")
         lines.append("            continue")
     return lines
 

@@ -11,7 +11,7 @@ Gradients are unchanged too: an instruction with only constant arguments has zer
 with respect to every input.
 """
 
-# kernels digest: b4ce14d5400ba187  (see codegen.DEPENDENTS)
+# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 
