@@ -15,7 +15,7 @@ min/max) of interleaved repeats.  Under pytest (``python -m pytest benchmarks``)
 Nothing asserts a time.
 """
 
-# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
+# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

@@ -293,6 +293,13 @@ _ROWS = [
            param="const", second=("0.0", "0.0", "0.0")),
     OpSpec("sqdiff", 2, "(x - y) * (x - y)", ("2.0 * (x - y)", "-2.0 * (x - y)"), (_R, _R),
            "(x - y) ** 2: a sub feeding a square", second=("2.0", "-2.0", "2.0")),
+    # No partials, so no adjoint flows through it.  What a max-shifted softmax or logsumexp
+    # wants (JAX's softmax applies it to the shift): the shift cancels in exact arithmetic, and
+    # differentiating it only adds a cancelling sum whose rounding residue (on autograd-west, a
+    # subnormal that never dies) reaches the whole gradient.
+    OpSpec("stop_gradient", 1, "x", (), (_R,),
+           "x itself, a constant for differentiation (JAX's lax.stop_gradient, torch's detach)",
+           nonsmooth="derivative 0 by definition: no adjoint flows through it"),
 ]
 
 #: The table, indexed by op code.

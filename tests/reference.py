@@ -181,6 +181,7 @@ REFERENCE = {
     "ne": (lambda x, y: float(x != y), lambda x, y, f: []),
     "fmac": (lambda x, y, c: mul(x, c) + y, lambda x, y, c, f: [c, 1.0]),
     "sqdiff": (lambda x, y: mul(x - y, x - y), lambda x, y, f: [2.0 * (x - y), -(2.0 * (x - y))]),
+    "stop_gradient": (lambda x: x, lambda x, f: []),
 }
 
 

@@ -79,6 +79,7 @@ SECOND = {
     "square": lambda x, f: [2.0],
     "fmac": lambda x, y, c, f: [0.0, 0.0, 0.0],
     "sqdiff": lambda x, y, f: [2.0, -2.0, 2.0],
+    "stop_gradient": lambda x, f: [],
     "powi": lambda x, n, f: [0.0 if n in (0, 1) else mul(n * (n - 1), ipow(x, n - 2))],
     "powc": lambda x, c, f: [0.0 if c in (0, 1) else mul(c * (c - 1.0), fpow(x, c - 2.0))],
     "pow": _pow_second,

@@ -185,6 +185,7 @@ def _jax_ops(jnp, jax):
         "where": lambda a, b, c: jnp.where(c != 0, a, b),
         **CONST_FORMS,  # x * c, c - x, ...: plain arithmetic on jax arrays
         **FUSED_FORMS,  # x * c + y, (x - y) ** 2
+        "stop_gradient": jax.lax.stop_gradient,
     }
     for name, fn in cmp.items():
         table[name] = lambda x, y, fn=fn: fn(x, y).astype(x.dtype)

@@ -244,3 +244,39 @@ def test_minimum_and_maximum_are_not_flagged_commutative(name):
     b = ft.kernels.eval_op(code, (-0.0, 0.0))
     assert math.copysign(1.0, a) != math.copysign(1.0, b)
     assert not OP_BY_NAME[name].commutative
+
+
+def test_stop_gradient_passes_values_and_blocks_derivatives():
+    g = ft.Graph()
+    x, y = g.inputs(2)
+    g.output([ft.stop_gradient(x * y) * x, ft.stop_gradient(y)])
+    tape = ft.compile(g)
+    v = tape.value([2.0, 3.0])
+    assert list(v) == [12.0, 3.0]
+    assert list(tape.grad([2.0, 3.0], output=0)) == [6.0, 0.0]  # only the outer x
+    assert list(tape.grad([2.0, 3.0], output=1)) == [0.0, 0.0]
+    _, jv = tape.jvp([2.0, 3.0], [1.0, 1.0])
+    assert list(jv) == [6.0, 0.0]
+    assert not tape.hessian([2.0, 3.0], output=1).any()
+    assert ft.stop_gradient(2.5) == 2.5  # on plain numbers: the value
+
+
+def test_softmax_with_a_stopped_shift_has_the_same_gradient():
+    """The max-shift of a softmax cancels: stopping its gradient (as JAX's softmax does) gives
+    the gradient of the unstopped form up to rounding, without its cancelling sums."""
+    def softmax(z, stop):
+        top = ft.maximum(ft.maximum(z[0], z[1]), ft.maximum(z[2], z[3]))
+        top = ft.stop_gradient(top) if stop else top
+        e = [ft.exp(v - top) for v in z]
+        t = e[0] + e[1] + e[2] + e[3]
+        return [v / t for v in e]
+
+    rng = np.random.default_rng(3)
+    stopped, plain = (ft.compile(ft.trace(lambda z, s=s: softmax(z, s), 4)) for s in (True, False))
+    assert stopped.n_nodes > plain.n_nodes  # one stop_gradient more
+    for _ in range(20):
+        z = rng.normal(0.0, 2.0, 4)
+        assert same(stopped.value(z)[0], plain.value(z)[0])
+        for k in range(4):
+            np.testing.assert_allclose(stopped.grad(z, output=k), plain.grad(z, output=k),
+                                       rtol=1e-12, atol=1e-15)

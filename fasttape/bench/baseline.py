@@ -22,11 +22,12 @@ __all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", 
 BASELINE_OPS = (
     "add", "sub", "mul", "div", "neg", "powi", "square", "sqrt", "exp", "sin", "cos",
     "tanh", "sigmoid", "atan", "softplus", "maximum", "mulc", "addc", "subc", "rsubc", "divc",
-    "rdivc", "fmac", "sqdiff",
+    "rdivc", "fmac", "sqdiff", "stop_gradient",
 )
 
 (ADD, SUB, MUL, DIV, NEG, POWI, SQUARE, SQRT, EXP, SIN, COS, TANH, SIGMOID, ATAN, SOFTPLUS, MAX,
- MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC, FMAC, SQDIFF) = (OP_BY_NAME[k].code for k in BASELINE_OPS)
+ MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC, FMAC, SQDIFF, STOP) = (
+    OP_BY_NAME[k].code for k in BASELINE_OPS)
 # The reverse loop tells the four arithmetic binary ops apart from the rest with one compare,
 # and the six constant-argument ops with a range test.
 if sorted((ADD, SUB, MUL, DIV)) != [0, 1, 2, 3] or [MULC, ADDC, SUBC, RSUBC, DIVC, RDIVC] != list(
@@ -142,6 +143,8 @@ def value_kernel(ops, args, consts, x, vals):
                 f = -a
             elif o == SOFTPLUS:
                 f = max(a, 0.0) + math.log1p(math.exp(-abs(a)))
+            elif o == STOP:
+                f = a
             else:
                 f = math.sqrt(a)
             k += 1
@@ -237,6 +240,8 @@ def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
                 d = -1.0
             elif o == SOFTPLUS:
                 d = _sigmoid(a)
+            elif o == STOP:
+                continue  # no adjoint flows through stop_gradient
             else:
                 d = 0.5 / f
             adj[p] += g * d

@@ -26,7 +26,7 @@ pointer is **not reentrant**; make one :class:`CFunction` per thread, or build i
 ``reentrant=True`` to allocate the buffers on each call (measured cost in docs/embedding.md).
 """
 
-# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
+# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

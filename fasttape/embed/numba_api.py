@@ -13,7 +13,7 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
-# kernels digest: 7c93c9b09beedcce  (see codegen.DEPENDENTS)
+# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
 
 from __future__ import annotations
 

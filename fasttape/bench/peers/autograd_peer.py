@@ -43,6 +43,7 @@ class AutogradPeer(Peer):
             ns = scalar_namespace(
                 tanh=anp.tanh, exp=anp.exp, sin=anp.sin, cos=anp.cos, atan=anp.arctan,
                 sqrt=anp.sqrt, maximum=anp.maximum,
+                stop_gradient=lambda a: a,  # HIPS autograd has none
                 softplus=lambda a: anp.logaddexp(0.0, a),
                 sigmoid=lambda a: 1.0 / (1.0 + anp.exp(-a)),
             )

@@ -29,7 +29,7 @@ class CasadiPeer(Peer):
 
         ns = scalar_namespace(
             tanh=ca.tanh, exp=ca.exp, sin=ca.sin, cos=ca.cos, atan=ca.atan, sqrt=ca.sqrt,
-            maximum=ca.fmax,
+            maximum=ca.fmax, stop_gradient=lambda a: a,  # SX has none (MX's stop_diff only)
             softplus=lambda a: ca.fmax(a, 0.0) + ca.log1p(ca.exp(-ca.fabs(a))),
             sigmoid=lambda a: 1.0 / (1.0 + ca.exp(-a)),
         )

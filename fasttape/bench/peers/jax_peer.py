@@ -87,7 +87,7 @@ class JaxPeer(Peer):
         else:
             ns = scalar_namespace(
                 tanh=jnp.tanh, exp=jnp.exp, sin=jnp.sin, cos=jnp.cos, atan=jnp.arctan,
-                sqrt=jnp.sqrt, maximum=jnp.maximum,
+                sqrt=jnp.sqrt, maximum=jnp.maximum, stop_gradient=jax.lax.stop_gradient,
                 # the stable formula written out: jax.nn.softplus compiles slower still
                 softplus=lambda a: jnp.maximum(a, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(a))),
                 sigmoid=jax.nn.sigmoid,

@@ -32,6 +32,7 @@ _FORWARD = {
     "rsubc": lambda a, c: c - a, "divc": lambda a, c: a / c, "rdivc": lambda a, c: c / a,
     # The fused pairs of the fuse pass (fmac stored x, y, c).
     "fmac": lambda a, b, c: a * c + b, "sqdiff": lambda a, b: (a - b) * (a - b),
+    "stop_gradient": lambda a: a,
 }
 
 
@@ -65,6 +66,7 @@ _PARTIALS = {
     "rdivc": lambda a, c, f: (-f / a,),
     "fmac": lambda a, b, c, f: (c, 1.0),
     "sqdiff": lambda a, b, f: (2.0 * (a - b), -2.0 * (a - b)),
+    "stop_gradient": lambda a, f: (),
 }
 
 

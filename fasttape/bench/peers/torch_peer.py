@@ -53,6 +53,7 @@ class TorchPeer(Peer):
             ns = scalar_namespace(
                 tanh=torch.tanh, exp=torch.exp, sin=torch.sin, cos=torch.cos,
                 atan=torch.atan, sqrt=torch.sqrt, maximum=torch.maximum,
+                stop_gradient=torch.Tensor.detach,
                 softplus=torch.nn.functional.softplus, sigmoid=torch.sigmoid,
             )
 
