@@ -67,7 +67,8 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
     return fn
 
 
-# Ops that are reached through another public function rather than by their own name.
+# Ops without a function of their own name: reached through another public function (pow,
+# where), or made only by the passes (the constant-argument forms and the fused pairs).
 _INTERNAL = {"powi", "powc", "pow", "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc",
              "fmac", "sqdiff"}
 

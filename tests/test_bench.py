@@ -73,6 +73,13 @@ def test_replay_fn_covers_operators_and_named_ops():
     tape = ft.compile(g)
     x = np.array([0.7, 1.3])
     assert replay_fn(tape)(list(x), float_namespace()) == pytest.approx(tape.value(x))
+    g2 = ft.Graph()
+    a, b = g2.inputs(2)
+    g2.output(ft.stop_gradient(a) * 2.5 + (a - b) ** 2)  # fmac, sqdiff after the passes
+    with pytest.raises(ValueError, match=r"cannot replay ops \['fmac', 'sqdiff'\]"):
+        replay_fn(ft.compile(g2))
+    plain = ft.compile(g2, optimize=False)
+    assert replay_fn(plain)(list(x), float_namespace()) == pytest.approx(plain.value(x))
 
 
 # ---------------------------------------------------------------------------- baseline

@@ -184,6 +184,13 @@ def replay_fn(tape: ft.Tape) -> Fn:
     consts = tape.consts.tolist()
     n_in = tape.n_inputs
     out = int(tape.outputs[-1])
+    # Arity-3 ops and the passes' fused pairs have no spelling here: an array-built family never
+    # contains them, and a peer should not meet a name it cannot call mid-build.
+    unknown = sorted({n for n, ar in zip(names, arities, strict=True)
+                      if ar == 3 or n == "sqdiff"})
+    if unknown:
+        raise ValueError(f"replay_fn cannot replay ops {unknown}; replay the tape before the "
+                         "passes (ft.compile(..., optimize=False)) or add their spelling")
 
     def fn(x: Sequence[Any], m: Any) -> Any:
         vals = list(x[:n_in]) + consts

@@ -121,23 +121,19 @@ def _forward(partials: bool) -> list[str]:
 def _reverse_head(prefetch: bool = True) -> list[str]:
     # ``prefetch=False`` for the slot-reuse sweeps (gen_reuse.py): their work vector is small
     # and mostly local, and the prefetches cost 3-5% there (lennard-jones, rosenbrock, 1e6).
-    lines = [
-        f"    far = adj.shape[0] >= {PREFETCH_MIN_SLOTS}",
+    return [
+        *([f"    far = adj.shape[0] >= {PREFETCH_MIN_SLOTS}"] if prefetch else []),
         "    k = args.shape[0]",
         "    for i in range(ops.shape[0] - 1, -1, -1):",
         "        op = ops[i]",
         "        k -= _ARITY[op]",
         "        s = n_pre + i",
-        *_prefetch_args("adj", "-", "prefetch_write"),
+        *(_prefetch_args("adj", "-", "prefetch_write") if prefetch else []),
         "        g = adj[s]",
         "        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call",
         "        if g == 0.0:",
         "            continue  # a zero adjoint contributes nothing (see docs/derivatives.md)",
     ]
-    if not prefetch:
-        drop = _prefetch_args("adj", "-", "prefetch_write")
-        lines = [line for line in lines[1:] if line not in drop]
-    return lines
 
 
 UNIT = ("1.0", "-1.0")

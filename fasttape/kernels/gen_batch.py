@@ -149,17 +149,23 @@ def _unit_reverse() -> list[str]:
 
 
 #: How far ahead (in rows of ``parts``, about two per instruction) the stored reverse sweep
-#: prefetches the partials it will read (fasttape/kernels/memhint.py).  Measured on
+#: prefetches the partials it will read, and the forward sweep with partials the rows it will
+#: write (fasttape/kernels/memhint.py).  Measured on the reverse sweep of
 #: autograd-west (25 MB of partials per worker): 16 rows already gains, 48-128 gain most,
 #: 400 a little less (the lines start to leave L1/L2 before they are used).
 PREFETCH_ROWS = 64
 
+MAX_ARITY = max(spec.arity for spec in _ops.OPS)
+
 
 def _prefetch_rows(base: str = "k - ", fn: str = "prefetch", limit: str = "") -> list[str]:
-    # The rows the instruction PREFETCH_ROWS rows further down will read: over the sweep,
-    # every row once.  One prefetch per cache line of a row, and one for its last element (a
-    # row need not start on a line boundary).
-    cond = "q >= 0" if not limit else f"q + 3 <= {limit}"
+    # The rows PREFETCH_ROWS rows beyond the current instruction's, in the sweep's direction
+    # (``base`` "k - " for the reverse sweep, "k + " for the forward one, which also passes
+    # the row count as ``limit`` so the rows stay inside the buffer): over a sweep, every row
+    # about once.  One prefetch per cache line of a row, and one for its last element (a row
+    # need not start on a line boundary).  The instruction's own arity is used, so up to
+    # MAX_ARITY rows beyond q are touched.
+    cond = "q >= 0" if not limit else f"q + {MAX_ARITY} <= {limit}"
     return [
         f"        q = {base}{PREFETCH_ROWS}",
         f"        if {cond}:",
