@@ -47,7 +47,7 @@ import numpy as np
 import fasttape as ft
 from fasttape import batch as fb
 from fasttape.bench.cases import build_case
-from fasttape.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
+from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 from fasttape.kernels import _batch_generated, _generated, _reuse_generated
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -53,11 +53,11 @@ if str(_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(_ROOT))
 
 from fasttape import batch  # noqa: E402
-from fasttape.families import random_local  # noqa: E402
+from fasttape.bench.families import random_local  # noqa: E402
 
 FIRST_CALL_SNIPPET = (
     "import time; t=time.perf_counter(); import numpy as np; import fasttape as ft; "
-    "from fasttape.families import random_local; tape=random_local(1000); "
+    "from fasttape.bench.families import random_local; tape=random_local(1000); "
     "X=np.full((256, tape.n_inputs), 0.5); tape.value_and_grad(X, threads=2); "
     "tape.value(X, threads=2); tape.value_and_grad(X[:1], threads=1); tape.value(X[:1]); "
     "print(time.perf_counter()-t)"

@@ -39,9 +39,9 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import fasttape as ft  # noqa: E402
+from fasttape.bench.families import chain  # noqa: E402
 from fasttape.checkpoint import checkpointed  # noqa: E402
 from fasttape.checkpoint.scan import compile_plain  # noqa: E402
-from fasttape.families import chain  # noqa: E402
 
 N_STATE = 100
 

@@ -36,7 +36,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import fasttape as ft  # noqa: E402
-from fasttape.families import random_local  # noqa: E402
+from fasttape.bench.families import random_local  # noqa: E402
 
 
 def _time(fn: Callable[[], object], min_time: float = 0.05) -> float:

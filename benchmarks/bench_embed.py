@@ -33,7 +33,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # run as a script from a checkout without installing
     sys.path.append(_ROOT)
 
-from fasttape.families import random_local  # noqa: E402
+from fasttape.bench.families import random_local  # noqa: E402
 from fasttape.kernels import value_and_grad_kernel  # noqa: E402
 
 

@@ -40,7 +40,7 @@ if _ROOT not in sys.path:  # run as a script from a checkout without installing
     sys.path.insert(0, _ROOT)
 
 import fasttape as ft  # noqa: E402
-from fasttape import families  # noqa: E402
+from fasttape.bench import families  # noqa: E402
 from fasttape.passes import DEFAULT_PASSES, PASS_NAMES, reuse  # noqa: E402
 
 WITH_LOCALITY = (*DEFAULT_PASSES, "locality")

@@ -4,7 +4,7 @@
     python benchmarks/bench_west_shift.py --ops 10000 --batch 2000
 
 The family's softmax subtracts the maximum under ``ft.stop_gradient`` (as JAX's softmax does;
-fasttape/families.py).  This script traces the same graph twice, with that stop and with the
+fasttape/bench/families.py).  This script traces the same graph twice, with that stop and with the
 identity in its place (the form CasADi SX, HIPS autograd and ddx run), and times
 ``value_and_grad`` of both in turn in one process, with and without
 ``flush_subnormals=True``: the unstopped form's argmax adjoint is a cancelling sum whose
@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import fasttape as ft
-from fasttape.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
+from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 
 
 def tapes(n_ops: int) -> dict[str, ft.Tape]:

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/report.py [--nodes N] [--repeat R] [--json PATH]
 
 Prints Markdown tables: evaluation speed of the engine and of the hand-written baseline
-(:mod:`benchmarks.baseline`) in ns per instruction, their ratios, the speed of tracing,
+(:mod:`fasttape.bench.baseline`) in ns per instruction, their ratios, the speed of tracing,
 compiling and validating in nodes per second, bytes per node of the tape and of the work
 buffers, and the first-call time of a fresh process with a warm Numba cache.
 
@@ -17,7 +17,7 @@ everything runs on one core.  The garbage collector stays enabled (tracing creat
 object per node, and a user pays for its collections too) but is run before every timed call.
 
 This module also holds the workload shared with ``benchmarks/bench_core.py``
-(:func:`mixed_workload`, :func:`load_baseline`), so that both time the same thing.
+(:func:`mixed_workload`), so that both time the same thing.
 """
 
 from __future__ import annotations
@@ -32,22 +32,22 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 import fasttape as ft
+from fasttape.bench import baseline as bl
 from fasttape.bench.machine import machine_info
+from fasttape.bench.pyops import FLOATS
 
 __all__ = [
     "EDGES_PER_STEP",
     "NODES_PER_STEP",
     "FIRST_CALL_SNIPPET",
-    "FloatMath",
     "best_of",
     "best_of_interleaved",
-    "load_baseline",
     "machine_info",
     "main",
     "mixed_workload",
@@ -73,14 +73,6 @@ FIRST_CALL_SNIPPET = (
 
 
 # ---------------------------------------------------------------------------- shared workload
-class FloatMath:
-    """The functions :func:`mixed_workload` uses, on Python floats (the reference evaluation)."""
-
-    tanh = staticmethod(math.tanh)
-    sin = staticmethod(math.sin)
-    atan = staticmethod(math.atan)
-
-
 def mixed_workload(x: Sequence[Any], n_nodes: int, f: Any = ft) -> Any:
     """A deep chain of about ``n_nodes`` instructions mixing operators and ``ft`` functions.
 
@@ -96,7 +88,7 @@ def mixed_workload(x: Sequence[Any], n_nodes: int, f: Any = ft) -> Any:
         Target number of instructions; the loop runs ``max(1, n_nodes // 8)`` steps.
     f : module or namespace, default fasttape
         Where ``tanh``, ``sin`` and ``atan`` come from: :mod:`fasttape` to trace,
-        :class:`FloatMath` to evaluate on floats.
+        :data:`fasttape.bench.pyops.FLOATS` to evaluate on floats.
 
     Returns
     -------
@@ -126,23 +118,6 @@ def workload_nodes(n_nodes: int) -> int:
 def workload_edges(n_nodes: int) -> int:
     """Exact number of edges (instruction arguments) :func:`mixed_workload` records."""
     return EDGES_PER_STEP * workload_steps(n_nodes)
-
-
-def load_baseline() -> ModuleType:
-    """Import :mod:`benchmarks.baseline` under that name, whatever the current directory.
-
-    The name matters: Numba's on-disk cache records the module that defined a function, and a
-    cache written by ``benchmarks.baseline`` fails to load (ModuleNotFoundError) in a process
-    that imported the same file as plain ``baseline``, and vice versa.  So the repository root
-    and ``benchmarks/`` are both put on ``sys.path`` (appended, so they shadow nothing) and the
-    package name is used.
-    """
-    for p in (str(_ROOT), str(_HERE)):
-        if p not in sys.path:
-            sys.path.append(p)
-    import importlib
-
-    return importlib.import_module("benchmarks.baseline")
 
 
 # ---------------------------------------------------------------------------- timing helpers
@@ -202,9 +177,8 @@ def _run_python(code: str) -> tuple[float, str]:
 # ---------------------------------------------------------------------------- measurements
 def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
     """Engine and baseline evaluation times on ``random_local(n_nodes, window=100)``."""
-    from fasttape.families import random_local
+    from fasttape.bench.families import random_local
 
-    base = load_baseline()
     tape = random_local(n_nodes, window=100)
     lean = tape.with_grad_mode("lean")
     x = np.linspace(0.1, 0.9, tape.n_inputs)
@@ -214,8 +188,9 @@ def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
     ops, args = tape.ops, tape.args
 
     # Correctness first (also compiles/loads every kernel).
-    b_val = base.baseline_value(ops, args, x, vals)
-    b_vg, b_grad = base.run_baseline(tape, x)
+    consts = tape.consts
+    b_val = bl.value_kernel(ops, args, consts, x, vals)
+    b_vg, b_grad = bl.run_baseline(tape, x)
     v = tape.value(x)
     vs, gs = tape.value_and_grad(x)
     vl, gl = lean.value_and_grad(x)
@@ -230,11 +205,11 @@ def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
     times = best_of_interleaved(
         {
             "value": partial(tape.value, x),
-            "baseline_value": partial(base.baseline_value, ops, args, x, vals),
+            "baseline_value": partial(bl.value_kernel, ops, args, consts, x, vals),
             "value_and_grad_stored": partial(tape.value_and_grad, x),
             "value_and_grad_lean": partial(lean.value_and_grad, x),
             "baseline_value_and_grad": partial(
-                base.baseline_value_and_grad, ops, args, x, vals, adj, grad
+                bl.value_and_grad_kernel, ops, args, consts, x, vals, adj, grad
             ),
         },
         repeat,
@@ -282,7 +257,7 @@ def _measure_build(n_nodes: int, repeat: int, random_tape: ft.Tape) -> dict[str,
     t_optimize = best_of(partial(ft.compile, graph), repeat, collect=True)
     tape = ft.compile(graph, optimize=False)
     x = np.linspace(0.1, 0.9, n_in)
-    ref = mixed_workload(list(x), n_nodes, FloatMath)
+    ref = mixed_workload(list(x), n_nodes, FLOATS)
     got = tape.value(x)
     arrays = tape.to_arrays()
     t_valid_traced = best_of(partial(ft.Tape.from_arrays, **arrays), repeat)

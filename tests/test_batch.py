@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape import batch
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 from fasttape.ops import OP_BY_NAME, OPS
 from tests.test_ops import SPECIALS, params_for, single_op_tape
 from tests.test_random_graphs import random_tapes
@@ -160,7 +160,7 @@ def test_batch_plan_never_writes_a_slot_its_instruction_reads():
     """The batch plan is valid (no live value overwritten) and never in place: a loop over
     points whose input and output rows overlap does not vectorize (measured 1.5x slower on
     autograd-west when 77% of its instructions were in place)."""
-    from fasttape.families import autograd_west_fn
+    from fasttape.bench.families import autograd_west_fn
 
     tape = ft.compile(ft.trace(lambda x: autograd_west_fn(x, ft, 2000), 100))
     assert tape.n_slots >= batch.BATCH_PLAN_MIN_SLOTS and tape._plan is None

@@ -13,9 +13,11 @@ import fasttape as ft
 from fasttape.bench import baseline as bl
 from fasttape.bench.cases import FAMILIES, VECTORIZED, build_case, replay_fn
 from fasttape.bench.cli import main as run_bench_cli
+from fasttape.bench.families import random_local, random_uniform
 from fasttape.bench.peers import PEERS, Built, Peer
-from fasttape.bench.peers.base import float_namespace
+from fasttape.bench.peers.base import OpNamespace
 from fasttape.bench.prune import prune
+from fasttape.bench.pyops import FLOATS
 from fasttape.bench.runner import (
     FTZ_SYSTEM,
     GRAD_RTOL,
@@ -24,7 +26,6 @@ from fasttape.bench.runner import (
     measure_case,
     run_peer,
 )
-from fasttape.families import random_local, random_uniform
 from fasttape.kernels import fpenv
 from fasttape.ops import OP_BY_NAME, OPS
 from tests import reference
@@ -48,7 +49,7 @@ def test_case_function_replays_the_tape(cases, family):
     assert case.built == ("arrays" if family.startswith("random") else "traced")
     v = case.tape.value(case.x)
     assert math.isfinite(v)
-    assert case.fn(list(case.x), float_namespace()) == pytest.approx(v, rel=1e-12)
+    assert case.fn(list(case.x), FLOATS) == pytest.approx(v, rel=1e-12)
 
 
 @pytest.mark.parametrize("gen", [random_local, random_uniform])
@@ -72,14 +73,29 @@ def test_replay_fn_covers_operators_and_named_ops():
     g.output(ft.maximum(-(a * a) / b - a ** 3, ft.tanh(b) + ft.softplus(a)))
     tape = ft.compile(g)
     x = np.array([0.7, 1.3])
-    assert replay_fn(tape)(list(x), float_namespace()) == pytest.approx(tape.value(x))
+    assert replay_fn(tape)(list(x), FLOATS) == pytest.approx(tape.value(x))
     g2 = ft.Graph()
     a, b = g2.inputs(2)
     g2.output(ft.stop_gradient(a) * 2.5 + (a - b) ** 2)  # fmac, sqdiff after the passes
-    with pytest.raises(ValueError, match=r"cannot replay ops \['fmac', 'sqdiff'\]"):
-        replay_fn(ft.compile(g2))
-    plain = ft.compile(g2, optimize=False)
-    assert replay_fn(plain)(list(x), float_namespace()) == pytest.approx(plain.value(x))
+    fused = ft.compile(g2)
+    names = {OPS[int(o)].name for o in fused.ops}
+    assert {"fmac", "sqdiff"} <= names
+    assert replay_fn(fused)(list(x), FLOATS) == pytest.approx(fused.value(x))
+
+
+def test_replay_fn_asks_the_namespace_for_every_op_by_name():
+    g = ft.Graph()
+    a, b = g.inputs(2)
+    g.output(ft.sin(a) * b + ft.sigmoid(a - b))
+    tape = ft.compile(g, optimize=False)
+    ns = OpNamespace("toy", __import__("math"), {})
+    with pytest.raises(Exception, match="toy has no sigmoid") as info:
+        replay_fn(tape)([0.7, 1.3], ns)
+    assert type(info.value).__name__ == "Unsupported" and info.value.op == "sigmoid"
+    ns = OpNamespace("toy", __import__("math"), {"sigmoid": FLOATS.sigmoid})
+    assert replay_fn(tape)([0.7, 1.3], ns) == pytest.approx(tape.value(np.array([0.7, 1.3])))
+    with pytest.raises(Exception, match="toy has no sin"):
+        OpNamespace("toy", __import__("math"), {"sin": None}).sin
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -206,6 +222,28 @@ def test_failing_slow_and_missing_peers_get_rows(cases):
     capped.scalar_cap_quick = 10
     row, _ = _peer_row(case, capped, quick=True)
     assert row["status"] == "skipped (> 10 nodes in --quick)"
+
+
+class _NoTanhPeer(Peer):
+    """A peer whose math module has no tanh: the mlp family needs one."""
+
+    name = "no-tanh"
+    module = "math"
+    scalar_cap = None
+
+    def build(self, case):
+        ns = OpNamespace(self.name, __import__("math"), {"tanh": None})
+        case.fn(list(case.x), ns)
+        raise AssertionError("unreachable: the family calls m.tanh")
+
+
+def test_a_peer_without_an_op_is_unsupported_for_the_family_not_a_crash(cases):
+    case = cases["mlp"]
+    row, settings = _peer_row(case, _NoTanhPeer())
+    assert row["status"] == "unsupported (no-tanh has no tanh)"
+    assert row["vg_ns"] is None
+    again = run_peer(_NoTanhPeer(), case, 0.0, np.zeros(1), 1.0, settings)
+    assert again["status"] == row["status"]
 
 
 @pytest.mark.parametrize("peer", PEERS, ids=[p.name for p in PEERS])

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape import derivatives
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 from fasttape.ops import OP_BY_NAME
 from tests import reference, reference_derivs
 from tests.test_ops import same, single_op_tape

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fasttape.families import chain, random_local
+from fasttape.bench.families import chain, random_local
 from fasttape.ops import OPS
 
 
@@ -36,7 +36,7 @@ def test_families_reject_bad_arguments():
 
 # ---------------------------------------------------------------------------- random_uniform
 def test_random_uniform_is_deterministic_and_cache_hostile():
-    from fasttape.families import random_uniform
+    from fasttape.bench.families import random_uniform
 
     a, b = random_uniform(20_000, seed=5), random_uniform(20_000, seed=5)
     np.testing.assert_array_equal(a.ops, b.ops)
@@ -58,7 +58,7 @@ def test_random_uniform_is_deterministic_and_cache_hostile():
 
 
 def test_random_uniform_values_and_gradient_stay_finite():
-    from fasttape.families import random_uniform
+    from fasttape.bench.families import random_uniform
 
     for n in (1_000, 300_000):
         tape = random_uniform(n)
@@ -68,7 +68,7 @@ def test_random_uniform_values_and_gradient_stay_finite():
 
 
 def test_random_uniform_gradient_matches_reference():
-    from fasttape.families import random_uniform
+    from fasttape.bench.families import random_uniform
     from tests import reference
 
     tape = random_uniform(3_000, seed=2)
@@ -80,7 +80,7 @@ def test_random_uniform_gradient_matches_reference():
 
 
 def test_random_uniform_rejects_bad_arguments():
-    from fasttape.families import random_uniform
+    from fasttape.bench.families import random_uniform
 
     with pytest.raises(ValueError, match="n_inputs"):
         random_uniform(10, n_inputs=1)
@@ -90,7 +90,7 @@ def test_random_uniform_rejects_bad_arguments():
 
 # ---------------------------------------------------------------------------- structured families
 def _structured():
-    from fasttape import families as F
+    from fasttape.bench import families as F
 
     feats, targets = F.mlp_data(7)
     return {
@@ -132,7 +132,7 @@ def test_structured_family_matches_floats_reference_and_finite_differences(famil
 
 def test_autograd_west_follows_the_published_recipe():
     """An independent NumPy transcription of the issue's description, at the published point."""
-    from fasttape.families import autograd_west, autograd_west_point
+    from fasttape.bench.families import autograd_west, autograd_west_point
 
     n_ops = 41
     nodes = list(autograd_west_point())
@@ -154,7 +154,7 @@ def test_autograd_west_follows_the_published_recipe():
 
 
 def test_structured_size_hits_the_requested_instruction_count():
-    from fasttape import families as F
+    from fasttape.bench import families as F
 
     builders = {"rosenbrock": F.rosenbrock, "lennard-jones": F.lennard_jones, "mlp": F.mlp,
                 "autograd-west": F.autograd_west}
@@ -167,7 +167,7 @@ def test_structured_size_hits_the_requested_instruction_count():
 
 
 def test_structured_families_reject_bad_sizes():
-    from fasttape import families as F
+    from fasttape.bench import families as F
 
     for build in (F.rosenbrock, F.lennard_jones, F.mlp, F.autograd_west):
         with pytest.raises(ValueError, match="needs"):

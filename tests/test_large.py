@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape.families import chain, random_local
+from fasttape.bench.families import chain, random_local
 from fasttape.ops import OP_BY_NAME
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape import batch, families
+from fasttape import batch
+from fasttape.bench import families
 from fasttape.kernels import codegen
 from fasttape.kernels.memhint import prefetch, prefetch_write
 from tests.reference import value_and_grad as ref_value_and_grad

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fasttape as ft
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 from fasttape.ops import OP_BY_NAME, OPS
 from fasttape.passes import PASS_NAMES, optimize, reuse
 from fasttape.passes.interleave import _ARITY as _IL_ARITY
@@ -556,7 +556,7 @@ def test_reuse_gradient_is_bitwise_on_random_local(local20k):
 
 
 def test_locality_shortens_distances_on_random_uniform():
-    from fasttape.families import random_uniform
+    from fasttape.bench.families import random_uniform
 
     tape = random_uniform(20_000)
     n_pre = tape.n_inputs + tape.n_consts
@@ -802,7 +802,7 @@ def test_fuse_keeps_values_bitwise_and_gradients_to_rounding(prog):
 
 
 def test_fuse_shrinks_the_structured_families():
-    from fasttape import families as F
+    from fasttape.bench import families as F
 
     for build, n, least in ((F.mlp, 3, 0.15), (F.lennard_jones, 12, 0.2)):
         rec = next(r for r in build(n).stats()["passes"] if r["pass"] == "fuse")

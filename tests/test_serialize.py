@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 from fasttape.ops import OP_BY_NAME, table_hash
 from fasttape.serialize import save
 

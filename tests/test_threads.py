@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape.families import chain, random_local
+from fasttape.bench.families import chain, random_local
 
 N_THREADS = 4
 CALLS_PER_THREAD = 10

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fasttape as ft
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 from fasttape.ops import N_OPS, OP_BY_NAME, OPS
 
 C = {op.name: op.code for op in OPS}

@@ -1,11 +1,12 @@
 """The simplest hand-written Numba loop over a tape's arrays: the benchmarks' baseline.
 
-No validation, no API, no generated code: one forward loop and one reverse loop written by hand
-for the ops the benchmark families use (:data:`BASELINE_OPS`), over the same
-``ops``/``args``/``consts`` arrays as the engine.  The reverse loop recomputes each partial from
-the stored values (what a person would write first).  The engine's overhead is reported as a
-ratio to this; ``benchmarks/baseline.py`` re-exports it for the older scripts.
-"""
+Deliberately hand-written: this is the one place outside the op table (and the tests'
+independent oracle) where op formulas are spelled, on purpose, because its job is to show what
+a person writing the sweeps by hand for these few ops would get, without the op table, the
+generated code or any API.  One forward loop and one reverse loop for the ops the benchmark
+families use (:data:`BASELINE_OPS`), over the same ``ops``/``args``/``consts`` arrays as the
+engine; no validation.  The reverse loop recomputes each partial from the stored values (what
+a person would write first).  The engine's overhead is reported as a ratio to this."""
 
 from __future__ import annotations
 

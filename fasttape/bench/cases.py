@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 import fasttape as ft
-from fasttape import families as fam
+from fasttape.bench import families as fam
 from fasttape.bench.prune import prune
 from fasttape.ops import OPS
 
@@ -58,7 +58,7 @@ class Case:
         The evaluation point.
     fn : callable
         ``fn(x, m) -> scalar``: the function over a sequence of scalars ``x`` and a math
-        namespace ``m`` (see :mod:`fasttape.families`).
+        namespace ``m`` (see :mod:`fasttape.bench.families`).
     built : {"traced", "arrays"}
         How fasttape built the tape: traced from ``fn`` or generated as arrays.
     build_s, compile_s : float
@@ -155,28 +155,13 @@ def build_case(family: str, n_nodes: int) -> Case:
     return Case(family, size, tape, x, fn, "traced", t1 - t0, t2 - t1, data)
 
 
-_BINARY = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b,
-    "powi": lambda a, b: a ** int(b),
-    # The constant-argument forms made by the simplify pass (stored x, c).
-    "mulc": lambda a, b: a * b,
-    "addc": lambda a, b: a + b,
-    "subc": lambda a, b: a - b,
-    "rsubc": lambda a, b: b - a,
-    "divc": lambda a, b: a / b,
-    "rdivc": lambda a, b: b / a,
-}
-
-
 def replay_fn(tape: ft.Tape) -> Fn:
     """The tape as Python code: ``fn(x, m)`` replays its instructions with ``m``'s functions.
 
-    This is how the peers see an array-built graph: straight-line code, one call per
-    instruction.  Operators cover add/sub/mul/div/powi, ``neg`` and ``square``; every other op
-    is ``getattr(m, name)``.  Only the last output is returned.
+    This is how the peers see an array-built graph: straight-line code, one call
+    ``m.<op name>(args...)`` per instruction (arguments in the tape's stored order), so a peer
+    maps ops by name (:class:`~fasttape.bench.peers.base.OpNamespace`) and an op it has no
+    function for is reported, not guessed.  Only the last output is returned.
     """
     names = [OPS[int(o)].name for o in tape.ops]
     arities = [OPS[int(o)].arity for o in tape.ops]
@@ -184,29 +169,13 @@ def replay_fn(tape: ft.Tape) -> Fn:
     consts = tape.consts.tolist()
     n_in = tape.n_inputs
     out = int(tape.outputs[-1])
-    # Arity-3 ops and the passes' fused pairs have no spelling here: an array-built family never
-    # contains them, and a peer should not meet a name it cannot call mid-build.
-    unknown = sorted({n for n, ar in zip(names, arities, strict=True)
-                      if ar == 3 or n == "sqdiff"})
-    if unknown:
-        raise ValueError(f"replay_fn cannot replay ops {unknown}; replay the tape before the "
-                         "passes (ft.compile(..., optimize=False)) or add their spelling")
 
     def fn(x: Sequence[Any], m: Any) -> Any:
+        table = {name: getattr(m, name) for name in dict.fromkeys(names)}  # each op looked up once
         vals = list(x[:n_in]) + consts
         k = 0
         for name, ar in zip(names, arities, strict=True):
-            a = vals[args[k]]
-            if ar == 2:
-                b = vals[args[k + 1]]
-                binary = _BINARY.get(name)
-                vals.append(binary(a, b) if binary else getattr(m, name)(a, b))
-            elif name == "neg":
-                vals.append(-a)
-            elif name == "square":
-                vals.append(a * a)
-            else:
-                vals.append(getattr(m, name)(a))
+            vals.append(table[name](*[vals[j] for j in args[k:k + ar]]))
             k += ar
         return vals[out]
 

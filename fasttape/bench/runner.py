@@ -5,7 +5,8 @@ and is timed together with the hand-written baseline kernel
 (:mod:`~fasttape.bench.baseline`); then each peer builds its own version, its value and
 gradient are compared with fasttape's (:func:`agreement`), and only a peer that agrees is
 timed.  A peer that is not installed, fails, disagrees, exceeds its size cap or the time limit
-gets a row saying so: no peer is dropped silently.
+gets a row saying so, as does one that has no function for an op of the family
+("unsupported"): no peer is dropped silently, and none crashes the run.
 
 Each row is a dict (JSON-ready) with the keys of :data:`ROW_KEYS`.
 """
@@ -25,6 +26,7 @@ import numpy as np
 from fasttape.bench import baseline as bl
 from fasttape.bench.cases import Case, build_case
 from fasttape.bench.peers import PEERS, Peer
+from fasttape.bench.peers.base import Unsupported
 from fasttape.bench.timing import median_times, peak_rss_growth
 from fasttape.kernels import fpenv
 
@@ -281,6 +283,9 @@ def run_peer(
         settings.stopped[key] = f"skipped (timed out at {case.n_nodes:,} nodes)"
         return _row(case, peer.name, code, f"timeout (> {limit:g} s in {stage})",
                     **box.get("figures", {}))
+    if "unsupported" in box:  # the same at every size: bigger ones are not tried
+        settings.stopped[key] = box["unsupported"]
+        return _row(case, peer.name, code, box["unsupported"])
     if "error" in box:
         exc = box["error"]
         msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")
@@ -342,5 +347,7 @@ def _peer_work(
             figures["value_ns"] = t["value"] / n * 1e9
             figures["grad_over_value"] = t["vg"] / t["value"]
         box["status"] = "ok"
+    except Unsupported as exc:  # an op the peer has no function for
+        box["unsupported"] = f"unsupported ({exc})"
     except Exception as exc:  # a peer's failure is a row, never a crash of the benchmark
         box["error"] = exc

@@ -1,7 +1,7 @@
 """The "Fastest Autograd in the West" workload: 10,000 ops, 10,000 value+gradient evaluations.
 
 A. Rogozhnikov's comparison (2023) times a graph of ``n_ops = 10,000`` ops
-(:func:`fasttape.families.autograd_west_fn`, about 55,000 instructions here) evaluated
+(:func:`fasttape.bench.families.autograd_west_fn`, about 55,000 instructions here) evaluated
 value+gradient 10,000 times, and counts building the graph too, because in that use case the
 graph changes constantly.  Published on an M1 laptop: a C switch interpreter 0.99 s, Rust 1.4 s,
 Numba over typed lists 41 s, JAX jit 47 s just to compile 1,000 ops, PyTorch about 1,130 s.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 import fasttape as ft
-from fasttape.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
+from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 from fasttape.kernels import fpenv
 
 __all__ = ["PUBLISHED", "TARGET_S", "batch_available", "west_workload"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, Peer, scalar_namespace
+from fasttape.bench.peers.base import Built, OpNamespace, Peer
 from fasttape.bench.peers.jax_peer import vectorized_fn
 
 __all__ = ["AutogradPeer"]
@@ -40,13 +40,13 @@ class AutogradPeer(Peer):
         else:
             fn = case.fn
             n = case.tape.n_inputs
-            ns = scalar_namespace(
-                tanh=anp.tanh, exp=anp.exp, sin=anp.sin, cos=anp.cos, atan=anp.arctan,
-                sqrt=anp.sqrt, maximum=anp.maximum,
-                stop_gradient=lambda a: a,  # HIPS autograd has none
-                softplus=lambda a: anp.logaddexp(0.0, a),
-                sigmoid=lambda a: 1.0 / (1.0 + anp.exp(-a)),
-            )
+            ns = OpNamespace(self.name, anp, {
+                "atan": anp.arctan, "asin": anp.arcsin, "acos": anp.arccos,
+                "stop_gradient": lambda a: a,  # HIPS autograd has none
+                # no single function: how an autograd user writes them
+                "softplus": lambda a: anp.logaddexp(0.0, a),
+                "sigmoid": lambda a: 1.0 / (1.0 + anp.exp(-a)),
+            })
 
             def f(x: Any) -> Any:
                 return fn([x[i] for i in range(n)], ns)

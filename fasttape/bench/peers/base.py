@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.families import FLOATS, pairwise_sum
+from fasttape.bench.families import pairwise_sum
+from fasttape.ops import OP_BY_NAME
 
-__all__ = ["Built", "Peer", "scalar_namespace"]
+__all__ = ["OPERATORS", "Built", "OpNamespace", "Peer", "Unsupported"]
 
 
 @dataclass
@@ -97,26 +97,70 @@ class Peer:
         return self.scalar_cap_quick if quick else self.scalar_cap
 
     def build(self, case: Case) -> Built:
-        """Build (and compile) the peer's function for ``case``."""
+        """Build (and compile) the peer's function for ``case``.
+
+        Raises :class:`Unsupported` (from :class:`OpNamespace`) when the case uses an op the
+        peer has no function for.
+        """
         raise NotImplementedError
 
 
-def scalar_namespace(**funcs: Any) -> SimpleNamespace:
-    """A math namespace for ``case.fn``: pairwise ``sum`` plus the given functions."""
-    return SimpleNamespace(sum=pairwise_sum, **funcs)
+class Unsupported(Exception):
+    """A peer has no function for an op: the runner reports it "unsupported" for the family."""
+
+    def __init__(self, peer: str, op: str) -> None:
+        super().__init__(f"{peer} has no {op}")
+        self.peer = peer
+        self.op = op
 
 
-def float_namespace() -> SimpleNamespace:
-    """The namespace evaluating ``case.fn`` on Python floats: :data:`fasttape.families.FLOATS`
-    plus the functions of the random families."""
+#: Ops every peer spells with Python's operators (the stored argument order of the
+#: constant-argument forms is ``x, c``).
+OPERATORS: dict[str, Callable[..., Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "neg": operator.neg, "mulc": operator.mul, "addc": operator.add, "subc": operator.sub,
+    "divc": operator.truediv,
+    "rsubc": lambda a, c: operator.sub(c, a), "rdivc": lambda a, c: operator.truediv(c, a),
+}
 
-    def sigmoid(a: float) -> float:
-        if a >= 0.0:
-            return 1.0 / (1.0 + math.exp(-a))
-        e = math.exp(a)
-        return e / (1.0 + e)
 
-    return SimpleNamespace(
-        **vars(FLOATS), sin=math.sin, cos=math.cos, atan=math.atan, sqrt=math.sqrt,
-        sigmoid=sigmoid,
-    )
+class OpNamespace:
+    """The math namespace ``m`` a family's code ``fn(x, m)`` gets when a peer builds it.
+
+    An op name resolves to, in order: the peer's explicit override (where its own name or
+    spelling differs), Python's operator (:data:`OPERATORS`), or the function of the same name
+    in the peer's module.  A name none of these has raises :class:`Unsupported`, which the
+    runner turns into an "unsupported" row.  ``sum`` is the balanced tree of additions of
+    :func:`fasttape.sum`, so that every system adds the terms in the same order.
+
+    Parameters
+    ----------
+    peer : str
+        The peer's name (for the message).
+    module : module or None
+        Where same-named functions are looked up (``jax.numpy``, ``torch``, ``casadi``, ...).
+    overrides : dict
+        Op name -> the peer's function; a value of None says the peer has no such op.
+    """
+
+    def __init__(self, peer: str, module: Any, overrides: dict[str, Any]) -> None:
+        self._peer = peer
+        self._module = module
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name == "sum":
+            return pairwise_sum
+        if name in self._overrides:
+            fn = self._overrides[name]
+        elif name in OPERATORS:
+            fn = OPERATORS[name]
+        elif name in OP_BY_NAME:
+            fn = getattr(self._module, name, None)
+        else:
+            fn = None
+        if fn is None:
+            raise Unsupported(self._peer, name)
+        return fn

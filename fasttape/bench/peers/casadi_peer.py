@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, Peer, scalar_namespace
+from fasttape.bench.peers.base import Built, OpNamespace, Peer
 
 __all__ = ["CasadiPeer"]
 
@@ -27,12 +27,13 @@ class CasadiPeer(Peer):
     def build(self, case: Case) -> Built:
         import casadi as ca
 
-        ns = scalar_namespace(
-            tanh=ca.tanh, exp=ca.exp, sin=ca.sin, cos=ca.cos, atan=ca.atan, sqrt=ca.sqrt,
-            maximum=ca.fmax, stop_gradient=lambda a: a,  # SX has none (MX's stop_diff only)
-            softplus=lambda a: ca.fmax(a, 0.0) + ca.log1p(ca.exp(-ca.fabs(a))),
-            sigmoid=lambda a: 1.0 / (1.0 + ca.exp(-a)),
-        )
+        ns = OpNamespace(self.name, ca, {
+            "square": ca.sq, "maximum": ca.fmax, "minimum": ca.fmin, "abs": ca.fabs,
+            "stop_gradient": lambda a: a,  # SX has none (MX's stop_diff only)
+            # no single function: how a CasADi user writes them
+            "softplus": lambda a: ca.fmax(a, 0.0) + ca.log1p(ca.exp(-ca.fabs(a))),
+            "sigmoid": lambda a: 1.0 / (1.0 + ca.exp(-a)),
+        })
         n = case.tape.n_inputs
         t0 = time.perf_counter()
         x = ca.SX.sym("x", n)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, Peer, scalar_namespace
+from fasttape.bench.peers.base import Built, OpNamespace, Peer
 
 __all__ = ["DdxPeer"]
 
@@ -31,12 +31,13 @@ class DdxPeer(Peer):
     def build(self, case: Case) -> Built:
         import ddx
 
-        ns = scalar_namespace(
-            tanh=ddx.tanh, exp=ddx.exp, sin=ddx.sin, cos=ddx.cos, atan=ddx.atan,
-            sqrt=ddx.sqrt, maximum=ddx.max, stop_gradient=lambda a: a,  # ddx has none
-            softplus=lambda a: ddx.max(a, 0.0) + ddx.log(1.0 + ddx.exp(-abs(a))),
-            sigmoid=lambda a: 1.0 / (1.0 + ddx.exp(-a)),
-        )
+        ns = OpNamespace(self.name, ddx, {
+            "maximum": ddx.max, "square": lambda a: a * a,
+            "stop_gradient": lambda a: a,  # ddx has none
+            # no single function: how a ddx user writes them
+            "softplus": lambda a: ddx.max(a, 0.0) + ddx.log(1.0 + ddx.exp(-abs(a))),
+            "sigmoid": lambda a: 1.0 / (1.0 + ddx.exp(-a)),
+        })
         n = case.tape.n_inputs
         fn = case.fn
 

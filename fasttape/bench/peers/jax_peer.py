@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, Peer, scalar_namespace
-from fasttape.families import MLP_SHAPE
+from fasttape.bench.families import MLP_SHAPE
+from fasttape.bench.peers.base import Built, OpNamespace, Peer
 
 __all__ = ["JaxPeer", "vectorized_fn"]
 
@@ -85,13 +85,12 @@ class JaxPeer(Peer):
             f = vectorized_fn(case.family, case, jnp)
             style = "vectorized"
         else:
-            ns = scalar_namespace(
-                tanh=jnp.tanh, exp=jnp.exp, sin=jnp.sin, cos=jnp.cos, atan=jnp.arctan,
-                sqrt=jnp.sqrt, maximum=jnp.maximum, stop_gradient=jax.lax.stop_gradient,
+            ns = OpNamespace(self.name, jnp, {
+                "atan": jnp.arctan, "asin": jnp.arcsin, "acos": jnp.arccos,
+                "sigmoid": jax.nn.sigmoid, "stop_gradient": jax.lax.stop_gradient,
                 # the stable formula written out: jax.nn.softplus compiles slower still
-                softplus=lambda a: jnp.maximum(a, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(a))),
-                sigmoid=jax.nn.sigmoid,
-            )
+                "softplus": lambda a: jnp.maximum(a, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(a))),
+            })
             n = case.tape.n_inputs
             fn = case.fn
 

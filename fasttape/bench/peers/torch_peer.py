@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, Peer, scalar_namespace
+from fasttape.bench.peers.base import Built, OpNamespace, Peer
 from fasttape.bench.peers.jax_peer import vectorized_fn
 
 __all__ = ["TorchPeer"]
@@ -50,12 +50,10 @@ class TorchPeer(Peer):
             style = "vectorized"
         else:
             fn = case.fn
-            ns = scalar_namespace(
-                tanh=torch.tanh, exp=torch.exp, sin=torch.sin, cos=torch.cos,
-                atan=torch.atan, sqrt=torch.sqrt, maximum=torch.maximum,
-                stop_gradient=torch.Tensor.detach,
-                softplus=torch.nn.functional.softplus, sigmoid=torch.sigmoid,
-            )
+            ns = OpNamespace(self.name, torch, {
+                "stop_gradient": torch.Tensor.detach,
+                "softplus": torch.nn.functional.softplus,
+            })
 
             def f(x: Any) -> Any:
                 return fn(list(x.unbind()), ns)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from fasttape.bench.pyops import FLOATS as _PY_FLOATS
 from fasttape.ops import OP_BY_NAME
 from fasttape.tape import Tape
 from fasttape.trace import sum as _ft_sum
@@ -252,15 +252,9 @@ def pairwise_sum(values: Any) -> Any:
     return _ft_sum(values)
 
 
-def _float_softplus(a: float) -> float:
-    return max(a, 0.0) + math.log1p(math.exp(-abs(a)))
-
-
-#: The namespace that evaluates the structured families on Python floats (``math`` module).
-FLOATS = SimpleNamespace(
-    sum=pairwise_sum, tanh=math.tanh, exp=math.exp, softplus=_float_softplus, maximum=max,
-    stop_gradient=lambda a: a,
-)
+#: The namespace that evaluates the structured families on Python floats: the op table's own
+#: formulas (:mod:`fasttape.bench.pyops`).
+FLOATS = _PY_FLOATS
 
 
 def rosenbrock_fn(x: Sequence[Any], m: Any) -> Any:
