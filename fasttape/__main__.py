@@ -45,19 +45,50 @@ def demo() -> int:
     return 0
 
 
+#: ``fasttape --help`` (plain text: argparse prints it as is).
+DESCRIPTION = """\
+fasttape: compile a scalar computational graph once, then evaluate its value and gradient
+with Numba tape kernels. Also runnable as python -m fasttape."""
+
+#: ``fasttape demo --help``.
+DEMO_DESCRIPTION = """\
+Trace, compile and differentiate two example graphs and print what happens: a three-input
+function (its tape listing, value and gradient), then a 1,000,000-node chain (trace, compile,
+first-call and value+gradient times). The first run compiles the kernels with Numba (about
+10 s on 2 cores); later runs load them from the cache. Takes no options."""
+
+EPILOG = """\
+commands:
+  demo    a small and a 1M-node example, with timings (fasttape demo --help)
+  bench   benchmark graph families against a hand-written kernel and installed peers
+          (fasttape bench --help; the main job: fasttape bench --quick)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``fasttape`` (``bench`` parses its own options)."""
+    parser = argparse.ArgumentParser(prog="fasttape", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench}")
+    sub.add_parser("demo", help="trace, compile and differentiate example graphs",
+                   description=DEMO_DESCRIPTION,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_parser("bench", help="benchmark graph families against installed peers",
+                   add_help=False)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fasttape`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # bench parses its own options (fasttape/bench/cli.py); imported only when used.
         from fasttape.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="fasttape", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="trace, compile and differentiate example graphs")
-    sub.add_parser("bench", help="benchmark graph families against installed peers "
-                   "(fasttape bench --help)")
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help or a bad argument: the status, without exiting
+        return int(exc.code or 0)
     if args.command == "demo":
         return demo()
     return 2  # pragma: no cover (argparse rejects unknown commands)

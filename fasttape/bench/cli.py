@@ -1,8 +1,9 @@
 """``fasttape bench``: graph families side by side with every installed peer.
 
 Builds each family at each size with fasttape, times it with the hand-written baseline kernel
-and with every installed peer that agrees with fasttape's value and gradient, prints the table
-on stdout (progress on stderr), and optionally writes JSON, a PNG plot and Markdown.
+and with every installed peer that agrees with fasttape's value and gradient, prints a table
+that fits 100 columns on stdout (progress on stderr), and optionally writes every figure as
+JSON or Markdown and a PNG plot.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,20 +20,39 @@ from fasttape.bench.cases import FAMILIES
 from fasttape.bench.machine import machine_info
 from fasttape.bench.output import (
     SCHEMA,
+    fit,
+    render_quiet,
     render_table,
     render_targets,
     render_west,
+    verdicts,
     write_json,
     write_plot,
 )
 from fasttape.bench.peers import PEERS
 from fasttape.bench.runner import Settings, measure_case, warm_up
 
-__all__ = ["main", "build_parser", "run"]
+__all__ = ["main", "build_parser", "compiling", "render", "run"]
 
 FULL_NODES = [1_000, 10_000, 100_000, 1_000_000]
 QUICK_NODES = [1_000, 10_000]
 MAX_NODES = 100_000_000
+
+#: The parser's description (plain text: argparse prints it as is).
+DESCRIPTION = """\
+Time seven graph families with fasttape, a hand-written baseline kernel and every installed
+peer (CasADi, JAX, PyTorch, autograd, ddx, plain Python) that agrees with fasttape's value and
+gradient. The table goes to stdout, progress to stderr. The first run compiles fasttape's
+kernels with Numba (about a minute on 2 cores); they are cached for later runs."""
+
+EPILOG = """\
+examples:
+  fasttape bench --quick                       small sizes, about 10 s once kernels are cached
+  fasttape bench --families rosenbrock --nodes 1e5 --peers casadi-sx
+  fasttape bench --quick --markdown bench.md --json bench.json --check
+
+Peers that are not installed are listed once: pip install "fasttape[peers]" installs them.
+--check exits with status 1 when a target is missed (MISSED, NOT met, BEHIND)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,32 +106,41 @@ def _positive(kind: type) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fasttape bench``."""
-    p = _Parser(prog="fasttape bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="fasttape bench", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--families", type=_choice_list(FAMILIES, "family"), default=None,
+                   metavar="LIST",
                    help=f"comma-separated, from {', '.join(FAMILIES)} (default: all)")
-    p.add_argument("--nodes", type=_node_list, default=None,
+    p.add_argument("--nodes", type=_node_list, default=None, metavar="SIZES",
                    help="comma-separated sizes in instructions, e.g. 1e3,1e5 "
                         "(default 1e3,1e4,1e5,1e6; --quick: 1e3,1e4)")
-    p.add_argument("--repeat", type=_positive(int), default=None,
+    p.add_argument("--repeat", type=_positive(int), default=None, metavar="N",
                    help="timed samples per figure, median reported (default 7, --quick 5)")
-    p.add_argument("--threads", type=_positive(int), default=None,
+    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
                    help="Numba threads (batch evaluation); the single-point sweeps are serial")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes and peer caps: the whole run in well under a minute")
+                   help="small sizes, peer caps and a shorter autograd-west run: about 10 s "
+                        "once the kernels are cached")
     p.add_argument("--peers", type=_choice_list((*(q.name for q in PEERS), "none"), "peer"),
-                   default=None, help="comma-separated peers to try, or none (default: all)")
-    p.add_argument("--peer-timeout", type=_positive(float), default=None,
+                   default=None, metavar="LIST",
+                   help=f"comma-separated, from {', '.join(q.name for q in PEERS)}, or none "
+                        "(default: all that are installed)")
+    p.add_argument("--peer-timeout", type=_positive(float), default=None, metavar="S",
                    help="seconds per peer and case (default 60, --quick 15)")
-    p.add_argument("--west-calls", type=_positive(int), default=10_000,
+    p.add_argument("--west-calls", type=_positive(int), default=10_000, metavar="N",
                    help="evaluations of the autograd-west workload (default 10000; --quick "
                         "runs 1000 and scales up)")
     p.add_argument("--no-west", action="store_true",
                    help="skip the autograd-west 10k x 10k workload")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write all figures and the machine description as JSON")
+    p.add_argument("--markdown", type=Path, default=None, metavar="PATH",
+                   help="write the whole report as Markdown: every row and every column "
+                        "(build, compile and first-call times, peak memory, differences)")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH",
-                   help="write a PNG plot (needs matplotlib)")
-    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+                   help='write a PNG plot (needs matplotlib: pip install "fasttape[plot]")')
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 1 when a target is missed")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress messages on stderr")
     return p
@@ -144,8 +175,8 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
 
         numba.set_num_threads(min(ns.threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
-    say("loading kernels")
-    warm_s = warm_up()
+    with compiling(say, "the single-point sweeps"):
+        warm_s = warm_up()
     rows: list[dict[str, Any]] = []
     total = len(families) * len(nodes)
     for i, (family, n) in enumerate(((f, n) for f in families for n in nodes), 1):
@@ -157,7 +188,8 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
         say("autograd-west 10k x 10k workload")
         west = west_workload(n_calls=ns.west_calls,
                              measured_calls=min(1_000, ns.west_calls) if ns.quick else None,
-                             threads=ns.threads, repeat=3)
+                             threads=ns.threads, repeat=3,
+                             compiling=lambda what: compiling(say, what))
     peers_info = {}
     for p in PEERS:
         missing = p.available()
@@ -181,37 +213,60 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def compiling(say: Callable[[str], None], what: str) -> Iterator[None]:
+    """Announce a step that may compile Numba kernels, then say how long it took.
+
+    On a first run (empty cache) such a step takes seconds to minutes; afterwards the kernels
+    load from the cache in a fraction of a second.
+    """
+    say(f"compiling kernels for {what} (first run only, cached afterwards)...")
+    t0 = time.perf_counter()
+    yield
+    say(f"kernels for {what} ready in {time.perf_counter() - t0:.1f} s")
+
+
 def render(result: dict[str, Any], markdown: bool = False) -> str:
-    """The whole report: header, table, west workload, targets, peers."""
+    """The whole report: header, table, west workload, targets, peers.
+
+    The text form fits :data:`~fasttape.bench.output.WIDTH` columns and leaves out the rows
+    of peers that are not installed or skipped (one line each instead); the Markdown form has
+    every row and every column.
+    """
     m = result["machine"]
     b = "- " if markdown else ""
+    wanted = result["settings"]["peers"]
+    installed = [f"{k} {v['version'] or ''}".strip() for k, v in result["peers"].items()
+                 if v["installed"] and (wanted is None or k in wanted)]
     head = [
         f"{b}machine: {m['cpu']}, {m['cpus_usable']} usable cores, Python {m['python']}, "
         f"NumPy {m['numpy']}, Numba {m['numba']}, fasttape {m['fasttape']}",
-        f"{b}peers: " + ", ".join(
-            f"{k} {v['version'] or ''}".strip() if v["installed"] else f"{k} (not installed)"
-            for k, v in result["peers"].items()
-            if result["settings"]["peers"] is None or k in result["settings"]["peers"]),
-        f"{b}timing: median of {result['settings']['repeat']} samples; ns/node is per "
-        "fasttape instruction for every system; 'v+g vs fasttape' divides medians sampled "
-        "in turn with fasttape's (same machine load); 'code': arrays = tape built as arrays, "
-        "traced = ft.trace of Python code",
-        "",
+        f"{b}peers: {', '.join(installed) or 'none'}",
+        f"{b}timing: median of {result['settings']['repeat']} samples, in ns per fasttape "
+        "instruction for every system; 'vs ft' = value+gradient time / fasttape's, sampled "
+        "in turn (same load); code: arrays = tape built as arrays, traced = ft.trace",
     ]
-    parts = ["\n".join(head), render_table(result["rows"], markdown), ""]
+    if markdown:
+        head.append(f"- command: `{result['command'].strip()}`")
+    parts = ["\n".join(head), "", render_table(result["rows"], markdown), ""]
+    quiet = "" if markdown else render_quiet(result)
+    if quiet:
+        parts += [quiet, ""]
     west = render_west(result["west"], markdown)
     if west:
         parts += [west, ""]
     parts += [render_targets(result["rows"], markdown), "",
               f"total {result['total_s']:.1f} s"]
-    return "\n".join(parts)
+    text = "\n".join(parts)
+    return text if markdown else fit(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fasttape bench``; returns the exit status.
 
     0 on success, 2 on bad arguments, 1 when the baseline kernel disagrees with fasttape
-    (an engine bug).
+    (an engine bug), when ``--plot`` cannot be written, or, with ``--check``, when a target
+    is missed.
     """
     argv = list(sys.argv[2:] if argv is None else argv)
     parser = build_parser()
@@ -224,17 +279,28 @@ def main(argv: list[str] | None = None) -> int:
     result = run(ns, say)
     if ns.progress and sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
-    print(render(result, ns.markdown))
+    print(render(result))
+    status = 0
     if ns.json is not None:
         write_json(ns.json, result)
+    if ns.markdown is not None:
+        Path(ns.markdown).write_text(render(result, markdown=True) + "\n", encoding="utf-8")
     if ns.plot is not None:
         try:
             title = f"fasttape bench ({result['machine']['cpu']})"
             write_plot(ns.plot, result["rows"], title=title)
         except ImportError:
-            print("fasttape bench: --plot needs matplotlib (pip install fasttape[plot])",
+            print('fasttape bench: --plot needs matplotlib (pip install "fasttape[plot]")',
                   file=sys.stderr)
-            return 1
+            status = 1
     bad = [r for r in result["rows"] if r["system"] == "baseline"
            and r["status"].startswith("DISAGREES")]
-    return 1 if bad else 0
+    if bad:
+        status = 1
+    if ns.check:
+        missed = [what for what, met in verdicts(result) if not met]
+        if missed:
+            print(f"fasttape bench --check: {len(missed)} target(s) missed: "
+                  + "; ".join(missed), file=sys.stderr)
+            status = 1
+    return status

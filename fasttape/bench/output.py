@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "render_table", "render_west", "render_targets", "write_json",
-           "write_plot", "SCHEMA"]
+__all__ = ["COLUMNS", "SHORT_COLUMNS", "WIDTH", "SCHEMA", "render_table", "render_quiet",
+           "render_west", "render_targets", "verdicts", "fit", "write_json", "write_plot"]
 
 #: JSON schema name and version (bump when keys change meaning).
 SCHEMA = "fasttape-bench/1"
 
-#: (row key, header, format) of the table's columns.
+#: (row key, header, format) of every column: the Markdown report (``--markdown PATH``).
 COLUMNS = (
     ("family", "family", "s"),
     ("n_nodes", "nodes", "n"),
@@ -30,6 +31,25 @@ COLUMNS = (
     ("grad_rel_diff", "grad rel diff", "e"),
     ("status", "status", "s"),
 )
+
+#: The columns of the terminal table, which fits :data:`WIDTH` characters (the status is cut
+#: to what is left; the JSON and Markdown outputs keep it whole).
+SHORT_COLUMNS = (
+    ("family", "family", "s"),
+    ("n_nodes", "nodes", "n"),
+    ("system", "system", "s"),
+    ("code", "code", "s"),
+    ("value_ns", "value ns", "f"),
+    ("vg_ns", "v+g ns", "f"),
+    ("vs_fasttape", "vs ft", "r"),
+    ("status", "status", "s"),
+)
+
+#: Width of the terminal output in characters.
+WIDTH = 100
+
+#: Row statuses the terminal table leaves out, summarised in a line below it instead.
+_QUIET = ("not installed", "skipped")
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -54,10 +74,18 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 def render_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    """The rows as an aligned text table, or a Markdown table."""
-    heads = [h for _, h, _ in COLUMNS]
-    cells = [[_fmt(r.get(k), kind) for k, _, kind in COLUMNS] for r in rows]
-    right = [kind not in ("s",) for _, _, kind in COLUMNS]
+    """The rows as an aligned text table (at most :data:`WIDTH` wide), or a Markdown table.
+
+    The text table has the :data:`SHORT_COLUMNS` and leaves out the rows of peers that are not
+    installed or were skipped (see :func:`render_quiet`); the Markdown table has every row and
+    every column.
+    """
+    columns = COLUMNS if markdown else SHORT_COLUMNS
+    if not markdown:
+        rows = [r for r in rows if not str(r["status"]).startswith(_QUIET)]
+    heads = [h for _, h, _ in columns]
+    cells = [[_fmt(r.get(k), kind) for k, _, kind in columns] for r in rows]
+    right = [kind not in ("s",) for _, _, kind in columns]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |",
                  "|" + "|".join("---:" if r else "---" for r in right) + "|"]
@@ -65,12 +93,17 @@ def render_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
               for i, h in enumerate(heads)]
+    # the status comes last and takes what the other columns leave of the line
+    widths[-1] = max(len(heads[-1]), WIDTH - sum(w + 2 for w in widths[:-1]))
+    for c in cells:
+        if len(c[-1]) > widths[-1]:
+            c[-1] = c[-1][: widths[-1] - 3] + "..."
 
     def line(items: list[str]) -> str:
         return "  ".join(s.rjust(w) if r else s.ljust(w)
                          for s, w, r in zip(items, widths, right, strict=True)).rstrip()
 
-    out = [line(heads), line(["-" * w for w in widths])]
+    out = [line(heads), line(["-" * w for w in widths[:-1]] + ["-" * len(heads[-1])])]
     prev = None
     for r, c in zip(rows, cells, strict=True):
         group = (r["family"], r["n_nodes"])
@@ -79,6 +112,36 @@ def render_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
         prev = group
         out.append(line(c))
     return "\n".join(out)
+
+
+#: The extra that installs each peer (``pip install "fasttape[<extra>]"``).
+PEER_EXTRAS = {"torch": "peers-torch"}
+
+
+def render_quiet(result: dict[str, Any]) -> str:
+    """The lines that replace the rows the terminal table leaves out.
+
+    Peers that are not installed are named once, with the extra that installs them; peers
+    skipped at some sizes (size caps, time limits, an earlier failure) are counted.
+    """
+    wanted = result["settings"]["peers"]
+    missing = [k for k, v in result["peers"].items()
+               if not v["installed"] and (wanted is None or k in wanted)]
+    lines = []
+    if missing:
+        extras: dict[str, list[str]] = {}
+        for k in missing:
+            extras.setdefault(PEER_EXTRAS.get(k, "peers"), []).append(k)
+        lines += [f'not installed (pip install "fasttape[{extra}]"): {", ".join(names)}'
+                  for extra, names in extras.items()]
+    skipped: dict[str, int] = {}
+    for r in result["rows"]:
+        if str(r["status"]).startswith("skipped"):
+            skipped[r["system"]] = skipped.get(r["system"], 0) + 1
+    if skipped:
+        counts = ", ".join(f"{k} {n}" for k, n in skipped.items())
+        lines.append(f"skipped (size cap or time limit; see --markdown/--json): {counts} cases")
+    return "\n".join(lines)
 
 
 def render_west(west: dict[str, Any] | None, markdown: bool = False) -> str:
@@ -122,6 +185,46 @@ def render_west(west: dict[str, Any] | None, markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+#: fasttape's value+gradient time may be at most this multiple of the baseline kernel's.
+BASELINE_TARGET = 1.25
+
+#: One line under the targets: what a missed verdict means.
+VERDICT_LEGEND = ("MISSED, NOT met, BEHIND: slower than the target named beside it "
+                  "(--check exits 1 on any)")
+
+
+def _largest(rows: list[dict[str, Any]], fam: str, system: str) -> tuple[int, float] | None:
+    """(nodes, v+g vs fasttape) of ``system`` at the largest size it ran ok, or None."""
+    pts = [(r["n_nodes"], r["vs_fasttape"]) for r in rows
+           if r["family"] == fam and r["system"] == system and r.get("vs_fasttape")
+           and r["status"] == "ok"]
+    return max(pts) if pts else None
+
+
+def verdicts(result: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Every target the result can judge: (what, met).
+
+    fasttape within :data:`BASELINE_TARGET` of the baseline and ahead of CasADi SX per family
+    (at the largest size both ran), and the autograd-west batch within its time target.
+    """
+    from fasttape.bench.west import TARGET_S
+
+    rows = result["rows"]
+    out = []
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        base = _largest(rows, fam, "baseline")
+        if base:
+            out.append((f"{fam}: fasttape/baseline <= {BASELINE_TARGET}x",
+                        1.0 / base[1] <= BASELINE_TARGET))
+        cas = _largest(rows, fam, "casadi-sx")
+        if cas:
+            out.append((f"{fam}: fasttape ahead of casadi-sx", cas[1] > 1))
+    west = result.get("west")
+    if west and west["batch"]:
+        out.append((f"autograd-west batch <= {TARGET_S} s", west["batch_total_s"] <= TARGET_S))
+    return out
+
+
 def render_targets(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     """Per family: fasttape vs the baseline (target <= 1.25x) and vs CasADi SX (target > 1).
 
@@ -130,30 +233,39 @@ def render_targets(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     """
     b = "- " if markdown else "  "
     lines = ["targets (value+gradient time ratios, at the largest size both systems ran):"]
-
-    def largest(fam: str, system: str) -> tuple[int, float] | None:
-        pts = [(r["n_nodes"], r["vs_fasttape"]) for r in rows
-               if r["family"] == fam and r["system"] == system and r.get("vs_fasttape")
-               and r["status"] == "ok"]
-        return max(pts) if pts else None
-
     for fam in dict.fromkeys(r["family"] for r in rows):
         parts = []
-        base = largest(fam, "baseline")
+        base = _largest(rows, fam, "baseline")
         if base:
             ratio = 1.0 / base[1]
-            verdict = "ok" if ratio <= 1.25 else "MISSED"
-            parts.append(f"fasttape/baseline {ratio:.2f}x at {base[0]:,} ({verdict}, <= 1.25x)")
-        cas = largest(fam, "casadi-sx")
+            verdict = "ok" if ratio <= BASELINE_TARGET else "MISSED"
+            parts.append(f"fasttape/baseline {ratio:.2f}x at {base[0]:,} "
+                         f"({verdict}, <= {BASELINE_TARGET}x)")
+        cas = _largest(rows, fam, "casadi-sx")
         if cas:
             verdict = "fasttape ahead" if cas[1] > 1 else "fasttape BEHIND"
             parts.append(f"casadi-sx/fasttape {cas[1]:.2f}x at {cas[0]:,} ({verdict})")
         else:
             status = [r["status"] for r in rows if r["family"] == fam
                       and r["system"] == "casadi-sx"]
-            parts.append(f"casadi-sx: {status[-1] if status else 'not run'}")
+            last = status[-1] if status else "not run"
+            parts.append(f"casadi-sx: {last.split(' (')[0] if 'installed' in last else last}")
         lines.append(f"{b}{fam}: " + "; ".join(parts))
+    lines.append(f"{b}{VERDICT_LEGEND}")
     return "\n".join(lines)
+
+
+def fit(text: str, width: int = WIDTH) -> str:
+    """``text`` with every line longer than ``width`` wrapped (continuations indented)."""
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()))
+        out += textwrap.wrap(line, width, subsequent_indent=indent + "    ",
+                             break_on_hyphens=False)
+    return "\n".join(out)
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:

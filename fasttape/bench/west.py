@@ -7,13 +7,15 @@ graph changes constantly.  Published on an M1 laptop: a C switch interpreter 0.9
 Numba over typed lists 41 s, JAX jit 47 s just to compile 1,000 ops, PyTorch about 1,130 s.
 
 :func:`west_workload` reports fasttape's trace and compile times and the evaluation time two
-ways: 10,000 sequential single-point calls, and (when :meth:`Tape.value_and_grad` accepts a
-2-D batch, detected at run time) the 10,000 distinct points handed over as one batch.
+ways: 10,000 sequential single-point calls, and the 10,000 distinct points handed over as one
+batch.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ import fasttape as ft
 from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 from fasttape.kernels import fpenv
 
-__all__ = ["PUBLISHED", "TARGET_S", "batch_available", "west_workload"]
+__all__ = ["PUBLISHED", "TARGET_S", "west_workload"]
 
 #: Published totals for 10k ops x 10k evaluations (seconds, M1 laptop), for context only.
 PUBLISHED = {
@@ -36,24 +38,10 @@ PUBLISHED = {
 TARGET_S = 1.5
 
 
-def batch_available() -> bool:
-    """Whether ``tape.value_and_grad`` takes a 2-D batch of points (tried on a tiny tape)."""
-    try:
-        tape = ft.compile(ft.trace(lambda x: x[0] * x[1], 2))
-        pts = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-        v, g = tape.value_and_grad(pts)
-        return bool(
-            np.shape(v) == (3,) and np.shape(g) == (3, 2)
-            and np.array_equal(v, [2.0, 12.0, 30.0])
-            and np.array_equal(g, [[2.0, 1.0], [4.0, 3.0], [6.0, 5.0]])
-        )
-    except Exception:  # any refusal means: no batching in this version
-        return False
-
-
 def west_workload(
     n_ops: int = 10_000, n_calls: int = 10_000, *, measured_calls: int | None = None,
     threads: int | None = None, seed: int = 0, repeat: int = 3,
+    compiling: Callable[[str], AbstractContextManager[Any]] | None = None,
 ) -> dict[str, Any]:
     """Time the workload; a JSON-ready dict of figures (seconds).
 
@@ -73,6 +61,9 @@ def west_workload(
     repeat : int
         Timed batch calls; the median is reported (``batch_samples_s`` lists them all: a
         shared machine's speed drifts between calls).
+    compiling : callable, optional
+        ``compiling(what)`` returns a context manager wrapped around each untimed first call
+        that may compile kernels (the CLI announces them: on a first run they take a while).
 
     Returns
     -------
@@ -84,6 +75,7 @@ def west_workload(
         batch with ``flush_subnormals=True``, with ``batch_flush_max_abs_diff`` from the IEEE
         batch.
     """
+    step = compiling or (lambda _what: nullcontext())
     m = n_calls if measured_calls is None else min(measured_calls, n_calls)
     rng = np.random.default_rng(seed)
     pts = autograd_west_point() + rng.uniform(-0.5, 0.5, size=(m, WEST_INPUTS))
@@ -106,7 +98,7 @@ def west_workload(
         "extrapolated": m < n_calls, "n_nodes": tape.n_nodes,
         "trace_s": t1 - t0, "compile_s": t2 - t1, "first_call_s": t3 - t2,
         "sequential_s": seq, "sequential_total_s": (t2 - t0) + seq,
-        "batch": batch_available(), "batch_s": None, "batch_total_s": None,
+        "batch": True, "batch_s": None, "batch_total_s": None,
         "batch_first_call_s": None, "batch_matches_sequential": None, "threads": threads,
         "batch_flush_s": None, "batch_flush_total_s": None, "batch_flush_max_abs_diff": None,
         "batch_samples_s": None, "batch_flush_samples_s": None, "repeat": repeat,
@@ -117,7 +109,8 @@ def west_workload(
         # Warm up on the same batch, not a slice: a small batch can take the serial path and
         # leave the parallel drivers to compile inside the timed call (regression: 156 s
         # reported on a fresh install for what takes 4 s).
-        tape.value_and_grad(pts, **kw)
+        with step("batch evaluation (parallel)"):
+            tape.value_and_grad(pts, **kw)
         t6 = time.perf_counter()
         samples = []
         for _ in range(max(1, repeat)):
@@ -135,7 +128,8 @@ def west_workload(
             # The same batch with subnormals flushed to zero (x86 FTZ/DAZ): this graph's
             # adjoints decay through the subnormal range, where each product costs a
             # microcode assist.  Not IEEE, so reported beside the batch, not instead of it.
-            tape.value_and_grad(pts, flush_subnormals=True, **kw)  # warm up
+            with step("batch evaluation with subnormals flushed"):
+                tape.value_and_grad(pts, flush_subnormals=True, **kw)  # warm up
             fsamples = []
             for _ in range(max(1, repeat)):
                 t = time.perf_counter()

@@ -28,7 +28,8 @@ class CasadiPeer(Peer):
         import casadi as ca
 
         ns = OpNamespace(self.name, ca, {
-            "square": lambda a: ca.constpow(a, 2), "maximum": ca.fmax, "minimum": ca.fmin, "abs": ca.fabs,
+            "square": lambda a: ca.constpow(a, 2), "maximum": ca.fmax, "minimum": ca.fmin,
+            "abs": ca.fabs,
             "stop_gradient": lambda a: a,  # SX has none (MX's stop_diff only)
             # no single function: how a CasADi user writes them
             "softplus": lambda a: ca.fmax(a, 0.0) + ca.log1p(ca.exp(-ca.fabs(a))),
