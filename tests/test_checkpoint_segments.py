@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fasttape as ft
+from fasttape.bench.families import chain, random_local
 from fasttape.checkpoint import CheckpointWarning, checkpointed
 from fasttape.checkpoint.segments import plan_nbytes, store_all_nbytes
-from fasttape.bench.families import chain, random_local
 from fasttape.ops import OPS
 
 EXPONENTS = [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape.embed.cabi import VALUE_AND_GRAD_SIGNATURE, VALUE_SIGNATURE
 from fasttape.bench.families import random_local
+from fasttape.embed.cabi import VALUE_AND_GRAD_SIGNATURE, VALUE_SIGNATURE
 from fasttape.ops import OPS
 from tests.reference import value_and_grad as ref_value_and_grad
 from tests.test_embed_numba import op_tape

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape.embed.numba_api import KINDS, vjp
 from fasttape.bench.families import random_local
+from fasttape.embed.numba_api import KINDS, vjp
 from fasttape.ops import OPS
 from tests.reference import internal_form
 from tests.reference import value_and_grad as ref_value_and_grad
