@@ -235,6 +235,7 @@ def _jax_fn(jnp):
     return vec
 
 
+@pytest.mark.oracle
 def test_hessian_and_jacobian_match_jax():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
@@ -263,6 +264,7 @@ def test_hessian_and_jacobian_match_jax():
         assert np.allclose(tape.hvp(x, v), hj @ v, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.oracle
 def test_hessian_matches_autograd():
     autograd = pytest.importorskip("autograd")
     anp = pytest.importorskip("autograd.numpy")
@@ -392,6 +394,7 @@ def test_derivatives_are_thread_safe():
     assert not errors
 
 
+@pytest.mark.oracle
 def test_scipy_newton_methods_converge_with_hvp_and_hessian():
     optimize = pytest.importorskip("scipy.optimize")
 

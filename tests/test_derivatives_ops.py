@@ -192,6 +192,7 @@ def _jax_ops(jnp, jax):
     return table
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("spec", OPS, ids=IDS)
 def test_second_partials_match_jax(spec):
     """Every op's Hessian against jax.hessian (float64) at points inside its domain."""

@@ -180,6 +180,7 @@ def test_called_from_compiled_c(tmp_path):
     assert f_c == f_py
 
 
+@pytest.mark.oracle
 def test_scipy_quad_and_nquad():
     integrate = pytest.importorskip("scipy.integrate")
     # f(t, a) = exp(-a t^2) cos(t): integrate over t for a fixed a (an extra argument).

@@ -14,6 +14,7 @@ def blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
 
 
+@pytest.mark.oracle
 @pytest.mark.slow  # about 15 s: imports JAX and PyTorch, compiles a jitted example
 def test_embedding_md_examples_run(capsys):
     for name in ("scipy", "sympy", "cffi", "jax", "torch"):
