@@ -14,32 +14,14 @@ them); gradients agree up to rounding for the reordering passes.
 from __future__ import annotations
 
 import argparse
-import time
-
-import numpy as np
+from functools import partial
 
 import fasttape as ft
 from fasttape.bench.cases import build_case
+from fasttape.bench.timing import best_times
 from fasttape.passes import DEFAULT_PASSES
 
 STRUCTURED = ("chain", "rosenbrock", "lennard-jones", "mlp", "autograd-west")
-
-
-def best_times(
-    tapes: dict[str, ft.Tape], x: np.ndarray, rounds: int
-) -> dict[tuple[str, str], float]:
-    """Best seconds per call of value and value_and_grad for each tape, sampled in turn."""
-    best: dict[tuple[str, str], float] = {}
-    for _ in range(rounds):
-        for name, tape in tapes.items():
-            for kind, fn in (("value", tape.value), ("vg", tape.value_and_grad)):
-                fn(x)
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    fn(x)
-                dt = (time.perf_counter() - t0) / 3
-                best[name, kind] = min(best.get((name, kind), np.inf), dt)
-    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         del graph
         x = case.x
         assert tapes["with"].value(x) == tapes["without"].value(x), "values must be bitwise"
-        t = best_times(tapes, x, ns.rounds)
+        fns = {(name, kind): partial(fn, x) for name, tape in tapes.items()
+               for kind, fn in (("value", tape.value), ("vg", tape.value_and_grad))}
+        t = best_times(fns, ns.rounds, inner=3)
         n = tapes["with"].n_nodes
         ns_ = {k: v / n * 1e9 for k, v in t.items()}
         print(f"| {fam} | {n:,} | {ns_['without', 'value']:.2f} | {ns_['with', 'value']:.2f} "

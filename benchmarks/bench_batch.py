@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ if str(_ROOT) not in sys.path:  # run as a script from a checkout
 
 from fasttape import batch  # noqa: E402
 from fasttape.bench.families import random_local  # noqa: E402
+from fasttape.bench.timing import median_times  # noqa: E402
 
 FIRST_CALL_SNIPPET = (
     "import time; t=time.perf_counter(); import numpy as np; import fasttape as ft; "
@@ -62,19 +62,6 @@ FIRST_CALL_SNIPPET = (
     "tape.value(X, threads=2); tape.value_and_grad(X[:1], threads=1); tape.value(X[:1]); "
     "print(time.perf_counter()-t)"
 )
-
-
-def _median_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Median wall time of each function over ``repeat`` round-robin rounds (after a warm-up)."""
-    for f in fns.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def measure(n_nodes: int, B: int, repeat: int, threads: tuple[int, ...]) -> dict[str, Any]:
@@ -100,7 +87,7 @@ def measure(n_nodes: int, B: int, repeat: int, threads: tuple[int, ...]) -> dict
     for t in threads:
         fns[f"batch_vg_t{t}"] = lambda t=t: tape.value_and_grad(X, threads=t)
         fns[f"batch_v_t{t}"] = lambda t=t: tape.value(X, threads=t)
-    med = _median_interleaved(fns, repeat)
+    med = median_times(fns, repeat, min_sample=0.0)
     per_point = {k: v / (n_loop if k.startswith("loop") else B) for k, v in med.items()}
     return {
         "n_nodes": n_nodes,
@@ -116,7 +103,7 @@ def chunk_sweep(n_nodes: int, B: int, chunks: list[int], repeat: int) -> dict[in
     tape = random_local(n_nodes, window=100)
     X = np.random.default_rng(0).uniform(0.1, 0.9, (B, tape.n_inputs))
     fns = {c: (lambda c=c: batch.value_and_grad(tape, X, 0, chunk=c, threads=1)) for c in chunks}
-    med = _median_interleaved(fns, repeat)
+    med = median_times(fns, repeat, min_sample=0.0)
     return {c: t / B / n_nodes for c, t in med.items()}
 
 

@@ -23,9 +23,7 @@ benchmark functions).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,31 +35,12 @@ if _ROOT not in sys.path:
 
 import fasttape as ft  # noqa: E402
 from fasttape.bench.families import random_local  # noqa: E402
-
-
-def _time(fn: Callable[[], object], min_time: float = 0.05) -> float:
-    """Best per-call time of ``fn`` over a few calls lasting at least ``min_time`` in total."""
-    fn()  # warm (compile, buffers)
-    best = float("inf")
-    total = 0.0
-    calls = 0
-    while total < min_time or calls < 3:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best = min(best, dt)
-        total += dt
-        calls += 1
-    return best
+from fasttape.bench.timing import median_times  # noqa: E402
 
 
 def _rounds(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median over ``repeat`` rounds of each function's best time; rounds interleave them."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            times[k].append(_time(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per call over ``repeat`` interleaved rounds, each sample >= 50 ms."""
+    return median_times(fns, repeat, min_sample=0.05)
 
 
 def _multi_output(tape: ft.Tape, m: int) -> ft.Tape:

@@ -23,7 +23,6 @@ This module also holds the workload shared with ``benchmarks/bench_core.py``
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import subprocess
@@ -41,13 +40,13 @@ import fasttape as ft
 from fasttape.bench import baseline as bl
 from fasttape.bench.machine import machine_info
 from fasttape.bench.pyops import FLOATS
+from fasttape.bench.timing import best_times
 
 __all__ = [
     "EDGES_PER_STEP",
     "NODES_PER_STEP",
     "FIRST_CALL_SNIPPET",
     "best_of",
-    "best_of_interleaved",
     "machine_info",
     "main",
     "mixed_workload",
@@ -122,43 +121,9 @@ def workload_edges(n_nodes: int) -> int:
 
 # ---------------------------------------------------------------------------- timing helpers
 def best_of(fn: Callable[[], Any], repeat: int, *, collect: bool = False) -> float:
-    """Best (minimum) wall time in seconds of ``repeat`` calls of ``fn`` after one warm-up call.
-
-    Parameters
-    ----------
-    fn : callable
-        Called with no arguments; its result is discarded before the next call.
-    repeat : int
-        Number of timed calls (at least 1).
-    collect : bool
-        Run the garbage collector before every call (outside the timing).
-    """
-    fn()
-    best = math.inf
-    for _ in range(max(1, repeat)):
-        if collect:
-            gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def best_of_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """Best-of-``repeat`` times of several callables measured round-robin (A, B, A, B, ...).
-
-    Each callable is called once untimed first.  Interleaving spreads slow drifts of the machine
-    (frequency, other load) evenly over all candidates instead of penalising whichever ran last.
-    """
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, math.inf)
-    for _ in range(max(1, repeat)):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    """Best wall time in seconds of ``repeat`` calls of ``fn`` after one warm-up call
+    (:func:`fasttape.bench.timing.best_times` of one callable)."""
+    return best_times({"fn": fn}, repeat, collect=collect)["fn"]
 
 
 def _run_python(code: str) -> tuple[float, str]:
@@ -202,7 +167,7 @@ def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
         "lean_grad_allclose_1e-12": bool(np.allclose(gl, b_grad, rtol=1e-12, atol=0.0)),
         "grad_finite": bool(np.all(np.isfinite(gs))),
     }
-    times = best_of_interleaved(
+    times = best_times(
         {
             "value": partial(tape.value, x),
             "baseline_value": partial(bl.value_kernel, ops, args, consts, x, vals),

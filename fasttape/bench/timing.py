@@ -17,16 +17,77 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["median_times", "peak_rss_growth", "rss_supported"]
+__all__ = [
+    "best_times", "calibrate", "median_times", "peak_rss_growth", "round_robin", "rss_supported",
+]
+
+
+def calibrate(fns: dict[Any, Callable[[], Any]], min_sample: float) -> dict[Any, int]:
+    """Calls per sample so that a sample of each callable lasts at least ``min_sample`` s.
+
+    Times one call of each (which also warms it up).
+    """
+    inner = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        t = time.perf_counter() - t0
+        inner[name] = max(1, math.ceil(min_sample / max(t, 1e-9)))
+    return inner
+
+
+def round_robin(
+    fns: dict[Any, Callable[[], Any]],
+    repeat: int,
+    *,
+    inner: dict[Any, int] | int = 1,
+    budget_s: float = math.inf,
+    collect: bool = False,
+) -> dict[Any, list[float]]:
+    """Seconds per call of each callable: one sample per round, the rounds round-robin.
+
+    Parameters
+    ----------
+    fns : dict
+        Name -> callable of no arguments, already warmed up.
+    repeat : int
+        Rounds (at least 1).
+    inner : int or dict
+        Calls per sample (the sample is their mean), one count for all or per name.
+    budget_s : float
+        Stop after the round that passes this many seconds (at least one round runs).
+    collect : bool
+        Run the garbage collector before every sample (outside the timing).
+
+    Returns
+    -------
+    dict
+        Name -> list of samples, in seconds per call.
+    """
+    start = time.perf_counter()
+    counts = inner if isinstance(inner, dict) else dict.fromkeys(fns, inner)
+    samples: dict[Any, list[float]] = {k: [] for k in fns}
+    for r in range(max(1, repeat)):
+        if r > 0 and time.perf_counter() - start > budget_s:
+            break
+        for name, fn in fns.items():
+            k = counts[name]
+            if collect:
+                gc.collect()
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / k)
+    return samples
 
 
 def median_times(
-    fns: dict[str, Callable[[], Any]],
+    fns: dict[Any, Callable[[], Any]],
     repeat: int,
     *,
     budget_s: float = math.inf,
     min_sample: float = 2e-3,
-) -> dict[str, float]:
+) -> dict[Any, float]:
     """Median seconds per call of each callable, sampled round-robin.
 
     Parameters
@@ -47,23 +108,24 @@ def median_times(
         Name -> median seconds per call.
     """
     start = time.perf_counter()
-    inner: dict[str, int] = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        t = time.perf_counter() - t0
-        inner[name] = max(1, math.ceil(min_sample / max(t, 1e-9)))
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(max(1, repeat)):
-        if r > 0 and time.perf_counter() - start > budget_s:
-            break
-        for name, fn in fns.items():
-            k = inner[name]
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / k)
+    inner = calibrate(fns, min_sample)
+    left = budget_s - (time.perf_counter() - start)
+    samples = round_robin(fns, repeat, inner=inner, budget_s=left)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def best_times(
+    fns: dict[Any, Callable[[], Any]], repeat: int, *, inner: int = 1, collect: bool = False
+) -> dict[Any, float]:
+    """Best (minimum) seconds per call of each callable, after one untimed warm-up call each.
+
+    The samples are taken round-robin (:func:`round_robin`), so that slow drifts of the
+    machine bias none of the callables.
+    """
+    for fn in fns.values():
+        fn()
+    samples = round_robin(fns, repeat, inner=inner, collect=collect)
+    return {k: min(v) for k, v in samples.items()}
 
 
 def _status_kb(field: str) -> int | None:

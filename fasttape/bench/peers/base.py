@@ -23,7 +23,10 @@ from fasttape.bench.cases import Case
 from fasttape.bench.families import pairwise_sum
 from fasttape.ops import OP_BY_NAME
 
-__all__ = ["OPERATORS", "Built", "OpNamespace", "Peer", "Unsupported"]
+__all__ = [
+    "OPERATORS", "ArrayPeer", "Built", "OpNamespace", "Peer", "Unsupported", "as_numpy",
+    "scalar_code",
+]
 
 
 @dataclass
@@ -103,6 +106,44 @@ class Peer:
         peer has no function for.
         """
         raise NotImplementedError
+
+
+class ArrayPeer(Peer):
+    """An array library (JAX, PyTorch, autograd): vectorized code for the VECTORIZED families,
+    straight-line code on scalars (one array element or 0-d tensor per node) otherwise."""
+
+    scalar_cap = 12_000
+    scalar_cap_quick = 1_200
+    vector_cap = None
+    vector_cap_quick = 12_000
+    vectorized = True
+
+
+def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:
+    """``case.fn`` as a function of one array, its items the inputs, with the namespace ``ns``."""
+    n = case.tape.n_inputs
+    fn = case.fn
+
+    def f(x: Any) -> Any:
+        return fn([x[i] for i in range(n)], ns)
+
+    return f
+
+
+def as_numpy(
+    value: Callable[[Any], Any], value_and_grad: Callable[[Any], tuple[Any, Any]],
+    build_s: float, compile_s: float, style: str,
+) -> Built:
+    """A :class:`Built` whose callables return a float and a NumPy gradient."""
+
+    def v(x: np.ndarray) -> float:
+        return float(value(x))
+
+    def vg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = value_and_grad(x)
+        return float(f), np.asarray(g)
+
+    return Built(v, vg, build_s, compile_s, style)
 
 
 class Unsupported(Exception):

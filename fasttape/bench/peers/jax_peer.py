@@ -15,7 +15,7 @@ import numpy as np
 
 from fasttape.bench.cases import Case
 from fasttape.bench.families import MLP_SHAPE
-from fasttape.bench.peers.base import Built, OpNamespace, Peer
+from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace, as_numpy, scalar_code
 
 __all__ = ["JaxPeer", "vectorized_fn"]
 
@@ -58,7 +58,7 @@ def vectorized_fn(family: str, case: Case, xp: Any) -> Any:
     raise ValueError(f"no vectorized code for {family!r}")
 
 
-class JaxPeer(Peer):
+class JaxPeer(ArrayPeer):
     """JAX jit on CPU, float64."""
 
     name = "jax"
@@ -70,9 +70,6 @@ class JaxPeer(Peer):
     # instructions: never at the default sizes (1,000 and up); pass --nodes 300 to see it.
     scalar_cap = 600
     scalar_cap_quick = 300
-    vector_cap = None
-    vector_cap_quick = 12_000
-    vectorized = True
 
     def build(self, case: Case) -> Built:
         import jax
@@ -91,24 +88,11 @@ class JaxPeer(Peer):
                 # the stable formula written out: jax.nn.softplus compiles slower still
                 "softplus": lambda a: jnp.maximum(a, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(a))),
             })
-            n = case.tape.n_inputs
-            fn = case.fn
-
-            def f(x: Any) -> Any:
-                return fn([x[i] for i in range(n)], ns)
-
+            f = scalar_code(case, ns)
             style = "scalar"
         x0 = jnp.asarray(case.x)
         t1 = time.perf_counter()
         vg = jax.jit(jax.value_and_grad(f)).lower(x0).compile()
         val = jax.jit(f).lower(x0).compile()
         t2 = time.perf_counter()
-
-        def value(x: np.ndarray) -> float:
-            return float(val(x))
-
-        def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
-            v, g = vg(x)
-            return float(v), np.asarray(g)
-
-        return Built(value, value_and_grad, t1 - t0, t2 - t1, style)
+        return as_numpy(val, vg, t1 - t0, t2 - t1, style)

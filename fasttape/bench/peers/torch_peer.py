@@ -15,22 +15,17 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, OpNamespace, Peer
+from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace
 from fasttape.bench.peers.jax_peer import vectorized_fn
 
 __all__ = ["TorchPeer"]
 
 
-class TorchPeer(Peer):
+class TorchPeer(ArrayPeer):
     """PyTorch eager, float64."""
 
     name = "torch"
     module = "torch"
-    scalar_cap = 12_000
-    scalar_cap_quick = 1_200
-    vector_cap = None
-    vector_cap_quick = 12_000
-    vectorized = True
 
     def build(self, case: Case) -> Built:
         import torch
