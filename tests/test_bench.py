@@ -94,6 +94,8 @@ def test_replay_fn_asks_the_namespace_for_every_op_by_name():
     assert type(info.value).__name__ == "Unsupported" and info.value.op == "sigmoid"
     ns = OpNamespace("toy", __import__("math"), {"sigmoid": FLOATS.sigmoid})
     assert replay_fn(tape)([0.7, 1.3], ns) == pytest.approx(tape.value(np.array([0.7, 1.3])))
+    with pytest.raises(Exception, match="toy has no where"):  # np.where's order differs
+        _ = OpNamespace("toy", np, {}).where
     with pytest.raises(Exception, match="toy has no sin"):
         _ = OpNamespace("toy", __import__("math"), {"sin": None}).sin
 

@@ -165,14 +165,21 @@ OPERATORS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: Ops whose stored argument order differs from the libraries' same-named function
+#: (``where`` is stored ``where(a, b, cond)``, NumPy's is ``where(cond, a, b)``): a peer
+#: needs an explicit override for them, never the same-named function.
+NEEDS_OVERRIDE = frozenset({"where"})
+
+
 class OpNamespace:
     """The math namespace ``m`` a family's code ``fn(x, m)`` gets when a peer builds it.
 
     An op name resolves to, in order: the peer's explicit override (where its own name or
     spelling differs), Python's operator (:data:`OPERATORS`), or the function of the same name
-    in the peer's module.  A name none of these has raises :class:`Unsupported`, which the
-    runner turns into an "unsupported" row.  ``sum`` is the balanced tree of additions of
-    :func:`fasttape.sum`, so that every system adds the terms in the same order.
+    in the peer's module (not for :data:`NEEDS_OVERRIDE`).  A name none of these has raises
+    :class:`Unsupported`, which the runner turns into an "unsupported" row.  ``sum`` is the
+    balanced tree of additions of :func:`fasttape.sum`, so that every system adds the terms
+    in the same order.
 
     Parameters
     ----------
@@ -198,7 +205,7 @@ class OpNamespace:
             fn = self._overrides[name]
         elif name in OPERATORS:
             fn = OPERATORS[name]
-        elif name in OP_BY_NAME:
+        elif name in OP_BY_NAME and name not in NEEDS_OVERRIDE:
             fn = getattr(self._module, name, None)
         else:
             fn = None
