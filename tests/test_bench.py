@@ -499,3 +499,24 @@ def test_help_texts_are_plain_text(capsys):
         assert len(out) > 300, args
     main(["demo", "--help"])
     assert "1,000,000-node" in capsys.readouterr().out  # the demo says what it does
+
+
+def test_peers_not_asked_for_are_not_imported(monkeypatch, capsys):
+    from fasttape.bench import cli
+
+    imported = []
+
+    class Spy(Peer):
+        name = "spy"
+        module = "numpy"
+
+        def available(self):
+            imported.append(self.name)
+            return None
+
+    monkeypatch.setattr(cli, "PEERS", (Spy(),))
+    ns = cli.build_parser().parse_args(["--quick", "--nodes", "50", "--families", "chain",
+                                        "--peers", "none", "--repeat", "1", "--no-west"])
+    result = cli.run(ns)
+    assert imported == []  # found by find_spec, not imported
+    assert result["peers"]["spy"]["installed"]

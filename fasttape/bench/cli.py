@@ -192,7 +192,10 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
                              compiling=lambda what: compiling(say, what))
     peers_info = {}
     for p in PEERS:
-        missing = p.available()
+        if peers is None or p.name in peers:
+            missing = p.available()
+        else:  # not asked for: found or not, without paying for its import
+            missing = None if p.installed() else "not installed"
         peers_info[p.name] = {"installed": missing is None, "version": p.version()
                               if missing is None else None, "status": missing or "installed"}
     return {

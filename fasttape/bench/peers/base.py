@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,13 @@ class Peer:
         except Exception as exc:  # ImportError, or a broken install raising anything
             return f"not installed ({type(exc).__name__})"
         return None
+
+    def installed(self) -> bool:
+        """Whether the peer's module can be found, without importing it (cheap)."""
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):
+            return False
 
     def version(self) -> str:
         """The installed version, or "" when unknown."""
