@@ -520,3 +520,20 @@ def test_peers_not_asked_for_are_not_imported(monkeypatch, capsys):
     result = cli.run(ns)
     assert imported == []  # found by find_spec, not imported
     assert result["peers"]["spy"]["installed"]
+
+
+def test_terminal_progress_stays_on_one_line(monkeypatch, capsys):
+    import os
+
+    from fasttape.bench import cli
+
+    monkeypatch.setattr(cli.shutil, "get_terminal_size", lambda: os.terminal_size((60, 20)))
+    say = cli.progress(tty=True)
+    say("compiling kernels for batch evaluation with subnormals flushed (first run only, "
+        "cached afterwards)...")
+    err = capsys.readouterr().err
+    assert err.startswith("\r\x1b[K[bench") and "\n" not in err
+    assert len(err) - len("\r\x1b[K") <= 59 and err.endswith("...")
+    plain = cli.progress(tty=False)
+    plain("x" * 200)
+    assert capsys.readouterr().err.endswith("x" * 200 + "\n")  # a log keeps the whole line

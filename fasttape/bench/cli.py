@@ -9,6 +9,7 @@ JSON or Markdown and a PNG plot.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from fasttape.bench.output import (
 from fasttape.bench.peers import PEERS
 from fasttape.bench.runner import Settings, measure_case, warm_up
 
-__all__ = ["main", "build_parser", "compiling", "render", "run"]
+__all__ = ["main", "build_parser", "compiling", "progress", "render", "run"]
 
 FULL_NODES = [1_000, 10_000, 100_000, 1_000_000]
 QUICK_NODES = [1_000, 10_000]
@@ -146,13 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress(tty: bool) -> Any:
+def progress(tty: bool) -> Any:
     """Progress on stderr: one self-overwriting line on a terminal, plain lines otherwise."""
     start = time.perf_counter()
 
     def say(msg: str) -> None:
         line = f"[bench {time.perf_counter() - start:6.1f} s] {msg}"
-        sys.stderr.write(f"\r\x1b[K{line}" if tty else line + "\n")
+        if tty:  # a line that wrapped could not be overwritten: cut it to the terminal
+            width = shutil.get_terminal_size().columns - 1
+            line = line if len(line) <= width else line[: max(0, width - 3)] + "..."
+            sys.stderr.write(f"\r\x1b[K{line}")
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     return say
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help or a bad argument: report the status, don't exit
         return int(exc.code or 0)
     ns.argv = argv
-    say = _progress(sys.stderr.isatty()) if ns.progress else None
+    say = progress(sys.stderr.isatty()) if ns.progress else None
     result = run(ns, say)
     if ns.progress and sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
