@@ -33,17 +33,11 @@ COLUMNS = (
 )
 
 #: The columns of the terminal table, which fits :data:`WIDTH` characters (the status is cut
-#: to what is left; the JSON and Markdown outputs keep it whole).
-SHORT_COLUMNS = (
-    ("family", "family", "s"),
-    ("n_nodes", "nodes", "n"),
-    ("system", "system", "s"),
-    ("code", "code", "s"),
-    ("value_ns", "value ns", "f"),
-    ("vg_ns", "v+g ns", "f"),
-    ("vs_fasttape", "vs ft", "r"),
-    ("status", "status", "s"),
-)
+#: to what is left; the JSON and Markdown outputs keep it whole), with shorter headers.
+_SHORT_HEADS = {"family": "family", "n_nodes": "nodes", "system": "system", "code": "code",
+                "value_ns": "value ns", "vg_ns": "v+g ns", "vs_fasttape": "vs ft",
+                "status": "status"}
+SHORT_COLUMNS = tuple((k, _SHORT_HEADS[k], kind) for k, _, kind in COLUMNS if k in _SHORT_HEADS)
 
 #: Width of the terminal output in characters.
 WIDTH = 100
