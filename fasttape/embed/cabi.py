@@ -196,6 +196,7 @@ class CFunction:
     Attributes
     ----------
     tape : Tape
+        Read-only, like ``output`` and ``reentrant``: the pointers hold its arrays' addresses.
     output : int
         The output that both pointers evaluate.
     reentrant : bool
