@@ -733,3 +733,20 @@ def test_zip_bombs_are_refused_before_decompressing(bombs, name, max_bytes, word
         tracemalloc.stop()
     assert words in str(info.value), str(info.value)
     assert peak < 16 * 2**20, f"allocated {peak:,} bytes"
+
+
+def test_atomic_write_text_replaces_or_keeps(tmp_path):
+    from fasttape.atomic import atomic_write, atomic_write_text
+
+    path = tmp_path / "report.json"
+    atomic_write_text(path, '{"a": 1}\n')
+    assert path.read_text() == '{"a": 1}\n'
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_write(path, fail)
+    assert path.read_text() == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
