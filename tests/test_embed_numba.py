@@ -140,8 +140,11 @@ def test_bad_lengths_raise_inside_njit():
         _call_tuple(fn, (*arrays[:5], *other[5:]), x, np.empty(tape.n_inputs))
     with pytest.raises(ValueError, match="parts has"):  # parts of another tape
         _call_tuple(fn, (*arrays[:6], other[6], arrays[7]), x, np.empty(tape.n_inputs))
-    with pytest.raises(ValueError, match="arrays of the tape this kernel was made for"):
+    with pytest.raises(ValueError, match="ops is not the array of the tape this kernel was made"):
         _call_tuple(fn, (*other[:4], *arrays[4:]), x, np.empty(tape.n_inputs))
+    with pytest.raises(ValueError, match="args is not the array of the tape"):
+        _call_tuple(fn, (arrays[0], np.array(arrays[1]), *arrays[2:]), x,
+                     np.empty(tape.n_inputs))
     forged = np.array(arrays[4])  # a writeable copy of the record, with another output index
     forged[6] = 1
     with pytest.raises(ValueError, match="output index"):
@@ -180,7 +183,7 @@ for mode in ("stored", "lean"):
     out[mode + "|adj|adj short"] = attempt(fn, (*a[:7], np.zeros(3)), np.zeros(5), np.empty(5))
     out[mode + "|parts|parts of the wrong length"] = attempt(
         fn, (*a[:6], np.zeros(max(len(a[6]) - 1, 3)), a[7]), np.zeros(5), np.empty(5))
-    out[mode + "|arrays of the tape|a copy of ops"] = attempt(
+    out[mode + "|ops is not the array of the tape|a copy of ops"] = attempt(
         fn, (np.array(a[0]), *a[1:]), np.zeros(5), np.empty(5))
     fv, av = t.numba_kernel("values")
     out[mode + "|vals|values: vals short"] = attempt(fv, (*av[:-1], np.zeros(short)), np.zeros(2),

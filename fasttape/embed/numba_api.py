@@ -139,18 +139,18 @@ def _check_tape(ops, args, consts, outputs, meta):
             "fasttape numba_kernel: meta (arrays[4]) is not the record of tape.numba_kernel(); "
             "pass its arrays unchanged"
         )
-    for arr_len, n, address, expected in (
-        (ops.shape[0], meta[_NNODES], ops.ctypes.data, meta[_AOPS]),
-        (args.shape[0], meta[_NEDGES], args.ctypes.data, meta[_AARGS]),
-        (consts.shape[0], meta[_NCONSTS], consts.ctypes.data, meta[_ACONSTS]),
-        (outputs.shape[0], meta[_NOUTS], outputs.ctypes.data, meta[_AOUTS]),
+    for name, arr_len, n, address, expected in (
+        ("ops", ops.shape[0], meta[_NNODES], ops.ctypes.data, meta[_AOPS]),
+        ("args", args.shape[0], meta[_NEDGES], args.ctypes.data, meta[_AARGS]),
+        ("consts", consts.shape[0], meta[_NCONSTS], consts.ctypes.data, meta[_ACONSTS]),
+        ("outputs", outputs.shape[0], meta[_NOUTS], outputs.ctypes.data, meta[_AOUTS]),
     ):
         # An empty array is harmless whatever its address (and empty bytes share one).
         if arr_len != n or (n != 0 and address != expected):
             raise ValueError(
-                "fasttape numba_kernel: ops, args, consts and outputs (arrays[0:4]) must be the "
-                "arrays of the tape this kernel was made for; pass the arrays of "
-                "tape.numba_kernel() unchanged"
+                "fasttape numba_kernel: " + name + " is not the array of the tape this kernel "
+                "was made for (ops, args, consts and outputs, arrays[0:4], must be the tape's "
+                "own); pass the arrays of tape.numba_kernel() unchanged"
             )
     return meta[_NIN] + meta[_NCONSTS] + meta[_NNODES]
 
