@@ -700,3 +700,14 @@ def test_repr_of_many_outputs_is_short():
 def test_op_table_is_consistent():
     assert len(OPS) == N_OPS
     assert all(OP_BY_NAME[op.name] is op for op in OPS)
+
+
+def test_slot_reuse_plan_arrays_cannot_be_made_writeable():
+    """The plan's arrays index the work vector inside kernels without bounds checks."""
+    from fasttape.passes.reuse import plan_slots
+
+    tape = random_local(2000, n_inputs=10, seed=4)
+    plan = plan_slots(tape.ops, tape.args, tape.outputs, tape.n_inputs + tape.n_consts)
+    for arr in (plan.dest, plan.args, plan.outputs):
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
