@@ -1,43 +1,88 @@
-"""Save and load tapes as .npz files: no pickle, a format version, validated on load."""
+"""Save and load tapes as .npz files: no pickle, a format version, validated on load.
+
+Saving to a path is atomic (a temporary file in the same folder, fsynced, then renamed over
+the target), so an interrupted save never destroys the previous file.  Loading parses the zip
+archive and each ``.npy`` header itself, before any array data is decompressed: a member whose
+declared size does not match its data, exceeds what the tape's own counts allow, or pushes the
+total past ``max_bytes`` is refused without allocating it, and object (pickled) arrays are
+refused without unpickling.
+"""
 
 from __future__ import annotations
 
+import io
+import math
 import os
-from typing import Any
+import zipfile
+from typing import IO, Any
 
 import numpy as np
 
-from fasttape.ops import table_hash
-from fasttape.tape import Tape
+from fasttape.atomic import atomic_write
+from fasttape.ops import OPS, table_hash
+from fasttape.tape import GRAD_MODES, Tape
 
-__all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION"]
+__all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION", "DEFAULT_MAX_BYTES"]
 
 #: Bumped whenever the meaning of the saved arrays changes.
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "op_table", "ops", "args", "consts", "outputs", "n_inputs")
+_SCALARS = ("format_version", "op_table", "n_inputs", "grad_mode")
+
+#: Default ``max_bytes`` of :func:`load`: the most bytes the arrays of a file may declare in
+#: total.  Generous (a tape of about 500 million instructions), and still far below what a
+#: hostile file could otherwise make the loader allocate.
+DEFAULT_MAX_BYTES = 8 * 2**30
+
+# A scalar member (format_version, op_table, n_inputs, grad_mode) larger than this is not a
+# scalar of ours; a few entries are still read, so that the checks below name the key.
+_SCALAR_MAX_BYTES = 4096
+_MAX_ARITY = max(op.arity for op in OPS)
+_MAX_HEADER_BYTES = 10_000  # NumPy's own limit for headers it parses safely
 
 
 class TapeFormatError(ValueError):
     """A file is not a valid fasttape tape (corrupt, hostile, or from another format/table)."""
 
 
-def save(tape: Tape, path: str | os.PathLike) -> None:
-    """Write ``tape`` to ``path`` (.npz; NumPy appends the suffix if missing)."""
+# ---------------------------------------------------------------------------- save
+def save(tape: Tape, path: str | os.PathLike | IO[bytes]) -> None:
+    """Write ``tape`` to ``path`` as an uncompressed .npz file (no pickle).
+
+    Parameters
+    ----------
+    tape : Tape
+    path : str, os.PathLike or binary file object
+        ``.npz`` is appended to a path that does not end with it (as :func:`numpy.savez`
+        does).  A file object is written to directly.
+
+    Notes
+    -----
+    A path is written atomically (:func:`fasttape.atomic.atomic_write`): a failed or
+    interrupted save leaves the previous file at ``path``, if any, intact.
+    """
     if not isinstance(tape, Tape):
         raise TypeError(f"save() expects a Tape, got {type(tape).__name__}")
-    np.savez(
-        path,
-        format_version=np.int64(FORMAT_VERSION),
-        op_table=np.array(table_hash()),
-        ops=tape.ops,
-        args=tape.args,
-        consts=tape.consts,
-        outputs=tape.outputs,
-        n_inputs=np.int64(tape.n_inputs),
-        grad_mode=np.array(tape.grad_mode),
-    )
+    arrays = {
+        "format_version": np.int64(FORMAT_VERSION),
+        "op_table": np.array(table_hash()),
+        "ops": tape.ops,
+        "args": tape.args,
+        "consts": tape.consts,
+        "outputs": tape.outputs,
+        "n_inputs": np.int64(tape.n_inputs),
+        "grad_mode": np.array(tape.grad_mode),
+    }
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
+    target = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
+    if not target.endswith(".npz"):
+        target += ".npz"
+    atomic_write(target, lambda f: np.savez(f, **arrays))
 
 
+# ---------------------------------------------------------------------------- load
 def _existing(path: str | os.PathLike) -> str | os.PathLike:
     """``path``, or ``path + ".npz"`` when only that exists (``save`` appends the suffix)."""
     if not os.path.exists(path) and not str(path).endswith(".npz"):
@@ -47,59 +92,198 @@ def _existing(path: str | os.PathLike) -> str | os.PathLike:
     return path
 
 
-def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
+def load(
+    path: str | os.PathLike | IO[bytes],
+    *,
+    grad_mode: str | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> Tape:
     """Read a tape written by :func:`save`, validating every array.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or binary file object
+        A path without the ``.npz`` suffix also finds ``path + ".npz"``.
+    grad_mode : {None, "stored", "lean"}
+        None (the default) keeps the mode saved in the file; a mode overrides it.
+    max_bytes : int or None
+        The most bytes the file's arrays may declare in total, checked from the ``.npy``
+        headers before any data is decompressed (default :data:`DEFAULT_MAX_BYTES`, 8 GiB).
+        None: no limit, for files you trust.
 
     Raises
     ------
     FileNotFoundError
-        If ``path`` does not exist.
+        If ``path`` does not exist (other ``OSError`` of opening it pass through too).
+    ValueError
+        For a ``grad_mode`` or ``max_bytes`` that is not one of the accepted values.
     TapeFormatError
-        If the file is not a tape of this format and op table, or its arrays break the tape
-        format (the message names the first offending entry).  Never crashes the process: the
-        arrays are fully validated before any kernel sees them.
+        If the file is not a fasttape tape (not a zip archive, members missing, object
+        arrays), is damaged, declares more data than its counts allow or than ``max_bytes``,
+        is of another format version or op table, or its arrays break the tape format (the
+        message names the first offending entry).  Never crashes the process: the arrays are
+        fully validated before any kernel sees them.
     """
-    path = _existing(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # any parse failure of a corrupt or hostile file
-        raise TapeFormatError(f"{path}: cannot read as a fasttape tape: {exc}") from exc
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise TapeFormatError(f"{path}: not a fasttape tape (a single .npy array, not .npz)")
-    try:
-        with data:
-            missing = [k for k in _KEYS if k not in data.files]
-            if missing:
-                raise TapeFormatError(f"{path}: not a fasttape tape (missing {missing})")
-            arrays: dict[str, Any] = {k: data[k] for k in _KEYS}
-            saved_mode = str(data["grad_mode"]) if "grad_mode" in data.files else "stored"
-    except TapeFormatError:
-        raise
-    except Exception as exc:
-        raise TapeFormatError(f"{path}: cannot read as a fasttape tape: {exc}") from exc
-    for key, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # a member without the .npy magic reads as bytes
-            raise TapeFormatError(f"{path}: member {key!r} is not an .npy array")
+    if grad_mode is not None and (not isinstance(grad_mode, str) or grad_mode not in GRAD_MODES):
+        raise ValueError(
+            f"grad_mode must be None (keep the saved mode) or one of {GRAD_MODES}; "
+            f"got {grad_mode!r}"
+        )
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
+        or max_bytes < 0
+    ):
+        raise ValueError(f"max_bytes must be None or an int >= 0; got {max_bytes!r}")
+    if hasattr(path, "read"):
+        arrays = _read_archive(path, "<file object>", max_bytes)  # type: ignore[arg-type]
+    else:
+        path = _existing(path)  # type: ignore[arg-type]
+        with open(path, "rb") as fh:  # FileNotFoundError and other OSErrors pass through
+            arrays = _read_archive(fh, os.fspath(path), max_bytes)
+    where = arrays.pop("_where")
+    saved = arrays.pop("grad_mode", None)
+    saved_mode = "stored" if saved is None else str(saved)
     version = arrays.pop("format_version")
     if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
         raise TapeFormatError(
-            f"{path}: tape format version {version!r}; this fasttape reads version "
+            f"{where}: tape format version {version!r}; this fasttape reads version "
             f"{FORMAT_VERSION}"
         )
     table = arrays.pop("op_table")
     if table.shape != () or str(table) != table_hash():
         raise TapeFormatError(
-            f"{path}: written with a different op table (hash {table!s}, this fasttape has "
+            f"{where}: written with a different op table (hash {table!s}, this fasttape has "
             f"{table_hash()}); rebuild the tape from its graph"
         )
     n_inputs = arrays.pop("n_inputs")
     if n_inputs.shape != () or n_inputs.dtype.kind not in "iu":
-        raise TapeFormatError(f"{path}: n_inputs must be an integer scalar")
+        raise TapeFormatError(f"{where}: n_inputs must be an integer scalar")
     try:
         return Tape.from_arrays(
             **arrays, n_inputs=int(n_inputs), grad_mode=grad_mode or saved_mode
         )
     except ValueError as exc:
-        raise TapeFormatError(f"{path}: {exc}") from exc
+        raise TapeFormatError(f"{where}: {exc}") from exc
+
+
+def _not_a_tape(head: bytes) -> str:
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x93NUM"):
+        return "a single .npy array, not an .npz archive"
+    if head.startswith(b"\x80"):
+        return "a pickle, which fasttape never writes or loads"
+    return f"not a zip archive (.npz); it starts with {head!r}"
+
+
+def _read_archive(fh: IO[bytes], where: str, max_bytes: int | None) -> dict[str, Any]:
+    """The arrays of a tape archive, each refused on its header before its data is read."""
+    head = fh.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first record, or an empty zip
+        raise TapeFormatError(f"{where}: not a fasttape tape: {_not_a_tape(head)}")
+    fh.seek(0)
+    try:
+        with zipfile.ZipFile(fh) as zf:
+            members = {}
+            for info in zf.infolist():  # np.savez names members "<key>.npy"
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                members[key] = info
+            missing = [k for k in _KEYS if k not in members]
+            if missing:
+                found = [info.filename for info in zf.infolist()]
+                shown = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "")
+                raise TapeFormatError(
+                    f"{where}: not a fasttape tape (missing {missing}); the archive holds "
+                    f"{shown or 'nothing'}"
+                )
+            reader = _MemberReader(zf, where, max_bytes)
+            arrays: dict[str, Any] = {"_where": where}
+            for key in _SCALARS:
+                if key in members:
+                    arrays[key] = reader.read(members[key], key, None, "")
+            arrays["ops"] = reader.read(members["ops"], "ops", None, "")
+            n_ops = int(arrays["ops"].size)
+            arrays["args"] = reader.read(
+                members["args"], "args", _MAX_ARITY * n_ops,
+                f"what {n_ops:,} instructions of at most {_MAX_ARITY} arguments can have",
+            )
+            arrays["consts"] = reader.read(members["consts"], "consts", None, "")
+            arrays["outputs"] = reader.read(members["outputs"], "outputs", None, "")
+            return arrays
+    except TapeFormatError:
+        raise
+    except Exception as exc:  # any parse failure of a damaged or hostile archive
+        raise TapeFormatError(
+            f"{where}: not a fasttape tape, or a damaged one: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class _MemberReader:
+    """Reads ``.npy`` members of one archive, charging their declared sizes to ``max_bytes``."""
+
+    def __init__(self, zf: zipfile.ZipFile, where: str, max_bytes: int | None):
+        self.zf = zf
+        self.where = where
+        self.max_bytes = max_bytes
+        self.total = 0
+
+    def read(self, info: zipfile.ZipInfo, key: str, max_entries: int | None,
+             why: str) -> np.ndarray:
+        where = self.where
+        with self.zf.open(info) as f:
+            magic = f.read(8)
+            if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
+                raise TapeFormatError(f"{where}: member {key!r} is not an .npy array")
+            header_reader = {
+                1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0,
+            }.get(magic[6])
+            if header_reader is None or magic[7] != 0:
+                raise TapeFormatError(
+                    f"{where}: member {key!r} has .npy format version {magic[6]}.{magic[7]}; "
+                    "fasttape writes 1.0"
+                )
+            # The header is read here, by size, and parsed from memory by NumPy's own parser:
+            # its length is known without tell() on the zip stream, and a huge length field is
+            # refused before anything is read.
+            len_field = f.read(2 if magic[6] == 1 else 4)
+            text_len = int.from_bytes(len_field, "little")
+            if text_len > _MAX_HEADER_BYTES:
+                raise TapeFormatError(f"{where}: member {key!r} has a {text_len:,}-byte header")
+            text = f.read(text_len)
+            shape, fortran_order, dtype = header_reader(io.BytesIO(len_field + text))
+            if dtype.hasobject:
+                raise TapeFormatError(
+                    f"{where}: not a fasttape tape: member {key!r} holds Python objects "
+                    f"(dtype {dtype}), which fasttape never writes and never unpickles"
+                )
+            header_len = 8 + len(len_field) + text_len
+            entries = math.prod(shape)
+            nbytes = entries * dtype.itemsize
+            data_len = info.file_size - header_len
+            if data_len != nbytes:
+                raise TapeFormatError(
+                    f"{where}: member {key!r} declares shape {shape} of {dtype} "
+                    f"({nbytes:,} bytes) but holds {data_len:,} bytes of data"
+                )
+            if key in _SCALARS and nbytes > _SCALAR_MAX_BYTES:
+                raise TapeFormatError(
+                    f"{where}: member {key!r} declares {nbytes:,} bytes; it holds one scalar"
+                )
+            if max_entries is not None and entries > max_entries:
+                raise TapeFormatError(
+                    f"{where}: member {key!r} declares {entries:,} entries, more than {why} "
+                    f"({max_entries:,})"
+                )
+            self.total += nbytes
+            if self.max_bytes is not None and self.total > self.max_bytes:
+                raise TapeFormatError(
+                    f"{where}: the arrays declare more than max_bytes={self.max_bytes:,} bytes "
+                    f"(member {key!r}: {nbytes:,} bytes); if the file is trusted, load it with "
+                    "a larger max_bytes, or max_bytes=None"
+                )
+            data = f.read(nbytes)  # bounded: the size was checked against the header above
+            if len(data) != nbytes:
+                raise TapeFormatError(f"{where}: member {key!r} is truncated")
+        return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order
+                                                        else "C")
+

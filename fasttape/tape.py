@@ -87,9 +87,7 @@ class Tape:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
         self = object.__new__(cls)
         for name, arr in (("ops", ops), ("args", args), ("consts", consts), ("outputs", outputs)):
-            arr = np.ascontiguousarray(arr)
-            arr.flags.writeable = False
-            object.__setattr__(self, name, arr)
+            object.__setattr__(self, name, _frozen(arr))
         object.__setattr__(self, "n_inputs", int(n_inputs))
         object.__setattr__(self, "grad_mode", grad_mode)
         object.__setattr__(self, "_local", threading.local())
@@ -138,7 +136,13 @@ class Tape:
         return cls._trusted(ops, args, consts, outputs, n_inputs, grad_mode)
 
     def to_arrays(self) -> dict[str, Any]:
-        """The tape's arrays (read-only) and ``n_inputs``: the inverse of :meth:`from_arrays`."""
+        """The tape's arrays and ``n_inputs``: the inverse of :meth:`from_arrays`.
+
+        The arrays are the tape's own, without a copy, and permanently read-only: their memory
+        is an immutable ``bytes`` object, so ``a.flags.writeable = True`` raises ``ValueError``
+        (kernels run without bounds checks on these arrays; a write could crash them).  Take
+        ``np.array(a)`` for a writeable copy.
+        """
         return {
             "ops": self.ops,
             "args": self.args,
@@ -501,6 +505,21 @@ class Tape:
         more = " ..." if self.n_outputs > 8 else ""
         lines.append(f"  outputs: {outs}{more}")
         return "\n".join(lines)
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a contiguous array that nothing can write to, ever.
+
+    ``flags.writeable = False`` alone is not enough: an array that owns its data (or whose base
+    is writeable) can have the flag set back to True.  An array over the buffer of a ``bytes``
+    object cannot (NumPy refuses, the buffer is immutable), so the tape's arrays are views of a
+    private ``bytes`` copy.  Already-frozen arrays (``with_grad_mode``) are shared, not copied.
+    """
+    if isinstance(arr.base, bytes) and arr.flags.c_contiguous and not arr.flags.writeable:
+        return arr
+    arr = np.ascontiguousarray(arr)
+    out = np.frombuffer(arr.tobytes(), dtype=arr.dtype)
+    return out if arr.ndim == 1 else out.reshape(arr.shape)
 
 
 def _count(n: int, noun: str) -> str:

@@ -97,6 +97,27 @@ def test_pointer_outlives_every_other_reference():
     np.testing.assert_allclose(g, [2.0 * math.cos(0.5), math.sin(0.5)], rtol=1e-15)
 
 
+def test_the_tape_under_a_pointer_cannot_be_swapped_or_its_context_rewritten():
+    """The context holds raw addresses of the tape's arrays: rebinding ``cf.tape`` used to
+    drop the last reference to them (the pointer then read freed memory), and the context's
+    writeable flag could be turned back on."""
+    cf = ft.compile(ft.trace(lambda x: ft.sin(x[0]) * x[1], n_inputs=2)).cfunc()
+    other = ft.compile(ft.trace(lambda x: x[0] + x[1] + x[2], n_inputs=3))
+    for name, value in (("tape", other), ("output", 1), ("reentrant", True)):
+        with pytest.raises(AttributeError):
+            setattr(cf, name, value)
+    with pytest.raises(ValueError):
+        cf._ctx.flags.writeable = True
+    for arr in (cf.tape.ops, cf.tape.args, cf.tape.consts, cf.tape.outputs):
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
+    gc.collect()
+    v, g = call_vg(cf, np.array([0.5, 2.0]))
+    assert v == pytest.approx(math.sin(0.5) * 2.0, rel=1e-15)
+    assert g[1] == pytest.approx(math.sin(0.5), rel=1e-15)
+    assert (cf.output, cf.reentrant, cf.tape.n_inputs) == (0, False, 2)
+
+
 def test_ctypes_objects_keep_the_cfunction_alive():
     vg = ft.compile(ft.trace(lambda x: x[0] * x[1], n_inputs=2)).cfunc().value_and_grad_ctypes
     gc.collect()

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -123,20 +130,114 @@ def test_bad_lengths_raise_inside_njit():
     tape = random_local(300, window=20)
     fn, arrays = tape.numba_kernel()
     x = np.full(tape.n_inputs, 0.3)
-    with pytest.raises(ValueError, match="x has the wrong length"):
+    with pytest.raises(ValueError, match=f"x has {tape.n_inputs - 1} entries, expected "
+                                         f"{tape.n_inputs}"):
         _call_tuple(fn, arrays, x[:-1], np.empty(tape.n_inputs))
-    with pytest.raises(ValueError, match="grad has the wrong length"):
+    with pytest.raises(ValueError, match=r"grad has .* entries"):
         _call_tuple(fn, arrays, x, np.empty(tape.n_inputs + 1))
     other = random_local(200, window=20).numba_kernel().arrays
-    with pytest.raises(ValueError, match="x has the wrong length"):  # vals of another tape
+    with pytest.raises(ValueError, match="vals has"):  # vals of another tape
         _call_tuple(fn, (*arrays[:5], *other[5:]), x, np.empty(tape.n_inputs))
-    with pytest.raises(ValueError, match="do not belong"):  # parts of another tape
+    with pytest.raises(ValueError, match="parts has"):  # parts of another tape
         _call_tuple(fn, (*arrays[:6], other[6], arrays[7]), x, np.empty(tape.n_inputs))
+    with pytest.raises(ValueError, match="ops is not the array of the tape this kernel was made"):
+        _call_tuple(fn, (*other[:4], *arrays[4:]), x, np.empty(tape.n_inputs))
+    with pytest.raises(ValueError, match="args is not the array of the tape"):
+        _call_tuple(fn, (arrays[0], np.array(arrays[1]), *arrays[2:]), x,
+                     np.empty(tape.n_inputs))
+    forged = np.array(arrays[4])  # a writeable copy of the record, with another output index
+    forged[6] = 1
     with pytest.raises(ValueError, match="output index"):
-        _call_tuple(fn, (*arrays[:4], np.int64(1), *arrays[5:]), x, np.empty(tape.n_inputs))
+        _call_tuple(fn, (*arrays[:4], forged, *arrays[5:]), x, np.empty(tape.n_inputs))
     fj, aj = tape.numba_kernel("vjp")
-    with pytest.raises(ValueError, match="cot n_outputs"):
+    with pytest.raises(ValueError, match="cot has 2 entries, expected 1"):
         fj(*aj, x, np.ones(2), np.empty(tape.n_inputs))
+
+
+# Foreign work buffers that used to pass every check: the sweep then wrote past their ends
+# (a segfault on a large tape).  Run in a subprocess so that the unfixed code cannot take the
+# test session down with it; each case must raise ValueError naming the buffer.
+_FOREIGN_BUFFERS = r"""
+import json, sys
+import numpy as np
+import fasttape as ft
+
+def tape(mode):
+    return ft.compile(ft.trace(lambda v: [ft.sum(ft.sin(v[i]) * v[i + 1] * 1.5
+                                                 for i in range(4))], 5), grad_mode=mode)
+
+def attempt(fn, arrays, *rest):
+    try:
+        fn(*arrays, *rest)
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+out = {}
+for mode in ("stored", "lean"):
+    t = tape(mode)
+    fn, a = t.numba_kernel()
+    short = t.n_consts + t.n_nodes + 2  # old check: n_inputs = len(vals) - n_consts - n_nodes
+    out[mode + "|vals|vals and adj short, x short (the report)"] = attempt(
+        fn, (*a[:5], np.zeros(short), a[6], np.zeros(short)), np.zeros(2), np.empty(2))
+    out[mode + "|adj|adj short"] = attempt(fn, (*a[:7], np.zeros(3)), np.zeros(5), np.empty(5))
+    out[mode + "|parts|parts of the wrong length"] = attempt(
+        fn, (*a[:6], np.zeros(max(len(a[6]) - 1, 3)), a[7]), np.zeros(5), np.empty(5))
+    out[mode + "|ops is not the array of the tape|a copy of ops"] = attempt(
+        fn, (np.array(a[0]), *a[1:]), np.zeros(5), np.empty(5))
+    fv, av = t.numba_kernel("values")
+    out[mode + "|vals|values: vals short"] = attempt(fv, (*av[:-1], np.zeros(short)), np.zeros(2),
+                                                np.empty(1))
+    out[mode + "|out|values: out short"] = attempt(fv, av, np.zeros(5), np.empty(0))
+    f1, a1 = t.numba_kernel("value")
+    out[mode + "|vals|value: vals short"] = attempt(f1, (*a1[:-1], np.zeros(short)), np.zeros(2))
+    fj, aj = t.numba_kernel("vjp")
+    out[mode + "|adj|vjp: adj short"] = attempt(fj, (*aj[:-1], np.zeros(2)), np.zeros(5),
+                                            np.ones(1), np.empty(5))
+    out[mode + "|parts|vjp: parts of the wrong length"] = attempt(
+        fj, (*aj[:-2], np.zeros(1), aj[-1]), np.zeros(5), np.ones(1), np.empty(5))
+print(json.dumps(out))
+"""
+
+
+def test_foreign_work_buffers_are_refused_before_the_sweep():
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", _FOREIGN_BUFFERS], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"crashed ({proc.returncode}): {proc.stderr[-2000:]}"
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 18
+    for case, message in results.items():
+        _, buffer, _ = case.split("|")
+        assert message.startswith("fasttape numba_kernel: ") and buffer in message, (case,
+                                                                                    message)
+
+
+@pytest.mark.parametrize(
+    ("x", "grad", "words"),
+    [
+        (np.zeros((1, 3)), np.empty(3), "x must be a 1-D float64 array; got 2-D float64"),
+        (np.zeros(3, np.float32), np.empty(3), "x must be a 1-D float64 array; got 1-D float32"),
+        (np.zeros(3), np.empty(3, np.int64), "grad must be a writeable 1-D float64 array"),
+        (np.zeros(3), np.frombuffer(bytes(24)), "grad must be a writeable 1-D float64 array; "
+                                                "got a read-only array"),
+    ],
+    ids=["x-2d", "x-float32", "grad-int", "grad-read-only"],
+)
+def test_wrong_array_types_are_named_when_numba_compiles_the_call(x, grad, words):
+    tape = ft.compile(ft.trace(lambda v: v[0] * v[1] + v[2], 3))
+    fn, arrays = tape.numba_kernel()
+    with pytest.raises(numba.core.errors.TypingError, match=re.escape(words)):
+        fn(*arrays, x, grad)
+
+
+def test_meta_and_tape_arrays_cannot_be_made_writeable():
+    tape = ft.compile(ft.trace(lambda v: v[0] * v[1] + 2.0, 2))
+    _, arrays = tape.numba_kernel()
+    for arr in arrays[:5]:
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True
 
 
 def test_arguments_are_checked_in_python():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -240,3 +241,96 @@ def test_same_name_different_assumptions_is_explained():
     plain = sp.Symbol("x")
     with pytest.raises(ValueError, match="differs from the one in symbols by its assumptions"):
         ft.from_sympy(X + 1, [plain])
+
+
+# ---------------------------------------------------------------------------- issue 15
+@pytest.mark.parametrize(
+    ("expr", "words"),
+    [
+        (lambda: sp.Function("sin")(X), "'sin' is an undefined function (made with "
+                                        "sympy.Function('sin'))"),
+        (lambda: sp.Function("exp2")(X, Y), "'exp2' is an undefined function"),
+        (lambda: sp.Function("fma")(X, Y), "'fma' is an undefined function"),
+        (lambda: sp.Function("f")(X) + 1, "'f' is an undefined function"),
+        (lambda: sp.Function("Min")(X, Y), "'Min' is an undefined function"),
+    ],
+    ids=["sin", "exp2-two-args", "fma-two-args", "f", "Min"],
+)
+def test_undefined_functions_are_refused_not_matched_by_name(expr, words):
+    """Matching on the class name turned Function("sin") into sin, dropped the second
+    argument of Function("exp2")(x, y) and raised a bare IndexError for Function("fma")."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        ft.from_sympy(expr(), [X, Y])
+
+
+def test_the_suggestion_names_the_real_function():
+    with pytest.raises(ValueError, match=r"use sympy\.sin,"):
+        ft.from_sympy(sp.Function("sin")(X), [X])
+    with pytest.raises(ValueError, match=r"use sympy\.codegen\.cfunctions\.exp2,"):
+        ft.from_sympy(sp.Function("exp2")(X), [X])
+
+
+def test_wrong_argument_counts_are_refused():
+    # SymPy's own classes check their arity; one built around that check must still be caught.
+    odd = sp.Basic.__new__(cfn.fma, X, Y)
+    with pytest.raises(ValueError, match="fma takes 3 arguments, got 2"):
+        ft.from_sympy(odd, [X, Y])
+    odd = sp.Basic.__new__(sp.sin, X, Y)
+    with pytest.raises(ValueError, match="sin takes 1 argument, got 2"):
+        ft.from_sympy(odd, [X, Y])
+
+
+@pytest.mark.parametrize(
+    ("expr", "name"),
+    [
+        (lambda: sp.Integral(X**2, (X, 0, 1)), "Integral"),
+        (lambda: Y + sp.Integral(X * Y, (X, 0, Y)), "Integral"),
+        (lambda: sp.Sum(X**Z, (Z, 1, 5)) * Y, "Sum"),
+        (lambda: sp.Derivative(sp.Function("f")(X), X), "Derivative"),
+    ],
+)
+def test_the_outermost_unsupported_construct_is_named(expr, name):
+    """Integral was reported as "unsupported SymPy function 'Tuple'" (its limits)."""
+    with pytest.raises(ValueError, match=f"unsupported SymPy function '{name}'"):
+        ft.from_sympy(expr(), [X, Y])
+
+
+def test_numbers_beyond_float64_are_rounded_or_refused():
+    """Rational(1, 10**400) raised a bare OverflowError: it is 0.0 in float64 (documented);
+    a finite number too large for float64 is refused rather than made inf."""
+    tape = ft.compile(ft.from_sympy(X * sp.Rational(1, 10**400) + Y, [X, Y]))
+    assert tape.value([3.0, 2.0]) == 2.0
+    assert ft.compile(ft.from_sympy(X / 10**400, [X])).value([5.0]) == 0.0
+    tiny = ft.compile(ft.from_sympy(X * sp.Rational(3, 10**310), [X]))
+    assert tiny.value([1.0]) == 3e-310  # a subnormal, correctly rounded
+    assert ft.compile(ft.from_sympy(X + sp.Rational(1, 3), [X])).value([0.0]) == 1 / 3
+    assert ft.compile(ft.from_sympy(X + sp.oo, [X])).value([0.0]) == math.inf
+    for huge in (sp.Integer(10**400), sp.Rational(10**400, 3), sp.Float("1e400")):
+        with pytest.raises(ValueError, match="beyond the float64 range"):
+            ft.from_sympy(X * huge + 1, [X])
+
+
+def test_dummy_against_symbol_is_explained():
+    """Both have empty assumptions: the message used to print two identical dicts."""
+    d = sp.Dummy("x")
+    with pytest.raises(ValueError, match="is a Dummy and the one in symbols a Symbol"):
+        ft.from_sympy(d + 1, [sp.Symbol("x")])
+    with pytest.raises(ValueError, match="is a Symbol and the one in symbols a Dummy"):
+        ft.from_sympy(sp.Symbol("x") + 1, [d])
+    with pytest.raises(ValueError, match="another Dummy than the one in symbols"):
+        ft.from_sympy(sp.Dummy("x") + 1, [d])
+    with pytest.raises(ValueError, match=r"assumptions \(.*positive=True vs None"):
+        ft.from_sympy(sp.Symbol("x", positive=True) + 1, [sp.Symbol("x")])
+    assert ft.compile(ft.from_sympy(d * 2, [d])).value([1.5]) == 3.0
+
+
+def test_text_is_refused_with_a_pointer_to_sympify():
+    """A str used to be iterated character by character."""
+    with pytest.raises(TypeError, match=r"not text \('x\*y'\).*sympy\.sympify"):
+        ft.from_sympy("x*y", [X, Y])
+    with pytest.raises(TypeError, match=r"sympy\.sympify"):
+        ft.from_sympy([X, "x*y"], [X, Y])
+    with pytest.raises(TypeError, match=r"not a string.*sympy\.symbols"):
+        ft.from_sympy(X * Y, "x y")
+    assert ft.compile(ft.from_sympy([X * Y, 2, 0.5], [X, Y])).value([2.0, 3.0]).tolist() == [
+        6.0, 2.0, 0.5]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -521,3 +527,226 @@ def test_renumbered_ops_with_a_forged_hash_are_still_validated(good_file, tmp_pa
     ops[ops == OP_BY_NAME["sin"].code] = OP_BY_NAME["where"].code  # arity 1 -> 3
     a["ops"] = ops
     assert_refused(write_npz(tmp_path / "renum.npz", a), "instruction")
+
+
+# ---------------------------------------------------------------------- atomic save
+@pytest.mark.parametrize("error", [OSError("No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "interrupt"])
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path, monkeypatch,
+                                                                        error):
+    """np.savez used to open (truncate) the target first: a save that failed half-way had
+    already destroyed the previous tape."""
+    path = tmp_path / "t.npz"
+    _graph_tape().save(path)
+    before = path.read_bytes()
+
+    def failing_savez(file, **arrays):  # writes a little, then fails, as a full disk would
+        if isinstance(file, (str, os.PathLike)):
+            with open(file, "wb") as f:
+                f.write(b"PK\x03\x04 half a tape")
+        else:
+            file.write(b"PK\x03\x04 half a tape")
+        raise error
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    with pytest.raises(type(error)):
+        random_local(200, n_inputs=4, seed=3).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.npz"]
+    assert ft.load(path).n_outputs == 4
+
+
+_KILLED_MID_SAVE = r"""
+import os, signal, sys
+import numpy as np
+from fasttape.families import random_local
+
+real = np.lib.format.write_array
+calls = []
+
+def write_then_die(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 4:  # part of the archive is written: the process dies here
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+
+np.lib.format.write_array = write_then_die
+random_local(2000, n_inputs=10, seed=9).save(sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_process_killed_mid_save_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "t.npz"
+    old = _graph_tape()
+    old.save(path)
+    before = path.read_bytes()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_SAVE, str(path)], cwd=root, capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(root)}, timeout=600,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert path.read_bytes() == before
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name != "t.npz")
+    assert all(n.startswith(".t.npz.") and n.endswith(".tmp") for n in leftovers), leftovers
+    assert same_bits(ft.load(path).value([0.5, 0.6, 0.7]), old.value([0.5, 0.6, 0.7]))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and links")
+def test_save_keeps_permissions_and_follows_links(tmp_path):
+    real = tmp_path / "real.npz"
+    _graph_tape().save(real)
+    real.chmod(0o640)
+    link = tmp_path / "link.npz"
+    link.symlink_to(real)
+    tape = random_local(100, n_inputs=3, seed=2)
+    tape.save(link)
+    assert link.is_symlink() and (real.stat().st_mode & 0o777) == 0o640
+    assert np.array_equal(ft.load(real).ops, tape.ops)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.npz", "real.npz"]
+
+
+def test_save_and_load_through_file_objects():
+    tape = _graph_tape()
+    buf = io.BytesIO()
+    tape.save(buf)
+    buf.seek(0)
+    assert np.array_equal(ft.load(buf).args, tape.args)
+
+
+# ---------------------------------------------------------------------- not a tape
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _object_array_npz(path: Path, good_file: Path) -> Path:
+    a = saved_arrays(good_file)
+    a["consts"] = np.array([1.0, "two"], dtype=object)
+    return write_npz(path, a)
+
+
+def _zip_of_other_things(path: Path, good_file: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("weights.npy", _npy(np.arange(3.0)))
+        z.writestr("readme.txt", "hello")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p, g: _written(p, b"hello, this is text\n" * 10), "not a zip archive"),
+        (lambda p, g: _written(p, b""), "empty"),
+        (lambda p, g: _written(p, b"\x00" * 300), "not a zip archive"),
+        (lambda p, g: _written(p, pickle.dumps({"ops": [1, 2]})), "a pickle"),
+        (lambda p, g: _written(p, _npy(np.arange(4))), "a single .npy array"),
+        (_zip_of_other_things, "holds weights.npy, readme.txt"),
+        (_object_array_npz, "holds Python objects"),
+    ],
+    ids=["text", "empty", "zeros", "pickle", "npy", "other-zip", "object-array"],
+)
+def test_garbage_is_reported_as_not_a_fasttape_tape(good_file, tmp_path, make, words):
+    """NumPy's message for these suggests allow_pickle=, which ft.load neither has nor wants."""
+    path = make(tmp_path / "garbage.npz", good_file)
+    err = assert_refused(path, "not a fasttape tape")
+    assert words in str(err) and "allow_pickle" not in str(err), str(err)
+
+
+# ---------------------------------------------------------------------- load limits
+@pytest.mark.parametrize("mode", ["", "fast", "Lean", 1, ["lean"]])
+def test_load_refuses_a_grad_mode_that_is_not_one(good_file, mode):
+    with pytest.raises(ValueError, match="grad_mode must be None"):
+        ft.load(good_file, grad_mode=mode)
+
+
+@pytest.mark.parametrize("max_bytes", [-1, 1.5, "8G", True])
+def test_load_refuses_a_bad_max_bytes(good_file, max_bytes):
+    with pytest.raises(ValueError, match="max_bytes must be None or an int"):
+        ft.load(good_file, max_bytes=max_bytes)
+
+
+def test_max_bytes_counts_the_declared_array_bytes(good_file):
+    total = sum(a.nbytes for a in saved_arrays(good_file).values())
+    assert ft.load(good_file, max_bytes=total).n_outputs == 4
+    assert ft.load(good_file, max_bytes=None).n_outputs == 4
+    assert_refused_with = pytest.raises(ft.TapeFormatError, match="max_bytes=")
+    with assert_refused_with:
+        ft.load(good_file, max_bytes=total - 1)
+
+
+def _bomb(path: Path, good_file: Path, key: str, dtype: str, n: int, header_n=None) -> Path:
+    """``good_file`` with member ``key`` holding ``n`` zeros of ``dtype``, deflated: a file
+    of a few hundred KB whose member decompresses to ``n * itemsize`` bytes.  ``header_n``:
+    the entry count the .npy header declares (default ``n``)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                 "shape": (n if header_n is None else header_n,)})
+    members = _members(good_file)
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            if name != key + ".npy":
+                z.writestr(name, data)
+        with z.open(key + ".npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            left = n * np.dtype(dtype).itemsize
+            while left:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= min(left, len(chunk))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bombs(good_file, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bombs")
+    n = 2**25  # 256 MB of float64, 128 MB of int32
+    return {
+        "consts": _bomb(folder / "consts.npz", good_file, "consts", "<f8", n),
+        "args": _bomb(folder / "args.npz", good_file, "args", "<i4", n),
+        "liar": _bomb(folder / "liar.npz", good_file, "consts", "<f8", 2**20, header_n=3),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "max_bytes", "words"),
+    [
+        ("consts", 2**20, "more than max_bytes=1,048,576 bytes (member 'consts': 268,435,456"),
+        ("args", ft.serialize.DEFAULT_MAX_BYTES, "'args' declares 33,554,432 entries, more than"),
+        ("liar", None, "'consts' declares shape (3,) of float64 (24 bytes) but holds 8,388,608"),
+    ],
+)
+def test_zip_bombs_are_refused_before_decompressing(bombs, name, max_bytes, words):
+    """A small file whose arrays decompress to hundreds of MB: refused from the headers,
+    without allocating (NumPy's np.load allocated and decompressed all of it)."""
+    path = bombs[name]
+    assert path.stat().st_size < 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ft.TapeFormatError) as info:
+            ft.load(path, max_bytes=max_bytes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert words in str(info.value), str(info.value)
+    assert peak < 16 * 2**20, f"allocated {peak:,} bytes"
+
+
+def test_atomic_write_text_replaces_or_keeps(tmp_path):
+    from fasttape.atomic import atomic_write, atomic_write_text
+
+    path = tmp_path / "report.json"
+    atomic_write_text(path, '{"a": 1}\n')
+    assert path.read_text() == '{"a": 1}\n'
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_write(path, fail)
+    assert path.read_text() == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -379,6 +379,36 @@ def test_tape_arrays_are_read_only(small_tape, name):
     assert not small_tape.to_arrays()[name].flags.writeable
 
 
+@pytest.mark.parametrize("name", ["ops", "args", "consts", "outputs"])
+@pytest.mark.parametrize("source", ["compile", "from_arrays", "with_grad_mode", "pickle"])
+def test_tape_arrays_cannot_be_made_writeable_again(small_tape, name, source):
+    """An array that owns its data can have ``writeable`` set back to True; after that a write
+    to ``args`` made the next evaluation read out of bounds."""
+    tape = {
+        "compile": lambda: small_tape,
+        "from_arrays": lambda: ft.Tape.from_arrays(**small_tape.to_arrays()),
+        "with_grad_mode": lambda: small_tape.with_grad_mode("lean"),
+        "pickle": lambda: pickle.loads(pickle.dumps(small_tape)),
+    }[source]()
+    x = [0.3, 0.7, 1.1]
+    before = tape.value(x)
+    for arr in (getattr(tape, name), tape.to_arrays()[name]):
+        base = arr
+        while isinstance(base, np.ndarray):  # the array, and every array it is a view of
+            with pytest.raises(ValueError):
+                base.flags.writeable = True
+            with pytest.raises(ValueError):
+                base[0] = 2**30
+            base = base.base
+    assert tape.value(x) == before
+
+
+def test_with_grad_mode_shares_the_frozen_arrays(small_tape):
+    lean = small_tape.with_grad_mode("lean")
+    for name in ("ops", "args", "consts", "outputs"):
+        assert getattr(lean, name) is getattr(small_tape, name)
+
+
 # ---------------------------------------------------------------------- x validation
 @pytest.mark.parametrize("n", [0, 2, 4, 10])
 def test_x_of_wrong_length(small_tape, n):
@@ -670,3 +700,14 @@ def test_repr_of_many_outputs_is_short():
 def test_op_table_is_consistent():
     assert len(OPS) == N_OPS
     assert all(OP_BY_NAME[op.name] is op for op in OPS)
+
+
+def test_slot_reuse_plan_arrays_cannot_be_made_writeable():
+    """The plan's arrays index the work vector inside kernels without bounds checks."""
+    from fasttape.passes.reuse import plan_slots
+
+    tape = random_local(2000, n_inputs=10, seed=4)
+    plan = plan_slots(tape.ops, tape.args, tape.outputs, tape.n_inputs + tape.n_consts)
+    for arr in (plan.dest, plan.args, plan.outputs):
+        with pytest.raises(ValueError):
+            arr.flags.writeable = True

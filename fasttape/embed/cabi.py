@@ -196,6 +196,7 @@ class CFunction:
     Attributes
     ----------
     tape : Tape
+        Read-only, like ``output`` and ``reentrant``: the pointers hold its arrays' addresses.
     output : int
         The output that both pointers evaluate.
     reentrant : bool
@@ -208,9 +209,11 @@ class CFunction:
     def __init__(self, tape: Tape, *, output: int | None = None, reentrant: bool = False):
         if not isinstance(tape, Tape):
             raise TypeError(f"cfunction() expects a fasttape.Tape, got {type(tape).__name__}")
-        self.tape = tape
-        self.output = tape._which(output)
-        self.reentrant = bool(reentrant)
+        # Private, behind read-only properties: the context below holds raw addresses of this
+        # tape's arrays, so rebinding ``tape`` could free them under a live pointer.
+        self._tape = tape
+        self._output = tape._which(output)
+        self._reentrant = bool(reentrant)
         lean = tape.grad_mode == "lean"
         self._vals = np.empty(tape.n_slots)
         self._parts = np.empty(0 if lean else tape.n_edges)
@@ -221,13 +224,27 @@ class CFunction:
             "args_int64": int(tape.args.dtype == np.int64),
             "consts": tape.consts.ctypes.data, "n_consts": tape.n_consts,
             "outputs": tape.outputs.ctypes.data, "n_outputs": tape.n_outputs,
-            "which": self.output, "n_inputs": tape.n_inputs,
+            "which": self._output, "n_inputs": tape.n_inputs,
             "vals": self._vals.ctypes.data, "parts": self._parts.ctypes.data,
-            "adj": self._adj.ctypes.data, "lean": int(lean), "reentrant": int(self.reentrant),
+            "adj": self._adj.ctypes.data, "lean": int(lean), "reentrant": int(self._reentrant),
         }
-        self._ctx = np.array([fields[name] for name in _CTX], dtype=np.int64)
-        self._ctx.flags.writeable = False
+        ctx = np.array([fields[name] for name in _CTX], dtype=np.int64)
+        # Over an immutable bytes object, so its writeable flag cannot be turned back on: the
+        # compiled code trusts every address and size in it.
+        self._ctx = np.frombuffer(ctx.tobytes(), dtype=np.int64)
         self._vg: Any = None
+
+    @property
+    def tape(self) -> Tape:
+        return self._tape
+
+    @property
+    def output(self) -> int:
+        return self._output
+
+    @property
+    def reentrant(self) -> bool:
+        return self._reentrant
 
     @property
     def user_data(self) -> int:

@@ -1,16 +1,19 @@
 """Call a compiled tape from your own ``@numba.njit`` code.
 
 :func:`numba_kernel` returns a jitted function and the tuple of arrays to pass it: the tape's
-own (read-only) arrays, the output index and freshly allocated work buffers.  Inside a jitted
-loop the call is ``fn(*arrays, x, grad)``: no Python object crosses into the loop and nothing is
-allocated per call.
+own (read-only) arrays, a read-only record of the tape's counts (``meta``) and freshly allocated
+work buffers.  Inside a jitted loop the call is ``fn(*arrays, x, grad)``: no Python object
+crosses into the loop and nothing is allocated per call.
 
 The functions returned here are thin checked wrappers around the generated drivers of
 :mod:`fasttape.kernels` (``value_kernel``, ``value_and_grad_kernel``,
 ``value_and_grad_lean_kernel``), which are themselves part of the stable embedding API; see
-docs/embedding.md for their buffer contract.  The wrappers check every length in O(1) before
-the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueError`` inside your
-jitted code instead of reading out of bounds.
+docs/embedding.md for their buffer contract.  The kernels do no bounds checks, so the wrappers
+check every array against the tape's own counts before the sweep: the tape's arrays by length
+and address, each work buffer (``vals``, ``parts``, ``adj``) and each argument (``x``,
+``grad``, ``out``, ``cot``) by length, element type and dimension.  A wrong array raises
+``ValueError`` (or, for a wrong type, Numba's ``TypingError``) naming it, inside your jitted
+code, instead of reading or writing out of bounds.
 """
 
 # kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
@@ -21,6 +24,8 @@ from typing import Any, NamedTuple
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from fasttape.kernels import (
     forward_partials,
@@ -46,8 +51,10 @@ KINDS = ("value_and_grad", "value", "values", "vjp")
 class NumbaKernel(NamedTuple):
     """A jitted function and the arrays to call it with: ``fn(*arrays, ...)``.
 
-    Unpacks as a pair: ``fn, arrays = tape.numba_kernel()``.  ``arrays`` holds the tape's
-    read-only arrays and work buffers owned by this object; the buffers make a call
+    Unpacks as a pair: ``fn, arrays = tape.numba_kernel()``.  ``arrays`` is
+    ``(ops, args, consts, outputs, meta, *work)``: the tape's read-only arrays, a read-only
+    int64 record of its counts and the chosen output, and the work buffers owned by this
+    object (``vals``, then ``parts, adj`` for the gradient kinds); the buffers make a call
     non-reentrant, so give each thread its own ``numba_kernel()``.
     """
 
@@ -55,59 +62,154 @@ class NumbaKernel(NamedTuple):
     arrays: tuple[Any, ...]
 
 
+# ---------------------------------------------------------------------------- checks
+# The sweeps index every buffer without bounds checks, so each wrapper checks, before any
+# sweep, every array it is given against the tape's own counts.  The counts travel in ``meta``,
+# a read-only int64 record built by numba_kernel() (layout ``_META``): never derived from a
+# buffer's length, which a caller may have replaced.  The tape's four arrays are also checked
+# by address, so a foreign ``ops``/``args`` of the right length cannot slip past either.
+# Element types and dimensions are checked when Numba compiles the call (a TypingError naming
+# the argument); lengths on every call (a ValueError naming the buffer).  All of it is a
+# handful of integer comparisons: nothing next to a sweep over the tape.
+
+_META = (
+    "n_inputs", "n_consts", "n_nodes", "n_edges", "n_outputs", "n_parts", "which",
+    "ops_address", "args_address", "consts_address", "outputs_address",
+)
+(_NIN, _NCONSTS, _NNODES, _NEDGES, _NOUTS, _NPARTS, _WHICH, _AOPS, _AARGS, _ACONSTS,
+ _AOUTS) = range(len(_META))
+_NMETA = len(_META)
+
+
+@_kernel
+def _bad_length(name, got, expected, what):
+    raise ValueError(
+        "fasttape numba_kernel: " + name + " has " + str(got) + " entries, expected "
+        + str(expected) + " (" + what + "); pass the arrays of tape.numba_kernel() unchanged, "
+        "or buffers of the sizes given in docs/embedding.md"
+    )
+
+
+def _check_vector(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
+    """Refuse ``arr`` unless it is a 1-D float64 array of ``n`` entries (inside jitted code)."""
+
+
+def _check_buffer(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
+    """As :func:`_check_vector`, for an array the sweep writes: it must also be writeable."""
+
+
+def _array_type_problem(arr: Any, writeable: bool) -> str | None:
+    if not isinstance(arr, types.Array):
+        return f"got {arr}"
+    if arr.ndim != 1 or arr.dtype != types.float64:
+        return f"got {arr.ndim}-D {arr.dtype}"
+    if writeable and not arr.mutable:
+        return "got a read-only array"
+    return None
+
+
+def _length_check_overload(writeable: bool) -> Any:
+    def typer(arr, name, n, what):  # type: ignore[no-untyped-def]
+        label = getattr(name, "literal_value", "an argument")
+        problem = _array_type_problem(arr, writeable)
+        if problem is not None:
+            need = "a writeable" if writeable else "a"
+            raise numba.core.errors.TypingError(
+                f"fasttape numba_kernel: {label} must be {need} 1-D float64 array; {problem}"
+            )
+
+        def impl(arr, name, n, what):  # type: ignore[no-untyped-def]
+            if arr.shape[0] != n:
+                _bad_length(name, arr.shape[0], n, what)
+
+        return impl
+
+    return typer
+
+
+overload(_check_vector, prefer_literal=True)(_length_check_overload(False))
+overload(_check_buffer, prefer_literal=True)(_length_check_overload(True))
+
+
+@_kernel
+def _check_tape(ops, args, consts, outputs, meta):
+    """The tape's arrays are the ones ``meta`` was made for; returns ``n_slots``."""
+    if meta.shape[0] != _NMETA:
+        raise ValueError(
+            "fasttape numba_kernel: meta (arrays[4]) is not the record of tape.numba_kernel(); "
+            "pass its arrays unchanged"
+        )
+    for name, arr_len, n, address, expected in (
+        ("ops", ops.shape[0], meta[_NNODES], ops.ctypes.data, meta[_AOPS]),
+        ("args", args.shape[0], meta[_NEDGES], args.ctypes.data, meta[_AARGS]),
+        ("consts", consts.shape[0], meta[_NCONSTS], consts.ctypes.data, meta[_ACONSTS]),
+        ("outputs", outputs.shape[0], meta[_NOUTS], outputs.ctypes.data, meta[_AOUTS]),
+    ):
+        # An empty array is harmless whatever its address (and empty bytes share one).
+        if arr_len != n or (n != 0 and address != expected):
+            raise ValueError(
+                "fasttape numba_kernel: " + name + " is not the array of the tape this kernel "
+                "was made for (ops, args, consts and outputs, arrays[0:4], must be the tape's "
+                "own); pass the arrays of tape.numba_kernel() unchanged"
+            )
+    return meta[_NIN] + meta[_NCONSTS] + meta[_NNODES]
+
+
+@_kernel
+def _check_work(meta, n_slots, vals, parts, adj):
+    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    _check_buffer(parts, "parts", meta[_NPARTS],
+                  "the tape's n_edges for a stored tape, 0 for a lean one")
+    _check_buffer(adj, "adj", n_slots, "the tape's n_slots, all zeros")
+
+
+@_kernel
+def _check_which(meta):
+    which = meta[_WHICH]
+    if which < 0 or which >= meta[_NOUTS]:
+        raise ValueError("fasttape numba_kernel: output index out of range")
+    return which
+
+
 # ---------------------------------------------------------------------------- jitted wrappers
-# Each wrapper checks the lengths the sweeps rely on, then calls a generated driver.  The checks
-# are a handful of integer comparisons: nothing next to a sweep over the tape.
-
-
 @_kernel
-def _check(ops, args, consts, outputs, vals, x):
-    n_in = vals.shape[0] - consts.shape[0] - ops.shape[0]
-    if x.shape[0] != n_in:
-        raise ValueError("fasttape: x has the wrong length (expected the tape's n_inputs)")
-    return n_in
-
-
-@_kernel
-def _value_and_grad_stored(ops, args, consts, outputs, which, vals, parts, adj, x, grad):
-    n_in = _check(ops, args, consts, outputs, vals, x)
-    if grad.shape[0] != n_in:
-        raise ValueError("fasttape: grad has the wrong length (expected the tape's n_inputs)")
-    if parts.shape[0] != args.shape[0] or adj.shape[0] != vals.shape[0]:
-        raise ValueError("fasttape: work buffers do not belong to this tape")
-    if which < 0 or which >= outputs.shape[0]:
-        raise ValueError("fasttape: output index out of range")
+def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
+    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    which = _check_which(meta)
     return value_and_grad_kernel(ops, args, consts, outputs, which, x, vals, parts, adj, grad)
 
 
 @_kernel
-def _value_and_grad_lean(ops, args, consts, outputs, which, vals, parts, adj, x, grad):
+def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
     # Same signature as the stored variant (``parts`` is empty and unused) so user code does
     # not depend on the tape's grad_mode.
-    n_in = _check(ops, args, consts, outputs, vals, x)
-    if grad.shape[0] != n_in:
-        raise ValueError("fasttape: grad has the wrong length (expected the tape's n_inputs)")
-    if adj.shape[0] != vals.shape[0]:
-        raise ValueError("fasttape: work buffers do not belong to this tape")
-    if which < 0 or which >= outputs.shape[0]:
-        raise ValueError("fasttape: output index out of range")
+    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    which = _check_which(meta)
     return value_and_grad_lean_kernel(ops, args, consts, outputs, which, x, vals, adj, grad)
 
 
 @_kernel
-def _value(ops, args, consts, outputs, which, vals, x):
-    _check(ops, args, consts, outputs, vals, x)
-    if which < 0 or which >= outputs.shape[0]:
-        raise ValueError("fasttape: output index out of range")
+def _value(ops, args, consts, outputs, meta, vals, x):
+    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    which = _check_which(meta)
     forward_values(ops, args, consts, x, vals)
     return vals[outputs[which]]
 
 
 @_kernel
-def _values(ops, args, consts, outputs, vals, x, out):
-    _check(ops, args, consts, outputs, vals, x)
-    if out.shape[0] != outputs.shape[0]:
-        raise ValueError("fasttape: out has the wrong length (expected the tape's n_outputs)")
+def _values(ops, args, consts, outputs, meta, vals, x, out):
+    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
     value_kernel(ops, args, consts, outputs, x, vals, out)
 
 
@@ -142,18 +244,28 @@ def vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
 
 
 @_kernel
-def _vjp(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
-    n_in = _check(ops, args, consts, outputs, vals, x)
-    if grad.shape[0] != n_in or cot.shape[0] != outputs.shape[0]:
-        raise ValueError("fasttape: grad must have n_inputs entries and cot n_outputs entries")
-    if adj.shape[0] != vals.shape[0] or (parts.shape[0] != 0 and parts.shape[0] != args.shape[0]):
-        raise ValueError("fasttape: work buffers do not belong to this tape")
+def _vjp(ops, args, consts, outputs, meta, vals, parts, adj, x, cot, grad):
+    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
     vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad)
 
 
 # ---------------------------------------------------------------------------- Python side
-def _which(tape: Tape, output: int | None) -> np.int64:
-    return np.int64(tape._which(output))
+def _meta(tape: Tape, which: int, n_parts: int) -> np.ndarray:
+    """The read-only record of the tape's counts that every wrapper checks against."""
+    fields = {
+        "n_inputs": tape.n_inputs, "n_consts": tape.n_consts, "n_nodes": tape.n_nodes,
+        "n_edges": tape.n_edges, "n_outputs": tape.n_outputs, "n_parts": n_parts,
+        "which": which, "ops_address": tape.ops.ctypes.data,
+        "args_address": tape.args.ctypes.data, "consts_address": tape.consts.ctypes.data,
+        "outputs_address": tape.outputs.ctypes.data,
+    }
+    record = np.array([fields[name] for name in _META], dtype=np.int64)
+    # Over an immutable bytes object: its writeable flag cannot be turned back on.
+    return np.frombuffer(record.tobytes(), dtype=np.int64)
 
 
 def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None = None) -> (
@@ -185,9 +297,12 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
     -------
     NumbaKernel
         ``(fn, arrays)``.  ``x``, ``grad``, ``out`` and ``cot`` must be 1-D float64 arrays
-        (contiguous for speed); lengths are checked on every call and a mismatch raises
-        ``ValueError`` from within the jitted code.  The work buffers in ``arrays`` are shared
-        by every call made with this tuple: one tuple per thread.
+        (contiguous for speed; ``grad`` and ``out`` writeable), else Numba raises a
+        ``TypingError`` naming the argument.  Every length, of these and of the arrays in
+        ``arrays``, is checked against the tape's counts on every call, before the sweep; a
+        mismatch raises ``ValueError`` naming the array, from within the jitted code.  The
+        work buffers in ``arrays`` are shared by every call made with this tuple: one tuple
+        per thread.
 
     Examples
     --------
@@ -209,18 +324,20 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
     n_parts = tape.n_edges if tape.grad_mode == "stored" else 0
     if kind == "value_and_grad":
         # Zeros once: the reverse sweep leaves adj zeroed again (read-then-zero).
-        arrays = (*base, _which(tape, output), vals, np.empty(n_parts), np.zeros(tape.n_slots))
+        meta = _meta(tape, tape._which(output), n_parts)
+        arrays = (*base, meta, vals, np.empty(n_parts), np.zeros(tape.n_slots))
         fn = _value_and_grad_stored if tape.grad_mode == "stored" else _value_and_grad_lean
     elif kind == "value":
-        arrays = (*base, _which(tape, output), vals)
+        arrays = (*base, _meta(tape, tape._which(output), n_parts), vals)
         fn = _value
     elif kind == "values":
         _no_output(kind, output)
-        arrays = (*base, vals)
+        arrays = (*base, _meta(tape, 0, n_parts), vals)
         fn = _values
     elif kind == "vjp":
         _no_output(kind, output)
-        arrays = (*base, vals, np.empty(n_parts), np.zeros(tape.n_slots))
+        arrays = (*base, _meta(tape, 0, n_parts), vals, np.empty(n_parts),
+                  np.zeros(tape.n_slots))
         fn = _vjp
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

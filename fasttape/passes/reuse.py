@@ -172,6 +172,8 @@ def plan_slots(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray, n_pre: in
     new_outputs = np.empty(outputs.shape[0], dtype=np.int64)
     n_work = assign_slots(ops, args, outputs, n_pre, _ARITY, dest, new_args, new_outputs,
                           bool(inplace))
-    for arr in (dest, new_args, new_outputs):
-        arr.flags.writeable = False
+    # Read-only over bytes copies, so the flag cannot be turned back on: the planned kernels
+    # index the work vector with these arrays without bounds checks.
+    dest, new_args, new_outputs = (np.frombuffer(a.tobytes(), dtype=a.dtype)
+                                   for a in (dest, new_args, new_outputs))
     return ReusePlan(dest, new_args, new_outputs, int(n_work))
