@@ -52,6 +52,7 @@ if str(_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(_ROOT))
 
 from fasttape import batch  # noqa: E402
+from fasttape.atomic import atomic_write_text  # noqa: E402
 from fasttape.bench.families import random_local  # noqa: E402
 from fasttape.bench.timing import median_times  # noqa: E402
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfirst batch calls in a fresh process: {fc['cold_cache']:.1f} s with an empty "
               f"Numba cache, {fc['warm_cache']:.2f} s with a warm one")
     if a.json:
-        a.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(a.json, json.dumps(result, indent=1))
     return 0
 
 

@@ -39,6 +39,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import fasttape as ft  # noqa: E402
+from fasttape.atomic import atomic_write  # noqa: E402
 from fasttape.bench.families import chain  # noqa: E402
 from fasttape.checkpoint import checkpointed  # noqa: E402
 from fasttape.checkpoint.scan import compile_plain  # noqa: E402
@@ -265,7 +266,7 @@ def plot_curve(res: dict[str, Any], path: str) -> None:
     a2.grid(alpha=0.3)
     a2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=110, format=Path(path).suffix[1:] or "png"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 import fasttape as ft
+from fasttape.atomic import atomic_write_text
 from fasttape.bench import baseline as bl
 from fasttape.bench.machine import machine_info
 from fasttape.bench.pyops import FLOATS
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(ns.nodes, ns.repeat)
     print(render(result))
     if ns.json is not None:
-        ns.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(ns.json, json.dumps(result, indent=2) + "\n")
     ok = all(result["evaluation"]["checks"].values()) and all(result["build"]["checks"].values())
     return 0 if ok else 1
 

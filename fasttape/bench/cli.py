@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fasttape.atomic import atomic_write_text
 from fasttape.bench.cases import FAMILIES
 from fasttape.bench.machine import machine_info
 from fasttape.bench.output import (
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.json is not None:
         write_json(ns.json, result)
     if ns.markdown is not None:
-        Path(ns.markdown).write_text(render(result, markdown=True) + "\n", encoding="utf-8")
+        atomic_write_text(ns.markdown, render(result, markdown=True) + "\n")
     if ns.plot is not None:
         try:
             title = f"fasttape bench ({result['machine']['cpu']})"

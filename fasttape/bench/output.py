@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from fasttape.atomic import atomic_write, atomic_write_text
+
 __all__ = ["COLUMNS", "SHORT_COLUMNS", "WIDTH", "SCHEMA", "render_table", "render_quiet",
            "render_west", "render_targets", "verdicts", "fit", "write_json", "write_plot"]
 
@@ -274,7 +276,7 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
             return [clean(x) for x in v]
         return v
 
-    Path(path).write_text(json.dumps(clean(result), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(clean(result), indent=2) + "\n")
 
 
 def write_plot(path: Path, rows: list[dict[str, Any]], title: str = "") -> None:
@@ -320,5 +322,5 @@ def write_plot(path: Path, rows: list[dict[str, Any]], title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=110, format=Path(path).suffix[1:] or "png"))
     plt.close(fig)
