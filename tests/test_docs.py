@@ -348,10 +348,11 @@ def test_page(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
                 printed = run_python(block, ns)
                 if block.output is not None:
                     expected = block.output.text
-                    assert output_matches(expected, printed), (
-                        f"{block.where}: printed output differs from the block at "
-                        f"{block.output.where}\n--- shown\n{expected}--- printed\n{printed}"
-                    )
+                    if not output_matches(expected, printed):
+                        raise AssertionError(
+                            f"{block.where}: printed output differs from the block at "
+                            f"{block.output.where}\n--- shown\n{expected}--- printed\n{printed}"
+                        )
             elif block.lang in SHELL:
                 for argv in shell_commands(block):
                     check_command(argv, block.where, tmp_path)
