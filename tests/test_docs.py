@@ -10,9 +10,10 @@ How a page is checked (CONTRIBUTING.md, "Docs", says the same for writers):
   whitespace per line and leading/trailing blank lines. A line that is only ``...`` matches any
   number of lines; ``...`` inside a line matches any text on that line (doctest's ELLIPSIS):
   use it for timings, addresses and other machine-dependent parts only.
-- A top-level expression statement in a python block whose value is not None fails the page:
-  its result is not shown, so a comment claiming a result (``tape.value(x)  # 11.7``) would go
-  stale unnoticed. Print it and show the output block instead.
+- A top-level expression statement in a python block whose value is plain data (a number,
+  array, string or container) fails the page: its result is not shown, so a comment claiming
+  a result (``tape.value(x)  # 11.7``) would go stale unnoticed. Print it and show the output
+  block instead.
 - ```bash / ```console blocks: each command is run when it is safe and fast (``--help``,
   ``python -m fasttape.kernels.codegen --check``, ``python -c`` doc generators, which run in a
   temporary directory and whose written files must equal the checked-in ones); otherwise it is
@@ -36,6 +37,7 @@ import doctest
 import importlib
 import importlib.util
 import io
+import numbers
 import os
 import re
 import shlex
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +179,9 @@ def run_python(block: Block, ns: dict) -> str:
     tree = _ShowsNothing().visit(ast.parse(source, block.page))
 
     def not_shown(value: object, lineno: int) -> None:
-        if value is not None:
+        # Plain data (numbers, arrays, strings, containers) is what a reader wants to see; an
+        # object such as torch.manual_seed's generator is not a result anyone would show.
+        if isinstance(value, (numbers.Number, np.ndarray, str, bytes, tuple, list, dict, set)):
             raise AssertionError(
                 f"{block.page}:{lineno}: this expression's result ({value!r:.60}) is not shown; "
                 "print it and add the output block after the code block"
