@@ -464,6 +464,16 @@ def test_derivatives_md_contains_the_generated_table() -> None:
     )
 
 
+def test_derivatives_md_contains_the_second_derivative_table() -> None:
+    from fasttape.opsdoc import second_derivatives_markdown
+
+    text = (ROOT / "docs" / "derivatives.md").read_text(encoding="utf-8")
+    assert second_derivatives_markdown().strip() in text, (
+        "docs/derivatives.md's second-derivative table is stale: paste "
+        "fasttape.opsdoc.second_derivatives_markdown() in"
+    )
+
+
 # ---------------------------------------------------------------- docstring examples
 
 
