@@ -26,6 +26,11 @@ How a page is checked (CONTRIBUTING.md, "Docs", says the same for writers):
   its fence; a python block whose imports are not installed (an optional extra: jax, torch,
   matplotlib) is left out too. Both are reported as skipped tests with the reason.
 
+The prose is checked too: every ``ft.x`` / ``fasttape.a.b`` in inline code resolves, every
+``tape.m`` / ``graph.m`` is a Tape / Graph attribute, repository paths (``fasttape/...``,
+``tests/...``, ``benchmarks/...``, ``docs/...``) exist, and relative links and their
+``#anchors`` lead somewhere.
+
 Also here: the generated tables in docs/ops.md and docs/derivatives.md are current, and the
 docstring ``Examples`` in the fasttape package run (``doctest`` on each module that has one).
 """
@@ -477,6 +482,90 @@ def test_shell_commands_and_flag_checks(tmp_path: Path) -> None:
         check_command(["pip", "install", ".[nosuchextra]"], "p.md:1", tmp_path)
     with pytest.raises(AssertionError, match="does not know"):
         check_command(["make", "docs"], "p.md:1", tmp_path)
+
+
+# ---------------------------------------------------------------- names, paths and links in prose
+
+_INLINE = re.compile(r"`([^`\n]+)`")
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _prose(path: Path) -> str:
+    """The page without its fenced blocks (those are run, not read)."""
+    return re.sub(r"^```.*?^```", "", path.read_text("utf-8"), flags=re.S | re.M)
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a page: lower case, punctuation dropped, spaces to '-'."""
+    heads = re.findall(r"^#+\s+(.*)$", _prose(path), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def _resolves(dotted: str) -> bool | None:
+    """Whether ``ft.x`` / ``fasttape.a.b`` names something; None if it needs a missing extra."""
+    parts = ["fasttape", *dotted.split(".")[1:]]
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as exc:
+            if exc.name and not exc.name.startswith("fasttape"):
+                return None
+            continue
+        break
+    else:
+        return False
+    for name in parts[i:]:
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
+
+
+def stale_references(path: Path) -> list[str]:
+    """What the prose of a page names that does not exist (see the test below)."""
+    import fasttape
+
+    text, stale = _prose(path), []
+    for code in _INLINE.findall(text):
+        for dotted in re.findall(r"\b(?:ft|fasttape)(?:\.[A-Za-z_]\w*)+", code):
+            if _resolves(dotted) is False:
+                stale.append(dotted)
+        for obj, attr in re.findall(r"(?<![\w./])(tape|graph)\.([A-Za-z_]\w*)", code):
+            if not hasattr(fasttape.Tape if obj == "tape" else fasttape.Graph, attr):
+                stale.append(f"{obj}.{attr}")
+        for ref in re.findall(r"(?<![\w/.])((?:fasttape|tests|benchmarks|docs)/[\w./-]*\w)", code):
+            if not any(c in code for c in "*<>{}") and not (ROOT / ref).exists():
+                stale.append(ref)
+    for link in _LINK.findall(text):
+        if re.match(r"\w+:", link):  # https:, mailto:
+            continue
+        target, _, anchor = link.partition("#")
+        file = (path.parent / target).resolve() if target else path
+        if not file.exists():
+            stale.append(link)
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            stale.append(link)
+    return stale
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=_page_id(p)) for p in PAGES])
+def test_names_paths_and_links_in_prose_exist(path: Path) -> None:
+    """`ft.x`, `fasttape.a.b`, `tape.m`, `graph.m`, repository paths and links all exist."""
+    stale = stale_references(path)
+    assert not stale, f"{_page_id(path)} names things that do not exist (any more): {stale}"
+
+
+def test_stale_references_are_found(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Other page\n\n## The `where` rule\n")
+    page = _page(tmp_path, (
+        "# Page\n\n`ft.compile`, `fasttape.ops.OP_BY_NAME`, `tape.value`, `fasttape/tape.py`,\n"
+        "[ok](other.md#the-where-rule), [ok](#page), `ft.nosuch`, `tape.nosuch`,\n"
+        "`fasttape/nosuch.py`, [gone](gone.md), [bad anchor](other.md#nosuch)\n"
+        "```python\nft.not_checked_here\n```\n"
+    ))
+    assert stale_references(page) == [
+        "ft.nosuch", "tape.nosuch", "fasttape/nosuch.py", "gone.md", "other.md#nosuch"
+    ]
 
 
 # ---------------------------------------------------------------- generated docs
