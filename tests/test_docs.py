@@ -131,15 +131,20 @@ def parse(path: Path) -> list[Block]:
 # ---------------------------------------------------------------- python blocks and outputs
 
 
+# Optional modules a page or docstring may need (pyproject's extras, cffi, matplotlib): a block
+# that imports one that is not installed is skipped.  Any other missing module fails the page.
+OPTIONAL_MODULES = {"autograd", "casadi", "cffi", "jax", "matplotlib", "scipy", "sympy", "torch"}
+
+
 def missing_imports(code: str) -> list[str]:
-    """Top-level modules a python block imports that are not installed (optional extras)."""
+    """Optional modules (OPTIONAL_MODULES) that ``code`` imports and that are not installed."""
     names = set()
     for node in ast.walk(ast.parse(code)):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
-    return sorted(n for n in names if importlib.util.find_spec(n) is None)
+    return sorted(n for n in names & OPTIONAL_MODULES if importlib.util.find_spec(n) is None)
 
 
 def skip_reason(block: Block) -> str | None:
@@ -458,6 +463,15 @@ def test_a_wrong_output_or_unlabelled_block_fails(monkeypatch: pytest.MonkeyPatc
         check_page(_page(tmp_path, "text\n\n```\npip install .\n```\n"), tmp_path)
     with pytest.raises(ZeroDivisionError):
         check_page(_page(tmp_path, "```python\n1 / 0\n```\n"), tmp_path)
+
+
+def test_only_missing_optional_modules_skip_a_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import numpy\nimport nosuch_extra\nfrom nosuch_other import x\n"
+    assert missing_imports(code) == []
+    monkeypatch.setattr(sys.modules[__name__], "OPTIONAL_MODULES", {"nosuch_extra", "numpy"})
+    assert missing_imports(code) == ["nosuch_extra"]
+    block = Block("page.md", 1, "python", code)
+    assert skip_reason(block) == "needs nosuch_extra (not installed)"
 
 
 def test_unshown_result_fails() -> None:
