@@ -29,7 +29,8 @@ How a page is checked (CONTRIBUTING.md, "Docs", says the same for writers):
 The prose is checked too: every ``ft.x`` / ``fasttape.a.b`` in inline code resolves, every
 ``tape.m`` / ``graph.m`` is a Tape / Graph attribute, repository paths (``fasttape/...``,
 ``tests/...``, ``benchmarks/...``, ``docs/...``) exist, and relative links and their
-``#anchors`` lead somewhere.
+``#anchors`` lead somewhere; a command quoted inline (```fasttape bench --nodes 1e6```,
+```python benchmarks/report.py --repeat 7```) is checked as a bash command is, never run.
 
 Also here: the generated tables in docs/ops.md and docs/derivatives.md are current, and the
 docstring ``Examples`` in the fasttape package run (``doctest`` on each module that has one).
@@ -37,6 +38,7 @@ docstring ``Examples`` in the fasttape package run (``doctest`` on each module t
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import doctest
@@ -46,6 +48,7 @@ import io
 import numbers
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -220,9 +223,13 @@ def shell_commands(block: Block) -> list[list[str]]:
         tokens = shlex.split(ln, comments=True)
         cmd: list[str] = []
         for tok in [*tokens, "&&"]:
-            if tok in ("&&", "||", ";", "|"):
+            if tok in (">", ">>", "2>", "<"):  # a redirect: the rest of the command is its file
+                cmd.append("\0")
+            elif tok in ("&&", "||", ";", "|"):
                 while cmd and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", cmd[0]):
                     cmd.pop(0)  # VAR=value prefix
+                if "\0" in cmd:
+                    cmd = cmd[: cmd.index("\0")]
                 if cmd:
                     commands.append(cmd)
                 cmd = []
@@ -242,38 +249,59 @@ def _run(argv: list[str], cwd: Path, where: str, timeout: float = 300) -> str:
     return proc.stdout
 
 
-# Runs a program up to its argparse parse_args and stops there: the command line is checked by
-# the program's own parser (options, values, subcommands) and nothing else runs.  os._exit,
-# because a program may catch SystemExit around parse_args (fasttape bench does).
-_PARSE_ONLY = """
-import argparse, os, runpy, sys
-_parse = argparse.ArgumentParser.parse_args
-def parse_then_stop(self, args=None, namespace=None):
-    _parse(self, args, namespace)
-    sys.stdout.flush()
-    os._exit(0)
-argparse.ArgumentParser.parse_args = parse_then_stop
-mode, target = sys.argv[1:3]
-sys.argv = [target, *sys.argv[3:]]
-if mode == "-m":
-    runpy.run_module(target, run_name="__main__", alter_sys=True)
-else:
-    runpy.run_path(target, run_name="__main__")
-raise SystemExit("the program ended without parsing its command line")
-"""
+class _Parsed(BaseException):
+    """Raised right after a program's parse_args succeeds; not an Exception, not SystemExit,
+    so a program that catches those around parse_args (fasttape bench does) lets it through."""
 
 
 def _parse_only(mode: str, target: str, args: list[str], where: str) -> None:
-    """Check a command line with the program's own argparse parser, without running it."""
-    _run([sys.executable, "-c", _PARSE_ONLY, mode, target, *args], ROOT, where)
+    """Run a program in this process up to its argparse ``parse_args`` and stop there.
+
+    The command line is checked by the program's own parser (options, values, subcommands)
+    and nothing else runs.
+    """
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [target, *args]
+    sys.path[:0] = [str(ROOT)] if mode == "-m" else [str(Path(target).parent), str(ROOT)]
+    argparse.ArgumentParser.parse_args = parse_then_stop  # type: ignore[method-assign]
+    out, err = io.StringIO(), io.StringIO()
+    shown = target if mode == "-m" else Path(target).relative_to(ROOT).as_posix()
+    command = shlex.join(["python", *([mode] if mode == "-m" else []), shown, *args])
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if mode == "-m":
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+    except _Parsed:
+        return
+    except SystemExit as exc:
+        if exc.code in (0, None) and "--help" in args:
+            return
+        raise AssertionError(
+            f"{where}: `{command}` is refused by its parser:\n{err.getvalue()[-2000:]}"
+        ) from None
+    finally:
+        argparse.ArgumentParser.parse_args = parse  # type: ignore[method-assign]
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    raise AssertionError(f"{where}: `{command}` ended without parsing its command line")
 
 
 def _uses_argparse(path: Path) -> bool:
     return path.is_file() and "argparse" in path.read_text(encoding="utf-8")
 
 
-def check_command(argv: list[str], where: str, tmp: Path) -> None:
-    """Run a doc's shell command when safe and fast, else check it parses (see the top)."""
+def check_command(argv: list[str], where: str, tmp: Path, run: bool = True) -> None:
+    """Run a doc's shell command when safe and fast, else check it parses (see the top).
+
+    ``run=False`` (commands quoted inline in the prose) never runs anything.
+    """
     py = [sys.executable]
     if argv[0] in ("python", "python3"):
         argv = [*py, *argv[1:]]
@@ -288,6 +316,8 @@ def check_command(argv: list[str], where: str, tmp: Path) -> None:
         )
     rest = argv[1:]
     if rest[:1] == ["-c"]:
+        if not run:
+            return
         # A doc generator such as CONTRIBUTING's docs/ops.md line: run it where it cannot
         # touch the checkout, then compare what it wrote with the checked-in file.
         (tmp / "docs").mkdir(exist_ok=True)
@@ -315,7 +345,7 @@ def check_command(argv: list[str], where: str, tmp: Path) -> None:
             return
         spec = importlib.util.find_spec(module)
         assert spec is not None, f"{where}: no module {module}"
-        if "--help" in args or (module, *args) in SAFE_COMMANDS:
+        if run and ("--help" in args or (module, *args) in SAFE_COMMANDS):
             _run(argv, ROOT, where)
             return
         origin = Path(spec.origin or "")
@@ -326,7 +356,7 @@ def check_command(argv: list[str], where: str, tmp: Path) -> None:
         return
     script = ROOT / rest[0]
     assert script.is_file(), f"{where}: {rest[0]} does not exist"
-    if "--help" in rest[1:]:
+    if run and "--help" in rest[1:]:
         _run(argv, ROOT, where)
     elif _uses_argparse(script):
         _parse_only("path", str(script), rest[1:], where)
@@ -490,12 +520,19 @@ def test_shell_commands_and_flag_checks(tmp_path: Path) -> None:
         check_command(["fasttape", "bench", "--quikc"], "p.md:1", tmp_path)
     with pytest.raises(AssertionError, match="invalid choice"):
         check_command(["fasttape", "dmeo"], "p.md:1", tmp_path)
-    with pytest.raises(AssertionError, match="exited with 2"):
+    with pytest.raises(AssertionError, match="invalid int value: 'x'"):
         check_command(["python", "benchmarks/report.py", "--nodes", "x"], "p.md:1", tmp_path)
     with pytest.raises(AssertionError, match="no extra"):
         check_command(["pip", "install", ".[nosuchextra]"], "p.md:1", tmp_path)
     with pytest.raises(AssertionError, match="does not know"):
         check_command(["make", "docs"], "p.md:1", tmp_path)
+    redirect = Block("p.md", 1, "bash", "python -m fasttape.embed.dot > docs/x.dot\n")
+    assert shell_commands(redirect) == [["python", "-m", "fasttape.embed.dot"]]
+    page = _page(tmp_path, "Run `fasttape bench --quick` or `python benchmarks/nosuch.py`.\n")
+    assert inline_commands(page) == [["fasttape", "bench", "--quick"],
+                                     ["python", "benchmarks/nosuch.py"]]
+    with pytest.raises(AssertionError, match=r"nosuch\.py does not exist"):
+        check_command(inline_commands(page)[1], "p.md", tmp_path, run=False)
 
 
 # ---------------------------------------------------------------- names, paths and links in prose
@@ -567,6 +604,25 @@ def test_names_paths_and_links_in_prose_exist(path: Path) -> None:
     """`ft.x`, `fasttape.a.b`, `tape.m`, `graph.m`, repository paths and links all exist."""
     stale = stale_references(path)
     assert not stale, f"{_page_id(path)} names things that do not exist (any more): {stale}"
+
+
+def inline_commands(path: Path) -> list[list[str]]:
+    """Commands quoted inline in the prose (`fasttape bench --quick`, `python benchmarks/...`)."""
+    found = []
+    for code in _INLINE.findall(_prose(path)):
+        if re.match(r"(fasttape|python|pip) ", code) and not re.search(r"[{}<]", code):
+            found += [c for c in shell_commands(Block("", 0, "bash", code + "\n")) if len(c) > 1]
+    return found
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=_page_id(p)) for p in PAGES])
+def test_commands_in_prose_parse(path: Path, tmp_path: Path) -> None:
+    """Every command quoted inline names a program that exists and accepts its options.
+
+    Nothing runs: the program is stopped right after its ``parse_args`` (``_parse_only``).
+    """
+    for argv in inline_commands(path):
+        check_command(argv, f"{_page_id(path)} (`{shlex.join(argv)}`)", tmp_path, run=False)
 
 
 def test_stale_references_are_found(tmp_path: Path) -> None:
