@@ -267,6 +267,11 @@ def _parse_only(mode: str, target: str, args: list[str], where: str) -> None:
         raise _Parsed
 
     saved_argv, saved_path = sys.argv[:], sys.path[:]
+    # runpy warns (an error under -W error::RuntimeWarning) when the module it is about to run
+    # as __main__ was imported already (tests import fasttape.__main__): set it aside meanwhile.
+    spec = importlib.util.find_spec(target) if mode == "-m" else None
+    runs = f"{target}.__main__" if spec and spec.submodule_search_locations else target
+    imported = sys.modules.pop(runs, None) if mode == "-m" else None
     sys.argv = [target, *args]
     sys.path[:0] = [str(ROOT)] if mode == "-m" else [str(Path(target).parent), str(ROOT)]
     argparse.ArgumentParser.parse_args = parse_then_stop  # type: ignore[method-assign]
@@ -290,6 +295,8 @@ def _parse_only(mode: str, target: str, args: list[str], where: str) -> None:
     finally:
         argparse.ArgumentParser.parse_args = parse  # type: ignore[method-assign]
         sys.argv, sys.path[:] = saved_argv, saved_path
+        if imported is not None:
+            sys.modules[runs] = imported
     raise AssertionError(f"{where}: `{command}` ended without parsing its command line")
 
 
@@ -512,6 +519,8 @@ def test_unshown_result_fails() -> None:
 
 
 def test_shell_commands_and_flag_checks(tmp_path: Path) -> None:
+    import fasttape.__main__  # noqa: F401  (imported already, as other tests do)
+
     block = Block("p.md", 1, "bash", "# c\npip install . && X=1 fasttape bench --quick  # go\n")
     assert shell_commands(block) == [["pip", "install", "."], ["fasttape", "bench", "--quick"]]
     check_command(["fasttape", "bench", "--quick"], "p.md:1", tmp_path)
