@@ -535,6 +535,8 @@ def test_shell_commands_and_flag_checks(tmp_path: Path) -> None:
         check_command(["pip", "install", ".[nosuchextra]"], "p.md:1", tmp_path)
     with pytest.raises(AssertionError, match="does not know"):
         check_command(["make", "docs"], "p.md:1", tmp_path)
+    console = Block("p.md", 1, "console", "$ fasttape demo\nusage: printed, not a command\n")
+    assert shell_commands(console) == [["fasttape", "demo"]]
     redirect = Block("p.md", 1, "bash", "python -m fasttape.embed.dot > docs/x.dot\n")
     assert shell_commands(redirect) == [["python", "-m", "fasttape.embed.dot"]]
     page = _page(tmp_path, "Run `fasttape bench --quick` or `python benchmarks/nosuch.py`.\n")
