@@ -71,6 +71,23 @@ def compile(
         ``tape.stats()["passes"]`` reports what each pass did.  A ``CheckpointedTape`` (same
         ``value`` / ``value_and_grad`` / ``grad`` / ``stats``, plus ``report``) when
         ``memory_limit`` is given.
+
+    Examples
+    --------
+    >>> import fasttape as ft
+    >>> g = ft.Graph()
+    >>> x, y = g.inputs(2)
+    >>> g.output(x * y + ft.sin(x))
+    >>> tape = ft.compile(g)
+    >>> tape.value([2.0, 3.0])
+    6.909297426825682
+    >>> print(tape)  # doctest: +ELLIPSIS
+    <fasttape.Tape: 2 inputs, 0 constants, 3 instructions, 1 output; ...>
+    ...
+      %2 = mul(%0, %1)
+      %3 = sin(%0)
+      %4 = add(%2, %3)
+      outputs: %4
     """
     if memory_limit is not None:
         from fasttape.checkpoint.segments import checkpointed

@@ -356,6 +356,16 @@ class Tape:
         value : float, or ndarray of shape (B,) for a batch
         grad : ndarray, shape (n_inputs,) or (B, n_inputs)
             Inputs that the output does not depend on get 0.
+
+        Examples
+        --------
+        >>> import fasttape as ft
+        >>> tape = ft.compile(ft.trace(lambda v: [v[0] * v[1], v[0] + v[1]], n_inputs=2))
+        >>> tape.value_and_grad([2.0, 3.0], output=0)
+        (6.0, array([3., 2.]))
+        >>> tape.value_and_grad([[2.0, 3.0], [1.0, 1.0]], output=0)  # a batch of two points
+        (array([6., 1.]), array([[3., 2.],
+               [1., 1.]]))
         """
         try:
             xin = self._x(x)

@@ -112,6 +112,17 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     Only the selected branch receives an adjoint, and a zero adjoint is never multiplied into
     the other branch's partials, so an inf or NaN in the unselected branch (``sqrt`` of a
     negative number, ``log(0)``) does not turn the gradient into NaN.
+
+    Examples
+    --------
+    >>> import fasttape as ft
+    >>> tape = ft.compile(ft.trace(lambda v: ft.where(v[0] > 0, ft.sqrt(v[0]), 0.0), 1))
+    >>> tape.value_and_grad([4.0])
+    (2.0, array([0.25]))
+    >>> tape.value_and_grad([-1.0])  # sqrt(-1) is NaN, but its branch is not taken
+    (0.0, array([0.]))
+    >>> ft.where(0.0, 1.0, 2.0)  # on plain numbers it evaluates at once
+    2.0
     """
     g = _graph_of(cond, a, b)
     if g is None:
@@ -168,6 +179,9 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = Tru
     >>> g = ft.trace(lambda x: ft.sum(x[i] * x[i + 1] for i in range(len(x) - 1)), n_inputs=4)
     >>> ft.compile(g).value([1.0, 2.0, 3.0, 4.0])
     20.0
+    >>> g2 = ft.trace(lambda x: [x[0] * x[1], x[0] + x[1]], n_inputs=2)  # two outputs
+    >>> ft.compile(g2).value([2.0, 3.0])
+    array([6., 5.])
     """
     g = Graph()
     with _gc_paused(pause_gc):

@@ -385,7 +385,7 @@ def scan(
     >>> sc.value_and_grad([1.0], [2.0])    # 2**10, 10 * 2**9
     (1024.0, array([1024.]), array([5120.]))
     >>> sc.report.forward_evaluations      # revolve_cost(10, 3)
-    13
+    15
     """
     return Scan(step, n_steps, n_state=n_state, n_params=n_params, final=final,
                 running_cost=running_cost, snapshots=snapshots, memory_limit=memory_limit,

@@ -40,8 +40,12 @@ def to_jax(tape: Tape) -> Callable[[Any], Any]:
 
     Examples
     --------
+    >>> import jax, jax.numpy as jnp, fasttape as ft
+    >>> tape = ft.compile(ft.trace(lambda x: x[0] * ft.sin(x[1]), n_inputs=2))
     >>> f = to_jax(tape)
-    >>> jax.grad(lambda x: f(x) ** 2)(x0)
+    >>> with jax.enable_x64(True):
+    ...     print(jax.grad(lambda x: f(x) ** 2)(jnp.array([2.0, 0.5])))
+    [0.91939539 3.36588394]
     """
     if not isinstance(tape, Tape):
         raise TypeError(f"to_jax() expects a fasttape.Tape, got {type(tape).__name__}")
