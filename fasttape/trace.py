@@ -138,6 +138,34 @@ def sum(values: Iterable[Any]) -> Any:
     return items[0]
 
 
+class InputIndexError(IndexError):
+    """An index past the inputs of a traced function (an :class:`IndexError`, so code that
+    stops on IndexError keeps working)."""
+
+
+class _TracedInputs(list):
+    """The list of input Vars handed to a traced function: a plain list whose out-of-range
+    index error names ``n_inputs``.
+
+    The override costs one Python call per ``x[i]``; measured in docs/architecture.md.
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, index: Any, _get: Any = list.__getitem__) -> Any:
+        try:
+            return _get(self, index)
+        except IndexError:
+            n = len(self)
+            raise InputIndexError(
+                f"index {index} out of range for the traced function's {n} inputs "
+                f"(n_inputs={n}): valid indices are 0..{n - 1} (or -{n}..-1). Trace with a "
+                "larger n_inputs, or check the index."
+                if n else
+                f"index {index} out of range: the traced function has no inputs (n_inputs=0)"
+            ) from None
+
+
 @contextmanager
 def _gc_paused(pause: bool) -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring its previous state afterwards."""
@@ -151,11 +179,22 @@ def _gc_paused(pause: bool) -> Iterator[None]:
             gc.enable()
 
 
-def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = True) -> Graph:
+def trace(
+    fn: Callable[[list[Var]], Any],
+    n_inputs: int,
+    *,
+    pause_gc: bool = True,
+    record_source: bool = False,
+) -> Graph:
     """Trace ``fn`` over ``n_inputs`` symbolic scalars and return the Graph.
 
     ``fn`` receives a list of ``n_inputs`` :class:`Var` and returns a scalar (one output) or a
-    sequence of scalars (several outputs, in order).
+    sequence of scalars (several outputs, in order).  An index past the inputs raises an
+    IndexError that names ``n_inputs``.
+
+    ``record_source=True`` records the file and line that created every node, so that
+    :meth:`fasttape.Tape.explain` can name the line that produced a NaN (off by default: it
+    costs a frame walk per node, docs/debugging.md).
 
     Tracing allocates one small object per node, and when the function keeps many of them
     alive (a list of a million terms) Python's cyclic garbage collector rescans them again and
@@ -169,9 +208,9 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = Tru
     >>> ft.compile(g).value([1.0, 2.0, 3.0, 4.0])
     20.0
     """
-    g = Graph()
+    g = Graph(record_source=record_source)
     with _gc_paused(pause_gc):
-        x = g.inputs(n_inputs)
+        x = _TracedInputs(g.inputs(n_inputs))
         result = fn(x)
     if isinstance(result, np.ndarray) and result.ndim == 0:
         result = result.item()
@@ -202,11 +241,6 @@ def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) 
     name = _UFUNCS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented
-    if name in ("eq", "ne"):
-        # `np.float64(2) == var` and `var in [np.float64(2)]` must keep Python's identity
-        # meaning of == (as for plain numbers); the traced comparison is ft.eq / ft.ne.
-        same = inputs[0] is inputs[1]
-        return same if name == "eq" else not same
     fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
     if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
         # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not

@@ -998,7 +998,7 @@ def test_compile_never_emits_a_tape_that_fails_validation():
     x, y = g.inputs(2)
     z = x * y
     g.output(ft.sin(z) + x)
-    g._args[-1] = g.n_nodes - 1  # the last add now refers to itself (compiled before: %4 = add(%3, %4))
+    g._args[-1] = g.n_nodes - 1  # the add refers to itself (once compiled: %4 = add(%3, %4))
     with pytest.raises(ValueError, match="invalid"):
         ft.compile(g)
     with pytest.raises(ValueError, match="invalid"):

@@ -211,6 +211,14 @@ def _single_threaded_values(x: np.ndarray) -> np.ndarray:
     return ft.compile(g).value(x)
 
 
+def _record_term(xs: list, t: int, results: list, errors: list, barrier) -> None:
+    barrier.wait()
+    try:
+        results[t] = _thread_term(xs, t)
+    except RuntimeError as exc:
+        errors.append(exc)
+
+
 def test_graph_extended_from_threads_is_right_or_refused():
     """Four threads extending one Graph at once used to compile, silently, to wrong values
     (the node index was read after an unsynchronised append; issue 15.4).  Now each run
@@ -228,15 +236,10 @@ def test_graph_extended_from_threads_is_right_or_refused():
             results: list = [None] * GRAPH_THREADS
             errors: list = []
             barrier = threading.Barrier(GRAPH_THREADS)
-
-            def work(t: int, g=g, xs=xs, results=results, errors=errors, barrier=barrier):
-                barrier.wait()
-                try:
-                    results[t] = _thread_term(xs, t)
-                except RuntimeError as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=work, args=(t,)) for t in range(GRAPH_THREADS)]
+            threads = [
+                threading.Thread(target=_record_term, args=(xs, t, results, errors, barrier))
+                for t in range(GRAPH_THREADS)
+            ]
             for th in threads:
                 th.start()
             for th in threads:
@@ -256,7 +259,7 @@ def test_graph_extended_from_threads_is_right_or_refused():
             outcomes.append("right")
     finally:
         sys.setswitchinterval(old)
-    assert len(outcomes) == 20
+    assert len(outcomes) == 20, outcomes
 
 
 def test_graph_extended_by_threads_one_after_another_is_fine():
