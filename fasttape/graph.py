@@ -324,18 +324,19 @@ class Graph:
 class _SourceGraph(Graph):
     """A Graph that also records, per node, where the user's code created it.
 
-    ``_src[node]`` indexes ``_src_table``, the distinct ``(filename, line, function)`` triples.
-    Every node-creating method runs the plain Graph's, then labels the nodes it appended (a
-    constant created on the way gets the same label as the op that needed it).
+    ``_src[node]`` indexes ``_src_keys``, the distinct ``(code object, line)`` pairs seen; the
+    code object gives the file and function name when asked (:meth:`source`).  Every
+    node-creating method runs the plain Graph's, then labels the nodes it appended (a constant
+    created on the way gets the line of the op that needed it).
     """
 
-    __slots__ = ("_src", "_src_ids", "_src_table")
+    __slots__ = ("_src", "_src_ids", "_src_keys")
 
     def __init__(self, record_source: bool = True) -> None:
         super().__init__()
         self._src = array("i")
-        self._src_table: list[tuple[str, int, str]] = []
-        self._src_ids: dict[tuple[str, int, str], int] = {}
+        self._src_keys: list[tuple[Any, int]] = []
+        self._src_ids: dict[tuple[Any, int], int] = {}
 
     @property
     def records_source(self) -> bool:
@@ -343,55 +344,60 @@ class _SourceGraph(Graph):
 
     def source(self, node: int) -> tuple[str, int, str] | None:
         self._check_node(node)
-        return self._src_table[self._src[node]]
+        code, line = self._src_keys[self._src[node]]
+        if code is None:
+            return ("<unknown>", 0, "")
+        return (code.co_filename, line, code.co_name)
 
     def copy(self) -> Graph:
         new = super().copy()
         assert isinstance(new, _SourceGraph)
         new._src = array("i", self._src)
-        new._src_table = list(self._src_table)
+        new._src_keys = list(self._src_keys)
         new._src_ids = dict(self._src_ids)
         return new
 
-    def _label(self) -> None:
-        missing = len(self._ops) - len(self._src)
-        if missing <= 0:
-            return
+    def _label(self, n: int) -> None:
+        """Label the last ``n`` nodes with the first frame outside fasttape."""
         f = sys._getframe(2)
         while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
             f = f.f_back
-        key = ("<unknown>", 0, "") if f is None else (
-            f.f_code.co_filename, f.f_lineno, f.f_code.co_name
-        )
-        sid = self._src_ids.get(key)
+        key = (None, 0) if f is None else (f.f_code, f.f_lineno)
+        ids = self._src_ids
+        sid = ids.get(key)
         if sid is None:
-            sid = self._src_ids[key] = len(self._src_table)
-            self._src_table.append(key)
-        self._src.extend(array("i", [sid]) * missing)
+            sid = ids[key] = len(self._src_keys)
+            self._src_keys.append(key)
+        if n == 1:
+            self._src.append(sid)
+        else:
+            self._src.extend(array("i", [sid]) * n)
 
     def inputs(self, n: int) -> list[Var]:
         out = super().inputs(n)
-        self._label()
+        self._label(len(out))
         return out
 
     def _unary(self, code: int, a: int) -> Var:
         v = Graph._unary(self, code, a)
-        self._label()
+        self._label(1)
         return v
 
     def _binary(self, code: int, a: int, b: int) -> Var:
         v = Graph._binary(self, code, a, b)
-        self._label()
+        self._label(1)
         return v
 
     def _node(self, code: int, arg_nodes: tuple[int, ...]) -> Var:
         v = Graph._node(self, code, arg_nodes)
-        self._label()
+        self._label(1)
         return v
 
     def _constant_node(self, value: Any) -> int:
+        n = len(self._ops)
         node = Graph._constant_node(self, value)
-        self._label()
+        if len(self._ops) != n:  # a new constant (an existing one keeps its first label)
+            self._label(1)
         return node
 
 

@@ -8,8 +8,10 @@ node; called on plain numbers only they evaluate at once with the kernels' own s
 
 from __future__ import annotations
 
+import ast
 import builtins
 import gc
+import linecache
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -139,31 +141,93 @@ def sum(values: Iterable[Any]) -> Any:
 
 
 class InputIndexError(IndexError):
-    """An index past the inputs of a traced function (an :class:`IndexError`, so code that
-    stops on IndexError keeps working)."""
+    """An index past the inputs of a traced function; names ``n_inputs``.
 
-
-class _TracedInputs(list):
-    """The list of input Vars handed to a traced function: a plain list whose out-of-range
-    index error names ``n_inputs``.
-
-    The override costs one Python call per ``x[i]``; measured in docs/architecture.md.
+    An :class:`IndexError`, so code that expects one (``except IndexError``) still works.
     """
 
-    __slots__ = ()
 
-    def __getitem__(self, index: Any, _get: Any = list.__getitem__) -> Any:
-        try:
-            return _get(self, index)
-        except IndexError:
-            n = len(self)
-            raise InputIndexError(
-                f"index {index} out of range for the traced function's {n} inputs "
-                f"(n_inputs={n}): valid indices are 0..{n - 1} (or -{n}..-1). Trace with a "
-                "larger n_inputs, or check the index."
-                if n else
-                f"index {index} out of range: the traced function has no inputs (n_inputs=0)"
-            ) from None
+def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None:
+    """The error to raise instead of ``exc`` if ``exc`` came from indexing the inputs ``x``.
+
+    ``x`` stays a plain list: a list subclass whose ``__getitem__`` could raise this itself
+    costs a Python call per ``x[i]``, measured at 6-12% of tracing time on index-heavy
+    functions (docs/architecture.md).  Instead, once ``fn`` has failed, the innermost frame's
+    failing instruction is located (``co_positions``, Python 3.11+) and parsed: when it is
+    ``name[index]`` and ``name`` is bound to ``x`` itself, it was the inputs that ran out.
+    Anything else (no source, a subscript of another expression) keeps the original error.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame, code = tb.tb_frame, tb.tb_frame.f_code
+    if not hasattr(code, "co_positions"):  # Python 3.10
+        return None
+    try:
+        lineno, end_lineno, col, end_col = list(code.co_positions())[tb.tb_lasti // 2]
+        if None in (lineno, end_lineno, col, end_col):
+            return None
+        assert lineno is not None and end_lineno is not None  # for the type checker
+        lines = [linecache.getline(code.co_filename, k).encode() for k in
+                 range(lineno, end_lineno + 1)]
+        if not all(lines):
+            return None
+        lines[-1] = lines[-1][:end_col]
+        lines[0] = lines[0][col:]
+        node = ast.parse(b"".join(lines).decode().strip(), mode="eval").body
+    except (SyntaxError, ValueError, IndexError, AssertionError, UnicodeDecodeError):
+        return None
+    if not isinstance(node, ast.Subscript) or not isinstance(node.value, ast.Name):
+        return None
+    if _lookup(node.value.id, frame) is not x:
+        return None
+    n = len(x)
+    index = _index_value(node.slice, frame)
+    which = "index" if index is None else f"index {index}"
+    if n == 0:
+        return InputIndexError(
+            f"{which} out of range: the traced function has no inputs (n_inputs=0)"
+        )
+    return InputIndexError(
+        f"{which} out of range for the traced function's {n} inputs (n_inputs={n}): valid "
+        f"indices are 0..{n - 1} (or -{n}..-1). Trace with a larger n_inputs, or check the "
+        "index."
+    )
+
+
+_MISSING = object()
+
+
+def _lookup(name: str, frame: Any) -> Any:
+    """The object ``name`` is bound to in ``frame`` (locals and closure cells, then globals)."""
+    for scope in (frame.f_locals, frame.f_globals, frame.f_builtins):
+        if name in scope:
+            return scope[name]
+    return _MISSING
+
+
+def _index_value(node: ast.expr, frame: Any) -> int | None:
+    """The value of a simple index expression (numbers, names, + - * //), else None.
+
+    Evaluated from the AST without calling anything, so reading it has no side effects.
+    """
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, ast.Name):
+        v = _lookup(node.id, frame)
+        return int(v) if _is_integral_number(v) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _index_value(node.operand, frame)
+        return None if v is None else -v
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+        a, b = _index_value(node.left, frame), _index_value(node.right, frame)
+        if a is None or b is None:
+            return None
+        return a + b if isinstance(node.op, ast.Add) else a - b if isinstance(
+            node.op, ast.Sub) else a * b
+    return None
 
 
 @contextmanager
@@ -210,8 +274,14 @@ def trace(
     """
     g = Graph(record_source=record_source)
     with _gc_paused(pause_gc):
-        x = _TracedInputs(g.inputs(n_inputs))
-        result = fn(x)
+        x = g.inputs(n_inputs)
+        try:
+            result = fn(x)
+        except IndexError as exc:
+            named = _inputs_index_error(exc, x)
+            if named is None:
+                raise
+            raise named.with_traceback(exc.__traceback__) from None
     if isinstance(result, np.ndarray) and result.ndim == 0:
         result = result.item()
     g.output(result)

@@ -11,6 +11,7 @@ import pytest
 
 import fasttape as ft
 from fasttape.ops import OPS
+from fasttape.trace import InputIndexError
 
 
 def bits(v: float) -> bytes:
@@ -357,6 +358,37 @@ def test_indexing_past_the_traced_inputs_names_n_inputs():
         ft.trace(lambda v: v[-3], n_inputs=2)
     with pytest.raises(IndexError, match=r"n_inputs=0"):
         ft.trace(lambda v: v[0], n_inputs=0)
+
+
+def _helper(inputs, k):
+    return inputs[k + 1] * 2.0  # the inputs under another name, in another function
+
+
+@pytest.mark.parametrize(
+    ("fn", "index"),
+    [
+        pytest.param(lambda x: ft.sum(x[i] * x[i + 1] for i in range(len(x))), 3, id="genexpr"),
+        pytest.param(lambda x: _helper(x, 2), 3, id="helper"),
+        pytest.param(lambda x: x[len(x)], None, id="call-in-index"),
+    ],
+)
+def test_index_error_names_n_inputs_wherever_the_inputs_are_indexed(fn, index):
+    with pytest.raises(IndexError, match=r"\(n_inputs=3\)") as info:
+        ft.trace(fn, n_inputs=3)
+    assert isinstance(info.value, InputIndexError)
+    assert str(info.value).startswith("index out of range" if index is None else f"index {index} ")
+    assert info.traceback[-1].frame.code.raw is not ft.trace.__code__, "points at user code"
+
+
+def test_other_index_errors_are_left_alone():
+    other = [1.0]
+
+    def fn(x):
+        return x[0] * other[3]
+
+    with pytest.raises(IndexError) as info:
+        ft.trace(fn, n_inputs=3)
+    assert str(info.value) == "list index out of range"
 
 
 def test_traced_inputs_still_behave_as_a_list():
