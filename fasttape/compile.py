@@ -109,8 +109,8 @@ def _checked(graph: Graph, tape: Tape) -> Tape:
     records sources.
 
     compile never emits a tape that fails validation, whatever the graph's columns hold (the
-    kernels run without bounds checks); the check is one linear pass, measured at about 2% of
-    compile time for 1.5e6 nodes (docs/architecture.md).
+    kernels run without bounds checks); the check is one linear pass: 6 ms at 1e6 instructions,
+    3% of a default compile (docs/architecture.md).
     """
     validate_arrays(tape.ops, tape.args, tape.consts, tape.outputs, tape.n_inputs)
     if graph.records_source:

@@ -20,8 +20,9 @@ directly, with instruction numbers of the tape itself.
 
 Cost: one forward sweep with the kernels, then two O(n) Python loops (which instructions the
 output depends on; the reverse sweep replayed instruction by instruction to find the first
-non-finite adjoint): about 2 s at 1e6 instructions (docs/debugging.md).  It is a debugging
-tool; nothing here runs during ordinary evaluation.
+non-finite adjoint): 0.4 s at 1e6 instructions for a NaN of the forward sweep, 1-1.5 s for
+one of the reverse sweep (docs/debugging.md).  It is a debugging tool; nothing here runs during
+ordinary evaluation.
 """
 
 from __future__ import annotations
