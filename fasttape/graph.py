@@ -14,9 +14,9 @@ in the pipeline needs recursion.
 
 Recording is for one thread at a time.  Each node creation checks, after its appends, that no
 other node was appended in between (one ``len`` and a compare: +2-3% on a 1.5e6-node trace,
-where a lock costs 18-34%; docs/architecture.md).  A clash raises RuntimeError in the thread that sees it and marks
-the Graph, which then refuses to compile: a Graph extended from several threads at once is
-never compiled into a wrong tape.
+where a lock costs 18-34%; docs/architecture.md).  A clash raises RuntimeError in the thread
+that sees it and marks the Graph, which then refuses to compile: a Graph extended from several
+threads at once is never compiled into a wrong tape.
 
 ``Graph(record_source=True)`` also records, per node, the user's source line that created it
 (the first frame outside the fasttape package), for :meth:`fasttape.Tape.explain`.

@@ -151,7 +151,7 @@ def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None
     """The error to raise instead of ``exc`` if ``exc`` came from indexing the inputs ``x``.
 
     ``x`` stays a plain list: a list subclass whose ``__getitem__`` could raise this itself
-    costs a Python call per ``x[i]``, measured at 6-12% of tracing time on index-heavy
+    costs a Python call per ``x[i]``, measured at 4-12% of tracing time on index-heavy
     functions (docs/architecture.md).  Instead, once ``fn`` has failed, the innermost frame's
     failing instruction is located (``co_positions``, Python 3.11+) and parsed: when it is
     ``name[index]`` and ``name`` is bound to ``x`` itself, it was the inputs that ran out.
@@ -209,7 +209,7 @@ def _lookup(name: str, frame: Any) -> Any:
 
 
 def _index_value(node: ast.expr, frame: Any) -> int | None:
-    """The value of a simple index expression (numbers, names, + - * //), else None.
+    """The value of a simple index expression (ints, names, unary -, + - *), else None.
 
     Evaluated from the AST without calling anything, so reading it has no side effects.
     """
