@@ -11,12 +11,23 @@ millions of nodes costs a few bytes per node and turns into NumPy arrays without
 
 A node only ever refers to earlier nodes, so creation order is a topological order and nothing
 in the pipeline needs recursion.
+
+Recording is for one thread at a time.  Each node creation checks, after its appends, that no
+other node was appended in between (one ``len`` and a compare: +2-3% on a 1.5e6-node trace,
+where a lock costs 18-34%; docs/architecture.md).  A clash raises RuntimeError in the thread
+that sees it and marks the Graph, which then refuses to compile: a Graph extended from several
+threads at once is never compiled into a wrong tape.
+
+``Graph(record_source=True)`` also records, per node, the user's source line that created it
+(the first frame outside the fasttape package), for :meth:`fasttape.Tape.explain`.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 import struct
+import sys
 from array import array
 from collections.abc import Iterable
 from typing import Any
@@ -30,12 +41,31 @@ __all__ = ["Graph"]
 
 _MAX_NODES = 2**31 - 1  # int32 argument columns
 
+# Frames whose file lies under this folder are fasttape's own; source recording skips them.
+# Built from this module's __file__, so it is spelled exactly as the package's co_filename.
+_PACKAGE_DIR = os.path.dirname(__file__) + os.sep
+
+_CLASH = (
+    "two threads added nodes to this Graph at the same time, so its columns no longer match "
+    "(recording a Graph is not thread-safe) and it cannot be compiled. Record each Graph from "
+    "one thread at a time: to trace in parallel, give each thread its own Graph (a compiled "
+    "Tape can be evaluated from many threads at once)."
+)
+
 
 class Graph:
     """A scalar computational graph under construction.
 
     Create inputs with :meth:`inputs`, combine them with Python operators and ``ft.*``
     functions, mark results with :meth:`output`, then hand the graph to :func:`fasttape.compile`.
+
+    Parameters
+    ----------
+    record_source : bool
+        Record, for every node, the file, line and function of the user's code that created it
+        (the first frame outside the fasttape package), so that :meth:`fasttape.Tape.explain`
+        can name the line that produced a NaN.  Off by default: it costs a frame walk per node
+        (measured in docs/debugging.md).
 
     Examples
     --------
@@ -47,15 +77,27 @@ class Graph:
     7.0
     """
 
-    __slots__ = ("__weakref__", "_args", "_const_nodes", "_consts", "_n_inputs", "_ops", "_outputs")
+    __slots__ = (
+        "__weakref__", "_args", "_clash", "_const_nodes", "_consts", "_n_inputs", "_ops",
+        "_outputs",
+    )
 
-    def __init__(self) -> None:
+    def __new__(cls, record_source: bool = False) -> Graph:
+        # Source recording lives in a subclass, so a plain Graph's node creation pays nothing.
+        if not isinstance(record_source, (bool, np.bool_)):
+            raise TypeError(f"record_source must be True or False, got {record_source!r}")
+        if record_source and cls is Graph:
+            cls = _SourceGraph
+        return object.__new__(cls)
+
+    def __init__(self, record_source: bool = False) -> None:
         self._ops = array("B")
         self._args = array("i")
         self._consts = array("d")
         self._const_nodes: dict[Any, int] = {}
         self._n_inputs = 0
         self._outputs: list[int] = []
+        self._clash = False
 
     # ------------------------------------------------------------------ building
     def inputs(self, n: int) -> list[Var]:
@@ -67,11 +109,14 @@ class Graph:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"inputs(n) expects a non-negative integer n, got {n!r}")
         n = int(n)
-        start = len(self._ops)
+        ops = self._ops
+        start = len(ops)
         self._check_room(n)
-        self._ops.extend(array("B", [INPUT_CODE]) * n)
+        ops.extend(array("B", [INPUT_CODE]) * n)
         self._args.extend(array("i", range(self._n_inputs, self._n_inputs + n)))
         self._n_inputs += n
+        if len(ops) != start + n:
+            self._concurrent()
         new = Var.__new__
         out = []
         for i in range(start, start + n):
@@ -133,6 +178,30 @@ class Graph:
     def __len__(self) -> int:
         return len(self._ops)
 
+    @property
+    def records_source(self) -> bool:
+        """Whether this graph records the source line of every node (``record_source=True``)."""
+        return False
+
+    def source(self, node: int) -> tuple[str, int, str] | None:
+        """``(filename, line, function)`` of the user code that created ``node``, or None when
+        the graph does not record sources."""
+        self._check_node(node)
+        return None
+
+    def copy(self) -> Graph:
+        """An independent copy: nodes, constants, outputs (and recorded sources)."""
+        self._check_usable()
+        new = type(self).__new__(type(self))
+        Graph.__init__(new)
+        new._ops = array("B", self._ops)
+        new._args = array("i", self._args)
+        new._consts = array("d", self._consts)
+        new._const_nodes = dict(self._const_nodes)
+        new._n_inputs = self._n_inputs
+        new._outputs = list(self._outputs)
+        return new
+
     def __repr__(self) -> str:
         return (
             f"<fasttape.Graph: {self.n_nodes} nodes, {self.n_inputs} inputs, "
@@ -153,6 +222,7 @@ class Graph:
         Returns ``ops`` (uint8, per node), ``args`` (int32, concatenated), ``consts`` (float64),
         ``outputs`` (int64 node indices) and ``n_inputs``.
         """
+        self._check_usable()
         return {
             "ops": np.frombuffer(self._ops, dtype=np.uint8) if len(self._ops) else
             np.zeros(0, np.uint8),
@@ -165,32 +235,45 @@ class Graph:
         }
 
     # ------------------------------------------------------------------ internals
+    # Node creation: read the index, append, then check that exactly one node was appended.
+    # Any other thread's append between the read and the check (ops or args) fails the check
+    # in this thread or in the other one, so an interleaving never goes unnoticed.
     def _unary(self, code: int, a: int) -> Var:
         ops = self._ops
+        i = len(ops)
         ops.append(code)
         self._args.append(a)
+        if len(ops) != i + 1:
+            self._concurrent()
         v = Var.__new__(Var)
         v.g = self
-        v.i = len(ops) - 1
+        v.i = i
         return v
 
     def _binary(self, code: int, a: int, b: int) -> Var:
         ops = self._ops
+        i = len(ops)
         ops.append(code)
         args = self._args
         args.append(a)
         args.append(b)
+        if len(ops) != i + 1:
+            self._concurrent()
         v = Var.__new__(Var)
         v.g = self
-        v.i = len(ops) - 1
+        v.i = i
         return v
 
     def _node(self, code: int, arg_nodes: tuple[int, ...]) -> Var:
-        self._ops.append(code)
+        ops = self._ops
+        i = len(ops)
+        ops.append(code)
         self._args.extend(arg_nodes)
+        if len(ops) != i + 1:
+            self._concurrent()
         v = Var.__new__(Var)
         v.g = self
-        v.i = len(self._ops) - 1
+        v.i = i
         return v
 
     def _constant_node(self, value: Any) -> int:
@@ -201,13 +284,31 @@ class Graph:
         key = value if (value == value and value != 0.0) else struct.pack("<d", value)
         node = self._const_nodes.get(key)
         if node is None:
-            node = len(self._ops)
+            ops = self._ops
+            node = len(ops)
             self._check_room(1)
-            self._ops.append(CONST_CODE)
+            ops.append(CONST_CODE)
             self._args.append(len(self._consts))
             self._consts.append(value)
+            if len(ops) != node + 1:
+                self._concurrent()
             self._const_nodes[key] = node
         return node
+
+    def _concurrent(self) -> None:
+        self._clash = True  # compile and to_arrays refuse this graph from now on
+        raise RuntimeError(_CLASH)
+
+    def _check_usable(self) -> None:
+        if self._clash:
+            raise RuntimeError(_CLASH)
+
+    def _check_node(self, node: Any) -> None:
+        if not _is_integral_number(node) or not 0 <= node < len(self._ops):
+            raise ValueError(
+                f"node must be an int in 0..{len(self._ops) - 1} (this graph's nodes), "
+                f"got {node!r}"
+            )
 
     def _check_room(self, n: int) -> None:
         if len(self._ops) + n > _MAX_NODES:
@@ -218,6 +319,86 @@ class Graph:
             f"cannot combine {v!r} from another Graph with this one: every Var belongs to the "
             "Graph that created it. Build the whole function on one Graph (or one ft.trace call)."
         )
+
+
+class _SourceGraph(Graph):
+    """A Graph that also records, per node, where the user's code created it.
+
+    ``_src[node]`` indexes ``_src_keys``, the distinct ``(code object, line)`` pairs seen; the
+    code object gives the file and function name when asked (:meth:`source`).  Every
+    node-creating method runs the plain Graph's, then labels the nodes it appended (a constant
+    created on the way gets the line of the op that needed it).
+    """
+
+    __slots__ = ("_src", "_src_ids", "_src_keys")
+
+    def __init__(self, record_source: bool = True) -> None:
+        super().__init__()
+        self._src = array("i")
+        self._src_keys: list[tuple[Any, int]] = []
+        self._src_ids: dict[tuple[Any, int], int] = {}
+
+    @property
+    def records_source(self) -> bool:
+        return True
+
+    def source(self, node: int) -> tuple[str, int, str] | None:
+        self._check_node(node)
+        code, line = self._src_keys[self._src[node]]
+        if code is None:
+            return ("<unknown>", 0, "")
+        return (code.co_filename, line, code.co_name)
+
+    def copy(self) -> Graph:
+        new = super().copy()
+        assert isinstance(new, _SourceGraph)
+        new._src = array("i", self._src)
+        new._src_keys = list(self._src_keys)
+        new._src_ids = dict(self._src_ids)
+        return new
+
+    def _label(self, n: int) -> None:
+        """Label the last ``n`` nodes with the first frame outside fasttape."""
+        f = sys._getframe(2)
+        while f is not None and f.f_code.co_filename.startswith(_PACKAGE_DIR):
+            f = f.f_back
+        key = (None, 0) if f is None else (f.f_code, f.f_lineno)
+        ids = self._src_ids
+        sid = ids.get(key)
+        if sid is None:
+            sid = ids[key] = len(self._src_keys)
+            self._src_keys.append(key)
+        if n == 1:
+            self._src.append(sid)
+        else:
+            self._src.extend(array("i", [sid]) * n)
+
+    def inputs(self, n: int) -> list[Var]:
+        out = super().inputs(n)
+        self._label(len(out))
+        return out
+
+    def _unary(self, code: int, a: int) -> Var:
+        v = Graph._unary(self, code, a)
+        self._label(1)
+        return v
+
+    def _binary(self, code: int, a: int, b: int) -> Var:
+        v = Graph._binary(self, code, a, b)
+        self._label(1)
+        return v
+
+    def _node(self, code: int, arg_nodes: tuple[int, ...]) -> Var:
+        v = Graph._node(self, code, arg_nodes)
+        self._label(1)
+        return v
+
+    def _constant_node(self, value: Any) -> int:
+        n = len(self._ops)
+        node = Graph._constant_node(self, value)
+        if len(self._ops) != n:  # a new constant (an existing one keeps its first label)
+            self._label(1)
+        return node
 
 
 def _as_float(value: Any) -> float:

@@ -450,6 +450,13 @@ class Tape:
 
         return derivatives.hessian(self, x, output=output, chunk=chunk)
 
+    def explain(self, x: Any, output: int | None = None) -> Any:
+        """Where a non-finite value or gradient at ``x`` came from; see
+        :func:`fasttape.explain.explain` (docs/debugging.md)."""
+        from fasttape.explain import explain
+
+        return explain(self, x, output)
+
     # ------------------------------------------------------------------ embedding
     # Thin wrappers: the implementations and their docs live in fasttape/embed/.
     def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None) -> Any:

@@ -8,8 +8,10 @@ node; called on plain numbers only they evaluate at once with the kernels' own s
 
 from __future__ import annotations
 
+import ast
 import builtins
 import gc
+import linecache
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -149,6 +151,96 @@ def sum(values: Iterable[Any]) -> Any:
     return items[0]
 
 
+class InputIndexError(IndexError):
+    """An index past the inputs of a traced function; names ``n_inputs``.
+
+    An :class:`IndexError`, so code that expects one (``except IndexError``) still works.
+    """
+
+
+def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None:
+    """The error to raise instead of ``exc`` if ``exc`` came from indexing the inputs ``x``.
+
+    ``x`` stays a plain list: a list subclass whose ``__getitem__`` could raise this itself
+    costs a Python call per ``x[i]``, measured at 4-12% of tracing time on index-heavy
+    functions (docs/architecture.md).  Instead, once ``fn`` has failed, the innermost frame's
+    failing instruction is located (``co_positions``, Python 3.11+) and parsed: when it is
+    ``name[index]`` and ``name`` is bound to ``x`` itself, it was the inputs that ran out.
+    Anything else (no source, a subscript of another expression) keeps the original error.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame, code = tb.tb_frame, tb.tb_frame.f_code
+    if not hasattr(code, "co_positions"):  # Python 3.10
+        return None
+    try:
+        lineno, end_lineno, col, end_col = list(code.co_positions())[tb.tb_lasti // 2]
+        if None in (lineno, end_lineno, col, end_col):
+            return None
+        assert lineno is not None and end_lineno is not None  # for the type checker
+        lines = [linecache.getline(code.co_filename, k).encode() for k in
+                 range(lineno, end_lineno + 1)]
+        if not all(lines):
+            return None
+        lines[-1] = lines[-1][:end_col]
+        lines[0] = lines[0][col:]
+        node = ast.parse(b"".join(lines).decode().strip(), mode="eval").body
+    except (SyntaxError, ValueError, IndexError, AssertionError, UnicodeDecodeError):
+        return None
+    if not isinstance(node, ast.Subscript) or not isinstance(node.value, ast.Name):
+        return None
+    if _lookup(node.value.id, frame) is not x:
+        return None
+    n = len(x)
+    index = _index_value(node.slice, frame)
+    which = "index" if index is None else f"index {index}"
+    if n == 0:
+        return InputIndexError(
+            f"{which} out of range: the traced function has no inputs (n_inputs=0)"
+        )
+    return InputIndexError(
+        f"{which} out of range for the traced function's {n} inputs (n_inputs={n}): valid "
+        f"indices are 0..{n - 1} (or -{n}..-1). Trace with a larger n_inputs, or check the "
+        "index."
+    )
+
+
+_MISSING = object()
+
+
+def _lookup(name: str, frame: Any) -> Any:
+    """The object ``name`` is bound to in ``frame`` (locals and closure cells, then globals)."""
+    for scope in (frame.f_locals, frame.f_globals, frame.f_builtins):
+        if name in scope:
+            return scope[name]
+    return _MISSING
+
+
+def _index_value(node: ast.expr, frame: Any) -> int | None:
+    """The value of a simple index expression (ints, names, unary -, + - *), else None.
+
+    Evaluated from the AST without calling anything, so reading it has no side effects.
+    """
+    if isinstance(node, ast.Constant):
+        return node.value if type(node.value) is int else None
+    if isinstance(node, ast.Name):
+        v = _lookup(node.id, frame)
+        return int(v) if _is_integral_number(v) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = _index_value(node.operand, frame)
+        return None if v is None else -v
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
+        a, b = _index_value(node.left, frame), _index_value(node.right, frame)
+        if a is None or b is None:
+            return None
+        return a + b if isinstance(node.op, ast.Add) else a - b if isinstance(
+            node.op, ast.Sub) else a * b
+    return None
+
+
 @contextmanager
 def _gc_paused(pause: bool) -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring its previous state afterwards."""
@@ -162,11 +254,22 @@ def _gc_paused(pause: bool) -> Iterator[None]:
             gc.enable()
 
 
-def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = True) -> Graph:
+def trace(
+    fn: Callable[[list[Var]], Any],
+    n_inputs: int,
+    *,
+    pause_gc: bool = True,
+    record_source: bool = False,
+) -> Graph:
     """Trace ``fn`` over ``n_inputs`` symbolic scalars and return the Graph.
 
     ``fn`` receives a list of ``n_inputs`` :class:`Var` and returns a scalar (one output) or a
-    sequence of scalars (several outputs, in order).
+    sequence of scalars (several outputs, in order).  An index past the inputs raises an
+    IndexError that names ``n_inputs``.
+
+    ``record_source=True`` records the file and line that created every node, so that
+    :meth:`fasttape.Tape.explain` can name the line that produced a NaN (off by default: it
+    costs a frame walk per node, docs/debugging.md).
 
     Tracing allocates one small object per node, and when the function keeps many of them
     alive (a list of a million terms) Python's cyclic garbage collector rescans them again and
@@ -183,10 +286,16 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = Tru
     >>> ft.compile(g2).value([2.0, 3.0])
     array([6., 5.])
     """
-    g = Graph()
+    g = Graph(record_source=record_source)
     with _gc_paused(pause_gc):
         x = g.inputs(n_inputs)
-        result = fn(x)
+        try:
+            result = fn(x)
+        except IndexError as exc:
+            named = _inputs_index_error(exc, x)
+            if named is None:
+                raise
+            raise named.with_traceback(exc.__traceback__) from None
     if isinstance(result, np.ndarray) and result.ndim == 0:
         result = result.item()
     g.output(result)
@@ -216,11 +325,6 @@ def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) 
     name = _UFUNCS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented
-    if name in ("eq", "ne"):
-        # `np.float64(2) == var` and `var in [np.float64(2)]` must keep Python's identity
-        # meaning of == (as for plain numbers); the traced comparison is ft.eq / ft.ne.
-        same = inputs[0] is inputs[1]
-        return same if name == "eq" else not same
     fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
     if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
         # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not

@@ -8,7 +8,10 @@ second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import numbers
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
 
 from fasttape.ops import OP_BY_NAME
 
@@ -26,16 +29,23 @@ _LT = OP_BY_NAME["lt"].code
 _LE = OP_BY_NAME["le"].code
 _GT = OP_BY_NAME["gt"].code
 _GE = OP_BY_NAME["ge"].code
+_EQ = OP_BY_NAME["eq"].code
+_NE = OP_BY_NAME["ne"].code
+
+# What `v == other` compares with: other Vars and real numbers record a node; anything else
+# (None, strings, containers) is never equal to a traced value, so Python's default applies.
+_COMPARABLE = (numbers.Number, np.generic)
 
 
 class Var:
     """A traced scalar: node ``i`` of graph ``g``.
 
     Supports ``+ - * / **``, unary ``-`` and ``+``, ``abs()`` and the comparisons
-    ``< <= > >=`` (which record 0/1-valued nodes for :func:`fasttape.where`), with Python and
-    NumPy numbers on either side.  ``==`` and ``!=`` keep Python's identity meaning so that Vars
-    can live in sets and dicts; use :func:`fasttape.eq` / :func:`fasttape.ne` for the traced
-    comparison.
+    ``< <= > >= == !=`` (which record 0/1-valued nodes for :func:`fasttape.where`; ``==`` is
+    :func:`fasttape.eq`), with Python and NumPy numbers on either side.  A traced comparison has
+    no truth value, so ``if a == b:`` raises (as JAX's tracers do) instead of silently picking a
+    branch.  Hashing stays identity-based: Vars live in sets and dict keys, but ``v in list``
+    (which compares with ``==``) raises unless ``v`` itself is found first.
     """
 
     __slots__ = ("g", "i")
@@ -118,21 +128,87 @@ class Var:
     def __ge__(self, other: Any) -> Var:  # self >= other
         return self.g._binary(_GE, self.i, self._other(other))
 
+    # == and != are traced comparisons (ft.eq / ft.ne), like < and >: a Python-level answer
+    # would be decided once, at trace time, and baked into the tape (issue 15.5).
+    def __eq__(self, other: object) -> Any:  # self == other
+        if type(other) is not Var and not _is_comparable(other):
+            return NotImplemented
+        return self.g._binary(_EQ, self.i, self._other(other))
+
+    def __ne__(self, other: object) -> Any:  # self != other
+        if type(other) is not Var and not _is_comparable(other):
+            return NotImplemented
+        return self.g._binary(_NE, self.i, self._other(other))
+
+    # Defining __eq__ would drop the inherited hash; Vars stay hashable by identity.
+    __hash__ = object.__hash__
+
     def __bool__(self) -> bool:
+        comparison = ""
+        if self.g._ops[self.i] in (_EQ, _NE):
+            comparison = (
+                " `a == b` and `a != b` on traced values record a comparison (ft.eq / ft.ne), "
+                "they do not answer it; `v in some_list` compares with == too: use a set, a "
+                "dict or `is` to find a Var."
+            )
         raise TypeError(
             "a traced fasttape value has no truth value: the tape records one fixed sequence of "
             "operations and cannot follow a branch that depends on the input. Write the choice "
             "as data instead, e.g. ft.where(x > 0, a, b), or ft.maximum / ft.minimum / ft.abs."
+            + comparison
         )
 
-    def __float__(self) -> float:
-        raise TypeError(
-            "a traced fasttape value has no number yet: it is a node of a graph. Compile the "
-            "graph (ft.compile) and evaluate it with tape.value(x)."
+    # Conversions to Python numbers: each message names the traced function to use instead.
+    # math.sin(v), math.exp(v) ... call float(v) first, so float()'s message covers them.
+    def __float__(self) -> NoReturn:
+        _no_number(
+            "math.sin(v) and float(v) need a number; use ft.sin(v) or np.sin(v) on traced "
+            "values (likewise ft.exp, ft.sqrt, ...), or evaluate the compiled tape"
         )
 
-    __int__ = __float__
-    __index__ = __float__
+    def __int__(self) -> NoReturn:
+        _no_number(
+            "int(v) needs a number; use ft.floor(v) or ft.ceil(v) to round traced values, or "
+            "evaluate the compiled tape"
+        )
+
+    def __complex__(self) -> NoReturn:
+        _no_number(
+            "complex(v) needs a number, and fasttape traces real scalars only; use ft.sin(v), "
+            "np.sin(v) and the like on traced values, or evaluate the compiled tape"
+        )
+
+    def __index__(self) -> NoReturn:
+        _no_number(
+            "an index, length or range bound needs an integer, and which element is taken "
+            "cannot depend on a traced value; select values with ft.where(cond, a, b) "
+            "instead, or evaluate the compiled tape"
+        )
+
+    def __floor__(self) -> NoReturn:  # math.floor(v)
+        _no_number("math.floor(v) needs a number; use ft.floor(v) or np.floor(v)")
+
+    def __ceil__(self) -> NoReturn:  # math.ceil(v)
+        _no_number("math.ceil(v) needs a number; use ft.ceil(v) or np.ceil(v)")
+
+    def __trunc__(self) -> NoReturn:  # math.trunc(v)
+        _no_number(
+            "math.trunc(v) needs a number; use ft.where(v < 0, ft.ceil(v), ft.floor(v))"
+        )
+
+    def __round__(self, ndigits: Any = None) -> NoReturn:  # round(v)
+        _no_number("round(v) needs a number; use ft.floor(v + 0.5) or ft.floor(v)")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         raise TypeError("a traced fasttape value is a scalar and cannot be iterated")
+
+
+def _is_comparable(other: object) -> bool:
+    """True if ``v == other`` records a comparison: numbers and 0-d arrays (see _COMPARABLE)."""
+    return isinstance(other, _COMPARABLE) or (isinstance(other, np.ndarray) and other.ndim == 0)
+
+
+def _no_number(what: str) -> NoReturn:
+    raise TypeError(
+        f"a traced fasttape value (a node of a graph) has no number while tracing: {what}."
+    )

@@ -11,6 +11,7 @@ import pytest
 
 import fasttape as ft
 from fasttape.ops import OPS
+from fasttape.trace import InputIndexError
 
 
 def bits(v: float) -> bytes:
@@ -217,18 +218,57 @@ def test_eq_and_ne_functions(fn, name):
     assert list(t2.value([1.0, 2.0])) == [float(name == "ne")] * 2
 
 
-# ---------------------------------------------------------------------- identity and truthiness
-def test_var_equality_is_identity():
+# ---------------------------------------------------------------------- == and truthiness
+def test_eq_on_vars_is_a_traced_comparison():
+    """``a == b`` and ``a != b`` record ft.eq / ft.ne nodes, as ``<`` records lt (issue 15.5)."""
     g = ft.Graph()
     x, y = g.inputs(2)
-    assert (x == x) is True
-    assert (x == y) is False
-    assert (x != y) is True
-    assert (x != x) is False
-    assert (x == 2.0) is False
-    assert (x != 2.0) is True
-    z = x + 1
-    assert (z == z) is True and (z == x) is False
+    outs = [x == y, x != y, x == 2.0, 2.0 == x, x != 2, np.float64(2.0) == x, x == x]
+    assert all(type(v) is type(x) for v in outs), [type(v) for v in outs]
+    g.output(outs)
+    tape = ft.compile(g, optimize=False)
+    assert list(tape.value([1.0, 1.0])) == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert list(tape.value([2.0, 3.0])) == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    assert list(tape.value([np.nan, np.nan])) == [0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_if_a_equals_b_raises_naming_where():
+    """The issue's repro: `==` used to keep Python's identity meaning, so the branch was picked
+    silently at trace time (3.0 at (1, 1) where Python gives 2.0)."""
+    with pytest.raises(TypeError, match=r"ft\.where") as info:
+        ft.trace(lambda v: v[0] * 2 if v[0] == v[1] else v[1] * 3, 2)
+    assert "==" in str(info.value)
+    for cmp in (operator.eq, operator.ne):
+        g = ft.Graph()
+        x, y = g.inputs(2)
+        with pytest.raises(TypeError, match=r"ft\.where"):
+            bool(cmp(x, y))
+        with pytest.raises(TypeError, match=r"ft\.where"):
+            bool(cmp(x, 1.0))
+
+
+def test_numpy_equal_on_vars_is_the_traced_comparison():
+    g = ft.Graph()
+    x, y = g.inputs(2)
+    outs = [np.equal(x, y), np.not_equal(x, 2.0), np.equal(np.float64(1.0), y)]
+    assert all(type(v) is type(x) for v in outs)
+    arr = np.array([1.0, 3.0]) == x
+    assert arr.dtype == object and arr.shape == (2,)
+    g.output(*outs, *arr)
+    tape = ft.compile(g)
+    assert list(tape.value([1.0, 1.0])) == [1.0, 1.0, 1.0, 1.0, 0.0]
+    assert list(tape.value([3.0, 2.0])) == [0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_eq_with_a_non_number_is_false_not_an_error():
+    g = ft.Graph()
+    x = g.input()
+    for other in (None, "x", [1.0], object()):
+        assert (x == other) is False and (x != other) is True
+    assert x is not None
+    n = g.n_nodes
+    assert (x == None) is False  # noqa: E711 (the comparison itself is what is tested)
+    assert g.n_nodes == n, "a comparison with a non-number must not record a node"
 
 
 def test_vars_are_hashable_and_live_in_sets_and_dicts():
@@ -240,17 +280,18 @@ def test_vars_are_hashable_and_live_in_sets_and_dicts():
     assert x in s and z in s
     d = {x: "x", y: "y", z: "z"}
     assert d[x] == "x" and d[z] == "z"
-    assert x in [y, z, x]
-    assert [y, x].index(x) == 1
+    assert hash(x) == hash(x) and hash(x) != hash(y)
+    assert [v for v in [y, z, x] if v is x] == [x]
 
 
-@pytest.mark.parametrize("c", [np.float64(2.0), np.array(2.0)], ids=["np.float64", "0d"])
-def test_var_equality_with_numpy_number_is_identity(c):
+def test_var_in_a_list_raises_instead_of_guessing():
+    """`v in list` compares with ==, whose result has no truth value: it raises (as JAX's
+    tracers do) and says to use a set or `is`."""
     g = ft.Graph()
-    x = g.input()
-    assert (x == c) is False, f"x == {c!r} gave {x == c!r}"
-    assert (x != c) is True, f"x != {c!r} gave {x != c!r}"
-    assert x not in [1.0, c]
+    x, y = g.inputs(2)
+    with pytest.raises(TypeError, match="set"):
+        _ = x in [y, x]
+    assert x in [x, y]  # identity is checked first: no comparison, no error
 
 
 @pytest.mark.parametrize(
@@ -265,28 +306,40 @@ def test_var_equality_with_numpy_number_is_identity(c):
 def test_truth_value_raises_pointing_to_where(use):
     g = ft.Graph()
     x = g.input()
-    for v in (x, x > 0, x + 1):
+    for v in (x, x > 0, x + 1, x == 0, x != 1):
         with pytest.raises(TypeError, match=r"ft\.where"):
             use(v)
 
 
 @pytest.mark.parametrize(
     "use",
-    [float, int, math.sin, math.floor, lambda v: range(v), lambda v: [1, 2][v]],
-    ids=["float", "int", "math.sin", "math.floor", "range", "index"],
+    [float, int, complex, math.sin, math.floor, math.ceil, math.trunc, round, operator.index,
+     lambda v: range(v), lambda v: [1, 2][v]],
+    ids=["float", "int", "complex", "math.sin", "math.floor", "math.ceil", "math.trunc",
+         "round", "index", "range", "list-index"],
 )
 def test_var_has_no_number(use):
     g = ft.Graph()
     x = g.input()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"ft\.\w+\(v\)|ft\.where"):
         use(x)
 
 
-def test_float_error_message_says_what_to_do():
+def test_float_error_message_points_to_ft_and_numpy_functions():
+    """math.sin(v) calls float(v) first: the message must name ft.sin / np.sin, not only
+    "compile and evaluate" (issue 15.8)."""
     g = ft.Graph()
     x = g.input()
-    with pytest.raises(TypeError, match="compile"):
-        float(x)
+    for use in (float, math.sin, math.exp, math.sqrt):
+        with pytest.raises(TypeError) as info:
+            use(x)
+        msg = str(info.value)
+        assert "math.sin(v) and float(v) need a number" in msg, msg
+        assert "ft.sin(v) or np.sin(v)" in msg and "compiled tape" in msg, msg
+    for use, hint in ((int, "ft.floor"), (math.floor, "ft.floor"), (math.ceil, "ft.ceil"),
+                      (round, "ft.floor"), (complex, "real"), (operator.index, "ft.where")):
+        with pytest.raises(TypeError, match=hint.replace(".", r"\.")):
+            use(x)
 
 
 def test_var_is_not_iterable():
@@ -294,6 +347,74 @@ def test_var_is_not_iterable():
     x = g.input()
     with pytest.raises(TypeError):
         list(x)
+
+
+# ---------------------------------------------------------------------- traced inputs
+def test_indexing_past_the_traced_inputs_names_n_inputs():
+    """A bare IndexError said nothing about n_inputs (issue 15.10)."""
+    with pytest.raises(IndexError, match=r"index 5 .*2 inputs \(n_inputs=2\)"):
+        ft.trace(lambda v: v[0] * v[5], n_inputs=2)
+    with pytest.raises(IndexError, match=r"index -3 .*n_inputs=2"):
+        ft.trace(lambda v: v[-3], n_inputs=2)
+    with pytest.raises(IndexError, match=r"n_inputs=0"):
+        ft.trace(lambda v: v[0], n_inputs=0)
+
+
+def _helper(inputs, k):
+    return inputs[k + 1] * 2.0  # the inputs under another name, in another function
+
+
+@pytest.mark.parametrize(
+    ("fn", "index"),
+    [
+        pytest.param(lambda x: ft.sum(x[i] * x[i + 1] for i in range(len(x))), 3, id="genexpr"),
+        pytest.param(lambda x: _helper(x, 2), 3, id="helper"),
+        pytest.param(lambda x: x[len(x)], None, id="call-in-index"),
+    ],
+)
+def test_index_error_names_n_inputs_wherever_the_inputs_are_indexed(fn, index):
+    with pytest.raises(IndexError, match=r"\(n_inputs=3\)") as info:
+        ft.trace(fn, n_inputs=3)
+    assert isinstance(info.value, InputIndexError)
+    assert str(info.value).startswith("index out of range" if index is None else f"index {index} ")
+    assert info.traceback[-1].frame.code.raw is not ft.trace.__code__, "points at user code"
+
+
+def test_other_index_errors_are_left_alone():
+    other = [1.0]
+
+    def fn(x):
+        return x[0] * other[3]
+
+    with pytest.raises(IndexError) as info:
+        ft.trace(fn, n_inputs=3)
+    assert str(info.value) == "list index out of range"
+
+
+def test_traced_inputs_still_behave_as_a_list():
+    seen = {}
+
+    def fn(x):
+        seen["len"] = len(x)
+        seen["iter"] = [v for v in x]
+        a, b, c = x
+        seen["slices"] = (x[1:], x[5:], x[::-1], x[-1])
+        seen["isinstance"] = isinstance(x, list)
+        total = 0.0
+        i = 0
+        while True:  # code that stops on IndexError keeps working
+            try:
+                total = total + x[i]
+            except IndexError:
+                break
+            i += 1
+        return total + a * b * c
+
+    tape = ft.compile(ft.trace(fn, n_inputs=3))
+    assert tape.value([1.0, 2.0, 3.0]) == 12.0
+    assert seen["len"] == 3 and len(seen["iter"]) == 3 and seen["isinstance"]
+    tail, empty, rev, last = seen["slices"]
+    assert len(tail) == 2 and empty == [] and len(rev) == 3 and last is seen["iter"][2]
 
 
 # ---------------------------------------------------------------------- two graphs
@@ -900,3 +1021,17 @@ def test_single_output_accepts_output_zero():
     assert tape.value_and_grad([1.0], output=-1)[0] == 3.0
     with pytest.raises(ValueError):
         tape.grad([1.0], output=1)
+
+
+def test_compile_never_emits_a_tape_that_fails_validation():
+    """However the Graph's columns got inconsistent (the concurrent-append race of issue
+    15.4 left such graphs), compile raises instead of emitting a tape that reads wrong slots."""
+    g = ft.Graph()
+    x, y = g.inputs(2)
+    z = x * y
+    g.output(ft.sin(z) + x)
+    g._args[-1] = g.n_nodes - 1  # the add refers to itself (once compiled: %4 = add(%3, %4))
+    with pytest.raises(ValueError, match="invalid"):
+        ft.compile(g)
+    with pytest.raises(ValueError, match="invalid"):
+        ft.compile(g, optimize=False)

@@ -188,3 +188,89 @@ def test_kernels_release_the_gil():
         f"no short call ran inside a long call (long calls {durations} s, "
         f"{len(short_calls)} short calls, margin {margin} s): the kernel seems to hold the GIL"
     )
+
+
+# ---------------------------------------------------------------------- recording a Graph
+GRAPH_THREADS = 4
+GRAPH_OPS = 3_000  # per thread: long enough that threads switch inside node creation
+
+
+def _thread_term(xs: list, t: int) -> object:
+    """Thread t's expression: a chain mixing unary, binary and constant-creating ops."""
+    v = xs[t]
+    for k in range(GRAPH_OPS):
+        w = xs[(t + k) % len(xs)]
+        v = ft.sin(v) * 0.5 + w * (t + 1) if k % 3 else v / (1.0 + w * w) - float(k % 7)
+    return v
+
+
+def _single_threaded_values(x: np.ndarray) -> np.ndarray:
+    g = ft.Graph()
+    xs = g.inputs(len(x))
+    g.output([_thread_term(xs, t) for t in range(GRAPH_THREADS)])
+    return ft.compile(g).value(x)
+
+
+def _record_term(xs: list, t: int, results: list, errors: list, barrier) -> None:
+    barrier.wait()
+    try:
+        results[t] = _thread_term(xs, t)
+    except RuntimeError as exc:
+        errors.append(exc)
+
+
+def test_graph_extended_from_threads_is_right_or_refused():
+    """Four threads extending one Graph at once used to compile, silently, to wrong values
+    (the node index was read after an unsynchronised append; issue 15.4).  Now each run
+    either gives the single-threaded values bitwise or raises a clear error: at the thread
+    that saw the clash and again at compile (never a wrong tape)."""
+    x = np.linspace(0.1, 0.9, 7)
+    want = _single_threaded_values(x)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    outcomes = []
+    try:
+        for _ in range(20):
+            g = ft.Graph()
+            xs = g.inputs(len(x))
+            results: list = [None] * GRAPH_THREADS
+            errors: list = []
+            barrier = threading.Barrier(GRAPH_THREADS)
+            threads = [
+                threading.Thread(target=_record_term, args=(xs, t, results, errors, barrier))
+                for t in range(GRAPH_THREADS)
+            ]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            for exc in errors:
+                assert "thread" in str(exc) and "Graph" in str(exc), str(exc)
+            if errors:
+                done = [r for r in results if r is not None] or [xs[0]]
+                g.output(done)
+                with pytest.raises(RuntimeError, match="thread"):
+                    ft.compile(g)
+                outcomes.append("refused")
+                continue
+            g.output(results)
+            got = ft.compile(g).value(x)
+            assert same_bits(got, want), f"wrong values from a Graph built in threads: {got}"
+            outcomes.append("right")
+    finally:
+        sys.setswitchinterval(old)
+    assert len(outcomes) == 20, outcomes
+
+
+def test_graph_extended_by_threads_one_after_another_is_fine():
+    """Handing a Graph from thread to thread (no overlap) is not an error."""
+    x = np.linspace(0.1, 0.9, 7)
+    g = ft.Graph()
+    xs = g.inputs(len(x))
+    results: list = [None] * GRAPH_THREADS
+    for t in range(GRAPH_THREADS):
+        th = threading.Thread(target=lambda t=t: results.__setitem__(t, _thread_term(xs, t)))
+        th.start()
+        th.join()
+    g.output(results)
+    assert same_bits(ft.compile(g).value(x), _single_threaded_values(x))
