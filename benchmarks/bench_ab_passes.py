@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         x = case.x
         assert tapes["with"].value(x) == tapes["without"].value(x), "values must be bitwise"
         t = best_times(tapes, x, ns.rounds)
-        n = tapes["with"].n_nodes
+        n = tapes["with"].n_instructions
         ns_ = {k: v / n * 1e9 for k, v in t.items()}
         print(f"| {fam} | {n:,} | {ns_['without', 'value']:.2f} | {ns_['with', 'value']:.2f} "
               f"| {ns_['without', 'vg']:.2f} | {ns_['with', 'vg']:.2f} "

@@ -111,7 +111,7 @@ class Graph:
                 if v.g is not self:
                     self._foreign(v)
             else:
-                _as_float(v)
+                as_float(v)
         self._outputs.extend(v.i if type(v) is Var else self._constant_node(v) for v in flat)
 
     # ------------------------------------------------------------------ sizes
@@ -196,7 +196,7 @@ class Graph:
     def _constant_node(self, value: Any) -> int:
         """Node index of a constant equal (bitwise) to ``value``; created on first use."""
         if type(value) is not float:
-            value = _as_float(value)
+            value = as_float(value)
         # Key on the bits so that 0.0 and -0.0 stay distinct and NaN finds itself.
         key = value if (value == value and value != 0.0) else struct.pack("<d", value)
         node = self._const_nodes.get(key)
@@ -220,7 +220,7 @@ class Graph:
         )
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
     """Convert a Python or NumPy real number to float, with a clear error otherwise."""
     if isinstance(value, Var):  # a Var from the wrong path
         raise TypeError(f"expected a number, got {value!r}")
@@ -236,7 +236,7 @@ def _as_float(value: Any) -> float:
     )
 
 
-def _is_integral_number(value: Any) -> bool:
+def is_integral_number(value: Any) -> bool:
     """True for Python/NumPy integers (not bools, not floats that happen to be whole)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 

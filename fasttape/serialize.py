@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from fasttape.ops import table_hash
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION"]
 
@@ -47,8 +49,13 @@ def _existing(path: str | os.PathLike) -> str | os.PathLike:
     return path
 
 
-def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
+def load(
+    path: str | os.PathLike, *, grad_mode: str | None = None, tape_class: type[Tape] = Tape
+) -> Any:
     """Read a tape written by :func:`save`, validating every array.
+
+    ``ft.load`` (:func:`fasttape.api.load`) calls this with ``tape_class=fasttape.Tape``; a
+    ``tape_class`` is :class:`~fasttape.tape.TapeRecord` or a subclass.
 
     Raises
     ------
@@ -98,7 +105,7 @@ def load(path: str | os.PathLike, *, grad_mode: str | None = None) -> Tape:
     if n_inputs.shape != () or n_inputs.dtype.kind not in "iu":
         raise TapeFormatError(f"{path}: n_inputs must be an integer scalar")
     try:
-        return Tape.from_arrays(
+        return tape_class.from_arrays(
             **arrays, n_inputs=int(n_inputs), grad_mode=grad_mode or saved_mode
         )
     except ValueError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.graph import Graph, _as_float, _is_integral_number
+from fasttape.graph import Graph, as_float, is_integral_number
 from fasttape.kernels import eval_op
 from fasttape.ops import OP_BY_NAME, OPS, OpSpec
 from fasttape.var import Var
@@ -47,7 +47,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
         def fn(x: Any) -> Any:
             if type(x) is Var:
                 return x.g._unary(code, x.i)
-            return eval_op(code, (_as_float(x),))
+            return eval_op(code, (as_float(x),))
 
     else:
 
@@ -56,7 +56,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
                 raise TypeError(f"{spec.name}() takes {spec.arity} arguments, got {len(xs)}")
             g = _graph_of(*xs)
             if g is None:
-                return eval_op(code, tuple(_as_float(x) for x in xs))
+                return eval_op(code, tuple(as_float(x) for x in xs))
             return g._node(code, tuple(_node(g, x) for x in xs))
 
     fn.__name__ = fn.__qualname__ = spec.name
@@ -94,8 +94,8 @@ def pow(x: Any, y: Any) -> Any:
     """
     if type(y) is not Var:
         if type(x) is not Var:
-            return eval_op(_POW, (_as_float(x), _as_float(y)))
-        if _is_integral_number(y):
+            return eval_op(_POW, (as_float(x), as_float(y)))
+        if is_integral_number(y):
             n = int(y)
             if builtins.abs(n) >= 2**31:
                 raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
@@ -115,7 +115,7 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     """
     g = _graph_of(cond, a, b)
     if g is None:
-        return eval_op(_WHERE, (_as_float(a), _as_float(b), _as_float(cond)))
+        return eval_op(_WHERE, (as_float(a), as_float(b), as_float(cond)))
     # Stored as (a, b, cond): differentiable arguments first (see fasttape.ops).
     return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
 
@@ -139,7 +139,7 @@ def sum(values: Iterable[Any]) -> Any:
 
 
 @contextmanager
-def _gc_paused(pause: bool) -> Iterator[None]:
+def gc_paused(pause: bool) -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring its previous state afterwards."""
     was_enabled = gc.isenabled()
     if pause and was_enabled:
@@ -170,7 +170,7 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = Tru
     20.0
     """
     g = Graph()
-    with _gc_paused(pause_gc):
+    with gc_paused(pause_gc):
         x = g.inputs(n_inputs)
         result = fn(x)
     if isinstance(result, np.ndarray) and result.ndim == 0:
@@ -198,7 +198,7 @@ _UFUNCS = {
 }
 
 
-def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
+def from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
     name = _UFUNCS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented

@@ -46,9 +46,9 @@ class Var:
     # NumPy: return NotImplemented from ndarray/np.float64 operators so Python falls back to our
     # reflected dunders, and let np.sin(var) etc. map onto fasttape ops.
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        from fasttape.trace import _from_ufunc
+        from fasttape.trace import from_ufunc
 
-        return _from_ufunc(ufunc, method, inputs, kwargs)
+        return from_ufunc(ufunc, method, inputs, kwargs)
 
     def __repr__(self) -> str:
         return f"Var(node={self.i})"

@@ -31,7 +31,10 @@ from fasttape.kernels import (
     value_and_grad_lean_kernel,
     value_kernel,
 )
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
+from fasttape.tape import check_out
 
 __all__ = ["KINDS", "NumbaKernel", "numba_kernel", "vjp", "vjp_kernel"]
 
@@ -153,7 +156,7 @@ def _vjp(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
 
 # ---------------------------------------------------------------------------- Python side
 def _which(tape: Tape, output: int | None) -> np.int64:
-    return np.int64(tape._which(output))
+    return np.int64(tape.output_index(output))
 
 
 def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None = None) -> (
@@ -252,14 +255,14 @@ def vjp(tape: Tape, x: Any, cot: Any, *, out: np.ndarray | None = None) -> np.nd
     -----
     Uses the tape's per-thread work buffers, so it is thread-safe like :meth:`Tape.value`.
     """
-    xin = tape._x(x)
+    xin = tape.as_input(x)
     c = np.ascontiguousarray(np.asarray(cot, dtype=np.float64).reshape(-1))
     if c.shape[0] != tape.n_outputs:
         raise ValueError(
             f"cot has {c.shape[0]} entries but this tape has {tape.n_outputs} outputs"
         )
     grad = np.empty(tape.n_inputs) if out is None else _checked_out(out, tape.n_inputs)
-    buf = tape._grad_buffers()
+    buf = tape.point_buffers(grad=True)
     vjp_kernel(
         tape.ops, tape.args, tape.consts, tape.outputs, buf.vals, buf.parts, buf.adj, xin, c, grad
     )
@@ -267,6 +270,4 @@ def vjp(tape: Tape, x: Any, cot: Any, *, out: np.ndarray | None = None) -> np.nd
 
 
 def _checked_out(out: Any, n: int) -> np.ndarray:
-    from fasttape.tape import _check_out
-
-    return _check_out(out, n, "out")
+    return check_out(out, n, "out")
