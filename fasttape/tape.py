@@ -293,6 +293,9 @@ class TapeRecord:
         The one check of a single point (the same errors as :meth:`value`); a 2-D ``x`` is a
         ``ValueError`` here (batches go through :mod:`fasttape.batch`).
         """
+        if (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            return x
         xin = self._point_or_batch(x)
         if xin.ndim != 1:
             raise ValueError(f"x must be 1-D (one value per input); got shape {xin.shape}")
@@ -346,13 +349,14 @@ class TapeRecord:
 
     # ------------------------------------------------------------------ evaluation
     def _point_or_batch(self, x: Any) -> np.ndarray:
-        """``x`` as float64: 1-D of length ``n_inputs`` (checked), or 2-D (a batch, unchecked)."""
-        if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.flags.c_contiguous:
-            arr = x
-        else:
-            arr = _as_float_array(x)
-            if arr.ndim == 2:
-                return arr
+        """``x`` as float64: 1-D of length ``n_inputs`` (checked), or 2-D (a batch, unchecked).
+
+        The slow path: callers first try ``x`` as it is (a C-contiguous float64 vector of the
+        right length, the common case, costs no call).
+        """
+        arr = _as_float_array(x)
+        if arr.ndim == 2:
+            return arr
         if arr.shape[0] != self.n_inputs:
             raise ValueError(
                 f"x has {arr.shape[0]} entries but this tape has {self.n_inputs} inputs"
@@ -399,9 +403,12 @@ class TapeRecord:
             ``out`` when given).  For a batch, shape (B,) or (B, n_outputs), bitwise the
             single-point results row by row.
         """
-        xin = self._point_or_batch(x)
-        if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
-            return self._value_batch(xin, out, threads, flush_subnormals)
+        xin = x
+        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
+            if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
+                return self._value_batch(xin, out, threads, flush_subnormals)
         if threads is not None:
             # threads= only matters for batches; still refuse a bad value for a single point.
             resolve_threads(threads)
@@ -458,10 +465,13 @@ class TapeRecord:
         grad : ndarray, shape (n_inputs,) or (B, n_inputs)
             Inputs that the output does not depend on get 0.
         """
-        xin = self._point_or_batch(x)
-        if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
-            return self._value_and_grad_batch(xin, self.output_index(output), out, threads,
-                                              flush_subnormals)
+        xin = x
+        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
+            if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
+                return self._value_and_grad_batch(xin, self.output_index(output), out,
+                                                  threads, flush_subnormals)
         if threads is not None:
             resolve_threads(threads)
         which = self.output_index(output)
