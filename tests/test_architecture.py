@@ -284,9 +284,12 @@ def test_the_allow_lists_are_still_needed():
         assert target in import_edges(module), (module, target)
 
 
+# fasttape.explain (tape.explain(x), debugging) belongs here too once it lands: its method goes
+# on fasttape.api.Tape, not on the record.
 LAYERS_ABOVE_THE_TAPE = ("fasttape.batch", "fasttape.derivatives", "fasttape.embed",
                          "fasttape.serialize", "fasttape.checkpoint", "fasttape.api",
-                         "fasttape.compile")
+                         "fasttape.compile", "fasttape.explain", "fasttape.families",
+                         "fasttape.bench")
 
 
 @pytest.mark.parametrize("layer", LAYERS_ABOVE_THE_TAPE)
