@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import numba
 import numpy as np
@@ -34,6 +34,9 @@ __all__ = ["TapeRecord", "GRAD_MODES", "check_out", "resolve_threads", "tape_fro
 #: Gradient strategies: "stored" keeps one partial derivative per edge from the forward sweep
 #: (faster reverse sweep, 8 more bytes per edge); "lean" recomputes partials from the values.
 GRAD_MODES = ("stored", "lean")
+
+#: A tape class: :class:`TapeRecord` or a subclass (the constructors return ``cls``).
+TapeT = TypeVar("TapeT", bound="TapeRecord")
 
 
 
@@ -81,7 +84,7 @@ class TapeRecord:
 
     @classmethod
     def from_trusted_arrays(
-        cls,
+        cls: type[TapeT],
         ops: np.ndarray,
         args: np.ndarray,
         consts: np.ndarray,
@@ -91,7 +94,7 @@ class TapeRecord:
         *,
         reuse_plan: Any = None,
         pass_records: Any = None,
-    ) -> Any:
+    ) -> TapeT:
         """Wrap arrays that are already valid, **without** validating them (package use).
 
         Only for arrays made by fasttape itself: :func:`fasttape.compile`, the passes and
@@ -112,7 +115,8 @@ class TapeRecord:
 
         Returns
         -------
-        An instance of ``cls``.
+        TapeRecord
+            An instance of ``cls`` (``fasttape.Tape`` when called on it).
         """
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
@@ -130,7 +134,7 @@ class TapeRecord:
 
     @classmethod
     def from_arrays(
-        cls,
+        cls: type[TapeT],
         ops: Any,
         args: Any,
         consts: Any,
@@ -138,7 +142,7 @@ class TapeRecord:
         n_inputs: int,
         *,
         grad_mode: str = "stored",
-    ) -> Any:
+    ) -> TapeT:
         """Build a Tape from plain arrays, validating them first (see docs/tape-format.md).
 
         Parameters
@@ -178,7 +182,7 @@ class TapeRecord:
             "n_inputs": self.n_inputs,
         }
 
-    def with_grad_mode(self, grad_mode: str) -> Any:
+    def with_grad_mode(self: TapeT, grad_mode: str) -> TapeT:
         """The same tape (arrays shared) with another gradient strategy."""
         return type(self).from_trusted_arrays(
             self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode,
@@ -553,7 +557,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def tape_from_state(cls: type[TapeRecord], arrays: dict[str, Any], grad_mode: str) -> Any:
+def tape_from_state(cls: type[TapeT], arrays: dict[str, Any], grad_mode: str) -> TapeT:
     """Unpickle a tape: ``cls.from_arrays(**arrays)``, validated again."""
     return cls.from_arrays(**arrays, grad_mode=grad_mode)
 
