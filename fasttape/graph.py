@@ -234,9 +234,3 @@ def as_float(value: Any) -> float:
         f"cannot use {type(value).__name__} {value!r:.60} in a fasttape graph: expected a "
         "traced variable or a real number (int, float, NumPy scalar)"
     )
-
-
-def is_integral_number(value: Any) -> bool:
-    """True for Python/NumPy integers (not bools, not floats that happen to be whole)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-

@@ -8,7 +8,6 @@ node; called on plain numbers only they evaluate at once with the kernels' own s
 
 from __future__ import annotations
 
-import builtins
 import gc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.graph import Graph, as_float, is_integral_number
+from fasttape.graph import Graph, as_float
 from fasttape.kernels import eval_op
 from fasttape.ops import OP_BY_NAME, OPS, OpSpec
 from fasttape.var import Var
@@ -79,8 +78,6 @@ OP_FUNCTIONS: dict[str, Callable[..., Any]] = {
 globals().update(OP_FUNCTIONS)
 __all__ += sorted(set(OP_FUNCTIONS) - set(__all__))
 
-_POWI = OP_BY_NAME["powi"].code
-_POWC = OP_BY_NAME["powc"].code
 _POW = OP_BY_NAME["pow"].code
 _WHERE = OP_BY_NAME["where"].code
 
@@ -92,18 +89,11 @@ def pow(x: Any, y: Any) -> Any:
     ``integer_pow``); a constant real exponent records ``powc``; a traced exponent records
     ``pow``.  See docs/derivatives.md for the conventions at ``x = 0``.
     """
-    if type(y) is not Var:
-        if type(x) is not Var:
-            return eval_op(_POW, (as_float(x), as_float(y)))
-        if is_integral_number(y):
-            n = int(y)
-            if builtins.abs(n) >= 2**31:
-                raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
-            return x.g._binary(_POWI, x.i, x.g._constant_node(float(n)))
-        return x.g._binary(_POWC, x.i, x.g._constant_node(y))
-    g = _graph_of(x, y)
-    assert g is not None
-    return g._binary(_POW, _node(g, x), y.i)
+    if type(x) is Var:
+        return x.__pow__(y)  # the Var operators hold the exponent rule
+    if type(y) is Var:
+        return y.__rpow__(x)
+    return eval_op(_POW, (as_float(x), as_float(y)))
 
 
 def where(cond: Any, a: Any, b: Any) -> Any:
@@ -182,47 +172,3 @@ def trace(fn: Callable[[list[Var]], Any], n_inputs: int, *, pause_gc: bool = Tru
 # pow and where dispatch or reorder their arguments, so they are written by hand above.
 OP_FUNCTIONS["pow"] = pow
 OP_FUNCTIONS["where"] = where
-
-# NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
-_UFUNCS = {
-    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
-    "negative": "neg", "power": "pow", "float_power": "pow", "square": "square", "sqrt": "sqrt",
-    "cbrt": "cbrt", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
-    "log2": "log2", "log10": "log10", "sin": "sin", "cos": "cos", "tan": "tan",
-    "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "sinh": "sinh",
-    "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh",
-    "arctanh": "atanh", "absolute": "abs", "fabs": "abs", "sign": "sign", "floor": "floor",
-    "ceil": "ceil", "minimum": "minimum", "maximum": "maximum", "hypot": "hypot",
-    "less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
-    "equal": "eq", "not_equal": "ne", "positive": "positive",
-}
-
-
-def from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
-    name = _UFUNCS.get(ufunc.__name__)
-    if method != "__call__" or kwargs or name is None:
-        return NotImplemented
-    if name in ("eq", "ne"):
-        # `np.float64(2) == var` and `var in [np.float64(2)]` must keep Python's identity
-        # meaning of == (as for plain numbers); the traced comparison is ft.eq / ft.ne.
-        same = inputs[0] is inputs[1]
-        return same if name == "eq" else not same
-    fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
-    if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
-        # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not
-        # np.frompyfunc: its ufunc would dispatch straight back to Var.__array_ufunc__.)
-        arrays = [a if isinstance(a, np.ndarray) else _object_scalar(a) for a in inputs]
-        b = np.broadcast(*arrays)
-        out = np.empty(b.shape, dtype=object)
-        flat = out.reshape(-1)
-        for k, elems in enumerate(b):
-            flat[k] = fn(*elems)
-        return out
-    inputs = tuple(a.item() if isinstance(a, np.ndarray) else a for a in inputs)
-    return fn(*inputs)
-
-
-def _object_scalar(v: Any) -> np.ndarray:
-    arr = np.empty((), dtype=object)
-    arr[()] = v
-    return arr
