@@ -116,7 +116,7 @@ def single_case(family: str, nodes: float) -> tuple[str, ft.Tape, Callable[[dict
     case = build_case(family, int(nodes))
     t, x = case.tape, case.x
     g = np.empty(t.n_inputs)
-    plan = t._plan
+    plan = t.reuse_plan
     if plan is None or t.grad_mode != "stored":
         vals, parts, adj = np.empty(t.n_slots), np.empty(t.n_edges), np.zeros(t.n_slots)
 

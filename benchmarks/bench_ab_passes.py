@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         fns = {(name, kind): partial(fn, x) for name, tape in tapes.items()
                for kind, fn in (("value", tape.value), ("vg", tape.value_and_grad))}
         t = best_times(fns, ns.rounds, inner=3)
-        n = tapes["with"].n_nodes
+        n = tapes["with"].n_instructions
         ns_ = {k: v / n * 1e9 for k, v in t.items()}
         print(f"| {fam} | {n:,} | {ns_['without', 'value']:.2f} | {ns_['with', 'value']:.2f} "
               f"| {ns_['without', 'vg']:.2f} | {ns_['with', 'vg']:.2f} "

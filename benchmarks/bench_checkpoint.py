@@ -127,9 +127,9 @@ def run_scan(n_steps: int, n_unrolled: int, snapshots: int, repeat: int) -> dict
     return {
         "n_steps": n_steps,
         "snapshots": snapshots,
-        "step_instructions": sc.step_tape.n_nodes,
+        "step_instructions": sc.step_tape.n_instructions,
         "unrolled_steps": n_unrolled,
-        "unrolled_instructions": tape.n_nodes,
+        "unrolled_instructions": tape.n_instructions,
         "store_all_us_per_step": 1e6 * statistics.median(per_unrolled),
         "scan_us_per_step": 1e6 * statistics.median(per_scan),
         "ratio_median": statistics.median(ratios),

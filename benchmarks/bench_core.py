@@ -112,24 +112,24 @@ def _check_value(value: float, ref: float) -> None:
 # ---------------------------------------------------------------------------- evaluation
 def bench_baseline_value(benchmark: Any, case: dict[str, Any]) -> None:
     tape = case["tape"]
-    _annotate(benchmark, "value", tape.n_nodes, tape.n_edges)
+    _annotate(benchmark, "value", tape.n_instructions, tape.n_edges)
     v = benchmark(bl.value_kernel, tape.ops, tape.args, tape.consts, case["x"],
                   case["vals"])
     _check_value(v, case["ref_value"])
-    _per_node(benchmark, tape.n_nodes)
+    _per_node(benchmark, tape.n_instructions)
 
 
 def bench_value(benchmark: Any, case: dict[str, Any]) -> None:
     tape = case["tape"]
-    _annotate(benchmark, "value", tape.n_nodes, tape.n_edges)
+    _annotate(benchmark, "value", tape.n_instructions, tape.n_edges)
     v = benchmark(tape.value, case["x"])
     _check_value(v, case["ref_value"])
-    _per_node(benchmark, tape.n_nodes)
+    _per_node(benchmark, tape.n_instructions)
 
 
 def bench_baseline_value_and_grad(benchmark: Any, case: dict[str, Any]) -> None:
     tape = case["tape"]
-    _annotate(benchmark, "value_and_grad", tape.n_nodes, tape.n_edges)
+    _annotate(benchmark, "value_and_grad", tape.n_instructions, tape.n_edges)
     grad = case["grad"]
     v = benchmark(
         bl.value_and_grad_kernel,
@@ -137,19 +137,19 @@ def bench_baseline_value_and_grad(benchmark: Any, case: dict[str, Any]) -> None:
     )
     _check_value(v, case["ref_value"])
     np.testing.assert_array_equal(grad, case["ref_grad"])
-    _per_node(benchmark, tape.n_nodes)
+    _per_node(benchmark, tape.n_instructions)
 
 
 @pytest.mark.parametrize("grad_mode", ft.GRAD_MODES)
 def bench_value_and_grad(benchmark: Any, case: dict[str, Any], grad_mode: str) -> None:
     tape = case["tapes"][grad_mode]
-    _annotate(benchmark, "value_and_grad", tape.n_nodes, tape.n_edges)
+    _annotate(benchmark, "value_and_grad", tape.n_instructions, tape.n_edges)
     benchmark.extra_info["grad_mode"] = grad_mode
     v, g = benchmark(tape.value_and_grad, case["x"])
     _check_value(v, case["ref_value"])
     assert np.all(np.isfinite(g))
     np.testing.assert_allclose(g, case["ref_grad"], rtol=1e-12, atol=0.0)
-    _per_node(benchmark, tape.n_nodes)
+    _per_node(benchmark, tape.n_instructions)
 
 
 # ---------------------------------------------------------------------------- building
@@ -172,7 +172,7 @@ def bench_compile(benchmark: Any, traced: dict[str, Any]) -> None:
     # optimize=False: this times flattening (the passes have their own suite, bench_passes.py)
     # and the workload's node count is exact only before CSE merges its repeats.
     tape = benchmark(ft.compile, graph, optimize=False)
-    assert tape.n_nodes == expected
+    assert tape.n_instructions == expected
     assert tape.n_edges == workload_edges(traced["n"])
     assert tape.n_consts == 2
     np.testing.assert_allclose(tape.value(traced["x"]), traced["ref_value"], rtol=1e-12, atol=0)
@@ -181,7 +181,7 @@ def bench_compile(benchmark: Any, traced: dict[str, Any]) -> None:
 
 def bench_from_arrays(benchmark: Any, case: dict[str, Any]) -> None:
     tape = case["tape"]
-    _annotate(benchmark, "from_arrays", tape.n_nodes, tape.n_edges)
+    _annotate(benchmark, "from_arrays", tape.n_instructions, tape.n_edges)
     arrays = tape.to_arrays()
     new = benchmark(ft.Tape.from_arrays, **arrays)
     for name in ("ops", "args", "consts", "outputs"):
@@ -189,4 +189,4 @@ def bench_from_arrays(benchmark: Any, case: dict[str, Any]) -> None:
         assert getattr(new, name).dtype == arrays[name].dtype
     assert new.n_inputs == tape.n_inputs
     _check_value(new.value(case["x"]), case["ref_value"])
-    _per_node(benchmark, tape.n_nodes)
+    _per_node(benchmark, tape.n_instructions)

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 100
     dt = _dense(n)
     xd = np.linspace(-0.5, 0.5, n)
-    print(f"dense Hessian, n = {n} (log-sum-exp + quartic, {dt.n_nodes} instructions)")
+    print(f"dense Hessian, n = {n} (log-sum-exp + quartic, {dt.n_instructions} instructions)")
     t = _rounds({
         "vec": lambda: dt.hessian(xd),
         "one": lambda: dt.hessian(xd, chunk=1),

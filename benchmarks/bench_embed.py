@@ -130,7 +130,8 @@ def measure(n_nodes: int, repeat: int, blocks: int = 40) -> dict[str, Any]:
     ratio = [e / d for e, d in zip(rows["embedded"], rows["direct"], strict=True)]
     overhead = [c - d - p for c, d, p in
                 zip(rows["ctypes"], rows["direct"], rows["py_loop"], strict=True)]
-    return {"n_nodes": s["tape"].n_nodes, "calls": calls * blocks, "rows": rows, "ratio": ratio,
+    return {"n_nodes": s["tape"].n_instructions, "calls": calls * blocks, "rows": rows,
+            "ratio": ratio,
             "ctypes_overhead": overhead, "round_ratio": round_ratio,
             "round_overhead": round_overhead}
 

@@ -98,7 +98,7 @@ def pipeline_cost(names: list[str], sizes: list[int]) -> list[str]:
                 opt = ft.optimize(tape, passes)
                 total = time.perf_counter() - t0
                 per = dict.fromkeys(PASS_NAMES, 0.0)
-                for r in opt._passes:
+                for r in opt.pass_records:
                     per[r.name] += r.seconds
                 cells = [f"{per[k] / n * 1e9:.1f}" if k in passes else "" for k in per]
                 label = "default" if passes == DEFAULT_PASSES else "default + locality"
@@ -121,7 +121,8 @@ def reduction(names: list[str], n: int) -> list[str]:
         vd, vo = dce.work_nbytes(grad=False), opt.work_nbytes(grad=False)
         tape_plan = opt.nbytes + opt.stats()["plan_nbytes"]
         rows.append(
-            f"| {name} | {tape.n_nodes:,} | {dce.n_nodes:,} | {opt.n_nodes:,} | "
+            f"| {name} | {tape.n_instructions:,} | {dce.n_instructions:,} | "
+            f"{opt.n_instructions:,} | "
             f"{vd:,} -> {vo:,} | {vd / vo:.0f}x | {dce.work_nbytes():,} -> "
             f"{opt.work_nbytes():,} | {dce.nbytes:,} -> {tape_plan:,} |")
     return rows
@@ -143,7 +144,7 @@ def speed(names: list[str], n: int, repeat: int, calls: int = 0) -> list[str]:
         for t in variants.values():  # warm-up: compile kernels, allocate buffers
             t.value(x)
             t.value_and_grad(x, output=0)
-        k_calls = calls or max(1, int(2e7 / tape.n_nodes))  # about 0.5 s per round, variant
+        k_calls = calls or max(1, int(2e7 / tape.n_instructions))  # about 0.5 s per round, variant
         for _ in range(repeat):
             for k, t in variants.items():
                 times[k]["v"].append(_per_call(partial(t.value, x), k_calls))
@@ -152,8 +153,9 @@ def speed(names: list[str], n: int, repeat: int, calls: int = 0) -> list[str]:
         base = med["dce only"]
         for k, (tv, tg) in med.items():
             rows.append(
-                f"| {name} | {k} | {variants[k].n_nodes:,} | {tv / tape.n_nodes * 1e9:.2f} | "
-                f"{tg / tape.n_nodes * 1e9:.2f} | {tv / base[0]:.2f} | {tg / base[1]:.2f} |")
+                f"| {name} | {k} | {variants[k].n_instructions:,} | "
+                f"{tv / tape.n_instructions * 1e9:.2f} | "
+                f"{tg / tape.n_instructions * 1e9:.2f} | {tv / base[0]:.2f} | {tg / base[1]:.2f} |")
         del variants, tape
         gc.collect()
     return rows

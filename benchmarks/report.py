@@ -180,7 +180,7 @@ def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
         },
         repeat,
     )
-    n = tape.n_nodes
+    n = tape.n_instructions
     return {
         "tape": tape.stats(),
         "seconds": times,
@@ -194,7 +194,7 @@ def _measure_evaluation(n_nodes: int, repeat: int) -> dict[str, Any]:
 
 
 def _bytes_per_node(tape: ft.Tape, lean: ft.Tape) -> dict[str, float]:
-    n = tape.n_nodes
+    n = tape.n_instructions
     return {
         "tape": tape.nbytes / n,
         "tape_without_consts": (tape.nbytes - tape.consts.nbytes) / n,
@@ -229,7 +229,7 @@ def _measure_build(n_nodes: int, repeat: int, random_tape: ft.Tape) -> dict[str,
     t_valid_traced = best_of(partial(ft.Tape.from_arrays, **arrays), repeat)
     t_valid_random = best_of(partial(ft.Tape.from_arrays, **random_tape.to_arrays()), repeat)
     checks = {
-        "traced_instructions": bool(tape.n_nodes == workload_nodes(n_nodes)),
+        "traced_instructions": bool(tape.n_instructions == workload_nodes(n_nodes)),
         "traced_edges": bool(tape.n_edges == workload_edges(n_nodes)),
         "traced_value_close_float_reference_1e-12": bool(math.isclose(got, ref, rel_tol=1e-12)),
     }
@@ -245,12 +245,12 @@ def _measure_build(n_nodes: int, repeat: int, random_tape: ft.Tape) -> dict[str,
             "from_arrays_random_local": t_valid_random,
         },
         "nodes_per_second": {
-            "trace": tape.n_nodes / t_trace,
-            "compile": tape.n_nodes / t_compile,
-            "compile_optimized": tape.n_nodes / t_optimize,
-            "from_arrays_traced": tape.n_nodes / t_valid_traced,
-            "from_arrays_random_local": random_tape.n_nodes / t_valid_random,
-            "compile_plus_validation": tape.n_nodes / (t_compile + t_valid_traced),
+            "trace": tape.n_instructions / t_trace,
+            "compile": tape.n_instructions / t_compile,
+            "compile_optimized": tape.n_instructions / t_optimize,
+            "from_arrays_traced": tape.n_instructions / t_valid_traced,
+            "from_arrays_random_local": random_tape.n_instructions / t_valid_random,
+            "compile_plus_validation": tape.n_instructions / (t_compile + t_valid_traced),
         },
         "checks": checks,
         # Python's math vs the kernels' (LLVM/libm) functions: equal is not guaranteed.
@@ -296,8 +296,8 @@ def render(result: dict[str, Any]) -> str:
         f"fasttape {m['fasttape']}",
         "- one thread: the kernels are serial Numba loops (Numba's thread pool, "
         f"{m['numba_threads']} threads, is unused)",
-        f"- graph: `random_local({t['n_nodes']:,}, window=100)`: {t['n_inputs']} inputs, "
-        f"{t['n_edges']:,} edges ({t['n_edges'] / t['n_nodes']:.3f} per node), "
+        f"- graph: `random_local({t['n_instructions']:,}, window=100)`: {t['n_inputs']} inputs, "
+        f"{t['n_edges']:,} edges ({t['n_edges'] / t['n_instructions']:.3f} per instruction), "
         f"{t['index_dtype']} indices",
         f"- timing: best of {result['repeat']} after one warm-up; evaluation measured "
         "round-robin (interleaved)",
@@ -327,7 +327,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Traced graph: `mixed_workload` ({NODES_PER_STEP} instructions per step: mul, add, "
         "tanh, sin, div, sub, atan, add), "
-        f"{bu['graph_nodes']:,} graph nodes -> {bu['tape']['n_nodes']:,} instructions, "
+        f"{bu['graph_nodes']:,} graph nodes -> {bu['tape']['n_instructions']:,} instructions, "
         f"{bu['tape']['n_consts']} constants.",
         "",
         "| step | time | rate |",

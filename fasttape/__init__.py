@@ -3,18 +3,20 @@
 The pipeline, module by module: :mod:`~fasttape.var` / :mod:`~fasttape.trace` (record Python
 code) -> :mod:`~fasttape.graph` (flat node columns) -> :mod:`~fasttape.passes` (dead code,
 optimisation) ->
-:mod:`~fasttape.compile` (flatten) -> :mod:`~fasttape.tape` (struct-of-arrays) ->
-:mod:`~fasttape.kernels` (Numba sweeps generated from the op table :mod:`~fasttape.ops`).
+:mod:`~fasttape.compile` (flatten) -> :mod:`~fasttape.tape` (the record: struct-of-arrays,
+one-point value and gradient) -> :mod:`~fasttape.kernels` (Numba sweeps generated from the op
+table :mod:`~fasttape.ops`).  Batches, derivatives, checkpointing, files and embedding sit above
+the record; :mod:`~fasttape.api` assembles the user-facing :class:`Tape` from them.
 """
 
 from fasttape import ops
+from fasttape.api import Tape, compile, load
 from fasttape.checkpoint import CheckpointReport, checkpointed, scan
-from fasttape.compile import compile
 from fasttape.embed.sympy_import import from_sympy
 from fasttape.graph import Graph
 from fasttape.passes import optimize
-from fasttape.serialize import FORMAT_VERSION, TapeFormatError, load
-from fasttape.tape import GRAD_MODES, Tape
+from fasttape.serialize import FORMAT_VERSION, TapeFormatError
+from fasttape.tape import GRAD_MODES
 from fasttape.trace import OP_FUNCTIONS, sum, trace
 from fasttape.var import Var
 

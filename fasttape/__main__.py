@@ -37,9 +37,10 @@ def demo() -> int:
     t4 = time.perf_counter()
     per = (t4 - t3) / reps
     print(
-        f"\n{n:,} inputs, {tape2.n_nodes:,} instructions: traced in {t1 - t0:.2f} s, "
+        f"\n{n:,} inputs, {tape2.n_instructions:,} instructions: traced in {t1 - t0:.2f} s, "
         f"compiled in {t2 - t1:.3f} s, first call {t3 - t2:.2f} s,\n"
-        f"value+gradient {per * 1e3:.1f} ms ({per / tape2.n_nodes * 1e9:.1f} ns/instruction); "
+        f"value+gradient {per * 1e3:.1f} ms "
+        f"({per / tape2.n_instructions * 1e9:.1f} ns/instruction); "
         f"value = {v2:.6f}"
     )
     return 0

@@ -1,6 +1,6 @@
 """Batch evaluation: many input points in one call, in chunks, on every core.
 
-:class:`~fasttape.tape.Tape` methods hand a 2-D ``x`` of shape ``(B, n_inputs)`` to this
+:class:`fasttape.Tape`'s evaluation methods hand a 2-D ``x`` of shape ``(B, n_inputs)`` to this
 module.  The batch is cut into *chunks* of ``C`` points; a chunk is evaluated by the kernels of
 :mod:`fasttape.kernels._batch_generated` in buffers laid out ``[slot, point]`` (the tape is read
 once per chunk, the loop over points vectorizes), and chunks are spread over ``W`` workers
@@ -24,7 +24,7 @@ import numpy as np
 from fasttape.kernels import _batch_generated as _k
 from fasttape.kernels import fpenv
 from fasttape.passes import reuse
-from fasttape.tape import _check_out
+from fasttape.tape import check_out, resolve_threads
 
 __all__ = [
     "BATCH_PLAN_MIN_SLOTS",
@@ -48,7 +48,7 @@ CHUNK_BYTES = 128 * 2**20
 #: (docs/batch.md), and bigger chunks only cost memory.
 CHUNK_MAX = 32
 
-#: A batch with fewer node-points (``B * n_nodes``) than this runs on the calling thread: a
+#: A batch with fewer node-points (``B * n_instructions``) than this runs on the calling thread: a
 #: parallel launch costs some microseconds, about 1e4 node-points of work.
 PARALLEL_MIN_WORK = 100_000
 
@@ -143,7 +143,7 @@ def layout(tape: Any, grad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     and for small tapes.  Results are bitwise the same either way.  ``dest`` has the dtype
     of ``args`` in both, so the chunk kernels compile once per index width.
     """
-    local = tape._local
+    local = tape.work_buffers()
     plain = grad and tape.grad_mode == "lean"
     plan = None
     if not plain and tape.n_slots >= BATCH_PLAN_MIN_SLOTS:
@@ -159,30 +159,9 @@ def layout(tape: Any, grad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     dest = getattr(local, "batch_dest", None)
     if dest is None:
         n_pre = tape.n_inputs + tape.n_consts
-        dest = local.batch_dest = np.arange(n_pre, n_pre + tape.n_nodes, dtype=tape.args.dtype)
+        dest = local.batch_dest = np.arange(n_pre, n_pre + tape.n_instructions,
+                                            dtype=tape.args.dtype)
     return tape.args, dest, tape.outputs, tape.n_slots
-
-
-def resolve_threads(threads: Any) -> int:
-    """The worker count for a call: ``threads``, or Numba's current setting when None.
-
-    Raises
-    ------
-    TypeError, ValueError
-        If ``threads`` is not an int between 1 and ``numba.config.NUMBA_NUM_THREADS``.
-    """
-    if threads is None:
-        return numba.get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= threads <= limit:
-        raise ValueError(
-            f"threads={threads} is out of range: Numba was started with "
-            f"NUMBA_NUM_THREADS={limit}, so pass 1 <= threads <= {limit} (or None to use "
-            "numba.get_num_threads())"
-        )
-    return int(threads)
 
 
 def as_batch(x: Any, n_inputs: int) -> np.ndarray:
@@ -218,7 +197,7 @@ def _buffers(tape: Any, kind: str, workers: int, c: int, n: int) -> tuple[np.nda
     Adjoint buffers are zeroed once: the reverse sweeps leave them zero (read-then-zero), as
     in the single-point path.
     """
-    local = tape._local
+    local = tape.work_buffers()
     cache = getattr(local, "batch", None)
     if cache is None:
         cache = local.batch = {}
@@ -267,7 +246,7 @@ def _plan(
 ) -> tuple[int, int, int]:
     """``(threads, workers, chunk)`` for a call: validated, and sized to the work."""
     t = resolve_threads(threads)
-    if _serial_after_fork or n_points * max(1, tape.n_nodes) < PARALLEL_MIN_WORK:
+    if _serial_after_fork or n_points * max(1, tape.n_instructions) < PARALLEL_MIN_WORK:
         t = 1  # too little work to pay for a parallel launch (or no OpenMP after fork)
     if chunk is None:
         c = chunk_size(tape, grad, n_points)
@@ -312,7 +291,7 @@ def value(
         res = np.empty((B, m))
         ret = res[:, 0] if m == 1 else res
     else:
-        ret = _check_out(out, (B,) if m == 1 else (B, m), "out")
+        ret = check_out(out, (B,) if m == 1 else (B, m), "out")
         res = ret.reshape(B, m)
     if B == 1 and chunk is None:  # one point: the single-point kernel, no [slot, point] layout
         tape.value(X[0], out=res[0], threads=threads, flush_subnormals=flush)
@@ -356,7 +335,7 @@ def value_and_grad(
     X = as_batch(x, tape.n_inputs)
     B = X.shape[0]
     n = tape.n_inputs
-    grad = np.empty((B, n)) if out is None else _check_out(out, (B, n), "out")
+    grad = np.empty((B, n)) if out is None else check_out(out, (B, n), "out")
     vals_out = np.empty(B)
     if B == 1 and chunk is None:  # one point: the single-point kernel, no [slot, point] layout
         vals_out[0], _ = tape.value_and_grad(X[0], output=which, out=grad[0], threads=threads,

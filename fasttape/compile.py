@@ -1,4 +1,4 @@
-"""Compile: flatten a Graph into a Tape, then optimise it.
+"""Compile: flatten a Graph into a tape, then optimise it.
 
 The pipeline: dead-code elimination (:mod:`fasttape.passes.dce`) finds the nodes the outputs
 need, then the live nodes are renumbered into slots -- inputs first, then constants, then
@@ -6,6 +6,9 @@ instructions in creation order (already topological) -- and the arrays are gathe
 optimisation passes (:mod:`fasttape.passes.pipeline`: constant folding, exact simplification,
 common subexpressions, slot reuse; docs/passes.md) then run on those arrays.  Every step is a
 vectorised NumPy operation or one linear Numba pass; nothing recurses.
+
+``ft.compile`` (:func:`fasttape.api.compile`) calls :func:`compile_graph` with the user-facing
+:class:`fasttape.Tape` and adds ``memory_limit=`` (checkpointing sits above this module).
 """
 
 from __future__ import annotations
@@ -19,23 +22,23 @@ from fasttape.graph import Graph
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS
 from fasttape.passes.dce import GRAPH_ARITY, live_nodes
 from fasttape.passes.pipeline import PassRecord, optimize_arrays, resolve_passes
-from fasttape.tape import GRAD_MODES, Tape
+from fasttape.tape import GRAD_MODES, TapeRecord
 from fasttape.validate import validate_arrays
 
-__all__ = ["compile"]
+__all__ = ["compile_graph"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-def compile(
+def compile_graph(
     graph: Graph,
     *,
     grad_mode: str = "stored",
     optimize: Any = True,
     finite_math: bool = False,
-    memory_limit: int | None = None,
+    tape_class: type[TapeRecord] = TapeRecord,
 ) -> Any:
-    """Flatten ``graph`` into a :class:`~fasttape.tape.Tape`.
+    """Flatten ``graph`` into a tape of class ``tape_class``.
 
     Only nodes that some output depends on become instructions.  All inputs are kept (in order),
     so the tape takes the same ``x`` as the graph; unreachable inputs get gradient 0.
@@ -45,33 +48,21 @@ def compile(
     graph : Graph
         With at least one output marked by :meth:`Graph.output`.
     grad_mode : {"stored", "lean"}
-        "stored" (default) saves each edge's partial derivative in the forward sweep, so the
-        reverse sweep is a plain multiply-add per edge; "lean" recomputes partials in the
-        reverse sweep and needs 16 bytes per slot of work memory instead of 16 + 8 per edge.
-        See docs/tape-format.md for the measured trade-off.
+        Gradient strategy (docs/tape-format.md).
     optimize : bool or list of str
-        ``True`` (default) runs the default passes (dead code, constant folding, exact
-        simplification, common subexpressions, slot reuse); ``False`` only drops dead code
-        (the behaviour before the passes existed); a list names the passes to run, from
-        ``fasttape.passes.PASS_NAMES`` (``[]``: every node becomes an instruction).  Values
-        are bitwise those of the unoptimised tape; see docs/passes.md.
+        ``True`` runs the default passes, ``False`` only drops dead code, a list names the
+        passes (``fasttape.passes.PASS_NAMES``); see :func:`fasttape.compile` and
+        docs/passes.md.
     finite_math : bool
-        Opt in to simplifications that are exact only when every value is finite and the
-        sign of zero does not matter (``x - x -> 0``, ``x * 0 -> 0``, ``x + 0.0 -> x``).
-        Off by default.
-
-    memory_limit : int, optional
-        Bytes that one gradient may hold.  Returns a
-        :class:`~fasttape.checkpoint.segments.CheckpointedTape` whose gradient stores
-        checkpoints at segment boundaries and recomputes each segment in the reverse sweep
-        when storing everything would not fit (docs/store-vs-recompute.md).
+        Enable the simplifications exact only for finite values (docs/passes.md).
+    tape_class : type
+        :class:`~fasttape.tape.TapeRecord` or a subclass (``ft.compile`` passes
+        :class:`fasttape.Tape`).
 
     Returns
     -------
-    Tape
-        ``tape.stats()["passes"]`` reports what each pass did.  A ``CheckpointedTape`` (same
-        ``value`` / ``value_and_grad`` / ``grad`` / ``stats``, plus ``report``) when
-        ``memory_limit`` is given.
+    TapeRecord
+        An instance of ``tape_class``; ``tape.pass_records`` says what each pass did.
 
     Examples
     --------
@@ -90,11 +81,6 @@ def compile(
       %4 = add(%2, %3)
       outputs: %4
     """
-    if memory_limit is not None:
-        from fasttape.checkpoint.segments import checkpointed
-
-        tape = compile(graph, grad_mode=grad_mode, optimize=optimize, finite_math=finite_math)
-        return checkpointed(tape, memory_limit)
     if not isinstance(graph, Graph):
         raise TypeError(f"compile() expects a fasttape.Graph, got {type(graph).__name__}")
     if graph.n_outputs == 0:
@@ -105,8 +91,7 @@ def compile(
     t0 = time.perf_counter()
     arrays = _flatten(graph, dce="dce" in passes)
     if optimize is False:
-        return _checked(graph, Tape._trusted(*(arrays[k] for k in (
-            "ops", "args", "consts", "outputs", "n_inputs")), grad_mode))
+        return _checked(graph, tape_class, grad_mode, arrays)
     n_graph_ops = int(np.count_nonzero(graph.to_arrays()["ops"] < N_OPS))
     records = []
     if "dce" in passes:
@@ -116,25 +101,22 @@ def compile(
     rest = [p for p in passes if p != "dce" or len(passes) > 1]
     out, plan, records = optimize_arrays(arrays, rest, finite_math=finite_math,
                                          records=records)
-    return _checked(graph, Tape._trusted(out["ops"], out["args"], out["consts"], out["outputs"],
-                                         out["n_inputs"], grad_mode, plan=plan,
-                                         passes=tuple(records)))
+    return _checked(graph, tape_class, grad_mode, out, reuse_plan=plan, pass_records=records)
 
 
-def _checked(graph: Graph, tape: Tape) -> Tape:
-    """``tape``, once it passed the validator, remembered for ``tape.explain`` when the graph
-    records sources.
+def _checked(graph: Graph, tape_class: type[TapeRecord], grad_mode: str, arrays: dict[str, Any],
+             **extra: Any) -> Any:
+    """The tape of ``arrays``, once it passed the validator.
 
     compile never emits a tape that fails validation, whatever the graph's columns hold (the
     kernels run without bounds checks); the check is one linear pass: 6 ms at 1e6 instructions,
-    3% of a default compile (docs/architecture.md).
+    3% of a default compile (docs/architecture.md).  A graph that records sources travels with
+    the tape (a private copy) for ``tape.explain``.
     """
-    validate_arrays(tape.ops, tape.args, tape.consts, tape.outputs, tape.n_inputs)
-    if graph.records_source:
-        from fasttape import explain
-
-        explain.remember(tape, graph)
-    return tape
+    a = [arrays[k] for k in ("ops", "args", "consts", "outputs", "n_inputs")]
+    validate_arrays(*a)
+    source = graph.copy() if graph.records_source else None
+    return tape_class.from_trusted_arrays(*a, grad_mode, source_graph=source, **extra)
 
 
 def _flatten(graph: Graph, dce: bool) -> dict[str, Any]:

@@ -10,13 +10,13 @@ with ``record_source=True`` (``ft.trace(fn, n, record_source=True)`` or
 (docs/debugging.md).
 
 How sources survive compile: the optimisation passes renumber, merge and fuse instructions and
-keep no map back to the graph.  So :func:`fasttape.compile` hands a graph that records sources
-to :func:`remember`, which keeps a copy of it for the tape's lifetime; :func:`explain` then
-compiles that copy with ``optimize=False`` (dead code dropped, nothing else: instruction ``i``
-is the ``i``-th live op node of the graph) and reports on that unoptimised tape.  Its values are
-bitwise those of the optimised tape (docs/passes.md), so it fails at the same place.  Tapes
-without sources (``from_arrays``, ``load``, a graph without ``record_source``) are explained
-directly, with instruction numbers of the tape itself.
+keep no map back to the graph. So :func:`fasttape.compile` keeps a private copy of a graph that
+records sources on the tape (``tape.source_graph``); :func:`explain` then compiles that copy
+with ``optimize=False`` (dead code dropped, nothing else: instruction ``i`` is the ``i``-th
+live op node of the graph) and reports on that unoptimised tape. Its values are bitwise those
+of the optimised tape (docs/passes.md), so it fails at the same place. Tapes without sources
+(``from_arrays``, ``load``, a graph without ``record_source``) are explained directly, with
+instruction numbers of the tape itself.
 
 Cost: one forward sweep with the kernels, then two O(n) Python loops (which instructions the
 output depends on; the reverse sweep replayed instruction by instruction to find the first
@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fasttape import kernels
+from fasttape.compile import compile_graph
 from fasttape.ops import CONST_CODE, INPUT_CODE, OPS
 
 if TYPE_CHECKING:
     from fasttape.graph import Graph
-    from fasttape.tape import Tape
+    from fasttape.tape import TapeRecord as Tape
 
-__all__ = ["Explanation", "explain", "remember"]
+__all__ = ["Explanation", "explain"]
 
 _ARITY = [op.arity for op in OPS]
 _NDIFF = [op.ndiff for op in OPS]
@@ -58,20 +58,6 @@ def _literal(expr: str) -> float | None:
 # Per op, per differentiable argument: the constant partial (add's 1.0, sub's -1.0), which the
 # forward sweep does not store, or None where the partial is stored in ``parts``.
 _CONST_PARTIAL = [tuple(_literal(p) for p in op.partials) for op in OPS]
-
-# Copies of graphs that record sources, by id of the tape's ``ops`` array.  A Tape is an
-# immutable record with no slot for this; its ops array lives exactly as long as the tape (and
-# the tapes that ``with_grad_mode`` makes from it, which share it), and the entry goes with it.
-_REMEMBERED: dict[int, Graph] = {}
-
-
-def remember(tape: Tape, graph: Graph) -> None:
-    """Keep a copy of ``graph`` (which records sources) for ``tape.explain``, for as long as
-    ``tape`` lives.  Called by :func:`fasttape.compile`."""
-    key = id(tape.ops)
-    _REMEMBERED[key] = graph.copy()
-    weakref.finalize(tape.ops, _REMEMBERED.pop, key, None)
-
 
 @dataclass(frozen=True)
 class Explanation:
@@ -207,7 +193,7 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
         op, argument slots and values, result (and adjoint and partials when the first
         non-finite number came from the reverse sweep), and its source line when recorded.
     """
-    from fasttape.tape import Tape
+    from fasttape.tape import TapeRecord as Tape
 
     if not isinstance(tape, Tape):
         raise TypeError(f"explain() expects a fasttape.Tape, got {type(tape).__name__}")
@@ -225,11 +211,9 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
     if finite:
         return Explanation(finite=True, **head)
 
-    graph = _REMEMBERED.get(id(tape.ops))
+    graph = tape.source_graph
     nodes = None
     if graph is not None:
-        from fasttape.compile import compile as compile_graph
-
         ref = compile_graph(graph, optimize=False)
         nodes = _op_nodes(graph, ref)
         if nodes is None:  # the numbering is not the one expected: report without sources

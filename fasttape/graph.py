@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.ops import CONST_CODE, INPUT_CODE
-from fasttape.var import Var
+from fasttape.var import Var, is_integral_number
 
 __all__ = ["Graph"]
 
@@ -156,7 +156,7 @@ class Graph:
                 if v.g is not self:
                     self._foreign(v)
             else:
-                _as_float(v)
+                as_float(v)
         self._outputs.extend(v.i if type(v) is Var else self._constant_node(v) for v in flat)
 
     # ------------------------------------------------------------------ sizes
@@ -188,6 +188,12 @@ class Graph:
         the graph does not record sources."""
         self._check_node(node)
         return None
+
+    def op_code(self, node: int) -> int:
+        """The op code of ``node``: its row in :data:`fasttape.ops.OPS`, or ``INPUT_CODE`` /
+        ``CONST_CODE`` (:mod:`fasttape.ops`) for inputs and constants."""
+        self._check_node(node)
+        return int(self._ops[node])
 
     def copy(self) -> Graph:
         """An independent copy: nodes, constants, outputs (and recorded sources)."""
@@ -279,7 +285,7 @@ class Graph:
     def _constant_node(self, value: Any) -> int:
         """Node index of a constant equal (bitwise) to ``value``; created on first use."""
         if type(value) is not float:
-            value = _as_float(value)
+            value = as_float(value)
         # Key on the bits so that 0.0 and -0.0 stay distinct and NaN finds itself.
         key = value if (value == value and value != 0.0) else struct.pack("<d", value)
         node = self._const_nodes.get(key)
@@ -304,7 +310,7 @@ class Graph:
             raise RuntimeError(_CLASH)
 
     def _check_node(self, node: Any) -> None:
-        if not _is_integral_number(node) or not 0 <= node < len(self._ops):
+        if not is_integral_number(node) or not 0 <= node < len(self._ops):
             raise ValueError(
                 f"node must be an int in 0..{len(self._ops) - 1} (this graph's nodes), "
                 f"got {node!r}"
@@ -401,7 +407,7 @@ class _SourceGraph(Graph):
         return node
 
 
-def _as_float(value: Any) -> float:
+def as_float(value: Any) -> float:
     """Convert a Python or NumPy real number to float, with a clear error otherwise."""
     if isinstance(value, Var):  # a Var from the wrong path
         raise TypeError(f"expected a number, got {value!r}")
@@ -415,9 +421,3 @@ def _as_float(value: Any) -> float:
         f"cannot use {type(value).__name__} {value!r:.60} in a fasttape graph: expected a "
         "traced variable or a real number (int, float, NumPy scalar)"
     )
-
-
-def _is_integral_number(value: Any) -> bool:
-    """True for Python/NumPy integers (not bools, not floats that happen to be whole)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-

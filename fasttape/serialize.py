@@ -20,7 +20,10 @@ import numpy as np
 
 from fasttape.atomic import atomic_write
 from fasttape.ops import OPS, table_hash
-from fasttape.tape import GRAD_MODES, Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import GRAD_MODES
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION", "DEFAULT_MAX_BYTES"]
 
@@ -97,7 +100,8 @@ def load(
     *,
     grad_mode: str | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
-) -> Tape:
+    tape_class: type[Tape] = Tape,
+) -> Any:
     """Read a tape written by :func:`save`, validating every array.
 
     Parameters
@@ -110,6 +114,9 @@ def load(
         The most bytes the file's arrays may declare in total, checked from the ``.npy``
         headers before any data is decompressed (default :data:`DEFAULT_MAX_BYTES`, 8 GiB).
         None: no limit, for files you trust.
+    tape_class : type
+        :class:`~fasttape.tape.TapeRecord` or a subclass; ``ft.load``
+        (:func:`fasttape.api.load`) passes ``fasttape.Tape``.
 
     Raises
     ------
@@ -159,7 +166,7 @@ def load(
     if n_inputs.shape != () or n_inputs.dtype.kind not in "iu":
         raise TapeFormatError(f"{where}: n_inputs must be an integer scalar")
     try:
-        return Tape.from_arrays(
+        return tape_class.from_arrays(
             **arrays, n_inputs=int(n_inputs), grad_mode=grad_mode or saved_mode
         )
     except ValueError as exc:

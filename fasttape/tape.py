@@ -1,4 +1,14 @@
-"""The Tape: a compiled graph as immutable struct-of-arrays, and its evaluation methods.
+"""The tape record: a compiled graph as immutable struct-of-arrays, evaluated at one point.
+
+:class:`TapeRecord` holds the arrays and their metadata (gradient mode, slot-reuse plan, pass
+records), validates ``x``, keeps the per-thread work buffers and evaluates the value and the
+gradient at one point.  Everything else a tape does -- batches, derivatives beyond the
+gradient, checkpointing, files, embedding -- sits above this module and uses only its public
+interface (:meth:`TapeRecord.as_input`, :meth:`~TapeRecord.output_index`,
+:meth:`~TapeRecord.work_buffers`, :meth:`~TapeRecord.point_buffers`, :func:`check_out`,
+:func:`resolve_threads`, :attr:`~TapeRecord.reuse_plan`, :attr:`~TapeRecord.pass_records`,
+:meth:`~TapeRecord.from_trusted_arrays`).  The user-facing :class:`fasttape.Tape` is assembled
+from those layers in :mod:`fasttape.api`; this module imports none of them.
 
 The array layout is documented once, in docs/tape-format.md; :mod:`fasttape.validate` enforces
 it and this module evaluates it with the kernels of :mod:`fasttape.kernels`.
@@ -7,8 +17,10 @@ it and this module evaluates it with the kernels of :mod:`fasttape.kernels`.
 from __future__ import annotations
 
 import threading
-from typing import Any
+import warnings
+from typing import Any, TypeVar
 
+import numba
 import numpy as np
 
 from fasttape import kernels
@@ -17,19 +29,23 @@ from fasttape.ops import OPS
 from fasttape.passes import planned as passes_planned
 from fasttape.validate import validate_arrays
 
-__all__ = ["Tape", "GRAD_MODES"]
+__all__ = ["TapeRecord", "GRAD_MODES", "check_out", "resolve_threads", "tape_from_state"]
 
 #: Gradient strategies: "stored" keeps one partial derivative per edge from the forward sweep
 #: (faster reverse sweep, 8 more bytes per edge); "lean" recomputes partials from the values.
 GRAD_MODES = ("stored", "lean")
 
+#: A tape class: :class:`TapeRecord` or a subclass (the constructors return ``cls``).
+TapeT = TypeVar("TapeT", bound="TapeRecord")
 
 
-class Tape:
-    """A compiled scalar graph: evaluate values and gradients many times.
 
-    Build one with :func:`fasttape.compile` (from a Graph), :meth:`from_arrays` (from another
-    tool) or :func:`fasttape.load`.  A Tape is immutable: its arrays are read-only and it holds
+class TapeRecord:
+    """A compiled scalar graph as an immutable record: arrays, metadata, one-point evaluation.
+
+    Users get the subclass :class:`fasttape.Tape` (from :func:`fasttape.compile`,
+    :meth:`from_arrays` or :func:`fasttape.load`), which adds batches, derivatives beyond the
+    gradient, files and embedding.  A tape is immutable: its arrays are read-only and it holds
     no Python objects of the graph.  Evaluation is thread-safe and releases the GIL; each thread
     keeps its own work buffers (allocated on first use and reused, so repeated calls do not
     allocate).
@@ -40,9 +56,9 @@ class Tape:
         Length of the ``x`` that the evaluation methods take.
     n_outputs : int
         Number of outputs.
-    n_nodes : int
-        Number of instructions in the tape.  Inputs and constants do **not** count: they are
-        loaded into the first ``n_inputs + n_consts`` slots, not computed by instructions.
+    n_instructions : int
+        Number of instructions (computed slots).  Inputs and constants do **not** count: they
+        are loaded into the first ``n_inputs + n_consts`` slots, not computed by instructions.
     n_consts : int
         Number of distinct constants.
     grad_mode : str
@@ -50,7 +66,8 @@ class Tape:
     """
 
     __slots__ = (
-        "_local", "_passes", "_plan", "args", "consts", "grad_mode", "n_inputs", "ops", "outputs"
+        "_local", "_passes", "_plan", "_source", "args", "consts", "grad_mode", "n_inputs", "ops",
+        "outputs",
     )
 
     ops: np.ndarray
@@ -67,21 +84,44 @@ class Tape:
         )
 
     @classmethod
-    def _trusted(
-        cls,
+    def from_trusted_arrays(
+        cls: type[TapeT],
         ops: np.ndarray,
         args: np.ndarray,
         consts: np.ndarray,
         outputs: np.ndarray,
         n_inputs: int,
         grad_mode: str = "stored",
-        plan: Any = None,
-        passes: Any = None,
-    ) -> Tape:
-        """Wrap arrays that are already valid (from compile or validate_arrays).
+        *,
+        reuse_plan: Any = None,
+        pass_records: Any = None,
+        source_graph: Any = None,
+    ) -> TapeT:
+        """Wrap arrays that are already valid, **without** validating them (package use).
 
-        ``plan`` (a :class:`fasttape.passes.reuse.ReusePlan` derived from these arrays) and
-        ``passes`` (pass records) come from the optimisation pipeline; see docs/passes.md.
+        Only for arrays made by fasttape itself: :func:`fasttape.compile`, the passes and
+        :func:`fasttape.validate.validate_arrays` produce valid arrays by construction.  The
+        kernels run without bounds checks, so arrays from anywhere else must go through
+        :meth:`from_arrays`.
+
+        Parameters
+        ----------
+        ops, args, consts, outputs : ndarray
+            The tape format of docs/tape-format.md.
+        n_inputs : int
+        grad_mode : {"stored", "lean"}
+        reuse_plan : fasttape.passes.reuse.ReusePlan, optional
+            A slot-reuse plan derived from these arrays (docs/passes.md).
+        pass_records : sequence of fasttape.passes.pipeline.PassRecord, optional
+            What each optimisation pass did.
+        source_graph : fasttape.Graph, optional
+            A private copy of the graph, traced with source recording on, that the tape was
+            compiled from (for :meth:`fasttape.Tape.explain`).
+
+        Returns
+        -------
+        TapeRecord
+            An instance of ``cls`` (``fasttape.Tape`` when called on it).
         """
         if grad_mode not in GRAD_MODES:
             raise ValueError(f"grad_mode must be one of {GRAD_MODES}, got {grad_mode!r}")
@@ -91,13 +131,14 @@ class Tape:
         object.__setattr__(self, "n_inputs", int(n_inputs))
         object.__setattr__(self, "grad_mode", grad_mode)
         object.__setattr__(self, "_local", threading.local())
-        object.__setattr__(self, "_plan", plan)
-        object.__setattr__(self, "_passes", passes)
+        object.__setattr__(self, "_plan", reuse_plan)
+        object.__setattr__(self, "_passes", None if pass_records is None else tuple(pass_records))
+        object.__setattr__(self, "_source", source_graph)
         return self
 
     @classmethod
     def from_arrays(
-        cls,
+        cls: type[TapeT],
         ops: Any,
         args: Any,
         consts: Any,
@@ -105,12 +146,12 @@ class Tape:
         n_inputs: int,
         *,
         grad_mode: str = "stored",
-    ) -> Tape:
+    ) -> TapeT:
         """Build a Tape from plain arrays, validating them first (see docs/tape-format.md).
 
         Parameters
         ----------
-        ops : array of int, shape (n_nodes,)
+        ops : array of int, shape (n_instructions,)
             Op codes (row numbers of :data:`fasttape.ops.OPS`), stored as uint8.
         args : array of int, shape (sum of the ops' arities,)
             Argument slots of every instruction, concatenated; stored as int32 when every slot
@@ -133,7 +174,7 @@ class Tape:
         # change a validated tape under kernels that run without bounds checks.
         ops, args, consts, outputs = (np.array(a, copy=True) for a in (ops, args, consts, outputs))
         ops, args, consts, outputs, n_inputs = validate_arrays(ops, args, consts, outputs, n_inputs)
-        return cls._trusted(ops, args, consts, outputs, n_inputs, grad_mode)
+        return cls.from_trusted_arrays(ops, args, consts, outputs, n_inputs, grad_mode)
 
     def to_arrays(self) -> dict[str, Any]:
         """The tape's arrays and ``n_inputs``: the inverse of :meth:`from_arrays`.
@@ -151,11 +192,11 @@ class Tape:
             "n_inputs": self.n_inputs,
         }
 
-    def with_grad_mode(self, grad_mode: str) -> Tape:
+    def with_grad_mode(self: TapeT, grad_mode: str) -> TapeT:
         """The same tape (arrays shared) with another gradient strategy."""
-        return Tape._trusted(
+        return type(self).from_trusted_arrays(
             self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode,
-            plan=self._plan, passes=self._passes,
+            reuse_plan=self._plan, pass_records=self._passes, source_graph=self._source,
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -167,25 +208,68 @@ class Tape:
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle as arrays, re-validated on the way in (so a pickled tape can't smuggle bad
         # indices into the kernels); the per-thread buffers are not part of the state.
-        return (_tape_from_state, (self.to_arrays(), self.grad_mode))
+        return (tape_from_state, (type(self), self.to_arrays(), self.grad_mode))
+
+    # ------------------------------------------------------------------ what the passes made
+    @property
+    def reuse_plan(self) -> Any:
+        """The slot-reuse plan (:class:`fasttape.passes.reuse.ReusePlan`) or None (read-only).
+
+        ``value`` and the ``"stored"`` gradient run on it when present (docs/passes.md).
+        """
+        return self._plan
+
+    @property
+    def pass_records(self) -> tuple[Any, ...]:
+        """What each optimisation pass did (:class:`fasttape.passes.pipeline.PassRecord`s, in
+        order; empty for a tape that was not optimised)."""
+        return self._passes or ()
+
+    @property
+    def source_graph(self) -> Any:
+        """The graph (with recorded source lines) this tape was compiled from, or None.
+
+        Only tapes compiled from a graph traced with ``record_source=True`` keep one (a private
+        copy); ``explain`` uses it to name the user's line.  Saved, loaded, pickled and
+        ``from_arrays`` tapes have none.
+        """
+        return self._source
 
     # ------------------------------------------------------------------ sizes
     @property
     def n_outputs(self) -> int:
+        """Number of outputs."""
         return int(self.outputs.shape[0])
 
     @property
-    def n_nodes(self) -> int:
+    def n_instructions(self) -> int:
+        """Number of instructions: computed slots (not inputs, not constants)."""
         return int(self.ops.shape[0])
 
     @property
+    def n_nodes(self) -> int:
+        """Deprecated: the number of instructions; use :attr:`n_instructions`.
+
+        ``Graph.n_nodes`` counts every node (inputs and constants too); on a tape the same
+        count is :attr:`n_slots`.
+        """
+        warnings.warn(
+            "Tape.n_nodes is deprecated: it counts instructions only, unlike Graph.n_nodes; "
+            "use Tape.n_instructions (or Tape.n_slots for inputs + constants + instructions)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.n_instructions
+
+    @property
     def n_consts(self) -> int:
+        """Number of distinct constants."""
         return int(self.consts.shape[0])
 
     @property
     def n_slots(self) -> int:
         """Length of the value vector: inputs + constants + instructions."""
-        return self.n_inputs + self.n_consts + self.n_nodes
+        return self.n_inputs + self.n_consts + self.n_instructions
 
     @property
     def n_edges(self) -> int:
@@ -214,7 +298,7 @@ class Tape:
         return {
             "n_inputs": self.n_inputs,
             "n_consts": self.n_consts,
-            "n_nodes": self.n_nodes,
+            "n_instructions": self.n_instructions,
             "n_edges": self.n_edges,
             "n_outputs": self.n_outputs,
             "n_slots": self.n_slots,
@@ -226,19 +310,27 @@ class Tape:
             **passes_planned.stats(self),
         }
 
-    # ------------------------------------------------------------------ evaluation
-    def _x(self, x: Any) -> np.ndarray:
-        if type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1 and x.flags.c_contiguous:
-            arr = x
-        else:
-            arr = _as_float_vector(x)
-        if arr.shape[0] != self.n_inputs:
-            raise ValueError(
-                f"x has {arr.shape[0]} entries but this tape has {self.n_inputs} inputs"
-            )
-        return arr
+    # ------------------------------------------------------------------ the interface above
+    def as_input(self, x: Any) -> np.ndarray:
+        """``x`` as one point: a C-contiguous float64 array of shape ``(n_inputs,)``.
 
-    def _which(self, output: int | None) -> int:
+        The one check of a single point (the same errors as :meth:`value`); a 2-D ``x`` is a
+        ``ValueError`` here (batches go through :mod:`fasttape.batch`).
+        """
+        if (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            return x
+        xin = self._point_or_batch(x)
+        if xin.ndim != 1:
+            raise ValueError(f"x must be 1-D (one value per input); got shape {xin.shape}")
+        return xin
+
+    def output_index(self, output: int | None) -> int:
+        """The output to differentiate, as an index in ``0 .. n_outputs - 1``.
+
+        ``None`` means the only output (an error for a tape with several); negative indices
+        count from the end.  Raises ``TypeError`` / ``ValueError`` with what to pass.
+        """
         m = self.n_outputs
         if output is None:
             if m == 1:
@@ -253,20 +345,60 @@ class Tape:
             raise ValueError(f"output={output} is out of range for a tape with {m} outputs")
         return int(output) % m
 
-    def _buffers(self) -> Any:
+    def work_buffers(self) -> Any:
+        """The calling thread's store of work buffers for this tape (a ``threading.local``).
+
+        Each layer keeps its buffers there under its own attribute names (the single point:
+        ``vals``, ``res``, ``adj``, ``parts``; the reuse plan: ``plan_*``; batches: ``batch*``;
+        derivatives: ``deriv``), allocated on a thread's first use and reused.
+        """
+        return self._local
+
+    def point_buffers(self, grad: bool = False) -> Any:
+        """:meth:`work_buffers` with the single-point buffers allocated.
+
+        ``vals`` (``n_slots``) and ``res`` (``n_outputs``); with ``grad`` also ``adj``
+        (``n_slots``, zero: the reverse sweeps leave it zeroed) and ``parts`` (``n_edges`` in
+        ``"stored"`` mode, else empty).
+        """
         local = self._local
         if not hasattr(local, "vals"):
             local.vals = np.empty(self.n_slots)
             local.res = np.empty(self.n_outputs)
-        return local
-
-    def _grad_buffers(self) -> Any:
-        local = self._buffers()
-        if not hasattr(local, "adj"):
+        if grad and not hasattr(local, "adj"):
             # Zeros once: the reverse sweep leaves the adjoints zeroed (read-then-zero).
             local.adj = np.zeros(self.n_slots)
             local.parts = np.empty(self.n_edges if self.grad_mode == "stored" else 0)
         return local
+
+    # ------------------------------------------------------------------ evaluation
+    def _point_or_batch(self, x: Any) -> np.ndarray:
+        """``x`` as float64: 1-D of length ``n_inputs`` (checked), or 2-D (a batch, unchecked).
+
+        The slow path: callers first try ``x`` as it is (a C-contiguous float64 vector of the
+        right length, the common case, costs no call).
+        """
+        arr = _as_float_array(x)
+        if arr.ndim == 2:
+            return arr
+        if arr.shape[0] != self.n_inputs:
+            raise ValueError(
+                f"x has {arr.shape[0]} entries but this tape has {self.n_inputs} inputs"
+            )
+        return arr
+
+    def _value_batch(
+        self, x: np.ndarray, out: np.ndarray | None, threads: int | None, flush: bool
+    ) -> Any:
+        # Batches are a layer above the record: fasttape.Tape overrides this hook.
+        raise ValueError(f"x must be 1-D (one value per input); got shape {x.shape}")
+
+    def _value_and_grad_batch(
+        self, x: np.ndarray, which: int, out: np.ndarray | None, threads: int | None,
+        flush: bool,
+    ) -> Any:
+        # Batches are a layer above the record: fasttape.Tape overrides this hook.
+        raise ValueError(f"x must be 1-D (one value per input); got shape {x.shape}")
 
     def value(
         self, x: Any, *, out: np.ndarray | None = None, threads: int | None = None,
@@ -295,15 +427,15 @@ class Tape:
             ``out`` when given).  For a batch, shape (B,) or (B, n_outputs), bitwise the
             single-point results row by row.
         """
-        try:
-            xin = self._x(x)
-        except _BatchInput as b:  # a 2-D x: hand over to fasttape.batch (zero cost otherwise)
-            from fasttape import batch
-
-            return batch.value(self, b.x, out=out, threads=threads,
-                               flush_subnormals=flush_subnormals)
+        xin = x
+        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
+            if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
+                return self._value_batch(xin, out, threads, flush_subnormals)
         if threads is not None:
-            _check_threads(threads)
+            # threads= only matters for batches; still refuse a bad value for a single point.
+            resolve_threads(threads)
         if flush_subnormals is False:  # the default: no wrapper on the per-call path
             res = self._value_single(xin, out)
         else:
@@ -319,10 +451,10 @@ class Tape:
     def _value_single(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         if self._plan is not None:  # slot reuse: a work vector of the plan's size
             return passes_planned.value(
-                self, xin, None if out is None else _check_out(out, self.n_outputs, "out")
+                self, xin, None if out is None else check_out(out, self.n_outputs, "out")
             )
-        buf = self._buffers()
-        res = buf.res if out is None else _check_out(out, self.n_outputs, "out")
+        buf = self.point_buffers()
+        res = buf.res if out is None else check_out(out, self.n_outputs, "out")
         kernels.value_kernel(self.ops, self.args, self.consts, self.outputs, xin, buf.vals, res)
         return res
 
@@ -367,17 +499,17 @@ class Tape:
         (array([6., 1.]), array([[3., 2.],
                [1., 1.]]))
         """
-        try:
-            xin = self._x(x)
-        except _BatchInput as b:
-            from fasttape import batch
-
-            return batch.value_and_grad(self, b.x, self._which(output), out=out, threads=threads,
-                                        flush_subnormals=flush_subnormals)
+        xin = x
+        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+            xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
+            if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
+                return self._value_and_grad_batch(xin, self.output_index(output), out,
+                                                  threads, flush_subnormals)
         if threads is not None:
-            _check_threads(threads)
-        which = self._which(output)
-        grad = np.empty(self.n_inputs) if out is None else _check_out(out, self.n_inputs, "out")
+            resolve_threads(threads)
+        which = self.output_index(output)
+        grad = np.empty(self.n_inputs) if out is None else check_out(out, self.n_inputs, "out")
         if flush_subnormals is False:  # the default: no wrapper on the per-call path
             return self._value_and_grad_single(xin, which, grad), grad
         flush = fpenv.check_flush(flush_subnormals)
@@ -386,7 +518,7 @@ class Tape:
     def _value_and_grad_single(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         if self._plan is not None and self.grad_mode == "stored":  # slot reuse
             return float(passes_planned.value_and_grad(self, which, xin, grad))
-        buf = self._grad_buffers()
+        buf = self.point_buffers(grad=True)
         if self.grad_mode == "stored":
             v = kernels.value_and_grad_kernel(
                 self.ops, self.args, self.consts, self.outputs, which, xin,
@@ -413,80 +545,7 @@ class Tape:
         return self.value_and_grad(x, output=output, out=out, threads=threads,
                                    flush_subnormals=flush_subnormals)[1]
 
-    # ------------------------------------------------------------------ more derivatives
-    # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
-    def jvp(self, x: Any, v: Any) -> tuple[Any, Any]:
-        """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
-        from fasttape import derivatives
-
-        return derivatives.jvp(self, x, v)
-
-    def vjp(self, x: Any, w: Any) -> tuple[Any, np.ndarray]:
-        """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
-        from fasttape import derivatives
-
-        return derivatives.vjp(self, x, w)
-
-    def jacobian(self, x: Any, *, mode: str = "auto", chunk: int | None = None) -> np.ndarray:
-        """Jacobian ``(n_outputs, n_inputs)`` in vector mode; see
-        :func:`fasttape.derivatives.jacobian`."""
-        from fasttape import derivatives
-
-        return derivatives.jacobian(self, x, mode=mode, chunk=chunk)
-
-    def hvp(self, x: Any, v: Any, *, output: int | None = None) -> np.ndarray:
-        """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
-        ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
-        from fasttape import derivatives
-
-        return derivatives.hvp(self, x, v, output=output)
-
-    def hessian(
-        self, x: Any, *, output: int | None = None, chunk: int | None = None
-    ) -> np.ndarray:
-        """Symmetric Hessian of one output from vector-mode HVPs; see
-        :func:`fasttape.derivatives.hessian`."""
-        from fasttape import derivatives
-
-        return derivatives.hessian(self, x, output=output, chunk=chunk)
-
-    def explain(self, x: Any, output: int | None = None) -> Any:
-        """Where a non-finite value or gradient at ``x`` came from; see
-        :func:`fasttape.explain.explain` (docs/debugging.md)."""
-        from fasttape.explain import explain
-
-        return explain(self, x, output)
-
-    # ------------------------------------------------------------------ embedding
-    # Thin wrappers: the implementations and their docs live in fasttape/embed/.
-    def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None) -> Any:
-        """``(fn, arrays)`` for calling this tape inside ``@numba.njit`` code as
-        ``fn(*arrays, x, grad)``; see :func:`fasttape.embed.numba_api.numba_kernel`."""
-        from fasttape.embed.numba_api import numba_kernel
-
-        return numba_kernel(self, kind, output=output)
-
-    def cfunc(self, *, output: int | None = None, reentrant: bool = False) -> Any:
-        """C function pointers (ctypes, cffi, C, ``scipy.LowLevelCallable``) for one output;
-        see :func:`fasttape.embed.cabi.cfunction`."""
-        from fasttape.embed.cabi import cfunction
-
-        return cfunction(self, output=output, reentrant=reentrant)
-
-    def to_dot(self, **kwargs: Any) -> str:
-        """Graphviz DOT text of the tape (small tapes); see
-        :func:`fasttape.embed.dot.tape_to_dot`."""
-        from fasttape.embed.dot import tape_to_dot
-
-        return tape_to_dot(self, **kwargs)
-
-    # ------------------------------------------------------------------ io and display
-    def save(self, path: Any) -> None:
-        """Write the tape to ``path`` as .npz (no pickle); read back with :func:`fasttape.load`."""
-        from fasttape.serialize import save
-
-        save(self, path)
-
+    # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
         return self.listing(max_lines=12)
 
@@ -496,7 +555,7 @@ class Tape:
         head = (
             f"<fasttape.Tape: {_count(s['n_inputs'], 'input')}, "
             f"{_count(s['n_consts'], 'constant')}, "
-            f"{_count(s['n_nodes'], 'instruction')}, {_count(s['n_outputs'], 'output')}; "
+            f"{_count(s['n_instructions'], 'instruction')}, {_count(s['n_outputs'], 'output')}; "
             f"tape {s['tape_nbytes']:,} B, "
             f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
         )
@@ -507,7 +566,7 @@ class Tape:
             lines.append(f"  %{self.n_inputs + j} = const {float(self.consts[j])!r}")
             shown += 1
         k = 0
-        for i in range(self.n_nodes):
+        for i in range(self.n_instructions):
             if shown >= max_lines:
                 break
             op = OPS[int(self.ops[i])]
@@ -515,7 +574,7 @@ class Tape:
             lines.append(f"  %{n_pre + i} = {op.name}({a})")
             k += op.arity
             shown += 1
-        hidden = self.n_consts + self.n_nodes - shown
+        hidden = self.n_consts + self.n_instructions - shown
         if hidden > 0:
             lines.append(f"  ... {hidden} more")
         outs = ", ".join(f"%{int(o)}" for o in self.outputs[:8])
@@ -543,36 +602,36 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _tape_from_state(arrays: dict[str, Any], grad_mode: str) -> Tape:
-    return Tape.from_arrays(**arrays, grad_mode=grad_mode)
+def tape_from_state(cls: type[TapeT], arrays: dict[str, Any], grad_mode: str) -> TapeT:
+    """Unpickle a tape: ``cls.from_arrays(**arrays)``, validated again."""
+    return cls.from_arrays(**arrays, grad_mode=grad_mode)
 
 
-class _BatchInput(ValueError):
-    """Raised by :func:`_as_float_vector` for a 2-D ``x``.
+def resolve_threads(threads: Any) -> int:
+    """The worker count for a call: ``threads``, or Numba's current setting when None.
 
-    The evaluation methods catch it and evaluate a batch; any other caller sees the ValueError
-    of a non-1-D ``x``.
+    Raises
+    ------
+    TypeError, ValueError
+        If ``threads`` is not an int between 1 and ``numba.config.NUMBA_NUM_THREADS``.
     """
-
-    def __init__(self, x: np.ndarray) -> None:
-        super().__init__()
-        self.x = x
-
-    def __str__(self) -> str:  # formatted only if someone reads it (not on the batch path)
-        return f"x must be 1-D (one value per input); got shape {self.x.shape}"
-
-
-def _check_threads(threads: Any) -> None:
-    # threads= only matters for batches; still refuse a bad value for a single point.
-    from fasttape import batch
-
-    batch.resolve_threads(threads)
+    if threads is None:
+        return numba.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= threads <= limit:
+        raise ValueError(
+            f"threads={threads} is out of range: Numba was started with "
+            f"NUMBA_NUM_THREADS={limit}, so pass 1 <= threads <= {limit} (or None to use "
+            "numba.get_num_threads())"
+        )
+    return int(threads)
 
 
-def _as_float_vector(x: Any) -> np.ndarray:
-    """``x`` as a contiguous 1-D float64 array, with errors that say what was expected.
-
-    A 2-D ``x`` raises :class:`_BatchInput` (a ValueError) carrying the array.
+def _as_float_array(x: Any) -> np.ndarray:
+    """``x`` as a contiguous float64 array of 1 or 2 dimensions, with errors that say what was
+    expected (the caller checks the length of a point; :mod:`fasttape.batch` that of a batch).
     """
     try:
         arr = np.asarray(x)
@@ -583,9 +642,7 @@ def _as_float_vector(x: Any) -> np.ndarray:
             f"x must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
             + (" (traced Vars cannot be evaluated; pass numbers)" if arr.dtype.kind == "O" else "")
         )
-    if arr.ndim == 2:
-        raise _BatchInput(arr)
-    if arr.ndim != 1:
+    if arr.ndim not in (1, 2):
         raise ValueError(
             f"x must be 1-D (one value per input) or 2-D (one row per point); got shape "
             f"{arr.shape}"
@@ -593,7 +650,7 @@ def _as_float_vector(x: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _check_out(out: Any, shape: int | tuple[int, ...], name: str) -> np.ndarray:
+def check_out(out: Any, shape: int | tuple[int, ...], name: str) -> np.ndarray:
     """``out`` if it is a writeable C-contiguous float64 array of ``shape``, else a ValueError.
 
     The one check of caller-supplied output arrays (single points, batches, embedding).

@@ -9,7 +9,6 @@ node; called on plain numbers only they evaluate at once with the kernels' own s
 from __future__ import annotations
 
 import ast
-import builtins
 import gc
 import linecache
 from collections.abc import Callable, Iterable, Iterator
@@ -18,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.graph import Graph, _as_float, _is_integral_number
+from fasttape.graph import Graph, as_float
 from fasttape.kernels import eval_op
 from fasttape.ops import OP_BY_NAME, OPS, OpSpec
-from fasttape.var import Var
+from fasttape.var import Var, is_integral_number
 
 __all__ = ["trace", "sum", "where", "pow", "OP_FUNCTIONS"]
 
@@ -49,7 +48,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
         def fn(x: Any) -> Any:
             if type(x) is Var:
                 return x.g._unary(code, x.i)
-            return eval_op(code, (_as_float(x),))
+            return eval_op(code, (as_float(x),))
 
     else:
 
@@ -58,7 +57,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
                 raise TypeError(f"{spec.name}() takes {spec.arity} arguments, got {len(xs)}")
             g = _graph_of(*xs)
             if g is None:
-                return eval_op(code, tuple(_as_float(x) for x in xs))
+                return eval_op(code, tuple(as_float(x) for x in xs))
             return g._node(code, tuple(_node(g, x) for x in xs))
 
     fn.__name__ = fn.__qualname__ = spec.name
@@ -81,8 +80,6 @@ OP_FUNCTIONS: dict[str, Callable[..., Any]] = {
 globals().update(OP_FUNCTIONS)
 __all__ += sorted(set(OP_FUNCTIONS) - set(__all__))
 
-_POWI = OP_BY_NAME["powi"].code
-_POWC = OP_BY_NAME["powc"].code
 _POW = OP_BY_NAME["pow"].code
 _WHERE = OP_BY_NAME["where"].code
 
@@ -94,18 +91,11 @@ def pow(x: Any, y: Any) -> Any:
     ``integer_pow``); a constant real exponent records ``powc``; a traced exponent records
     ``pow``.  See docs/derivatives.md for the conventions at ``x = 0``.
     """
-    if type(y) is not Var:
-        if type(x) is not Var:
-            return eval_op(_POW, (_as_float(x), _as_float(y)))
-        if _is_integral_number(y):
-            n = int(y)
-            if builtins.abs(n) >= 2**31:
-                raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
-            return x.g._binary(_POWI, x.i, x.g._constant_node(float(n)))
-        return x.g._binary(_POWC, x.i, x.g._constant_node(y))
-    g = _graph_of(x, y)
-    assert g is not None
-    return g._binary(_POW, _node(g, x), y.i)
+    if type(x) is Var:
+        return x.__pow__(y)  # the Var operators hold the exponent rule
+    if type(y) is Var:
+        return y.__rpow__(x)
+    return eval_op(_POW, (as_float(x), as_float(y)))
 
 
 def where(cond: Any, a: Any, b: Any) -> Any:
@@ -128,7 +118,7 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     """
     g = _graph_of(cond, a, b)
     if g is None:
-        return eval_op(_WHERE, (_as_float(a), _as_float(b), _as_float(cond)))
+        return eval_op(_WHERE, (as_float(a), as_float(b), as_float(cond)))
     # Stored as (a, b, cond): differentiable arguments first (see fasttape.ops).
     return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
 
@@ -228,7 +218,7 @@ def _index_value(node: ast.expr, frame: Any) -> int | None:
         return node.value if type(node.value) is int else None
     if isinstance(node, ast.Name):
         v = _lookup(node.id, frame)
-        return int(v) if _is_integral_number(v) else None
+        return int(v) if is_integral_number(v) else None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         v = _index_value(node.operand, frame)
         return None if v is None else -v
@@ -242,7 +232,7 @@ def _index_value(node: ast.expr, frame: Any) -> int | None:
 
 
 @contextmanager
-def _gc_paused(pause: bool) -> Iterator[None]:
+def gc_paused(pause: bool) -> Iterator[None]:
     """Pause the cyclic garbage collector, restoring its previous state afterwards."""
     was_enabled = gc.isenabled()
     if pause and was_enabled:
@@ -287,7 +277,7 @@ def trace(
     array([6., 5.])
     """
     g = Graph(record_source=record_source)
-    with _gc_paused(pause_gc):
+    with gc_paused(pause_gc):
         x = g.inputs(n_inputs)
         try:
             result = fn(x)
@@ -305,42 +295,3 @@ def trace(
 # pow and where dispatch or reorder their arguments, so they are written by hand above.
 OP_FUNCTIONS["pow"] = pow
 OP_FUNCTIONS["where"] = where
-
-# NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
-_UFUNCS = {
-    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
-    "negative": "neg", "power": "pow", "float_power": "pow", "square": "square", "sqrt": "sqrt",
-    "cbrt": "cbrt", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
-    "log2": "log2", "log10": "log10", "sin": "sin", "cos": "cos", "tan": "tan",
-    "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "sinh": "sinh",
-    "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh",
-    "arctanh": "atanh", "absolute": "abs", "fabs": "abs", "sign": "sign", "floor": "floor",
-    "ceil": "ceil", "minimum": "minimum", "maximum": "maximum", "hypot": "hypot",
-    "less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
-    "equal": "eq", "not_equal": "ne", "positive": "positive",
-}
-
-
-def _from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
-    name = _UFUNCS.get(ufunc.__name__)
-    if method != "__call__" or kwargs or name is None:
-        return NotImplemented
-    fn = (lambda v: v) if name == "positive" else OP_FUNCTIONS[name]
-    if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
-        # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not
-        # np.frompyfunc: its ufunc would dispatch straight back to Var.__array_ufunc__.)
-        arrays = [a if isinstance(a, np.ndarray) else _object_scalar(a) for a in inputs]
-        b = np.broadcast(*arrays)
-        out = np.empty(b.shape, dtype=object)
-        flat = out.reshape(-1)
-        for k, elems in enumerate(b):
-            flat[k] = fn(*elems)
-        return out
-    inputs = tuple(a.item() if isinstance(a, np.ndarray) else a for a in inputs)
-    return fn(*inputs)
-
-
-def _object_scalar(v: Any) -> np.ndarray:
-    arr = np.empty((), dtype=object)
-    arr[()] = v
-    return arr

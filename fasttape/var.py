@@ -8,6 +8,7 @@ second.
 
 from __future__ import annotations
 
+import builtins
 import numbers
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -18,7 +19,7 @@ from fasttape.ops import OP_BY_NAME
 if TYPE_CHECKING:
     from fasttape.graph import Graph
 
-__all__ = ["Var"]
+__all__ = ["Var", "from_ufunc", "is_integral_number"]
 
 _ADD = OP_BY_NAME["add"].code
 _SUB = OP_BY_NAME["sub"].code
@@ -35,6 +36,10 @@ _NE = OP_BY_NAME["ne"].code
 # What `v == other` compares with: other Vars and real numbers record a node; anything else
 # (None, strings, containers) is never equal to a traced value, so Python's default applies.
 _COMPARABLE = (numbers.Number, np.generic)
+_ABS = OP_BY_NAME["abs"].code
+_POWI = OP_BY_NAME["powi"].code
+_POWC = OP_BY_NAME["powc"].code
+_POW = OP_BY_NAME["pow"].code
 
 
 class Var:
@@ -56,9 +61,7 @@ class Var:
     # NumPy: return NotImplemented from ndarray/np.float64 operators so Python falls back to our
     # reflected dunders, and let np.sin(var) etc. map onto fasttape ops.
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        from fasttape.trace import _from_ufunc
-
-        return _from_ufunc(ufunc, method, inputs, kwargs)
+        return from_ufunc(ufunc, method, inputs, kwargs)
 
     def __repr__(self) -> str:
         return f"Var(node={self.i})"
@@ -96,14 +99,19 @@ class Var:
         return self.g._binary(_DIV, self.g._constant_node(other), self.i)
 
     def __pow__(self, other: Any) -> Var:  # self ** other
-        from fasttape.trace import pow as _pow
-
-        return _pow(self, other)
+        # A constant integer exponent records powi, a constant real one powc, a traced one
+        # pow (fasttape.pow documents the three).
+        if type(other) is Var:
+            return self.g._binary(_POW, self.i, self._other(other))
+        if is_integral_number(other):
+            n = int(other)
+            if builtins.abs(n) >= 2**31:
+                raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
+            return self.g._binary(_POWI, self.i, self.g._constant_node(float(n)))
+        return self.g._binary(_POWC, self.i, self.g._constant_node(other))
 
     def __rpow__(self, other: Any) -> Var:  # other ** self
-        from fasttape.trace import pow as _pow
-
-        return _pow(other, self)
+        return self.g._binary(_POW, self.g._constant_node(other), self.i)
 
     def __neg__(self) -> Var:  # -self
         return self.g._unary(_NEG, self.i)
@@ -112,9 +120,7 @@ class Var:
         return self
 
     def __abs__(self) -> Var:  # abs(self)
-        from fasttape.trace import abs as _abs
-
-        return _abs(self)
+        return self.g._unary(_ABS, self.i)
 
     def __lt__(self, other: Any) -> Var:  # self < other
         return self.g._binary(_LT, self.i, self._other(other))
@@ -145,7 +151,7 @@ class Var:
 
     def __bool__(self) -> bool:
         comparison = ""
-        if self.g._ops[self.i] in (_EQ, _NE):
+        if self.g.op_code(self.i) in (_EQ, _NE):
             comparison = (
                 " `a == b` and `a != b` on traced values record a comparison (ft.eq / ft.ne), "
                 "they do not answer it; `v in some_list` compares with == too: use a set, a "
@@ -212,3 +218,77 @@ def _no_number(what: str) -> NoReturn:
     raise TypeError(
         f"a traced fasttape value (a node of a graph) has no number while tracing: {what}."
     )
+
+
+def is_integral_number(value: Any) -> bool:
+    """True for Python/NumPy integers (not bools, not floats that happen to be whole)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+# NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
+_UFUNCS = {
+    "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
+    "negative": "neg", "power": "pow", "float_power": "pow", "square": "square", "sqrt": "sqrt",
+    "cbrt": "cbrt", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
+    "log2": "log2", "log10": "log10", "sin": "sin", "cos": "cos", "tan": "tan",
+    "arcsin": "asin", "arccos": "acos", "arctan": "atan", "arctan2": "atan2", "sinh": "sinh",
+    "cosh": "cosh", "tanh": "tanh", "arcsinh": "asinh", "arccosh": "acosh",
+    "arctanh": "atanh", "absolute": "abs", "fabs": "abs", "sign": "sign", "floor": "floor",
+    "ceil": "ceil", "minimum": "minimum", "maximum": "maximum", "hypot": "hypot",
+    "less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
+    "equal": "eq", "not_equal": "ne", "positive": "positive",
+}
+
+
+def _record(code: int, xs: tuple[Any, ...]) -> Var:
+    """Record op ``code`` on ``xs`` (Vars of one graph, at least one, and numbers)."""
+    g = next(x.g for x in xs if type(x) is Var)
+    nodes = []
+    for x in xs:
+        if type(x) is Var:
+            if x.g is not g:
+                g._foreign(x)
+            nodes.append(x.i)
+        else:
+            nodes.append(g._constant_node(x))
+    return g._node(code, tuple(nodes))
+
+
+def _ufunc_op(name: str) -> Any:
+    """The function a ufunc applies to operands among which there is a Var."""
+    if name == "positive":
+        return lambda v: v
+    if name == "pow":  # the exponent picks powi / powc / pow
+        return lambda x, y: x.__pow__(y) if type(x) is Var else y.__rpow__(x)
+    code = OP_BY_NAME[name].code
+    return lambda *xs: _record(code, xs)
+
+
+def from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -> Any:
+    """``ufunc(*inputs)`` where an input is a Var (``Var.__array_ufunc__``): records the op.
+
+    Lives here, next to Var, so that the Var class needs no module above it (tracing's op
+    functions in :mod:`fasttape.trace` create Vars, so they cannot be below it).
+    """
+    name = _UFUNCS.get(ufunc.__name__)
+    if method != "__call__" or kwargs or name is None:
+        return NotImplemented
+    fn = _ufunc_op(name)
+    if any(isinstance(a, np.ndarray) and a.ndim > 0 for a in inputs):
+        # An array mixed with a Var: apply elementwise, giving an object array of Vars.  (Not
+        # np.frompyfunc: its ufunc would dispatch straight back to Var.__array_ufunc__.)
+        arrays = [a if isinstance(a, np.ndarray) else _object_scalar(a) for a in inputs]
+        b = np.broadcast(*arrays)
+        out = np.empty(b.shape, dtype=object)
+        flat = out.reshape(-1)
+        for k, elems in enumerate(b):
+            flat[k] = fn(*elems)
+        return out
+    inputs = tuple(a.item() if isinstance(a, np.ndarray) else a for a in inputs)
+    return fn(*inputs)
+
+
+def _object_scalar(v: Any) -> np.ndarray:
+    arr = np.empty((), dtype=object)
+    arr[()] = v
+    return arr

@@ -148,7 +148,7 @@ def test_random_graphs_on_the_batch_plan_are_bitwise_the_single_call_loop(case, 
     try:
         _, dest, _, rows = batch.layout(tape.with_grad_mode("lean"), True)
         n_pre = tape.n_inputs + tape.n_consts
-        assert rows == tape.n_slots and np.array_equal(dest, n_pre + np.arange(tape.n_nodes))
+        assert rows == tape.n_slots and np.array_equal(dest, n_pre + np.arange(tape.n_instructions))
         _, dest, _, rows = batch.layout(tape.with_grad_mode("stored"), True)
         assert rows <= tape.n_slots and np.all(dest >= n_pre)
         check_batch(tape, X, chunk=chunk, threads=threads)
@@ -163,7 +163,7 @@ def test_batch_plan_never_writes_a_slot_its_instruction_reads():
     from fasttape.bench.families import autograd_west_fn
 
     tape = ft.compile(ft.trace(lambda x: autograd_west_fn(x, ft, 2000), 100))
-    assert tape.n_slots >= batch.BATCH_PLAN_MIN_SLOTS and tape._plan is None
+    assert tape.n_slots >= batch.BATCH_PLAN_MIN_SLOTS and tape.reuse_plan is None
     args, dest, outputs, rows = batch.layout(tape, True)
     assert rows < 200  # the work set of a softmax chain is small
     n_pre = tape.n_inputs + tape.n_consts
@@ -190,7 +190,7 @@ def test_larger_graph_many_chunks_both_threads():
         check_batch(tape, X, chunk=8, threads=threads)
     if THREADS[-1] > 1:  # the parallel drivers run, with one buffer set per worker
         tape.grad(X, threads=THREADS[-1])
-        assert tape._local.batch["stored"][0] == THREADS[-1]
+        assert tape.work_buffers().batch["stored"][0] == THREADS[-1]
     # The batch really differs from point to point (a test over identical rows proves little).
     assert len(set(batch.value(tape, X).tolist())) == len(X)
 
@@ -330,7 +330,7 @@ def test_chunk_size_bounds_memory():
         assert c * per_point <= batch.CHUNK_BYTES
     X = np.random.default_rng(0).uniform(0.1, 0.9, (5000, tape.n_inputs))
     tape.value_and_grad(X, threads=THREADS[-1])
-    (workers, c, bufs) = tape._local.batch["stored"]
+    (workers, c, bufs) = tape.work_buffers().batch["stored"]
     # Buffers hold `workers` chunks of `c` points each, never B points.
     assert workers <= THREADS[-1] and c <= batch.CHUNK_MAX
     assert all(b.shape[0] == workers and b.shape[2] == c for b in bufs)

@@ -174,7 +174,7 @@ def test_a_graph_where_every_value_is_read_far_away_is_reported_not_hidden():
     assert ct.report.peak_nbytes > limit
     assert_same_as_store_all(ct, [0.3])
     # The plan itself shows why: about one checkpoint per instruction.
-    assert plan_nbytes(tape, 64).n_cross > 0.45 * tape.n_nodes
+    assert plan_nbytes(tape, 64).n_cross > 0.45 * tape.n_instructions
 
 
 def test_store_all_when_it_fits_and_errors():

@@ -61,8 +61,8 @@ def test_int64_args_and_reentrant_variant():
     # A tape whose args are int64 (docs/tape-format.md: more than 2**31 - 1 slots) takes the
     # other branch of the implementation; built directly so the test stays small.
     base = random_local(400, window=30)
-    wide = ft.Tape._trusted(base.ops, base.args.astype(np.int64), base.consts, base.outputs,
-                            base.n_inputs)
+    wide = ft.Tape.from_trusted_arrays(base.ops, base.args.astype(np.int64), base.consts,
+                                       base.outputs, base.n_inputs)
     x = np.linspace(-0.4, 0.6, base.n_inputs)
     v_ref, g_ref = base.value_and_grad(x)
     for tape in (wide, wide.with_grad_mode("lean")):

@@ -107,9 +107,10 @@ def test_renders_with_graphviz_when_installed(tmp_path):
 def test_checked_in_readme_picture_source_is_current():
     from pathlib import Path
 
-    from fasttape.embed.dot import readme_example
+    from fasttape.embed.dot_example import readme_example
 
     path = Path(__file__).resolve().parents[1] / "docs" / "readme-example.dot"
     assert path.read_text() == readme_example(), (
-        "docs/readme-example.dot is stale: python -m fasttape.embed.dot > docs/readme-example.dot"
+        "docs/readme-example.dot is stale: "
+        "python -m fasttape.embed.dot_example > docs/readme-example.dot"
     )

@@ -148,7 +148,7 @@ def test_outputs_of_every_shape():
     assert ft.compile(ft.from_sympy(sp.Tuple(X, Y, 1), [X, Y])).n_outputs == 3
     # Numbers fold: a constant subexpression becomes one constant.
     t = ft.compile(ft.from_sympy(sp.sin(2) * X + sp.sqrt(2), [X]))
-    assert t.n_nodes == 2  # mul, add
+    assert t.n_instructions == 2  # mul, add
     assert t.value([1.0]) == pytest.approx(math.sin(2) + math.sqrt(2), rel=1e-15)
 
 
@@ -210,7 +210,7 @@ def test_deeper_than_the_recursion_limit():
     for _ in range(depth):
         e = sp.Add(sp.Mul(c, sp.sin(e, evaluate=False), evaluate=False), Y, evaluate=False)
     tape = ft.compile(ft.from_sympy(e, [X, Y]))
-    assert tape.n_nodes == 2 * depth  # sin, and the mul by 0.9 fused with the add (fmac)
+    assert tape.n_instructions == 2 * depth  # sin, and the mul by 0.9 fused with the add (fmac)
     v, g = tape.value_and_grad([0.4, 0.1])
     x, gx, gy = 0.4, 1.0, 0.0  # forward mode by hand
     for _ in range(depth):

@@ -3,7 +3,6 @@ and the source lines recorded with record_source=True."""
 
 from __future__ import annotations
 
-import gc
 import inspect
 import math
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 import fasttape as ft
-from fasttape import explain as explain_module
 from fasttape.explain import Explanation
 
 
@@ -169,13 +167,14 @@ def test_graph_changed_after_compile_does_not_change_the_report():
     assert r.op == "log" and r.output == 0
 
 
-def test_remembered_graph_goes_with_the_tape():
-    n = len(explain_module._REMEMBERED)
-    tape = ft.compile(ft.trace(model, 3, record_source=True))
-    assert len(explain_module._REMEMBERED) == n + 1
-    del tape
-    gc.collect()
-    assert len(explain_module._REMEMBERED) == n
+def test_the_source_graph_travels_with_the_tape_and_is_a_private_copy():
+    g = ft.trace(model, 3, record_source=True)
+    tape = ft.compile(g)
+    assert tape.source_graph is not None and tape.source_graph is not g
+    assert tape.source_graph.n_nodes == g.n_nodes
+    assert tape.with_grad_mode("lean").source_graph is tape.source_graph
+    assert ft.compile(ft.trace(model, 3)).source_graph is None
+    assert ft.Tape.from_arrays(**tape.to_arrays()).source_graph is None
 
 
 @pytest.mark.parametrize(

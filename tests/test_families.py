@@ -14,7 +14,7 @@ def test_random_local_is_deterministic_and_local():
     assert not np.array_equal(random_local(20_000, seed=6).ops, a.ops)
     # argument distance: most arguments lie inside the window of 100 slots
     arity = np.array([op.arity for op in OPS])[a.ops]
-    owner = np.repeat(a.n_inputs + np.arange(a.n_nodes), arity)
+    owner = np.repeat(a.n_inputs + np.arange(a.n_instructions), arity)
     dist = owner - a.args
     assert dist.min() >= 1
     assert np.mean(dist <= 100) > 0.9
@@ -41,10 +41,10 @@ def test_random_uniform_is_deterministic_and_cache_hostile():
     a, b = random_uniform(20_000, seed=5), random_uniform(20_000, seed=5)
     np.testing.assert_array_equal(a.ops, b.ops)
     np.testing.assert_array_equal(a.args, b.args)
-    assert a.n_nodes == 20_000 and a.n_inputs == 100
+    assert a.n_instructions == 20_000 and a.n_inputs == 100
     assert not np.array_equal(random_uniform(20_000, seed=6).args, a.args)
     arity = np.array([op.arity for op in OPS])[a.ops]
-    owner = np.repeat(a.n_inputs + np.arange(a.n_nodes), arity)
+    owner = np.repeat(a.n_inputs + np.arange(a.n_instructions), arity)
     dist = owner - a.args
     assert dist.min() >= 1
     # the second argument of binary ops is uniform over all earlier slots: typical distances
@@ -52,7 +52,7 @@ def test_random_uniform_is_deterministic_and_cache_hostile():
     second = np.flatnonzero(np.repeat(arity == 2, arity))[1::2]
     assert np.median(dist[second]) > 2_000
     local = random_local(20_000, seed=5)
-    l_owner = np.repeat(local.n_inputs + np.arange(local.n_nodes),
+    l_owner = np.repeat(local.n_inputs + np.arange(local.n_instructions),
                         np.array([op.arity for op in OPS])[local.ops])
     assert np.mean(dist) > 10 * np.mean(l_owner - local.args)
 
@@ -160,7 +160,7 @@ def test_structured_size_hits_the_requested_instruction_count():
                 "autograd-west": F.autograd_west}
     for family, build in builders.items():
         for n in (1_000, 20_000):
-            got = build(F.structured_size(family, n)).n_nodes
+            got = build(F.structured_size(family, n)).n_instructions
             assert 0.85 * n <= got <= 1.15 * n, (family, n, got)
     with pytest.raises(ValueError, match="n_nodes"):
         F.structured_size("mlp", -5)

@@ -662,7 +662,7 @@ def test_sum_of_100001_terms_has_no_recursion_error():
     s = ft.sum([x] * 100_001)
     g.output(s)
     tape = ft.compile(g, optimize=False)  # the tree as traced (CSE would merge equal halves)
-    assert tape.n_nodes == 100_000  # one add per pair, a balanced tree
+    assert tape.n_instructions == 100_000  # one add per pair, a balanced tree
     v, grad = tape.value_and_grad([1.0])
     assert v == 100_001.0
     assert grad[0] == 100_001.0
@@ -852,7 +852,7 @@ def test_trace_multiple_outputs(container):
 def test_trace_returning_a_plain_number(result):
     g = ft.trace(lambda x: result, n_inputs=2)
     tape = ft.compile(g)
-    assert tape.n_nodes == 0
+    assert tape.n_instructions == 0
     v, grad = tape.value_and_grad([1.0, 2.0])
     assert v == float(result)
     assert list(grad) == [0.0, 0.0]
@@ -926,7 +926,7 @@ def test_unreached_inputs_get_zero_gradient():
     g.output(a * c)
     tape = ft.compile(g)
     assert tape.n_inputs == 4
-    assert tape.n_nodes == 1, "dead code should not become instructions"
+    assert tape.n_instructions == 1, "dead code should not become instructions"
     v, grad = tape.value_and_grad([2.0, 5.0, 3.0, 7.0])
     assert v == 6.0
     assert list(grad) == [3.0, 0.0, 2.0, 0.0]
@@ -937,7 +937,7 @@ def test_output_that_is_directly_an_input():
     x = g.inputs(3)
     g.output(x[1])
     tape = ft.compile(g)
-    assert tape.n_nodes == 0
+    assert tape.n_instructions == 0
     for mode in ft.GRAD_MODES:
         v, grad = tape.with_grad_mode(mode).value_and_grad([4.0, 5.0, 6.0])
         assert v == 5.0

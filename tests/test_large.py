@@ -21,7 +21,7 @@ def test_chain_of_one_million_nodes_traced_from_python():
         y = ft.sin(y)
     g.output(y)
     tape = ft.compile(g)
-    assert tape.n_nodes == n
+    assert tape.n_instructions == n
     v, dw = tape.value_and_grad([0.5])
     # Independent check: the same chain in plain Python (value and chain-rule product).
     x, d = 0.5, 1.0
@@ -36,7 +36,7 @@ def test_chain_of_one_million_nodes_traced_from_python():
 def test_chain_of_ten_million_nodes_through_from_arrays():
     n = 10_000_000
     tape = chain(n, "sin")
-    assert tape.n_nodes == n and tape.args.dtype == np.int32
+    assert tape.n_instructions == n and tape.args.dtype == np.int32
     for mode in ft.GRAD_MODES:
         v, dw = tape.with_grad_mode(mode).value_and_grad([0.5])
         # sin^n(x) ~ sqrt(3/n) for large n; the derivative is positive and tiny.
@@ -62,7 +62,8 @@ def test_int64_indices_are_supported_by_the_kernels():
     tape = random_local(5000, seed=3)
     a = tape.to_arrays()
     args64 = np.asarray(a["args"], dtype=np.int64)
-    t64 = ft.Tape._trusted(a["ops"], args64, a["consts"], a["outputs"], a["n_inputs"])
+    t64 = ft.Tape.from_trusted_arrays(a["ops"], args64, a["consts"], a["outputs"],
+                                      a["n_inputs"])
     x = np.linspace(0.1, 0.9, tape.n_inputs)
     v, g = tape.value_and_grad(x)
     v64, g64 = t64.value_and_grad(x)
@@ -77,6 +78,6 @@ def test_compile_keeps_only_live_nodes():
         _ = ft.exp(x[i % 3]) * i  # dead: never reaches an output
     g.output(x[0] * x[1])
     tape = ft.compile(g)
-    assert tape.n_nodes == 1 and tape.n_consts == 0
+    assert tape.n_instructions == 1 and tape.n_consts == 0
     assert list(tape.ops) == [OP_BY_NAME["mul"].code]
     assert list(tape.grad([2.0, 3.0, 4.0])) == [3.0, 2.0, 0.0]

@@ -59,7 +59,7 @@ def check_plan(tape: ft.Tape) -> None:
     read through the plan must find the value the plain tape reads, and every output must
     still be in place at the end: that is exactly "no live value is ever overwritten".
     """
-    plan = tape._plan
+    plan = tape.reuse_plan
     n_pre = tape.n_inputs + tape.n_consts
     assert n_pre <= plan.n_work <= tape.n_slots
     holder = np.full(plan.n_work, -1, dtype=np.int64)
@@ -79,7 +79,7 @@ def check_plan(tape: ft.Tape) -> None:
 def max_live(tape: ft.Tape) -> int:
     """Largest number of instruction values alive at once (independent of the plan code)."""
     n_pre = tape.n_inputs + tape.n_consts
-    n = tape.n_nodes
+    n = tape.n_instructions
     last = np.arange(n)  # a value is alive at least at its own instruction
     arity = np.array([OPS[o].arity for o in tape.ops], dtype=np.int64)
     owner = np.repeat(np.arange(n), arity)
@@ -139,11 +139,11 @@ def test_small_tapes_get_no_plan_by_default():
     reuse.MIN_SLOTS = 65_536
     try:
         small = optimize(random_local(1000))
-        assert small._plan is None and small.stats()["work_slots"] == small.n_slots
+        assert small.reuse_plan is None and small.stats()["work_slots"] == small.n_slots
         assert small.stats()["passes"][-1]["detail"] == "skipped: fewer than 65,536 slots"
         assert "(reuse)" not in small.listing()
         big = optimize(random_local(200_000))  # about 100,000 instructions after dce
-        assert big._plan is not None and big.stats()["work_slots"] < 1000
+        assert big.reuse_plan is not None and big.stats()["work_slots"] < 1000
     finally:
         reuse.MIN_SLOTS = 0
 
@@ -155,7 +155,7 @@ def test_default_compile_runs_the_pipeline_and_reports_it(capsys):
     g.output(a * 1.0 + ft.exp(g.constant(2.0)))  # x*1 -> x; exp(2) folded
     tape = ft.compile(g)
     plain = ft.compile(g, optimize=False)
-    assert plain.n_nodes == 8 and tape.n_nodes == 4  # mul, sin, add, add
+    assert plain.n_instructions == 8 and tape.n_instructions == 4  # mul, sin, add, add
     s = tape.stats()
     names = [r["pass"] for r in s["passes"]]
     assert names[0] == "dce" and names[-1] == "reuse"
@@ -179,10 +179,10 @@ def test_optimize_false_is_the_old_compile():
     _ = ft.exp(x[0])  # dead
     g.output(ft.sin(x[0]) + ft.sin(x[0]))
     tape = ft.compile(g, optimize=False)
-    assert tape._plan is None and tape.n_nodes == 3
+    assert tape.reuse_plan is None and tape.n_instructions == 3
     assert "passes" in tape.stats() and tape.stats()["passes"] == []
-    assert ft.compile(g, optimize=[]).n_nodes == 4  # no dce: the dead exp stays
-    assert ft.compile(g, optimize=["cse"]).n_nodes == 3  # the dead exp stays, sin merged
+    assert ft.compile(g, optimize=[]).n_instructions == 4  # no dce: the dead exp stays
+    assert ft.compile(g, optimize=["cse"]).n_instructions == 3  # the dead exp stays, sin merged
 
 
 @pytest.mark.parametrize("bad", ["cse", 3, None])
@@ -213,7 +213,7 @@ def test_pass_names():
 def test_with_grad_mode_keeps_the_plan_and_lean_mode_ignores_it():
     tape = optimize(random_local(3000))
     lean = tape.with_grad_mode("lean")
-    assert lean._plan is tape._plan
+    assert lean.reuse_plan is tape.reuse_plan
     assert lean.work_nbytes(grad=False) == tape.work_nbytes(grad=False)
     assert lean.work_nbytes(grad=True) == 16 * tape.n_slots
     x = np.full(tape.n_inputs, 0.4)
@@ -251,7 +251,7 @@ def test_every_pass_preserves_values_and_gradients(case, passes):
             assert same_bits(g, g0), (k, g, g0, opt.listing())
         else:
             assert close_where_finite(g, g0), (k, g, g0, opt.listing())
-    if opt._plan is not None:
+    if opt.reuse_plan is not None:
         check_plan(opt)
 
 
@@ -272,7 +272,7 @@ def test_pipeline_is_idempotent(case):
 @given(random_tapes())
 def test_cse_reaches_the_minimal_node_count(case):
     tape, _ = case
-    assert optimize(tape, ["cse", "dce"]).n_nodes == value_numbering(tape)
+    assert optimize(tape, ["cse", "dce"]).n_instructions == value_numbering(tape)
 
 
 @st.composite
@@ -304,9 +304,9 @@ def doubled(draw):
 @given(doubled())
 def test_every_subexpression_written_twice_halves_exactly(case):
     base, twice, x = case
-    assert twice.n_nodes == 2 * base.n_nodes
+    assert twice.n_instructions == 2 * base.n_instructions
     merged = optimize(twice, ["cse"])
-    assert merged.n_nodes == base.n_nodes
+    assert merged.n_instructions == base.n_instructions
     assert same_bits(merged.value(x), twice.value(x))
 
 
@@ -316,7 +316,7 @@ def test_slot_plan_never_overwrites_a_live_value_and_is_optimal(case):
     tape, x = case
     opt = optimize(tape, ["reuse"])
     check_plan(opt)
-    assert opt._plan.n_work - opt.n_inputs - opt.n_consts == max_live(opt)
+    assert opt.reuse_plan.n_work - opt.n_inputs - opt.n_consts == max_live(opt)
     for k in range(tape.n_outputs):
         v, g = opt.value_and_grad(x, output=k)
         v0, g0 = tape.value_and_grad(x, output=k)
@@ -344,7 +344,7 @@ def test_folding_is_bitwise_the_kernels_result_for_every_op(spec):
         g.output(node + xin, node)
         folded = ft.compile(g)
         plain = ft.compile(g, optimize=False)
-        assert folded.n_nodes <= 1  # only the add with the input remains
+        assert folded.n_instructions <= 1  # only the add with the input remains
         got = folded.value([0.25])
         assert same_bits(got, plain.value([0.25])), (spec.name, vals)
         assert same_bits(got[1], ft.kernels.eval_op(spec.code, tuple(vals)))
@@ -356,7 +356,7 @@ def test_folding_whole_constant_subgraphs():
     c = ft.exp(ft.log(g.constant(2.0)) * 3.0) + ft.sqrt(g.constant(-1.0))  # NaN
     g.output(x * c, ft.sin(g.constant(1.0)) * x)
     tape = ft.compile(g)
-    assert tape.n_nodes == 2
+    assert tape.n_instructions == 2
     assert same_bits(tape.value([1.5]), ft.compile(g, optimize=False).value([1.5]))
 
 
@@ -412,9 +412,9 @@ def test_exact_rules_are_bitwise_at_special_values(name, build, n_after):
     g.output(build(x, g))
     tape = ft.compile(g)
     plain = ft.compile(g, optimize=False)
-    assert tape.n_nodes == n_after, tape.listing()
+    assert tape.n_instructions == n_after, tape.listing()
     # Fewer instructions or edges, or fewer differentiable edges (pow -> powc, x*c -> mulc).
-    assert (tape.n_nodes + tape.n_edges < plain.n_nodes + plain.n_edges
+    assert (tape.n_instructions + tape.n_edges < plain.n_instructions + plain.n_edges
             or _n_diff_edges(tape) < _n_diff_edges(plain)), tape.listing()
     for v in [*SPECIALS, -2.0, 3.0]:
         assert same_bits(tape.value([v]), plain.value([v])), (name, v)
@@ -471,7 +471,7 @@ def test_max_x_x_is_kept_its_gradient_at_nan_is_zero():
     x = g.input()
     g.output(ft.maximum(x, x))
     tape = ft.compile(g)
-    assert tape.n_nodes == 1
+    assert tape.n_instructions == 1
     assert tape.grad([math.nan])[0] == 0.0 and tape.grad([2.0])[0] == 1.0
 
 
@@ -485,7 +485,7 @@ def test_finite_only_rules_need_the_opt_in(build):
     g.output(build(x, g))
     exact = ft.compile(g)
     finite = ft.compile(g, finite_math=True)
-    assert exact.n_nodes == 1 and finite.n_nodes == 0
+    assert exact.n_instructions == 1 and finite.n_instructions == 0
     # Without the flag the results at -0.0, inf and NaN are kept; with it they may change.
     for v in (-0.0, math.inf, math.nan):
         assert same_bits(exact.value([v]), ft.compile(g, optimize=False).value([v]))
@@ -498,7 +498,7 @@ def test_x_plus_zero_is_not_simplified_by_default():
     x = g.input()
     g.output(x + 0.0)
     tape = ft.compile(g)
-    assert tape.n_nodes == 1
+    assert tape.n_instructions == 1
     assert math.copysign(1.0, tape.value([-0.0])) == 1.0  # -0.0 + 0.0 = +0.0
 
 
@@ -511,8 +511,8 @@ def test_many_repeats_give_the_minimal_graph():
     x = g.inputs(2)
     g.output(f(x))
     tape = ft.compile(g)
-    assert tape.n_nodes == 4  # mul, sin, cos, add
-    assert ft.compile(g, optimize=False).n_nodes == 2500
+    assert tape.n_instructions == 4  # mul, sin, cos, add
+    assert ft.compile(g, optimize=False).n_instructions == 2500
     assert np.all(tape.value([0.3, 0.7]) == ft.compile(g, optimize=False).value([0.3, 0.7]))
 
 
@@ -522,7 +522,7 @@ def test_traced_function_written_twice():
 
     g1 = ft.trace(f, n_inputs=50)
     g2 = ft.trace(lambda x: f(x) + f(x), n_inputs=50)
-    assert ft.compile(g2).n_nodes == ft.compile(g1).n_nodes + 1
+    assert ft.compile(g2).n_instructions == ft.compile(g1).n_instructions + 1
 
 
 # ---------------------------------------------------------------------------- families
@@ -577,7 +577,7 @@ def test_locality_shortens_distances_on_random_uniform():
 def test_dce_alone_on_a_tape_drops_dead_instructions():
     tape = random_local(2000)
     opt = optimize(tape, ["dce"])
-    assert opt.n_nodes < tape.n_nodes
+    assert opt.n_instructions < tape.n_instructions
     x = np.full(tape.n_inputs, 0.5)
     assert same_bits(opt.value_and_grad(x)[1], tape.value_and_grad(x)[1])
 
@@ -592,7 +592,7 @@ def test_commutative_ops_merge_in_either_order(xy):
         n2 = g._node(spec.code, (b.i, a.i))
         g.output(n1, n2)
         tape = ft.compile(g)
-        assert tape.n_nodes == 1, spec.name
+        assert tape.n_instructions == 1, spec.name
         assert same_bits(tape.value(xy), ft.compile(g, optimize=False).value(xy))
 
 
@@ -600,7 +600,7 @@ def test_minimum_is_not_bitwise_commutative_so_cse_keeps_both_orders():
     g = ft.Graph()
     a, b = g.inputs(2)
     g.output(ft.minimum(a, b), ft.minimum(b, a))
-    assert ft.compile(g).n_nodes == 2
+    assert ft.compile(g).n_instructions == 2
     assert math.copysign(1.0, ft.minimum(0.0, -0.0)) == 1.0
     assert math.copysign(1.0, ft.minimum(-0.0, 0.0)) == -1.0
 
@@ -615,7 +615,7 @@ def test_edge_cases_empty_and_all_constant():
     empty = ft.Tape.from_arrays([], [], [2.5], [1, 0], 1)
     for passes in (True, list(PASS_NAMES), []):
         opt = optimize(empty, passes)
-        assert opt.n_nodes == 0
+        assert opt.n_instructions == 0
         assert same_bits(opt.value([3.0]), [2.5, 3.0])
         assert same_bits(opt.grad([3.0], output=1), [1.0])
     g = ft.Graph()
@@ -623,9 +623,9 @@ def test_edge_cases_empty_and_all_constant():
     c = ft.sin(g.constant(0.5)) * ft.exp(g.constant(-1.0))
     g.output(c, c + 0.0 * x)  # 0.0 * x stays: x may be inf or NaN
     tape = ft.compile(g)
-    assert tape.n_nodes == 2 and tape.n_consts == 2  # mul(0.0, x), add(c, ...)
+    assert tape.n_instructions == 2 and tape.n_consts == 2  # mul(0.0, x), add(c, ...)
     assert same_bits(tape.value([math.inf]), ft.compile(g, optimize=False).value([math.inf]))
-    assert ft.compile(g, finite_math=True).n_nodes == 0
+    assert ft.compile(g, finite_math=True).n_instructions == 0
 
 
 @pytest.mark.slow
@@ -645,7 +645,7 @@ def test_planned_tape_from_many_threads_and_after_pickling():
     from concurrent.futures import ThreadPoolExecutor
 
     tape = optimize(random_local(5000))
-    assert tape._plan is not None
+    assert tape.reuse_plan is not None
     rng = np.random.default_rng(11)
     xs = [rng.uniform(0.1, 0.9, tape.n_inputs) for _ in range(16)]
     want = [tape.value_and_grad(x) for x in xs]
@@ -654,9 +654,9 @@ def test_planned_tape_from_many_threads_and_after_pickling():
     for (v, g), (v0, g0) in zip(got, want, strict=True):
         assert same_bits(v, v0) and same_bits(g, g0)
     back = pickle.loads(pickle.dumps(tape))  # the plan is derived data: not pickled
-    assert back._plan is None
+    assert back.reuse_plan is None
     assert same_bits(back.value(xs[0]), tape.value(xs[0]))
-    assert same_bits(optimize(back, ["reuse"])._plan.dest, tape._plan.dest)
+    assert same_bits(optimize(back, ["reuse"]).reuse_plan.dest, tape.reuse_plan.dest)
 
 
 # ---------------------------------------------------------------------------- interleave

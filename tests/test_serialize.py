@@ -560,7 +560,7 @@ def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path,
 _KILLED_MID_SAVE = r"""
 import os, signal, sys
 import numpy as np
-from fasttape.families import random_local
+from fasttape.bench.families import random_local
 
 real = np.lib.format.write_array
 calls = []

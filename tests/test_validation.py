@@ -114,7 +114,7 @@ def test_from_arrays_values():
 
 def test_from_arrays_accepts_a_tape_without_instructions():
     t = ft.Tape.from_arrays([], [], [4.0], [1], 1)
-    assert t.n_nodes == 0
+    assert t.n_instructions == 0
     assert t.value([7.0]) == 4.0
     t = ft.Tape.from_arrays(np.zeros(0, np.uint8), np.zeros(0, np.int32), [], [0], 1)
     assert t.value_and_grad([7.0]) == (7.0, pytest.approx([1.0]))
@@ -299,7 +299,7 @@ def _evaluate_everything(tape: ft.Tape, seed: int) -> None:
 def test_fuzz_valid_tapes_are_accepted(tape, seed):
     ops, args, consts, outputs, n_in = tape
     t = ft.Tape.from_arrays(ops, args, consts, outputs, n_in)
-    assert t.n_nodes == len(ops) and t.n_edges == len(args)
+    assert t.n_instructions == len(ops) and t.n_edges == len(args)
     _evaluate_everything(t, seed)
 
 
@@ -586,7 +586,7 @@ def test_pickle_round_trip(idx, mode):
     assert same_bits(again.grad(x, output=0), tape.grad(x, output=0))
 
 
-def test_n_nodes_counts_instructions_only():
+def test_n_instructions_counts_instructions_only():
     g = ft.Graph()
     x, y = g.inputs(2)
     a = x * y
@@ -598,17 +598,17 @@ def test_n_nodes_counts_instructions_only():
     tape = ft.compile(g)
     assert tape.n_inputs == 2
     assert tape.n_consts == 1
-    assert tape.n_nodes == 3
+    assert tape.n_instructions == 3
     assert tape.n_edges == 5
     assert tape.n_slots == 6
     assert tape.n_outputs == 2
     s = tape.stats()
-    assert (s["n_nodes"], s["n_consts"], s["n_inputs"], s["n_slots"]) == (3, 1, 2, 6)
+    assert (s["n_instructions"], s["n_consts"], s["n_inputs"], s["n_slots"]) == (3, 1, 2, 6)
 
 
-def test_n_nodes_of_from_arrays():
+def test_n_instructions_of_from_arrays():
     t = ft.Tape.from_arrays(**base_arrays())
-    assert t.n_nodes == 3 and t.n_inputs == 2 and t.n_consts == 2 and t.n_slots == 7
+    assert t.n_instructions == 3 and t.n_inputs == 2 and t.n_consts == 2 and t.n_slots == 7
 
 
 @pytest.mark.parametrize("idx", range(4))

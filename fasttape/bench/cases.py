@@ -81,7 +81,7 @@ class Case:
     @property
     def n_nodes(self) -> int:
         """Instructions of fasttape's tape: the unit of every ns/node figure."""
-        return self.tape.n_nodes
+        return self.tape.n_instructions
 
 
 #: About this fraction of a random family's instructions reach its output (and survive

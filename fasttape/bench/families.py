@@ -5,7 +5,7 @@ Two kinds:
 - random graphs built directly as tape arrays (:func:`random_local`, :func:`random_uniform`,
   :func:`chain`).  Each generator is vectorised NumPy (no Python loop per node), so graphs of
   10 million nodes are built in a second or two.  They return a validated
-  :class:`~fasttape.tape.Tape`.
+  :class:`fasttape.Tape`.
 - structured functions written as a user would write them in Python
   (:func:`rosenbrock_fn`, :func:`lennard_jones_fn`, :func:`mlp_fn`, :func:`autograd_west_fn`),
   generic over the math namespace ``m`` they get (``fasttape`` to trace, :data:`FLOATS` to
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from fasttape.api import Tape
 from fasttape.bench.pyops import FLOATS as _PY_FLOATS
 from fasttape.ops import OP_BY_NAME
-from fasttape.tape import Tape
 from fasttape.trace import sum as _ft_sum
 
 __all__ = [

@@ -95,7 +95,7 @@ def west_workload(
     seq = (time.perf_counter() - t4) * n_calls / m
     out: dict[str, Any] = {
         "n_ops": n_ops, "n_calls": n_calls, "measured_calls": m,
-        "extrapolated": m < n_calls, "n_nodes": tape.n_nodes,
+        "extrapolated": m < n_calls, "n_nodes": tape.n_instructions,
         "trace_s": t1 - t0, "compile_s": t2 - t1, "first_call_s": t3 - t2,
         "sequential_s": seq, "sequential_total_s": (t2 - t0) + seq,
         "batch": True, "batch_s": None, "batch_total_s": None,

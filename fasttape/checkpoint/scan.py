@@ -23,7 +23,6 @@ sweep keeps apart, so the gradients agree only to rounding.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from fasttape.checkpoint.report import CheckpointReport
+from fasttape.compile import compile_graph
 from fasttape.graph import Graph
 from fasttape.kernels import _checkpoint_generated as _k
-from fasttape.tape import Tape
-from fasttape.trace import _gc_paused
+from fasttape.tape import TapeRecord
+from fasttape.trace import gc_paused
 
 __all__ = ["Scan", "scan", "compile_plain", "DEFAULT_SNAPSHOTS"]
 
@@ -45,19 +45,18 @@ DEFAULT_SNAPSHOTS = 100
 _STACK_ROW = 24
 
 
-def compile_plain(graph: Graph, optimize: Any = False) -> Tape:
+def compile_plain(graph: Graph, optimize: Any = False) -> TapeRecord:
     """``ft.compile(graph)`` with only dead-code elimination unless ``optimize`` says otherwise.
+
+    Returns a :class:`~fasttape.tape.TapeRecord` (one-point value and gradient, which is all a
+    scan evaluates): :mod:`fasttape.checkpoint` sits below the user-facing ``fasttape.Tape``.
 
     The passes that merge or rewrite instructions (common subexpressions, simplification)
     change the order in which adjoints are summed, so a step compiled with them would not
     reproduce the unoptimised unrolled tape bit for bit (and CSE in the unrolled tape merges
     nodes *across* steps, which no per-step tape can mirror).
     """
-    from fasttape.compile import compile as _compile_graph
-
-    if "optimize" in inspect.signature(_compile_graph).parameters:
-        return _compile_graph(graph, optimize=optimize)
-    return _compile_graph(graph)
+    return compile_graph(graph, optimize=optimize)
 
 
 def _as_int(name: str, v: Any, low: int) -> int:
@@ -83,9 +82,9 @@ class Scan:
 
     Attributes
     ----------
-    step_tape : Tape
+    step_tape : TapeRecord
         Inputs ``state + params``; outputs the new state (and the step's cost last).
-    final_tape : Tape or None
+    final_tape : TapeRecord or None
         Inputs ``state + params``; one output.
     n_steps, n_state, n_params, snapshots : int
     report : CheckpointReport or None
@@ -147,10 +146,10 @@ class Scan:
         self.report: CheckpointReport | None = None
 
     # ------------------------------------------------------------------ tracing
-    def _trace_step(self, step: Callable[..., Any]) -> Tape:
+    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
         ns, npar = self.n_state, self.n_params
         g = Graph()
-        with _gc_paused(True):
+        with gc_paused(True):
             x = g.inputs(ns + npar)
             out = step(x[:ns], x[ns:])
         if self.running_cost:
@@ -170,10 +169,10 @@ class Scan:
         g.output(list(new_state) + ([] if cost is None else [cost]))
         return compile_plain(g, self.optimize)
 
-    def _trace_final(self, final: Callable[..., Any]) -> Tape:
+    def _trace_final(self, final: Callable[..., Any]) -> TapeRecord:
         ns, npar = self.n_state, self.n_params
         g = Graph()
-        with _gc_paused(True):
+        with gc_paused(True):
             x = g.inputs(ns + npar)
             out = final(x[:ns], x[ns:])
         if isinstance(out, np.ndarray) and out.size == 1:
@@ -218,7 +217,7 @@ class Scan:
             "n_state": self.n_state,
             "n_params": self.n_params,
             "snapshots": self.snapshots,
-            "step_nodes": self.step_tape.n_nodes,
+            "step_nodes": self.step_tape.n_instructions,
             "overhead_nbytes": self.overhead_nbytes,
             "snapshot_nbytes": self.snapshot_nbytes(),
             "memory_limit": self.memory_limit,
@@ -230,7 +229,8 @@ class Scan:
 
     def __repr__(self) -> str:
         return (
-            f"<fasttape.Scan: {self.n_steps:,} steps of {self.step_tape.n_nodes:,} instructions, "
+            f"<fasttape.Scan: {self.n_steps:,} steps of "
+            f"{self.step_tape.n_instructions:,} instructions, "
             f"{self.n_state} state, {self.n_params} params, {self.snapshots} snapshots>"
         )
 

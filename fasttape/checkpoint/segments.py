@@ -37,10 +37,15 @@ import numpy as np
 
 from fasttape.checkpoint.report import CheckpointReport, CheckpointWarning
 from fasttape.kernels import _checkpoint_generated as _k
-from fasttape.kernels._generated import _ARITY
-from fasttape.tape import Tape
+from fasttape.ops import OPS
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["CheckpointedTape", "checkpointed", "SegmentPlan", "plan_nbytes"]
+
+# Arity of each op code, as the segment kernels take it.
+_ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 
 #: Largest segment length preferred when several fit the budget: one segment's buffers
 #: (about 28 bytes per instruction) then stay in the CPU's L2 cache.
@@ -67,7 +72,7 @@ class SegmentPlan:
 
 def _sizes(tape: Tape, seg_len: int, counts: tuple[int, int, int, int]) -> SegmentPlan:
     n_ext, n_cross, e_max, edges_max = (int(v) for v in counts)
-    n_seg = -(-tape.n_nodes // seg_len)
+    n_seg = -(-tape.n_instructions // seg_len)
     n_pre = tape.n_inputs + tape.n_consts
     idx = tape.args.dtype.itemsize
     work = (
@@ -134,7 +139,7 @@ class CheckpointedTape:
             )
         if not 1 <= segment_length:
             raise ValueError(f"segment_length must be >= 1, got {segment_length}")
-        if tape.n_nodes == 0:
+        if tape.n_instructions == 0:
             self._plain(store_all_nbytes(tape), "")
             return
         p = plan_nbytes(tape, int(segment_length))
@@ -148,10 +153,10 @@ class CheckpointedTape:
     def _choose(self) -> None:
         tape, limit = self.tape, self.memory_limit
         full = store_all_nbytes(tape)
-        if full <= limit or tape.n_nodes < 2:
+        if full <= limit or tape.n_instructions < 2:
             self._plain(full, "")
             return
-        n = tape.n_nodes
+        n = tape.n_instructions
         # Lengths 8, 12, 16, 24, 32, ...: the memory is a flat function of the length near its
         # minimum, so steps of 1.5x and 1.33x are fine enough.
         lens = []
@@ -195,8 +200,8 @@ class CheckpointedTape:
         self.report = CheckpointReport(
             kind="store-all", budget_nbytes=self.memory_limit, peak_nbytes=full,
             overhead_nbytes=0, within_budget=full <= self.memory_limit, snapshots=1,
-            forward_evaluations=self.tape.n_nodes, taped_evaluations=self.tape.n_nodes,
-            note=note,
+            forward_evaluations=self.tape.n_instructions,
+            taped_evaluations=self.tape.n_instructions, note=note,
         )
 
     def _build(self, p: SegmentPlan, note: str) -> None:
@@ -229,13 +234,13 @@ class CheckpointedTape:
         self.report = CheckpointReport(
             kind="segments", budget_nbytes=self.memory_limit, peak_nbytes=p.nbytes,
             overhead_nbytes=overhead, within_budget=p.nbytes <= self.memory_limit,
-            snapshots=p.n_seg, forward_evaluations=2 * tape.n_nodes,
-            taped_evaluations=tape.n_nodes, note=note,
+            snapshots=p.n_seg, forward_evaluations=2 * tape.n_instructions,
+            taped_evaluations=tape.n_instructions, note=note,
         )
 
     # ------------------------------------------------------------------ evaluation
     def _out(self, output: int | None) -> int:
-        return int(self.tape.outputs[self.tape._which(output)])
+        return int(self.tape.outputs[self.tape.output_index(output)])
 
     def _forward(self, xin: np.ndarray, out_slot: int) -> tuple[float, np.ndarray]:
         p, tape = self.plan, self.tape
@@ -254,10 +259,12 @@ class CheckpointedTape:
 
     def value(self, x: Any, *, output: int | None = None) -> float:
         """Value of one output, by the segmented forward sweep (checkpoints only)."""
-        xin = self.tape._x(x)
+        xin = self.tape.as_input(x)
         if self.plan is None:
             v = self._stored.value(xin)
-            return float(v) if self.tape.n_outputs == 1 else float(v[self.tape._which(output)])
+            if self.tape.n_outputs == 1:
+                return float(v)
+            return float(v[self.tape.output_index(output)])
         return self._forward(xin, self._out(output))[0]
 
     def value_and_grad(self, x: Any, *, output: int | None = None) -> tuple[float, np.ndarray]:
@@ -266,7 +273,7 @@ class CheckpointedTape:
         Bitwise equal to ``tape.value_and_grad`` in ``"stored"`` mode.  Every work array is
         allocated by this call (so ``tracemalloc`` measures the true peak).
         """
-        xin = self.tape._x(x)
+        xin = self.tape.as_input(x)
         if self.plan is None:
             return self._stored.value_and_grad(xin, output=output)
         p, tape = self.plan, self.tape
@@ -308,7 +315,7 @@ class CheckpointedTape:
     def __repr__(self) -> str:
         r = self.report
         return (
-            f"<fasttape.CheckpointedTape: {self.tape.n_nodes:,} instructions, {r.kind}, "
+            f"<fasttape.CheckpointedTape: {self.tape.n_instructions:,} instructions, {r.kind}, "
             f"peak {r.peak_nbytes:,} B of {self.memory_limit:,} B>"
         )
 

@@ -44,7 +44,9 @@ from fasttape.kernels import (
     value_and_grad_kernel,
     value_and_grad_lean_kernel,
 )
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = [
     "CFunction",
@@ -212,14 +214,14 @@ class CFunction:
         # Private, behind read-only properties: the context below holds raw addresses of this
         # tape's arrays, so rebinding ``tape`` could free them under a live pointer.
         self._tape = tape
-        self._output = tape._which(output)
+        self._output = tape.output_index(output)
         self._reentrant = bool(reentrant)
         lean = tape.grad_mode == "lean"
         self._vals = np.empty(tape.n_slots)
         self._parts = np.empty(0 if lean else tape.n_edges)
         self._adj = np.zeros(tape.n_slots)  # zeroed once: the sweeps leave it zeroed
         fields = {
-            "ops": tape.ops.ctypes.data, "n_ops": tape.n_nodes,
+            "ops": tape.ops.ctypes.data, "n_ops": tape.n_instructions,
             "args": tape.args.ctypes.data, "n_args": tape.n_edges,
             "args_int64": int(tape.args.dtype == np.int64),
             "consts": tape.consts.ctypes.data, "n_consts": tape.n_consts,

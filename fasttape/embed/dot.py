@@ -83,7 +83,7 @@ def tape_to_dot(
     nodes += [(n_in + j, _num(float(tape.consts[j])), "const", True) for j in range(n_c)]
     edges: list[tuple[int, int, str]] = []
     k = 0
-    for i in range(tape.n_nodes):
+    for i in range(tape.n_instructions):
         spec = OPS[int(tape.ops[i])]
         slot = n_in + n_c + i
         nodes.append((slot, spec.name, "op", True))
@@ -170,17 +170,3 @@ def _render(
         lines.append(f"  n{o} -> out{j};")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def readme_example() -> str:
-    """DOT text of the README's example graph (``docs/readme-example.dot``)."""
-    import fasttape as ft
-
-    g = ft.Graph()
-    x = g.inputs(3)
-    g.output(ft.sin(x[0]) * x[1] + ft.exp(x[2]) / 2)
-    return graph_to_dot(g, input_names=["x0", "x1", "x2"], output_names=["y"])
-
-
-if __name__ == "__main__":  # python -m fasttape.embed.dot > docs/readme-example.dot
-    print(readme_example(), end="")

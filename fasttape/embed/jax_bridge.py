@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fasttape.embed.numba_api import vjp
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["to_jax"]
 

@@ -36,7 +36,10 @@ from fasttape.kernels import (
     value_and_grad_lean_kernel,
     value_kernel,
 )
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
+from fasttape.tape import check_out
 
 __all__ = ["KINDS", "NumbaKernel", "numba_kernel", "vjp", "vjp_kernel"]
 
@@ -73,7 +76,7 @@ class NumbaKernel(NamedTuple):
 # handful of integer comparisons: nothing next to a sweep over the tape.
 
 _META = (
-    "n_inputs", "n_consts", "n_nodes", "n_edges", "n_outputs", "n_parts", "which",
+    "n_inputs", "n_consts", "n_instructions", "n_edges", "n_outputs", "n_parts", "which",
     "ops_address", "args_address", "consts_address", "outputs_address",
 )
 (_NIN, _NCONSTS, _NNODES, _NEDGES, _NOUTS, _NPARTS, _WHICH, _AOPS, _AARGS, _ACONSTS,
@@ -257,7 +260,7 @@ def _vjp(ops, args, consts, outputs, meta, vals, parts, adj, x, cot, grad):
 def _meta(tape: Tape, which: int, n_parts: int) -> np.ndarray:
     """The read-only record of the tape's counts that every wrapper checks against."""
     fields = {
-        "n_inputs": tape.n_inputs, "n_consts": tape.n_consts, "n_nodes": tape.n_nodes,
+        "n_inputs": tape.n_inputs, "n_consts": tape.n_consts, "n_instructions": tape.n_instructions,
         "n_edges": tape.n_edges, "n_outputs": tape.n_outputs, "n_parts": n_parts,
         "which": which, "ops_address": tape.ops.ctypes.data,
         "args_address": tape.args.ctypes.data, "consts_address": tape.consts.ctypes.data,
@@ -324,11 +327,11 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
     n_parts = tape.n_edges if tape.grad_mode == "stored" else 0
     if kind == "value_and_grad":
         # Zeros once: the reverse sweep leaves adj zeroed again (read-then-zero).
-        meta = _meta(tape, tape._which(output), n_parts)
+        meta = _meta(tape, tape.output_index(output), n_parts)
         arrays = (*base, meta, vals, np.empty(n_parts), np.zeros(tape.n_slots))
         fn = _value_and_grad_stored if tape.grad_mode == "stored" else _value_and_grad_lean
     elif kind == "value":
-        arrays = (*base, _meta(tape, tape._which(output), n_parts), vals)
+        arrays = (*base, _meta(tape, tape.output_index(output), n_parts), vals)
         fn = _value
     elif kind == "values":
         _no_output(kind, output)
@@ -369,14 +372,14 @@ def vjp(tape: Tape, x: Any, cot: Any, *, out: np.ndarray | None = None) -> np.nd
     -----
     Uses the tape's per-thread work buffers, so it is thread-safe like :meth:`Tape.value`.
     """
-    xin = tape._x(x)
+    xin = tape.as_input(x)
     c = np.ascontiguousarray(np.asarray(cot, dtype=np.float64).reshape(-1))
     if c.shape[0] != tape.n_outputs:
         raise ValueError(
             f"cot has {c.shape[0]} entries but this tape has {tape.n_outputs} outputs"
         )
     grad = np.empty(tape.n_inputs) if out is None else _checked_out(out, tape.n_inputs)
-    buf = tape._grad_buffers()
+    buf = tape.point_buffers(grad=True)
     vjp_kernel(
         tape.ops, tape.args, tape.consts, tape.outputs, buf.vals, buf.parts, buf.adj, xin, c, grad
     )
@@ -384,6 +387,4 @@ def vjp(tape: Tape, x: Any, cot: Any, *, out: np.ndarray | None = None) -> np.nd
 
 
 def _checked_out(out: Any, n: int) -> np.ndarray:
-    from fasttape.tape import _check_out
-
-    return _check_out(out, n, "out")
+    return check_out(out, n, "out")

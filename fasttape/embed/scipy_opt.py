@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from fasttape.embed.numba_api import vjp
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["HESSP_METHODS", "Objective", "constraint", "jacobian", "minimize", "objective"]
 
@@ -42,7 +44,7 @@ class Objective:
         if not isinstance(tape, Tape):
             raise TypeError(f"expected a fasttape.Tape, got {type(tape).__name__}")
         self.tape = tape
-        self.output = tape._which(output)
+        self.output = tape.output_index(output)
 
     def fun(self, x: Any) -> float:
         """Value of the output."""
@@ -197,7 +199,7 @@ def minimize(
     from scipy.optimize import minimize as sp_minimize
 
     obj = Objective(tape, output)
-    x0 = tape._x(x0).copy()
+    x0 = tape.as_input(x0).copy()
     if bounds is not None and not isinstance(bounds, Bounds) and _is_bound_pair(bounds, tape):
         bounds = Bounds(np.asarray(bounds[0], dtype=float), np.asarray(bounds[1], dtype=float))
     if hessp is None:
@@ -226,4 +228,4 @@ def _is_bound_pair(bounds: Any, tape: Tape) -> bool:
 def _outputs(tape: Tape, outputs: Sequence[int] | None) -> list[int]:
     if outputs is None:
         return list(range(tape.n_outputs))
-    return [tape._which(int(k)) for k in outputs]
+    return [tape.output_index(int(k)) for k in outputs]

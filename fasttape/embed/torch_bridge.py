@@ -17,7 +17,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fasttape.embed.numba_api import vjp
-from fasttape.tape import Tape
+
+# Any tape will do: this module uses only the record's interface.
+from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["TapeFunction", "to_torch"]
 

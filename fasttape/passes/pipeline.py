@@ -208,12 +208,14 @@ def optimize(tape: Any, passes: Any = True, *, finite_math: bool = False) -> Any
 
     ``passes`` takes the same values as ``compile``'s ``optimize=``.  Values are bitwise
     those of ``tape`` (see docs/passes.md for the gradients); ``tape`` is not changed.
-    """
-    from fasttape.tape import Tape
 
-    if not isinstance(tape, Tape):
+    The passes work on arrays and never import the Tape: the copy is made by the tape's own
+    class (``type(tape).from_trusted_arrays``), so it has the same type as ``tape``.
+    """
+    make = getattr(type(tape), "from_trusted_arrays", None)
+    if make is None:
         raise TypeError(f"optimize() expects a fasttape.Tape, got {type(tape).__name__}")
     names = resolve_passes(passes)
     arrays, plan, records = optimize_arrays(tape.to_arrays(), names, finite_math=finite_math)
-    return Tape._trusted(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
-                         arrays["n_inputs"], tape.grad_mode, plan=plan, passes=tuple(records))
+    return make(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
+                arrays["n_inputs"], tape.grad_mode, reuse_plan=plan, pass_records=records)

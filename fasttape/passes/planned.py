@@ -1,10 +1,12 @@
 """Evaluation over a slot-reuse plan, and the pass statistics of a Tape.
 
-:class:`~fasttape.tape.Tape` delegates here when it carries a plan
+A tape (:class:`~fasttape.tape.TapeRecord`) delegates here when it carries a plan
 (:mod:`fasttape.passes.reuse`): ``value`` and the ``"stored"`` ``value_and_grad`` then run the
 kernels of ``fasttape/kernels/_reuse_generated.py`` on per-thread work buffers of the plan's
 ``n_work`` slots instead of ``n_slots``.  The buffers have their own names in the tape's
 thread-local store, so code that uses the plain buffers (``vals``, ``adj``) is unaffected.
+The functions take the tape as an argument and use only its public interface (``reuse_plan``,
+``pass_records``, ``work_buffers()``): this module does not import the tape.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ __all__ = ["value", "value_and_grad", "work_nbytes", "stats"]
 
 def value(tape: Any, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """Outputs at ``xin`` into ``out`` (already checked), or a per-thread buffer; returns it."""
-    plan = tape._plan
-    local = tape._local
+    plan = tape.reuse_plan
+    local = tape.work_buffers()
     vals = getattr(local, "plan_vals", None)
     if vals is None:
         vals = local.plan_vals = np.empty(plan.n_work)
@@ -33,8 +35,8 @@ def value(tape: Any, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
 
 def value_and_grad(tape: Any, which: int, xin: np.ndarray, grad: np.ndarray) -> float:
     """Value of output ``which`` and its gradient into ``grad``, stored partials, with the plan."""
-    plan = tape._plan
-    local = tape._local
+    plan = tape.reuse_plan
+    local = tape.work_buffers()
     vals = getattr(local, "plan_vals", None)
     if vals is None:
         vals = local.plan_vals = np.empty(plan.n_work)
@@ -52,7 +54,7 @@ def value_and_grad(tape: Any, which: int, xin: np.ndarray, grad: np.ndarray) -> 
 
 def work_nbytes(tape: Any, grad: bool) -> int:
     """Per-thread work bytes with the plan (``"lean"`` gradients do not use it)."""
-    n = tape._plan.n_work
+    n = tape.reuse_plan.n_work
     if not grad:
         return 8 * n
     if tape.grad_mode == "stored":
@@ -62,9 +64,9 @@ def work_nbytes(tape: Any, grad: bool) -> int:
 
 def stats(tape: Any) -> dict[str, Any]:
     """The entries that the passes add to ``Tape.stats()``."""
-    plan = tape._plan
+    plan = tape.reuse_plan
     out: dict[str, Any] = {
-        "passes": [r.as_dict() for r in tape._passes or ()],
+        "passes": [r.as_dict() for r in tape.pass_records],
         "work_slots": plan.n_work if plan is not None else tape.n_slots,
         "plan_nbytes": plan.nbytes if plan is not None else 0,
     }
@@ -73,7 +75,7 @@ def stats(tape: Any) -> dict[str, Any]:
 
 def listing_lines(tape: Any) -> list[str]:
     """``print(tape)``'s summary of the passes: instructions after each, slots of the plan."""
-    recs = tape._passes or ()
+    recs = tape.pass_records
     if not recs:
         return []
     steps = [f"{r.name} {r.nodes_after:,}" for r in recs if r.name != "reuse"]

@@ -1,0 +1,199 @@
+"""The user-facing :class:`Tape`, assembled at the top of the pipeline, and the functions that
+return one: :func:`compile` and :func:`load`.
+
+:class:`~fasttape.tape.TapeRecord` (:mod:`fasttape.tape`) is the immutable record with its
+one-point value and gradient.  Every other layer takes a record and uses only its public
+interface: :mod:`fasttape.batch` (2-D ``x``), :mod:`fasttape.derivatives` (``jvp``, ``vjp``,
+``jacobian``, ``hvp``, ``hessian``), :mod:`fasttape.serialize` (``save``, ``load``),
+:mod:`fasttape.embed` (``numba_kernel``, ``cfunc``, ``to_dot``) and :mod:`fasttape.checkpoint`
+(``memory_limit=``).  This module is the only one that imports them all: :class:`Tape` adds
+their methods to the record, and the tape-making functions return it.  Nothing inside the
+package imports this module except :mod:`fasttape` itself (and the benchmark families, which
+build tapes for users).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from fasttape import batch, derivatives, explain, serialize
+from fasttape.checkpoint.segments import CheckpointedTape, checkpointed
+from fasttape.compile import compile_graph
+from fasttape.embed.cabi import cfunction
+from fasttape.embed.dot import tape_to_dot
+from fasttape.embed.numba_api import numba_kernel
+from fasttape.graph import Graph
+from fasttape.tape import TapeRecord
+
+__all__ = ["Tape", "compile", "load"]
+
+
+class Tape(TapeRecord):
+    """A compiled scalar graph: evaluate values and gradients many times.
+
+    Build one with :func:`fasttape.compile` (from a Graph), :meth:`from_arrays` (from another
+    tool) or :func:`fasttape.load`.  A Tape is immutable: its arrays are read-only and it holds
+    no Python objects of the graph.  Evaluation is thread-safe and releases the GIL; each thread
+    keeps its own work buffers (allocated on first use and reused, so repeated calls do not
+    allocate).
+
+    The record's attributes and one-point evaluation are documented on
+    :class:`~fasttape.tape.TapeRecord`; this class adds batches (a 2-D ``x`` in ``value``,
+    ``value_and_grad`` and ``grad``), derivatives beyond the gradient, files and embedding.
+
+    Attributes
+    ----------
+    n_inputs : int
+        Length of the ``x`` that the evaluation methods take.
+    n_outputs : int
+        Number of outputs.
+    n_instructions : int
+        Number of instructions.  Inputs and constants do **not** count: they are loaded into
+        the first ``n_inputs + n_consts`` slots, not computed by instructions.
+    n_consts : int
+        Number of distinct constants.
+    grad_mode : str
+        ``"stored"`` or ``"lean"`` (see :data:`fasttape.GRAD_MODES` and docs/tape-format.md).
+    """
+
+    __slots__ = ()
+
+    # ------------------------------------------------------------------ batches
+    # The record calls these hooks for a 2-D x; the implementation is fasttape/batch.py.
+    def _value_batch(
+        self, x: np.ndarray, out: np.ndarray | None, threads: int | None, flush: bool
+    ) -> Any:
+        return batch.value(self, x, out=out, threads=threads, flush_subnormals=flush)
+
+    def _value_and_grad_batch(
+        self, x: np.ndarray, which: int, out: np.ndarray | None, threads: int | None,
+        flush: bool,
+    ) -> Any:
+        return batch.value_and_grad(self, x, which, out=out, threads=threads,
+                                    flush_subnormals=flush)
+
+    # ------------------------------------------------------------------ more derivatives
+    # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
+    def jvp(self, x: Any, v: Any) -> tuple[Any, Any]:
+        """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
+        return derivatives.jvp(self, x, v)
+
+    def vjp(self, x: Any, w: Any) -> tuple[Any, np.ndarray]:
+        """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
+        return derivatives.vjp(self, x, w)
+
+    def jacobian(self, x: Any, *, mode: str = "auto", chunk: int | None = None) -> np.ndarray:
+        """Jacobian ``(n_outputs, n_inputs)`` in vector mode; see
+        :func:`fasttape.derivatives.jacobian`."""
+        return derivatives.jacobian(self, x, mode=mode, chunk=chunk)
+
+    def hvp(self, x: Any, v: Any, *, output: int | None = None) -> np.ndarray:
+        """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
+        ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
+        return derivatives.hvp(self, x, v, output=output)
+
+    def hessian(
+        self, x: Any, *, output: int | None = None, chunk: int | None = None
+    ) -> np.ndarray:
+        """Symmetric Hessian of one output from vector-mode HVPs; see
+        :func:`fasttape.derivatives.hessian`."""
+        return derivatives.hessian(self, x, output=output, chunk=chunk)
+
+    def explain(self, x: Any, output: int | None = None) -> Any:
+        """Where a non-finite value or gradient at ``x`` came from; see
+        :func:`fasttape.explain.explain` (docs/debugging.md)."""
+        return explain.explain(self, x, output)
+
+    # ------------------------------------------------------------------ embedding
+    # Thin wrappers: the implementations and their docs live in fasttape/embed/.
+    def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None) -> Any:
+        """``(fn, arrays)`` for calling this tape inside ``@numba.njit`` code as
+        ``fn(*arrays, x, grad)``; see :func:`fasttape.embed.numba_api.numba_kernel`."""
+        return numba_kernel(self, kind, output=output)
+
+    def cfunc(self, *, output: int | None = None, reentrant: bool = False) -> Any:
+        """C function pointers (ctypes, cffi, C, ``scipy.LowLevelCallable``) for one output;
+        see :func:`fasttape.embed.cabi.cfunction`."""
+        return cfunction(self, output=output, reentrant=reentrant)
+
+    def to_dot(self, **kwargs: Any) -> str:
+        """Graphviz DOT text of the tape (small tapes); see
+        :func:`fasttape.embed.dot.tape_to_dot`."""
+        return tape_to_dot(self, **kwargs)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Any) -> None:
+        """Write the tape to ``path`` as .npz (no pickle); read back with :func:`fasttape.load`."""
+        serialize.save(self, path)
+
+
+def compile(
+    graph: Graph,
+    *,
+    grad_mode: str = "stored",
+    optimize: Any = True,
+    finite_math: bool = False,
+    memory_limit: int | None = None,
+) -> Tape | CheckpointedTape:
+    """Flatten ``graph`` into a :class:`Tape` (``ft.compile``).
+
+    Only nodes that some output depends on become instructions.  All inputs are kept (in order),
+    so the tape takes the same ``x`` as the graph; unreachable inputs get gradient 0.
+
+    Parameters
+    ----------
+    graph : Graph
+        With at least one output marked by :meth:`Graph.output`.
+    grad_mode : {"stored", "lean"}
+        "stored" (default) saves each edge's partial derivative in the forward sweep, so the
+        reverse sweep is a plain multiply-add per edge; "lean" recomputes partials in the
+        reverse sweep and needs 16 bytes per slot of work memory instead of 16 + 8 per edge.
+        See docs/tape-format.md for the measured trade-off.
+    optimize : bool or list of str
+        ``True`` (default) runs the default passes (dead code, constant folding, exact
+        simplification, common subexpressions, slot reuse); ``False`` only drops dead code
+        (the behaviour before the passes existed); a list names the passes to run, from
+        ``fasttape.passes.PASS_NAMES`` (``[]``: every node becomes an instruction).  Values
+        are bitwise those of the unoptimised tape; see docs/passes.md.
+    finite_math : bool
+        Opt in to simplifications that are exact only when every value is finite and the
+        sign of zero does not matter (``x - x -> 0``, ``x * 0 -> 0``, ``x + 0.0 -> x``).
+        Off by default.
+    memory_limit : int, optional
+        Bytes that one gradient may hold.  Returns a
+        :class:`~fasttape.checkpoint.segments.CheckpointedTape` whose gradient stores
+        checkpoints at segment boundaries and recomputes each segment in the reverse sweep
+        when storing everything would not fit (docs/store-vs-recompute.md).
+
+    Returns
+    -------
+    Tape
+        Without ``memory_limit``, always a :class:`Tape`; ``tape.stats()["passes"]`` reports
+        what each pass did.  With ``memory_limit``, a
+        :class:`~fasttape.checkpoint.segments.CheckpointedTape` wrapping that Tape (same
+        ``value`` / ``value_and_grad`` / ``grad`` / ``stats``, plus ``report``).
+    """
+    tape = compile_graph(graph, grad_mode=grad_mode, optimize=optimize, finite_math=finite_math,
+                         tape_class=Tape)
+    if memory_limit is not None:
+        return checkpointed(tape, memory_limit)
+    return tape
+
+
+def load(path: str | os.PathLike, **options: Any) -> Tape:
+    """Read a tape written by :meth:`Tape.save` (``ft.load``), validating every array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    **options
+        As :func:`fasttape.serialize.load` (``grad_mode=``: None keeps the saved mode).
+
+    Returns
+    -------
+    Tape
+    """
+    return serialize.load(path, tape_class=Tape, **options)
