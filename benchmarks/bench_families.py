@@ -89,5 +89,5 @@ def bench_family_build(benchmark: Any, case: dict[str, Any]) -> None:
     c = case["case"]
     _annotate(benchmark, "build", c)
     new = benchmark.pedantic(build_case, args=(c.family, case["n"]), rounds=3, iterations=1)
-    assert new.n_instructions == c.n_nodes
+    assert new.n_nodes == c.n_nodes
     _per_node(benchmark, c.n_nodes)
