@@ -4,8 +4,8 @@ The pipeline: dead-code elimination (:mod:`fasttape.passes.dce`) finds the nodes
 need, then the live nodes are renumbered into slots -- inputs first, then parameters, then
 constants, then instructions in creation order (already topological) -- and the arrays are
 gathered.  The optimisation passes (:mod:`fasttape.passes.pipeline`: constant folding, exact
-simplification, common subexpressions, slot reuse; docs/passes.md) then run on those arrays.  Every step is a
-vectorised NumPy operation or one linear Numba pass; nothing recurses.
+simplification, common subexpressions, slot reuse; docs/passes.md) then run on those arrays.
+Every step is a vectorised NumPy operation or one linear Numba pass; nothing recurses.
 
 ``ft.compile`` (:func:`fasttape.api.compile`) calls :func:`compile_graph` with the user-facing
 :class:`fasttape.Tape` and adds ``memory_limit=`` (checkpointing sits above this module).

@@ -367,8 +367,8 @@ class TapeRecord:
             return x
         if self.n_params:
             raise TypeError(
-                f"this tape has {_count(self.n_params, 'parameter')}: this operation does not take p= "
-                "(evaluate with value/value_and_grad/... and p=, or use "
+                f"this tape has {_count(self.n_params, 'parameter')}: this operation does not "
+                "take p= (evaluate with value/value_and_grad/... and p=, or use "
                 "tape.params_as_inputs() with tape.join_params(x, p))"
             )
         xin = self._point_or_batch(x)
