@@ -118,10 +118,11 @@ class Tape(TapeRecord):
         ``fn(*arrays, x, grad)``; see :func:`fasttape.embed.numba_api.numba_kernel`."""
         return numba_kernel(self, kind, output=output)
 
-    def cfunc(self, *, output: int | None = None, reentrant: bool = False) -> Any:
+    def cfunc(self, *, output: int | None = None, reentrant: bool = False, p: Any = None) -> Any:
         """C function pointers (ctypes, cffi, C, ``scipy.LowLevelCallable``) for one output;
-        see :func:`fasttape.embed.cabi.cfunction`."""
-        return cfunction(self, output=output, reentrant=reentrant)
+        see :func:`fasttape.embed.cabi.cfunction` (``p``: the parameters, kept in the
+        context)."""
+        return cfunction(self, output=output, reentrant=reentrant, p=p)
 
     def to_dot(self, **kwargs: Any) -> str:
         """Graphviz DOT text of the tape (small tapes); see
