@@ -77,30 +77,30 @@ class Tape(TapeRecord):
 
     # ------------------------------------------------------------------ more derivatives
     # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
-    # A tape with parameters takes p= in each (docs/tape-format.md); no derivative is taken
-    # with respect to them.
-    def jvp(self, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
+    # A tape with parameters takes p in each (positionally too, as scipy's args=(p,) passes
+    # it; docs/tape-format.md); no derivative is taken with respect to them.
+    def jvp(self, x: Any, v: Any, p: Any = None) -> tuple[Any, Any]:
         """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
         return derivatives.jvp(self, x, v, p=p)
 
-    def vjp(self, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.ndarray]:
+    def vjp(self, x: Any, w: Any, p: Any = None) -> tuple[Any, np.ndarray]:
         """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
         return derivatives.vjp(self, x, w, p=p)
 
     def jacobian(
-        self, x: Any, *, mode: str = "auto", chunk: int | None = None, p: Any = None
+        self, x: Any, p: Any = None, *, mode: str = "auto", chunk: int | None = None
     ) -> np.ndarray:
         """Jacobian ``(n_outputs, n_inputs)`` in vector mode; see
         :func:`fasttape.derivatives.jacobian`."""
         return derivatives.jacobian(self, x, mode=mode, chunk=chunk, p=p)
 
-    def hvp(self, x: Any, v: Any, *, output: int | None = None, p: Any = None) -> np.ndarray:
+    def hvp(self, x: Any, v: Any, p: Any = None, *, output: int | None = None) -> np.ndarray:
         """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
         ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
         return derivatives.hvp(self, x, v, output=output, p=p)
 
     def hessian(
-        self, x: Any, *, output: int | None = None, chunk: int | None = None, p: Any = None
+        self, x: Any, p: Any = None, *, output: int | None = None, chunk: int | None = None
     ) -> np.ndarray:
         """Symmetric Hessian of one output from vector-mode HVPs; see
         :func:`fasttape.derivatives.hessian`."""

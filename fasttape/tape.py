@@ -507,7 +507,7 @@ class TapeRecord:
         raise ValueError(f"x must be 1-D (one value per input); got shape {x.shape}")
 
     def value(
-        self, x: Any, *, p: Any = None, out: np.ndarray | None = None,
+        self, x: Any, p: Any = None, *, out: np.ndarray | None = None,
         threads: int | None = None, flush_subnormals: bool = False,
     ) -> Any:
         """Evaluate the outputs at ``x``, or at every row of a batch ``x``.
@@ -518,7 +518,9 @@ class TapeRecord:
             One point, or a batch of ``B`` points (docs/batch.md).
         p : array_like of float, shape (n_params,) or (B, n_params)
             The parameters: required when the tape has some, refused otherwise.  A 2-D ``p``
-            makes a batch (with a 1-D ``x``, the same point for every parameter set).
+            makes a batch (with a 1-D ``x``, the same point for every parameter set).  May be
+            passed positionally, so ``scipy.optimize.minimize(tape.value_and_grad, x0,
+            jac=True, args=(p,))`` works as written.
         out : ndarray of float64, shape (n_outputs,), optional
             Written in place and returned (no allocation).  For a batch: shape (B,) for a
             single-output tape, else (B, n_outputs).
@@ -575,8 +577,8 @@ class TapeRecord:
     def value_and_grad(
         self,
         x: Any,
-        *,
         p: Any = None,
+        *,
         output: int | None = None,
         out: np.ndarray | None = None,
         threads: int | None = None,
@@ -675,8 +677,8 @@ class TapeRecord:
     def grad(
         self,
         x: Any,
-        *,
         p: Any = None,
+        *,
         output: int | None = None,
         out: np.ndarray | None = None,
         threads: int | None = None,
