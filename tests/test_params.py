@@ -331,7 +331,8 @@ def test_derivatives_take_p(tape):
     jf = full.jacobian(xp, mode="reverse")[:, :3]
     assert same_bits(tape.jacobian(x, p=p, mode="reverse"), jf)
     np.testing.assert_allclose(tape.jacobian(x, p=p, mode="forward"), jf, rtol=1e-14)
-    assert same_bits(tape.jacobian(x, p=p, mode="forward"), full.jacobian(xp, mode="forward")[:, :3])
+    jff = full.jacobian(xp, mode="forward")[:, :3]
+    assert same_bits(tape.jacobian(x, p=p, mode="forward"), jff)
     for out in range(2):
         assert same_bits(tape.hvp(x, v, p=p, output=out), full.hvp(xp, vp, output=out)[:3])
         h = tape.hessian(x, p=p, output=out)
