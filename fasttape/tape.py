@@ -429,9 +429,13 @@ class TapeRecord:
         every row), a 1-D ``x`` with a 2-D ``p`` (the same point for every parameter set), or
         both 2-D with the same number of rows.
         """
+        n, k = self.n_inputs, self.n_params
+        if (type(x) is np.ndarray and type(p) is np.ndarray and x.ndim == 1 and p.ndim == 1
+                and x.dtype == np.float64 and p.dtype == np.float64 and x.shape[0] == n
+                and p.shape[0] == k and k):
+            return np.concatenate((x, p))  # the common case: one point, nothing to convert
         pin = self.check_params(p)
         xin = _as_float_array(x)
-        n, k = self.n_inputs, self.n_params
         if xin.shape[-1] != n:
             raise ValueError(
                 f"x has shape {xin.shape} but this tape has {n} inputs: pass ({n},) for one "
@@ -542,10 +546,7 @@ class TapeRecord:
         if not (p is None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
                 and x.flags.c_contiguous and x.shape[0] == self._n_point):
             if p is not None or self.n_params:  # parameters: x and p joined, on params_as_inputs
-                return self.params_as_inputs().value(
-                    self.join_params(x, p), out=out, threads=threads,
-                    flush_subnormals=flush_subnormals,
-                )
+                return self._value_params(x, p, out, threads, flush_subnormals)
             xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
             if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
                 return self._value_batch(xin, out, threads, flush_subnormals)
@@ -636,6 +637,21 @@ class TapeRecord:
         flush = fpenv.check_flush(flush_subnormals)
         return fpenv.call(flush, self._value_and_grad_single, xin, which, grad), grad
 
+    def _value_params(
+        self, x: Any, p: Any, out: np.ndarray | None, threads: int | None, flush: bool
+    ) -> Any:
+        """value with parameters: :meth:`params_as_inputs` at ``x`` and ``p`` joined."""
+        xp = self.join_params(x, p)
+        full = self.params_as_inputs()
+        if xp.ndim == 2 or threads is not None or flush is not False:
+            return full.value(xp, out=out, threads=threads, flush_subnormals=flush)
+        res = full._value_single(xp, out)  # one point, the defaults: no second dispatch
+        if out is not None:
+            return out
+        if self.n_outputs == 1:
+            return float(res[0])
+        return res.copy()
+
     def _value_and_grad_params(
         self, x: Any, p: Any, output: int | None, out: np.ndarray | None,
         threads: int | None, flush: bool,
@@ -650,9 +666,13 @@ class TapeRecord:
         n = self.n_inputs
         if out is not None:
             check_out(out, n if xp.ndim == 1 else (xp.shape[0], n), "out")
-        v, g = self.params_as_inputs().value_and_grad(
-            xp, output=output, threads=threads, flush_subnormals=flush
-        )
+        full = self.params_as_inputs()
+        if xp.ndim == 1 and threads is None and flush is False:
+            g = np.empty(full.n_inputs)  # one point, the defaults: no second dispatch
+            v = full._value_and_grad_single(xp, self.output_index(output), g)
+        else:
+            v, g = full.value_and_grad(xp, output=output, threads=threads,
+                                       flush_subnormals=flush)
         if out is None:
             return v, g[..., :n].copy()
         out[...] = g[..., :n]
