@@ -512,3 +512,16 @@ def test_explain_names_a_param():
     with pytest.raises(TypeError, match="pass p="):
         t.explain([1.0])
     assert math.isnan(t.value([1.0], p=[-1.0, 0.0]))
+
+
+def test_optimize_and_dot_know_params(tape):
+    from fasttape.passes.pipeline import optimize
+
+    raw = ft.compile(ft.trace(model, 3, n_params=4), optimize=False)
+    opt = optimize(raw)
+    assert opt.n_params == 4
+    for x, p in zip(XS, PS, strict=True):
+        assert same_bits(opt.value(x, p=p), raw.value(x, p=p))
+    g = ft.trace(lambda x, p: p[0] * x[0] + 1.0, 1, n_params=1)
+    assert 'label="p0"' in g.to_dot()
+    assert 'label="p0"' in ft.compile(g).to_dot()
