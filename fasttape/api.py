@@ -48,11 +48,15 @@ class Tape(TapeRecord):
     ----------
     n_inputs : int
         Length of the ``x`` that the evaluation methods take.
+    n_params : int
+        Length of the ``p`` that every evaluation takes when it is not 0: parameters, inputs
+        that are not differentiated (``ft.trace(fn, n, n_params=k)``, docs/tape-format.md).
     n_outputs : int
         Number of outputs.
     n_instructions : int
-        Number of instructions.  Inputs and constants do **not** count: they are loaded into
-        the first ``n_inputs + n_consts`` slots, not computed by instructions.
+        Number of instructions.  Inputs, parameters and constants do **not** count: they are
+        loaded into the first ``n_inputs + n_params + n_consts`` slots, not computed by
+        instructions.
     n_consts : int
         Number of distinct constants.
     grad_mode : str
