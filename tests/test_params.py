@@ -525,3 +525,39 @@ def test_optimize_and_dot_know_params(tape):
     g = ft.trace(lambda x, p: p[0] * x[0] + 1.0, 1, n_params=1)
     assert 'label="p0"' in g.to_dot()
     assert 'label="p0"' in ft.compile(g).to_dot()
+
+
+def test_a_tape_with_a_slot_reuse_plan():
+    # Past reuse.MIN_SLOTS the default passes add a slot-reuse plan, computed with the
+    # parameters as leading slots; value and the stored gradient run on it.
+    n = 20_000
+
+    def chain(x, p):
+        return ft.sum(ft.sin(x[i] * p[i % 3] + p[3]) * x[i + 1] for i in range(n - 1))
+
+    t = ft.compile(ft.trace(chain, n, n_params=4))
+    assert t.reuse_plan is not None
+    plain = ft.compile(ft.trace(chain, n, n_params=4), optimize=False)
+    rng = np.random.default_rng(2)
+    x, p = rng.normal(size=n), rng.normal(size=4)
+    np.testing.assert_allclose(t.value(x, p=p), plain.value(x, p=p), rtol=1e-12)
+    v, g = t.value_and_grad(x, p=p)
+    pv, pg = plain.value_and_grad(x, p=p)
+    np.testing.assert_allclose(v, pv, rtol=1e-12)
+    np.testing.assert_allclose(g, pg, rtol=1e-12, atol=1e-12)
+    vb, gb = t.value_and_grad(np.stack([x, -x]), p=p)
+    assert same_bits(vb[0], v) and same_bits(gb[0], g)
+    p2 = p + 0.5
+    assert same_bits(vb[1], t.value(-x, p=p)) and not same_bits(t.value(x, p=p2), v)
+
+
+def test_explain_with_recorded_sources_and_params():
+    def fn(x, p):
+        a = x[0] * p[0]
+        return ft.sqrt(a - p[1])  # the NaN
+
+    t = ft.compile(ft.trace(fn, 1, n_params=2, record_source=True))
+    e = t.explain([1.0], p=[1.0, 5.0])
+    assert not e.finite and e.op == "sqrt" and e.source is not None
+    assert e.source[2] == "fn"
+    assert "param 1" in str(t.explain([1.0], p=[1.0, math.nan]))
