@@ -561,3 +561,14 @@ def test_explain_with_recorded_sources_and_params():
     assert not e.finite and e.op == "sqrt" and e.source is not None
     assert e.source[2] == "fn"
     assert "param 1" in str(t.explain([1.0], p=[1.0, math.nan]))
+
+
+def test_lower_level_batch_functions_refuse_a_params_tape(tape):
+    from fasttape import batch
+
+    with pytest.raises(TypeError, match="parameters"):
+        batch.value(tape, XS)
+    with pytest.raises(TypeError, match="parameters"):
+        batch.value_and_grad(tape, XS, 0)
+    full = tape.params_as_inputs()
+    assert same_bits(batch.value(full, tape.join_params(XS, PS)), tape.value(XS, p=PS))
