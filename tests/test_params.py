@@ -572,3 +572,32 @@ def test_lower_level_batch_functions_refuse_a_params_tape(tape):
         batch.value_and_grad(tape, XS, 0)
     full = tape.params_as_inputs()
     assert same_bits(batch.value(full, tape.join_params(XS, PS)), tape.value(XS, p=PS))
+
+
+# ---------------------------------------------------------------------- ft.scan with data
+def _damped(s, p, d):
+    # state (position, velocity); params: stiffness; data: a forcing term per call
+    return [s[0] + 0.1 * s[1], s[1] - 0.1 * (p[0] * s[0] + d[0] * s[1]) + 0.01 * d[1]]
+
+
+def test_scan_data_is_not_differentiated():
+    sc = ft.scan(_damped, 50, n_state=2, n_params=1, n_data=2,
+                 final=lambda s, p, d: s[0] ** 2 + d[1] * s[1], snapshots=4)
+    # the same scan with the data as differentiated parameters: same value, same gradients
+    both = ft.scan(lambda s, p: _damped(s, p[:1], p[1:]), 50, n_state=2, n_params=3,
+                   final=lambda s, p: s[0] ** 2 + p[2] * s[1], snapshots=4)
+    x0 = [1.0, 0.0]
+    for d in ([0.2, 1.0], [0.5, -2.0]):  # two data sets, one trace
+        v, gx, gp = sc.value_and_grad(x0, [3.0], data=d)
+        bv, bgx, bgp = both.value_and_grad(x0, [3.0, *d])
+        assert same_bits(v, bv) and same_bits(gx, bgx) and same_bits(gp, bgp[:1])
+        assert gp.shape == (1,)
+        assert same_bits(sc.value(x0, [3.0], data=d), v)
+        assert same_bits(sc.final_state(x0, [3.0], data=d), both.final_state(x0, [3.0, *d]))
+    assert "2 data" in repr(sc) and sc.stats()["n_data"] == 2
+    with pytest.raises(TypeError, match="pass data="):
+        sc.value(x0, [3.0])
+    with pytest.raises(ValueError, match="data must have shape"):
+        sc.value(x0, [3.0], data=[1.0])
+    with pytest.raises(TypeError, match="no data"):
+        both.value(x0, [3.0, 0.2, 1.0], data=[1.0])
