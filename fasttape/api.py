@@ -48,11 +48,15 @@ class Tape(TapeRecord):
     ----------
     n_inputs : int
         Length of the ``x`` that the evaluation methods take.
+    n_params : int
+        Length of the ``p`` that every evaluation takes when it is not 0: parameters, inputs
+        that are not differentiated (``ft.trace(fn, n, n_params=k)``, docs/tape-format.md).
     n_outputs : int
         Number of outputs.
     n_instructions : int
-        Number of instructions.  Inputs and constants do **not** count: they are loaded into
-        the first ``n_inputs + n_consts`` slots, not computed by instructions.
+        Number of instructions.  Inputs, parameters and constants do **not** count: they are
+        loaded into the first ``n_inputs + n_params + n_consts`` slots, not computed by
+        instructions.
     n_consts : int
         Number of distinct constants.
     grad_mode : str
@@ -77,35 +81,39 @@ class Tape(TapeRecord):
 
     # ------------------------------------------------------------------ more derivatives
     # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
-    def jvp(self, x: Any, v: Any) -> tuple[Any, Any]:
+    # A tape with parameters takes p in each (positionally too, as scipy's args=(p,) passes
+    # it; docs/tape-format.md); no derivative is taken with respect to them.
+    def jvp(self, x: Any, v: Any, p: Any = None) -> tuple[Any, Any]:
         """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
-        return derivatives.jvp(self, x, v)
+        return derivatives.jvp(self, x, v, p=p)
 
-    def vjp(self, x: Any, w: Any) -> tuple[Any, np.ndarray]:
+    def vjp(self, x: Any, w: Any, p: Any = None) -> tuple[Any, np.ndarray]:
         """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
-        return derivatives.vjp(self, x, w)
+        return derivatives.vjp(self, x, w, p=p)
 
-    def jacobian(self, x: Any, *, mode: str = "auto", chunk: int | None = None) -> np.ndarray:
+    def jacobian(
+        self, x: Any, p: Any = None, *, mode: str = "auto", chunk: int | None = None
+    ) -> np.ndarray:
         """Jacobian ``(n_outputs, n_inputs)`` in vector mode; see
         :func:`fasttape.derivatives.jacobian`."""
-        return derivatives.jacobian(self, x, mode=mode, chunk=chunk)
+        return derivatives.jacobian(self, x, mode=mode, chunk=chunk, p=p)
 
-    def hvp(self, x: Any, v: Any, *, output: int | None = None) -> np.ndarray:
+    def hvp(self, x: Any, v: Any, p: Any = None, *, output: int | None = None) -> np.ndarray:
         """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
         ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
-        return derivatives.hvp(self, x, v, output=output)
+        return derivatives.hvp(self, x, v, output=output, p=p)
 
     def hessian(
-        self, x: Any, *, output: int | None = None, chunk: int | None = None
+        self, x: Any, p: Any = None, *, output: int | None = None, chunk: int | None = None
     ) -> np.ndarray:
         """Symmetric Hessian of one output from vector-mode HVPs; see
         :func:`fasttape.derivatives.hessian`."""
-        return derivatives.hessian(self, x, output=output, chunk=chunk)
+        return derivatives.hessian(self, x, output=output, chunk=chunk, p=p)
 
-    def explain(self, x: Any, output: int | None = None) -> Any:
+    def explain(self, x: Any, output: int | None = None, *, p: Any = None) -> Any:
         """Where a non-finite value or gradient at ``x`` came from; see
         :func:`fasttape.explain.explain` (docs/debugging.md)."""
-        return explain.explain(self, x, output)
+        return explain.explain(self, x, output, p=p)
 
     # ------------------------------------------------------------------ embedding
     # Thin wrappers: the implementations and their docs live in fasttape/embed/.
@@ -114,10 +122,11 @@ class Tape(TapeRecord):
         ``fn(*arrays, x, grad)``; see :func:`fasttape.embed.numba_api.numba_kernel`."""
         return numba_kernel(self, kind, output=output)
 
-    def cfunc(self, *, output: int | None = None, reentrant: bool = False) -> Any:
+    def cfunc(self, *, output: int | None = None, reentrant: bool = False, p: Any = None) -> Any:
         """C function pointers (ctypes, cffi, C, ``scipy.LowLevelCallable``) for one output;
-        see :func:`fasttape.embed.cabi.cfunction`."""
-        return cfunction(self, output=output, reentrant=reentrant)
+        see :func:`fasttape.embed.cabi.cfunction` (``p``: the parameters, kept in the
+        context)."""
+        return cfunction(self, output=output, reentrant=reentrant, p=p)
 
     def to_dot(self, **kwargs: Any) -> str:
         """Graphviz DOT text of the tape (small tapes); see

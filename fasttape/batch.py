@@ -260,6 +260,17 @@ def _plan(
     return t, max(1, min(t, -(-n_points // c))), c
 
 
+def _no_params(tape: Any) -> None:
+    """Refuse a tape with parameters: its kernels take x and p joined (``tape.value(x, p=p)``
+    builds that batch and runs it on ``tape.params_as_inputs()``)."""
+    if tape.n_params:
+        raise TypeError(
+            f"this tape has {tape.n_params} parameters: evaluate the batch with "
+            "tape.value(x, p=p) / tape.value_and_grad(x, p=p), or call this function on "
+            "tape.params_as_inputs() with tape.join_params(x, p)"
+        )
+
+
 def value(
     tape: Any, x: Any, *, out: np.ndarray | None = None, threads: Any = None,
     chunk: int | None = None, flush_subnormals: bool = False,
@@ -283,6 +294,7 @@ def value(
     -------
     ndarray, shape (B,) for a single-output tape, else (B, n_outputs)
     """
+    _no_params(tape)
     flush = fpenv.check_flush(flush_subnormals)
     X = as_batch(x, tape.n_inputs)
     B = X.shape[0]
@@ -331,6 +343,7 @@ def value_and_grad(
     values : ndarray, shape (B,)
     grads : ndarray, shape (B, n_inputs)
     """
+    _no_params(tape)
     flush = fpenv.check_flush(flush_subnormals)
     X = as_batch(x, tape.n_inputs)
     B = X.shape[0]

@@ -1,11 +1,11 @@
 """Compile: flatten a Graph into a tape, then optimise it.
 
 The pipeline: dead-code elimination (:mod:`fasttape.passes.dce`) finds the nodes the outputs
-need, then the live nodes are renumbered into slots -- inputs first, then constants, then
-instructions in creation order (already topological) -- and the arrays are gathered.  The
-optimisation passes (:mod:`fasttape.passes.pipeline`: constant folding, exact simplification,
-common subexpressions, slot reuse; docs/passes.md) then run on those arrays.  Every step is a
-vectorised NumPy operation or one linear Numba pass; nothing recurses.
+need, then the live nodes are renumbered into slots -- inputs first, then parameters, then
+constants, then instructions in creation order (already topological) -- and the arrays are
+gathered.  The optimisation passes (:mod:`fasttape.passes.pipeline`: constant folding, exact
+simplification, common subexpressions, slot reuse; docs/passes.md) then run on those arrays.
+Every step is a vectorised NumPy operation or one linear Numba pass; nothing recurses.
 
 ``ft.compile`` (:func:`fasttape.api.compile`) calls :func:`compile_graph` with the user-facing
 :class:`fasttape.Tape` and adds ``memory_limit=`` (checkpointing sits above this module).
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.graph import Graph
-from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS
+from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, PARAM_CODE
 from fasttape.passes.dce import GRAPH_ARITY, live_nodes
 from fasttape.passes.pipeline import PassRecord, optimize_arrays, resolve_passes
 from fasttape.tape import GRAD_MODES, TapeRecord
@@ -114,9 +114,11 @@ def _checked(graph: Graph, tape_class: type[TapeRecord], grad_mode: str, arrays:
     the tape (a private copy) for ``tape.explain``.
     """
     a = [arrays[k] for k in ("ops", "args", "consts", "outputs", "n_inputs")]
-    validate_arrays(*a)
+    n_params = int(arrays.get("n_params", 0))
+    validate_arrays(*a, n_params=n_params)
     source = graph.copy() if graph.records_source else None
-    return tape_class.from_trusted_arrays(*a, grad_mode, source_graph=source, **extra)
+    return tape_class.from_trusted_arrays(*a, grad_mode, n_params=n_params, source_graph=source,
+                                          **extra)
 
 
 def _flatten(graph: Graph, dce: bool) -> dict[str, Any]:
@@ -124,25 +126,30 @@ def _flatten(graph: Graph, dce: bool) -> dict[str, Any]:
     a = graph.to_arrays()
     ops, args, consts_all, outputs = a["ops"], a["args"], a["consts"], a["outputs"]
     n_in = int(a["n_inputs"])
+    n_p = int(a["n_params"])
+    n_lead = n_in + n_p  # inputs, then params: both kept even when unused
 
     live = live_nodes(ops, args, outputs) if dce else np.ones(len(ops), dtype=np.bool_)
     arity = GRAPH_ARITY[ops]
     start = np.cumsum(arity) - arity  # offset of each node's first argument
 
     is_input = ops == INPUT_CODE
+    is_param = ops == PARAM_CODE
     live_const = (ops == CONST_CODE) & live
-    live_op = live & ~is_input & (ops != CONST_CODE)
+    live_op = live & (ops < N_OPS)
     n_c = int(np.count_nonzero(live_const))
     n_op = int(np.count_nonzero(live_op))
-    n_slots = n_in + n_c + n_op
+    n_slots = n_lead + n_c + n_op
     idx = np.int32 if n_slots <= _INT32_MAX else np.int64
 
     slot = np.full(len(ops), -1, dtype=np.int64)
     slot[is_input] = args[start[is_input]]  # an input's argument is its position
-    slot[live_const] = np.arange(n_in, n_in + n_c)
-    slot[live_op] = np.arange(n_in + n_c, n_slots)
+    if n_p:
+        slot[is_param] = n_in + args[start[is_param]]  # params follow the inputs
+    slot[live_const] = np.arange(n_lead, n_lead + n_c)
+    slot[live_op] = np.arange(n_lead + n_c, n_slots)
 
     consts = consts_all[args[start[live_const]]]
     new_args = slot[args[np.repeat(live_op, arity)]].astype(idx)
     return {"ops": ops[live_op], "args": new_args, "consts": consts,
-            "outputs": slot[outputs], "n_inputs": n_in}
+            "outputs": slot[outputs], "n_inputs": n_in, "n_params": n_p}

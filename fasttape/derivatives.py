@@ -22,6 +22,13 @@ axis.  This is a plain loop over the rows, one kernel call per point (the batch 
 :mod:`fasttape.batch` are not used yet); the per-point direction or cotangent may be given
 once (shape ``(n,)``) or per row (shape ``(B, n)``).
 
+Parameters: on a tape with ``n_params > 0`` every function takes ``p=`` (as ``Tape.value``
+does; ``x`` and ``p`` may each be one row or a batch).  The work runs on
+``tape.params_as_inputs()`` with ``x`` and ``p`` joined: directions get zero parameter entries,
+and only the first ``n_inputs`` entries (rows, columns) of a result are returned.  Forward
+Jacobians and Hessians seed unit directions for the inputs only, so their cost does not grow
+with ``n_params`` beyond the shared sweeps.
+
 Work buffers are this module's own, per thread (in ``tape.work_buffers()``), sized ``n_slots``: they
 do not depend on how ``Tape.value`` sizes its buffers (slot reuse, batches).
 """
@@ -160,7 +167,28 @@ def _result(arr: np.ndarray, m: int) -> Any:
 
 
 # ------------------------------------------------------------------ forward mode
-def jvp(tape: TapeRecord, x: Any, v: Any) -> tuple[Any, Any]:
+def _params_call(tape: TapeRecord, x: Any, p: Any) -> tuple[TapeRecord, np.ndarray] | None:
+    """``(tape.params_as_inputs(), x and p joined)`` when there are parameters (or ``p`` was
+    given, which then raises the tape's error), else None."""
+    if p is None and not tape.n_params:
+        return None
+    return tape.params_as_inputs(), tape.join_params(x, p)
+
+
+def _pad(v: Any, xp: np.ndarray, n: int, k: int, name: str, what: str) -> np.ndarray:
+    """A direction ``v`` over the inputs, checked, with ``k`` zero parameter entries added."""
+    if xp.ndim == 2:
+        rows = _rows(v, xp.shape[0], n, name, what, "one entry per input")
+        out = np.zeros((xp.shape[0], n + k))
+        for i, r in enumerate(rows):
+            out[i, :n] = r
+        return out
+    out = np.zeros(n + k)
+    out[:n] = _vector(v, n, name, what, "one entry per input")
+    return out
+
+
+def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
     """Outputs at ``x`` and their directional derivatives along ``v`` (one tangent sweep).
 
     Parameters
@@ -179,6 +207,10 @@ def jvp(tape: TapeRecord, x: Any, v: Any) -> tuple[Any, Any]:
     tangent : float or ndarray of shape (n_outputs,)
         ``J(x) @ v``, with the same shape convention.
     """
+    joined = _params_call(tape, x, p)
+    if joined is not None:
+        full, xp = joined
+        return jvp(full, xp, _pad(v, xp, tape.n_inputs, tape.n_params, "v", "jvp"))
     xb = _batch(tape, x, "jvp")
     if xb is not None:
         res = [jvp(tape, xi, vi) for xi, vi in zip(
@@ -201,7 +233,7 @@ def jvp(tape: TapeRecord, x: Any, v: Any) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------ reverse mode
-def vjp(tape: TapeRecord, x: Any, w: Any) -> tuple[Any, np.ndarray]:
+def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.ndarray]:
     """Outputs at ``x`` and ``w @ J(x)``: reverse mode with a cotangent over the outputs.
 
     Parameters
@@ -218,6 +250,11 @@ def vjp(tape: TapeRecord, x: Any, w: Any) -> tuple[Any, np.ndarray]:
     vjp : ndarray, shape (n_inputs,) (for a batch, (B, n_inputs))
         ``sum_j w[j] * grad(output j)``.
     """
+    joined = _params_call(tape, x, p)
+    if joined is not None:
+        full, xp = joined
+        val, g = vjp(full, xp, w)
+        return val, g[..., : tape.n_inputs].copy()
     m = tape.n_outputs
     xb = _batch(tape, x, "vjp")
     if xb is not None:
@@ -239,7 +276,7 @@ def vjp(tape: TapeRecord, x: Any, w: Any) -> tuple[Any, np.ndarray]:
 
 
 def jacobian(
-    tape: TapeRecord, x: Any, *, mode: str = "auto", chunk: int | None = None
+    tape: TapeRecord, x: Any, *, mode: str = "auto", chunk: int | None = None, p: Any = None
 ) -> np.ndarray:
     """The Jacobian of all outputs with respect to all inputs, in vector mode.
 
@@ -265,6 +302,16 @@ def jacobian(
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"mode must be one of {JACOBIAN_MODES}, got {mode!r}")
     n, m = tape.n_inputs, tape.n_outputs
+    joined = _params_call(tape, x, p)
+    if joined is not None:
+        full, xp = joined
+        if mode == "auto":
+            mode = "forward" if n <= m else "reverse"
+        if mode == "reverse":  # one row per output: parameter columns come with the sweep
+            return jacobian(full, xp, mode="reverse", chunk=chunk)[..., :n].copy()
+        if xp.ndim == 2:
+            return _stack([_forward_jacobian(full, row, n, chunk) for row in xp], len(xp), (m, n))
+        return _forward_jacobian(full, xp, n, chunk)
     xb = _batch(tape, x, "jacobian")
     if xb is not None:
         return _stack([jacobian(tape, xi, mode=mode, chunk=chunk) for xi in xb], len(xb), (m, n))
@@ -291,6 +338,34 @@ def jacobian(
     return jac
 
 
+def _unit_blocks(n: int, n_full: int, kk: int) -> Any:
+    """``(j0, nb, xdot)``: blocks of ``kk`` unit directions over the first ``n`` of ``n_full``
+    entries (the inputs, not the parameters)."""
+    for j0 in range(0, n, kk):
+        nb = min(kk, n - j0)
+        xdot = np.zeros((n_full, kk))
+        xdot[np.arange(j0, j0 + nb), np.arange(nb)] = 1.0
+        yield j0, nb, xdot
+
+
+def _forward_jacobian(full: TapeRecord, xin: np.ndarray, n: int, chunk: Any) -> np.ndarray:
+    """Forward-mode Jacobian columns for the first ``n`` inputs of ``full`` (the rest are
+    parameters): ``ceil(n / K)`` tangent sweeps, none for the parameters."""
+    m = full.n_outputs
+    kk = _chunk(chunk, n, full.n_slots, 1)
+    jac = np.zeros((m, n))
+    out = np.empty(m)
+    res = np.empty((m, kk))
+    tan = _buf(full, "tan", (full.n_slots, kk))
+    for j0, nb, xdot in _unit_blocks(n, full.n_inputs, kk):
+        _k.tangent_driver(
+            full.ops, full.args, full.consts, full.outputs, xin, xdot, False, _vals(full), tan,
+            out, res,
+        )
+        jac[:, j0 : j0 + nb] = res[:, :nb]
+    return jac
+
+
 # ------------------------------------------------------------------ second order
 def _hvp_buffers(tape: TapeRecord, kk: int) -> tuple[np.ndarray, ...]:
     tan = _buf(tape, "tan", (tape.n_slots, kk))
@@ -299,7 +374,9 @@ def _hvp_buffers(tape: TapeRecord, kk: int) -> tuple[np.ndarray, ...]:
     return tan, adj, adjdot
 
 
-def hvp(tape: TapeRecord, x: Any, v: Any, *, output: int | None = None) -> np.ndarray:
+def hvp(
+    tape: TapeRecord, x: Any, v: Any, *, output: int | None = None, p: Any = None
+) -> np.ndarray:
     """Hessian of one output at ``x`` times ``v``, by forward-over-reverse (no differences).
 
     Costs one tangent sweep and one reverse sweep that also carries the adjoints' tangents,
@@ -319,6 +396,11 @@ def hvp(tape: TapeRecord, x: Any, v: Any, *, output: int | None = None) -> np.nd
     ndarray, shape (n_inputs,) (for a batch, (B, n_inputs))
         ``H(x) @ v``.
     """
+    joined = _params_call(tape, x, p)
+    if joined is not None:
+        full, xp = joined
+        vp = _pad(v, xp, tape.n_inputs, tape.n_params, "v", "hvp")
+        return hvp(full, xp, vp, output=output)[..., : tape.n_inputs].copy()
     xb = _batch(tape, x, "hvp")
     if xb is not None:
         which = tape.output_index(output)
@@ -350,7 +432,8 @@ def value_grad_hvp(
 
 
 def hessian(
-    tape: TapeRecord, x: Any, *, output: int | None = None, chunk: int | None = None
+    tape: TapeRecord, x: Any, *, output: int | None = None, chunk: int | None = None,
+    p: Any = None,
 ) -> np.ndarray:
     """Hessian of one output at ``x`` from vector-mode Hessian-vector products.
 
@@ -377,6 +460,14 @@ def hessian(
     ndarray, shape (n_inputs, n_inputs) (for a batch, (B, n_inputs, n_inputs))
     """
     n = tape.n_inputs
+    joined = _params_call(tape, x, p)
+    if joined is not None:
+        full, xp = joined
+        which = tape.output_index(output)
+        if xp.ndim == 2:
+            return _stack([_params_hessian(full, row, n, which, chunk) for row in xp], len(xp),
+                          (n, n))
+        return _params_hessian(full, xp, n, which, chunk)
     xb = _batch(tape, x, "hessian")
     if xb is not None:
         which = tape.output_index(output)
@@ -393,3 +484,28 @@ def hessian(
         _vals(tape), tan, adj, adjdot, grad, hess,
     )
     return hess
+
+
+def _params_hessian(
+    full: TapeRecord, xin: np.ndarray, n: int, which: int, chunk: Any
+) -> np.ndarray:
+    """The Hessian block of the first ``n`` inputs of ``full`` (the rest are parameters).
+
+    Unit directions for the inputs only (``ceil(n / K)`` sweep pairs, none for the
+    parameters), then the same symmetrization as :func:`hessian`'s kernel: where ``H[i, j]``
+    and ``H[j, i]`` differ, both become ``0.5 * a + 0.5 * b``.
+    """
+    kk = _chunk(chunk, n, full.n_slots, 2)
+    tan, adj, adjdot = _hvp_buffers(full, kk)
+    hess = np.empty((n, n))
+    grad = np.empty(full.n_inputs)
+    res = np.empty((full.n_inputs, kk))
+    for j0, nb, xdot in _unit_blocks(n, full.n_inputs, kk):
+        _k.hvp_driver(
+            full.ops, full.args, full.consts, full.outputs, which, xin, xdot, False,
+            _vals(full), tan, adj, adjdot, grad, res,
+        )
+        hess[:, j0 : j0 + nb] = res[:n, :nb]
+    t = hess.T
+    differ = hess != t
+    return np.where(differ, 0.5 * hess + 0.5 * t, hess)

@@ -36,7 +36,7 @@ import numpy as np
 
 from fasttape import kernels
 from fasttape.compile import compile_graph
-from fasttape.ops import CONST_CODE, INPUT_CODE, OPS
+from fasttape.ops import N_OPS, OPS
 
 if TYPE_CHECKING:
     from fasttape.graph import Graph
@@ -97,8 +97,9 @@ class Explanation:
         The graph node of the instruction, when the graph recorded sources.
     unoptimised : bool
         True when the instruction numbers refer to the unoptimised tape (see the module docs).
-    n_inputs, n_consts : int
-        Of the explained tape, to name argument slots (input, constant or instruction).
+    n_inputs, n_params, n_consts : int
+        Of the explained tape, to name argument slots (input, parameter, constant or
+        instruction).
     """
 
     finite: bool
@@ -119,6 +120,7 @@ class Explanation:
     n_inputs: int = 0
     n_consts: int = 0
     note: str = ""
+    n_params: int = 0
 
     def __str__(self) -> str:
         lines = [self._headline()]
@@ -127,7 +129,7 @@ class Explanation:
         if self.instruction is None:
             lines.append(f"  {self.note}")
             return "\n".join(lines)
-        n_pre = self.n_inputs + self.n_consts
+        n_pre = self.n_inputs + self.n_params + self.n_consts
         which = "the unoptimised tape's " if self.unoptimised else ""
         sweep = (
             "first non-finite value in the forward sweep"
@@ -166,14 +168,21 @@ class Explanation:
                 f"{self.n_inputs} entries not finite")
 
     def _slot_kind(self, slot: int) -> str:
-        if slot < self.n_inputs:
-            return f"input {slot}"
-        if slot < self.n_inputs + self.n_consts:
-            return "constant"
-        return f"result of instruction {slot - self.n_inputs - self.n_consts}"
+        return _slot_kind(slot, self.n_inputs, self.n_params, self.n_consts)
 
 
-def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
+def _slot_kind(slot: int, n_in: int, n_p: int, n_c: int) -> str:
+    """What slot ``slot`` holds: ``input i``, ``param j``, ``constant`` or an instruction."""
+    if slot < n_in:
+        return f"input {slot}"
+    if slot < n_in + n_p:
+        return f"param {slot - n_in}"
+    if slot < n_in + n_p + n_c:
+        return "constant"
+    return f"result of instruction {slot - n_in - n_p - n_c}"
+
+
+def explain(tape: Tape, x: Any, output: int | None = None, *, p: Any = None) -> Explanation:
     """Find the first instruction that made the value or gradient at ``x`` non-finite.
 
     Parameters
@@ -181,6 +190,8 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
     tape : Tape
     x : array_like of float, shape (n_inputs,)
         One point (not a batch).
+    p : array_like of float, shape (n_params,)
+        The parameters of a tape that has some (one set, not a batch).
     output : int, optional
         The output whose value and gradient are checked.  Default: the only output of a
         single-output tape; for a tape with several outputs, every output's value (no
@@ -198,16 +209,25 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
     if not isinstance(tape, Tape):
         raise TypeError(f"explain() expects a fasttape.Tape, got {type(tape).__name__}")
     xin = _point(tape, x)
+    pin = None
+    if p is not None or tape.n_params:
+        pin = tape.check_params(p)
+        if pin.ndim != 1:
+            raise ValueError(
+                f"explain() takes one parameter set: p of shape ({tape.n_params},); got shape "
+                f"{pin.shape} (explain one row of a batch at a time)"
+            )
     which = _which(tape, output)
     if which is None:
-        value = tape.value(xin)
+        value = tape.value(xin, p=pin)
         n_bad_grad = None
         finite = bool(np.all(np.isfinite(value)))
     else:
-        value, grad = tape.value_and_grad(xin, output=which)
+        value, grad = tape.value_and_grad(xin, p=pin, output=which)
         n_bad_grad = int(np.count_nonzero(~np.isfinite(grad)))
         finite = math.isfinite(value) and n_bad_grad == 0
-    head = {"output": which, "value": value, "n_bad_grad": n_bad_grad, "n_inputs": tape.n_inputs}
+    head = {"output": which, "value": value, "n_bad_grad": n_bad_grad, "n_inputs": tape.n_inputs,
+            "n_params": tape.n_params}
     if finite:
         return Explanation(finite=True, **head)
 
@@ -222,11 +242,13 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
         ref = tape
     arrays = ref.to_arrays()
     ops, args, consts, outputs = arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"]
-    n_in, n_c = int(arrays["n_inputs"]), int(consts.shape[0])
-    n_pre = n_in + n_c
+    n_in, n_p, n_c = int(arrays["n_inputs"]), int(arrays["n_params"]), int(consts.shape[0])
+    n_pre = n_in + n_p + n_c
     vals = np.empty(n_pre + ops.shape[0])
     parts = np.zeros(args.shape[0])
-    kernels.forward_partials(ops, args, consts, xin, vals, parts)
+    # The kernels load inputs and parameters alike into the leading slots.
+    lead = xin if pin is None else np.concatenate((xin, pin))
+    kernels.forward_partials(ops, args, consts, lead, vals, parts)
     head.update(unoptimised=graph is not None, n_consts=n_c)
 
     def at(i: int, sweep: str, **extra: Any) -> Explanation:
@@ -250,8 +272,7 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
         bad_args = [a for a in range(n_pre) if needed[a] and not math.isfinite(vals[a])]
         note = ""
         if bad_args:
-            names = ", ".join(f"%{a} ({'input ' + str(a) if a < n_in else 'constant'})"
-                              for a in bad_args[:4])
+            names = ", ".join(f"%{a} ({_slot_kind(a, n_in, n_p, n_c)})" for a in bad_args[:4])
             note = f"non-finite before any instruction ran: {names}"
         return at(i, "forward", note=note)
     if which is not None:
@@ -264,7 +285,7 @@ def explain(tape: Tape, x: Any, output: int | None = None) -> Explanation:
     bad_pre = [s for s in seeds if s < n_pre and not math.isfinite(vals[s])]
     if bad_pre:
         s = bad_pre[0]
-        note = (f"the output is slot %{s} ({'input ' + str(s) if s < n_in else 'a constant'}), "
+        note = (f"the output is slot %{s} ({_slot_kind(s, n_in, n_p, n_c)}), "
                 f"whose value is {float(vals[s])!r}")
     else:
         note = ("no instruction of the explained tape produces a non-finite number at this x "
@@ -309,7 +330,7 @@ def _op_nodes(graph: Graph, ref: Tape) -> np.ndarray | None:
 
     a = graph.to_arrays()
     live = live_nodes(a["ops"], a["args"], a["outputs"])
-    nodes = np.flatnonzero(live & (a["ops"] != INPUT_CODE) & (a["ops"] != CONST_CODE))
+    nodes = np.flatnonzero(live & (a["ops"] < N_OPS))
     if nodes.shape != ref.ops.shape or not np.array_equal(a["ops"][nodes], ref.ops):
         return None
     return nodes

@@ -3,11 +3,13 @@
 Storage is two ``array.array`` columns, not Python node objects, so that a graph of tens of
 millions of nodes costs a few bytes per node and turns into NumPy arrays without copying:
 
-``_ops``   (``'B'``)  op code per node; :data:`~fasttape.ops.INPUT_CODE` and
-                      :data:`~fasttape.ops.CONST_CODE` mark inputs and constants;
+``_ops``   (``'B'``)  op code per node; :data:`~fasttape.ops.INPUT_CODE`,
+                      :data:`~fasttape.ops.PARAM_CODE` and :data:`~fasttape.ops.CONST_CODE`
+                      mark inputs, parameters and constants;
 ``_args``  (``'i'``)  the arguments of every node, concatenated; an op's arity comes from the
-                      table, so no offsets are stored.  An input's one "argument" is its input
-                      position and a constant's is its index in ``_consts``.
+                      table, so no offsets are stored.  An input's (a parameter's) one
+                      "argument" is its input (parameter) position and a constant's is its index
+                      in ``_consts``.
 
 A node only ever refers to earlier nodes, so creation order is a topological order and nothing
 in the pipeline needs recursion.
@@ -34,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.ops import CONST_CODE, INPUT_CODE
+from fasttape.ops import CONST_CODE, INPUT_CODE, PARAM_CODE
 from fasttape.var import Var, is_integral_number
 
 __all__ = ["Graph"]
@@ -78,8 +80,8 @@ class Graph:
     """
 
     __slots__ = (
-        "__weakref__", "_args", "_clash", "_const_nodes", "_consts", "_n_inputs", "_ops",
-        "_outputs",
+        "__weakref__", "_args", "_clash", "_const_nodes", "_consts", "_n_inputs", "_n_params",
+        "_ops", "_outputs",
     )
 
     def __new__(cls, record_source: bool = False) -> Graph:
@@ -96,6 +98,7 @@ class Graph:
         self._consts = array("d")
         self._const_nodes: dict[Any, int] = {}
         self._n_inputs = 0
+        self._n_params = 0
         self._outputs: list[int] = []
         self._clash = False
 
@@ -109,12 +112,33 @@ class Graph:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"inputs(n) expects a non-negative integer n, got {n!r}")
         n = int(n)
+        out = self._leaves(INPUT_CODE, self._n_inputs, n)
+        self._n_inputs += n
+        return out
+
+    def params(self, n: int) -> list[Var]:
+        """Add ``n`` scalar parameters (non-differentiated inputs) and return them as Vars.
+
+        A parameter is set at every evaluation (``tape.value(x, p=p)``) like an input, but no
+        gradient is computed or returned for it (CasADi's ``p``, the arguments JAX's
+        ``argnums`` leaves out): data such as a regression's ``X`` and ``y`` can change between
+        calls without tracing again.  Parameters are numbered in creation order across calls,
+        independently of the inputs; passes never fold them (they are not constants).
+        """
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise ValueError(f"params(n) expects a non-negative integer n, got {n!r}")
+        n = int(n)
+        out = self._leaves(PARAM_CODE, self._n_params, n)
+        self._n_params += n
+        return out
+
+    def _leaves(self, code: int, first: int, n: int) -> list[Var]:
+        """Append ``n`` leaf nodes of ``code`` with positions ``first ..`` (inputs, params)."""
         ops = self._ops
         start = len(ops)
         self._check_room(n)
-        ops.extend(array("B", [INPUT_CODE]) * n)
-        self._args.extend(array("i", range(self._n_inputs, self._n_inputs + n)))
-        self._n_inputs += n
+        ops.extend(array("B", [code]) * n)
+        self._args.extend(array("i", range(first, first + n)))
         if len(ops) != start + n:
             self._concurrent()
         new = Var.__new__
@@ -166,6 +190,11 @@ class Graph:
         return self._n_inputs
 
     @property
+    def n_params(self) -> int:
+        """Number of parameters (non-differentiated inputs, :meth:`params`)."""
+        return self._n_params
+
+    @property
     def n_outputs(self) -> int:
         """Number of outputs marked so far."""
         return len(self._outputs)
@@ -205,12 +234,14 @@ class Graph:
         new._consts = array("d", self._consts)
         new._const_nodes = dict(self._const_nodes)
         new._n_inputs = self._n_inputs
+        new._n_params = self._n_params
         new._outputs = list(self._outputs)
         return new
 
     def __repr__(self) -> str:
+        params = f"{self._n_params} params, " if self._n_params else ""
         return (
-            f"<fasttape.Graph: {self.n_nodes} nodes, {self.n_inputs} inputs, "
+            f"<fasttape.Graph: {self.n_nodes} nodes, {self.n_inputs} inputs, {params}"
             f"{len(self._consts)} constants, {self.n_outputs} outputs>"
         )
 
@@ -226,7 +257,7 @@ class Graph:
         """The graph's columns as NumPy arrays (views where possible; do not modify).
 
         Returns ``ops`` (uint8, per node), ``args`` (int32, concatenated), ``consts`` (float64),
-        ``outputs`` (int64 node indices) and ``n_inputs``.
+        ``outputs`` (int64 node indices), ``n_inputs`` and ``n_params``.
         """
         self._check_usable()
         return {
@@ -238,6 +269,7 @@ class Graph:
             np.zeros(0, np.float64),
             "outputs": np.asarray(self._outputs, dtype=np.int64),
             "n_inputs": np.int64(self._n_inputs),
+            "n_params": np.int64(self._n_params),
         }
 
     # ------------------------------------------------------------------ internals
@@ -381,6 +413,11 @@ class _SourceGraph(Graph):
 
     def inputs(self, n: int) -> list[Var]:
         out = super().inputs(n)
+        self._label(len(out))
+        return out
+
+    def params(self, n: int) -> list[Var]:
+        out = super().params(n)
         self._label(len(out))
         return out
 

@@ -310,10 +310,13 @@ OPS: tuple[OpSpec, ...] = tuple(
 OP_BY_NAME: dict[str, OpSpec] = {op.name: op for op in OPS}
 N_OPS = len(OPS)
 
-# Graph-only codes: inputs and constants are nodes of a Graph but not instructions of a Tape
+# Graph-only codes: inputs, params and constants are nodes of a Graph but not instructions of a Tape
 # (their values are loaded into the first slots before the forward sweep).
 INPUT_CODE = 254
 CONST_CODE = 255
+#: Graph-only code of a parameter: a non-differentiated input (``Graph.params``), loaded into the
+#: slots after the inputs; its one argument is its parameter position.
+PARAM_CODE = 253
 
 
 def table_hash() -> str:

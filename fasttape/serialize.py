@@ -28,9 +28,13 @@ from fasttape.tape import TapeRecord as Tape
 __all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION", "DEFAULT_MAX_BYTES"]
 
 #: Bumped whenever the meaning of the saved arrays changes.
-FORMAT_VERSION = 1
+#: The version this fasttape writes.  Version 2 added ``n_params`` (parameter slots between the
+#: inputs and the constants); version 1 files (no parameters) still load.
+FORMAT_VERSION = 2
+#: Versions that ``load`` reads.
+_READABLE = (1, 2)
 _KEYS = ("format_version", "op_table", "ops", "args", "consts", "outputs", "n_inputs")
-_SCALARS = ("format_version", "op_table", "n_inputs", "grad_mode")
+_SCALARS = ("format_version", "op_table", "n_inputs", "n_params", "grad_mode")
 
 #: Default ``max_bytes`` of :func:`load`: the most bytes the arrays of a file may declare in
 #: total.  Generous (a tape of about 500 million instructions), and still far below what a
@@ -74,6 +78,7 @@ def save(tape: Tape, path: str | os.PathLike | IO[bytes]) -> None:
         "consts": tape.consts,
         "outputs": tape.outputs,
         "n_inputs": np.int64(tape.n_inputs),
+        "n_params": np.int64(tape.n_params),
         "grad_mode": np.array(tape.grad_mode),
     }
     if hasattr(path, "write"):
@@ -151,11 +156,20 @@ def load(
     saved = arrays.pop("grad_mode", None)
     saved_mode = "stored" if saved is None else str(saved)
     version = arrays.pop("format_version")
-    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) not in _READABLE:
         raise TapeFormatError(
-            f"{where}: tape format version {version!r}; this fasttape reads version "
-            f"{FORMAT_VERSION}"
+            f"{where}: tape format version {version!r}; this fasttape reads versions "
+            f"{', '.join(map(str, _READABLE))} (a newer fasttape wrote it? upgrade fasttape)"
         )
+    n_params = arrays.pop("n_params", None)
+    if n_params is None:
+        if int(version) >= 2:
+            raise TapeFormatError(f"{where}: a version {int(version)} tape must hold n_params")
+        n_params = np.int64(0)  # version 1 had no parameters
+    elif n_params.shape != () or n_params.dtype.kind not in "iu":
+        raise TapeFormatError(f"{where}: n_params must be an integer scalar")
+    elif int(version) == 1 and int(n_params) != 0:
+        raise TapeFormatError(f"{where}: a version 1 tape cannot have parameters (n_params)")
     table = arrays.pop("op_table")
     if table.shape != () or str(table) != table_hash():
         raise TapeFormatError(
@@ -167,7 +181,8 @@ def load(
         raise TapeFormatError(f"{where}: n_inputs must be an integer scalar")
     try:
         return tape_class.from_arrays(
-            **arrays, n_inputs=int(n_inputs), grad_mode=grad_mode or saved_mode
+            **arrays, n_inputs=int(n_inputs), n_params=int(n_params),
+            grad_mode=grad_mode or saved_mode
         )
     except ValueError as exc:
         raise TapeFormatError(f"{where}: {exc}") from exc

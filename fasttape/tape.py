@@ -27,7 +27,7 @@ from fasttape import kernels
 from fasttape.kernels import fpenv
 from fasttape.ops import OPS
 from fasttape.passes import planned as passes_planned
-from fasttape.validate import validate_arrays
+from fasttape.validate import check_count, validate_arrays
 
 __all__ = ["TapeRecord", "GRAD_MODES", "check_out", "resolve_threads", "tape_from_state"]
 
@@ -53,12 +53,16 @@ class TapeRecord:
     Attributes
     ----------
     n_inputs : int
-        Length of the ``x`` that the evaluation methods take.
+        Length of the ``x`` that the evaluation methods take (the differentiated inputs).
+    n_params : int
+        Length of the ``p`` that the evaluation methods take when it is not 0: parameters,
+        inputs that are set at every call but not differentiated (docs/tape-format.md).
     n_outputs : int
         Number of outputs.
     n_instructions : int
         Number of instructions (computed slots).  Inputs and constants do **not** count: they
-        are loaded into the first ``n_inputs + n_consts`` slots, not computed by instructions.
+        are loaded into the first ``n_inputs + n_params + n_consts`` slots, not computed by
+        instructions.
     n_consts : int
         Number of distinct constants.
     grad_mode : str
@@ -66,8 +70,8 @@ class TapeRecord:
     """
 
     __slots__ = (
-        "_local", "_passes", "_plan", "_source", "args", "consts", "grad_mode", "n_inputs", "ops",
-        "outputs",
+        "_full", "_local", "_n_point", "_passes", "_plan", "_source", "args", "consts",
+        "grad_mode", "n_inputs", "n_params", "ops", "outputs",
     )
 
     ops: np.ndarray
@@ -75,6 +79,7 @@ class TapeRecord:
     consts: np.ndarray
     outputs: np.ndarray
     n_inputs: int
+    n_params: int
     grad_mode: str
 
     # ------------------------------------------------------------------ construction
@@ -93,6 +98,7 @@ class TapeRecord:
         n_inputs: int,
         grad_mode: str = "stored",
         *,
+        n_params: int = 0,
         reuse_plan: Any = None,
         pass_records: Any = None,
         source_graph: Any = None,
@@ -110,6 +116,8 @@ class TapeRecord:
             The tape format of docs/tape-format.md.
         n_inputs : int
         grad_mode : {"stored", "lean"}
+        n_params : int
+            Parameter slots after the inputs (docs/tape-format.md).
         reuse_plan : fasttape.passes.reuse.ReusePlan, optional
             A slot-reuse plan derived from these arrays (docs/passes.md).
         pass_records : sequence of fasttape.passes.pipeline.PassRecord, optional
@@ -129,6 +137,11 @@ class TapeRecord:
         for name, arr in (("ops", ops), ("args", args), ("consts", consts), ("outputs", outputs)):
             object.__setattr__(self, name, _frozen(arr))
         object.__setattr__(self, "n_inputs", int(n_inputs))
+        object.__setattr__(self, "n_params", int(n_params))
+        # The length of x that the single-point fast path accepts; -1 (never) for a tape with
+        # parameters, whose calls take the checked path that joins x and p.
+        object.__setattr__(self, "_n_point", int(n_inputs) if not n_params else -1)
+        object.__setattr__(self, "_full", None)
         object.__setattr__(self, "grad_mode", grad_mode)
         object.__setattr__(self, "_local", threading.local())
         object.__setattr__(self, "_plan", reuse_plan)
@@ -145,6 +158,7 @@ class TapeRecord:
         outputs: Any,
         n_inputs: int,
         *,
+        n_params: int = 0,
         grad_mode: str = "stored",
     ) -> TapeT:
         """Build a Tape from plain arrays, validating them first (see docs/tape-format.md).
@@ -157,11 +171,15 @@ class TapeRecord:
             Argument slots of every instruction, concatenated; stored as int32 when every slot
             fits, else int64.
         consts : array of float, shape (n_consts,)
-            Constant values, loaded into slots ``n_inputs .. n_inputs + n_consts - 1``.
+            Constant values, loaded into the slots after the inputs and parameters
+            (``n_inputs + n_params ..``).
         outputs : array of int, shape (n_outputs,)
             Slots whose values are the outputs.
         n_inputs : int
             Number of inputs (slots ``0 .. n_inputs - 1``).
+        n_params : int
+            Number of parameters, non-differentiated inputs (slots ``n_inputs .. n_inputs +
+            n_params - 1``); evaluations then take ``p=``.
         grad_mode : {"stored", "lean"}
             Gradient strategy.
 
@@ -173,11 +191,14 @@ class TapeRecord:
         # Copy first: the tape must own its arrays, or a write through the caller's view could
         # change a validated tape under kernels that run without bounds checks.
         ops, args, consts, outputs = (np.array(a, copy=True) for a in (ops, args, consts, outputs))
-        ops, args, consts, outputs, n_inputs = validate_arrays(ops, args, consts, outputs, n_inputs)
-        return cls.from_trusted_arrays(ops, args, consts, outputs, n_inputs, grad_mode)
+        ops, args, consts, outputs, n_inputs = validate_arrays(
+            ops, args, consts, outputs, n_inputs, n_params=n_params
+        )
+        return cls.from_trusted_arrays(ops, args, consts, outputs, n_inputs, grad_mode,
+                                       n_params=check_count(n_params, "n_params"))
 
     def to_arrays(self) -> dict[str, Any]:
-        """The tape's arrays and ``n_inputs``: the inverse of :meth:`from_arrays`.
+        """The tape's arrays, ``n_inputs`` and ``n_params``: the inverse of :meth:`from_arrays`.
 
         The arrays are the tape's own, without a copy, and permanently read-only: their memory
         is an immutable ``bytes`` object, so ``a.flags.writeable = True`` raises ``ValueError``
@@ -190,14 +211,35 @@ class TapeRecord:
             "consts": self.consts,
             "outputs": self.outputs,
             "n_inputs": self.n_inputs,
+            "n_params": self.n_params,
         }
 
     def with_grad_mode(self: TapeT, grad_mode: str) -> TapeT:
         """The same tape (arrays shared) with another gradient strategy."""
         return type(self).from_trusted_arrays(
             self.ops, self.args, self.consts, self.outputs, self.n_inputs, grad_mode,
-            reuse_plan=self._plan, pass_records=self._passes, source_graph=self._source,
+            n_params=self.n_params, reuse_plan=self._plan, pass_records=self._passes,
+            source_graph=self._source,
         )
+
+    def params_as_inputs(self: TapeT) -> TapeT:
+        """The same tape (arrays shared) with its parameters as trailing, differentiated inputs.
+
+        Its ``x`` is ``x`` and ``p`` joined (:meth:`join_params`) and its gradient has
+        ``n_inputs + n_params`` entries.  The slots are the same, so the kernels see no
+        difference: every evaluation with ``p=`` runs on this tape and keeps the first
+        ``n_inputs`` entries of the gradient.  A tape without parameters returns itself.
+        """
+        if not self.n_params:
+            return self
+        full = self._full
+        if full is None:
+            full = type(self).from_trusted_arrays(
+                self.ops, self.args, self.consts, self.outputs, self.n_inputs + self.n_params,
+                self.grad_mode, reuse_plan=self._plan, pass_records=self._passes,
+            )
+            object.__setattr__(self, "_full", full)
+        return full
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a Tape is immutable")
@@ -268,8 +310,8 @@ class TapeRecord:
 
     @property
     def n_slots(self) -> int:
-        """Length of the value vector: inputs + constants + instructions."""
-        return self.n_inputs + self.n_consts + self.n_instructions
+        """Length of the value vector: inputs + parameters + constants + instructions."""
+        return self.n_inputs + self.n_params + self.n_consts + self.n_instructions
 
     @property
     def n_edges(self) -> int:
@@ -297,6 +339,7 @@ class TapeRecord:
         """Sizes and memory of the tape, as a dict (also shown by ``print(tape)``)."""
         return {
             "n_inputs": self.n_inputs,
+            "n_params": self.n_params,
             "n_consts": self.n_consts,
             "n_instructions": self.n_instructions,
             "n_edges": self.n_edges,
@@ -315,11 +358,19 @@ class TapeRecord:
         """``x`` as one point: a C-contiguous float64 array of shape ``(n_inputs,)``.
 
         The one check of a single point (the same errors as :meth:`value`); a 2-D ``x`` is a
-        ``ValueError`` here (batches go through :mod:`fasttape.batch`).
+        ``ValueError`` here (batches go through :mod:`fasttape.batch`).  A tape with parameters
+        refuses (``TypeError``): its kernels take ``x`` and ``p`` joined, see
+        :meth:`join_params` and :meth:`params_as_inputs`.
         """
         if (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
-                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+                and x.flags.c_contiguous and x.shape[0] == self._n_point):
             return x
+        if self.n_params:
+            raise TypeError(
+                f"this tape has {_count(self.n_params, 'parameter')}: this operation does not "
+                "take p= (evaluate with value/value_and_grad/... and p=, or use "
+                "tape.params_as_inputs() with tape.join_params(x, p))"
+            )
         xin = self._point_or_batch(x)
         if xin.ndim != 1:
             raise ValueError(f"x must be 1-D (one value per input); got shape {xin.shape}")
@@ -344,6 +395,65 @@ class TapeRecord:
         if not -m <= output < m:
             raise ValueError(f"output={output} is out of range for a tape with {m} outputs")
         return int(output) % m
+
+    def check_params(self, p: Any) -> np.ndarray:
+        """``p`` checked: float64 of shape ``(n_params,)`` or a batch ``(B, n_params)``.
+
+        Raises ``TypeError`` when ``p`` is missing on a tape with parameters or given to one
+        without, ``ValueError`` when its shape is wrong, each saying what to pass.
+        """
+        k = self.n_params
+        if not k:
+            raise TypeError(
+                "this tape has no parameters (n_params=0) but p= was given: trace with "
+                "ft.trace(fn, n_inputs, n_params=k) (or Graph.params) to make a tape that takes p"
+            )
+        if p is None:
+            raise TypeError(
+                f"this tape has {_count(k, 'parameter')}: pass p= (an array of "
+                f"{_count(k, 'value')}, or of shape (B, {k}) for a batch of parameter sets)"
+            )
+        arr = _as_float_array(p, "p", "parameter")
+        if arr.shape[-1] != k:
+            raise ValueError(
+                f"p has shape {arr.shape} but this tape has {_count(k, 'parameter')}: pass "
+                f"{_count(k, 'value')} (shape ({k},)), or shape (B, {k}) for a batch"
+            )
+        return arr
+
+    def join_params(self, x: Any, p: Any) -> np.ndarray:
+        """``x`` and ``p`` checked and joined: the input of :meth:`params_as_inputs`.
+
+        One point ``(n_inputs + n_params,)`` when both are 1-D; otherwise a batch
+        ``(B, n_inputs + n_params)``: a 2-D ``x`` with a 1-D ``p`` (the same parameters for
+        every row), a 1-D ``x`` with a 2-D ``p`` (the same point for every parameter set), or
+        both 2-D with the same number of rows.
+        """
+        n, k = self.n_inputs, self.n_params
+        if (type(x) is np.ndarray and type(p) is np.ndarray and x.ndim == 1 and p.ndim == 1
+                and x.dtype == np.float64 and p.dtype == np.float64 and x.shape[0] == n
+                and p.shape[0] == k and k):
+            return np.concatenate((x, p))  # the common case: one point, nothing to convert
+        pin = self.check_params(p)
+        xin = _as_float_array(x)
+        if xin.shape[-1] != n:
+            raise ValueError(
+                f"x has shape {xin.shape} but this tape has {n} inputs: pass ({n},) for one "
+                f"point or (B, {n}) for a batch"
+            )
+        if xin.ndim == 1 and pin.ndim == 1:
+            out = np.empty(n + k)
+        else:
+            rows = {a.shape[0] for a in (xin, pin) if a.ndim == 2}
+            if len(rows) > 1:
+                raise ValueError(
+                    f"x has {xin.shape[0]} rows but p has {pin.shape[0]}: a batch varies x, p "
+                    "or both, with one row per point (pass a 1-D x or p to keep it fixed)"
+                )
+            out = np.empty((rows.pop(), n + k))
+        out[..., :n] = xin
+        out[..., n:] = pin
+        return out
 
     def work_buffers(self) -> Any:
         """The calling thread's store of work buffers for this tape (a ``threading.local``).
@@ -401,8 +511,8 @@ class TapeRecord:
         raise ValueError(f"x must be 1-D (one value per input); got shape {x.shape}")
 
     def value(
-        self, x: Any, *, out: np.ndarray | None = None, threads: int | None = None,
-        flush_subnormals: bool = False,
+        self, x: Any, p: Any = None, *, out: np.ndarray | None = None,
+        threads: int | None = None, flush_subnormals: bool = False,
     ) -> Any:
         """Evaluate the outputs at ``x``, or at every row of a batch ``x``.
 
@@ -410,6 +520,11 @@ class TapeRecord:
         ----------
         x : array_like of float, shape (n_inputs,) or (B, n_inputs)
             One point, or a batch of ``B`` points (docs/batch.md).
+        p : array_like of float, shape (n_params,) or (B, n_params)
+            The parameters: required when the tape has some, refused otherwise.  A 2-D ``p``
+            makes a batch (with a 1-D ``x``, the same point for every parameter set).  May be
+            passed positionally, so ``scipy.optimize.minimize(tape.value_and_grad, x0,
+            jac=True, args=(p,))`` works as written.
         out : ndarray of float64, shape (n_outputs,), optional
             Written in place and returned (no allocation).  For a batch: shape (B,) for a
             single-output tape, else (B, n_outputs).
@@ -428,8 +543,10 @@ class TapeRecord:
             single-point results row by row.
         """
         xin = x
-        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
-                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+        if not (p is None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self._n_point):
+            if p is not None or self.n_params:  # parameters: x and p joined, on params_as_inputs
+                return self._value_params(x, p, out, threads, flush_subnormals)
             xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
             if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
                 return self._value_batch(xin, out, threads, flush_subnormals)
@@ -461,6 +578,7 @@ class TapeRecord:
     def value_and_grad(
         self,
         x: Any,
+        p: Any = None,
         *,
         output: int | None = None,
         out: np.ndarray | None = None,
@@ -473,6 +591,8 @@ class TapeRecord:
         ----------
         x : array_like of float, shape (n_inputs,) or (B, n_inputs)
             One point, or a batch of ``B`` points (docs/batch.md).
+        p : array_like of float, shape (n_params,) or (B, n_params)
+            The parameters, as in :meth:`value`; they get no gradient.
         output : int, optional
             Which output to differentiate; required when the tape has several.
         out : ndarray of float64, shape (n_inputs,) or (B, n_inputs), optional
@@ -500,8 +620,10 @@ class TapeRecord:
                [1., 1.]]))
         """
         xin = x
-        if not (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
-                and x.flags.c_contiguous and x.shape[0] == self.n_inputs):
+        if not (p is None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == self._n_point):
+            if p is not None or self.n_params:
+                return self._value_and_grad_params(x, p, output, out, threads, flush_subnormals)
             xin = self._point_or_batch(x)  # converted and checked; 2-D if a batch
             if xin.ndim == 2:  # a batch: an explicit shape check, no exception on the way
                 return self._value_and_grad_batch(xin, self.output_index(output), out,
@@ -514,6 +636,47 @@ class TapeRecord:
             return self._value_and_grad_single(xin, which, grad), grad
         flush = fpenv.check_flush(flush_subnormals)
         return fpenv.call(flush, self._value_and_grad_single, xin, which, grad), grad
+
+    def _value_params(
+        self, x: Any, p: Any, out: np.ndarray | None, threads: int | None, flush: bool
+    ) -> Any:
+        """value with parameters: :meth:`params_as_inputs` at ``x`` and ``p`` joined."""
+        xp = self.join_params(x, p)
+        full = self.params_as_inputs()
+        if xp.ndim == 2 or threads is not None or flush is not False:
+            return full.value(xp, out=out, threads=threads, flush_subnormals=flush)
+        res = full._value_single(xp, out)  # one point, the defaults: no second dispatch
+        if out is not None:
+            return out
+        if self.n_outputs == 1:
+            return float(res[0])
+        return res.copy()
+
+    def _value_and_grad_params(
+        self, x: Any, p: Any, output: int | None, out: np.ndarray | None,
+        threads: int | None, flush: bool,
+    ) -> tuple[Any, np.ndarray]:
+        """value_and_grad with parameters: one sweep of :meth:`params_as_inputs` on ``x`` and
+        ``p`` joined, keeping the first ``n_inputs`` gradient entries.
+
+        The reverse sweep adds adjoints into parameter slots as it does into constant slots
+        (the shared sweep); nothing else is done for them but copying the kept entries out.
+        """
+        xp = self.join_params(x, p)
+        n = self.n_inputs
+        if out is not None:
+            check_out(out, n if xp.ndim == 1 else (xp.shape[0], n), "out")
+        full = self.params_as_inputs()
+        if xp.ndim == 1 and threads is None and flush is False:
+            g = np.empty(full.n_inputs)  # one point, the defaults: no second dispatch
+            v = full._value_and_grad_single(xp, self.output_index(output), g)
+        else:
+            v, g = full.value_and_grad(xp, output=output, threads=threads,
+                                       flush_subnormals=flush)
+        if out is None:
+            return v, g[..., :n].copy()
+        out[...] = g[..., :n]
+        return v, out
 
     def _value_and_grad_single(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         if self._plan is not None and self.grad_mode == "stored":  # slot reuse
@@ -534,6 +697,7 @@ class TapeRecord:
     def grad(
         self,
         x: Any,
+        p: Any = None,
         *,
         output: int | None = None,
         out: np.ndarray | None = None,
@@ -542,7 +706,7 @@ class TapeRecord:
     ) -> np.ndarray:
         """Gradient of one output at ``x`` (or at every row of a batch); see
         :meth:`value_and_grad`."""
-        return self.value_and_grad(x, output=output, out=out, threads=threads,
+        return self.value_and_grad(x, p=p, output=output, out=out, threads=threads,
                                    flush_subnormals=flush_subnormals)[1]
 
     # ------------------------------------------------------------------ display
@@ -554,16 +718,18 @@ class TapeRecord:
         s = self.stats()
         head = (
             f"<fasttape.Tape: {_count(s['n_inputs'], 'input')}, "
-            f"{_count(s['n_consts'], 'constant')}, "
+            + (f"{_count(s['n_params'], 'param')}, " if s["n_params"] else "")
+            + f"{_count(s['n_consts'], 'constant')}, "
             f"{_count(s['n_instructions'], 'instruction')}, {_count(s['n_outputs'], 'output')}; "
             f"tape {s['tape_nbytes']:,} B, "
             f"grad work {s['grad_work_nbytes']:,} B ({self.grad_mode} partials)>"
         )
         lines = [head, *passes_planned.listing_lines(self)]
-        n_pre = self.n_inputs + self.n_consts
+        n_lead = self.n_inputs + self.n_params
+        n_pre = n_lead + self.n_consts
         shown = 0
         for j in range(min(self.n_consts, max_lines)):
-            lines.append(f"  %{self.n_inputs + j} = const {float(self.consts[j])!r}")
+            lines.append(f"  %{n_lead + j} = const {float(self.consts[j])!r}")
             shown += 1
         k = 0
         for i in range(self.n_instructions):
@@ -629,22 +795,25 @@ def resolve_threads(threads: Any) -> int:
     return int(threads)
 
 
-def _as_float_array(x: Any) -> np.ndarray:
+def _as_float_array(x: Any, name: str = "x", what: str = "input") -> np.ndarray:
     """``x`` as a contiguous float64 array of 1 or 2 dimensions, with errors that say what was
     expected (the caller checks the length of a point; :mod:`fasttape.batch` that of a batch).
+    ``name`` and ``what`` name the argument in the messages (``p``, ``parameter``).
     """
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"x must be a 1-D array of real numbers; got {type(x).__name__}") from exc
+        raise TypeError(
+            f"{name} must be a 1-D array of real numbers; got {type(x).__name__}"
+        ) from exc
     if arr.dtype.kind not in "biuf":
         raise TypeError(
-            f"x must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
+            f"{name} must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
             + (" (traced Vars cannot be evaluated; pass numbers)" if arr.dtype.kind == "O" else "")
         )
     if arr.ndim not in (1, 2):
         raise ValueError(
-            f"x must be 1-D (one value per input) or 2-D (one row per point); got shape "
+            f"{name} must be 1-D (one value per {what}) or 2-D (one row per point); got shape "
             f"{arr.shape}"
         )
     return np.ascontiguousarray(arr, dtype=np.float64)

@@ -148,7 +148,9 @@ class InputIndexError(IndexError):
     """
 
 
-def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None:
+def _inputs_index_error(
+    exc: IndexError, x: list[Var], noun: str = "inputs", count: str = "n_inputs"
+) -> InputIndexError | None:
     """The error to raise instead of ``exc`` if ``exc`` came from indexing the inputs ``x``.
 
     ``x`` stays a plain list: a list subclass whose ``__getitem__`` could raise this itself
@@ -157,6 +159,8 @@ def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None
     failing instruction is located (``co_positions``, Python 3.11+) and parsed: when it is
     ``name[index]`` and ``name`` is bound to ``x`` itself, it was the inputs that ran out.
     Anything else (no source, a subscript of another expression) keeps the original error.
+    ``noun`` and ``count`` name the list in the message (the parameters: ``"parameters"``,
+    ``"n_params"``).
     """
     tb = exc.__traceback__
     if tb is None:
@@ -189,11 +193,11 @@ def _inputs_index_error(exc: IndexError, x: list[Var]) -> InputIndexError | None
     which = "index" if index is None else f"index {index}"
     if n == 0:
         return InputIndexError(
-            f"{which} out of range: the traced function has no inputs (n_inputs=0)"
+            f"{which} out of range: the traced function has no {noun} ({count}=0)"
         )
     return InputIndexError(
-        f"{which} out of range for the traced function's {n} inputs (n_inputs={n}): valid "
-        f"indices are 0..{n - 1} (or -{n}..-1). Trace with a larger n_inputs, or check the "
+        f"{which} out of range for the traced function's {n} {noun} ({count}={n}): valid "
+        f"indices are 0..{n - 1} (or -{n}..-1). Trace with a larger {count}, or check the "
         "index."
     )
 
@@ -245,9 +249,10 @@ def gc_paused(pause: bool) -> Iterator[None]:
 
 
 def trace(
-    fn: Callable[[list[Var]], Any],
+    fn: Callable[..., Any],
     n_inputs: int,
     *,
+    n_params: int = 0,
     pause_gc: bool = True,
     record_source: bool = False,
 ) -> Graph:
@@ -256,6 +261,11 @@ def trace(
     ``fn`` receives a list of ``n_inputs`` :class:`Var` and returns a scalar (one output) or a
     sequence of scalars (several outputs, in order).  An index past the inputs raises an
     IndexError that names ``n_inputs``.
+
+    With ``n_params=k > 0``, ``fn`` is called as ``fn(x, p)``: ``p`` is a list of ``k``
+    parameters (:meth:`Graph.params`), non-differentiated inputs that every evaluation of the
+    tape takes as ``p=`` and that get no gradient (data that changes between calls without
+    tracing again).
 
     ``record_source=True`` records the file and line that created every node, so that
     :meth:`fasttape.Tape.explain` can name the line that produced a NaN (off by default: it
@@ -275,14 +285,20 @@ def trace(
     >>> g2 = ft.trace(lambda x: [x[0] * x[1], x[0] + x[1]], n_inputs=2)  # two outputs
     >>> ft.compile(g2).value([2.0, 3.0])
     array([6., 5.])
+    >>> g3 = ft.trace(lambda x, p: p[0] * x[0] ** 2, n_inputs=1, n_params=1)  # p: no gradient
+    >>> ft.compile(g3).value_and_grad([3.0], p=[2.0])
+    (18.0, array([12.]))
     """
     g = Graph(record_source=record_source)
     with gc_paused(pause_gc):
         x = g.inputs(n_inputs)
+        p = g.params(n_params)
         try:
-            result = fn(x)
+            result = fn(x, p) if n_params else fn(x)
         except IndexError as exc:
             named = _inputs_index_error(exc, x)
+            if named is None and n_params:
+                named = _inputs_index_error(exc, p, "parameters", "n_params")
             if named is None:
                 raise
             raise named.with_traceback(exc.__traceback__) from None

@@ -16,7 +16,7 @@ import numpy as np
 from fasttape.kernels import structure
 from fasttape.ops import N_OPS, OPS
 
-__all__ = ["validate_arrays"]
+__all__ = ["validate_arrays", "check_count"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -28,11 +28,11 @@ _MESSAGES = {
     structure.ARG_NEGATIVE: "argument {pos} is the negative slot {val}",
     structure.ARG_NOT_EARLIER: (
         "argument {pos} refers to slot {val}, which is not earlier than the instruction's own "
-        "slot {slot} (instruction i writes slot n_inputs + n_consts + i = {n_pre} + i)"
+        "slot {slot} (instruction i writes slot n_inputs + n_params + n_consts + i = {n_pre} + i)"
     ),
     structure.PARAM_NOT_CONST: (
         "argument {pos} (the exponent) refers to slot {val}, which is not a constant slot "
-        "({n_inputs} <= slot < {n_pre})"
+        "({n_lead} <= slot < {n_pre})"
     ),
     structure.EXPONENT_NOT_INTEGRAL: (
         "argument {pos} (the exponent) is the constant {cval!r}, which is not an integer with "
@@ -50,19 +50,32 @@ def _as_index_array(a: Any, name: str) -> np.ndarray:
     return arr
 
 
+def check_count(n: Any, name: str) -> int:
+    """``n`` as an int if it is a non-negative integer below 2**62, else a ValueError naming
+    ``name`` (``n_inputs``, ``n_params``)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"{name} must be a non-negative int; got {n!r}")
+    n = int(n)
+    if not 0 <= n < 2**62:
+        raise ValueError(f"{name} must be a non-negative int below 2**62; got {n}")
+    return n
+
+
 def validate_arrays(
-    ops: Any, args: Any, consts: Any, outputs: Any, n_inputs: Any
+    ops: Any, args: Any, consts: Any, outputs: Any, n_inputs: Any, *, n_params: Any = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Check plain arrays against the tape format and return them in canonical dtypes.
 
-    Returns ``(ops uint8, args int32|int64, consts float64, outputs int64, n_inputs int)``.
-    Raises ValueError naming the first offending entry.
+    Returns ``(ops uint8, args int32|int64, consts float64, outputs int64, n_inputs int)``;
+    ``n_params`` (the parameter slots that follow the inputs) is checked with them (read it
+    back with :func:`check_count`).  Raises ValueError naming the first offending entry.
     """
-    if isinstance(n_inputs, (bool, np.bool_)) or not isinstance(n_inputs, (int, np.integer)):
-        raise ValueError(f"n_inputs must be a non-negative int; got {n_inputs!r}")
-    n_inputs = int(n_inputs)
-    if not 0 <= n_inputs < 2**62:
-        raise ValueError(f"n_inputs must be a non-negative int below 2**62; got {n_inputs}")
+    n_inputs = check_count(n_inputs, "n_inputs")
+    n_params = check_count(n_params, "n_params")
+    if n_inputs + n_params >= 2**62:
+        raise ValueError(f"n_inputs + n_params must be below 2**62; got {n_inputs + n_params}")
+    # The kernels load inputs and params alike into the leading slots; constants follow both.
+    n_lead = n_inputs + n_params
     ops = _as_index_array(ops, "ops")
     args = _as_index_array(args, "args")
     outputs = _as_index_array(outputs, "outputs")
@@ -80,7 +93,7 @@ def validate_arrays(
                 f"ops[{i}] = {int(ops[i])} is not a known op code (valid: 0..{N_OPS - 1})"
             )
     ops = np.ascontiguousarray(ops, dtype=np.uint8)
-    n_pre = n_inputs + consts.shape[0]
+    n_pre = n_lead + consts.shape[0]
     n_slots = n_pre + ops.shape[0]
     need = int(_ARITY[ops].sum())
     if args.shape[0] != need:
@@ -101,14 +114,14 @@ def validate_arrays(
         )
     args = np.ascontiguousarray(args, dtype=idx)
     code, i, pos = structure.check_tape(
-        ops, args, consts, n_inputs, _ARITY, _NDIFF, _PARAM_CONST, _POWI
+        ops, args, consts, n_lead, _ARITY, _NDIFF, _PARAM_CONST, _POWI
     )
     if code != structure.OK:  # an argument of instruction i is wrong (lengths checked above)
         k = int(_ARITY[ops[:i]].sum()) + pos
         val = int(args[k])
         msg = _MESSAGES[code].format(
-            pos=pos, val=val, slot=n_pre + i, n_pre=n_pre, n_inputs=n_inputs,
-            cval=float(consts[val - n_inputs]) if code == structure.EXPONENT_NOT_INTEGRAL else 0,
+            pos=pos, val=val, slot=n_pre + i, n_pre=n_pre, n_lead=n_lead,
+            cval=float(consts[val - n_lead]) if code == structure.EXPONENT_NOT_INTEGRAL else 0,
         )
         raise ValueError(f"invalid tape: instruction {i} ({OPS[int(ops[i])].name}): {msg}")
     if outputs.size == 0:

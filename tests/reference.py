@@ -225,27 +225,28 @@ def _instructions(ops, args, names):
         k += arity
 
 
-def forward(tape, x):
-    """All slot values of ``tape`` at ``x`` (list of floats), computed in pure Python."""
+def forward(tape, x, p=()):
+    """All slot values of ``tape`` at ``x`` (and parameters ``p``), computed in pure Python."""
     from fasttape.ops import OPS
 
     names = [(op.name, op.arity) for op in OPS]
-    vals = [float(v) for v in x] + [float(c) for c in tape.consts]
+    vals = [float(v) for v in x] + [float(v) for v in p] + [float(c) for c in tape.consts]
     for _, name, a in _instructions(tape.ops, tape.args, names):
         vals.append(float(REFERENCE[name][0](*(vals[j] for j in a))))
     return vals
 
 
-def value_and_grad(tape, x, output=0):
-    """(value, gradient list) of one output, by the pure-Python reverse sweep."""
+def value_and_grad(tape, x, output=0, p=()):
+    """(value, gradient list) of one output, by the pure-Python reverse sweep (no gradient
+    for the parameters ``p``)."""
     from fasttape.ops import OPS
 
     names = [(op.name, op.arity) for op in OPS]
-    vals = forward(tape, x)
+    vals = forward(tape, x, p)
     adj = [0.0] * len(vals)
     out = int(tape.outputs[output])
     adj[out] = 1.0
-    n_pre = tape.n_inputs + tape.n_consts
+    n_pre = tape.n_inputs + getattr(tape, "n_params", 0) + tape.n_consts
     for i, name, a in reversed(list(_instructions(tape.ops, tape.args, names))):
         g = adj[n_pre + i]
         if g == 0.0:

@@ -245,9 +245,9 @@ def test_a_zip_that_is_not_an_npz_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "version",
-    [np.int64(2), np.int64(0), np.int64(-1), np.array("1"), np.float64(1.0), np.array([1]),
-     np.uint8(2)],
-    ids=["2", "0", "-1", "str", "float", "1-elem-array", "uint8-2"],
+    [np.int64(3), np.int64(0), np.int64(-1), np.array("1"), np.float64(1.0), np.array([1]),
+     np.uint8(3)],
+    ids=["3", "0", "-1", "str", "float", "1-elem-array", "uint8-3"],
 )
 def test_wrong_format_version_is_refused(good_file, tmp_path, version):
     a = saved_arrays(good_file)
@@ -322,7 +322,8 @@ class _Boom:
         return (Path.write_text, (self.marker, "pickle was loaded"))
 
 
-@pytest.mark.parametrize("key", ["consts", "ops", "n_inputs", "grad_mode", "format_version"])
+@pytest.mark.parametrize("key", ["consts", "ops", "n_inputs", "n_params", "grad_mode",
+                                 "format_version"])
 def test_object_arrays_are_refused_without_unpickling(good_file, tmp_path, key):
     marker = tmp_path / "marker.txt"
     boom = _Boom()
@@ -423,7 +424,7 @@ def test_npy_file_is_refused(tmp_path, name):
     assert_refused(path)
 
 
-@pytest.mark.parametrize("key", ["format_version", "op_table", "n_inputs"])
+@pytest.mark.parametrize("key", ["format_version", "op_table", "n_inputs", "n_params"])
 def test_scalar_member_that_is_not_npy_data_is_refused(good_file, tmp_path, key):
     assert_refused(_zip_with(tmp_path / "raw.npz", good_file, key, b"not an npy file at all"))
 

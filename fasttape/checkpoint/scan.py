@@ -19,6 +19,11 @@ reads are reversed first in the unrolled tape.  Exceptions (reported by
 :attr:`Scan.bitwise_exact`): a step that returns the same value for two state entries, or a
 parameter as a new state, merges two adjoint sums in the unrolled tape that the per-step
 sweep keeps apart, so the gradients agree only to rounding.
+
+Data (``n_data > 0``): inputs of every step that change between calls but are not
+differentiated (a tape's parameters, docs/tape-format.md): ``step(state, params, data)``.  The
+step tape takes them after the parameters; the driver accumulates their adjoints with the
+parameters' (the shared sweep) and :meth:`Scan.value_and_grad` returns no gradient for them.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ class Scan:
         Inputs ``state + params``; outputs the new state (and the step's cost last).
     final_tape : TapeRecord or None
         Inputs ``state + params``; one output.
-    n_steps, n_state, n_params, snapshots : int
+    n_steps, n_state, n_params, n_data, snapshots : int
     report : CheckpointReport or None
         Cost of the last :meth:`value_and_grad`.
     bitwise_exact : bool
@@ -105,6 +110,7 @@ class Scan:
         snapshots: int | None = None,
         memory_limit: int | None = None,
         optimize: Any = False,
+        n_data: int = 0,
     ) -> None:
         if not callable(step):
             raise TypeError(f"step must be callable, got {type(step).__name__}")
@@ -113,6 +119,9 @@ class Scan:
         self.n_steps = _as_int("n_steps", n_steps, 1)
         self.n_state = _as_int("n_state", n_state, 1)
         self.n_params = _as_int("n_params", n_params, 0)
+        self.n_data = _as_int("n_data", n_data, 0)
+        # The step tape's inputs after the state: the parameters, then the data.
+        self._n_pd = self.n_params + self.n_data
         self.running_cost = bool(running_cost)
         if final is None and not self.running_cost:
             raise ValueError(
@@ -146,12 +155,18 @@ class Scan:
         self.report: CheckpointReport | None = None
 
     # ------------------------------------------------------------------ tracing
-    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
+    def _call(self, fn: Callable[..., Any], x: list[Any]) -> Any:
         ns, npar = self.n_state, self.n_params
+        if self.n_data:
+            return fn(x[:ns], x[ns : ns + npar], x[ns + npar :])
+        return fn(x[:ns], x[ns:])
+
+    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
+        ns, npar = self.n_state, self._n_pd
         g = Graph()
         with gc_paused(True):
             x = g.inputs(ns + npar)
-            out = step(x[:ns], x[ns:])
+            out = self._call(step, x)
         if self.running_cost:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError(
@@ -170,11 +185,11 @@ class Scan:
         return compile_plain(g, self.optimize)
 
     def _trace_final(self, final: Callable[..., Any]) -> TapeRecord:
-        ns, npar = self.n_state, self.n_params
+        ns, npar = self.n_state, self._n_pd
         g = Graph()
         with gc_paused(True):
             x = g.inputs(ns + npar)
-            out = final(x[:ns], x[ns:])
+            out = self._call(final, x)
         if isinstance(out, np.ndarray) and out.size == 1:
             out = out.reshape(()).item()
         if isinstance(out, (Sequence, np.ndarray)):
@@ -184,7 +199,7 @@ class Scan:
 
     def _check_exact(self) -> bool:
         outs = self.step_tape.outputs[: self.n_state]
-        n_in = self.n_state + self.n_params
+        n_in = self.n_state + self._n_pd
         repeated = len(np.unique(outs)) != len(outs)
         param_out = bool(np.any((outs >= self.n_state) & (outs < n_in)))
         return not (repeated or param_out)
@@ -198,11 +213,11 @@ class Scan:
         same for the final tape, and the state cotangent, parameter gradient and counters.
         """
         st = self.step_tape
-        n_in = self.n_state + self.n_params
+        n_in = self.n_state + self._n_pd
         n = st.work_nbytes(grad=True) + 8 * n_in
         if self.final_tape is not None:
             n += self.final_tape.work_nbytes(grad=True) + 8 * n_in
-        n += 8 * (self.n_state + self.n_params) + 8 + 32 + 8
+        n += 8 * (self.n_state + self._n_pd) + 8 + 32 + 8
         return n
 
     def snapshot_nbytes(self, snapshots: int | None = None) -> int:
@@ -216,6 +231,7 @@ class Scan:
             "n_steps": self.n_steps,
             "n_state": self.n_state,
             "n_params": self.n_params,
+            "n_data": self.n_data,
             "snapshots": self.snapshots,
             "step_nodes": self.step_tape.n_instructions,
             "overhead_nbytes": self.overhead_nbytes,
@@ -231,7 +247,9 @@ class Scan:
         return (
             f"<fasttape.Scan: {self.n_steps:,} steps of "
             f"{self.step_tape.n_instructions:,} instructions, "
-            f"{self.n_state} state, {self.n_params} params, {self.snapshots} snapshots>"
+            f"{self.n_state} state, {self.n_params} params, "
+            + (f"{self.n_data} data, " if self.n_data else "")
+            + f"{self.snapshots} snapshots>"
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -248,19 +266,27 @@ class Scan:
         return (st.ops, st.args, st.consts, st.outputs, fops, fargs, fconsts, fouts,
                 ft_ is not None, self.running_cost, self.n_state)
 
-    def _inputs(self, x0: Any, params: Any) -> tuple[np.ndarray, np.ndarray]:
-        return _vector("x0", x0, self.n_state), _vector("params", params, self.n_params)
+    def _inputs(self, x0: Any, params: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``x0`` and the step tape's inputs after the state (``params`` then ``data``)."""
+        pa = _vector("params", params, self.n_params)
+        if self.n_data:
+            if data is None:
+                raise TypeError(f"this scan has n_data={self.n_data}: pass data=")
+            pa = np.concatenate([pa, _vector("data", data, self.n_data)])
+        elif data is not None:
+            raise TypeError("this scan has no data (n_data=0) but data= was given")
+        return _vector("x0", x0, self.n_state), pa
 
-    def value(self, x0: Any, params: Any = ()) -> float:
+    def value(self, x0: Any, params: Any = (), data: Any = None) -> float:
         """The objective ``sum_t cost_t + final(state_T, params)`` by plain forward steps."""
-        return self._run(x0, params)[0]
+        return self._run(x0, params, data)[0]
 
-    def final_state(self, x0: Any, params: Any = ()) -> np.ndarray:
+    def final_state(self, x0: Any, params: Any = (), data: Any = None) -> np.ndarray:
         """``state_T`` after ``n_steps`` steps."""
-        return self._run(x0, params)[1]
+        return self._run(x0, params, data)[1]
 
-    def _run(self, x0: Any, params: Any) -> tuple[float, np.ndarray]:
-        x0a, pa = self._inputs(x0, params)
+    def _run(self, x0: Any, params: Any, data: Any) -> tuple[float, np.ndarray]:
+        x0a, pa = self._inputs(x0, params, data)
         arrs = self._arrays()
         xin = np.concatenate([x0a, pa])
         svals = np.empty(self.step_tape.n_slots)
@@ -271,13 +297,17 @@ class Scan:
         v = _k.scan_value(*arrs, self.n_steps, xin, svals, fxin, fvals, acc, cnt)
         return float(v), xin[: self.n_state].copy()
 
-    def value_and_grad(self, x0: Any, params: Any = ()) -> tuple[float, np.ndarray, np.ndarray]:
+    def value_and_grad(
+        self, x0: Any, params: Any = (), data: Any = None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         """Objective and its gradient with respect to the initial state and the parameters.
 
         Parameters
         ----------
         x0 : array_like, shape (n_state,)
         params : array_like, shape (n_params,)
+        data : array_like, shape (n_data,)
+            Required when the scan has data; no gradient is returned for it.
 
         Returns
         -------
@@ -288,10 +318,10 @@ class Scan:
         Every work array is allocated here (so ``tracemalloc`` sees the true peak, reported
         in :attr:`report`), and the whole schedule runs in one Numba call.
         """
-        x0a, pa = self._inputs(x0, params)
+        x0a, pa = self._inputs(x0, params, data)
         st, ft_ = self.step_tape, self.final_tape
         s = self.snapshots
-        n_in = self.n_state + self.n_params
+        n_in = self.n_state + self._n_pd
         xin = np.empty(n_in)
         xin[self.n_state:] = pa
         svals = np.empty(st.n_slots)
@@ -309,7 +339,7 @@ class Scan:
         acc = np.zeros(1)
         cnt = np.zeros(4, np.int64)
         res = np.zeros(1)
-        g_params = np.empty(self.n_params)
+        g_params = np.empty(self._n_pd)
         v = _k.scan_value_and_grad(
             *self._arrays(), x0a, self.n_steps, s, xin, svals, sparts, sadj, fxin, fvals,
             fparts, fadj, ct, snaps, stack, acc, cnt, res, g_params,
@@ -326,11 +356,15 @@ class Scan:
             forward_evaluations=int(cnt[0]),
             taped_evaluations=int(cnt[1]),
         )
+        if self.n_data:
+            g_params = g_params[: self.n_params].copy()
         return float(v), ct, g_params
 
-    def grad(self, x0: Any, params: Any = ()) -> tuple[np.ndarray, np.ndarray]:
+    def grad(
+        self, x0: Any, params: Any = (), data: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(grad_x0, grad_params)``; see :meth:`value_and_grad`."""
-        return self.value_and_grad(x0, params)[1:]
+        return self.value_and_grad(x0, params, data)[1:]
 
 
 def scan(
@@ -344,6 +378,7 @@ def scan(
     snapshots: int | None = None,
     memory_limit: int | None = None,
     optimize: Any = False,
+    n_data: int = 0,
 ) -> Scan:
     """Apply ``step`` ``n_steps`` times; differentiate with binomial checkpointing.
 
@@ -357,6 +392,10 @@ def scan(
         ``T >= 1``.
     n_state, n_params : int
         Lengths of the state and of the parameter vector.
+    n_data : int
+        Length of a data vector that every step reads but that is not differentiated (a tape's
+        parameters): with ``n_data > 0`` the functions are ``step(state, params, data)`` and
+        ``final(state, params, data)``, and each call takes ``data=``.
     final : callable, optional
         ``final(state, params) -> scalar``, applied to the final state.
     running_cost : bool
@@ -389,4 +428,4 @@ def scan(
     """
     return Scan(step, n_steps, n_state=n_state, n_params=n_params, final=final,
                 running_cost=running_cost, snapshots=snapshots, memory_limit=memory_limit,
-                optimize=optimize)
+                optimize=optimize, n_data=n_data)

@@ -128,6 +128,9 @@ class CheckpointedTape:
         if memory_limit <= 0:
             raise ValueError(f"memory_limit must be > 0 bytes, got {memory_limit}")
         self.tape = tape
+        # The tape the kernels run: with parameters, the same slots with x and p joined (the
+        # plan, budget and sweeps are those of params_as_inputs; the gradient keeps n_inputs).
+        self._kt = tape.params_as_inputs()
         self.memory_limit = int(memory_limit)
         self.plan: SegmentPlan | None = None
         if segment_length is None:
@@ -140,9 +143,9 @@ class CheckpointedTape:
         if not 1 <= segment_length:
             raise ValueError(f"segment_length must be >= 1, got {segment_length}")
         if tape.n_instructions == 0:
-            self._plain(store_all_nbytes(tape), "")
+            self._plain(store_all_nbytes(self._kt), "")
             return
-        p = plan_nbytes(tape, int(segment_length))
+        p = plan_nbytes(self._kt, int(segment_length))
         note = "" if p.nbytes <= self.memory_limit else (
             f"segment_length={segment_length} needs {p.nbytes:,} B > memory_limit "
             f"{self.memory_limit:,} B"
@@ -151,7 +154,7 @@ class CheckpointedTape:
 
     # ------------------------------------------------------------------ planning
     def _choose(self) -> None:
-        tape, limit = self.tape, self.memory_limit
+        tape, limit = self._kt, self.memory_limit
         full = store_all_nbytes(tape)
         if full <= limit or tape.n_instructions < 2:
             self._plain(full, "")
@@ -196,16 +199,16 @@ class CheckpointedTape:
 
     def _plain(self, full: int, note: str) -> None:
         self.plan = None
-        self._stored = self.tape.with_grad_mode("stored")
+        self._stored = self._kt.with_grad_mode("stored")
         self.report = CheckpointReport(
             kind="store-all", budget_nbytes=self.memory_limit, peak_nbytes=full,
             overhead_nbytes=0, within_budget=full <= self.memory_limit, snapshots=1,
-            forward_evaluations=self.tape.n_instructions,
-            taped_evaluations=self.tape.n_instructions, note=note,
+            forward_evaluations=self._kt.n_instructions,
+            taped_evaluations=self._kt.n_instructions, note=note,
         )
 
     def _build(self, p: SegmentPlan, note: str) -> None:
-        tape = self.tape
+        tape = self._kt
         n_pre = tape.n_inputs + tape.n_consts
         last = np.full(tape.n_slots, -1, np.int64)
         cross = np.zeros(tape.n_slots, np.bool_)
@@ -240,10 +243,10 @@ class CheckpointedTape:
 
     # ------------------------------------------------------------------ evaluation
     def _out(self, output: int | None) -> int:
-        return int(self.tape.outputs[self.tape.output_index(output)])
+        return int(self._kt.outputs[self._kt.output_index(output)])
 
     def _forward(self, xin: np.ndarray, out_slot: int) -> tuple[float, np.ndarray]:
-        p, tape = self.plan, self.tape
+        p, tape = self.plan, self._kt
         assert p is not None
         edge_ptr, ext_ptr, ext_slot, ext_src, cid_slot, exp_ptr = self._arrays
         ck_val = np.empty(p.n_cross)
@@ -257,9 +260,23 @@ class CheckpointedTape:
         )
         return float(v), ck_val
 
-    def value(self, x: Any, *, output: int | None = None) -> float:
-        """Value of one output, by the segmented forward sweep (checkpoints only)."""
-        xin = self.tape.as_input(x)
+    def _point(self, x: Any, p: Any) -> np.ndarray:
+        """``x`` checked (and joined with the parameters ``p`` when the tape has some)."""
+        if p is None and not self.tape.n_params:
+            return self.tape.as_input(x)
+        xp = self.tape.join_params(x, p)
+        if xp.ndim != 1:
+            raise ValueError(
+                "a checkpointed tape evaluates one point at a time: x and p must be 1-D"
+            )
+        return xp
+
+    def value(self, x: Any, *, output: int | None = None, p: Any = None) -> float:
+        """Value of one output, by the segmented forward sweep (checkpoints only).
+
+        ``p``: the parameters, required when the tape has some (one set, 1-D).
+        """
+        xin = self._point(x, p)
         if self.plan is None:
             v = self._stored.value(xin)
             if self.tape.n_outputs == 1:
@@ -267,16 +284,21 @@ class CheckpointedTape:
             return float(v[self.tape.output_index(output)])
         return self._forward(xin, self._out(output))[0]
 
-    def value_and_grad(self, x: Any, *, output: int | None = None) -> tuple[float, np.ndarray]:
+    def value_and_grad(
+        self, x: Any, *, output: int | None = None, p: Any = None
+    ) -> tuple[float, np.ndarray]:
         """Value of one output and its gradient, within the memory budget.
 
         Bitwise equal to ``tape.value_and_grad`` in ``"stored"`` mode.  Every work array is
-        allocated by this call (so ``tracemalloc`` measures the true peak).
+        allocated by this call (so ``tracemalloc`` measures the true peak).  ``p``: the
+        parameters, as in :meth:`value` (they get no gradient).
         """
-        xin = self.tape.as_input(x)
+        xin = self._point(x, p)
+        n = self.tape.n_inputs
         if self.plan is None:
-            return self._stored.value_and_grad(xin, output=output)
-        p, tape = self.plan, self.tape
+            v, g = self._stored.value_and_grad(xin, output=output)
+            return v, (g if g.shape[0] == n else g[:n].copy())
+        p, tape = self.plan, self._kt
         out_slot = self._out(output)
         v, ck_val = self._forward(xin, out_slot)
         edge_ptr, ext_ptr, ext_slot, ext_src, cid_slot, exp_ptr = self._arrays
@@ -295,17 +317,17 @@ class CheckpointedTape:
             ext_slot, ext_src, cid_slot, exp_ptr, ck_val, pend, acc_pre, lxin, largs, lvals,
             lparts, ladj, np.empty(0), out_slot, out_cid,
         )
-        return v, acc_pre[: tape.n_inputs].copy()
+        return v, acc_pre[:n].copy()
 
-    def grad(self, x: Any, *, output: int | None = None) -> np.ndarray:
+    def grad(self, x: Any, *, output: int | None = None, p: Any = None) -> np.ndarray:
         """Gradient of one output; see :meth:`value_and_grad`."""
-        return self.value_and_grad(x, output=output)[1]
+        return self.value_and_grad(x, output=output, p=p)[1]
 
     def stats(self) -> dict[str, Any]:
         """The tape's stats plus the plan and the report."""
         d = dict(self.tape.stats())
         d["memory_limit"] = self.memory_limit
-        d["store_all_nbytes"] = store_all_nbytes(self.tape)
+        d["store_all_nbytes"] = store_all_nbytes(self._kt)
         d["checkpoint"] = self.report.as_dict()
         if self.plan is not None:
             d["segment_length"] = self.plan.seg_len

@@ -16,6 +16,12 @@ Three pointers read it:
     ``scipy.LowLevelCallable`` integrands (``scipy.integrate.quad`` / ``nquad``), compiled once
     for all tapes (cached on disk); the context arrives as ``user_data``.
 
+Parameters: for a tape with ``n_params > 0`` the signatures stay the same; the parameters
+live in the context, in a buffer the :class:`CFunction` owns: pass them when building it
+(``tape.cfunc(p=...)``) and change them between calls with :meth:`CFunction.set_params`.  Each
+call joins ``x`` and the parameters into a work vector (the kernels load both from one
+vector) and copies the first ``n_inputs`` gradient entries to ``grad``.
+
 Keep-alive: the :class:`CFunction` owns the context, the work buffers and a reference to the
 tape (whose arrays are immutable), and the compiled ``cfunc`` objects.  The addresses stay
 valid exactly as long as the :class:`CFunction` is alive: keep a reference to it for as long as
@@ -70,11 +76,12 @@ _kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 # Context layout: one int64 per field, in this order.
 _CTX = (
     "ops", "n_ops", "args", "n_args", "args_int64", "consts", "n_consts", "outputs", "n_outputs",
-    "which", "n_inputs", "vals", "parts", "adj", "lean", "reentrant",
+    "which", "n_inputs", "vals", "parts", "adj", "lean", "reentrant", "n_params", "params",
+    "xp", "gp",
 )
 _NCTX = len(_CTX)
 (_OPS, _NOPS, _ARGS, _NARGS, _ARGS64, _CONSTS, _NCONSTS, _OUTS, _NOUTS, _WHICH, _NIN, _VALS,
- _PARTS, _ADJ, _LEAN, _REENTRANT) = range(len(_CTX))
+ _PARTS, _ADJ, _LEAN, _REENTRANT, _NPARAMS, _PARAMS, _XP, _GP) = range(len(_CTX))
 
 
 @intrinsic
@@ -96,16 +103,41 @@ def _vg_body(ops, args, consts, outputs, which, x, vals, parts, adj, grad, lean)
 
 
 @_kernel
+def _joined(c, x):
+    """``x`` and the context's parameters in one vector (the kernels' leading slots)."""
+    n_in = c[_NIN]
+    n_p = c[_NPARAMS]
+    if c[_REENTRANT]:
+        xp = np.empty(n_in + n_p)
+    else:
+        xp = numba.carray(_void_ptr(c[_XP]), n_in + n_p, np.float64)
+    params = numba.carray(_void_ptr(c[_PARAMS]), n_p, np.float64)
+    for i in range(n_in):
+        xp[i] = x[i]
+    for i in range(n_p):
+        xp[n_in + i] = params[i]
+    return xp
+
+
+@_kernel
 def _value_and_grad_impl(user_data, xp, fp, gp):
     """Body of every ``value_and_grad`` pointer: the context's arrays, then a driver."""
     c = numba.carray(user_data, _NCTX, np.int64)
     n_in = c[_NIN]
-    n_slots = n_in + c[_NCONSTS] + c[_NOPS]
+    n_p = c[_NPARAMS]
+    n_slots = n_in + n_p + c[_NCONSTS] + c[_NOPS]
     ops = numba.carray(_void_ptr(c[_OPS]), c[_NOPS], np.uint8)
     consts = numba.carray(_void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
     outputs = numba.carray(_void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
     x = numba.carray(xp, n_in)
-    grad = numba.carray(gp, n_in)
+    grad_out = numba.carray(gp, n_in)
+    grad = grad_out
+    if n_p:  # parameters: x and p joined; the gradient of all leading slots, then its head
+        x = _joined(c, x)
+        if c[_REENTRANT]:
+            grad = np.empty(n_in + n_p)
+        else:
+            grad = numba.carray(_void_ptr(c[_GP]), n_in + n_p, np.float64)
     n_parts = 0 if c[_LEAN] else c[_NARGS]
     if c[_REENTRANT]:
         vals = np.empty(n_slots)
@@ -123,6 +155,9 @@ def _value_and_grad_impl(user_data, xp, fp, gp):
     else:
         args32 = numba.carray(_void_ptr(c[_ARGS]), c[_NARGS], np.int32)
         fp[0] = _vg_body(ops, args32, consts, outputs, c[_WHICH], x, vals, parts, adj, grad, lean)
+    if n_p:
+        for i in range(n_in):
+            grad_out[i] = grad[i]
     return 0
 
 
@@ -133,11 +168,13 @@ def _value_impl(n, xp, user_data):
     n_in = c[_NIN]
     if n != n_in:
         return np.nan
-    n_slots = n_in + c[_NCONSTS] + c[_NOPS]
+    n_slots = n_in + c[_NPARAMS] + c[_NCONSTS] + c[_NOPS]
     ops = numba.carray(_void_ptr(c[_OPS]), c[_NOPS], np.uint8)
     consts = numba.carray(_void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
     outputs = numba.carray(_void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
     x = numba.carray(xp, n_in)
+    if c[_NPARAMS]:
+        x = _joined(c, x)
     if c[_REENTRANT]:
         vals = np.empty(n_slots)
     else:
@@ -206,11 +243,21 @@ class CFunction:
         call allocates its own (safe from any number of threads at once, slower).
     user_data : int
         Address of the context, the ``void *user_data`` of :attr:`value_address`.
+    params : ndarray
+        A copy of the parameters the pointers use (tapes with ``n_params > 0``); change them
+        with :meth:`set_params`.
     """
 
-    def __init__(self, tape: Tape, *, output: int | None = None, reentrant: bool = False):
+    def __init__(self, tape: Tape, *, output: int | None = None, reentrant: bool = False,
+                 p: Any = None):
         if not isinstance(tape, Tape):
             raise TypeError(f"cfunction() expects a fasttape.Tape, got {type(tape).__name__}")
+        n_lead = tape.n_inputs + tape.n_params
+        self._params = np.empty(tape.n_params)
+        if p is not None or tape.n_params:
+            self.set_params(p, tape)
+        self._xp = np.empty(n_lead if tape.n_params else 0)
+        self._gp = np.empty(n_lead if tape.n_params else 0)
         # Private, behind read-only properties: the context below holds raw addresses of this
         # tape's arrays, so rebinding ``tape`` could free them under a live pointer.
         self._tape = tape
@@ -229,6 +276,8 @@ class CFunction:
             "which": self._output, "n_inputs": tape.n_inputs,
             "vals": self._vals.ctypes.data, "parts": self._parts.ctypes.data,
             "adj": self._adj.ctypes.data, "lean": int(lean), "reentrant": int(self._reentrant),
+            "n_params": tape.n_params, "params": self._params.ctypes.data,
+            "xp": self._xp.ctypes.data, "gp": self._gp.ctypes.data,
         }
         ctx = np.array([fields[name] for name in _CTX], dtype=np.int64)
         # Over an immutable bytes object, so its writeable flag cannot be turned back on: the
@@ -239,6 +288,24 @@ class CFunction:
     @property
     def tape(self) -> Tape:
         return self._tape
+
+    @property
+    def params(self) -> np.ndarray:
+        return self._params.copy()
+
+    def set_params(self, p: Any, tape: Tape | None = None) -> None:
+        """Set the parameters that the next calls of the pointers use (checked, copied).
+
+        Not synchronised with calls running in other threads: set them between calls.
+        """
+        tape = self._tape if tape is None else tape
+        pin = tape.check_params(p)
+        if pin.ndim != 1:
+            raise ValueError(
+                f"a C function evaluates one parameter set: p must have shape "
+                f"({tape.n_params},); got shape {pin.shape}"
+            )
+        self._params[:] = pin
 
     @property
     def output(self) -> int:
@@ -334,7 +401,9 @@ def _keeping(fn: Any, owner: CFunction) -> Any:
     return fn
 
 
-def cfunction(tape: Tape, *, output: int | None = None, reentrant: bool = False) -> CFunction:
+def cfunction(
+    tape: Tape, *, output: int | None = None, reentrant: bool = False, p: Any = None
+) -> CFunction:
     """C function pointers (value and gradient, value only) for one output of ``tape``.
 
     Parameters
@@ -345,10 +414,13 @@ def cfunction(tape: Tape, *, output: int | None = None, reentrant: bool = False)
     reentrant : bool
         Allocate the work buffers on every call instead of sharing one set, so that several
         threads may call the same pointer at once.
+    p : array_like of float, shape (n_params,)
+        The parameters, required for a tape that has some: they stay in the context (the C
+        signatures do not change) until :meth:`CFunction.set_params` replaces them.
 
     Returns
     -------
     CFunction
         Keep it alive while C code holds its pointers.
     """
-    return CFunction(tape, output=output, reentrant=reentrant)
+    return CFunction(tape, output=output, reentrant=reentrant, p=p)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.ops import CONST_CODE, INPUT_CODE, OPS
+from fasttape.ops import CONST_CODE, INPUT_CODE, OPS, PARAM_CODE
 
 __all__ = ["graph_to_dot", "tape_to_dot", "MAX_NODES"]
 
@@ -58,6 +58,8 @@ def graph_to_dot(
         code, k = int(ops[i]), int(start[i])
         if code == INPUT_CODE:
             label, shape = in_names[int(args[k])], "input"
+        elif code == PARAM_CODE:  # parameters: p0, p1, ... (not differentiated)
+            label, shape = f"p{int(args[k])}", "input"
         elif code == CONST_CODE:
             label, shape = _num(float(consts[int(args[k])])), "const"
         else:
@@ -76,10 +78,12 @@ def tape_to_dot(
     max_nodes: int | None = MAX_NODES,
 ) -> str:
     """DOT text for a :class:`~fasttape.Tape`: one node per slot (see the module docstring)."""
-    n_in, n_c = tape.n_inputs, tape.n_consts
+    n_in, n_p, n_c = tape.n_inputs, tape.n_params, tape.n_consts
     _check_size(tape.n_slots, max_nodes, "tape")
     in_names = _names(input_names, n_in, "x", "input_names")
     nodes = [(i, in_names[i], "input", True) for i in range(n_in)]
+    nodes += [(n_in + j, f"p{j}", "input", True) for j in range(n_p)]
+    n_in += n_p  # constants and instructions follow the parameters
     nodes += [(n_in + j, _num(float(tape.consts[j])), "const", True) for j in range(n_c)]
     edges: list[tuple[int, int, str]] = []
     k = 0

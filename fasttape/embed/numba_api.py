@@ -77,10 +77,10 @@ class NumbaKernel(NamedTuple):
 
 _META = (
     "n_inputs", "n_consts", "n_instructions", "n_edges", "n_outputs", "n_parts", "which",
-    "ops_address", "args_address", "consts_address", "outputs_address",
+    "ops_address", "args_address", "consts_address", "outputs_address", "n_params",
 )
 (_NIN, _NCONSTS, _NNODES, _NEDGES, _NOUTS, _NPARTS, _WHICH, _AOPS, _AARGS, _ACONSTS,
- _AOUTS) = range(len(_META))
+ _AOUTS, _NPARAMS) = range(len(_META))
 _NMETA = len(_META)
 
 
@@ -135,12 +135,21 @@ overload(_check_buffer, prefer_literal=True)(_length_check_overload(True))
 
 
 @_kernel
-def _check_tape(ops, args, consts, outputs, meta):
-    """The tape's arrays are the ones ``meta`` was made for; returns ``n_slots``."""
+def _check_tape(ops, args, consts, outputs, meta, takes_p):
+    """The tape's arrays are the ones ``meta`` was made for; returns ``n_slots``.
+
+    ``takes_p``: whether the calling wrapper takes parameters; it must match the tape (a
+    wrapper without ``p`` on a tape with parameters would load the slots wrongly).
+    """
     if meta.shape[0] != _NMETA:
         raise ValueError(
             "fasttape numba_kernel: meta (arrays[4]) is not the record of tape.numba_kernel(); "
             "pass its arrays unchanged"
+        )
+    if (meta[_NPARAMS] != 0) != takes_p:
+        raise ValueError(
+            "fasttape numba_kernel: this function and meta (arrays[4]) disagree on whether "
+            "the tape has parameters; pass the fn and arrays of one tape.numba_kernel() call"
         )
     for name, arr_len, n, address, expected in (
         ("ops", ops.shape[0], meta[_NNODES], ops.ctypes.data, meta[_AOPS]),
@@ -155,7 +164,7 @@ def _check_tape(ops, args, consts, outputs, meta):
                 "was made for (ops, args, consts and outputs, arrays[0:4], must be the tape's "
                 "own); pass the arrays of tape.numba_kernel() unchanged"
             )
-    return meta[_NIN] + meta[_NCONSTS] + meta[_NNODES]
+    return meta[_NIN] + meta[_NPARAMS] + meta[_NCONSTS] + meta[_NNODES]
 
 
 @_kernel
@@ -177,7 +186,7 @@ def _check_which(meta):
 # ---------------------------------------------------------------------------- jitted wrappers
 @_kernel
 def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
-    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
@@ -189,7 +198,7 @@ def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x
 def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
     # Same signature as the stored variant (``parts`` is empty and unused) so user code does
     # not depend on the tape's grad_mode.
-    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
@@ -199,7 +208,7 @@ def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, 
 
 @_kernel
 def _value(ops, args, consts, outputs, meta, vals, x):
-    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     which = _check_which(meta)
@@ -209,7 +218,7 @@ def _value(ops, args, consts, outputs, meta, vals, x):
 
 @_kernel
 def _values(ops, args, consts, outputs, meta, vals, x, out):
-    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
@@ -248,12 +257,91 @@ def vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
 
 @_kernel
 def _vjp(ops, args, consts, outputs, meta, vals, parts, adj, x, cot, grad):
-    n_slots = _check_tape(ops, args, consts, outputs, meta)
+    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
     _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
     vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad)
+
+
+# With parameters (tape.n_params > 0) the wrappers take ``p`` after ``x``: both are checked,
+# then copied into the work buffer ``xp`` (the kernels load inputs and parameters alike from
+# one vector), and the gradient is collected into ``gp`` (n_inputs + n_params entries), whose
+# first n_inputs entries are copied to ``grad``.
+@_kernel
+def _join(meta, x, p, xp):
+    n_lead = meta[_NIN] + meta[_NPARAMS]
+    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    _check_vector(p, "p", meta[_NPARAMS], "the tape's n_params")
+    _check_buffer(xp, "xp", n_lead, "the tape's n_inputs + n_params")
+    n = x.shape[0]
+    for i in range(n):
+        xp[i] = x[i]
+    for i in range(p.shape[0]):
+        xp[n + i] = p[i]
+
+
+@_kernel
+def _value_and_grad_stored_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
+                             grad):
+    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _join(meta, x, p, xp)
+    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    which = _check_which(meta)
+    v = value_and_grad_kernel(ops, args, consts, outputs, which, xp, vals, parts, adj, gp)
+    for i in range(grad.shape[0]):
+        grad[i] = gp[i]
+    return v
+
+
+@_kernel
+def _value_and_grad_lean_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
+                           grad):
+    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _join(meta, x, p, xp)
+    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    which = _check_which(meta)
+    v = value_and_grad_lean_kernel(ops, args, consts, outputs, which, xp, vals, adj, gp)
+    for i in range(grad.shape[0]):
+        grad[i] = gp[i]
+    return v
+
+
+@_kernel
+def _value_p(ops, args, consts, outputs, meta, vals, xp, x, p):
+    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
+    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    _join(meta, x, p, xp)
+    which = _check_which(meta)
+    forward_values(ops, args, consts, xp, vals)
+    return vals[outputs[which]]
+
+
+@_kernel
+def _values_p(ops, args, consts, outputs, meta, vals, xp, x, p, out):
+    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
+    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    _join(meta, x, p, xp)
+    _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
+    value_kernel(ops, args, consts, outputs, xp, vals, out)
+
+
+@_kernel
+def _vjp_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p, cot, grad):
+    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
+    _check_work(meta, n_slots, vals, parts, adj)
+    _join(meta, x, p, xp)
+    _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
+    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    vjp_kernel(ops, args, consts, outputs, vals, parts, adj, xp, cot, gp)
+    for i in range(grad.shape[0]):
+        grad[i] = gp[i]
 
 
 # ---------------------------------------------------------------------------- Python side
@@ -264,7 +352,7 @@ def _meta(tape: Tape, which: int, n_parts: int) -> np.ndarray:
         "n_edges": tape.n_edges, "n_outputs": tape.n_outputs, "n_parts": n_parts,
         "which": which, "ops_address": tape.ops.ctypes.data,
         "args_address": tape.args.ctypes.data, "consts_address": tape.consts.ctypes.data,
-        "outputs_address": tape.outputs.ctypes.data,
+        "outputs_address": tape.outputs.ctypes.data, "n_params": tape.n_params,
     }
     record = np.array([fields[name] for name in _META], dtype=np.int64)
     # Over an immutable bytes object: its writeable flag cannot be turned back on.
@@ -296,6 +384,13 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
         For ``"value_and_grad"`` and ``"value"``: which output; required when the tape has
         several (as in :meth:`Tape.value_and_grad`).
 
+        A tape with parameters (``n_params > 0``) gives functions that take ``p`` (float64,
+        shape ``(n_params,)``) right after ``x``: ``fn(*arrays, x, p, grad)``,
+        ``fn(*arrays, x, p)``, ``fn(*arrays, x, p, out)``, ``fn(*arrays, x, p, cot, grad)``;
+        ``grad`` still has ``n_inputs`` entries.  ``arrays`` then ends with two more work
+        buffers, ``xp`` and ``gp`` (``n_inputs + n_params`` entries each), where ``x`` and
+        ``p`` are joined and the full adjoint vector is collected.
+
     Returns
     -------
     NumbaKernel
@@ -325,6 +420,8 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
     base = (tape.ops, tape.args, tape.consts, tape.outputs)
     vals = np.empty(tape.n_slots)
     n_parts = tape.n_edges if tape.grad_mode == "stored" else 0
+    if tape.n_params:
+        return _with_params(tape, kind, output, base, vals, n_parts)
     if kind == "value_and_grad":
         # Zeros once: the reverse sweep leaves adj zeroed again (read-then-zero).
         meta = _meta(tape, tape.output_index(output), n_parts)
@@ -342,6 +439,36 @@ def numba_kernel(tape: Tape, kind: str = "value_and_grad", *, output: int | None
         arrays = (*base, _meta(tape, 0, n_parts), vals, np.empty(n_parts),
                   np.zeros(tape.n_slots))
         fn = _vjp
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return NumbaKernel(fn, arrays)
+
+
+def _with_params(
+    tape: Tape, kind: str, output: int | None, base: tuple[Any, ...], vals: np.ndarray,
+    n_parts: int,
+) -> NumbaKernel:
+    """:func:`numba_kernel` for a tape with parameters: the wrappers that take ``p``."""
+    n_lead = tape.n_inputs + tape.n_params
+    xp = np.empty(n_lead)
+    if kind == "value_and_grad":
+        meta = _meta(tape, tape.output_index(output), n_parts)
+        arrays = (*base, meta, vals, np.empty(n_parts), np.zeros(tape.n_slots), xp,
+                  np.empty(n_lead))
+        stored = tape.grad_mode == "stored"
+        fn = _value_and_grad_stored_p if stored else _value_and_grad_lean_p
+    elif kind == "value":
+        arrays = (*base, _meta(tape, tape.output_index(output), n_parts), vals, xp)
+        fn = _value_p
+    elif kind == "values":
+        _no_output(kind, output)
+        arrays = (*base, _meta(tape, 0, n_parts), vals, xp)
+        fn = _values_p
+    elif kind == "vjp":
+        _no_output(kind, output)
+        arrays = (*base, _meta(tape, 0, n_parts), vals, np.empty(n_parts),
+                  np.zeros(tape.n_slots), xp, np.empty(n_lead))
+        fn = _vjp_p
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return NumbaKernel(fn, arrays)

@@ -6,6 +6,10 @@ A single-output tape already works as written::
     scipy.optimize.minimize(tape.value_and_grad, x0, jac=True, method="trust-ncg",
                             hessp=tape.hvp)
 
+A tape with parameters (``n_params > 0``) takes them positionally after ``x``, so SciPy's
+``args=(p,)`` passes them: ``minimize(tape.value_and_grad, x0, jac=True, args=(p,))``, and the
+:class:`Objective` methods and :func:`minimize` (``p=``) do the same.
+
 This module adds what a multi-output tape or a constrained problem needs: :func:`objective`
 picks one output, :func:`constraint` turns outputs into a ``NonlinearConstraint`` with an exact
 Jacobian, :func:`jacobian` computes that Jacobian (one reverse sweep per output), and
@@ -46,34 +50,36 @@ class Objective:
         self.tape = tape
         self.output = tape.output_index(output)
 
-    def fun(self, x: Any) -> float:
-        """Value of the output."""
-        v = self.tape.value(x)
+    def fun(self, x: Any, p: Any = None) -> float:
+        """Value of the output (``p``: the parameters, SciPy's ``args=(p,)``)."""
+        v = self.tape.value(x, p)
         return float(v) if self.tape.n_outputs == 1 else float(v[self.output])
 
-    def value_and_grad(self, x: Any) -> tuple[float, np.ndarray]:
+    def value_and_grad(self, x: Any, p: Any = None) -> tuple[float, np.ndarray]:
         """``(value, gradient)``: pass with ``jac=True``."""
-        return self.tape.value_and_grad(x, output=self.output)
+        return self.tape.value_and_grad(x, p, output=self.output)
 
-    def jac(self, x: Any) -> np.ndarray:
+    def jac(self, x: Any, p: Any = None) -> np.ndarray:
         """Gradient of the output."""
-        return self.tape.grad(x, output=self.output)
+        return self.tape.grad(x, p, output=self.output)
 
     @property
     def has_hessp(self) -> bool:
         """Whether the tape offers Hessian-vector products (``Tape.hvp``)."""
         return hasattr(self.tape, "hvp")
 
-    def hessp(self, x: Any, p: Any) -> np.ndarray:
-        """Hessian of the output at ``x`` times ``p`` (through ``Tape.hvp``)."""
+    def hessp(self, x: Any, v: Any, p: Any = None) -> np.ndarray:
+        """Hessian of the output at ``x`` times ``v`` (through ``Tape.hvp``); ``p``: the
+        parameters."""
         if not self.has_hessp:
             raise NotImplementedError(
                 "this fasttape version has no Tape.hvp (Hessian-vector products); use a method "
                 "that needs only gradients, e.g. method='L-BFGS-B'"
             )
+        extra = {} if p is None else {"p": p}
         if self.tape.n_outputs == 1:
-            return self.tape.hvp(x, p)
-        return self.tape.hvp(x, p, output=self.output)
+            return self.tape.hvp(x, v, **extra)
+        return self.tape.hvp(x, v, output=self.output, **extra)
 
 
 def objective(tape: Tape, output: int | None = None) -> Objective:
@@ -169,6 +175,7 @@ def minimize(
     method: str | None = None,
     bounds: Any = None,
     hessp: bool | Callable[..., Any] | None = None,
+    p: Any = None,
     **kwargs: Any,
 ) -> Any:
     """``scipy.optimize.minimize`` of one output of ``tape``, with its exact gradient.
@@ -188,6 +195,8 @@ def minimize(
     hessp : bool or callable, optional
         Default: ``Tape.hvp`` for the methods in :data:`HESSP_METHODS` when available.
         ``False`` disables it; a callable is passed through.
+    p : array_like, shape (n_params,), optional
+        The parameters of a tape that has some (passed to SciPy as ``args=(p,)``).
     **kwargs
         Passed on to ``scipy.optimize.minimize`` (``constraints=``, ``options=``, ...).
 
@@ -199,7 +208,11 @@ def minimize(
     from scipy.optimize import minimize as sp_minimize
 
     obj = Objective(tape, output)
-    x0 = tape.as_input(x0).copy()
+    if p is not None or tape.n_params:
+        kwargs["args"] = (tape.check_params(p),)
+        x0 = np.array(x0, dtype=np.float64)  # checked by the first call, with p
+    else:
+        x0 = tape.as_input(x0).copy()
     if bounds is not None and not isinstance(bounds, Bounds) and _is_bound_pair(bounds, tape):
         bounds = Bounds(np.asarray(bounds[0], dtype=float), np.asarray(bounds[1], dtype=float))
     if hessp is None:

@@ -11,13 +11,14 @@ import numpy as np
 from numba import njit
 
 from fasttape.kernels.structure import mark_live
-from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS
+from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS, PARAM_CODE
 
-#: Arity of every graph op code (inputs and constants carry one non-node argument).
+#: Arity of every graph op code (inputs, params and constants carry one non-node argument).
 GRAPH_ARITY = np.zeros(256, dtype=np.int64)
 GRAPH_ARITY[: N_OPS] = [op.arity for op in OPS]
 GRAPH_ARITY[INPUT_CODE] = 1
 GRAPH_ARITY[CONST_CODE] = 1
+GRAPH_ARITY[PARAM_CODE] = 1
 
 
 def live_nodes(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray) -> np.ndarray:

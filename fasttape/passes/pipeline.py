@@ -101,7 +101,7 @@ def optimize_arrays(
     arrays: dict[str, Any], passes: Iterable[str], *, finite_math: bool = False,
     records: list[PassRecord] | None = None,
 ) -> tuple[dict[str, Any], reuse.ReusePlan | None, list[PassRecord]]:
-    """Run ``passes`` on valid tape arrays (``ops, args, consts, outputs, n_inputs``).
+    """Run ``passes`` on valid tape arrays (``ops, args, consts, outputs, n_inputs[, n_params]``).
 
     Parameters
     ----------
@@ -122,6 +122,10 @@ def optimize_arrays(
     passes = tuple(passes)
     records = list(records or [])
     out = dict(arrays)
+    # Parameters are leaves that are not constants: the passes see them as inputs (slots
+    # n_inputs .. n_inputs + n_params - 1), so nothing folds, merges or drops them.
+    n_params = int(out.pop("n_params", 0))
+    out["n_inputs"] = int(out["n_inputs"]) + n_params
     if "dce" in passes or "fuse" in passes or any(p in passes for p in _REWRITES):
         work = ir.from_tape_arrays(out["ops"], out["args"], out["consts"], out["outputs"],
                                    out["n_inputs"])
@@ -200,6 +204,8 @@ def optimize_arrays(
         else:
             records.append(PassRecord("reuse", n_slots, n_slots, 0.0,
                                       f"skipped: fewer than {reuse.MIN_SLOTS:,} slots"))
+    out["n_inputs"] = int(out["n_inputs"]) - n_params
+    out["n_params"] = n_params
     return out, plan, records
 
 
@@ -218,4 +224,5 @@ def optimize(tape: Any, passes: Any = True, *, finite_math: bool = False) -> Any
     names = resolve_passes(passes)
     arrays, plan, records = optimize_arrays(tape.to_arrays(), names, finite_math=finite_math)
     return make(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
-                arrays["n_inputs"], tape.grad_mode, reuse_plan=plan, pass_records=records)
+                arrays["n_inputs"], tape.grad_mode, n_params=arrays["n_params"],
+                reuse_plan=plan, pass_records=records)
