@@ -13,13 +13,10 @@ the sweep (the kernels do no bounds checks), so a wrong ``x`` raises ``ValueErro
 jitted code instead of reading out of bounds.
 """
 
-# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
-
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 
 from fasttape.kernels import (
@@ -31,13 +28,11 @@ from fasttape.kernels import (
     value_and_grad_lean_kernel,
     value_kernel,
 )
+from fasttape.kernels.jit import kernel as _kernel
 from fasttape.tape import Tape
 
 __all__ = ["KINDS", "NumbaKernel", "numba_kernel", "vjp", "vjp_kernel"]
 
-# The same options as the generated kernels: on-disk cache, GIL released, IEEE division.
-# Never fastmath: it breaks the NaN/inf conventions of docs/derivatives.md.
-_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 #: The kinds of function :func:`numba_kernel` can return.
 KINDS = ("value_and_grad", "value", "values", "vjp")

@@ -5,20 +5,18 @@
 
 import math  # noqa: F401  (used by the formulas)
 
-import numba
+import numba  # noqa: F401  (numba.prange in the batch drivers)
 import numpy as np
 
-# One set of options for every kernel: cached on disk, GIL released so Python threads run
-# in parallel, IEEE results for x / 0 instead of exceptions.  Never fastmath: it breaks
-# NaN and inf handling.
-_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
+# fasttape's one JIT wrapper (fasttape/kernels/jit.py): options and cache in one place.
+from fasttape.kernels.jit import kernel as _kernel
 
-# fpenv.py sha256: dd115458dbe6fe94
+# fpenv.py sha256: 2840632e8cd0528b
 # memhint.py sha256: 562d52f514a29795
 # ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)
 # Parallel drivers: same options plus parallel=True (prange over workers).  Their
 # threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).
-_pkernel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+_pkernel = _kernel(parallel=True)
 
 from fasttape.kernels.fpenv import enter as fpenv_enter  # noqa: E402
 from fasttape.kernels.fpenv import leave as fpenv_leave  # noqa: E402

@@ -6,13 +6,11 @@
 
 import math  # noqa: F401  (used by the formulas)
 
-import numba
+import numba  # noqa: F401  (numba.prange in the batch drivers)
 import numpy as np
 
-# One set of options for every kernel: cached on disk, GIL released so Python threads run
-# in parallel, IEEE results for x / 0 instead of exceptions.  Never fastmath: it breaks
-# NaN and inf handling.
-_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
+# fasttape's one JIT wrapper (fasttape/kernels/jit.py): options and cache in one place.
+from fasttape.kernels.jit import kernel as _kernel
 
 from fasttape.kernels.memhint import prefetch, prefetch_write  # noqa: E402
 

@@ -343,13 +343,11 @@ def header(module_doc: str) -> list[str]:
         "",
         "import math  # noqa: F401  (used by the formulas)",
         "",
-        "import numba",
+        "import numba  # noqa: F401  (numba.prange in the batch drivers)",
         "import numpy as np",
         "",
-        "# One set of options for every kernel: cached on disk, GIL released so Python threads run",
-        "# in parallel, IEEE results for x / 0 instead of exceptions.  Never fastmath: it breaks",
-        "# NaN and inf handling.",
-        '_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")',
+        "# fasttape's one JIT wrapper (fasttape/kernels/jit.py): options and cache in one place.",
+        "from fasttape.kernels.jit import kernel as _kernel",
         "",
     ]
 
@@ -385,58 +383,18 @@ def generate() -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Files (from the repository root) whose cached Numba functions call the generated kernels
-#: (the same holds for a user's own ``cache=True`` code, docs/embedding.md).  Numba keys
-#: a file's cache on that file alone, so when the kernels change (a new op renumbers the
-#: codes) these would go on running the old kernels compiled into them -- with the old op
-#: codes, out of bounds.  Each carries a line starting with :data:`DIGEST_MARK` that the
-#: generator rewrites with :func:`kernels_digest`, so its text, and its cache, change too.
-DEPENDENTS = ("fasttape/passes/fold.py", "fasttape/embed/numba_api.py", "fasttape/embed/cabi.py",
-              "benchmarks/bench_embed.py")
-DIGEST_MARK = "# kernels digest: "
-
-
-def _generated_targets() -> list[tuple[Path, Callable[[], str]]]:
-    out: list[tuple[Path, Callable[[], str]]] = [(GENERATED_PATH, generate)]
-    for path in sorted(Path(__file__).parent.glob("gen_*.py")):
-        mod = importlib.import_module(f"fasttape.kernels.{path.stem}")
-        out.append((Path(mod.TARGET), mod.generate))
-    return out
-
-
-def kernels_digest() -> str:
-    """Hash of the text of every generated kernel file (as generated now)."""
-    h = hashlib.sha256()
-    for _, gen in _generated_targets():
-        h.update(gen().encode())
-    return h.hexdigest()[:16]
-
-
-def _dependent(path: Path) -> Callable[[], str]:
-    def text() -> str:
-        lines = path.read_text().splitlines(keepends=True)
-        marks = [i for i, line in enumerate(lines) if line.startswith(DIGEST_MARK)]
-        if len(marks) != 1:
-            raise RuntimeError(f"{path} needs exactly one line starting with {DIGEST_MARK!r}")
-        lines[marks[0]] = f"{DIGEST_MARK}{kernels_digest()}  (see codegen.DEPENDENTS)\n"
-        return "".join(lines)
-
-    return text
-
-
 def targets() -> list[tuple[Path, Callable[[], str]]]:
     """Every generated file and the function that writes its text.
 
     ``_generated.py`` (the core sweeps) comes from this module; each further kernel family
     lives in its own generator module ``fasttape/kernels/gen_<name>.py`` defining ``TARGET``
-    (the output path) and ``generate()``.  They are discovered by name, so adding a family
-    touches no shared file.  Then the :data:`DEPENDENTS`, whose digest line is rewritten.
+    (the output path) and ``generate()``.
     """
-    root = Path(__file__).parent.parent.parent  # the repository (benchmarks/ is not installed)
-    return _generated_targets() + [
-        (root / d, _dependent(root / d)) for d in DEPENDENTS
-        if d.startswith("fasttape/") or (root / d).exists()
-    ]
+    out: list[tuple[Path, Callable[[], str]]] = [(GENERATED_PATH, generate)]
+    for path in sorted(Path(__file__).parent.glob("gen_*.py")):
+        mod = importlib.import_module(f"fasttape.kernels.{path.stem}")
+        out.append((Path(mod.TARGET), mod.generate))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

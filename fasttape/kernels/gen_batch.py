@@ -392,7 +392,7 @@ def generate() -> str:
         "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
         "# Parallel drivers: same options plus parallel=True (prange over workers).  Their",
         "# threading layer is Numba's choice (docs/batch.md: fork- and thread-safety).",
-        '_pkernel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)',
+        "_pkernel = _kernel(parallel=True)",
         "",
         "from fasttape.kernels.fpenv import enter as fpenv_enter  # noqa: E402",
         "from fasttape.kernels.fpenv import leave as fpenv_leave  # noqa: E402",

@@ -467,9 +467,10 @@ def generate() -> str:
     )
     # These kernels call (inline) forward_values: the digest keeps their cache in step.
     lines.insert(3, f"# core sweeps (_generated.py) sha256: {_cg.core_digest()}")
+    i = lines.index("from fasttape.kernels.jit import kernel as _kernel")
+    lines.insert(i, "from fasttape.kernels._generated import forward_values")
     lines += [
         "# ruff: noqa: E501, RUF100  (generated: lines follow the table, not the line limit)",
-        "from fasttape.kernels._generated import forward_values  # noqa: E402",
         "",
         f"_ARITY = np.array([{arity}], dtype=np.int64)",
         f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",
