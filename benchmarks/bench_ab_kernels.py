@@ -98,6 +98,7 @@ def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
     pkg = folder / "ab_old_kernels"
     pkg.mkdir()
+    (folder / "ops.py").write_text(table)  # beside the package, where its jit.py stamps it
     for name in listing.split():
         if name.endswith(".py"):
             text = _show(rev, f"fasttape/kernels/{name}") or ""
