@@ -136,6 +136,7 @@ def _reached_files(module: str) -> set[str]:
     return seen
 
 
+@cache
 def source_stamp(module: str) -> str:
     """The cache stamp of the kernels defined in ``module``: a digest of the op table, every
     module of ``fasttape/kernels/`` and every file :func:`_reached_files` finds."""
@@ -294,9 +295,10 @@ def kernel(fn: Callable[..., Any] | None = None, *, parallel: bool = False,
     """Compile ``fn`` with fasttape's options, cached in :func:`cache_dir`.
 
     Use as ``@kernel``, ``@kernel(parallel=True)`` (``numba.prange`` loops on Numba's
-    threads) or ``@kernel(inline=True)`` (Numba inlines the function into each caller, for the
-    op dispatch functions: a call per instruction would cost more than the op).  Compiles on
-    the first call, like ``numba.njit``; with ``NUMBA_DISABLE_JIT=1`` returns ``fn``.
+    threads) or ``@kernel(inline=True)`` (always inlined into each caller, see
+    :class:`_InlineDispatcher`; for the op dispatch functions, where a call per instruction
+    would cost more than the op; callable from kernels only).  Compiles on the first call,
+    like ``numba.njit``; with ``NUMBA_DISABLE_JIT=1`` returns ``fn``.
     """
     options = dict(_OPTIONS)
     if parallel:
