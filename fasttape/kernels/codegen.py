@@ -7,9 +7,9 @@ runs it).  Run it after editing the table.
 
 What is generated is only what must be: one ``if op == code:`` chain per form of "evaluate
 this op", each branch being the table row's own formula strings.  The sweeps that call these
-functions are ordinary modules (``sweep.py``, ``tangent.py``, ``batch.py``, ...); Numba inlines
-the dispatch functions into them (``inline="always"``), so each sweep still compiles to one
-loop with one switch, as if the formulas were written in it.
+functions are ordinary modules (``sweep.py``, ``tangent.py``, ``batch.py``, ...), into which
+the dispatch functions are always inlined (``kernel(inline=True)``, fasttape/kernels/jit.py), so
+each sweep still compiles to one loop with one switch, as if the formulas were written in it.
 
 Why a checked-in file instead of ``exec`` at import: a real file is linted, gives readable
 tracebacks, is covered by the kernel cache's stamp (fasttape/kernels/jit.py), and reviewers see
@@ -35,7 +35,6 @@ _H = ("h00", "h01", "h11")
 
 #: Partials that are the literal +-1: never stored, added without a product (unit_partials).
 UNIT = ("1.0", "-1.0")
-
 
 
 def unit_partials(spec: OpSpec) -> bool:
@@ -66,8 +65,9 @@ def _function(head: str, doc: str, specs: Iterable[OpSpec],
     return lines + [f"    {line}" for line in tail] + ["", ""]
 
 
-def _load(spec: OpSpec, start: int, src: str = "vals[args[k + {j}]]") -> list[str]:
-    return [f"{_ARGS[j]} = {src.format(j=j)}" for j in range(start, spec.arity)]
+def _load(spec: OpSpec, start: int) -> list[str]:
+    # Each branch loads only the arguments its op has (from ``start``: the sweep loads x).
+    return [f"{_ARGS[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
 
 
 def _pad(values: list[str], n: int) -> str:
