@@ -301,6 +301,16 @@ _ROWS = [
     OpSpec("stop_gradient", 1, "x", (), (_R,),
            "x itself, a constant for differentiation (JAX's lax.stop_gradient, torch's detach)",
            nonsmooth="derivative 0 by definition: no adjoint flows through it"),
+    # NumPy's three cases: equal arguments (so logaddexp(inf, inf) is inf, not inf - inf), then
+    # the larger plus log1p of the smaller's exponential, which never overflows.  The partials
+    # are sigmoids of the difference, exact at an infinite argument, where exp(x - f) is NaN.
+    OpSpec("logaddexp", 2,
+           "x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y "
+           "else y + math.log1p(math.exp(x - y)))",
+           ("sigmoid(x - y)", "sigmoid(y - x)"), (_R, _R),
+           "log(exp(x) + exp(y)) without overflow (NumPy's logaddexp)", commutative=True,
+           second=("sigmoid(x - y) * sigmoid(y - x)", "-(sigmoid(x - y) * sigmoid(y - x))",
+                   "sigmoid(x - y) * sigmoid(y - x)")),
 ]
 
 #: The table, indexed by op code.

@@ -31,8 +31,8 @@ from fasttape.kernels.scalar import (
 )
 
 #: Arguments of each op code, and how many of them (the first ones) are differentiable.
-ARITY = np.array([2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 3, 2, 2, 2, 2, 2, 2, 3, 2, 1], dtype=np.int64)
-NDIFF = np.array([2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 0, 0, 0, 0, 0, 2, 2, 0], dtype=np.int64)
+ARITY = np.array([2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 1, 1, 3, 2, 2, 2, 2, 2, 2, 3, 2, 1, 2], dtype=np.int64)
+NDIFF = np.array([2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 2, 2, 2, 1, 1, 2, 0, 0, 0, 0, 0, 0, 2, 2, 0, 2], dtype=np.int64)
 
 
 @kernel(inline=True)
@@ -180,6 +180,9 @@ def value(op, x, vals, args, k):
         return (x - y) * (x - y), k + 2
     elif op == 56:  # stop_gradient
         return x, k + 1
+    elif op == 57:  # logaddexp
+        y = vals[args[k + 1]]
+        return x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y))), k + 2
     return np.nan, k  # unreachable for a validated tape
 
 
@@ -435,6 +438,12 @@ def value_store_partials(op, x, vals, args, k, parts):
     elif op == 56:  # stop_gradient
         f = x
         return f, k + 1
+    elif op == 57:  # logaddexp
+        y = vals[args[k + 1]]
+        f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+        parts[k + 0] = sigmoid(x - y)
+        parts[k + 1] = sigmoid(y - x)
+        return f, k + 2
     return np.nan, k  # unreachable for a validated tape
 
 
@@ -699,6 +708,12 @@ def value_and_partials(op, x, vals, args, k):
     elif op == 56:  # stop_gradient
         f = x
         return f, 0.0, 0.0
+    elif op == 57:  # logaddexp
+        y = vals[args[k + 1]]
+        f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+        p0 = sigmoid(x - y)
+        p1 = sigmoid(y - x)
+        return f, p0, p1
     return np.nan, 0.0, 0.0
 
 
@@ -937,6 +952,12 @@ def partials(op, vals, args, k, s):
         y = vals[args[k + 1]]
         p0 = 2.0 * (x - y)
         p1 = -2.0 * (x - y)
+        return p0, p1
+    elif op == 57:  # logaddexp
+        x = vals[args[k + 0]]
+        y = vals[args[k + 1]]
+        p0 = sigmoid(x - y)
+        p1 = sigmoid(y - x)
         return p0, p1
     return 0.0, 0.0
 
@@ -1408,6 +1429,21 @@ def partials_and_second(op, vals, args, k, s, g):
         if g != 0.0:
             h11 = 2.0
         return p0, p1, h00, h01, h11
+    elif op == 57:  # logaddexp
+        x = vals[args[k + 0]]
+        y = vals[args[k + 1]]
+        p0 = sigmoid(x - y)
+        p1 = sigmoid(y - x)
+        h00 = 0.0
+        h01 = 0.0
+        h11 = 0.0
+        if g != 0.0:
+            h00 = sigmoid(x - y) * sigmoid(y - x)
+        if g != 0.0:
+            h01 = -(sigmoid(x - y) * sigmoid(y - x))
+        if g != 0.0:
+            h11 = sigmoid(x - y) * sigmoid(y - x)
+        return p0, p1, h00, h01, h11
     return 0.0, 0.0, 0.0, 0.0, 0.0
 
 
@@ -1785,6 +1821,13 @@ def value_rows(op, a0, vals, args, k, s, nb):
             x = vals[a0, p]
             vals[s, p] = x
         return k + 1
+    elif op == 57:  # logaddexp
+        a1 = args[k + 1]
+        for p in range(nb):
+            x = vals[a0, p]
+            y = vals[a1, p]
+            vals[s, p] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+        return k + 2
     for p in range(nb):
         vals[s, p] = np.nan
     return k
@@ -2241,6 +2284,16 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             f = x
             vals[s, p] = f
         return k + 1
+    elif op == 57:  # logaddexp
+        a1 = args[k + 1]
+        for p in range(nb):
+            x = vals[a0, p]
+            y = vals[a1, p]
+            f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+            vals[s, p] = f
+            parts[k + 0, p] = sigmoid(x - y)
+            parts[k + 1, p] = sigmoid(y - x)
+        return k + 2
     for p in range(nb):
         vals[s, p] = np.nan
     return k
@@ -2825,6 +2878,20 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
             t = adj[a0, p]
             adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
             d = -2.0 * (x - y)
+            t = adj[a1, p]
+            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+        return
+    elif op == 57:  # logaddexp
+        a1 = args[k + 1]
+        for p in range(nb):
+            g = adj[s, p]
+            adj[s, p] = 0.0
+            x = vals[a0, p]
+            y = vals[a1, p]
+            d = sigmoid(x - y)
+            t = adj[a0, p]
+            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            d = sigmoid(y - x)
             t = adj[a1, p]
             adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
         return
