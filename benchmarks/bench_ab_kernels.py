@@ -4,12 +4,13 @@
     python benchmarks/bench_ab_kernels.py --rev 760adaf \
         --cases batch:autograd-west,single:random-uniform:1e6 --repeat 9
 
-For a change to a kernel template (codegen.py, gen_batch.py, memhint.py, ...): the generated
-files ``_generated.py``, ``_batch_generated.py`` and ``_reuse_generated.py`` of ``--rev`` are
-written to a temporary folder and imported beside the work tree's, and both are run on the
-same tape, buffers and points, old and new alternating (the order swapped every round), so a
-shared machine's drift reaches both.  The op table must be the same in both (the tape's op
-codes must mean the same thing); a table change is refused.
+For a change to the kernels (a sweep module, codegen.py, memhint.py, ...): the kernels of
+``--rev`` are written to a temporary folder and imported beside the work tree's, and both are
+run on the same tape, buffers and points, old and new alternating (the order swapped every
+round), so a shared machine's drift reaches both.  A revision from before the kernels were
+ordinary modules contributes its generated files (``_generated.py``, ...); a later one its
+``fasttape/kernels/`` folder, imported as the package ``ab_old_kernels``.  The op table must
+be the same in both (the tape's op codes must mean the same thing); a table change is refused.
 
 Cases, comma-separated:
 
@@ -20,6 +21,8 @@ Cases, comma-separated:
 ``single:<family>:<nodes>``
     one-point ``value_and_grad``: the plain kernels, or the slot-reuse kernels when the tape
     has a plan (``fasttape.passes.reuse``).
+``hvp:<family>:<nodes>``
+    one-point value, gradient and 4 Hessian-vector products (the tangent kernels).
 
 Reported: best and median time per instruction (and per point for batches) of each side, the
 ratio old / new of the medians (above 1: the work tree is faster), and whether both gave
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,41 +48,64 @@ import numpy as np
 
 import fasttape as ft
 from fasttape import batch as fb
+from fasttape import ops as _ops
 from fasttape.bench.cases import build_case
 from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
-from fasttape.kernels import _batch_generated, _generated, _reuse_generated
+from fasttape.kernels import batch, sweep, tangent
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = {"core": "_generated.py", "batch": "_batch_generated.py", "reuse": "_reuse_generated.py"}
-NEW = {"core": _generated, "batch": _batch_generated, "reuse": _reuse_generated}
-DIGEST = re.compile(r"^# table\+helpers sha256: (\w+)$", re.M)
+#: The modules compared, by role, in the work tree (the old layout's file for each role).
+NEW = {"core": sweep, "batch": batch, "reuse": sweep, "tangent": tangent}
+OLD_FILES = {"core": "_generated.py", "batch": "_batch_generated.py",
+             "reuse": "_reuse_generated.py", "tangent": "_tangent_generated.py"}
+NEW_MODULES = {"core": "sweep", "batch": "batch", "reuse": "sweep", "tangent": "tangent"}
+
+
+def _show(rev: str, path: str) -> str | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True,
+                          text=True)
+    return None if done.returncode else done.stdout
+
+
+def _import(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
-    """Import ``rev``'s generated kernel files from ``folder`` under names of their own."""
-    mods = {}
-    for key, name in FILES.items():
-        try:
-            text = subprocess.run(
-                ["git", "show", f"{rev}:fasttape/kernels/{name}"], cwd=ROOT, check=True,
-                capture_output=True, text=True).stdout
-        except subprocess.CalledProcessError as e:
-            raise SystemExit(f"bench_ab_kernels: cannot read {name} at {rev!r}: "
-                             f"{e.stderr.strip()}") from None
-        ours = (Path(_generated.__file__).parent / name).read_text()
-        old_digest, new_digest = DIGEST.search(text), DIGEST.search(ours)
-        if old_digest is None or new_digest is None or old_digest[1] != new_digest[1]:
-            raise SystemExit(f"bench_ab_kernels: the op table or helpers of {rev!r} differ from "
-                             "the work tree's; this script compares kernel templates only")
-        path = folder / f"ab_old_{name}"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location(f"ab_old_{name[:-3]}", path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        mods[key] = mod
-    return mods
+    """Import ``rev``'s kernels from ``folder`` under names of their own, by role."""
+    table = _show(rev, "fasttape/ops.py")
+    if table is None:
+        raise SystemExit(f"bench_ab_kernels: cannot read fasttape/ops.py at {rev!r}")
+    (folder / "ab_old_ops.py").write_text(table)
+    if _import("ab_old_ops", folder / "ab_old_ops.py").table_hash() != _ops.table_hash():
+        raise SystemExit(f"bench_ab_kernels: the op table of {rev!r} differs from the work "
+                         "tree's; this script compares kernels only")
+    if _show(rev, "fasttape/kernels/_generated.py") is not None:  # the generated layout
+        mods = {}
+        for key, name in OLD_FILES.items():
+            path = folder / f"ab_old_{name}"
+            text = _show(rev, f"fasttape/kernels/{name}") or ""
+            # The tangent file imports the core sweeps: the old ones (loaded first).
+            path.write_text(text.replace("fasttape.kernels._generated", "ab_old__generated"))
+            mods[key] = _import(f"ab_old_{name[:-3]}", path)
+        return mods
+    listing = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:fasttape/kernels"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    pkg = folder / "ab_old_kernels"
+    pkg.mkdir()
+    (folder / "ops.py").write_text(table)  # beside the package, where its jit.py stamps it
+    for name in listing.split():
+        if name.endswith(".py"):
+            text = _show(rev, f"fasttape/kernels/{name}") or ""
+            (pkg / name).write_text(text.replace("fasttape.kernels", "ab_old_kernels"))
+    sys.path.insert(0, str(folder))
+    return {key: importlib.import_module(f"ab_old_kernels.{name}")
+            for key, name in NEW_MODULES.items()}
 
 
 def _west_tape() -> ft.Tape:
@@ -136,6 +161,24 @@ def single_case(family: str, nodes: float) -> tuple[str, ft.Tape, Callable[[dict
     return f"single {family} ({len(t.ops):,} instr., {kind})", t, run
 
 
+def hvp_case(family: str, nodes: float, k: int) -> tuple[str, ft.Tape, Callable[[dict], Any]]:
+    """A one-point runner of ``k`` Hessian-vector products (``hvp_driver``, forward tangents
+    then the forward-over-reverse sweep): ``run(modules) -> (value, gradient, products)``."""
+    case = build_case(family, int(nodes))
+    t, x = case.tape, case.x
+    xdot = np.random.default_rng(0).standard_normal((t.n_inputs, k))
+    vals, tan = np.empty(t.n_slots), np.empty((t.n_slots, k))
+    adj, adjdot = np.zeros(t.n_slots), np.zeros((t.n_slots, k))
+    grad, res = np.empty(t.n_inputs), np.empty((t.n_inputs, k))
+
+    def run(mods: dict) -> Any:
+        v = mods["tangent"].hvp_driver(t.ops, t.args, t.consts, t.outputs, 0, x, xdot, False,
+                                       vals, tan, adj, adjdot, grad, res)
+        return v, grad.copy(), res.copy()
+
+    return f"hvp {family} ({len(t.ops):,} instr., {k} directions)", t, run
+
+
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return all(np.array_equal(np.asarray(p), np.asarray(q), equal_nan=True)
                for p, q in zip(a, b, strict=True))
@@ -180,14 +223,17 @@ def main(argv: list[str] | None = None) -> int:
                                            ns.repeat, 1)
                     rows.append((label + (", flushed" if flush else ", IEEE"), "ns/instr/point",
                                  a, b, per, same))
-            elif parts[0] == "single" and len(parts) == 3:
-                label, tape, run1 = single_case(parts[1], float(parts[2]))
+            elif parts[0] in ("single", "hvp") and len(parts) == 3:
+                make = single_case if parts[0] == "single" else (
+                    lambda f, n: hvp_case(f, n, 4))
+                label, tape, run1 = make(parts[1], float(parts[2]))
                 calls = max(1, 4_000_000 // len(tape.ops))  # about 0.1 s per sample
                 a, b, same = alternate(lambda r=run1: r(old), lambda r=run1: r(NEW),
                                        ns.repeat, calls)
                 rows.append((label, "ns/instr", a, b, 1e9 / len(tape.ops), same))
             else:
-                p.error(f"bad case {spec!r}: batch:<family>[:<nodes>] or single:<family>:<nodes>")
+                p.error(f"bad case {spec!r}: batch:<family>[:<nodes>], single:<family>:<nodes> "
+                        "or hvp:<family>:<nodes>")
     print(f"# kernels of {ns.rev} (old) vs the work tree (new); {ns.repeat} rounds, alternating")
     print("| case | unit | old best | new best | old median | new median | old/new | bitwise |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -205,13 +251,8 @@ def bench_ab_kernels_smoke(capsys) -> None:
     timing is not checked).  Skipped outside a git checkout."""
     import pytest
 
-    head = subprocess.run(["git", "show", "HEAD:fasttape/kernels/_generated.py"], cwd=ROOT,
-                          capture_output=True, text=True)
-    if head.returncode:
+    if _show("HEAD", "fasttape/ops.py") is None:
         pytest.skip("not a git checkout")
-    ours = (Path(_generated.__file__)).read_text()
-    if DIGEST.search(head.stdout)[1] != DIGEST.search(ours)[1]:  # type: ignore[index]
-        pytest.skip("the work tree's op table is not committed yet (nothing to compare with)")
     assert main(["--rev", "HEAD", "--cases", "single:random-local:2000", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "| single random-local" in out and "| yes |" in out

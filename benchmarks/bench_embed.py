@@ -15,8 +15,6 @@ min/max) of interleaved repeats.  Under pytest (``python -m pytest benchmarks``)
 Nothing asserts a time.
 """
 
-# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
-
 from __future__ import annotations
 
 import argparse
@@ -35,10 +33,11 @@ if _ROOT not in sys.path:  # run as a script from a checkout without installing
 
 from fasttape.bench.families import random_local  # noqa: E402
 from fasttape.kernels import value_and_grad_kernel  # noqa: E402
+from fasttape.kernels.jit import kernel  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- the two loops
-@numba.njit(cache=True, nogil=True)
+@kernel
 def loop_embedded(fn, arrays, x, grad, n):
     """A user's loop: ``fn(*arrays, x, grad)`` n times (x nudged so nothing is hoisted)."""
     s = 0.0
@@ -48,7 +47,7 @@ def loop_embedded(fn, arrays, x, grad, n):
     return s
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def loop_direct(ops, args, consts, outputs, which, vals, parts, adj, x, grad, n):
     """The baseline: the generated driver called directly, same loop."""
     s = 0.0

@@ -2,7 +2,7 @@
 
 :class:`fasttape.Tape`'s evaluation methods hand a 2-D ``x`` of shape ``(B, n_inputs)`` to this
 module.  The batch is cut into *chunks* of ``C`` points; a chunk is evaluated by the kernels of
-:mod:`fasttape.kernels._batch_generated` in buffers laid out ``[slot, point]`` (the tape is read
+:mod:`fasttape.kernels.batch` in buffers laid out ``[slot, point]`` (the tape is read
 once per chunk, the loop over points vectorizes), and chunks are spread over ``W`` workers
 with ``numba.prange``, each worker owning its buffers.  Results are bitwise those of a loop of
 single-point calls (up to a NaN's sign and payload).  See docs/batch.md for the layout, the
@@ -21,7 +21,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from fasttape.kernels import _batch_generated as _k
+from fasttape.kernels import batch as _k
 from fasttape.kernels import fpenv
 from fasttape.passes import reuse
 from fasttape.tape import check_out, resolve_threads

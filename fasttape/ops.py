@@ -2,10 +2,10 @@
 
 Each :class:`OpSpec` row holds everything that is "about an op": its name, arity, which of its
 arguments are differentiable, the forward formula, the partial derivatives, the input domain used
-by the tests and the convention at non-smooth points.  The Numba kernels are generated from this
-table by :mod:`fasttape.kernels.codegen`; the frontend functions (``ft.sin``, ...), the docs' op
-list and the tests' parametrisations are all derived from it.  Nothing else in the package spells
-out an op's formula.
+by the tests and the convention at non-smooth points.  The kernels' per-op dispatch functions
+are generated from this table by :mod:`fasttape.kernels.codegen`; the frontend functions
+(``ft.sin``, ...), the docs' op list and the tests' parametrisations are all derived from it.
+Nothing else in the package spells out an op's formula.
 
 Notation in the formula strings (Numba-compatible Python expressions):
 
@@ -14,7 +14,8 @@ Notation in the formula strings (Numba-compatible Python expressions):
 ``f``
     the instruction's result (partials may reuse it, as CasADi's ``der(x, y, f, d)`` does);
 ``math``, ``np``
-    the standard modules; helpers such as ``_sign`` live in :mod:`fasttape.kernels.scalar`.
+    the standard modules; helpers such as ``sign`` and ``powi`` live in
+    :mod:`fasttape.kernels.scalar`.
 
 Arguments are ordered so that the differentiable ones come first: an op with ``ndiff = k`` has
 partials with respect to its first ``k`` arguments only.  The remaining arguments are
@@ -33,6 +34,7 @@ __all__ = [
     "OPS",
     "OP_BY_NAME",
     "N_OPS",
+    "INTERNAL_OPS",
     "table_hash",
 ]
 
@@ -141,26 +143,26 @@ _ROWS = [
     OpSpec("square", 1, "x * x", ("2.0 * x",), (_R,), "x * x",
            second=("2.0",)),
     OpSpec(
-        "powi", 2, "_powi(x, y)", ("_dpowi(x, y)",), ((0.2, 3.0), _I),
+        "powi", 2, "powi(x, y)", ("dpowi(x, y)",), ((0.2, 3.0), _I),
         "x ** n for a constant integer n (repeated squaring, like JAX's integer_pow)",
         param="const", nonsmooth="n = 0 gives derivative 0 everywhere, x = 0 included",
-        second=("0.0 if y == 0.0 else y * _dpowi(x, y - 1.0)",),
+        second=("0.0 if y == 0.0 else y * dpowi(x, y - 1.0)",),
     ),
     OpSpec(
-        "powc", 2, "x ** y", ("_dpowc(x, y)",), (_P, _R),
+        "powc", 2, "x ** y", ("dpowc(x, y)",), (_P, _R),
         "x ** c for a constant real c (libm pow)",
         param="const",
         nonsmooth="c = 0 gives derivative 0 (x ** 0 is constant; JAX gives NaN at x = 0); "
         "x = 0 with 0 < c < 1 gives inf",
-        second=("0.0 if y == 0.0 else y * _dpowc(x, y - 1.0)",),
+        second=("0.0 if y == 0.0 else y * dpowc(x, y - 1.0)",),
     ),
     OpSpec(
-        "pow", 2, "x ** y", ("_dpowc(x, y)", "_dpow_exp(x, y, f)"), (_P, _R),
+        "pow", 2, "x ** y", ("dpowc(x, y)", "dpow_exp(x, y, f)"), (_P, _R),
         "x ** y, both arguments variable (libm pow)",
         nonsmooth="d/dx is 0 where y = 0 (x ** 0 is constant; JAX gives NaN at x = 0); d/dy is 0 "
         "where x = 0 (as JAX)",
         second=(
-            "0.0 if y == 0.0 else y * _dpowc(x, y - 1.0)",
+            "0.0 if y == 0.0 else y * dpowc(x, y - 1.0)",
             "0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))",
             "0.0 if x == 0.0 else f * math.log(x) * math.log(x)",
         ),
@@ -232,10 +234,10 @@ _ROWS = [
     OpSpec("erfc", 1, "math.erfc(x)", ("-1.1283791670955126 * math.exp(-x * x)",), (_R,),
            "complementary error function",
            second=("2.2567583341910252 * x * math.exp(-x * x)",)),
-    OpSpec("abs", 1, "abs(x)", ("_sign(x)",), (_R,), "absolute value",
+    OpSpec("abs", 1, "abs(x)", ("sign(x)",), (_R,), "absolute value",
            nonsmooth="0 at x = 0 (sign(x), the minimum-norm subgradient, as PyTorch; JAX gives 1)",
            second=("0.0",), nonsmooth2="0 everywhere, x = 0 included (the kink is ignored)"),
-    OpSpec("sign", 1, "_sign(x)", (), (_R,), "-1, 0 or 1 (sign(+-0) = +-0, NaN stays NaN)",
+    OpSpec("sign", 1, "sign(x)", (), (_R,), "-1, 0 or 1 (sign(+-0) = +-0, NaN stays NaN)",
            nonsmooth="derivative 0 everywhere (the jump at 0 is ignored)"),
     OpSpec("floor", 1, "np.floor(x)", (), (_R,), "round toward -inf",
            nonsmooth="derivative 0 everywhere (jumps are ignored)"),
@@ -243,27 +245,27 @@ _ROWS = [
            nonsmooth="derivative 0 everywhere (jumps are ignored)"),
     # minimum/maximum are NOT flagged commutative: on a tie they return their first argument,
     # so minimum(0.0, -0.0) is 0.0 but minimum(-0.0, 0.0) is -0.0 (bitwise different).
-    OpSpec("minimum", 2, "_fmin(x, y)", ("_dmin(x, y)", "_dmin(y, x)"), (_R, _R),
+    OpSpec("minimum", 2, "fmin(x, y)", ("dmin(x, y)", "dmin(y, x)"), (_R, _R),
            "smaller argument; NaN if either is NaN",
            nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)",
            second=("0.0", "0.0", "0.0"), nonsmooth2="0 everywhere, ties included"),
-    OpSpec("maximum", 2, "_fmax(x, y)", ("_dmin(y, x)", "_dmin(x, y)"), (_R, _R),
+    OpSpec("maximum", 2, "fmax(x, y)", ("dmin(y, x)", "dmin(x, y)"), (_R, _R),
            "larger argument; NaN if either is NaN",
            nonsmooth="at a tie x = y each argument gets 0.5 (as JAX)",
            second=("0.0", "0.0", "0.0"), nonsmooth2="0 everywhere, ties included"),
-    OpSpec("hypot", 2, "math.hypot(x, y)", ("_safe_div(x, f)", "_safe_div(y, f)"),
+    OpSpec("hypot", 2, "math.hypot(x, y)", ("safe_div(x, f)", "safe_div(y, f)"),
            (_R, _R), "sqrt(x*x + y*y) without overflow", commutative=True,
            nonsmooth="0 for both arguments at the origin (the minimum-norm subgradient)",
            second=(
-               "_safe_div(_safe_div(y, f) * _safe_div(y, f), f)",
-               "_safe_div(-_safe_div(x, f) * _safe_div(y, f), f)",
-               "_safe_div(_safe_div(x, f) * _safe_div(x, f), f)",
+               "safe_div(safe_div(y, f) * safe_div(y, f), f)",
+               "safe_div(-safe_div(x, f) * safe_div(y, f), f)",
+               "safe_div(safe_div(x, f) * safe_div(x, f), f)",
            ),
            nonsmooth2="0 at the origin (where the first partials are 0 too)"),
-    OpSpec("sigmoid", 1, "_sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))",
+    OpSpec("sigmoid", 1, "sigmoid(x)", ("f * (1.0 - f)",), (_R,), "1 / (1 + exp(-x))",
            second=("f * (1.0 - f) * (1.0 - 2.0 * f)",)),
-    OpSpec("softplus", 1, "_softplus(x)", ("_sigmoid(x)",), (_R,), "log(1 + exp(x)), stable",
-           second=("_sigmoid(x) * (1.0 - _sigmoid(x))",)),
+    OpSpec("softplus", 1, "softplus(x)", ("sigmoid(x)",), (_R,), "log(1 + exp(x)), stable",
+           second=("sigmoid(x) * (1.0 - sigmoid(x))",)),
     OpSpec(
         "where", 3, "x if z != 0.0 else y", ("1.0 if z != 0.0 else 0.0",
                                              "0.0 if z != 0.0 else 1.0"),
@@ -300,6 +302,16 @@ _ROWS = [
     OpSpec("stop_gradient", 1, "x", (), (_R,),
            "x itself, a constant for differentiation (JAX's lax.stop_gradient, torch's detach)",
            nonsmooth="derivative 0 by definition: no adjoint flows through it"),
+    # NumPy's three cases: equal arguments (so logaddexp(inf, inf) is inf, not inf - inf), then
+    # the larger plus log1p of the smaller's exponential, which never overflows.  The partials
+    # are sigmoids of the difference, exact at an infinite argument, where exp(x - f) is NaN.
+    OpSpec("logaddexp", 2,
+           "x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y "
+           "else y + math.log1p(math.exp(x - y)))",
+           ("sigmoid(x - y)", "sigmoid(y - x)"), (_R, _R),
+           "log(exp(x) + exp(y)) without overflow (NumPy's logaddexp)", commutative=True,
+           second=("sigmoid(x - y) * sigmoid(y - x)", "-(sigmoid(x - y) * sigmoid(y - x))",
+                   "sigmoid(x - y) * sigmoid(y - x)")),
 ]
 
 #: The table, indexed by op code.
@@ -327,3 +339,11 @@ def table_hash() -> str:
     """
     text = ";".join(f"{op.code}:{op.name}:{op.arity}:{op.ndiff}:{op.param}" for op in OPS)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Ops that users never call by name, so they get no ``ft.<name>`` function: the
+#: constant-argument and fused forms are made only by the optimisation passes
+#: (docs/passes.md), and ``powi`` / ``powc`` are what ``x ** y`` records for a constant exponent.
+INTERNAL_OPS = frozenset(
+    {"powi", "powc", "mulc", "addc", "subc", "rsubc", "divc", "rdivc", "fmac", "sqdiff"}
+)

@@ -13,8 +13,7 @@ and :func:`second_derivatives_markdown` its second-derivative table.
 
 from __future__ import annotations
 
-from fasttape.ops import OPS, OpSpec, table_hash
-from fasttape.trace import OP_FUNCTIONS
+from fasttape.ops import INTERNAL_OPS, OPS, OpSpec, table_hash
 
 __all__ = ["ops_markdown", "derivatives_markdown", "second_derivatives_markdown"]
 
@@ -65,7 +64,7 @@ def _parameters(spec: OpSpec) -> str:
 
 
 def _frontend(spec: OpSpec) -> str:
-    if spec.name in OP_FUNCTIONS:
+    if spec.name not in INTERNAL_OPS:
         return _code(f"ft.{spec.name}({_args(spec)})")
     return "-"
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from fasttape.graph import Graph, as_float
 from fasttape.kernels import eval_op
-from fasttape.ops import OP_BY_NAME, OPS, OpSpec
+from fasttape.ops import INTERNAL_OPS, OP_BY_NAME, OPS, OpSpec
 from fasttape.var import Var, is_integral_number
 
 __all__ = ["trace", "sum", "where", "pow", "OP_FUNCTIONS"]
@@ -70,8 +70,9 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
 
 # Ops without a function of their own name: reached through another public function (pow,
 # where), or made only by the passes (the constant-argument forms and the fused pairs).
-_INTERNAL = {"powi", "powc", "pow", "where", "mulc", "addc", "subc", "rsubc", "divc", "rdivc",
-             "fmac", "sqdiff"}
+# pow and where have hand-written functions below (the exponent picks the op; where's argument
+# order differs from the tape's).
+_INTERNAL = INTERNAL_OPS | {"pow", "where"}
 
 #: name -> frontend function, for every public op of the table.
 OP_FUNCTIONS: dict[str, Callable[..., Any]] = {

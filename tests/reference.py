@@ -122,6 +122,11 @@ def dpow_base(x, y):
     return 0.0 if y == 0 else mul(y, fpow(x, y - 1.0))
 
 
+def logaddexp(x, y):
+    with np.errstate(all="ignore"):  # NumPy's, without its warning for a NaN argument
+        return float(np.logaddexp(np.float64(x), np.float64(y)))
+
+
 # name -> (forward(args), partials(args, f) -> list over the differentiable args)
 REFERENCE = {
     "add": (lambda x, y: x + y, lambda x, y, f: [1.0, 1.0]),
@@ -182,6 +187,9 @@ REFERENCE = {
     "fmac": (lambda x, y, c: mul(x, c) + y, lambda x, y, c, f: [c, 1.0]),
     "sqdiff": (lambda x, y: mul(x - y, x - y), lambda x, y, f: [2.0 * (x - y), -(2.0 * (x - y))]),
     "stop_gradient": (lambda x: x, lambda x, f: []),
+    # log(e^x + e^y); d/dx = e^x / (e^x + e^y) = 1 / (1 + e^(y - x)).
+    "logaddexp": (logaddexp,
+                  lambda x, y, f: [div(1.0, 1.0 + exp(y - x)), div(1.0, 1.0 + exp(x - y))]),
 }
 
 

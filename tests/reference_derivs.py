@@ -122,6 +122,8 @@ SECOND = {
     "ge": lambda x, y, f: [],
     "eq": lambda x, y, f: [],
     "ne": lambda x, y, f: [],
+    # d2/dx2 = e^(x + y) / (e^x + e^y)^2 = -d2/dxdy = d2/dy2.
+    "logaddexp": lambda x, y, f: [h := div(exp(x - y), (1.0 + exp(x - y)) ** 2), -h, h],
 }
 
 

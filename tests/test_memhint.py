@@ -17,7 +17,7 @@ import pytest
 import fasttape as ft
 from fasttape import batch
 from fasttape.bench import families
-from fasttape.kernels import codegen
+from fasttape.kernels import sweep
 from fasttape.kernels.memhint import prefetch, prefetch_write
 from tests.reference import value_and_grad as ref_value_and_grad
 
@@ -73,9 +73,9 @@ def test_prefetch_wants_one_integer_index_per_dimension():
 def test_reverse_sweeps_that_prefetch_match_the_reference(grad_mode):
     # Enough slots for the single-point reverse sweeps to prefetch (PREFETCH_MIN_SLOTS), with
     # parents anywhere earlier, and no reuse plan (arrays, not compiled): the plain kernels.
-    n = codegen.PREFETCH_MIN_SLOTS + 500
+    n = sweep.PREFETCH_MIN_SLOTS + 500
     tape = families.random_uniform(n, grad_mode=grad_mode)
-    assert tape.n_slots >= codegen.PREFETCH_MIN_SLOTS and tape._plan is None
+    assert tape.n_slots >= sweep.PREFETCH_MIN_SLOTS and tape._plan is None
     x = np.linspace(0.1, 0.9, tape.n_inputs)
     v, g = tape.value_and_grad(x)
     rv, rg = ref_value_and_grad(tape, x)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fasttape as ft
-from fasttape.kernels import _generated
+from fasttape.kernels import dispatch
 from fasttape.ops import OP_BY_NAME, OPS
 
 # Ops reached through another function (pow, where) or made only by the passes (mulc, ...).
@@ -66,8 +66,8 @@ def test_table_is_consistent():
         assert len(op.domain) == op.arity, op.name
         if op.param:
             assert op.ndiff < op.arity, op.name
-    assert list(_generated._ARITY) == [op.arity for op in OPS]
-    assert list(_generated._NDIFF) == [op.ndiff for op in OPS]
+    assert list(dispatch.ARITY) == [op.arity for op in OPS]
+    assert list(dispatch.NDIFF) == [op.ndiff for op in OPS]
 
 
 @pytest.mark.parametrize("name", [op.name for op in OPS if op.name not in _INTERNAL])

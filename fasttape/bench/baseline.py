@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import OP_BY_NAME
 
 __all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", "run_baseline"]
@@ -44,7 +44,7 @@ def supports(ops: np.ndarray) -> bool:
     return set(np.unique(ops).tolist()) <= codes
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel
 def _sigmoid(a):
     # Same two-branch formula as the op table, so both give bitwise the same numbers.
     if a >= 0.0:
@@ -53,7 +53,7 @@ def _sigmoid(a):
     return e / (1.0 + e)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel
 def _powi(a, y):
     # Binary exponentiation, as the engine (and JAX's integer_pow).
     n = int(y)
@@ -70,7 +70,7 @@ def _powi(a, y):
     return acc
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel
 def value_kernel(ops, args, consts, x, vals):
     """Forward sweep: fill ``vals`` (inputs, constants, instructions); return the last slot."""
     n_in = x.shape[0]
@@ -153,7 +153,7 @@ def value_kernel(ops, args, consts, x, vals):
     return vals[vals.shape[0] - 1]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel
 def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
     """Both sweeps for the last slot as the output; the gradient goes to ``grad``."""
     n_in = x.shape[0]

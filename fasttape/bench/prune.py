@@ -10,9 +10,9 @@ prunes array-built tapes first (:func:`prune`).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 import fasttape as ft
+from fasttape.kernels.jit import kernel
 from fasttape.ops import OPS
 
 __all__ = ["prune"]
@@ -20,7 +20,7 @@ __all__ = ["prune"]
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _mark(ops, args, arity, n_pre, live):  # pragma: no cover (jitted)
     # live[slot]: some output depends on it.  Last instruction first, so a slot's readers
     # are all decided before the slot itself.

@@ -9,7 +9,7 @@ reversed; those ``T`` taped steps are not counted by the formula.
 The schedule is the recursion: advance ``m`` steps from the snapshot of state ``l``, store
 state ``l + m``, reverse the right part with one snapshot fewer, free it, reverse the left
 part.  :func:`revolve_split` picks the ``m`` that attains the formula.  The Numba versions
-(used by the scan driver) live in ``fasttape/kernels/_checkpoint_generated.py``; this module
+(used by the scan driver) live in ``fasttape/kernels/checkpoint.py``; this module
 wraps them with argument checks and adds a pure-Python schedule for reading and testing.
 """
 
@@ -19,7 +19,7 @@ import numbers
 from collections.abc import Iterator
 from math import comb
 
-from fasttape.kernels import _checkpoint_generated as _k
+from fasttape.kernels import checkpoint as _k
 
 __all__ = ["repetition_number", "revolve_cost", "revolve_split", "schedule", "optimal_cost_dp"]
 

@@ -3,7 +3,7 @@
 The step ``state_{t+1} = step(state_t, params)`` is traced and compiled once into a *step
 tape* with ``n_state + n_params`` inputs and ``n_state`` outputs (plus the running cost as an
 extra output).  A Numba driver (``scan_value_and_grad`` in
-``fasttape/kernels/_checkpoint_generated.py``) runs the revolve schedule
+``fasttape/kernels/checkpoint.py``) runs the revolve schedule
 (:mod:`fasttape.checkpoint.revolve`) over it with preallocated snapshot arrays: no Python code
 runs per step.  Reversing a step is one ``forward_partials`` and one ``reverse_stored`` sweep
 of the step tape with all state cotangents seeded at once (a vector-Jacobian product).
@@ -37,7 +37,7 @@ import numpy as np
 from fasttape.checkpoint.report import CheckpointReport
 from fasttape.compile import compile_graph
 from fasttape.graph import Graph
-from fasttape.kernels import _checkpoint_generated as _k
+from fasttape.kernels import checkpoint as _k
 from fasttape.tape import TapeRecord
 from fasttape.trace import gc_paused
 

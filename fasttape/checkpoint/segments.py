@@ -12,7 +12,7 @@ about one extra forward sweep; memory: the checkpoints plus one segment's buffer
 Local slots.  A segment's buffers hold its *externals* (inputs, constants and earlier slots
 it reads, sorted) first, then its own instructions; its arguments are rewritten to these
 local slots as it is loaded (a subtraction, or a bisection among the externals), so the core
-sweeps of ``_generated.py`` run unchanged on a slice of the tape's ``ops``.
+sweeps of ``kernels/sweep.py`` run unchanged on a slice of the tape's ``ops``.
 
 Bitwise equality.  The store-everything reverse sweep adds each slot's adjoint contributions
 as one running sum in reverse instruction order.  Here a crossing slot's sum is carried from
@@ -36,16 +36,13 @@ from typing import Any
 import numpy as np
 
 from fasttape.checkpoint.report import CheckpointReport, CheckpointWarning
-from fasttape.kernels import _checkpoint_generated as _k
-from fasttape.ops import OPS
+from fasttape.kernels import checkpoint as _k
+from fasttape.kernels.dispatch import ARITY
 
 # Any tape will do: this module uses only the record's interface.
 from fasttape.tape import TapeRecord as Tape
 
 __all__ = ["CheckpointedTape", "checkpointed", "SegmentPlan", "plan_nbytes"]
-
-# Arity of each op code, as the segment kernels take it.
-_ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 
 #: Largest segment length preferred when several fit the budget: one segment's buffers
 #: (about 28 bytes per instruction) then stay in the CPU's L2 cache.
@@ -99,7 +96,7 @@ def plan_nbytes(tape: Tape, seg_len: int) -> SegmentPlan:
     n_pre = tape.n_inputs + tape.n_consts
     last = np.full(tape.n_slots, -1, np.int64)
     cross = np.zeros(tape.n_slots, np.bool_)
-    counts = _k.segment_counts(tape.ops, tape.args, _ARITY, n_pre, seg_len, last, cross)
+    counts = _k.segment_counts(tape.ops, tape.args, ARITY, n_pre, seg_len, last, cross)
     return _sizes(tape, seg_len, counts)
 
 
@@ -212,7 +209,7 @@ class CheckpointedTape:
         n_pre = tape.n_inputs + tape.n_consts
         last = np.full(tape.n_slots, -1, np.int64)
         cross = np.zeros(tape.n_slots, np.bool_)
-        _k.segment_counts(tape.ops, tape.args, _ARITY, n_pre, p.seg_len, last, cross)
+        _k.segment_counts(tape.ops, tape.args, ARITY, n_pre, p.seg_len, last, cross)
         idx = tape.args.dtype
         cid_slot = np.flatnonzero(cross).astype(idx)
         cid = np.full(tape.n_slots, -1, idx)
@@ -224,7 +221,7 @@ class CheckpointedTape:
         ext_ptr = np.empty(p.n_seg + 1, ptr)
         ext_slot = np.empty(p.n_ext, idx)
         ext_src = np.empty(p.n_ext, idx)
-        _k.segment_fill(tape.ops, tape.args, _ARITY, n_pre, p.seg_len, p.n_seg, cid, last,
+        _k.segment_fill(tape.ops, tape.args, ARITY, n_pre, p.seg_len, p.n_seg, cid, last,
                         edge_ptr, ext_ptr, ext_slot, ext_src)
         bounds = n_pre + np.arange(p.n_seg + 1, dtype=np.int64) * p.seg_len
         exp_ptr = np.searchsorted(cid_slot, bounds).astype(ptr)

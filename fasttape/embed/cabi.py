@@ -32,11 +32,10 @@ pointer is **not reentrant**; make one :class:`CFunction` per thread, or build i
 ``reentrant=True`` to allocate the buffers on each call (measured cost in docs/embedding.md).
 """
 
-# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
-
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 import numba
@@ -50,6 +49,8 @@ from fasttape.kernels import (
     value_and_grad_kernel,
     value_and_grad_lean_kernel,
 )
+from fasttape.kernels.jit import cfunc
+from fasttape.kernels.jit import kernel as _kernel
 
 # Any tape will do: this module uses only the record's interface.
 from fasttape.tape import TapeRecord as Tape
@@ -71,7 +72,6 @@ VALUE_AND_GRAD_USER_DATA_SIGNATURE = (
 #: C signature of :attr:`CFunction.value_address`, as ``scipy.LowLevelCallable`` spells it.
 VALUE_SIGNATURE = "double (int, double *, void *)"
 
-_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 # Context layout: one int64 per field, in this order.
 _CTX = (
@@ -198,14 +198,24 @@ _VG_CTX_SIG = types.int32(
 )
 
 
-@numba.cfunc(_VALUE_SIG, cache=True, nogil=True, error_model="numpy")
-def _value_cfunc(n, xp, user_data):  # pragma: no cover - runs as machine code
+def _value_entry(n, xp, user_data):  # pragma: no cover - runs as machine code
     return _value_impl(n, xp, user_data)
 
 
-@numba.cfunc(_VG_CTX_SIG, cache=True, nogil=True, error_model="numpy")
-def _value_and_grad_cfunc(xp, fp, gp, user_data):  # pragma: no cover - runs as machine code
+def _value_and_grad_entry(xp, fp, gp, user_data):  # pragma: no cover - runs as machine code
     return _value_and_grad_impl(user_data, xp, fp, gp)
+
+
+# The two shared pointers are compiled (or loaded from the kernel cache) on first use, never
+# at import: importing fasttape compiles nothing.
+@functools.cache
+def _value_cfunc() -> Any:
+    return cfunc(_VALUE_SIG)(_value_entry)
+
+
+@functools.cache
+def _value_and_grad_cfunc() -> Any:
+    return cfunc(_VG_CTX_SIG)(_value_and_grad_entry)
 
 
 _VG_CTX_PROTO = ctypes.CFUNCTYPE(
@@ -219,12 +229,12 @@ def _compile_value_and_grad(ctx_address: int) -> Any:
     # shared, disk-cached ``_value_and_grad_cfunc`` through its address.  Calling the jitted
     # body directly would make Numba link (and re-optimise) the whole sweep into every
     # wrapper: seconds per tape instead of a fraction of one.
-    target = _VG_CTX_PROTO(_value_and_grad_cfunc.address)
+    target = _VG_CTX_PROTO(_value_and_grad_cfunc().address)
 
     def value_and_grad(xp, fp, gp):  # type: ignore[no-untyped-def]
         return target(xp, fp, gp, _void_ptr(ctx_address))
 
-    return numba.cfunc(_VG_SIG, nogil=True, error_model="numpy")(value_and_grad)
+    return cfunc(_VG_SIG, cache=False)(value_and_grad)
 
 
 class CFunction:
@@ -339,7 +349,7 @@ class CFunction:
         ``user_data`` (:attr:`user_data`): one pointer for every tape, compiled once and cached
         on disk, so nothing is compiled per tape.
         """
-        return int(_value_and_grad_cfunc.address)
+        return int(_value_and_grad_cfunc().address)
 
     @property
     def value_and_grad_ctypes(self) -> Any:
@@ -361,7 +371,7 @@ class CFunction:
         Pass :attr:`user_data` as the last argument.  Returns the output's value, or NaN when
         ``n`` differs from the tape's ``n_inputs``.
         """
-        return int(_value_cfunc.address)
+        return int(_value_cfunc().address)
 
     @property
     def value_ctypes(self) -> Any:

@@ -16,15 +16,13 @@ and address, each work buffer (``vals``, ``parts``, ``adj``) and each argument (
 code, instead of reading or writing out of bounds.
 """
 
-# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
-
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 from numba import types
+from numba.core.errors import TypingError
 from numba.extending import overload
 
 from fasttape.kernels import (
@@ -36,6 +34,7 @@ from fasttape.kernels import (
     value_and_grad_lean_kernel,
     value_kernel,
 )
+from fasttape.kernels.jit import kernel as _kernel
 
 # Any tape will do: this module uses only the record's interface.
 from fasttape.tape import TapeRecord as Tape
@@ -43,9 +42,6 @@ from fasttape.tape import check_out
 
 __all__ = ["KINDS", "NumbaKernel", "numba_kernel", "vjp", "vjp_kernel"]
 
-# The same options as the generated kernels: on-disk cache, GIL released, IEEE division.
-# Never fastmath: it breaks the NaN/inf conventions of docs/derivatives.md.
-_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 #: The kinds of function :func:`numba_kernel` can return.
 KINDS = ("value_and_grad", "value", "values", "vjp")
@@ -117,7 +113,7 @@ def _length_check_overload(writeable: bool) -> Any:
         problem = _array_type_problem(arr, writeable)
         if problem is not None:
             need = "a writeable" if writeable else "a"
-            raise numba.core.errors.TypingError(
+            raise TypingError(
                 f"fasttape numba_kernel: {label} must be {need} 1-D float64 array; {problem}"
             )
 

@@ -1,7 +1,8 @@
-"""Numba kernels: the sweeps (generated from the op table) and the structural helpers.
+"""Numba kernels: the sweeps over a tape's arrays, and the structural helpers.
 
-Every kernel takes the tape's arrays as arguments (never as globals), is compiled with
-``cache=True, nogil=True`` and runs without bounds checks: callers validate first.  See
+Every kernel takes the tape's arrays as arguments (never as globals), is compiled by the one
+JIT wrapper (:mod:`fasttape.kernels.jit`) and runs without bounds checks: callers validate
+first.  See
 docs/tape-format.md for the array layout; the ``*_kernel`` drivers can be called from your own
 ``@numba.njit`` code with a tape's arrays (the stable embedding API; buffer contract in
 docs/embedding.md, checked wrappers from ``tape.numba_kernel()``).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fasttape.kernels._generated import (
+from fasttape.kernels.sweep import (
     forward_partials,
     forward_values,
     reverse_lean,

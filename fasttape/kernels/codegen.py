@@ -1,145 +1,43 @@
-"""Generate the sweep kernels from the op table.
+"""Generate the op dispatch module and the op docs from the op table.
 
-Run ``python -m fasttape.kernels.codegen`` after editing :mod:`fasttape.ops` or
-:mod:`fasttape.kernels.scalar`; it rewrites ``fasttape/kernels/_generated.py``.  A test
-(``tests/test_codegen.py``) regenerates the text in memory and fails if the file on disk is
-stale, so the table and the kernels cannot drift apart.
+``python -m fasttape.kernels.codegen`` writes ``fasttape/kernels/dispatch.py`` (and, in a
+checkout, ``docs/ops.md`` and the two tables of ``docs/derivatives.md``) from
+:mod:`fasttape.ops`; ``--check`` exits 1 if any of them is stale (``tests/test_codegen.py``
+runs it).  Run it after editing the table.
 
-Why a checked-in file instead of ``exec`` at import: Numba's on-disk cache is keyed on the
-source file, so a real file gives correct cache invalidation (a formula change changes the file)
-and readable tracebacks; and reviewers see the kernel diff next to the table diff.
+What is generated is only what must be: one ``if op == code:`` chain per form of "evaluate
+this op", each branch being the table row's own formula strings.  The sweeps that call these
+functions are ordinary modules (``sweep.py``, ``tangent.py``, ``batch.py``, ...), into which
+the dispatch functions are always inlined (``kernel(inline=True)``, fasttape/kernels/jit.py), so
+each sweep still compiles to one loop with one switch, as if the formulas were written in it.
+
+Why a checked-in file instead of ``exec`` at import: a real file is linted, gives readable
+tracebacks, is covered by the kernel cache's stamp (fasttape/kernels/jit.py), and reviewers see
+the dispatch diff next to the table diff.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import inspect
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from fasttape import ops as _ops
-from fasttape.kernels import scalar as _scalar
+from fasttape import opsdoc
+from fasttape.kernels import scalar
+from fasttape.ops import OPS, OpSpec
 
-GENERATED_PATH = Path(__file__).with_name("_generated.py")
+DISPATCH_PATH = Path(__file__).with_name("dispatch.py")
+_ROOT = Path(__file__).resolve().parents[2]  # the checkout (docs/ is not installed)
 
-_ARG_NAMES = ("x", "y", "z")
+_ARGS = ("x", "y", "z")
+_H = ("h00", "h01", "h11")
 
-
-def _load_args(spec: _ops.OpSpec, indent: str, first_loaded: bool = False) -> list[str]:
-    start = 1 if first_loaded else 0
-    return [f"{indent}{_ARG_NAMES[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
-
-
-def _chain(lines: list[str], specs, body) -> None:
-    """Append an if/elif chain over op codes; ``body(spec, indent)`` gives each branch."""
-    for n, spec in enumerate(specs):
-        kw = "if" if n == 0 else "elif"
-        lines.append(f"        {kw} op == {spec.code}:  # {spec.name}")
-        lines.extend(body(spec, "            "))
-
-
-#: How many argument positions ahead the single-point sweeps prefetch the slots they will read
-#: (forward: ``vals``) or update (reverse: ``adj``); fasttape/kernels/memhint.py.  About 16
-#: instructions.  On random-uniform at 1e6 instructions, 16 and 64 gave the same gain and
-#: 256 a little less (docs/tape-format.md, "Memory access").
-PREFETCH_ARGS = 32
-
-#: Slots from which the single-point reverse sweeps prefetch: below it the adjoints (8 bytes
-#: each) fit in L2 and the prefetches only cost instructions (random-local at 1e3: 2-4%).
-PREFETCH_MIN_SLOTS = 1 << 16
-
-
-def _prefetch_args(array: str, sign: str, fn: str = "prefetch", ind: str = "        ") -> list[str]:
-    # The slots of the argument PREFETCH_ARGS positions further along, and of the next one:
-    # about one instruction's worth per instruction (the mean arity is near 2).  ``far`` is
-    # set once per call (a predictable branch where it is false).
-    cond = "q + 1 < args.shape[0]" if sign == "+" else "q >= 0"
-    return [
-        f"{ind}q = k {sign} {PREFETCH_ARGS}",
-        f"{ind}if far and {cond}:",
-        f"{ind}    {fn}({array}, args[q])",
-        f"{ind}    {fn}({array}, args[q + 1])",
-    ]
-
-
-def _forward(partials: bool) -> list[str]:
-    name = "forward_partials" if partials else "forward_values"
-    sig = "ops, args, consts, xin, vals, parts" if partials else "ops, args, consts, xin, vals"
-    what = (
-        "values and the partial derivative of every differentiable edge (``parts[e]`` "
-        "parallel to ``args[e]``)"
-        if partials
-        else "the value of every slot"
-    )
-    lines = [
-        "@_kernel",
-        f"def {name}({sig}):",
-        f'    """Forward sweep: {what}.',
-        "",
-        "    Loads ``xin`` and ``consts`` into the first slots of ``vals``, then evaluates every",
-        "    instruction in order.  Arrays follow docs/tape-format.md; no bounds checks: the",
-        "    caller validated the tape.",
-        '    """',
-        "    n_in = xin.shape[0]",
-        "    n_pre = n_in + consts.shape[0]",
-        "    for i in range(n_in):",
-        "        vals[i] = xin[i]",
-        "    for i in range(consts.shape[0]):",
-        "        vals[n_in + i] = consts[i]",
-        "    k = 0",
-        "    for i in range(ops.shape[0]):",
-        "        op = ops[i]",
-        "        # Every op has a first argument: loading it before the dispatch lets the load",
-        "        # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).",
-        "        x = vals[args[k]]",
-    ]
-
-    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
-        out = _load_args(spec, ind, first_loaded=True)
-        out.append(f"{ind}f = {spec.forward}")
-        if partials:
-            for j, d in enumerate(spec.partials):
-                if d not in UNIT:  # +-1: the reverse sweeps know it (unit_partials)
-                    out.append(f"{ind}parts[k + {j}] = {d}")
-        out.append(f"{ind}k += {spec.arity}")
-        return out
-
-    _chain(lines, _ops.OPS, body)
-    lines += [
-        "        else:",
-        "            f = np.nan  # unreachable for a validated tape",
-        "        vals[n_pre + i] = f",
-        "",
-        "",
-    ]
-    return lines
-
-
-def _reverse_head(prefetch: bool = True) -> list[str]:
-    # ``prefetch=False`` for the slot-reuse sweeps (gen_reuse.py): their work vector is small
-    # and mostly local, and the prefetches cost 3-5% there (lennard-jones, rosenbrock, 1e6).
-    return [
-        *([f"    far = adj.shape[0] >= {PREFETCH_MIN_SLOTS}"] if prefetch else []),
-        "    k = args.shape[0]",
-        "    for i in range(ops.shape[0] - 1, -1, -1):",
-        "        op = ops[i]",
-        "        k -= _ARITY[op]",
-        "        s = n_pre + i",
-        *(_prefetch_args("adj", "-", "prefetch_write") if prefetch else []),
-        "        g = adj[s]",
-        "        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call",
-        "        if g == 0.0:",
-        "            continue  # a zero adjoint contributes nothing (see docs/derivatives.md)",
-    ]
-
-
+#: Partials that are the literal +-1: never stored, added without a product (unit_partials).
 UNIT = ("1.0", "-1.0")
 
 
-def unit_partials(spec: _ops.OpSpec) -> bool:
+def unit_partials(spec: OpSpec) -> bool:
     """Whether ``spec`` has a partial that is the literal 1.0 or -1.0 (add, sub, neg, fmac's
     second argument, ...).
 
@@ -147,310 +45,267 @@ def unit_partials(spec: _ops.OpSpec) -> bool:
     the adjoint itself instead of reading the partial and multiplying: bitwise the same (a
     product by +-1 is exact), one store, one load and one product fewer per edge, and no
     microcode assist when the adjoint is subnormal (x86 charges about 150 cycles for a product
-    with a subnormal operand, none for a sum).  Such ops get their own branch in the reverse
-    sweeps; the other edges of the op go through ``_acc`` as usual.
+    with a subnormal operand, none for a sum).
     """
     return any(d in UNIT for d in spec.partials)
 
 
-def _unit_reverse() -> list[str]:
-    lines: list[str] = []
-    for spec in _ops.OPS:
-        if unit_partials(spec):
-            lines.append(f"        {'elif' if lines else 'if'} op == {spec.code}:  # {spec.name}")
-            for j, d in enumerate(spec.partials):
-                if d in UNIT:
-                    lines.append(f"            adj[args[k + {j}]] {'+' if d == '1.0' else '-'}= g")
-                else:
-                    lines.append(f"            _acc(adj, args[k + {j}], g, parts[k + {j}])")
-            lines.append("            continue")
-    return lines
+def _uses_f(exprs: Iterable[str]) -> bool:
+    return any("f" in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", e) for e in exprs)
 
 
-def _reverse_stored(prefetch: bool = True) -> list[str]:
-    return [
-        "@_kernel",
-        "def reverse_stored(ops, args, parts, adj, n_pre):",
-        '    """Reverse sweep over partials stored by :func:`forward_partials`.',
-        "",
-        "    Each differentiable edge adds ``adjoint * partial`` to its parent; ops whose",
-        "    partials are the constants +-1 add or subtract the adjoint without reading them.",
-        "    ``adj`` must hold the seed on entry and zeros elsewhere; on exit the instruction",
-        "    slots are zero again and slots below ``n_pre`` hold the input and constant adjoints.",
-        '    """',
-        *_reverse_head(prefetch),
-        *_unit_reverse(),
-        "        nd = _NDIFF[op]",
-        "        if nd >= 1:",
-        "            _acc(adj, args[k], g, parts[k])",
-        "            if nd >= 2:",
-        "                _acc(adj, args[k + 1], g, parts[k + 1])",
-        "",
-        "",
-    ]
+def _function(head: str, doc: str, specs: Iterable[OpSpec],
+              branch: Callable[[OpSpec], list[str]], tail: list[str]) -> list[str]:
+    """One inlined dispatch function: ``def head``, its docstring, an if/elif chain over
+    ``specs`` (``branch`` gives each body, indented by 8) and the fall-through ``tail``."""
+    lines = ["@kernel(inline=True)", f"def {head}:", f'    """{doc}"""']
+    for n, spec in enumerate(specs):
+        lines.append(f"    {'if' if n == 0 else 'elif'} op == {spec.code}:  # {spec.name}")
+        lines += [f"        {line}" for line in branch(spec)]
+    return lines + [f"    {line}" for line in tail] + ["", ""]
 
 
-def _reverse_lean() -> list[str]:
-    lines = [
-        "@_kernel",
-        "def reverse_lean(ops, args, vals, adj, n_pre):",
-        '    """Reverse sweep that recomputes each partial from the stored values.',
-        "",
-        "    Needs no per-edge memory (the lean mode); same contract as :func:`reverse_stored`.",
-        '    """',
-        *_reverse_head(),
-        *_prefetch_args("vals", "-"),  # the partials read the arguments' values too
-    ]
-
-    def body(spec: _ops.OpSpec, ind: str) -> list[str]:
-        out = _load_args(spec, ind)
-        uses_f = any("f" in _tokens(d) for d in spec.partials)
-        if uses_f:
-            out.append(f"{ind}f = vals[s]")
-        for j, d in enumerate(spec.partials):
-            out.append(f"{ind}_acc(adj, args[k + {j}], g, {d})")
-        return out
-
-    _chain(lines, [s for s in _ops.OPS if s.ndiff], body)
-    lines += ["", ""]
-    return lines
+def _load(spec: OpSpec, start: int) -> list[str]:
+    # Each branch loads only the arguments its op has (from ``start``: the sweep loads x).
+    return [f"{_ARGS[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
 
 
-def _tokens(expr: str) -> set[str]:
-    return set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", expr))
+def _pad(values: list[str], n: int) -> str:
+    return ", ".join(values + ["0.0"] * (n - len(values)))
 
 
-_DRIVERS = '''
-@_kernel
-def value_kernel(ops, args, consts, outputs, xin, vals, out):
-    """Evaluate the outputs at ``xin`` into ``out`` (shape ``(n_outputs,)``)."""
-    forward_values(ops, args, consts, xin, vals)
-    for j in range(outputs.shape[0]):
-        out[j] = vals[outputs[j]]
+# --------------------------------------------------------------------- single point
 
 
-@_kernel
-def _collect_grad(adj, n_in, n_pre, grad):
-    # The inputs' adjoints are the gradient; zero every pre-slot so adj is clean for next time.
-    for i in range(n_in):
-        grad[i] = adj[i]
-    for i in range(n_pre):
-        adj[i] = 0.0
+def _value(spec: OpSpec) -> list[str]:
+    return [*_load(spec, 1), f"return {spec.forward}, k + {spec.arity}"]
 
 
-@_kernel
-def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj, grad):
-    """Value of output ``which`` and its gradient into ``grad``; stores partials (fast mode).
-
-    ``adj`` must be all zeros on entry (it is again on exit); ``parts`` has ``len(args)``
-    entries.  Returns the output's value.
-    """
-    forward_partials(ops, args, consts, xin, vals, parts)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_stored(ops, args, parts, adj, n_pre)
-    _collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
+def _value_store_partials(spec: OpSpec) -> list[str]:
+    out = [*_load(spec, 1), f"f = {spec.forward}"]
+    out += [f"parts[k + {j}] = {d}" for j, d in enumerate(spec.partials) if d not in UNIT]
+    return [*out, f"return f, k + {spec.arity}"]
 
 
-@_kernel
-def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj, grad):
-    """As :func:`value_and_grad_kernel` but recomputes partials (lean mode, no ``parts``)."""
-    forward_values(ops, args, consts, xin, vals)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_lean(ops, args, vals, adj, n_pre)
-    _collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
-'''
+def _value_and_partials(spec: OpSpec) -> list[str]:
+    out = [*_load(spec, 1), f"f = {spec.forward}"]
+    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+    return [*out, f"return f, {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}"]
 
 
-def table_digest() -> str:
-    """Hash of the table's formulas and the scalar helpers, written into every generated file.
-
-    Numba's cache is keyed on each file's own source, so a generated file whose kernels call
-    the helpers must change text whenever they change: the digest in its header does that.
-    """
-    table = ";".join(f"{o.name}|{o.arity}|{o.forward}|{o.partials}" for o in _ops.OPS)
-    return hashlib.sha256((table + helpers_source()).encode()).hexdigest()[:16]
+def _partials(spec: OpSpec) -> list[str]:
+    out = _load(spec, 0)
+    if _uses_f(spec.partials):
+        out.append("f = vals[s]")
+    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+    return [*out, f"return {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}"]
 
 
-def helpers_source() -> str:
-    """Source of :mod:`fasttape.kernels.scalar` without its module docstring."""
-    return inspect.getsource(_scalar).split('"""', 2)[2]
+def _partials_and_second(spec: OpSpec) -> list[str]:
+    out = _load(spec, 0)
+    if _uses_f([*spec.partials, *spec.second]):
+        out.append("f = vals[s]")
+    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+    out += [f"{h} = 0.0" for h in _H]
+    for j, m, e in spec.hessian_entries:
+        if e != "0.0":  # second partials only matter where the adjoint is not zero
+            out += ["if g != 0.0:", f"    {_H[j + m]} = {e}"]
+    return [*out, f"return {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}, h00, h01, h11"]
 
 
-def helper_lines() -> list[str]:
-    """The scalar helpers and ``_acc`` as ``@_kernel`` functions, for any generated module.
-
-    Copied rather than imported so that each generated file's text (and so its Numba cache)
-    changes when a helper changes.
-    """
+def _unit_adjoint(spec: OpSpec) -> list[str]:
     out = []
-    for line in helpers_source().strip("\n").splitlines():
-        if line.startswith("import "):
-            continue
-        if line.startswith("def "):
-            out.append("@_kernel")
-        out.append(line)
-    out += [
-        "",
-        "",
-        "@_kernel",
-        "def _acc(adj, p, g, d):",
-        "    # An exactly-zero partial is a structural zero: never form 0 * inf = NaN.  A unit",
-        "    # partial (add, sub, a selected max) adds g itself: g * 1.0 and g * -1.0 are exact,",
-        "    # and skipping the product avoids the x86 microcode assist that multiplying a",
-        "    # subnormal adjoint costs (about 150 cycles; additions have no such penalty).",
-        "    if d == 1.0:",
-        "        adj[p] += g",
-        "    elif d == -1.0:",
-        "        adj[p] -= g",
-        "    elif d != 0.0:",
-        "        adj[p] += g * d",
-    ]
-    return out
+    for j, d in enumerate(spec.partials):
+        if d in UNIT:
+            out.append(f"adj[args[k + {j}]] {'+' if d == '1.0' else '-'}= g")
+        else:  # an op with both kinds of edge (fmac): this partial was stored
+            out.append(f"accumulate(adj, args[k + {j}], g, parts[k + {j}])")
+    return [*out, "return True"]
 
 
-def core_digest() -> str:
-    """Digest of ``_generated.py``'s text as generated now, for the headers of generated
-    modules whose kernels call (and so inline) the core sweeps: their Numba caches must
-    change with it, and the table digest alone misses a change to the sweeps' templates."""
-    return hashlib.sha256(generate().encode()).hexdigest()[:16]
+# --------------------------------------------------------------------- rows of a batch chunk
+# The loop over the chunk's points sits inside each branch: a switch inside the point loop is
+# not unswitched by LLVM (2x slower on arithmetic tapes, measured).  Argument rows are read once
+# per chunk, outside the loop; ``a0`` (the first argument's row) is read by the caller.
 
 
-def source_digest(name: str) -> str:
-    """Digest of a hand-written module of this folder (``fpenv.py``, ``memhint.py``) whose
-    intrinsics a generated module calls, for that module's header (same reason)."""
-    return hashlib.sha256((Path(__file__).parent / name).read_bytes()).hexdigest()[:16]
+def _rows_load(spec: OpSpec, upto: int | None = None) -> list[str]:
+    return [f"a{j} = args[k + {j}]" for j in range(1, spec.arity if upto is None else upto)]
 
 
-def with_memhint(lines: list[str]) -> list[str]:
-    """A generated module's header plus the import of the prefetch intrinsics and, as the
-    fourth line, the digest of ``memhint.py`` that keeps the module's Numba cache in step."""
-    return [*lines[:3], f"# memhint.py sha256: {source_digest('memhint.py')}", *lines[3:],
-            "from fasttape.kernels.memhint import prefetch, prefetch_write  # noqa: E402",
-            ""]
+def _points(spec: OpSpec) -> list[str]:
+    return [f"    {_ARGS[j]} = vals[a{j}, p]" for j in range(spec.arity)]
 
 
-def header(module_doc: str) -> list[str]:
-    """Opening lines shared by every generated module: banner, digest, imports, ``_kernel``."""
-    return [
-        "# GENERATED by `python -m fasttape.kernels.codegen` from fasttape/ops.py and",
-        "# fasttape/kernels/scalar.py -- do not edit by hand.",
-        f"# table+helpers sha256: {table_digest()}",
-        f'"""{module_doc}"""',
-        "",
-        "import math  # noqa: F401  (used by the formulas)",
-        "",
-        "import numba",
-        "import numpy as np",
-        "",
-        "# One set of options for every kernel: cached on disk, GIL released so Python threads run",
-        "# in parallel, IEEE results for x / 0 instead of exceptions.  Never fastmath: it breaks",
-        "# NaN and inf handling.",
-        '_kernel = numba.njit(cache=True, nogil=True, error_model="numpy")',
-        "",
-    ]
+def _select_acc(j: int, d: str) -> list[str]:
+    # The scalar sweep's `if g == 0: continue` and accumulate's `if d != 0` as one select, which
+    # vectorizes and keeps a signed zero or a 0 * inf out of the sum exactly as the branch does.
+    return [f"    d = {d}", f"    t = adj[a{j}, p]",
+            f"    adj[a{j}, p] = t + g * d if g != 0.0 and d != 0.0 else t"]
+
+
+def _value_rows(spec: OpSpec) -> list[str]:
+    return [*_rows_load(spec), "for p in range(nb):", *_points(spec),
+            f"    vals[s, p] = {spec.forward}", f"return k + {spec.arity}"]
+
+
+def _value_store_partials_rows(spec: OpSpec) -> list[str]:
+    out = [*_rows_load(spec), "for p in range(nb):", *_points(spec),
+           f"    f = {spec.forward}", "    vals[s, p] = f"]
+    out += [f"    parts[k + {j}, p] = {d}" for j, d in enumerate(spec.partials) if d not in UNIT]
+    return [*out, f"return k + {spec.arity}"]
+
+
+def _unit_adjoint_rows(spec: OpSpec) -> list[str]:
+    # Only the differentiable arguments' rows (fmac's constant gets no adjoint).
+    out = [*_rows_load(spec, spec.ndiff), "for p in range(nb):", "    g = adj[s, p]",
+           "    adj[s, p] = 0.0"]
+    for j, d in enumerate(spec.partials):
+        if d in UNIT:
+            out += [f"    t = adj[a{j}, p]",
+                    f"    adj[a{j}, p] = t {'+' if d == '1.0' else '-'} g if g != 0.0 else t"]
+        else:
+            out += _select_acc(j, f"parts[k + {j}, p]")
+    return [*out, "return True"]
+
+
+def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
+    out = [*_rows_load(spec), "for p in range(nb):", "    g = adj[s, p]", "    adj[s, p] = 0.0",
+           *_points(spec)]
+    if _uses_f(spec.partials):
+        out.append("    f = vals[s, p]")
+    for j, d in enumerate(spec.partials):
+        out += _select_acc(j, d)
+    return [*out, "return"]
 
 
 def generate() -> str:
-    """Return the full text of ``_generated.py`` for the current table."""
-    too_many = [o.name for o in _ops.OPS if o.ndiff > 2]
-    if too_many:  # reverse_stored unrolls at most two differentiable edges per instruction
+    """Return the full text of ``dispatch.py`` for the current table."""
+    too_many = [o.name for o in OPS if o.ndiff > 2]
+    if too_many:  # the sweeps unroll at most two differentiable edges per instruction
         raise ValueError(f"ops with more than 2 differentiable arguments: {too_many}")
-    arity = ", ".join(str(o.arity) for o in _ops.OPS)
-    ndiff = ", ".join(str(o.ndiff) for o in _ops.OPS)
-    lines = header("Sweep kernels generated from the op table (see fasttape/kernels/codegen.py).")
-    lines = with_memhint(lines)
-    lines += [
-        f"_ARITY = np.array([{arity}], dtype=np.int64)",
-        f"_NDIFF = np.array([{ndiff}], dtype=np.int64)",
+    missing = [o.name for o in OPS if len(o.second) != o.ndiff * (o.ndiff + 1) // 2]
+    if missing:
+        raise ValueError(
+            f"ops whose `second` does not list ndiff * (ndiff + 1) / 2 second partials: "
+            f"{missing} (see docs/adding-an-op.md)"
+        )
+    diff = [o for o in OPS if o.ndiff]
+    unit = [o for o in OPS if unit_partials(o)]
+    nan = ["return np.nan, k  # unreachable for a validated tape"]
+    out = [
+        "# GENERATED by `python -m fasttape.kernels.codegen` from fasttape/ops.py: do not edit.",
+        "# ruff: noqa: E501  (branches hold the table's formulas as written)",
+        '"""Per-op dispatch: the op table\'s formulas, one ``if op == code`` branch per op.',
         "",
-        "# --- scalar helpers, copied from fasttape/kernels/scalar.py ---",
+        "Every function is inlined by Numba into the sweep that calls it, so a sweep compiles to",
+        "one loop around one switch.  ``k`` is the instruction's first argument position in",
+        "``args``; ``x`` (or, for the row forms, ``a0``) is the first argument, which the sweeps",
+        "read before the dispatch so that the load overlaps the indirect branch.  The forward",
+        "forms return the next instruction's ``k`` as a constant per branch: the next argument",
+        "load then waits on the predicted branch only, not on a load of the op's arity.",
+        '"""',
+        "",
+        "import math",
+        "",
+        "import numpy as np",
+        "",
+        "from fasttape.kernels.jit import kernel",
+        "from fasttape.kernels.scalar import (",
+        *[f"    {name}," for name in sorted(scalar.__all__)],
+        ")",
+        "",
+        "#: Arguments of each op code, and how many of them (the first ones) are differentiable.",
+        f"ARITY = np.array([{', '.join(str(o.arity) for o in OPS)}], dtype=np.int64)",
+        f"NDIFF = np.array([{', '.join(str(o.ndiff) for o in OPS)}], dtype=np.int64)",
+        "",
+        "",
     ]
-    lines += helper_lines()
-    lines += [
-        "",
-        "",
-        "# --- sweeps ---",
-        "",
-        "",
-    ]
-    lines += _forward(False)
-    lines += _forward(True)
-    lines += _reverse_stored()
-    lines += _reverse_lean()
-    lines += _DRIVERS.strip("\n").splitlines()
-    return "\n".join(lines) + "\n"
+    out += _function(
+        "value(op, x, vals, args, k)",
+        "``(f, k_next)``: the result, and where the next instruction's arguments start.",
+        OPS, _value, nan)
+    out += _function(
+        "value_store_partials(op, x, vals, args, k, parts)",
+        "As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones.",
+        OPS, _value_store_partials, nan)
+    out += _function(
+        "value_and_partials(op, x, vals, args, k)",
+        "``(f, p0, p1)``: the result and its partials (0.0 where the op has none).",
+        OPS, _value_and_partials, ["return np.nan, 0.0, 0.0"])
+    out += _function(
+        "partials(op, vals, args, k, s)",
+        "``(p0, p1)`` recomputed from the values (``vals[s]`` is the result).",
+        diff, _partials, ["return 0.0, 0.0"])
+    out += _function(
+        "partials_and_second(op, vals, args, k, s, g)",
+        "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``.",
+        diff, _partials_and_second, ["return 0.0, 0.0, 0.0, 0.0, 0.0"])
+    out += _function(
+        "unit_adjoint(op, args, parts, k, g, adj)",
+        "For an op with a unit partial, add the adjoint ``g`` to its arguments; else False.",
+        unit, _unit_adjoint, ["return False"])
+    out += _function(
+        "value_rows(op, a0, vals, args, k, s, nb)",
+        "Row ``s`` of a chunk, the result at each of the ``nb`` points; returns ``k_next``.",
+        OPS, _value_rows, ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"])
+    out += _function(
+        "value_store_partials_rows(op, a0, vals, args, k, s, nb, parts)",
+        "As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``.",
+        OPS, _value_store_partials_rows,
+        ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"])
+    out += _function(
+        "unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb)",
+        "For an op with a unit partial: move row ``s`` of ``adj`` to its arguments; else False.",
+        unit, _unit_adjoint_rows, ["return False"])
+    out += _function(
+        "adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb)",
+        "Move row ``s`` of ``adj`` to the arguments, partials recomputed from ``vals``.",
+        diff, _adjoint_lean_rows,
+        ["for p in range(nb):  # no differentiable argument: only clear the row",
+         "    adj[s, p] = 0.0"])
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
-#: Files (from the repository root) whose cached Numba functions call the generated kernels
-#: (the same holds for a user's own ``cache=True`` code, docs/embedding.md).  Numba keys
-#: a file's cache on that file alone, so when the kernels change (a new op renumbers the
-#: codes) these would go on running the old kernels compiled into them -- with the old op
-#: codes, out of bounds.  Each carries a line starting with :data:`DIGEST_MARK` that the
-#: generator rewrites with :func:`kernels_digest`, so its text, and its cache, change too.
-DEPENDENTS = ("fasttape/passes/fold.py", "fasttape/embed/numba_api.py", "fasttape/embed/cabi.py",
-              "benchmarks/bench_embed.py")
-DIGEST_MARK = "# kernels digest: "
+def _replace_table(text: str, table: str) -> str:
+    """``text`` with the Markdown table that starts with ``table``'s header line (and ends at
+    the next blank line) replaced by ``table``."""
+    lines = text.split("\n")
+    start = lines.index(table.split("\n", 1)[0])
+    end = lines.index("", start)
+    return "\n".join([*lines[:start], *table.rstrip("\n").split("\n"), *lines[end:]])
 
 
-def _generated_targets() -> list[tuple[Path, Callable[[], str]]]:
-    out: list[tuple[Path, Callable[[], str]]] = [(GENERATED_PATH, generate)]
-    for path in sorted(Path(__file__).parent.glob("gen_*.py")):
-        mod = importlib.import_module(f"fasttape.kernels.{path.stem}")
-        out.append((Path(mod.TARGET), mod.generate))
-    return out
-
-
-def kernels_digest() -> str:
-    """Hash of the text of every generated kernel file (as generated now)."""
-    h = hashlib.sha256()
-    for _, gen in _generated_targets():
-        h.update(gen().encode())
-    return h.hexdigest()[:16]
-
-
-def _dependent(path: Path) -> Callable[[], str]:
+def _derivatives_md(path: Path) -> Callable[[], str]:
     def text() -> str:
-        lines = path.read_text().splitlines(keepends=True)
-        marks = [i for i, line in enumerate(lines) if line.startswith(DIGEST_MARK)]
-        if len(marks) != 1:
-            raise RuntimeError(f"{path} needs exactly one line starting with {DIGEST_MARK!r}")
-        lines[marks[0]] = f"{DIGEST_MARK}{kernels_digest()}  (see codegen.DEPENDENTS)\n"
-        return "".join(lines)
+        out = _replace_table(path.read_text(encoding="utf-8"), opsdoc.derivatives_markdown())
+        return _replace_table(out, opsdoc.second_derivatives_markdown())
 
     return text
 
 
 def targets() -> list[tuple[Path, Callable[[], str]]]:
-    """Every generated file and the function that writes its text.
-
-    ``_generated.py`` (the core sweeps) comes from this module; each further kernel family
-    lives in its own generator module ``fasttape/kernels/gen_<name>.py`` defining ``TARGET``
-    (the output path) and ``generate()``.  They are discovered by name, so adding a family
-    touches no shared file.  Then the :data:`DEPENDENTS`, whose digest line is rewritten.
-    """
-    root = Path(__file__).parent.parent.parent  # the repository (benchmarks/ is not installed)
-    return _generated_targets() + [
-        (root / d, _dependent(root / d)) for d in DEPENDENTS
-        if d.startswith("fasttape/") or (root / d).exists()
-    ]
+    """Every generated file and the function that gives its text."""
+    out: list[tuple[Path, Callable[[], str]]] = [(DISPATCH_PATH, generate)]
+    docs = _ROOT / "docs"
+    if (docs / "ops.md").exists():  # a checkout, not an installed package
+        out.append((docs / "ops.md", opsdoc.ops_markdown))
+        out.append((docs / "derivatives.md", _derivatives_md(docs / "derivatives.md")))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write (or with ``--check``, verify) every generated kernel file."""
+    """Write (or with ``--check``, verify) every generated file."""
     argv = sys.argv[1:] if argv is None else argv
     status = 0
     for path, gen in targets():
         text = gen()
         if "--check" in argv:
-            fresh = path.exists() and path.read_text() == text
+            fresh = path.exists() and path.read_text(encoding="utf-8") == text
             print(f"{path.name}: up to date" if fresh else f"{path} is stale: run codegen")
             status |= 0 if fresh else 1
         else:
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     return status
 

@@ -25,9 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fasttape.kernels.jit import kernel
 
 __all__ = ["FTZ_DAZ", "SUPPORTED", "call", "check_flush", "enter", "leave", "mxcsr"]
 
@@ -69,13 +71,13 @@ def _set_mxcsr(typingctx, value):  # type: ignore[no-untyped-def]
     return types.none(types.uint32), codegen
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def mxcsr():  # pragma: no cover (jitted)
     """The calling thread's MXCSR register (0 where there is none)."""
     return _get_mxcsr()
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def enter(flush):  # pragma: no cover (jitted)
     """Set FTZ and DAZ on the calling thread when ``flush``; return the register to restore."""
     old = _get_mxcsr()
@@ -84,7 +86,7 @@ def enter(flush):  # pragma: no cover (jitted)
     return old
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def leave(old):  # pragma: no cover (jitted)
     """Restore the register that :func:`enter` returned."""
     _set_mxcsr(old)

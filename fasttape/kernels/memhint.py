@@ -2,10 +2,10 @@
 
 Two sweeps read memory in an order the hardware prefetchers cannot guess:
 
-* the single-point sweeps (``_generated.py``) read ``vals[args[k]]`` and update
+* the single-point sweeps (``sweep.py``) read ``vals[args[k]]`` and update
   ``adj[args[k]]``: on a tape whose parents lie anywhere earlier (``random-uniform``) each
   is a cache miss at the full latency of L3 or memory;
-* the batch reverse sweep (``_batch_generated.py``) walks the stored partials from the end
+* the batch reverse sweep (``batch.py``) walks the stored partials from the end
   of a buffer far larger than L2 (autograd-west, 10k ops: 25 MB per worker at ``C = 32``),
   skipping the rows of unit partials, which are not stored.
 

@@ -6,13 +6,12 @@ lets compile and validation run at tens of millions of nodes per second.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-_structural = numba.njit(cache=True, nogil=True)
+from fasttape.kernels.jit import kernel
 
 
-@_structural
+@kernel
 def mark_live(ops, args, arity, n_real_ops, live):  # pragma: no cover (jitted)
     """Mark every node that some node already marked in ``live`` depends on.
 
@@ -40,7 +39,7 @@ PARAM_NOT_CONST = 5
 EXPONENT_NOT_INTEGRAL = 6
 
 
-@_structural
+@kernel
 def check_tape(ops, args, consts, n_inputs, arity, ndiff, param_const, powi_code):
     """Validate a tape in one pass; return ``(code, instruction, argument position)``.
 

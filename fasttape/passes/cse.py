@@ -24,8 +24,8 @@ which reorders a floating-point sum.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
@@ -41,7 +41,7 @@ _M1 = 0x100000001B3  # FNV prime: per-field combine (int64 arithmetic wraps in N
 _M2 = 0x2545F4914F6CDD1D  # xorshift* finaliser multiplier
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def cse_sweep(ops, a, rep, cbits, arity, commutative, n_real_ops, const_code, input_code,
               table):  # pragma: no cover (jitted)
     """Merge identical nodes into their first occurrence (``rep``).

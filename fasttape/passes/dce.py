@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.kernels.structure import mark_live
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS, PARAM_CODE
 
@@ -41,7 +41,7 @@ def live_nodes(ops: np.ndarray, args: np.ndarray, outputs: np.ndarray) -> np.nda
     return live
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def mark_live_ir(ops, a, arity, n_real_ops, live):  # pragma: no cover (jitted)
     """As :func:`~fasttape.kernels.structure.mark_live` on the passes' fixed-width form.
 
@@ -55,7 +55,7 @@ def mark_live_ir(ops, a, arity, n_real_ops, live):  # pragma: no cover (jitted)
                 live[a[i, j]] = True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def resolve(ops, a, rep, arity, n_real_ops):  # pragma: no cover (jitted)
     """Map every surviving node's arguments through ``rep`` and path-compress ``rep``.
 

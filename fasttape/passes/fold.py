@@ -11,14 +11,12 @@ Gradients are unchanged too: an instruction with only constant arguments has zer
 with respect to every input.
 """
 
-# kernels digest: b3842d7fb9f5a9fa  (see codegen.DEPENDENTS)
-
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from fasttape import kernels
+from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, N_OPS
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
@@ -26,7 +24,7 @@ from fasttape.passes.ir import IR
 __all__ = ["fold_constants", "foldable"]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def foldable(ops, a, rep, arity, n_real_ops, const_code, mask):  # pragma: no cover (jitted)
     """Mark in ``mask`` every surviving instruction whose arguments are all constant.
 

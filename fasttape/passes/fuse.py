@@ -33,8 +33,8 @@ dropped by the final ``dce``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import N_OPS, OP_BY_NAME
 from fasttape.passes.dce import GRAPH_ARITY, resolve
 from fasttape.passes.ir import IR
@@ -45,7 +45,7 @@ _CODES = np.array([OP_BY_NAME[n].code for n in ("add", "mulc", "square", "sub", 
                                                   "sqdiff")], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def fuse_sweep(ops, a, rep, outputs, arity, n_real_ops, codes):  # pragma: no cover (jitted)
     """Fuse every eligible pair in place; return the number fused.
 

@@ -24,8 +24,8 @@ another order), like the other reordering passes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import OPS
 from fasttape.passes.locality import reorder
 
@@ -38,7 +38,7 @@ WINDOW = 4096
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def depths(ops, args, n_pre, arity):  # pragma: no cover (jitted)
     """Depth of every instruction: 1 + the deepest instruction argument (0 if none)."""
     n = ops.shape[0]

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS
 from fasttape.passes.dce import GRAPH_ARITY, mark_live_ir, resolve
 
@@ -71,7 +71,7 @@ class IR:
         return len(self.consts) - 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _fill(ops, args, arity, a):  # pragma: no cover (jitted)
     # Scatter concatenated arguments into the fixed-width rows.
     k = 0
@@ -81,7 +81,7 @@ def _fill(ops, args, arity, a):  # pragma: no cover (jitted)
             k += 1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _renumber(ops, a, live, consts, arity, n_real_ops, input_code, const_code, n_in,
               out_args):  # pragma: no cover (jitted)
     """Slot of every live node, the kept ops and constants; fills ``out_args``.

@@ -17,8 +17,8 @@ up to rounding (adjoint sums are accumulated in another order).  Off by default.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import OPS
 
 __all__ = ["locality_order", "reorder", "distances", "typical_distance"]
@@ -26,7 +26,7 @@ __all__ = ["locality_order", "reorder", "distances", "typical_distance"]
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def dfs_postorder(ops, args, outputs, n_pre, arity):  # pragma: no cover (jitted)
     """Instruction indices in depth-first post-order from the outputs (then the rest)."""
     n = ops.shape[0]
@@ -66,7 +66,7 @@ def dfs_postorder(ops, args, outputs, n_pre, arity):  # pragma: no cover (jitted
     return order
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _permute(ops, args, outputs, n_pre, order, arity, new_ops, new_args,
              new_outputs):  # pragma: no cover (jitted)
     n = ops.shape[0]

@@ -2,7 +2,7 @@
 
 A tape (:class:`~fasttape.tape.TapeRecord`) delegates here when it carries a plan
 (:mod:`fasttape.passes.reuse`): ``value`` and the ``"stored"`` ``value_and_grad`` then run the
-kernels of ``fasttape/kernels/_reuse_generated.py`` on per-thread work buffers of the plan's
+kernels of ``fasttape/kernels/sweep.py`` on per-thread work buffers of the plan's
 ``n_work`` slots instead of ``n_slots``.  The buffers have their own names in the tape's
 thread-local store, so code that uses the plain buffers (``vals``, ``adj``) is unaffected.
 The functions take the tape as an argument and use only its public interface (``reuse_plan``,
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.kernels._reuse_generated import value_and_grad_plan_kernel, value_plan_kernel
+from fasttape.kernels.sweep import value_and_grad_plan_kernel, value_plan_kernel
 
 __all__ = ["value", "value_and_grad", "work_nbytes", "stats"]
 

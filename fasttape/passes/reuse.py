@@ -38,8 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import N_OPS, OPS
 
 __all__ = ["ReusePlan", "plan_slots", "MIN_SLOTS"]
@@ -69,7 +69,7 @@ class ReusePlan:
         return int(self.dest.nbytes + self.args.nbytes + self.outputs.nbytes)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def last_uses(ops, args, outputs, n_pre, arity):  # pragma: no cover (jitted)
     """Index of the last instruction reading each instruction's value (-1 if none).
 
@@ -91,7 +91,7 @@ def last_uses(ops, args, outputs, n_pre, arity):  # pragma: no cover (jitted)
     return last
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def assign_slots(ops, args, outputs, n_pre, arity, dest, new_args,
                  new_outputs, inplace):  # pragma: no cover (jitted)
     """Linear-scan slot assignment; fills ``dest``, ``new_args``, ``new_outputs``.

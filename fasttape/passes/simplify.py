@@ -67,8 +67,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, N_OPS, OP_BY_NAME
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
@@ -88,7 +88,7 @@ _HAS_RULE[_CODES[[RULE_OPS.index(n) for n in RULE_OPS if n not in _TARGETS]]] = 
 _NONE, _ALIAS, _REWRITE, _CONST = 0, 1, 2, 3
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, const_code,
                    zero_idx, one_idx, finite):  # pragma: no cover (jitted)
     """Apply the rules to every surviving instruction.

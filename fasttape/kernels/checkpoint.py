@@ -1,30 +1,21 @@
-"""Generate the checkpointing drivers (``fasttape/kernels/_checkpoint_generated.py``).
+"""Checkpointing drivers: revolve's counting formulas, ``ft.scan`` and segmented gradients.
 
-Discovered by ``python -m fasttape.kernels.codegen`` (any ``gen_<name>.py`` module with
-``TARGET`` and ``generate()``).  The drivers contain no op formulas: they call the core sweeps
-of ``_generated.py`` (``forward_values``, ``forward_partials``, ``reverse_stored``) on a step
-tape (``ft.scan``) or on one segment of a flat tape (``memory_limit=``), so every value,
+The drivers contain no op formulas: they call the single-point sweeps of
+:mod:`fasttape.kernels.sweep` (``forward_values``, ``forward_partials``, ``reverse_stored``) on
+a step tape (``ft.scan``) or on one segment of a flat tape (``memory_limit=``), so every value,
 partial and adjoint is computed by exactly the code that the store-everything gradient runs.
-
-Why generated rather than a plain module: Numba's on-disk cache of a function is keyed on its
-own file only, and these drivers inline the core sweeps.  The header records a digest of
-``_generated.py``'s text, so any change to the core sweeps changes this file too and
-invalidates its cache (a plain module would keep running stale inlined sweeps).
+The Python side is :mod:`fasttape.checkpoint`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.sweep import forward_partials, forward_values, reverse_stored
 
-from fasttape.kernels import codegen as _cg
-
-TARGET = Path(__file__).with_name("_checkpoint_generated.py")
-
-_DRIVERS = '''
 # --- revolve: Griewank's binomial checkpointing, counting formulas and the optimal split ---
 
 
-@_kernel
+@kernel
 def revolve_reps(n, c):
     """Repetition number ``r`` (smallest ``r >= 0`` with ``C(c + r, c) >= n``) and ``C(c + r, c)``.
 
@@ -38,7 +29,7 @@ def revolve_reps(n, c):
     return r, b
 
 
-@_kernel
+@kernel
 def revolve_cost(n, c):
     """Minimal number of advance steps to reverse ``n`` steps with ``c >= 1`` snapshots.
 
@@ -49,7 +40,7 @@ def revolve_cost(n, c):
     return r * n - b * r // (c + 1)
 
 
-@_kernel
+@kernel
 def revolve_split(n, c):
     """Optimal first advance ``m`` (``1 <= m < n``) for ``n >= 2`` steps and ``c >= 2`` snapshots.
 
@@ -75,7 +66,7 @@ def revolve_split(n, c):
 # --- scan: one step tape, T steps, reversed with revolve ---
 
 
-@_kernel
+@kernel
 def _scan_add_cost(svals, souts, n_state, t, acc, cnt):
     # The running cost is summed once per step, in step order, as the unrolled tape does:
     # acc = c_0, then acc = acc + c_t.  cnt[2] is the next step whose cost is due.
@@ -85,7 +76,7 @@ def _scan_add_cost(svals, souts, n_state, t, acc, cnt):
         cnt[2] = t + 1
 
 
-@_kernel
+@kernel
 def _scan_advance(sops, sargs, sconsts, souts, n_state, has_cost, xin, svals, t0, k, acc, cnt):
     # k plain forward steps from position t0: xin[:n_state] holds state t0 on entry and
     # state t0 + k on exit (xin[n_state:] are the parameters).  vals still holds the old
@@ -99,7 +90,7 @@ def _scan_advance(sops, sargs, sconsts, souts, n_state, has_cost, xin, svals, t0
     cnt[0] += k
 
 
-@_kernel
+@kernel
 def _scan_taped(
     sops, sargs, sconsts, souts, fops, fargs, fconsts, fouts, has_final, has_cost, n_state,
     xin, svals, sparts, sadj, fxin, fvals, fparts, fadj, ct, t, n_steps, acc, cnt, res,
@@ -154,7 +145,7 @@ def _scan_taped(
         sadj[j] = 0.0
 
 
-@_kernel
+@kernel
 def scan_value_and_grad(
     sops, sargs, sconsts, souts, fops, fargs, fconsts, fouts, has_final, has_cost, n_state,
     x0, n_steps, n_snaps, xin, svals, sparts, sadj, fxin, fvals, fparts, fadj, ct, snaps,
@@ -223,7 +214,7 @@ def scan_value_and_grad(
     return res[0]
 
 
-@_kernel
+@kernel
 def scan_value(
     sops, sargs, sconsts, souts, fops, fargs, fconsts, fouts, has_final, has_cost, n_state,
     n_steps, xin, svals, fxin, fvals, acc, cnt,
@@ -245,7 +236,7 @@ def scan_value(
 # --- segments: a flat tape reversed segment by segment from boundary checkpoints ---
 
 
-@_kernel
+@kernel
 def segment_counts(ops, args, arity, n_pre, seg_len, last, cross):
     """Sizes of the segment plan with segments of ``seg_len`` instructions.
 
@@ -293,7 +284,7 @@ def segment_counts(ops, args, arity, n_pre, seg_len, last, cross):
     return total, n_cross, e_max, edges_max
 
 
-@_kernel
+@kernel
 def segment_fill(ops, args, arity, n_pre, seg_len, n_seg, cid, last, edge_ptr, ext_ptr,
                  ext_slot, ext_src):
     """Fill the plan: edge offsets, and each segment's sorted externals with their sources.
@@ -323,7 +314,7 @@ def segment_fill(ops, args, arity, n_pre, seg_len, n_seg, cid, last, edge_ptr, e
     ext_ptr[n_seg] = q
 
 
-@_kernel
+@kernel
 def _segment_local(args, xin, consts, n_pre, e0, e1, base, x0, x1, ext_slot, ext_src, ck_val,
                    lxin, largs):
     # Gather the segment's externals into lxin and rewrite its arguments to local slots:
@@ -355,7 +346,7 @@ def _segment_local(args, xin, consts, n_pre, e0, e1, base, x0, x1, ext_slot, ext
     return ne
 
 
-@_kernel
+@kernel
 def segment_forward(ops, args, consts, xin, n_pre, seg_len, edge_ptr, ext_ptr, ext_slot,
                     ext_src, cid_slot, exp_ptr, ck_val, lxin, largs, lvals, no_consts, out_slot):
     """Forward sweep segment by segment, keeping only the checkpoints; returns ``out_slot``'s value.
@@ -386,7 +377,7 @@ def segment_forward(ops, args, consts, xin, n_pre, seg_len, edge_ptr, ext_ptr, e
     return res
 
 
-@_kernel
+@kernel
 def segment_reverse(ops, args, consts, xin, n_pre, seg_len, edge_ptr, ext_ptr, ext_slot,
                     ext_src, cid_slot, exp_ptr, ck_val, pend, acc_pre, lxin, largs, lvals,
                     lparts, ladj, no_consts, out_slot, out_cid):
@@ -429,20 +420,3 @@ def segment_reverse(ops, args, consts, xin, n_pre, seg_len, edge_ptr, ext_ptr, e
             else:
                 pend[ext_src[x0 + q]] = ladj[q]
             ladj[q] = 0.0
-'''
-
-
-def generate() -> str:
-    """Return the full text of ``_checkpoint_generated.py``."""
-    lines = _cg.header(
-        "Checkpointing drivers (see fasttape/kernels/gen_checkpoint.py)."
-    )
-    lines.insert(3, f"# core sweeps (_generated.py) sha256: {_cg.core_digest()}")
-    i = lines.index("import numpy as np")
-    lines[i : i + 1] = [
-        "import numpy as np  # noqa: F401  (kept from the shared header)",
-        "",
-        "from fasttape.kernels._generated import forward_partials, forward_values, reverse_stored",
-    ]
-    lines += _DRIVERS.strip("\n").splitlines()
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,260 @@
+"""Single-point sweeps: every slot's value, and the gradient by reverse accumulation.
+
+The arrays follow docs/tape-format.md: instruction ``i`` has op code ``ops[i]`` and its
+arguments at ``args[k:k + ARITY[op]]``; its value goes to slot ``n_pre + i`` (after the inputs
+and the constants).  With a slot-reuse plan (:mod:`fasttape.passes.reuse`) it goes to slot
+``dest[i]`` of a shorter work vector instead, and ``args`` holds work-vector slots: the
+sweeps take an optional last argument ``dest`` (Numba compiles one version without it and one
+with it, so the plain sweep pays nothing for it).
+
+What each op computes comes from :mod:`fasttape.kernels.dispatch` (generated from the op
+table, inlined here).  No bounds checks: the caller validated the tape and the buffers.
+
+The drivers ``value_kernel``, ``value_and_grad_kernel`` and ``value_and_grad_lean_kernel`` and
+the sweeps they call are the stable embedding API (docs/embedding.md): they can be called from
+your own jitted code with a tape's arrays.
+"""
+
+from __future__ import annotations
+
+from fasttape.kernels.dispatch import (
+    ARITY,
+    NDIFF,
+    partials,
+    unit_adjoint,
+    value,
+    value_store_partials,
+)
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.memhint import prefetch, prefetch_write
+from fasttape.kernels.scalar import accumulate
+
+__all__ = [
+    "PREFETCH_ARGS",
+    "PREFETCH_MIN_SLOTS",
+    "forward_partials",
+    "forward_values",
+    "reverse_lean",
+    "reverse_stored",
+    "value_and_grad_kernel",
+    "value_and_grad_lean_kernel",
+    "value_and_grad_plan_kernel",
+    "value_kernel",
+    "value_plan_kernel",
+]
+
+#: How many argument positions ahead the reverse sweeps prefetch the slots they will update
+#: (``adj``) and, in lean mode, read (``vals``); fasttape/kernels/memhint.py.  About 16
+#: instructions.  On random-uniform at 1e6 instructions, 16 and 64 gave the same gain and
+#: 256 a little less (docs/tape-format.md, "Memory access").
+PREFETCH_ARGS = 32
+
+#: Slots from which the reverse sweeps prefetch: below it the adjoints (8 bytes each) fit in
+#: L2 and the prefetches only cost instructions (random-local at 1e3: 2-4%).
+PREFETCH_MIN_SLOTS = 1 << 16
+
+
+# ------------------------------------------------------------------------------- forward
+
+
+@kernel
+def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover (jitted)
+    """Forward sweep: the value of every slot.
+
+    Loads ``xin`` and ``consts`` into the first slots of ``vals``, then evaluates every
+    instruction in order into slot ``n_pre + i``, or ``dest[i]`` with a plan.
+    """
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    for i in range(n_in):
+        vals[i] = xin[i]
+    for i in range(consts.shape[0]):
+        vals[n_in + i] = consts[i]
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        # Every op has a first argument: loading it before the dispatch lets the load
+        # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).
+        x = vals[args[k]]
+        f, k_next = value(op, x, vals, args, k)
+        if dest is None:
+            vals[n_pre + i] = f
+        else:
+            vals[dest[i]] = f
+        k = k_next
+
+
+@kernel
+def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma: no cover
+    """As :func:`forward_values`, also storing the partial derivative of every
+    differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1),
+    which the reverse sweeps know (:func:`fasttape.kernels.codegen.unit_partials`)."""
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    for i in range(n_in):
+        vals[i] = xin[i]
+    for i in range(consts.shape[0]):
+        vals[n_in + i] = consts[i]
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        x = vals[args[k]]
+        f, k_next = value_store_partials(op, x, vals, args, k, parts)
+        if dest is None:
+            vals[n_pre + i] = f
+        else:
+            vals[dest[i]] = f
+        k = k_next
+
+
+# ------------------------------------------------------------------------------- reverse
+
+
+@kernel
+def reverse_stored(ops, args, parts, adj, n_pre, dest=None):  # pragma: no cover (jitted)
+    """Reverse sweep over partials stored by :func:`forward_partials`.
+
+    Each differentiable edge adds ``adjoint * partial`` to its parent; ops whose partials are
+    the constants +-1 add or subtract the adjoint without reading them.  ``adj`` must hold the
+    seed on entry and zeros elsewhere; on exit the instruction slots are zero again and the
+    slots below ``n_pre`` hold the input and constant adjoints.  A zero adjoint contributes
+    nothing (see docs/derivatives.md).
+    """
+    if dest is None:
+        far = adj.shape[0] >= PREFETCH_MIN_SLOTS
+    else:
+        # A plan's work vector is small and mostly local: prefetches would only cost (3-5% on
+        # lennard-jones and rosenbrock at 1e6).
+        far = False
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= ARITY[op]
+        if dest is None:
+            s = n_pre + i
+        else:
+            s = dest[i]
+        # The slots of the argument PREFETCH_ARGS positions further along, and of the next
+        # one: about one instruction's worth per instruction (the mean arity is near 2).
+        q = k - PREFETCH_ARGS
+        if far and q >= 0:
+            prefetch_write(adj, args[q])
+            prefetch_write(adj, args[q + 1])
+        g = adj[s]
+        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call
+        if g == 0.0:
+            continue
+        if unit_adjoint(op, args, parts, k, g, adj):
+            continue
+        nd = NDIFF[op]
+        if nd >= 1:
+            accumulate(adj, args[k], g, parts[k])
+            if nd >= 2:
+                accumulate(adj, args[k + 1], g, parts[k + 1])
+
+
+@kernel
+def reverse_lean(ops, args, vals, adj, n_pre):  # pragma: no cover (jitted)
+    """Reverse sweep that recomputes each partial from the stored values.
+
+    Needs no per-edge memory (the lean mode); same contract as :func:`reverse_stored`.
+    """
+    far = adj.shape[0] >= PREFETCH_MIN_SLOTS
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= ARITY[op]
+        s = n_pre + i
+        q = k - PREFETCH_ARGS
+        if far and q >= 0:
+            prefetch_write(adj, args[q])
+            prefetch_write(adj, args[q + 1])
+        g = adj[s]
+        adj[s] = 0.0
+        if g == 0.0:
+            continue
+        if far and q >= 0:  # the partials read the arguments' values too
+            prefetch(vals, args[q])
+            prefetch(vals, args[q + 1])
+        nd = NDIFF[op]
+        if nd >= 1:
+            p0, p1 = partials(op, vals, args, k, s)
+            accumulate(adj, args[k], g, p0)
+            if nd >= 2:
+                accumulate(adj, args[k + 1], g, p1)
+
+
+# ------------------------------------------------------------------------------- drivers
+
+
+@kernel
+def value_kernel(ops, args, consts, outputs, xin, vals, out):  # pragma: no cover (jitted)
+    """Evaluate the outputs at ``xin`` into ``out`` (shape ``(n_outputs,)``)."""
+    forward_values(ops, args, consts, xin, vals)
+    for j in range(outputs.shape[0]):
+        out[j] = vals[outputs[j]]
+
+
+@kernel
+def collect_grad(adj, n_in, n_pre, grad):  # pragma: no cover (jitted)
+    """The inputs' adjoints into ``grad``; zero every pre-slot so ``adj`` is clean again."""
+    for i in range(n_in):
+        grad[i] = adj[i]
+    for i in range(n_pre):
+        adj[i] = 0.0
+
+
+@kernel
+def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj,
+                          grad):  # pragma: no cover (jitted)
+    """Value of output ``which`` and its gradient into ``grad``; stores partials (fast mode).
+
+    ``adj`` must be all zeros on entry (it is again on exit); ``parts`` has ``len(args)``
+    entries.  Returns the output's value.
+    """
+    forward_partials(ops, args, consts, xin, vals, parts)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    reverse_stored(ops, args, parts, adj, n_pre)
+    collect_grad(adj, xin.shape[0], n_pre, grad)
+    return vals[outputs[which]]
+
+
+@kernel
+def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj,
+                               grad):  # pragma: no cover (jitted)
+    """As :func:`value_and_grad_kernel` but recomputes partials (lean mode, no ``parts``)."""
+    forward_values(ops, args, consts, xin, vals)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    reverse_lean(ops, args, vals, adj, n_pre)
+    collect_grad(adj, xin.shape[0], n_pre, grad)
+    return vals[outputs[which]]
+
+
+@kernel
+def value_plan_kernel(ops, args, dest, consts, outputs, xin, vals, out):  # pragma: no cover
+    """Evaluate the outputs at ``xin`` into ``out`` with a slot-reuse plan.
+
+    ``args``, ``dest`` and ``outputs`` are the plan's (work-vector slots); ``vals`` has the
+    plan's ``n_work`` entries.
+    """
+    forward_values(ops, args, consts, xin, vals, dest)
+    for j in range(outputs.shape[0]):
+        out[j] = vals[outputs[j]]
+
+
+@kernel
+def value_and_grad_plan_kernel(ops, args, dest, consts, outputs, which, xin, vals, parts, adj,
+                               grad):  # pragma: no cover (jitted)
+    """Value of output ``which`` and its gradient, stored partials, with a slot-reuse plan.
+
+    ``vals`` and ``adj`` have the plan's ``n_work`` entries; ``adj`` must be all zeros on entry
+    (it is again on exit); ``parts`` has ``len(args)`` entries.  Returns the output's value.
+    """
+    forward_partials(ops, args, consts, xin, vals, parts, dest)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    reverse_stored(ops, args, parts, adj, 0, dest)
+    collect_grad(adj, xin.shape[0], n_pre, grad)
+    return vals[outputs[which]]

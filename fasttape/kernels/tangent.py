@@ -1,0 +1,376 @@
+"""Derivative kernels beyond the gradient: tangents, vector reverse, Hessian-vector products.
+
+The Python API on top of these kernels is :mod:`fasttape.derivatives`; what each op computes
+(its partials and second partials) comes from :mod:`fasttape.kernels.dispatch`.
+
+Layout.  ``K`` directions are carried per sweep in buffers laid out ``[slot, direction]``
+(``tan[s, d]``, C-contiguous, shape ``(n_slots, K)``): each instruction is decoded and its
+partials are computed once, then applied to a contiguous row of ``K`` directions, which LLVM
+vectorizes.  So the tape is read once per ``K`` directions, not once per direction.
+
+Kernels.
+
+``forward_tangent``
+    values and ``K`` tangents (forward mode): ``tan[s, d]`` is the derivative of slot ``s``
+    along input direction ``xdot[:, d]``.
+``reverse_vec``
+    reverse sweep with ``K`` cotangents ``adj[s, d]`` (vector-Jacobian products), partials
+    recomputed from the values.
+``reverse_hvp``
+    forward-over-reverse: the gradient adjoint ``adj[s]`` (one per slot, shared by every
+    direction) and its ``K`` tangents ``adjdot[s, d]``, using the table's second partials
+    (:attr:`fasttape.ops.OpSpec.second`).  With ``tan`` from ``forward_tangent``, the inputs'
+    ``adjdot`` rows are the Hessian-vector products.
+
+Drivers.  ``tangent_driver`` (JVPs and forward Jacobians), ``cotangent_driver`` (VJPs and
+reverse Jacobians) and ``hvp_driver`` (HVPs and Hessians): each serves a given block of
+directions or, with ``identity=True``, all unit directions in blocks of ``K``.  There is one
+driver per sweep kind because each driver compiles the sweeps it calls again (LLVM inlines
+them), so every extra driver would add seconds to the first call.
+
+Zero rules.  They are those of the gradient (docs/derivatives.md), applied to every product
+the sweeps form: a product with an exactly-zero factor (adjoint, tangent, partial or second
+partial) contributes nothing, so ``0 * inf`` and ``0 * NaN`` never form.  In forward mode this
+is the dual of the zero-adjoint rule: a zero tangent contributes nothing, so a direction that
+does not move an argument is not poisoned by that argument's infinite partial, and a forward
+Jacobian column equals the reverse one.  Accumulations are written as selects
+(``u = u + g * d if g != 0.0 else u``, as in the batch kernels) so they vectorize and keep
+signed zeros exactly as the scalar ``if``.
+"""
+
+from __future__ import annotations
+
+from fasttape.kernels.dispatch import (
+    ARITY,
+    NDIFF,
+    partials,
+    partials_and_second,
+    value_and_partials,
+)
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.sweep import forward_values
+
+__all__ = [
+    "cotangent_driver",
+    "forward_tangent",
+    "hvp_driver",
+    "reverse_hvp",
+    "reverse_vec",
+    "tangent_driver",
+]
+
+
+@kernel
+def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cover (jitted)
+    """Forward sweep with ``K = tan.shape[1]`` tangent directions.
+
+    ``vals`` (shape ``(n_slots,)``) receives every slot's value and ``tan`` (shape
+    ``(n_slots, K)``) its derivative along each input direction ``xdot[:, d]``
+    (``xdot`` has shape ``(n_inputs, K)``; constants have tangent 0).  A zero tangent
+    or a zero partial contributes nothing (module docstring).  No bounds checks.
+    """
+    n_in = xin.shape[0]
+    nk = tan.shape[1]
+    n_pre = n_in + consts.shape[0]
+    for i in range(n_in):
+        vals[i] = xin[i]
+        for d in range(nk):
+            tan[i, d] = xdot[i, d]
+    for i in range(consts.shape[0]):
+        vals[n_in + i] = consts[i]
+        for d in range(nk):
+            tan[n_in + i, d] = 0.0
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        s = n_pre + i
+        x = vals[args[k]]
+        f, p0, p1 = value_and_partials(op, x, vals, args, k)
+        vals[s] = f
+        nd = NDIFF[op]
+        if nd == 0:
+            for d in range(nk):
+                tan[s, d] = 0.0
+        elif nd == 1:
+            a0 = args[k]
+            q0 = p0 != 0.0
+            for d in range(nk):
+                t0 = tan[a0, d]
+                tan[s, d] = p0 * t0 if (q0 and t0 != 0.0) else 0.0
+        else:
+            a0 = args[k]
+            a1 = args[k + 1]
+            q0 = p0 != 0.0
+            q1 = p1 != 0.0
+            for d in range(nk):
+                t0 = tan[a0, d]
+                t1 = tan[a1, d]
+                u = p0 * t0 if (q0 and t0 != 0.0) else 0.0
+                tan[s, d] = u + p1 * t1 if (q1 and t1 != 0.0) else u
+        k += ARITY[op]
+
+
+@kernel
+def reverse_vec(ops, args, vals, adj, n_pre):  # pragma: no cover (jitted)
+    """Reverse sweep with ``K = adj.shape[1]`` cotangents, partials from the values.
+
+    ``adj`` (shape ``(n_slots, K)``) holds the seeds on entry; on exit the instruction
+    rows are zero again and rows below ``n_pre`` hold the input and constant adjoints.
+    Each direction follows exactly the scalar reverse sweep's rules and order.
+    """
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= ARITY[op]
+        s = n_pre + i
+        nk = adj.shape[1]
+        nd = NDIFF[op]
+        live = False
+        for d in range(nk):
+            if adj[s, d] != 0.0:
+                live = True
+                break
+        if not live:
+            continue  # zero adjoints in every direction: the row is already clean
+        if nd == 0:
+            for d in range(nk):
+                adj[s, d] = 0.0
+            continue
+        p0, p1 = partials(op, vals, args, k, s)
+        a0 = args[k]
+        q0 = p0 != 0.0
+        if nd == 1:
+            for d in range(nk):
+                g = adj[s, d]
+                adj[s, d] = 0.0
+                adj[a0, d] = adj[a0, d] + g * p0 if (q0 and g != 0.0) else adj[a0, d]
+        else:
+            a1 = args[k + 1]
+            q1 = p1 != 0.0
+            for d in range(nk):
+                g = adj[s, d]
+                adj[s, d] = 0.0
+                adj[a0, d] = adj[a0, d] + g * p0 if (q0 and g != 0.0) else adj[a0, d]
+                adj[a1, d] = adj[a1, d] + g * p1 if (q1 and g != 0.0) else adj[a1, d]
+
+
+@kernel
+def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (jitted)
+    """Forward-over-reverse sweep: adjoints ``adj`` and their ``K`` tangents ``adjdot``.
+
+    ``vals`` and ``tan`` come from :func:`forward_tangent`.  ``adj`` (shape
+    ``(n_slots,)``) and ``adjdot`` (shape ``(n_slots, K)``) hold the seeds on entry
+    (zeros elsewhere); on exit the instruction slots are zero again and the slots below
+    ``n_pre`` hold the gradient and its directional derivatives (Hessian-vector
+    products).  For an edge ``s -> a_j`` with partial ``p_j`` and second partials
+    ``h_jl``: ``adj[a_j] += g * p_j`` and
+    ``adjdot[a_j, d] += gd * p_j + sum_l g * h_jl * tan[a_l, d]``, skipping every
+    product with an exactly-zero factor.
+    """
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= ARITY[op]
+        s = n_pre + i
+        nk = adjdot.shape[1]
+        nd = NDIFF[op]
+        g = adj[s]
+        adj[s] = 0.0
+        live = g != 0.0
+        if not live:
+            for d in range(nk):
+                if adjdot[s, d] != 0.0:
+                    live = True
+                    break
+        if not live:
+            continue  # nothing flows: the rows are already clean
+        if nd == 0:
+            for d in range(nk):
+                adjdot[s, d] = 0.0
+            continue
+        p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
+        a0 = args[k]
+        q0 = p0 != 0.0
+        if g != 0.0:
+            if q0:
+                adj[a0] += g * p0
+            c00 = g * h00
+            c01 = g * h01
+            c11 = g * h11
+        else:
+            c00 = 0.0
+            c01 = 0.0
+            c11 = 0.0
+        r00 = h00 != 0.0 and g != 0.0
+        # One simple loop per term, each guarded by its loop-invariant flag outside the
+        # loop, so every loop is a plain vectorizable select.  The per-element order of
+        # the additions is gd * p0, c00 * t0, c01 * t1 (then the same for a1), as in
+        # the oracle (tests/reference_derivs.py).
+        if q0:
+            for d in range(nk):
+                gd = adjdot[s, d]
+                u = adjdot[a0, d]
+                adjdot[a0, d] = u + gd * p0 if gd != 0.0 else u
+        if r00:
+            for d in range(nk):
+                t0 = tan[a0, d]
+                u = adjdot[a0, d]
+                adjdot[a0, d] = u + c00 * t0 if t0 != 0.0 else u
+        if nd == 2:
+            a1 = args[k + 1]
+            q1 = p1 != 0.0
+            if g != 0.0 and q1:
+                adj[a1] += g * p1
+            r01 = h01 != 0.0 and g != 0.0
+            r11 = h11 != 0.0 and g != 0.0
+            if r01:
+                for d in range(nk):
+                    t1 = tan[a1, d]
+                    u = adjdot[a0, d]
+                    adjdot[a0, d] = u + c01 * t1 if t1 != 0.0 else u
+            if q1:
+                for d in range(nk):
+                    gd = adjdot[s, d]
+                    w = adjdot[a1, d]
+                    adjdot[a1, d] = w + gd * p1 if gd != 0.0 else w
+            if r01:
+                for d in range(nk):
+                    t0 = tan[a0, d]
+                    w = adjdot[a1, d]
+                    adjdot[a1, d] = w + c01 * t0 if t0 != 0.0 else w
+            if r11:
+                for d in range(nk):
+                    t1 = tan[a1, d]
+                    w = adjdot[a1, d]
+                    adjdot[a1, d] = w + c11 * t1 if t1 != 0.0 else w
+        for d in range(nk):
+            adjdot[s, d] = 0.0
+
+
+@kernel
+def _identity_block(xdot, j0):
+    # Unit seeds for directions j0 .. j0 + K - 1 (columns past the last direction stay 0).
+    n_in, nk = xdot.shape
+    for i in range(n_in):
+        for d in range(nk):
+            xdot[i, d] = 1.0 if i == j0 + d else 0.0
+
+
+# One driver per sweep kind, each serving two methods (a given block of directions, or the
+# identity in blocks for a full matrix): every driver recompiles the sweeps it calls, so
+# fewer drivers means a shorter first call.
+
+
+@kernel
+def tangent_driver(ops, args, consts, outputs, xin, xdot, identity, vals, tan, out, res):
+    """Forward mode: outputs into ``out`` and output tangents into ``res``.
+
+    ``identity=False``: one sweep along the ``K`` columns of ``xdot`` (shape
+    ``(n_inputs, K)``), ``res`` has shape ``(m, K)`` (JVPs).  ``identity=True``: the Jacobian,
+    ``K = tan.shape[1]`` unit directions per sweep (``xdot`` is overwritten), ``res`` has
+    shape ``(m, n_inputs)``.
+    """
+    n_in = xin.shape[0]
+    nk = tan.shape[1]
+    m = outputs.shape[0]
+    if not identity:
+        forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+        for j in range(m):
+            for d in range(nk):
+                res[j, d] = tan[outputs[j], d]
+    else:
+        for j0 in range(0, n_in, nk):
+            _identity_block(xdot, j0)
+            forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+            nb = min(nk, n_in - j0)
+            for j in range(m):
+                for d in range(nb):
+                    res[j, j0 + d] = tan[outputs[j], d]
+        if n_in == 0:
+            forward_values(ops, args, consts, xin, vals)
+    for j in range(m):
+        out[j] = vals[outputs[j]]
+
+
+@kernel
+def cotangent_driver(ops, args, consts, outputs, xin, w, identity, vals, adj, out, res):
+    """Reverse mode: outputs into ``out``, input cotangents into ``res``.
+
+    ``identity=False``: one reverse sweep with the ``K`` cotangents ``w`` (shape ``(m, K)``),
+    ``res`` has shape ``(n_inputs, K)`` (VJPs).  ``identity=True``: the Jacobian, ``K =
+    adj.shape[1]`` outputs per reverse sweep after one value sweep, ``res`` has shape
+    ``(m, n_inputs)``.  ``adj`` (shape ``(n_slots, K)``) must be zero on entry and is zero
+    again on exit.
+    """
+    forward_values(ops, args, consts, xin, vals)
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    m = outputs.shape[0]
+    nk = adj.shape[1]
+    for j in range(m):
+        out[j] = vals[outputs[j]]
+    step = nk if identity else max(m, 1)
+    for i0 in range(0, max(m, 1), step):
+        nb = min(nk, m - i0)
+        if identity:
+            for d in range(nb):
+                adj[outputs[i0 + d], d] += 1.0
+        else:
+            for j in range(m):
+                for d in range(nk):
+                    adj[outputs[j], d] += w[j, d]
+        reverse_vec(ops, args, vals, adj, n_pre)
+        if identity:
+            for d in range(nb):
+                for i in range(n_in):
+                    res[i0 + d, i] = adj[i, d]
+        else:
+            for i in range(n_in):
+                for d in range(nk):
+                    res[i, d] = adj[i, d]
+        for i in range(n_pre):
+            for d in range(nk):
+                adj[i, d] = 0.0
+
+
+@kernel
+def hvp_driver(ops, args, consts, outputs, which, xin, xdot, identity, vals, tan, adj, adjdot,
+               grad, res):
+    """Value, gradient and Hessian-vector products of output ``which`` (forward-over-reverse).
+
+    ``identity=False``: one sweep pair along the ``K`` columns of ``xdot``, ``res`` has shape
+    ``(n_inputs, K)``.  ``identity=True``: the Hessian, ``K = tan.shape[1]`` unit vectors per
+    sweep pair, ``res`` has shape ``(n_inputs, n_inputs)`` and is symmetrized: ``res[i, j]``
+    and ``res[j, i]`` come from different sweeps and can differ in the last bits; where they
+    differ both become ``0.5 * a + 0.5 * b``.  ``adj`` and ``adjdot`` must be zero on entry
+    and are zero again on exit.
+    """
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    nk = tan.shape[1]
+    step = nk if identity else max(n_in, 1)
+    for j0 in range(0, max(n_in, 1), step):
+        if identity:
+            _identity_block(xdot, j0)
+        forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+        adj[outputs[which]] = 1.0
+        reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre)
+        nb = min(nk, res.shape[1] - j0)
+        for i in range(n_in):
+            grad[i] = adj[i]
+            for d in range(nb):
+                res[i, j0 + d] = adjdot[i, d]
+        for i in range(n_pre):
+            adj[i] = 0.0
+            for d in range(nk):
+                adjdot[i, d] = 0.0
+    if identity:
+        for i in range(n_in):
+            for j in range(i + 1, n_in):
+                a = res[i, j]
+                b = res[j, i]
+                if a != b:
+                    c = 0.5 * a + 0.5 * b
+                    res[i, j] = c
+                    res[j, i] = c
+    return vals[outputs[which]]
