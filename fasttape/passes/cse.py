@@ -29,6 +29,7 @@ from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
+from fasttape.passes.rep import replaced, resolve_args
 
 __all__ = ["eliminate_common_subexpressions"]
 
@@ -56,9 +57,7 @@ def cse_sweep(ops, a, rep, cbits, arity, commutative, n_real_ops, const_code, in
     merged = 0
     merged_c = 0
     for i in range(ops.shape[0]):
-        r = rep[i]
-        if r != i:
-            rep[i] = rep[r]
+        if replaced(rep, i):
             continue
         op = ops[i]
         if op == input_code:
@@ -68,8 +67,7 @@ def cse_sweep(ops, a, rep, cbits, arity, commutative, n_real_ops, const_code, in
             k1 = np.int64(-1)
             k2 = np.int64(-1)
         else:
-            for j in range(arity[op]):
-                a[i, j] = rep[a[i, j]]
+            resolve_args(a, rep, i, arity[op])
             k0 = a[i, 0]
             k1 = a[i, 1]
             k2 = a[i, 2]

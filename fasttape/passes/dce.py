@@ -12,6 +12,7 @@ import numpy as np
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.structure import mark_live
 from fasttape.ops import CONST_CODE, INPUT_CODE, N_OPS, OPS, PARAM_CODE
+from fasttape.passes.rep import replaced, resolve_args
 
 #: Arity of every graph op code (inputs, params and constants carry one non-node argument).
 GRAPH_ARITY = np.zeros(256, dtype=np.int64)
@@ -63,11 +64,8 @@ def resolve(ops, a, rep, arity, n_real_ops):  # pragma: no cover (jitted)
     own sweep does the same per node; this is the stand-alone version used before renumbering.
     """
     for i in range(ops.shape[0]):
-        r = rep[i]
-        if r != i:
-            rep[i] = rep[r]
+        if replaced(rep, i):
             continue
         op = ops[i]
         if op < n_real_ops:
-            for j in range(arity[op]):
-                a[i, j] = rep[a[i, j]]
+            resolve_args(a, rep, i, arity[op])

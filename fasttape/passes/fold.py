@@ -20,6 +20,7 @@ from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, N_OPS
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
+from fasttape.passes.rep import surviving_instruction
 
 __all__ = ["fold_constants", "foldable"]
 
@@ -34,13 +35,9 @@ def foldable(ops, a, rep, arity, n_real_ops, const_code, mask):  # pragma: no co
     """
     count = 0
     for i in range(ops.shape[0]):
-        r = rep[i]
-        if r != i:
-            rep[i] = rep[r]
+        if not surviving_instruction(ops, rep, i, n_real_ops):
             continue
         op = ops[i]
-        if op >= n_real_ops:
-            continue
         all_const = True
         for j in range(arity[op]):
             t = rep[a[i, j]]

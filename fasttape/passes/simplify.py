@@ -72,6 +72,7 @@ from fasttape.kernels.jit import kernel
 from fasttape.ops import CONST_CODE, N_OPS, OP_BY_NAME
 from fasttape.passes.dce import GRAPH_ARITY
 from fasttape.passes.ir import IR
+from fasttape.passes.rep import resolve_args, surviving_instruction
 
 __all__ = ["simplify", "RULE_OPS"]
 
@@ -111,15 +112,10 @@ def simplify_sweep(ops, a, rep, consts, arity, codes, has_rule, n_real_ops, cons
     rewritten = 0
     consts_made = 0
     for i in range(ops.shape[0]):
-        r = rep[i]
-        if r != i:
-            rep[i] = rep[r]
+        if not surviving_instruction(ops, rep, i, n_real_ops):
             continue
         op = ops[i]
-        if op >= n_real_ops:
-            continue
-        for j in range(arity[op]):
-            a[i, j] = rep[a[i, j]]
+        resolve_args(a, rep, i, arity[op])
         for _ in range(16):  # each rewrite shrinks the expression; 16 is never reached
             op = ops[i]
             if not has_rule[op]:
