@@ -203,6 +203,27 @@ def _inputs_index_error(
     )
 
 
+def _maybe_inputs_index_error(
+    exc: IndexError, n_inputs: int, n_params: int
+) -> InputIndexError | None:
+    """For a list's own "index out of range" whose subscript could not be read back (no source:
+    a REPL, ``exec``, Python 3.10): the same error, with the traced counts it may be about."""
+    if str(exc) != "list index out of range":
+        return None
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    readable = tb is not None and linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+    if readable and hasattr(tb.tb_frame.f_code, "co_positions"):
+        return None  # _inputs_index_error read the subscript: it was not the inputs
+    counts = f"n_inputs={n_inputs}" + (f", n_params={n_params}" if n_params else "")
+    return InputIndexError(
+        f"list index out of range while tracing ({counts}): if the function indexed its traced "
+        f"inputs, valid indices are 0..{n_inputs - 1}; trace with a larger n_inputs, or check "
+        "the index"
+    )
+
+
 _MISSING = object()
 
 
@@ -300,6 +321,8 @@ def trace(
             named = _inputs_index_error(exc, x)
             if named is None and n_params:
                 named = _inputs_index_error(exc, p, "parameters", "n_params")
+            if named is None:
+                named = _maybe_inputs_index_error(exc, n_inputs, n_params)
             if named is None:
                 raise
             raise named.with_traceback(exc.__traceback__) from None

@@ -391,6 +391,18 @@ def test_other_index_errors_are_left_alone():
     assert str(info.value) == "list index out of range"
 
 
+def test_an_index_error_without_source_still_names_n_inputs():
+    # A lambda typed at a REPL or run by exec has no source to read the subscript back from:
+    # the list's own error then says which counts were traced (regression: a bare IndexError).
+    fn = eval("lambda v: v[0] * v[5]")  # no file behind it
+    with pytest.raises(InputIndexError, match=r"n_inputs=2\): .*valid indices are 0\.\.1"):
+        ft.trace(fn, n_inputs=2)
+    other = [1.0]
+    fn = eval("lambda v: v[0] * other[3]", {"other": other})
+    with pytest.raises(IndexError, match="n_inputs=3"):  # cannot tell: the counts are named
+        ft.trace(fn, n_inputs=3)
+
+
 def test_traced_inputs_still_behave_as_a_list():
     seen = {}
 
