@@ -5,6 +5,8 @@ Everything a caller hands to :meth:`fasttape.Tape.from_arrays` (or a file hands 
 kernels run without bounds checks, so this is what keeps bad input from reading out of bounds.
 Cheap whole-array checks run in NumPy; the per-instruction checks run in one Numba pass
 (:func:`fasttape.kernels.structure.check_tape`) that reports the first offending entry.
+:func:`real_array` is the first check of the points, parameters and directions a user passes
+to an evaluation.
 """
 
 from __future__ import annotations
