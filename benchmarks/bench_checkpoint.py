@@ -21,13 +21,11 @@ Nothing here asserts a time: the figures are printed for docs/store-vs-recompute
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import statistics
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ if _ROOT not in sys.path:
 import fasttape as ft  # noqa: E402
 from fasttape.atomic import atomic_write  # noqa: E402
 from fasttape.bench.families import chain  # noqa: E402
+from fasttape.bench.timing import traced_peak  # noqa: E402
 from fasttape.checkpoint import checkpointed  # noqa: E402
 from fasttape.checkpoint.scan import compile_plain  # noqa: E402
 
@@ -87,19 +86,6 @@ def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def traced_peak(fn: Callable[[], Any]) -> int:
-    """Bytes allocated at peak by ``fn()`` (NumPy allocations are traced by tracemalloc)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
 
 
 def run_scan(n_steps: int, n_unrolled: int, snapshots: int, repeat: int) -> dict[str, Any]:
@@ -227,6 +213,16 @@ def run_curve(n_nodes: int, n_steps: int, repeat: int) -> dict[str, Any]:
             "scan_store_all_bytes_per_step": scan_peak_u / n_u, "scan": scan_pts}
 
 
+def _label_axes(ax: Any, ylabel: str, title: str) -> None:
+    """The frame both panels share: peak memory on a log x axis, a grid and a legend."""
+    ax.set_xscale("log")
+    ax.set_xlabel("peak memory of one gradient (bytes)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_curve(res: dict[str, Any], path: str) -> None:
     import matplotlib
 
@@ -242,13 +238,9 @@ def plot_curve(res: dict[str, Any], path: str) -> None:
         a1.annotate(str(r["segment_length"]), (r["peak_bytes"], r["time_ratio"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     a1.plot([res["store_all_peak_bytes"]], [1.0], "s", color="k", label="store everything")
-    a1.set_xscale("log")
-    a1.set_xlabel("peak memory of one gradient (bytes)")
-    a1.set_ylabel("gradient time / store-everything time")
-    a1.set_title(f"flat chain of {res['flat_chain_nodes']:,} sin instructions")
+    _label_axes(a1, "gradient time / store-everything time",
+                f"flat chain of {res['flat_chain_nodes']:,} sin instructions")
     a1.set_ylim(bottom=0)
-    a1.grid(alpha=0.3)
-    a1.legend(fontsize=8)
     s = res["scan"]
     a2.plot([r["peak_bytes"] for r in s], [r["time_ratio"] for r in s], "o-",
             label="ft.scan (label: snapshots, advances per step)")
@@ -258,13 +250,9 @@ def plot_curve(res: dict[str, Any], path: str) -> None:
                     textcoords="offset points")
     store = res["scan_store_all_bytes_per_step"] * res["scan_steps"]
     a2.plot([store], [1.0], "s", color="k", label="store everything (unrolled, per step)")
-    a2.set_xscale("log")
+    _label_axes(a2, "time per step / unrolled store-everything",
+                f"ft.scan: {res['scan_steps']:,} steps of a 100-variable map")
     a2.set_yscale("log")
-    a2.set_xlabel("peak memory of one gradient (bytes)")
-    a2.set_ylabel("time per step / unrolled store-everything")
-    a2.set_title(f"ft.scan: {res['scan_steps']:,} steps of a 100-variable map")
-    a2.grid(alpha=0.3)
-    a2.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, dpi=110, format=Path(path).suffix[1:] or "png"))
 

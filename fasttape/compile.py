@@ -38,23 +38,15 @@ def compile_graph(
     finite_math: bool = False,
     tape_class: type[TapeRecord] = TapeRecord,
 ) -> Any:
-    """Flatten ``graph`` into a tape of class ``tape_class``.
+    """Flatten ``graph`` into a tape of class ``tape_class``: the work of :func:`fasttape.compile`.
 
-    Only nodes that some output depends on become instructions.  All inputs are kept (in order),
-    so the tape takes the same ``x`` as the graph; unreachable inputs get gradient 0.
+    What becomes an instruction, and what each option means, is documented on
+    :func:`fasttape.compile`; this function adds only the choice of tape class.
 
     Parameters
     ----------
-    graph : Graph
-        With at least one output marked by :meth:`Graph.output`.
-    grad_mode : {"stored", "lean"}
-        Gradient strategy (docs/tape-format.md).
-    optimize : bool or list of str
-        ``True`` runs the default passes, ``False`` only drops dead code, a list names the
-        passes (``fasttape.passes.PASS_NAMES``); see :func:`fasttape.compile` and
-        docs/passes.md.
-    finite_math : bool
-        Enable the simplifications exact only for finite values (docs/passes.md).
+    graph, grad_mode, optimize, finite_math
+        As in :func:`fasttape.compile`.
     tape_class : type
         :class:`~fasttape.tape.TapeRecord` or a subclass (``ft.compile`` passes
         :class:`fasttape.Tape`).

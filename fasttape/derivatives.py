@@ -42,6 +42,7 @@ import numpy as np
 from fasttape.batch import as_batch
 from fasttape.kernels import tangent as _k
 from fasttape.tape import TapeRecord
+from fasttape.validate import real_array
 
 __all__ = ["jvp", "vjp", "jacobian", "hvp", "hessian", "JACOBIAN_MODES", "MAX_CHUNK"]
 
@@ -103,17 +104,7 @@ def _stack(results: list[Any], b: int, shape: tuple[int, ...]) -> np.ndarray:
 
 def _vector(v: Any, n: int, name: str, what: str, size_of: str) -> np.ndarray:
     """``v`` as a contiguous float64 vector of length ``n``, or a clear error."""
-    try:
-        arr = np.asarray(v)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(
-            f"{what}: {name} must be a 1-D array of real numbers; got {type(v).__name__}"
-        ) from exc
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{what}: {name} must be a 1-D array of real numbers; got an array of dtype "
-            f"{arr.dtype}"
-        )
+    arr = real_array(v, f"{what}: {name}", traced_hint=False)
     if arr.shape != (n,):
         raise ValueError(
             f"{what}: {name} must have shape ({n},) ({size_of}); got shape {arr.shape}"

@@ -27,7 +27,7 @@ from fasttape import kernels
 from fasttape.kernels import fpenv
 from fasttape.ops import OPS
 from fasttape.passes import planned as passes_planned
-from fasttape.validate import check_count, validate_arrays
+from fasttape.validate import check_count, real_array, validate_arrays
 
 __all__ = ["TapeRecord", "GRAD_MODES", "check_out", "resolve_threads", "tape_from_state"]
 
@@ -800,17 +800,7 @@ def _as_float_array(x: Any, name: str = "x", what: str = "input") -> np.ndarray:
     expected (the caller checks the length of a point; :mod:`fasttape.batch` that of a batch).
     ``name`` and ``what`` name the argument in the messages (``p``, ``parameter``).
     """
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(
-            f"{name} must be a 1-D array of real numbers; got {type(x).__name__}"
-        ) from exc
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{name} must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
-            + (" (traced Vars cannot be evaluated; pass numbers)" if arr.dtype.kind == "O" else "")
-        )
+    arr = real_array(x, name)
     if arr.ndim not in (1, 2):
         raise ValueError(
             f"{name} must be 1-D (one value per {what}) or 2-D (one row per point); got shape "

@@ -5,6 +5,8 @@ Everything a caller hands to :meth:`fasttape.Tape.from_arrays` (or a file hands 
 kernels run without bounds checks, so this is what keeps bad input from reading out of bounds.
 Cheap whole-array checks run in NumPy; the per-instruction checks run in one Numba pass
 (:func:`fasttape.kernels.structure.check_tape`) that reports the first offending entry.
+:func:`real_array` is the first check of the points, parameters and directions a user passes
+to an evaluation.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from fasttape.kernels import structure
 from fasttape.ops import N_OPS, OPS
 
-__all__ = ["validate_arrays", "check_count"]
+__all__ = ["validate_arrays", "check_count", "real_array"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -144,3 +146,40 @@ def _edge_owner(ops: np.ndarray, e: int) -> tuple[int | None, int]:
         return None, 0
     start = int(ends[i] - _ARITY[ops[i]])
     return i, e - start
+
+
+def real_array(x: Any, label: str, *, traced_hint: bool = True) -> np.ndarray:
+    """``np.asarray(x)`` if it holds real numbers (bool, int or float), else a ``TypeError``.
+
+    The first check of every array a user passes to an evaluation (points, parameters,
+    directions); the caller checks the shape and converts to float64.
+
+    Parameters
+    ----------
+    x : array_like
+        What the user passed.
+    label : str
+        How the messages name it (``"x"``, ``"jvp: v"``): ``"{label} must be a 1-D array of
+        real numbers; got ..."``.
+    traced_hint : bool
+        Whether an object array (typically of traced Vars) gets the hint "traced Vars cannot
+        be evaluated; pass numbers".
+
+    Returns
+    -------
+    ndarray
+        ``np.asarray(x)``, of dtype kind bool, int, unsigned or float.
+    """
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(
+            f"{label} must be a 1-D array of real numbers; got {type(x).__name__}"
+        ) from exc
+    if arr.dtype.kind not in "biuf":
+        hint = traced_hint and arr.dtype.kind == "O"
+        raise TypeError(
+            f"{label} must be a 1-D array of real numbers; got an array of dtype {arr.dtype}"
+            + (" (traced Vars cannot be evaluated; pass numbers)" if hint else "")
+        )
+    return arr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -13,11 +12,11 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape.bench.families import chain, random_local
+from fasttape.bench.timing import traced_peak
 from fasttape.checkpoint import CheckpointWarning, checkpointed
 from fasttape.checkpoint.segments import plan_nbytes, store_all_nbytes
 from fasttape.ops import OPS
-
-EXPONENTS = [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+from tests.test_random_graphs import EXPONENTS, instructions
 
 
 def bitwise(a, b) -> bool:
@@ -55,20 +54,9 @@ def random_tapes(draw):
     """A tape over any op (longer than tests/test_random_graphs' ones), reads near and far."""
     n_in = draw(st.integers(1, 4))
     consts = [*EXPONENTS, draw(st.floats(-3, 3))]
-    n_pre = n_in + len(consts)
-    n_ops = draw(st.integers(1, 80))
-    ops, args = [], []
-    for i in range(n_ops):
-        spec = draw(st.sampled_from(OPS))
-        slot = n_pre + i
-        for j in range(spec.arity):
-            if spec.param == "const" and j >= spec.ndiff:
-                args.append(n_in + draw(st.integers(0, len(EXPONENTS) - 1)))
-            else:
-                lo = max(0, slot - 5) if draw(st.booleans()) else 0
-                args.append(draw(st.integers(lo, slot - 1)))
-        ops.append(spec.code)
-    n_slots = n_pre + n_ops
+    ops, args = draw(instructions(n_in, len(consts), max_ops=80, window=5))
+    n_ops = len(ops)
+    n_slots = n_in + len(consts) + n_ops
     outputs = [n_slots - 1, *draw(st.lists(st.integers(0, n_slots - 1), max_size=2))]
     x = draw(st.lists(st.floats(-2.0, 2.0), min_size=n_in, max_size=n_in))
     seg = draw(st.integers(1, n_ops + 1))
@@ -127,14 +115,7 @@ def test_several_outputs_and_outputs_that_are_inputs_or_crossing_slots():
 
 def _peak_of(fn):
     fn()  # compile and warm the dispatcher
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        fn()
-        return tracemalloc.get_traced_memory()[1] - before
-    finally:
-        tracemalloc.stop()
+    return traced_peak(fn)
 
 
 def test_peak_memory_measured_by_tracemalloc_stays_within_the_budget():

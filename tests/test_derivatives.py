@@ -133,13 +133,17 @@ def _tape(fn, n: int) -> ft.Tape:
     return ft.compile(ft.trace(fn, n))
 
 
-def test_jvp_vjp_jacobian_agree_on_a_smooth_vector_function():
-    rng = np.random.default_rng(0)
-    tape = _tape(_smooth_vector_fn, 4)
+def _points(seed: int, *sizes: int):
+    """Ten random points ``x`` in [-1, 1]^4, each with normal vectors of the given ``sizes``."""
+    rng = np.random.default_rng(seed)
     for _ in range(10):
         x = rng.uniform(-1, 1, 4)
-        v = rng.normal(size=4)
-        w = rng.normal(size=3)
+        yield (x, *(rng.normal(size=n) for n in sizes))
+
+
+def test_jvp_vjp_jacobian_agree_on_a_smooth_vector_function():
+    tape = _tape(_smooth_vector_fn, 4)
+    for x, v, w in _points(0, 4, 3):
         jf = tape.jacobian(x, mode="forward")
         jr = tape.jacobian(x, mode="reverse")
         assert np.allclose(jf, jr, rtol=1e-13, atol=1e-14)
@@ -156,11 +160,8 @@ def test_jvp_vjp_jacobian_agree_on_a_smooth_vector_function():
 
 
 def test_hvp_matches_finite_differences_of_gradients():
-    rng = np.random.default_rng(1)
     tape = _tape(_smooth_scalar_fn, 4)
-    for _ in range(10):
-        x = rng.uniform(-1, 1, 4)
-        v = rng.normal(size=4)
+    for x, v in _points(1, 4):
         hv = tape.hvp(x, v)
         fd = (tape.grad(x + 1e-6 * v) - tape.grad(x - 1e-6 * v)) / 2e-6
         assert np.allclose(hv, fd, rtol=1e-6, atol=1e-7 * (1 + np.abs(hv).max()))

@@ -24,12 +24,16 @@ EXPONENTS = [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
 
 @st.composite
-def random_tapes(draw):
-    """A valid tape using any op, with parameters (exponents) pointing at constant slots."""
-    n_in = draw(st.integers(1, 4))
-    consts = EXPONENTS + draw(st.lists(FLOATS, max_size=3))
-    n_pre = n_in + len(consts)
-    n_ops = draw(st.integers(1, 25))
+def instructions(draw, n_in: int, n_consts: int, max_ops: int, window: int):
+    """``(ops, args)`` of 1 to ``max_ops`` instructions over any op, for a tape whose
+    ``n_consts`` constants start with :data:`EXPONENTS`.
+
+    Constant arguments (exponents, the ``c`` of ``mulc``, ...) point at constant slots (an
+    exponent for ``powi``); other arguments at any earlier slot, half the time among the
+    ``window`` previous ones so that graphs are deep, not just fans of the inputs.
+    """
+    n_pre = n_in + n_consts
+    n_ops = draw(st.integers(1, max_ops))
     ops, args = [], []
     for i in range(n_ops):
         spec = draw(st.sampled_from(OPS))
@@ -41,11 +45,19 @@ def random_tapes(draw):
                 else:
                     args.append(draw(st.integers(n_in, n_pre - 1)))
             else:
-                # Prefer recent slots so graphs are deep, not just fans of the inputs.
-                lo = max(0, slot - 6) if draw(st.booleans()) else 0
+                lo = max(0, slot - window) if draw(st.booleans()) else 0
                 args.append(draw(st.integers(lo, slot - 1)))
         ops.append(spec.code)
-    n_slots = n_pre + n_ops
+    return ops, args
+
+
+@st.composite
+def random_tapes(draw):
+    """A valid tape using any op, with parameters (exponents) pointing at constant slots."""
+    n_in = draw(st.integers(1, 4))
+    consts = EXPONENTS + draw(st.lists(FLOATS, max_size=3))
+    ops, args = draw(instructions(n_in, len(consts), max_ops=25, window=6))
+    n_slots = n_in + len(consts) + len(ops)
     outputs = [n_slots - 1, *draw(st.lists(st.integers(0, n_slots - 1), max_size=3))]
     x = draw(st.lists(FLOATS, min_size=n_in, max_size=n_in))
     return ft.Tape.from_arrays(ops, args, consts, outputs, n_in), x

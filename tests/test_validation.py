@@ -711,3 +711,20 @@ def test_slot_reuse_plan_arrays_cannot_be_made_writeable():
     for arr in (plan.dest, plan.args, plan.outputs):
         with pytest.raises(ValueError):
             arr.flags.writeable = True
+
+
+def test_non_numeric_arrays_are_refused_with_messages_that_name_the_argument():
+    """Points and directions share one real-number check; each message names its argument."""
+    tape = ft.compile(ft.trace(lambda x: x[0] * x[1], 2))
+    objects = np.array([object(), object()])
+    with pytest.raises(TypeError, match=re.escape(
+        "x must be a 1-D array of real numbers; got an array of dtype object (traced Vars "
+        "cannot be evaluated; pass numbers)"
+    )):
+        tape.value(objects)
+    with pytest.raises(TypeError, match=r"^x must be a 1-D array of real numbers; got list$"):
+        tape.value([[1.0], [1.0, 2.0]])
+    with pytest.raises(TypeError, match=(
+        r"^jvp: v must be a 1-D array of real numbers; got an array of dtype object$"
+    )):
+        tape.jvp([0.1, 0.2], objects)

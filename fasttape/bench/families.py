@@ -17,7 +17,7 @@ Two kinds:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,16 +115,7 @@ def random_local(
     Tape
         One output, the last instruction.  Evaluate it at points in [0.1, 0.9].
     """
-    if n_nodes < 1 or window < 1 or n_inputs < 2:
-        raise ValueError("n_nodes and window must be >= 1 and n_inputs >= 2")
-    rng = np.random.default_rng(seed)
-    ops, ar = _draw_ops(rng, n_nodes, mix)
-    owner = np.repeat(n_inputs + np.arange(n_nodes), ar)
-    lo = np.maximum(owner - window, 0)
-    args = lo + (rng.random(owner.shape[0]) * (owner - lo)).astype(np.int64)
-    _keep_finite(ops, ar, args, n_inputs)
-    return Tape.from_arrays(ops, args, np.zeros(0), [n_inputs + n_nodes - 1], n_inputs,
-                            grad_mode=grad_mode)
+    return _random_graph(_local_args, n_nodes, window, n_inputs, mix, seed, grad_mode)
 
 
 def random_uniform(
@@ -148,29 +139,53 @@ def random_uniform(
 
     Parameters
     ----------
-    n_nodes : int
-        Number of instructions.
+    n_nodes, n_inputs, mix, seed, grad_mode
+        As in :func:`random_local`.
     window : int
         First arguments are drawn uniformly from the ``window`` slots before the instruction.
-    n_inputs : int
-        Number of inputs (the first slots).
-    mix : dict, optional
-        Op name -> probability; defaults to :data:`DEFAULT_MIX`.
-    seed : int
-        Seed for NumPy's generator: the same arguments give the same tape.
-    grad_mode : {"stored", "lean"}
-        Passed to :meth:`Tape.from_arrays`.
 
     Returns
     -------
     Tape
         One output, the last instruction.
     """
+    return _random_graph(_uniform_args, n_nodes, window, n_inputs, mix, seed, grad_mode)
+
+
+def _random_graph(
+    draw_args: Callable[[np.random.Generator, np.ndarray, int], np.ndarray],
+    n_nodes: int,
+    window: int,
+    n_inputs: int,
+    mix: dict[str, float] | None,
+    seed: int,
+    grad_mode: str,
+) -> Tape:
+    """The random graph of :func:`random_local` or :func:`random_uniform`.
+
+    The two differ only in ``draw_args(rng, owner, window)``, which returns the argument
+    slots given each argument's instruction slot ``owner``; the op sequence, the fixes that
+    keep values finite and the single output are shared.
+    """
     if n_nodes < 1 or window < 1 or n_inputs < 2:
         raise ValueError("n_nodes and window must be >= 1 and n_inputs >= 2")
     rng = np.random.default_rng(seed)
     ops, ar = _draw_ops(rng, n_nodes, mix)
     owner = np.repeat(n_inputs + np.arange(n_nodes), ar)
+    args = draw_args(rng, owner, window)
+    _keep_finite(ops, ar, args, n_inputs)
+    return Tape.from_arrays(ops, args, np.zeros(0), [n_inputs + n_nodes - 1], n_inputs,
+                            grad_mode=grad_mode)
+
+
+def _local_args(rng: np.random.Generator, owner: np.ndarray, window: int) -> np.ndarray:
+    """Every argument uniform among the ``window`` slots before its instruction."""
+    lo = np.maximum(owner - window, 0)
+    return lo + (rng.random(owner.shape[0]) * (owner - lo)).astype(np.int64)
+
+
+def _uniform_args(rng: np.random.Generator, owner: np.ndarray, window: int) -> np.ndarray:
+    """First arguments as in :func:`_local_args`, the others uniform among all earlier slots."""
     args = (rng.random(owner.shape[0]) * owner).astype(np.int64)
     # With every argument uniform the output would depend on well under 1% of the graph (a
     # slot i is read about 1.5 ln(n / i) times: late slots mostly never), and a reverse sweep
@@ -180,10 +195,8 @@ def random_uniform(
     first = np.ones(owner.shape[0], dtype=bool)
     first[1:] = owner[1:] != owner[:-1]
     lo = np.maximum(owner[first] - window, 0)
-    args[first] = lo + (rng.random(n_nodes) * (owner[first] - lo)).astype(np.int64)
-    _keep_finite(ops, ar, args, n_inputs)
-    return Tape.from_arrays(ops, args, np.zeros(0), [n_inputs + n_nodes - 1], n_inputs,
-                            grad_mode=grad_mode)
+    args[first] = lo + (rng.random(int(first.sum())) * (owner[first] - lo)).astype(np.int64)
+    return args
 
 
 def _draw_ops(

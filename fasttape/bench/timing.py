@@ -14,11 +14,13 @@ import gc
 import math
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "best_times", "calibrate", "median_times", "peak_rss_growth", "round_robin", "rss_supported",
+    "traced_peak",
 ]
 
 
@@ -178,3 +180,21 @@ def peak_rss_growth(fn: Callable[[], Any]) -> tuple[Any, int | None]:
     if peak is None or before is None:
         return result, None
     return result, max(0, peak - before)
+
+
+def traced_peak(fn: Callable[[], Any]) -> int:
+    """Bytes allocated at peak by ``fn()`` above what was allocated before it.
+
+    Measured with :mod:`tracemalloc`, which traces Python's and NumPy's allocations (not those
+    of C++ libraries: :func:`peak_rss_growth` sees those).  Warm ``fn`` up first if its first
+    call compiles or allocates caches that should not count.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()

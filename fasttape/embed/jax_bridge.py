@@ -33,6 +33,8 @@ def to_jax(tape: Tape) -> Callable[[Any], Any]:
     Parameters
     ----------
     tape : Tape
+        Evaluated on the host in float64, one point per callback; its gradient is one
+        reverse sweep seeded with the cotangent of every output.
 
     Returns
     -------

@@ -181,12 +181,18 @@ def _check_which(meta):
 
 # ---------------------------------------------------------------------------- jitted wrappers
 @_kernel
-def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
+def _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
+    """Every check of a ``value_and_grad`` call (either grad mode); returns the output index."""
     n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
-    which = _check_which(meta)
+    return _check_which(meta)
+
+
+@_kernel
+def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
+    which = _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad)
     return value_and_grad_kernel(ops, args, consts, outputs, which, x, vals, parts, adj, grad)
 
 
@@ -194,11 +200,7 @@ def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x
 def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
     # Same signature as the stored variant (``parts`` is empty and unused) so user code does
     # not depend on the tape's grad_mode.
-    n_slots = _check_tape(ops, args, consts, outputs, meta, False)
-    _check_work(meta, n_slots, vals, parts, adj)
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
-    which = _check_which(meta)
+    which = _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad)
     return value_and_grad_lean_kernel(ops, args, consts, outputs, which, x, vals, adj, grad)
 
 
@@ -279,32 +281,47 @@ def _join(meta, x, p, xp):
 
 
 @_kernel
-def _value_and_grad_stored_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
-                             grad):
+def _check_gradients(meta, gp, grad):
+    """Check ``gp`` (the joined gradient buffer) and ``grad`` (the inputs' part of it)."""
+    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
+    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+
+
+@_kernel
+def _keep_input_grads(gp, grad):
+    """Copy the inputs' entries of the joined gradient ``gp`` into ``grad`` (checked)."""
+    for i in range(grad.shape[0]):
+        grad[i] = gp[i]
+
+
+@_kernel
+def _join_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p, grad):
+    """Every check of a ``value_and_grad`` call with parameters (either grad mode), and ``x``
+    and ``p`` joined into ``xp``; returns the output index."""
     n_slots = _check_tape(ops, args, consts, outputs, meta, True)
     _check_work(meta, n_slots, vals, parts, adj)
     _join(meta, x, p, xp)
-    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
-    which = _check_which(meta)
+    _check_gradients(meta, gp, grad)
+    return _check_which(meta)
+
+
+@_kernel
+def _value_and_grad_stored_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
+                             grad):
+    which = _join_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
+                            grad)
     v = value_and_grad_kernel(ops, args, consts, outputs, which, xp, vals, parts, adj, gp)
-    for i in range(grad.shape[0]):
-        grad[i] = gp[i]
+    _keep_input_grads(gp, grad)
     return v
 
 
 @_kernel
 def _value_and_grad_lean_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
                            grad):
-    n_slots = _check_tape(ops, args, consts, outputs, meta, True)
-    _check_work(meta, n_slots, vals, parts, adj)
-    _join(meta, x, p, xp)
-    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
-    which = _check_which(meta)
+    which = _join_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
+                            grad)
     v = value_and_grad_lean_kernel(ops, args, consts, outputs, which, xp, vals, adj, gp)
-    for i in range(grad.shape[0]):
-        grad[i] = gp[i]
+    _keep_input_grads(gp, grad)
     return v
 
 
@@ -333,11 +350,9 @@ def _vjp_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p, cot
     _check_work(meta, n_slots, vals, parts, adj)
     _join(meta, x, p, xp)
     _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
-    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    _check_gradients(meta, gp, grad)
     vjp_kernel(ops, args, consts, outputs, vals, parts, adj, xp, cot, gp)
-    for i in range(grad.shape[0]):
-        grad[i] = gp[i]
+    _keep_input_grads(gp, grad)
 
 
 # ---------------------------------------------------------------------------- Python side

@@ -70,6 +70,8 @@ def to_torch(tape: Tape) -> Callable[[torch.Tensor], torch.Tensor]:
     Parameters
     ----------
     tape : Tape
+        Evaluated on the CPU in float64, row by row (:class:`TapeFunction`); the backward is
+        not itself differentiable.
 
     Returns
     -------

@@ -26,8 +26,7 @@ def value(tape: Any, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     local = tape.work_buffers()
     vals = getattr(local, "plan_vals", None)
     if vals is None:
-        vals = local.plan_vals = np.empty(plan.n_work)
-        local.plan_res = np.empty(tape.n_outputs)
+        vals = _allocate(tape, local, grad=False).plan_vals
     res = local.plan_res if out is None else out
     value_plan_kernel(tape.ops, plan.args, plan.dest, tape.consts, plan.outputs, xin, vals, res)
     return res
@@ -37,19 +36,32 @@ def value_and_grad(tape: Any, which: int, xin: np.ndarray, grad: np.ndarray) -> 
     """Value of output ``which`` and its gradient into ``grad``, stored partials, with the plan."""
     plan = tape.reuse_plan
     local = tape.work_buffers()
-    vals = getattr(local, "plan_vals", None)
-    if vals is None:
-        vals = local.plan_vals = np.empty(plan.n_work)
-        local.plan_res = np.empty(tape.n_outputs)
     adj = getattr(local, "plan_adj", None)
     if adj is None:
-        # Zeros once: the reverse sweep leaves them zeroed (read-then-zero).
-        adj = local.plan_adj = np.zeros(plan.n_work)
-        local.plan_parts = np.empty(tape.n_edges)
+        adj = _allocate(tape, local, grad=True).plan_adj
+    vals = local.plan_vals  # allocated with (or before) plan_adj
     return value_and_grad_plan_kernel(
         tape.ops, plan.args, plan.dest, tape.consts, plan.outputs, which, xin, vals,
         local.plan_parts, adj, grad,
     )
+
+
+def _allocate(tape: Any, local: Any, grad: bool) -> Any:
+    """The calling thread's plan buffers, allocated where missing; returns ``local``.
+
+    ``plan_vals`` (the plan's ``n_work`` slots) and ``plan_res`` (``n_outputs``); with
+    ``grad`` also ``plan_adj`` and ``plan_parts`` (``n_edges``).  Called on a thread's first
+    use only: the per-call path is one ``getattr``.
+    """
+    n_work = tape.reuse_plan.n_work
+    if getattr(local, "plan_vals", None) is None:
+        local.plan_vals = np.empty(n_work)
+        local.plan_res = np.empty(tape.n_outputs)
+    if grad and getattr(local, "plan_adj", None) is None:
+        # Zeros once: the reverse sweep leaves them zeroed (read-then-zero).
+        local.plan_adj = np.zeros(n_work)
+        local.plan_parts = np.empty(tape.n_edges)
+    return local
 
 
 def work_nbytes(tape: Any, grad: bool) -> int:

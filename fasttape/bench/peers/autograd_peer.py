@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace, as_numpy, scalar_code
-from fasttape.bench.peers.jax_peer import vectorized_fn
+from fasttape.bench.peers.base import ArrayPeer, Built, as_numpy
 
 __all__ = ["AutogradPeer"]
 
@@ -27,18 +26,12 @@ class AutogradPeer(ArrayPeer):
         from autograd.scipy.special import expit
 
         t0 = time.perf_counter()
-        if self.style(case.family) == "vectorized":
-            f = vectorized_fn(case.family, case, anp)
-            style = "vectorized"
-        else:
-            ns = OpNamespace(self.name, anp, {
-                "atan": anp.arctan, "asin": anp.arcsin, "acos": anp.arccos,
-                "stop_gradient": lambda a: a,  # HIPS autograd has none
-                "softplus": lambda a: anp.logaddexp(0.0, a),  # no softplus of its own
-                "sigmoid": expit,
-            })
-            f = scalar_code(case, ns)
-            style = "scalar"
+        f, style = self.array_function(case, anp, {
+            "atan": anp.arctan, "asin": anp.arcsin, "acos": anp.arccos,
+            "stop_gradient": lambda a: a,  # HIPS autograd has none
+            "softplus": lambda a: anp.logaddexp(0.0, a),  # no softplus of its own
+            "sigmoid": expit,
+        })
         vg = autograd.value_and_grad(f)
         t1 = time.perf_counter()
         return as_numpy(f, vg, t1 - t0, 0.0, style)

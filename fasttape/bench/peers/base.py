@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.families import pairwise_sum
+from fasttape.bench.families import MLP_SHAPE, pairwise_sum
 from fasttape.ops import OP_BY_NAME
 
 __all__ = [
-    "OPERATORS", "ArrayPeer", "Built", "OpNamespace", "Peer", "Unsupported", "as_numpy",
-    "scalar_code",
+    "OPERATORS", "ArrayPeer", "Built", "OpNamespace", "Peer", "ScalarGraphPeer", "Unsupported",
+    "as_numpy", "scalar_code", "vectorized_fn",
 ]
 
 
@@ -126,6 +126,39 @@ class ArrayPeer(Peer):
     vector_cap_quick = 12_000
     vectorized = True
 
+    def array_function(
+        self, case: Case, xp: Any, overrides: dict[str, Any]
+    ) -> tuple[Callable[[Any], Any], str]:
+        """``case``'s function of one array, and its style, as this library's users write it.
+
+        Parameters
+        ----------
+        case : Case
+            The benchmark case.
+        xp : module
+            The library's array namespace (``jax.numpy``, ``autograd.numpy``).
+        overrides : dict
+            The :class:`OpNamespace` overrides for straight-line scalar code.
+
+        Returns
+        -------
+        (callable, str)
+            :func:`vectorized_fn` and ``"vectorized"`` for the VECTORIZED families, else
+            :func:`scalar_code` over ``OpNamespace(self.name, xp, overrides)`` and
+            ``"scalar"``.
+        """
+        if self.style(case.family) == "vectorized":
+            return vectorized_fn(case.family, case, xp), "vectorized"
+        return scalar_code(case, OpNamespace(self.name, xp, overrides)), "scalar"
+
+
+class ScalarGraphPeer(Peer):
+    """A scalar expression-graph engine (CasADi SX, ddx): the case traced into the peer's own
+    graph of scalar operations, evaluated by its interpreter, up to fasttape's largest sizes."""
+
+    scalar_cap = 1_200_000
+    scalar_cap_quick = 12_000
+
 
 def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:
     """``case.fn`` as a function of one array, its items the inputs, with the namespace ``ns``."""
@@ -136,6 +169,44 @@ def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:
         return fn([x[i] for i in range(n)], ns)
 
     return f
+
+
+def vectorized_fn(family: str, case: Case, xp: Any) -> Any:
+    """The array-code version of a VECTORIZED family, for the array module ``xp``.
+
+    ``xp`` is ``jax.numpy``, ``autograd.numpy`` or a torch shim with the same few names
+    (``sum``, ``tanh``, ``triu_indices``, ``reshape``).  The terms and their order match the
+    scalar code up to rounding.
+    """
+    if family == "rosenbrock":
+        return lambda x: xp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    if family == "lennard-jones":
+        n = case.size
+        iu, ju = np.triu_indices(n, k=1)
+
+        def lj(x: Any) -> Any:
+            p = xp.reshape(x, (n, 3))
+            d = p[iu] - p[ju]
+            r2 = xp.sum(d ** 2, 1)
+            s6 = (1.0 / r2) ** 3
+            return xp.sum(4.0 * (s6 * s6 - s6))
+
+        return lj
+    if family == "mlp":
+        d, h = MLP_SHAPE
+        feats, targets = case.data["feats"], case.data["targets"]
+
+        def loss(x: Any) -> Any:
+            w1 = xp.reshape(x[: h * d], (h, d))
+            b1 = x[h * d : h * d + h]
+            w2 = x[h * d + h : h * d + 2 * h]
+            b2 = x[h * d + 2 * h]
+            hidden = xp.tanh(xp.matmul(feats, xp.transpose(w1)) + b1)
+            pred = xp.matmul(hidden, w2) + b2
+            return xp.sum((pred - targets) ** 2)
+
+        return loss
+    raise ValueError(f"no vectorized code for {family!r}")
 
 
 def as_numpy(

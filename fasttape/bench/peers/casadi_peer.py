@@ -11,18 +11,16 @@ import time
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, OpNamespace, Peer
+from fasttape.bench.peers.base import Built, OpNamespace, ScalarGraphPeer
 
 __all__ = ["CasadiPeer"]
 
 
-class CasadiPeer(Peer):
+class CasadiPeer(ScalarGraphPeer):
     """CasADi SX (virtual machine, no code generation)."""
 
     name = "casadi-sx"
     module = "casadi"
-    scalar_cap = 1_200_000
-    scalar_cap_quick = 12_000
 
     def build(self, case: Case) -> Built:
         import casadi as ca

@@ -14,19 +14,17 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import Built, OpNamespace, Peer
+from fasttape.bench.peers.base import Built, OpNamespace, ScalarGraphPeer
 
 __all__ = ["DdxPeer"]
 
 
-class DdxPeer(Peer):
+class DdxPeer(ScalarGraphPeer):
     """ddx-ad (import name ``ddx``)."""
 
     name = "ddx"
     module = "ddx"
     dist = "ddx-ad"
-    scalar_cap = 1_200_000
-    scalar_cap_quick = 12_000
 
     def build(self, case: Case) -> Built:
         import ddx

@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace
-from fasttape.bench.peers.jax_peer import vectorized_fn
+from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace, vectorized_fn
 
 __all__ = ["TorchPeer"]
 
