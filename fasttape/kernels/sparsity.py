@@ -1,0 +1,235 @@
+"""Sparsity kernels: index-set propagation over a tape, greedy coloring, the weighted HVP sweep.
+
+Index sets are **sorted lists of input indices in one shared int32 array**, addressed per slot
+by ``(start, length)`` (a CSR layout in which a slot's list may be *shared*: a unary op or a
+one-argument-set op points at its argument's list instead of copying it, so a chain of
+``sin(exp(...))`` costs no memory).  A union of two sorted lists is one merge.  Bitsets would
+cost ``n_slots * n_inputs / 8`` bytes whatever the sparsity (125 GB for 1e6 slots and 1e6
+inputs); sorted lists cost what the pattern holds, which is what banded and arrowhead
+problems need.
+
+Nonlinear interactions (the Hessian pattern) follow Walther's forward algorithm (as in
+ADOL-C and CppAD): an instruction whose second partial ``d2f / (da db)`` is structurally
+nonzero contributes every pair of ``X(a) x X(b)`` (``X``: the argument's index set), provided
+the instruction reaches a selected output through differentiable edges.  The pairs are
+emitted (``i <= j``) into a growing array and de-duplicated by the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.tangent import forward_tangent, reverse_hvp
+
+
+@kernel
+def _grow(arr, need):  # pragma: no cover (jitted)
+    """``arr`` with room for at least ``need`` entries (doubling), contents kept."""
+    if need <= arr.shape[0]:
+        return arr
+    cap = max(2 * arr.shape[0], need)
+    new = np.empty(cap, arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+@kernel
+def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (jitted)
+    """The input-index set of every slot: ``(start, length, idx)``.
+
+    Slot ``s``'s sorted set is ``idx[start[s] : start[s] + length[s]]``.  Input ``i`` has
+    ``{i}``; parameters and constants have the empty set; an instruction has the union of the
+    sets of its first ``ndiff[op]`` (differentiable) arguments.  Non-differentiable arguments
+    (``where``'s condition, comparisons, ``sign``, ``floor``, exponents) contribute nothing:
+    the op table gives them no partial, so no derivative flows through them.
+    """
+    n_instr = ops.shape[0]
+    n_slots = n_pre + n_instr
+    start = np.zeros(n_slots, np.int64)
+    length = np.zeros(n_slots, np.int64)
+    idx = np.empty(max(16, n_inputs + 2 * n_instr), np.int32)
+    for i in range(n_inputs):
+        idx[i] = i
+        start[i] = i
+        length[i] = 1
+    top = n_inputs
+    k = 0
+    for i in range(n_instr):
+        op = ops[i]
+        s = n_pre + i
+        nd = ndiff[op]
+        if nd == 1:
+            a = args[k]
+            start[s] = start[a]
+            length[s] = length[a]
+        elif nd >= 2:
+            a = args[k]
+            b = args[k + 1]
+            la = length[a]
+            lb = length[b]
+            if lb == 0 or a == b:
+                start[s] = start[a]
+                length[s] = la
+            elif la == 0:
+                start[s] = start[b]
+                length[s] = lb
+            else:
+                idx = _grow(idx, top + la + lb)
+                pa = start[a]
+                pb = start[b]
+                ea = pa + la
+                eb = pb + lb
+                q = top
+                while pa < ea and pb < eb:
+                    va = idx[pa]
+                    vb = idx[pb]
+                    if va < vb:
+                        idx[q] = va
+                        pa += 1
+                    elif vb < va:
+                        idx[q] = vb
+                        pb += 1
+                    else:
+                        idx[q] = va
+                        pa += 1
+                        pb += 1
+                    q += 1
+                while pa < ea:
+                    idx[q] = idx[pa]
+                    pa += 1
+                    q += 1
+                while pb < eb:
+                    idx[q] = idx[pb]
+                    pb += 1
+                    q += 1
+                # A union equal to one argument's set needs no copy of its own.
+                if q - top == la:
+                    start[s] = start[a]
+                    length[s] = la
+                elif q - top == lb:
+                    start[s] = start[b]
+                    length[s] = lb
+                else:
+                    start[s] = top
+                    length[s] = q - top
+                    top = q
+        k += arity[op]
+    return start, length, idx[:top]
+
+
+@kernel
+def reaching(ops, args, arity, ndiff, n_pre, seeds):  # pragma: no cover (jitted)
+    """Mark the slots whose value reaches a slot already marked in ``seeds`` through
+    differentiable edges (one backward pass; ``seeds`` is updated in place)."""
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= arity[op]
+        if seeds[n_pre + i]:
+            for j in range(ndiff[op]):
+                seeds[args[k + j]] = True
+
+
+@kernel
+def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
+    # pragma: no cover (jitted)
+    """Input pairs ``(i, j)``, ``i <= j``, of the nonlinear interactions that reach an output.
+
+    ``nonlin[op, e]`` says whether the op's second partial number ``e`` is structurally
+    nonzero, in the table's order: ``(aa,)`` for one differentiable argument, ``(aa, ab, bb)``
+    for two.  Only instructions marked in ``live`` (see :func:`reaching`) contribute.
+    Returns ``(rows, cols)`` with duplicates.
+    """
+    cap = 1024
+    rows = np.empty(cap, np.int32)
+    cols = np.empty(cap, np.int32)
+    top = 0
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        if live[n_pre + i]:
+            for e in range(3):
+                if not nonlin[op, e]:
+                    continue
+                # e -> argument pair: one argument: (0, 0); two: (0,0), (0,1), (1,1).
+                ja = 0 if e < 2 else 1
+                jb = 0 if e == 0 else 1
+                a = args[k + ja]
+                b = args[k + jb]
+                la = length[a]
+                lb = length[b]
+                need = top + la * lb
+                if need > rows.shape[0]:
+                    rows = _grow(rows, need)
+                    cols = _grow(cols, need)
+                for p in range(start[a], start[a] + la):
+                    u = idx[p]
+                    for q in range(start[b], start[b] + lb):
+                        v = idx[q]
+                        if u <= v:
+                            rows[top] = u
+                            cols[top] = v
+                        else:
+                            rows[top] = v
+                            cols[top] = u
+                        top += 1
+        k += arity[op]
+    return rows[:top], cols[:top]
+
+
+@kernel
+def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
+    # pragma: no cover (jitted)
+    """Greedy distance-2 column coloring in the given ``order``; returns the color count.
+
+    Two columns conflict when some row has a nonzero in both (they would share a compressed
+    column).  Each column takes the smallest color not used by a conflicting column already
+    colored.  ``col_ptr/col_rows`` is the pattern by columns (CSC), ``row_ptr/row_cols`` by
+    rows (CSR); ``colors`` (filled with -1 on entry) receives the colors.
+    """
+    n = order.shape[0]
+    forbidden = np.full(n + 1, -1, np.int64)
+    n_colors = 0
+    for t in range(n):
+        j = order[t]
+        for p in range(col_ptr[j], col_ptr[j + 1]):
+            r = col_rows[p]
+            for q in range(row_ptr[r], row_ptr[r + 1]):
+                c = colors[row_cols[q]]
+                if c >= 0:
+                    forbidden[c] = j
+        c = 0
+        while forbidden[c] == j:
+            c += 1
+        colors[j] = c
+        if c + 1 > n_colors:
+            n_colors = c + 1
+    return n_colors
+
+
+@kernel
+def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res):
+    # pragma: no cover (jitted)
+    """``sum_j w[j] * H_j(x) @ xdot``: one tangent sweep and one forward-over-reverse sweep.
+
+    As ``tangent.hvp_driver`` with ``identity=False``, but the reverse sweep is seeded with
+    the weights (``adj[outputs[j]] += w[j]``, zero weights skipped) instead of one unit
+    output: the Hessian of a Lagrangian in one sweep pair.  ``adj`` and ``adjdot`` must be
+    zero on entry and are zero again on exit; ``res`` has shape ``(n_inputs, K)``.
+    """
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    nk = tan.shape[1]
+    forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+    for j in range(outputs.shape[0]):
+        if w[j] != 0.0:
+            adj[outputs[j]] += w[j]
+    reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre)
+    for i in range(n_in):
+        for d in range(nk):
+            res[i, d] = adjdot[i, d]
+    for i in range(n_pre):
+        adj[i] = 0.0
+        for d in range(nk):
+            adjdot[i, d] = 0.0
