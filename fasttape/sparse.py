@@ -165,6 +165,7 @@ def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
     Returns
     -------
     colors : ndarray of int64, shape (n_cols,)
+        ``-1`` for an empty column (it needs no sweep).
     n_colors : int
     """
     sp = _scipy_sparse()
@@ -196,6 +197,24 @@ def _seed_blocks(colors: np.ndarray, n_colors: int, n_full: int) -> list[tuple[i
     return blocks
 
 
+def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+    """A per-thread work array of ``shape`` kept in ``tape.work_buffers()`` under this module's
+    own name (``sparse``), reused across calls: a banded Hessian of 1e6 inputs would otherwise
+    allocate and zero hundreds of MB per call.  ``zero=True`` buffers start as zeros and are
+    kept clean by the kernels (read-then-zero)."""
+    local = tape.work_buffers()
+    store = getattr(local, "sparse", None)
+    if store is None:
+        store = local.sparse = {}
+    key = (name, shape)
+    arr = store.get(key)
+    if arr is None:
+        for old in [k for k in store if k[0] == name]:  # one size per name
+            del store[old]
+        arr = store[key] = np.zeros(shape) if zero else np.empty(shape)
+    return arr
+
+
 class _Plan:
     """Shared parts of the two plans: the point (and parameters) check and ``out=``."""
 
@@ -212,6 +231,15 @@ class _Plan:
                 raise ValueError("sparse derivatives take one point (x and p 1-D), not a batch")
             return tape.params_as_inputs(), xp
         return tape, tape.as_input(x)
+
+    def _seeds(self, full: TapeRecord) -> list[tuple[int, np.ndarray]]:
+        """The seed blocks for ``full`` (the tape, or its parameters-as-inputs form), made
+        once per plan."""
+        cached = self.__dict__.get("_seed_cache")
+        if cached is None or cached[0] != full.n_inputs:
+            cached = (full.n_inputs, _seed_blocks(self.colors, self.n_colors, full.n_inputs))
+            self._seed_cache = cached
+        return cached[1]
 
     def _finish(self, data: np.ndarray, out: Any, values_only: bool) -> Any:
         if out is not None:
@@ -263,11 +291,11 @@ class SparseJacobian(_Plan):
         full, xin = self._point(x, p)
         m = full.n_outputs
         comp = np.zeros((m, self.n_colors))
-        vals = np.empty(full.n_slots)
+        vals = _buf(full, "vals", (full.n_slots,))
         out = np.empty(m)
-        for c0, seed in _seed_blocks(self.colors, self.n_colors, full.n_inputs):
+        for c0, seed in self._seeds(full):
             kk = seed.shape[1]
-            tan = np.empty((full.n_slots, kk))
+            tan = _buf(full, "tan", (full.n_slots, kk))
             res = np.empty((m, kk))
             tangent_driver(full.ops, full.args, full.consts, full.outputs, xin, seed, False,
                            vals, tan, out, res)
@@ -340,12 +368,12 @@ class SparseHessian(_Plan):
         full, xin = self._point(x, p)
         n = self.tape.n_inputs
         comp = np.zeros((n, self.n_colors))
-        vals = np.empty(full.n_slots)
-        adj = np.zeros(full.n_slots)
-        for c0, seed in _seed_blocks(self.colors, self.n_colors, full.n_inputs):
+        vals = _buf(full, "vals", (full.n_slots,))
+        adj = _buf(full, "adj", (full.n_slots,), zero=True)
+        for c0, seed in self._seeds(full):
             kk = seed.shape[1]
-            tan = np.empty((full.n_slots, kk))
-            adjdot = np.zeros((full.n_slots, kk))
+            tan = _buf(full, "tan", (full.n_slots, kk))
+            adjdot = _buf(full, "adjdot", (full.n_slots, kk), zero=True)
             res = np.empty((full.n_inputs, kk))
             _ks.weighted_hvp(full.ops, full.args, full.consts, full.outputs, wv, xin, seed,
                              vals, tan, adj, adjdot, res)

@@ -186,13 +186,16 @@ def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
     Two columns conflict when some row has a nonzero in both (they would share a compressed
     column).  Each column takes the smallest color not used by a conflicting column already
     colored.  ``col_ptr/col_rows`` is the pattern by columns (CSC), ``row_ptr/row_cols`` by
-    rows (CSR); ``colors`` (filled with -1 on entry) receives the colors.
+    rows (CSR); ``colors`` (filled with -1 on entry) receives the colors (-1 stays for an
+    empty column).
     """
     n = order.shape[0]
     forbidden = np.full(n + 1, -1, np.int64)
     n_colors = 0
     for t in range(n):
         j = order[t]
+        if col_ptr[j] == col_ptr[j + 1]:
+            continue  # an empty column needs no direction: it keeps color -1
         for p in range(col_ptr[j], col_ptr[j + 1]):
             r = col_rows[p]
             for q in range(row_ptr[r], row_ptr[r + 1]):
