@@ -145,16 +145,9 @@ def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None)
     _ks.reaching(tape.ops, tape.args, arity, ndiff, n_pre, live)
     rows, cols = _ks.hessian_pairs(tape.ops, tape.args, arity, nonlin, n_pre, live, start,
                                    length, idx)
-    key = np.unique(rows.astype(np.int64) * max(n, 1) + cols)
-    r, c = np.divmod(key, max(n, 1))
-    off = r != c
-    rr = np.concatenate((r, c[off]))
-    cc = np.concatenate((c, r[off]))
-    data = np.ones(len(rr), np.int8)
-    pattern = sp.csr_matrix((data, (rr, cc)), shape=(n, n))
-    pattern.sort_indices()
-    pattern.data[:] = 1  # coo -> csr sums nothing here (pairs are unique), but be explicit
-    return pattern
+    indptr, indices = _ks.symmetric_csr(rows, cols, n)
+    data = np.ones(len(indices), np.int8)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
 def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
@@ -241,11 +234,13 @@ class _Plan:
             self._seed_cache = cached
         return cached[1]
 
-    def _finish(self, data: np.ndarray, out: Any, values_only: bool) -> Any:
-        if out is not None:
-            check_out(out, data.shape, "out")
-            out[...] = data
-            data = out
+    def _data(self, out: Any) -> np.ndarray:
+        """The array the entries go to: ``out`` checked, or a new one."""
+        if out is None:
+            return np.empty(self.nnz)
+        return check_out(out, self.nnz, "out")
+
+    def _finish(self, data: np.ndarray, values_only: bool) -> Any:
         if values_only:
             return data
         pat = self.pattern
@@ -310,8 +305,10 @@ class SparseJacobian(_Plan):
         ``values_only=True`` returns just the data array (in the pattern's CSR order);
         ``out=`` (float64, shape ``(nnz,)``) receives it instead of a new array.
         """
+        data = self._data(out)  # checked before any sweep runs
         comp = self.compressed(x, p)
-        return self._finish(comp[self._rows, self._ccol], out, values_only)
+        _ks.recover_jacobian(comp, self._rows, self._ccol, data)
+        return self._finish(data, values_only)
 
 
 class SparseHessian(_Plan):
@@ -389,8 +386,7 @@ class SparseHessian(_Plan):
         in the last bits; where they do, both become ``0.5 * a + 0.5 * b`` (as
         ``tape.hessian``).  ``values_only`` and ``out=`` as :meth:`SparseJacobian.__call__`.
         """
+        data = self._data(out)  # checked before any sweep runs
         comp = self.compressed(x, w, p)
-        a = comp[self._r, self.colors[self._c]]
-        b = comp[self._c, self.colors[self._r]]
-        data = np.where(a != b, 0.5 * a + 0.5 * b, a)
-        return self._finish(data, out, values_only)
+        _ks.recover_hessian(comp, self._r, self._c, self.colors, data)
+        return self._finish(data, values_only)

@@ -236,3 +236,69 @@ def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdo
         adj[i] = 0.0
         for d in range(nk):
             adjdot[i, d] = 0.0
+
+
+@kernel
+def recover_jacobian(comp, rows, ccols, data):  # pragma: no cover (jitted)
+    """Direct recovery: ``data[e] = comp[rows[e], ccols[e]]`` (``ccols``: the entry's column
+    color)."""
+    for e in range(rows.shape[0]):
+        data[e] = comp[rows[e], ccols[e]]
+
+
+@kernel
+def recover_hessian(comp, rows, cols, colors, data):  # pragma: no cover (jitted)
+    """Direct recovery of a symmetric pattern, made exactly symmetric.
+
+    ``H[i, j]`` is read from compressed column ``colors[j]`` and ``H[j, i]`` from
+    ``colors[i]``; where the two differ in the last bits both become ``0.5 * a + 0.5 * b``
+    (as the dense ``hessian``), so ``data`` is symmetric bit for bit.
+    """
+    for e in range(rows.shape[0]):
+        i = rows[e]
+        j = cols[e]
+        a = comp[i, colors[j]]
+        b = comp[j, colors[i]]
+        data[e] = a if a == b else 0.5 * a + 0.5 * b
+
+
+@kernel
+def symmetric_csr(rows, cols, n):  # pragma: no cover (jitted)
+    """``(indptr, indices)`` of the symmetric pattern holding each pair ``(i, j)`` and
+    ``(j, i)``, duplicates removed, indices sorted per row.
+
+    Linear in the number of pairs apart from the per-row sorts (rows are short for sparse
+    problems): a bucket pass by row, then a marker array drops repeats.
+    """
+    count = np.zeros(n + 1, np.int64)
+    for e in range(rows.shape[0]):
+        count[rows[e] + 1] += 1
+        if rows[e] != cols[e]:
+            count[cols[e] + 1] += 1
+    for i in range(n):
+        count[i + 1] += count[i]
+    fill = count[:n].copy()
+    bucket = np.empty(count[n], np.int32)
+    for e in range(rows.shape[0]):
+        i = rows[e]
+        j = cols[e]
+        bucket[fill[i]] = j
+        fill[i] += 1
+        if i != j:
+            bucket[fill[j]] = i
+            fill[j] += 1
+    seen = np.full(n, -1, np.int64)
+    indptr = np.zeros(n + 1, np.int64)
+    indices = np.empty(count[n], np.int32)
+    top = 0
+    for i in range(n):
+        row_start = top
+        for p in range(count[i], count[i + 1]):
+            j = bucket[p]
+            if seen[j] != i:
+                seen[j] = i
+                indices[top] = j
+                top += 1
+        indices[row_start:top] = np.sort(indices[row_start:top])
+        indptr[i + 1] = top
+    return indptr, indices[:top]
