@@ -88,13 +88,7 @@ def jacobian_sparsity(tape: TapeRecord) -> Any:
     """
     sp = _scipy_sparse()
     start, length, idx = _sets(tape)
-    outs = tape.outputs
-    lens = length[outs]
-    indptr = np.zeros(len(outs) + 1, np.int64)
-    np.cumsum(lens, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]), np.int32)
-    for r, o in enumerate(outs):  # one slice copy per output row
-        indices[indptr[r] : indptr[r + 1]] = idx[start[o] : start[o] + length[o]]
+    indptr, indices = _ks.gather_rows(start, length, idx, tape.outputs)
     data = np.ones(len(indices), np.int8)
     return sp.csr_matrix((data, indices, indptr), shape=(tape.n_outputs, tape.n_inputs))
 
@@ -354,7 +348,7 @@ class SparseHessian(_Plan):
             raise ValueError(
                 f"w[{bad[0]}] is nonzero but this plan's pattern leaves output {bad[0]} out: "
                 "build the plan with weights that are nonzero for every output you will "
-                "weight (e.g. SparseHessian(tape, w=np.ones(n_outputs)))"
+                "weight (e.g. tape.sparse_hessian_plan(w=np.ones(tape.n_outputs)))"
             )
         return wv
 

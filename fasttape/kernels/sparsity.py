@@ -302,3 +302,18 @@ def symmetric_csr(rows, cols, n):  # pragma: no cover (jitted)
         indices[row_start:top] = np.sort(indices[row_start:top])
         indptr[i + 1] = top
     return indptr, indices[:top]
+
+
+@kernel
+def gather_rows(start, length, idx, slots):  # pragma: no cover (jitted)
+    """``(indptr, indices)``: the index sets of ``slots`` as the rows of a CSR pattern."""
+    m = slots.shape[0]
+    indptr = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        indptr[r + 1] = indptr[r] + length[slots[r]]
+    indices = np.empty(indptr[m], np.int32)
+    for r in range(m):
+        s0 = start[slots[r]]
+        for q in range(length[slots[r]]):
+            indices[indptr[r] + q] = idx[s0 + q]
+    return indptr, indices
