@@ -270,3 +270,14 @@ def test_no_colors_linear_and_constant_tapes():
     jplan = const.sparse_jacobian_plan()
     assert jplan.n_colors == 0
     np.testing.assert_array_equal(jplan(np.ones(2)).toarray(), np.zeros((2, 2)))
+
+
+def test_bench_sparse_smoke(capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sparse.py"
+    bench = runpy.run_path(str(path))
+    assert bench["main"](["--n", "40", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Hessian, n = 40" in out and "5 colors" in out and "3 colors" in out
