@@ -128,11 +128,12 @@ class Tape(TapeRecord):
         return sparse.SparseJacobian(self)
 
     def sparse_hessian_plan(
-        self, output: int | None = None, *, w: Any = None
+        self, output: int | None = None, *, w: Any = None, coloring: str = "star"
     ) -> sparse.SparseHessian:
         """A reusable :class:`fasttape.sparse.SparseHessian` of one output or of the weighted
-        sum ``w @ outputs``: pattern and coloring once, then ``plan(x)`` per point."""
-        return sparse.SparseHessian(self, output=output, w=w)
+        sum ``w @ outputs``: pattern and coloring (``"star"`` or ``"distance2"``) once, then
+        ``plan(x)`` per point."""
+        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring)
 
     def sparse_jacobian(self, x: Any, p: Any = None) -> Any:
         """The Jacobian at ``x`` as a ``scipy.sparse.csr_matrix`` by coloring; builds a plan

@@ -8,10 +8,11 @@ The pipeline (docs/sparse.md):
    that reaches the selected outputs, the pairs of its arguments' lists whose second partial
    is structurally nonzero in the op table (:attr:`fasttape.ops.OpSpec.second` not ``"0.0"``):
    ``x * y`` gives ``X(x) x X(y)``, ``x + y`` nothing, ``sin(u)`` all pairs of ``X(u)``.
-2. **Coloring.**  Greedy distance-2 column coloring, largest column first: columns that share
-   no row get one color and are evaluated together.  Hessians use the same coloring of the
-   (symmetric) pattern with *direct* recovery (not star coloring, which would need fewer
-   colors on some patterns but a substitution step).
+2. **Coloring.**  Jacobians: greedy distance-2 column coloring, largest column first: columns
+   that share no row get one color and are evaluated together.  Hessians: greedy star
+   coloring by default (Gebremedhin, Manne and Pothen's Algorithm 4.1; each entry is read
+   from whichever of its two rows determines it), or the distance-2 coloring of the
+   symmetric pattern (``coloring="distance2"``: more colors, every entry read from both rows).
 3. **Compressed evaluation.**  One tangent sweep per block of up to 32 colors (Jacobian), one
    tangent + forward-over-reverse sweep pair per block (Hessian), with seed matrix
    ``S[j, color[j]] = 1``; entry ``(i, j)`` is then read from compressed column ``color[j]``.
@@ -42,6 +43,8 @@ __all__ = [
     "hessian_sparsity",
     "jacobian_sparsity",
     "color_columns",
+    "star_color",
+    "HESSIAN_COLORINGS",
     "MAX_COLORS_PER_SWEEP",
 ]
 
@@ -168,6 +171,36 @@ def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
         order, csc.indptr.astype(np.int64), csc.indices.astype(np.int64),
         csr.indptr.astype(np.int64), csr.indices.astype(np.int64), colors,
     )
+    return colors, int(n_colors)
+
+
+#: Hessian colorings: "star" (fewer colors, recovery from whichever of ``H[i, j]`` and
+#: ``H[j, i]`` its row determines) or "distance2" (every column alone in each of its rows).
+HESSIAN_COLORINGS = ("star", "distance2")
+
+
+def star_color(pattern: Any) -> tuple[np.ndarray, int]:
+    """Greedy star coloring of a symmetric pattern, largest column first.
+
+    Adjacent columns (``H[i, j]`` stored, ``i != j``) get different colors and every path on
+    four vertices uses at least three colors (Gebremedhin, Manne and Pothen 2005, Algorithm
+    4.1), so each entry can be read directly from row ``i`` or row ``j`` of ``H @ S``.  An
+    arrowhead needs 2 colors where :func:`color_columns` needs ``n``.
+
+    Returns
+    -------
+    colors : ndarray of int64, shape (n,)
+        ``-1`` for an empty column.
+    n_colors : int
+    """
+    sp = _scipy_sparse()
+    csr = sp.csr_matrix(pattern)
+    csr.sort_indices()
+    counts = np.diff(csr.indptr)
+    order = np.argsort(-counts, kind="stable").astype(np.int64)
+    colors = np.full(csr.shape[1], -1, np.int64)
+    n_colors = _ks.greedy_star(order, csr.indptr.astype(np.int64),
+                               csr.indices.astype(np.int64), colors)
     return colors, int(n_colors)
 
 
@@ -316,28 +349,44 @@ class SparseHessian(_Plan):
     w : array_like, shape (n_outputs,), optional
         Default weights of a Lagrangian ``sum_j w[j] * f_j``.  The pattern covers the outputs
         with nonzero weight; a call may pass other weights, zero wherever these are zero.
+    coloring : {"star", "distance2"}, optional
+        See the attribute below.
 
     Attributes
     ----------
     pattern : scipy.sparse.csr_matrix
         :func:`hessian_sparsity` (both triangles).
     colors, n_colors
-        Distance-2 coloring of the pattern's columns, direct recovery: ``ceil(n_colors / 32)``
-        sweep pairs per evaluation.
+        The coloring: ``ceil(n_colors / 32)`` sweep pairs per evaluation.
+    coloring : {"star", "distance2"}
+        "star" (default, :func:`star_color`): fewest colors, each entry read from whichever
+        of its two rows determines it.  "distance2" (:func:`color_columns`): every column
+        alone in each of its rows, both ``H[i, j]`` and ``H[j, i]`` read directly and
+        combined as the dense ``hessian`` does (bitwise its values on the tests' problems).
     """
 
-    def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None) -> None:
+    def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None,
+                 coloring: str = "star") -> None:
+        if coloring not in HESSIAN_COLORINGS:
+            raise ValueError(f"coloring must be one of {HESSIAN_COLORINGS}, got {coloring!r}")
         self.tape = tape
+        self.coloring = coloring
         self.w = _weights(tape, output, w)
         self.pattern = hessian_sparsity(tape, w=self.w)
-        self.colors, self.n_colors = color_columns(self.pattern)
+        if coloring == "star":
+            self.colors, self.n_colors = star_color(self.pattern)
+        else:
+            self.colors, self.n_colors = color_columns(self.pattern)
         coo = self.pattern.tocoo()
         self._r = coo.row.astype(np.int64)
         self._c = coo.col.astype(np.int64)
+        self._ptr = self.pattern.indptr.astype(np.int64)
+        self._adj = self.pattern.indices.astype(np.int64)
 
     def __repr__(self) -> str:
         n = self.pattern.shape[0]
-        return f"<SparseHessian {n}x{n}, {self.nnz} nonzeros, {self.n_colors} colors>"
+        return (f"<SparseHessian {n}x{n}, {self.nnz} nonzeros, {self.n_colors} colors "
+                f"({self.coloring})>")
 
     def _call_weights(self, w: Any) -> np.ndarray:
         if w is None:
@@ -382,5 +431,10 @@ class SparseHessian(_Plan):
         """
         data = self._data(out)  # checked before any sweep runs
         comp = self.compressed(x, w, p)
-        _ks.recover_hessian(comp, self._r, self._c, self.colors, data)
+        if self.coloring == "star":
+            bad = _ks.recover_star(comp, self._ptr, self._adj, self.colors, data)
+            if bad >= 0:  # pragma: no cover (a star coloring determines every entry)
+                raise RuntimeError(f"star recovery left entry {bad} undetermined: a bug")
+        else:
+            _ks.recover_hessian(comp, self._r, self._c, self.colors, data)
         return self._finish(data, values_only)

@@ -33,11 +33,37 @@ def check_distance2(pattern, colors: np.ndarray) -> None:
     assert (colors[~empty] >= 0).all() and (colors[empty] == -1).all()
 
 
+def check_star(pattern, colors: np.ndarray, brute: bool = False) -> None:
+    """Star coloring: adjacent columns differ, and every entry ``(i, j)`` has ``j``'s color
+    alone in row ``i`` or ``i``'s color alone in row ``j`` (direct symmetric recovery).  With
+    ``brute``, also no path on 4 vertices with 2 colors (small patterns only)."""
+    a = sp.csr_matrix(pattern).toarray() != 0
+    n = a.shape[0]
+    off = a & ~np.eye(n, dtype=bool)
+    i, j = np.nonzero(off)
+    assert (colors[i] != colors[j]).all(), "adjacent columns share a color"
+    for r, c in zip(*np.nonzero(a), strict=True):
+        alone_r = np.count_nonzero(a[r] & (colors == colors[c])) == 1
+        alone_c = np.count_nonzero(a[c] & (colors == colors[r])) == 1
+        assert alone_r or alone_c, f"entry ({r}, {c}) is determined by neither row"
+    if brute:
+        for v0, v1 in zip(i, j, strict=True):
+            for v2 in np.nonzero(off[v1])[0]:
+                for v3 in np.nonzero(off[v2])[0]:
+                    if len({v0, v1, v2, v3}) == 4:
+                        assert len({colors[v0], colors[v1], colors[v2], colors[v3]}) >= 3, (
+                            f"two-colored path {v0}-{v1}-{v2}-{v3}")
+
+
 def test_checker_catches_a_bad_coloring():
     pat = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]]))
     check_distance2(pat, np.array([0, 1, 0]))
     with pytest.raises(AssertionError, match="share a row"):
         check_distance2(pat, np.array([0, 0, 1]))
+    path = sp.csr_matrix(np.eye(4) + np.eye(4, k=1) + np.eye(4, k=-1))
+    check_star(path, np.array([0, 1, 2, 0]), brute=True)
+    with pytest.raises(AssertionError, match=r"neither row|two-colored"):
+        check_star(path, np.array([0, 1, 0, 1]), brute=True)
 
 
 # ---------------------------------------------------------------------- constructed cases
@@ -70,11 +96,14 @@ def test_arrowhead_pattern_and_colors():
     want[np.arange(1, n), np.arange(1, n)] = True
     want[0, 0] = False  # x0 * exp(xi) is linear in x0
     assert (h == want).all()
-    plan = tape.sparse_hessian_plan()
+    plan = tape.sparse_hessian_plan(coloring="distance2")
     check_distance2(plan.pattern, plan.colors)
-    # Distance-2 coloring of an arrowhead needs n colors (every column shares row 0): the
-    # documented price of direct recovery (star coloring would need 2).
+    # Distance-2 coloring of an arrowhead needs n colors (every column shares row 0); a star
+    # coloring needs 2.
     assert plan.n_colors == n
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors)
+    assert star.n_colors == 2
 
 
 @pytest.mark.parametrize(
@@ -139,11 +168,16 @@ def test_compressed_values_match_dense(fn):
     n = 40
     tape = ft.compile(ft.trace(fn, n))
     x = np.random.default_rng(1).uniform(-1.0, 1.0, n)
-    plan = tape.sparse_hessian_plan()
+    plan = tape.sparse_hessian_plan(coloring="distance2")
     check_distance2(plan.pattern, plan.colors)
     h = plan(x)
     assert isinstance(h, sp.csr_matrix)
     np.testing.assert_array_equal(h.toarray(), tape.hessian(x))
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors, brute=True)
+    hs = star(x).toarray()
+    np.testing.assert_array_equal(hs, hs.T)
+    np.testing.assert_allclose(hs, tape.hessian(x), rtol=1e-14, atol=1e-15)
     jac = tape.sparse_jacobian_plan()
     check_distance2(jac.pattern, jac.colors)
     np.testing.assert_array_equal(jac(x).toarray(), tape.jacobian(x, mode="forward"))
@@ -151,9 +185,12 @@ def test_compressed_values_match_dense(fn):
 
 def test_banded_colors_bounded():
     tape = ft.compile(ft.trace(banded, 200))
-    plan = tape.sparse_hessian_plan()
+    plan = tape.sparse_hessian_plan(coloring="distance2")
     assert plan.n_colors == 5  # half-bandwidth 2: columns within 4 of each other clash
-    assert "5 colors" in repr(plan)
+    assert "5 colors (distance2)" in repr(plan)
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors)
+    assert star.n_colors <= 5
 
 
 def test_many_outputs_jacobian_over_32_colors():
@@ -213,11 +250,15 @@ def test_random_patterns_cover_dense_derivatives(case, rnd):
         hess = tape.hessian(x, output=k)
         hp = dense(tape.hessian_sparsity(k))
         assert not (np.isnan(hess) | (hess != 0))[~hp].any(), (k, tape.listing())
-        hplan = tape.sparse_hessian_plan(k)
-        check_distance2(hplan.pattern, hplan.colors)
-        hgot = hplan(x).toarray()
         ok = np.isfinite(hess)
-        np.testing.assert_allclose(hgot[ok], hess[ok], rtol=1e-12, atol=1e-300)
+        for coloring in sparse.HESSIAN_COLORINGS:
+            hplan = tape.sparse_hessian_plan(k, coloring=coloring)
+            if coloring == "star":
+                check_star(hplan.pattern, hplan.colors, brute=True)
+            else:
+                check_distance2(hplan.pattern, hplan.colors)
+            hgot = hplan(x).toarray()
+            np.testing.assert_allclose(hgot[ok], hess[ok], rtol=1e-12, atol=1e-300)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -229,6 +270,8 @@ def test_bad_inputs_give_clear_errors():
         tape.hessian_sparsity(5)
     with pytest.raises(ValueError, match="pass output=k"):
         tape.sparse_hessian(np.ones(3))
+    with pytest.raises(ValueError, match="coloring must be one of"):
+        tape.sparse_hessian_plan(0, coloring="acyclic")
     with pytest.raises(ValueError, match="not both"):
         tape.sparse_hessian_plan(0, w=[1.0, 1.0])
     plan = tape.sparse_hessian_plan(w=[1.0, 0.0])
@@ -281,3 +324,17 @@ def test_bench_sparse_smoke(capsys):
     assert bench["main"](["--n", "40", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "Hessian, n = 40" in out and "5 colors" in out and "3 colors" in out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.floats(0.0, 0.3), st.integers(0, 2**31 - 1))
+def test_star_coloring_of_random_symmetric_patterns(n, density, seed):
+    rng = np.random.default_rng(seed)
+    a = sp.random(n, n, density=density, random_state=rng, format="csr")
+    sym = ((a + a.T) != 0).astype(np.int8)
+    colors, k = sparse.star_color(sym)
+    check_star(sym, colors, brute=True)
+    used = colors[colors >= 0]
+    assert k == (used.max() + 1 if len(used) else 0)
+    d2, _ = sparse.color_columns(sym)
+    check_distance2(sym, d2)

@@ -317,3 +317,107 @@ def gather_rows(start, length, idx, slots):  # pragma: no cover (jitted)
         for q in range(length[slots[r]]):
             indices[indptr[r] + q] = idx[s0 + q]
     return indptr, indices
+
+
+@kernel
+def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
+    """Greedy star coloring of a symmetric pattern's adjacency graph; returns the color count.
+
+    Algorithm 4.1 of Gebremedhin, Manne and Pothen, "What color is your Jacobian?" (SIAM
+    Review 47, 2005): vertex ``v`` may not take the color of a neighbor ``w`` (distance 1), nor
+    the color of a vertex ``x`` two steps away through ``w`` when ``w`` is uncolored, or when
+    ``x`` has a neighbor ``y != w`` colored like ``w`` (that would make the path ``v w x y``
+    two-colored).  Every path on four vertices then uses at least three colors, which is what
+    direct symmetric recovery needs (:func:`recover_star`).  ``ptr/adj`` is the pattern in CSR
+    form (the diagonal is ignored); ``colors`` is -1 on entry; vertices with no entry at all
+    keep -1.
+    """
+    n = order.shape[0]
+    forbidden = np.full(n + 1, -1, np.int64)
+    n_colors = 0
+    for t in range(n):
+        v = order[t]
+        if ptr[v] == ptr[v + 1]:
+            continue
+        for p in range(ptr[v], ptr[v + 1]):
+            w = adj[p]
+            if w == v:
+                continue
+            cw = colors[w]
+            if cw >= 0:
+                forbidden[cw] = v
+            for q in range(ptr[w], ptr[w + 1]):
+                x = adj[q]
+                if x == v or x == w or colors[x] < 0:
+                    continue
+                if cw < 0:
+                    forbidden[colors[x]] = v
+                else:
+                    for r in range(ptr[x], ptr[x + 1]):
+                        y = adj[r]
+                        if y != w and y != x and colors[y] == cw:
+                            forbidden[colors[x]] = v
+                            break
+        c = 0
+        while forbidden[c] == v:
+            c += 1
+        colors[v] = c
+        if c + 1 > n_colors:
+            n_colors = c + 1
+    return n_colors
+
+
+@kernel
+def recover_star(comp, ptr, adj, colors, data):  # pragma: no cover (jitted)
+    """Direct symmetric recovery from a star coloring, exactly symmetric.
+
+    In row ``i`` of ``H @ S``, column ``colors[j]`` is ``H[i, j]`` alone when no other entry of
+    row ``i`` has ``j``'s color.  A star coloring guarantees that for each entry ``(i, j)``
+    this holds in row ``i`` or in row ``j`` (for ``H[j, i]``).  Where it holds in both, the
+    two readings are combined as in the dense ``hessian`` (``0.5 * a + 0.5 * b`` where they
+    differ); ``data`` follows the CSR order of ``ptr/adj``.  Returns the index of an entry that
+    neither row determines (-1 when all are determined; a star coloring never leaves one).
+    """
+    n = ptr.shape[0] - 1
+    n_c = comp.shape[1]
+    tally = np.zeros(max(n_c, 1), np.int64)
+    stamp = np.full(max(n_c, 1), -1, np.int64)
+    # unique[e]: entry e (row i, col j) is alone with its color in row i
+    unique = np.zeros(adj.shape[0], np.bool_)
+    for i in range(n):
+        for p in range(ptr[i], ptr[i + 1]):
+            c = colors[adj[p]]
+            if stamp[c] != i:
+                stamp[c] = i
+                tally[c] = 0
+            tally[c] += 1
+        for p in range(ptr[i], ptr[i + 1]):
+            unique[p] = tally[colors[adj[p]]] == 1
+    bad = -1
+    for i in range(n):
+        for p in range(ptr[i], ptr[i + 1]):
+            j = adj[p]
+            a_ok = unique[p]
+            # Find entry (j, i) in row j (sorted indices: binary search).
+            lo = ptr[j]
+            hi = ptr[j + 1]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if adj[mid] < i:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            b_ok = unique[lo]
+            a = comp[i, colors[j]]
+            b = comp[j, colors[i]]
+            if a_ok and b_ok:
+                data[p] = a if a == b else 0.5 * a + 0.5 * b
+            elif a_ok:
+                data[p] = a
+            elif b_ok:
+                data[p] = b
+            else:
+                data[p] = np.nan
+                if bad < 0:
+                    bad = p
+    return bad
