@@ -77,3 +77,17 @@ def test_missing_cyipopt_is_a_clear_error(monkeypatch):
     f, c = hs071()
     with pytest.raises(ImportError, match="pip install cyipopt"):
         ipopt.problem(f, c)
+
+
+@pytest.mark.skipif(not HAS_CYIPOPT, reason="No module named 'cyipopt'")
+def test_bench_ipopt_smoke(capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ipopt.py"
+    bench = runpy.run_path(str(path))
+    assert bench["main"](["--N", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "63 variables, 44 constraints" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("fasttape"))
+    assert "(0)" in row  # IPOPT's status 0: solved

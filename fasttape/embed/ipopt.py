@@ -126,11 +126,13 @@ class Callbacks:
         """``obj_factor * H_f + sum_j lagrange[j] * H_cj``, lower triangle values."""
         out = np.zeros(self.hessian_nnz)
         hf = self._hobj(x, p=self.p, values_only=True)
-        np.add.at(out, self._pos[0], obj_factor * hf[self._masks[0]])
+        # Each plan's positions are distinct (one per entry of its lower triangle), so a
+        # fancy-index += is exact; np.add.at would be 10x slower.
+        out[self._pos[0]] += obj_factor * hf[self._masks[0]]
         if self._hcon is not None:
             hc = self._hcon(x, w=np.asarray(lagrange, dtype=np.float64), p=self.p,
                             values_only=True)
-            np.add.at(out, self._pos[1], hc[self._masks[1]])
+            out[self._pos[1]] += hc[self._masks[1]]
         return out
 
 
