@@ -321,9 +321,16 @@ def test_bench_sparse_smoke(capsys):
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sparse.py"
     bench = runpy.run_path(str(path))
-    assert bench["main"](["--n", "40", "--repeat", "1"]) == 0
+    assert bench["main"](["--n", "40", "--repeat", "1",
+                          "--families", "banded,random,arrowhead"]) == 0
     out = capsys.readouterr().out
-    assert "Hessian, n = 40" in out and "5 colors" in out and "3 colors" in out
+    for name in ("banded", "random", "arrowhead"):
+        assert f"Hessian {name}, n = 40" in out
+    assert "nonzeros, 2 colors;" in out  # the arrowhead: a star coloring needs 2
+    assert "3 colors" in out  # the banded Jacobian
+    with pytest.raises(SystemExit):
+        bench["main"](["--families", "banded,nope"])
+    assert "unknown family 'nope'" in capsys.readouterr().err
 
 
 @settings(max_examples=60, deadline=None)
