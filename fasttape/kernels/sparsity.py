@@ -141,7 +141,8 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
     for two.  Only instructions marked in ``live`` (see :func:`reaching`) contribute.
     Returns ``(rows, cols)`` with duplicates.
     """
-    cap = 1024
+    # A typical tape emits a few pairs per instruction: start there, double when needed.
+    cap = max(1024, 2 * ops.shape[0])
     rows = np.empty(cap, np.int32)
     cols = np.empty(cap, np.int32)
     top = 0
