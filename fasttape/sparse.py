@@ -67,6 +67,11 @@ def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``arity``, ``ndiff`` and ``nonlin[op, e]`` (second partial ``e`` structurally nonzero),
     all read from the op table's rows."""
     n = len(OPS)
+    # The kernels handle up to two differentiable arguments (three second partials); an op
+    # with more must extend them, so say so instead of computing a wrong pattern.
+    wide = [op.name for op in OPS if op.ndiff > 2]
+    if wide:  # pragma: no cover (no such op today; tests/test_sparse.py pins that)
+        raise NotImplementedError(f"sparsity kernels support ndiff <= 2; extend them for {wide}")
     arity = np.array([op.arity for op in OPS], np.int64)
     ndiff = np.array([op.ndiff for op in OPS], np.int64)
     nonlin = np.zeros((n, 3), np.bool_)

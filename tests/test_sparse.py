@@ -345,3 +345,12 @@ def test_star_coloring_of_random_symmetric_patterns(n, density, seed):
     assert k == (used.max() + 1 if len(used) else 0)
     d2, _ = sparse.color_columns(sym)
     check_distance2(sym, d2)
+
+
+def test_op_table_fits_the_sparsity_kernels():
+    """The kernels read two differentiable arguments and three second partials per op; a new
+    op beyond that must extend them (sparse._op_tables refuses it)."""
+    from fasttape.ops import OPS
+
+    assert max(op.ndiff for op in OPS) <= 2
+    assert all(len(op.second) == op.ndiff * (op.ndiff + 1) // 2 for op in OPS)
