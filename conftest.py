@@ -19,6 +19,8 @@ import pytest
 #: What installs each optional package the oracle tests import.
 INSTALL_HINT = {
     "torch": "pip install torch==2.13.0 (CPU wheel; .ci/run installs it)",
+    "cyipopt": "apt-get install coinor-libipopt-dev liblapack-dev libblas-dev pkg-config, "
+               "then pip install cyipopt (.ci/run does both)",
 }
 DEFAULT_HINT = 'pip install -e ".[test]" (the test extra installs it)'
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape import batch, derivatives, explain, serialize
+from fasttape import batch, derivatives, explain, serialize, sparse
 from fasttape.checkpoint.segments import CheckpointedTape, checkpointed
 from fasttape.compile import compile_graph
 from fasttape.embed.cabi import cfunction
@@ -109,6 +109,44 @@ class Tape(TapeRecord):
         """Symmetric Hessian of one output from vector-mode HVPs; see
         :func:`fasttape.derivatives.hessian`."""
         return derivatives.hessian(self, x, output=output, chunk=chunk, p=p)
+
+    # ------------------------------------------------------------------ sparse derivatives
+    # Thin wrappers: the implementations and their docs live in fasttape/sparse.py.
+    def jacobian_sparsity(self) -> Any:
+        """The Jacobian's structural pattern as a ``scipy.sparse.csr_matrix``; see
+        :func:`fasttape.sparse.jacobian_sparsity` (docs/sparse.md)."""
+        return sparse.jacobian_sparsity(self)
+
+    def hessian_sparsity(self, output: int | None = None, *, w: Any = None) -> Any:
+        """The Hessian's structural pattern (one output, or the outputs with nonzero weight
+        ``w``) as a ``scipy.sparse.csr_matrix``; see :func:`fasttape.sparse.hessian_sparsity`."""
+        return sparse.hessian_sparsity(self, output=output, w=w)
+
+    def sparse_jacobian_plan(self) -> sparse.SparseJacobian:
+        """A reusable :class:`fasttape.sparse.SparseJacobian`: pattern and coloring once,
+        then ``plan(x)`` per point."""
+        return sparse.SparseJacobian(self)
+
+    def sparse_hessian_plan(
+        self, output: int | None = None, *, w: Any = None, coloring: str = "star"
+    ) -> sparse.SparseHessian:
+        """A reusable :class:`fasttape.sparse.SparseHessian` of one output or of the weighted
+        sum ``w @ outputs``: pattern and coloring (``"star"`` or ``"distance2"``) once, then
+        ``plan(x)`` per point."""
+        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring)
+
+    def sparse_jacobian(self, x: Any, p: Any = None) -> Any:
+        """The Jacobian at ``x`` as a ``scipy.sparse.csr_matrix`` by coloring; builds a plan
+        each call (keep :meth:`sparse_jacobian_plan` for repeated calls)."""
+        return sparse.SparseJacobian(self)(x, p=p)
+
+    def sparse_hessian(
+        self, x: Any, p: Any = None, *, output: int | None = None, w: Any = None
+    ) -> Any:
+        """The Hessian of one output (or of ``w @ outputs``) at ``x`` as a
+        ``scipy.sparse.csr_matrix`` by coloring; builds a plan each call (keep
+        :meth:`sparse_hessian_plan` for repeated calls)."""
+        return sparse.SparseHessian(self, output=output, w=w)(x, p=p)
 
     def explain(self, x: Any, output: int | None = None, *, p: Any = None) -> Any:
         """Where a non-finite value or gradient at ``x`` came from; see

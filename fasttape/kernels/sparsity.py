@@ -1,0 +1,424 @@
+"""Sparsity kernels: index-set propagation over a tape, greedy coloring, the weighted HVP sweep.
+
+Index sets are **sorted lists of input indices in one shared int32 array**, addressed per slot
+by ``(start, length)`` (a CSR layout in which a slot's list may be *shared*: a unary op or a
+one-argument-set op points at its argument's list instead of copying it, so a chain of
+``sin(exp(...))`` costs no memory).  A union of two sorted lists is one merge.  Bitsets would
+cost ``n_slots * n_inputs / 8`` bytes whatever the sparsity (125 GB for 1e6 slots and 1e6
+inputs); sorted lists cost what the pattern holds, which is what banded and arrowhead
+problems need.
+
+Nonlinear interactions (the Hessian pattern) follow Walther's forward algorithm (as in
+ADOL-C and CppAD): an instruction whose second partial ``d2f / (da db)`` is structurally
+nonzero contributes every pair of ``X(a) x X(b)`` (``X``: the argument's index set), provided
+the instruction reaches a selected output through differentiable edges.  The pairs are
+emitted (``i <= j``) into a growing array and de-duplicated by the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.tangent import forward_tangent, reverse_hvp
+
+
+@kernel
+def _grow(arr, need):  # pragma: no cover (jitted)
+    """``arr`` with room for at least ``need`` entries (doubling), contents kept."""
+    if need <= arr.shape[0]:
+        return arr
+    cap = max(2 * arr.shape[0], need)
+    new = np.empty(cap, arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+@kernel
+def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (jitted)
+    """The input-index set of every slot: ``(start, length, idx)``.
+
+    Slot ``s``'s sorted set is ``idx[start[s] : start[s] + length[s]]``.  Input ``i`` has
+    ``{i}``; parameters and constants have the empty set; an instruction has the union of the
+    sets of its first ``ndiff[op]`` (differentiable) arguments.  Non-differentiable arguments
+    (``where``'s condition, comparisons, ``sign``, ``floor``, exponents) contribute nothing:
+    the op table gives them no partial, so no derivative flows through them.
+    """
+    n_instr = ops.shape[0]
+    n_slots = n_pre + n_instr
+    start = np.zeros(n_slots, np.int64)
+    length = np.zeros(n_slots, np.int64)
+    idx = np.empty(max(16, n_inputs + 2 * n_instr), np.int32)
+    for i in range(n_inputs):
+        idx[i] = i
+        start[i] = i
+        length[i] = 1
+    top = n_inputs
+    k = 0
+    for i in range(n_instr):
+        op = ops[i]
+        s = n_pre + i
+        nd = ndiff[op]
+        if nd == 1:
+            a = args[k]
+            start[s] = start[a]
+            length[s] = length[a]
+        elif nd >= 2:
+            a = args[k]
+            b = args[k + 1]
+            la = length[a]
+            lb = length[b]
+            if lb == 0 or a == b:
+                start[s] = start[a]
+                length[s] = la
+            elif la == 0:
+                start[s] = start[b]
+                length[s] = lb
+            else:
+                idx = _grow(idx, top + la + lb)
+                pa = start[a]
+                pb = start[b]
+                ea = pa + la
+                eb = pb + lb
+                q = top
+                while pa < ea and pb < eb:
+                    va = idx[pa]
+                    vb = idx[pb]
+                    if va < vb:
+                        idx[q] = va
+                        pa += 1
+                    elif vb < va:
+                        idx[q] = vb
+                        pb += 1
+                    else:
+                        idx[q] = va
+                        pa += 1
+                        pb += 1
+                    q += 1
+                while pa < ea:
+                    idx[q] = idx[pa]
+                    pa += 1
+                    q += 1
+                while pb < eb:
+                    idx[q] = idx[pb]
+                    pb += 1
+                    q += 1
+                # A union equal to one argument's set needs no copy of its own.
+                if q - top == la:
+                    start[s] = start[a]
+                    length[s] = la
+                elif q - top == lb:
+                    start[s] = start[b]
+                    length[s] = lb
+                else:
+                    start[s] = top
+                    length[s] = q - top
+                    top = q
+        k += arity[op]
+    return start, length, idx[:top]
+
+
+@kernel
+def reaching(ops, args, arity, ndiff, n_pre, seeds):  # pragma: no cover (jitted)
+    """Mark the slots whose value reaches a slot already marked in ``seeds`` through
+    differentiable edges (one backward pass; ``seeds`` is updated in place)."""
+    k = args.shape[0]
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op = ops[i]
+        k -= arity[op]
+        if seeds[n_pre + i]:
+            for j in range(ndiff[op]):
+                seeds[args[k + j]] = True
+
+
+@kernel
+def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
+    # pragma: no cover (jitted)
+    """Input pairs ``(i, j)``, ``i <= j``, of the nonlinear interactions that reach an output.
+
+    ``nonlin[op, e]`` says whether the op's second partial number ``e`` is structurally
+    nonzero, in the table's order: ``(aa,)`` for one differentiable argument, ``(aa, ab, bb)``
+    for two.  Only instructions marked in ``live`` (see :func:`reaching`) contribute.
+    Returns ``(rows, cols)`` with duplicates.
+    """
+    # A typical tape emits a few pairs per instruction: start there, double when needed.
+    cap = max(1024, 2 * ops.shape[0])
+    rows = np.empty(cap, np.int32)
+    cols = np.empty(cap, np.int32)
+    top = 0
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        if live[n_pre + i]:
+            for e in range(3):
+                if not nonlin[op, e]:
+                    continue
+                # e -> argument pair: one argument: (0, 0); two: (0,0), (0,1), (1,1).
+                ja = 0 if e < 2 else 1
+                jb = 0 if e == 0 else 1
+                a = args[k + ja]
+                b = args[k + jb]
+                la = length[a]
+                lb = length[b]
+                need = top + la * lb
+                if need > rows.shape[0]:
+                    rows = _grow(rows, need)
+                    cols = _grow(cols, need)
+                for p in range(start[a], start[a] + la):
+                    u = idx[p]
+                    for q in range(start[b], start[b] + lb):
+                        v = idx[q]
+                        if u <= v:
+                            rows[top] = u
+                            cols[top] = v
+                        else:
+                            rows[top] = v
+                            cols[top] = u
+                        top += 1
+        k += arity[op]
+    return rows[:top], cols[:top]
+
+
+@kernel
+def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
+    # pragma: no cover (jitted)
+    """Greedy distance-2 column coloring in the given ``order``; returns the color count.
+
+    Two columns conflict when some row has a nonzero in both (they would share a compressed
+    column).  Each column takes the smallest color not used by a conflicting column already
+    colored.  ``col_ptr/col_rows`` is the pattern by columns (CSC), ``row_ptr/row_cols`` by
+    rows (CSR); ``colors`` (filled with -1 on entry) receives the colors (-1 stays for an
+    empty column).
+    """
+    n = order.shape[0]
+    forbidden = np.full(n + 1, -1, np.int64)
+    n_colors = 0
+    for t in range(n):
+        j = order[t]
+        if col_ptr[j] == col_ptr[j + 1]:
+            continue  # an empty column needs no direction: it keeps color -1
+        for p in range(col_ptr[j], col_ptr[j + 1]):
+            r = col_rows[p]
+            for q in range(row_ptr[r], row_ptr[r + 1]):
+                c = colors[row_cols[q]]
+                if c >= 0:
+                    forbidden[c] = j
+        c = 0
+        while forbidden[c] == j:
+            c += 1
+        colors[j] = c
+        if c + 1 > n_colors:
+            n_colors = c + 1
+    return n_colors
+
+
+@kernel
+def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res):
+    # pragma: no cover (jitted)
+    """``sum_j w[j] * H_j(x) @ xdot``: one tangent sweep and one forward-over-reverse sweep.
+
+    As ``tangent.hvp_driver`` with ``identity=False``, but the reverse sweep is seeded with
+    the weights (``adj[outputs[j]] += w[j]``, zero weights skipped) instead of one unit
+    output: the Hessian of a Lagrangian in one sweep pair.  ``adj`` and ``adjdot`` must be
+    zero on entry and are zero again on exit; ``res`` has shape ``(n_inputs, K)``.
+    """
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    nk = tan.shape[1]
+    forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+    for j in range(outputs.shape[0]):
+        if w[j] != 0.0:
+            adj[outputs[j]] += w[j]
+    reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre)
+    for i in range(n_in):
+        for d in range(nk):
+            res[i, d] = adjdot[i, d]
+    for i in range(n_pre):
+        adj[i] = 0.0
+        for d in range(nk):
+            adjdot[i, d] = 0.0
+
+
+@kernel
+def recover_jacobian(comp, rows, ccols, data):  # pragma: no cover (jitted)
+    """Direct recovery: ``data[e] = comp[rows[e], ccols[e]]`` (``ccols``: the entry's column
+    color)."""
+    for e in range(rows.shape[0]):
+        data[e] = comp[rows[e], ccols[e]]
+
+
+@kernel
+def recover_hessian(comp, rows, cols, colors, data):  # pragma: no cover (jitted)
+    """Direct recovery of a symmetric pattern, made exactly symmetric.
+
+    ``H[i, j]`` is read from compressed column ``colors[j]`` and ``H[j, i]`` from
+    ``colors[i]``; where the two differ in the last bits both become ``0.5 * a + 0.5 * b``
+    (as the dense ``hessian``), so ``data`` is symmetric bit for bit.
+    """
+    for e in range(rows.shape[0]):
+        i = rows[e]
+        j = cols[e]
+        a = comp[i, colors[j]]
+        b = comp[j, colors[i]]
+        data[e] = a if a == b else 0.5 * a + 0.5 * b
+
+
+@kernel
+def symmetric_csr(rows, cols, n):  # pragma: no cover (jitted)
+    """``(indptr, indices)`` of the symmetric pattern holding each pair ``(i, j)`` and
+    ``(j, i)``, duplicates removed, indices sorted per row.
+
+    Linear in the number of pairs apart from the per-row sorts (rows are short for sparse
+    problems): a bucket pass by row, then a marker array drops repeats.
+    """
+    count = np.zeros(n + 1, np.int64)
+    for e in range(rows.shape[0]):
+        count[rows[e] + 1] += 1
+        if rows[e] != cols[e]:
+            count[cols[e] + 1] += 1
+    for i in range(n):
+        count[i + 1] += count[i]
+    fill = count[:n].copy()
+    bucket = np.empty(count[n], np.int32)
+    for e in range(rows.shape[0]):
+        i = rows[e]
+        j = cols[e]
+        bucket[fill[i]] = j
+        fill[i] += 1
+        if i != j:
+            bucket[fill[j]] = i
+            fill[j] += 1
+    seen = np.full(n, -1, np.int64)
+    indptr = np.zeros(n + 1, np.int64)
+    indices = np.empty(count[n], np.int32)
+    top = 0
+    for i in range(n):
+        row_start = top
+        for p in range(count[i], count[i + 1]):
+            j = bucket[p]
+            if seen[j] != i:
+                seen[j] = i
+                indices[top] = j
+                top += 1
+        indices[row_start:top] = np.sort(indices[row_start:top])
+        indptr[i + 1] = top
+    return indptr, indices[:top]
+
+
+@kernel
+def gather_rows(start, length, idx, slots):  # pragma: no cover (jitted)
+    """``(indptr, indices)``: the index sets of ``slots`` as the rows of a CSR pattern."""
+    m = slots.shape[0]
+    indptr = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        indptr[r + 1] = indptr[r] + length[slots[r]]
+    indices = np.empty(indptr[m], np.int32)
+    for r in range(m):
+        s0 = start[slots[r]]
+        for q in range(length[slots[r]]):
+            indices[indptr[r] + q] = idx[s0 + q]
+    return indptr, indices
+
+
+@kernel
+def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
+    """Greedy star coloring of a symmetric pattern's adjacency graph; returns the color count.
+
+    Algorithm 4.1 of Gebremedhin, Manne and Pothen, "What color is your Jacobian?" (SIAM
+    Review 47, 2005): vertex ``v`` may not take the color of a neighbor ``w`` (distance 1), nor
+    the color of a vertex ``x`` two steps away through ``w`` when ``w`` is uncolored, or when
+    ``x`` has a neighbor ``y != w`` colored like ``w`` (that would make the path ``v w x y``
+    two-colored).  Every path on four vertices then uses at least three colors, which is what
+    direct symmetric recovery needs (:func:`recover_star`).  ``ptr/adj`` is the pattern in CSR
+    form (the diagonal is ignored); ``colors`` is -1 on entry; vertices with no entry at all
+    keep -1.
+    """
+    n = order.shape[0]
+    forbidden = np.full(n + 1, -1, np.int64)
+    n_colors = 0
+    for t in range(n):
+        v = order[t]
+        if ptr[v] == ptr[v + 1]:
+            continue
+        for p in range(ptr[v], ptr[v + 1]):
+            w = adj[p]
+            if w == v:
+                continue
+            cw = colors[w]
+            if cw >= 0:
+                forbidden[cw] = v
+            for q in range(ptr[w], ptr[w + 1]):
+                x = adj[q]
+                if x == v or x == w or colors[x] < 0:
+                    continue
+                if cw < 0:
+                    forbidden[colors[x]] = v
+                else:
+                    for r in range(ptr[x], ptr[x + 1]):
+                        y = adj[r]
+                        if y != w and y != x and colors[y] == cw:
+                            forbidden[colors[x]] = v
+                            break
+        c = 0
+        while forbidden[c] == v:
+            c += 1
+        colors[v] = c
+        if c + 1 > n_colors:
+            n_colors = c + 1
+    return n_colors
+
+
+@kernel
+def recover_star(comp, ptr, adj, colors, data):  # pragma: no cover (jitted)
+    """Direct symmetric recovery from a star coloring, exactly symmetric.
+
+    In row ``i`` of ``H @ S``, column ``colors[j]`` is ``H[i, j]`` alone when no other entry of
+    row ``i`` has ``j``'s color.  A star coloring guarantees that for each entry ``(i, j)``
+    this holds in row ``i`` or in row ``j`` (for ``H[j, i]``).  Where it holds in both, the
+    two readings are combined as in the dense ``hessian`` (``0.5 * a + 0.5 * b`` where they
+    differ); ``data`` follows the CSR order of ``ptr/adj``.  Returns the index of an entry that
+    neither row determines (-1 when all are determined; a star coloring never leaves one).
+    """
+    n = ptr.shape[0] - 1
+    n_c = comp.shape[1]
+    tally = np.zeros(max(n_c, 1), np.int64)
+    stamp = np.full(max(n_c, 1), -1, np.int64)
+    # unique[e]: entry e (row i, col j) is alone with its color in row i
+    unique = np.zeros(adj.shape[0], np.bool_)
+    for i in range(n):
+        for p in range(ptr[i], ptr[i + 1]):
+            c = colors[adj[p]]
+            if stamp[c] != i:
+                stamp[c] = i
+                tally[c] = 0
+            tally[c] += 1
+        for p in range(ptr[i], ptr[i + 1]):
+            unique[p] = tally[colors[adj[p]]] == 1
+    bad = -1
+    for i in range(n):
+        for p in range(ptr[i], ptr[i + 1]):
+            j = adj[p]
+            a_ok = unique[p]
+            # Find entry (j, i) in row j (sorted indices: binary search).
+            lo = ptr[j]
+            hi = ptr[j + 1]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if adj[mid] < i:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            b_ok = unique[lo]
+            a = comp[i, colors[j]]
+            b = comp[j, colors[i]]
+            if a_ok and b_ok:
+                data[p] = a if a == b else 0.5 * a + 0.5 * b
+            elif a_ok:
+                data[p] = a
+            elif b_ok:
+                data[p] = b
+            else:
+                data[p] = np.nan
+                if bad < 0:
+                    bad = p
+    return bad

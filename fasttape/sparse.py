@@ -1,0 +1,445 @@
+"""Sparse Jacobians and Hessians: sparsity patterns, coloring and compressed evaluation.
+
+The pipeline (docs/sparse.md):
+
+1. **Pattern.**  One forward pass over the tape (:mod:`fasttape.kernels.sparsity`) gives every
+   slot the sorted list of inputs it depends on through differentiable edges.  The Jacobian
+   pattern is the lists of the output slots.  The Hessian pattern adds, for every instruction
+   that reaches the selected outputs, the pairs of its arguments' lists whose second partial
+   is structurally nonzero in the op table (:attr:`fasttape.ops.OpSpec.second` not ``"0.0"``):
+   ``x * y`` gives ``X(x) x X(y)``, ``x + y`` nothing, ``sin(u)`` all pairs of ``X(u)``.
+2. **Coloring.**  Jacobians: greedy distance-2 column coloring, largest column first: columns
+   that share no row get one color and are evaluated together.  Hessians: greedy star
+   coloring by default (Gebremedhin, Manne and Pothen's Algorithm 4.1; each entry is read
+   from whichever of its two rows determines it), or the distance-2 coloring of the
+   symmetric pattern (``coloring="distance2"``: more colors, every entry read from both rows).
+3. **Compressed evaluation.**  One tangent sweep per block of up to 32 colors (Jacobian), one
+   tangent + forward-over-reverse sweep pair per block (Hessian), with seed matrix
+   ``S[j, color[j]] = 1``; entry ``(i, j)`` is then read from compressed column ``color[j]``.
+
+A plan (:class:`SparseJacobian`, :class:`SparseHessian`) does steps 1-2 once and evaluates
+many times; the tape record stays immutable, so the plan is an object of its own.
+
+Conventions: parameters (``n_params``) get no pattern columns; non-differentiable arguments
+(``where``'s condition, comparison operands, ``sign``/``floor``/``ceil``, exponents) contribute
+nothing (their derivative is 0 by the op table's convention); ``where(c, a, b)`` is
+conservative: its pattern is the union of both branches whatever ``c`` selects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fasttape.kernels import sparsity as _ks
+from fasttape.kernels.tangent import tangent_driver
+from fasttape.ops import OPS
+from fasttape.tape import TapeRecord, check_out
+
+__all__ = [
+    "SparseHessian",
+    "SparseJacobian",
+    "hessian_sparsity",
+    "jacobian_sparsity",
+    "color_columns",
+    "star_color",
+    "HESSIAN_COLORINGS",
+    "MAX_COLORS_PER_SWEEP",
+]
+
+#: Colors (compressed directions) carried per sweep, as the dense Jacobian's chunk.
+MAX_COLORS_PER_SWEEP = 32
+
+
+def _scipy_sparse() -> Any:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover (scipy is installed in the test environment)
+        raise ImportError(
+            "sparse Jacobians and Hessians return scipy.sparse matrices: install SciPy "
+            "(pip install 'fasttape[scipy]' or pip install scipy)"
+        ) from None
+    return sp
+
+
+def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``arity``, ``ndiff`` and ``nonlin[op, e]`` (second partial ``e`` structurally nonzero),
+    all read from the op table's rows."""
+    n = len(OPS)
+    # The kernels handle up to two differentiable arguments (three second partials); an op
+    # with more must extend them, so say so instead of computing a wrong pattern.
+    wide = [op.name for op in OPS if op.ndiff > 2]
+    if wide:  # pragma: no cover (no such op today; tests/test_sparse.py pins that)
+        raise NotImplementedError(f"sparsity kernels support ndiff <= 2; extend them for {wide}")
+    arity = np.array([op.arity for op in OPS], np.int64)
+    ndiff = np.array([op.ndiff for op in OPS], np.int64)
+    nonlin = np.zeros((n, 3), np.bool_)
+    for op in OPS:
+        for e, expr in enumerate(op.second):
+            nonlin[op.code, e] = expr.strip() != "0.0"
+    return arity, ndiff, nonlin
+
+
+def _sets(tape: TapeRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    arity, ndiff, _ = _op_tables()
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    return _ks.index_sets(tape.ops, tape.args, arity, ndiff, tape.n_inputs, n_pre)
+
+
+def jacobian_sparsity(tape: TapeRecord) -> Any:
+    """The structural sparsity pattern of the Jacobian, ``(n_outputs, n_inputs)``.
+
+    Entry ``(i, j)`` is stored when output ``i`` depends on input ``j`` through
+    differentiable edges.  Returns a ``scipy.sparse.csr_matrix`` of int8 ones with sorted
+    indices.  Parameters get no columns.
+    """
+    sp = _scipy_sparse()
+    start, length, idx = _sets(tape)
+    indptr, indices = _ks.gather_rows(start, length, idx, tape.outputs)
+    data = np.ones(len(indices), np.int8)
+    return sp.csr_matrix((data, indices, indptr), shape=(tape.n_outputs, tape.n_inputs))
+
+
+def _weights(tape: TapeRecord, output: int | None, w: Any) -> np.ndarray:
+    """The output weights: ``w`` checked, or the unit vector of ``output``."""
+    m = tape.n_outputs
+    if w is None:
+        wv = np.zeros(m)
+        wv[tape.output_index(output)] = 1.0
+        return wv
+    if output is not None:
+        raise ValueError("pass output= or w=, not both (w weights all the outputs)")
+    wv = np.asarray(w, dtype=np.float64)
+    if wv.shape != (m,):
+        raise ValueError(
+            f"w must have one weight per output, shape ({m},); got shape {wv.shape}"
+        )
+    return np.ascontiguousarray(wv)
+
+
+def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None) -> Any:
+    """The structural sparsity pattern of a Hessian, ``(n_inputs, n_inputs)``, symmetric.
+
+    Parameters
+    ----------
+    tape : Tape
+    output : int, optional
+        The output whose Hessian is meant (required when the tape has several and ``w`` is
+        not given).
+    w : array_like, shape (n_outputs,), optional
+        Weights of a weighted sum of outputs (a Lagrangian): the pattern covers every output
+        whose weight is nonzero (pass ``np.ones(n_outputs)`` for all of them; the values
+        matter only as zero / nonzero).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of int8 ones, sorted indices, both triangles stored.
+    """
+    sp = _scipy_sparse()
+    wv = _weights(tape, output, w)
+    arity, ndiff, nonlin = _op_tables()
+    n = tape.n_inputs
+    n_pre = n + tape.n_params + tape.n_consts
+    start, length, idx = _ks.index_sets(tape.ops, tape.args, arity, ndiff, n, n_pre)
+    live = np.zeros(tape.n_slots, np.bool_)
+    live[tape.outputs[wv != 0.0]] = True
+    _ks.reaching(tape.ops, tape.args, arity, ndiff, n_pre, live)
+    rows, cols = _ks.hessian_pairs(tape.ops, tape.args, arity, nonlin, n_pre, live, start,
+                                   length, idx)
+    indptr, indices = _ks.symmetric_csr(rows, cols, n)
+    data = np.ones(len(indices), np.int8)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
+    """Greedy distance-2 coloring of the columns of a sparse pattern, largest column first.
+
+    Columns ``j != k`` get different colors whenever some row holds a nonzero in both.
+
+    Returns
+    -------
+    colors : ndarray of int64, shape (n_cols,)
+        ``-1`` for an empty column (it needs no sweep).
+    n_colors : int
+    """
+    sp = _scipy_sparse()
+    csr = sp.csr_matrix(pattern)
+    csr.sort_indices()
+    csc = csr.tocsc()
+    csc.sort_indices()
+    counts = np.diff(csc.indptr)
+    # Largest first; ties by column index (a stable sort), so the coloring is deterministic.
+    order = np.argsort(-counts, kind="stable").astype(np.int64)
+    colors = np.full(csr.shape[1], -1, np.int64)
+    n_colors = _ks.greedy_distance2(
+        order, csc.indptr.astype(np.int64), csc.indices.astype(np.int64),
+        csr.indptr.astype(np.int64), csr.indices.astype(np.int64), colors,
+    )
+    return colors, int(n_colors)
+
+
+#: Hessian colorings: "star" (fewer colors, recovery from whichever of ``H[i, j]`` and
+#: ``H[j, i]`` its row determines) or "distance2" (every column alone in each of its rows).
+HESSIAN_COLORINGS = ("star", "distance2")
+
+
+def star_color(pattern: Any) -> tuple[np.ndarray, int]:
+    """Greedy star coloring of a symmetric pattern, largest column first.
+
+    Adjacent columns (``H[i, j]`` stored, ``i != j``) get different colors and every path on
+    four vertices uses at least three colors (Gebremedhin, Manne and Pothen 2005, Algorithm
+    4.1), so each entry can be read directly from row ``i`` or row ``j`` of ``H @ S``.  An
+    arrowhead needs 2 colors where :func:`color_columns` needs ``n``.
+
+    Returns
+    -------
+    colors : ndarray of int64, shape (n,)
+        ``-1`` for an empty column.
+    n_colors : int
+    """
+    sp = _scipy_sparse()
+    csr = sp.csr_matrix(pattern)
+    csr.sort_indices()
+    counts = np.diff(csr.indptr)
+    order = np.argsort(-counts, kind="stable").astype(np.int64)
+    colors = np.full(csr.shape[1], -1, np.int64)
+    n_colors = _ks.greedy_star(order, csr.indptr.astype(np.int64),
+                               csr.indices.astype(np.int64), colors)
+    return colors, int(n_colors)
+
+
+def _seed_blocks(colors: np.ndarray, n_colors: int, n_full: int) -> list[tuple[int, np.ndarray]]:
+    """``(c0, S)``: seed matrices of up to :data:`MAX_COLORS_PER_SWEEP` colors each; rows past
+    ``len(colors)`` (parameters) stay zero."""
+    blocks = []
+    for c0 in range(0, n_colors, MAX_COLORS_PER_SWEEP):
+        kk = min(MAX_COLORS_PER_SWEEP, n_colors - c0)
+        seed = np.zeros((n_full, kk))
+        sel = np.flatnonzero((colors >= c0) & (colors < c0 + kk))
+        seed[sel, colors[sel] - c0] = 1.0
+        blocks.append((c0, seed))
+    return blocks
+
+
+def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+    """A per-thread work array of ``shape`` kept in ``tape.work_buffers()`` under this module's
+    own name (``sparse``), reused across calls: a banded Hessian of 1e6 inputs would otherwise
+    allocate and zero hundreds of MB per call.  ``zero=True`` buffers start as zeros and are
+    kept clean by the kernels (read-then-zero)."""
+    local = tape.work_buffers()
+    store = getattr(local, "sparse", None)
+    if store is None:
+        store = local.sparse = {}
+    key = (name, shape)
+    arr = store.get(key)
+    if arr is None:
+        for old in [k for k in store if k[0] == name]:  # one size per name
+            del store[old]
+        arr = store[key] = np.zeros(shape) if zero else np.empty(shape)
+    return arr
+
+
+class _Plan:
+    """Shared parts of the two plans: the point (and parameters) check and ``out=``."""
+
+    tape: TapeRecord
+    pattern: Any
+    colors: np.ndarray
+    n_colors: int
+
+    def _point(self, x: Any, p: Any) -> tuple[TapeRecord, np.ndarray]:
+        tape = self.tape
+        if tape.n_params or p is not None:
+            xp = tape.join_params(x, p)
+            if xp.ndim != 1:
+                raise ValueError("sparse derivatives take one point (x and p 1-D), not a batch")
+            return tape.params_as_inputs(), xp
+        return tape, tape.as_input(x)
+
+    def _seeds(self, full: TapeRecord) -> list[tuple[int, np.ndarray]]:
+        """The seed blocks for ``full`` (the tape, or its parameters-as-inputs form), made
+        once per plan."""
+        cached = self.__dict__.get("_seed_cache")
+        if cached is None or cached[0] != full.n_inputs:
+            cached = (full.n_inputs, _seed_blocks(self.colors, self.n_colors, full.n_inputs))
+            self._seed_cache = cached
+        return cached[1]
+
+    def _data(self, out: Any) -> np.ndarray:
+        """The array the entries go to: ``out`` checked, or a new one."""
+        if out is None:
+            return np.empty(self.nnz)
+        return check_out(out, self.nnz, "out")
+
+    def _finish(self, data: np.ndarray, values_only: bool) -> Any:
+        if values_only:
+            return data
+        pat = self.pattern
+        return type(pat)((data, pat.indices, pat.indptr), shape=pat.shape)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries of the pattern (the length of the data array)."""
+        return int(self.pattern.nnz)
+
+
+class SparseJacobian(_Plan):
+    """A reusable sparse Jacobian of a tape: pattern and coloring computed once.
+
+    Parameters
+    ----------
+    tape : Tape
+
+    Attributes
+    ----------
+    pattern : scipy.sparse.csr_matrix
+        :func:`jacobian_sparsity` of the tape; every result has exactly this structure.
+    colors, n_colors
+        The column coloring (:func:`color_columns`): ``ceil(n_colors / 32)`` tangent sweeps
+        per evaluation.
+    """
+
+    def __init__(self, tape: TapeRecord) -> None:
+        self.tape = tape
+        self.pattern = jacobian_sparsity(tape)
+        self.colors, self.n_colors = color_columns(self.pattern)
+        coo = self.pattern.tocoo()
+        self._rows = coo.row.astype(np.int64)
+        self._ccol = self.colors[coo.col]
+
+    def __repr__(self) -> str:
+        m, n = self.pattern.shape
+        return f"<SparseJacobian {m}x{n}, {self.nnz} nonzeros, {self.n_colors} colors>"
+
+    def compressed(self, x: Any, p: Any = None) -> np.ndarray:
+        """``J(x) @ S``, shape ``(n_outputs, n_colors)``: column ``c`` sums the Jacobian's
+        columns of color ``c``."""
+        full, xin = self._point(x, p)
+        m = full.n_outputs
+        comp = np.zeros((m, self.n_colors))
+        vals = _buf(full, "vals", (full.n_slots,))
+        out = np.empty(m)
+        for c0, seed in self._seeds(full):
+            kk = seed.shape[1]
+            tan = _buf(full, "tan", (full.n_slots, kk))
+            res = np.empty((m, kk))
+            tangent_driver(full.ops, full.args, full.consts, full.outputs, xin, seed, False,
+                           vals, tan, out, res)
+            comp[:, c0 : c0 + kk] = res
+        return comp
+
+    def __call__(self, x: Any, *, p: Any = None, out: Any = None,
+                 values_only: bool = False) -> Any:
+        """The Jacobian at ``x`` as a ``scipy.sparse.csr_matrix`` with :attr:`pattern`'s
+        structure.
+
+        ``values_only=True`` returns just the data array (in the pattern's CSR order);
+        ``out=`` (float64, shape ``(nnz,)``) receives it instead of a new array.
+        """
+        data = self._data(out)  # checked before any sweep runs
+        comp = self.compressed(x, p)
+        _ks.recover_jacobian(comp, self._rows, self._ccol, data)
+        return self._finish(data, values_only)
+
+
+class SparseHessian(_Plan):
+    """A reusable sparse Hessian of one output or of a weighted sum of outputs.
+
+    Parameters
+    ----------
+    tape : Tape
+    output : int, optional
+        The output (required when the tape has several and ``w`` is not given).
+    w : array_like, shape (n_outputs,), optional
+        Default weights of a Lagrangian ``sum_j w[j] * f_j``.  The pattern covers the outputs
+        with nonzero weight; a call may pass other weights, zero wherever these are zero.
+    coloring : {"star", "distance2"}, optional
+        See the attribute below.
+
+    Attributes
+    ----------
+    pattern : scipy.sparse.csr_matrix
+        :func:`hessian_sparsity` (both triangles).
+    colors, n_colors
+        The coloring: ``ceil(n_colors / 32)`` sweep pairs per evaluation.
+    coloring : {"star", "distance2"}
+        "star" (default, :func:`star_color`): fewest colors, each entry read from whichever
+        of its two rows determines it.  "distance2" (:func:`color_columns`): every column
+        alone in each of its rows, both ``H[i, j]`` and ``H[j, i]`` read directly and
+        combined as the dense ``hessian`` does (bitwise its values on the tests' problems).
+    """
+
+    def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None,
+                 coloring: str = "star") -> None:
+        if coloring not in HESSIAN_COLORINGS:
+            raise ValueError(f"coloring must be one of {HESSIAN_COLORINGS}, got {coloring!r}")
+        self.tape = tape
+        self.coloring = coloring
+        self.w = _weights(tape, output, w)
+        self.pattern = hessian_sparsity(tape, w=self.w)
+        if coloring == "star":
+            self.colors, self.n_colors = star_color(self.pattern)
+        else:
+            self.colors, self.n_colors = color_columns(self.pattern)
+        coo = self.pattern.tocoo()
+        self._r = coo.row.astype(np.int64)
+        self._c = coo.col.astype(np.int64)
+        self._ptr = self.pattern.indptr.astype(np.int64)
+        self._adj = self.pattern.indices.astype(np.int64)
+
+    def __repr__(self) -> str:
+        n = self.pattern.shape[0]
+        return (f"<SparseHessian {n}x{n}, {self.nnz} nonzeros, {self.n_colors} colors "
+                f"({self.coloring})>")
+
+    def _call_weights(self, w: Any) -> np.ndarray:
+        if w is None:
+            return self.w
+        wv = _weights(self.tape, None, w)
+        bad = np.flatnonzero((wv != 0.0) & (self.w == 0.0))
+        if len(bad):
+            raise ValueError(
+                f"w[{bad[0]}] is nonzero but this plan's pattern leaves output {bad[0]} out: "
+                "build the plan with weights that are nonzero for every output you will "
+                "weight (e.g. tape.sparse_hessian_plan(w=np.ones(tape.n_outputs)))"
+            )
+        return wv
+
+    def compressed(self, x: Any, w: Any = None, p: Any = None) -> np.ndarray:
+        """``H(x) @ S``, shape ``(n_inputs, n_colors)``, ``H`` the Hessian of
+        ``sum_j w[j] * f_j``."""
+        wv = self._call_weights(w)
+        full, xin = self._point(x, p)
+        n = self.tape.n_inputs
+        comp = np.zeros((n, self.n_colors))
+        vals = _buf(full, "vals", (full.n_slots,))
+        adj = _buf(full, "adj", (full.n_slots,), zero=True)
+        for c0, seed in self._seeds(full):
+            kk = seed.shape[1]
+            tan = _buf(full, "tan", (full.n_slots, kk))
+            adjdot = _buf(full, "adjdot", (full.n_slots, kk), zero=True)
+            res = np.empty((full.n_inputs, kk))
+            _ks.weighted_hvp(full.ops, full.args, full.consts, full.outputs, wv, xin, seed,
+                             vals, tan, adj, adjdot, res)
+            comp[:, c0 : c0 + kk] = res[:n]
+        return comp
+
+    def __call__(self, x: Any, *, w: Any = None, p: Any = None, out: Any = None,
+                 values_only: bool = False) -> Any:
+        """The Hessian at ``x`` as a ``scipy.sparse.csr_matrix`` with :attr:`pattern`'s
+        structure, exactly symmetric.
+
+        ``H[i, j]`` and ``H[j, i]`` are read from different compressed columns and can differ
+        in the last bits; where they do, both become ``0.5 * a + 0.5 * b`` (as
+        ``tape.hessian``).  ``values_only`` and ``out=`` as :meth:`SparseJacobian.__call__`.
+        """
+        data = self._data(out)  # checked before any sweep runs
+        comp = self.compressed(x, w, p)
+        if self.coloring == "star":
+            bad = _ks.recover_star(comp, self._ptr, self._adj, self.colors, data)
+            if bad >= 0:  # pragma: no cover (a star coloring determines every entry)
+                raise RuntimeError(f"star recovery left entry {bad} undetermined: a bug")
+        else:
+            _ks.recover_hessian(comp, self._r, self._c, self.colors, data)
+        return self._finish(data, values_only)

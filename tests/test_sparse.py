@@ -1,0 +1,356 @@
+"""Sparse Jacobians and Hessians: patterns, coloring, compressed evaluation (fasttape.sparse)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fasttape as ft
+from fasttape import sparse
+from tests.test_random_graphs import random_tapes
+
+sp = pytest.importorskip("scipy.sparse")
+
+
+def dense(pattern) -> np.ndarray:
+    return pattern.toarray().astype(bool)
+
+
+# ---------------------------------------------------------------------- independent checker
+def check_distance2(pattern, colors: np.ndarray) -> None:
+    """Columns of one color share no row: computed from P^T P, not from the kernel's loops."""
+    p = sp.csr_matrix(pattern, dtype=np.int64)
+    p.data[:] = 1
+    overlap = (p.T @ p).tocoo()
+    clash = (overlap.row != overlap.col) & (colors[overlap.row] == colors[overlap.col])
+    assert not clash.any(), (
+        f"columns {overlap.row[clash][0]} and {overlap.col[clash][0]} share a row and a color")
+    empty = np.diff(sp.csc_matrix(pattern).indptr) == 0
+    assert (colors[~empty] >= 0).all() and (colors[empty] == -1).all()
+
+
+def check_star(pattern, colors: np.ndarray, brute: bool = False) -> None:
+    """Star coloring: adjacent columns differ, and every entry ``(i, j)`` has ``j``'s color
+    alone in row ``i`` or ``i``'s color alone in row ``j`` (direct symmetric recovery).  With
+    ``brute``, also no path on 4 vertices with 2 colors (small patterns only)."""
+    a = sp.csr_matrix(pattern).toarray() != 0
+    n = a.shape[0]
+    off = a & ~np.eye(n, dtype=bool)
+    i, j = np.nonzero(off)
+    assert (colors[i] != colors[j]).all(), "adjacent columns share a color"
+    for r, c in zip(*np.nonzero(a), strict=True):
+        alone_r = np.count_nonzero(a[r] & (colors == colors[c])) == 1
+        alone_c = np.count_nonzero(a[c] & (colors == colors[r])) == 1
+        assert alone_r or alone_c, f"entry ({r}, {c}) is determined by neither row"
+    if brute:
+        for v0, v1 in zip(i, j, strict=True):
+            for v2 in np.nonzero(off[v1])[0]:
+                for v3 in np.nonzero(off[v2])[0]:
+                    if len({v0, v1, v2, v3}) == 4:
+                        assert len({colors[v0], colors[v1], colors[v2], colors[v3]}) >= 3, (
+                            f"two-colored path {v0}-{v1}-{v2}-{v3}")
+
+
+def test_checker_catches_a_bad_coloring():
+    pat = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]]))
+    check_distance2(pat, np.array([0, 1, 0]))
+    with pytest.raises(AssertionError, match="share a row"):
+        check_distance2(pat, np.array([0, 0, 1]))
+    path = sp.csr_matrix(np.eye(4) + np.eye(4, k=1) + np.eye(4, k=-1))
+    check_star(path, np.array([0, 1, 2, 0]), brute=True)
+    with pytest.raises(AssertionError, match=r"neither row|two-colored"):
+        check_star(path, np.array([0, 1, 0, 1]), brute=True)
+
+
+# ---------------------------------------------------------------------- constructed cases
+def banded(x):
+    n = len(x)
+    return ft.sum((x[i + 1] - x[i] ** 2) ** 2 for i in range(n - 1)) + ft.sum(
+        ft.sin(x[i] * x[i + 2]) for i in range(n - 2))
+
+
+def arrowhead(x):
+    return ft.sum(x[0] * ft.exp(x[i]) for i in range(1, len(x)))
+
+
+def test_banded_patterns_are_exact():
+    n = 12
+    tape = ft.compile(ft.trace(banded, n))
+    h = dense(tape.hessian_sparsity())
+    i, j = np.indices((n, n))
+    assert (h == (abs(i - j) <= 2)).all()
+    jac = dense(tape.jacobian_sparsity())
+    assert jac.shape == (1, n) and jac.all()
+
+
+def test_arrowhead_pattern_and_colors():
+    n = 10
+    tape = ft.compile(ft.trace(arrowhead, n))
+    h = dense(tape.hessian_sparsity())
+    want = np.zeros((n, n), bool)
+    want[0, :] = want[:, 0] = True
+    want[np.arange(1, n), np.arange(1, n)] = True
+    want[0, 0] = False  # x0 * exp(xi) is linear in x0
+    assert (h == want).all()
+    plan = tape.sparse_hessian_plan(coloring="distance2")
+    check_distance2(plan.pattern, plan.colors)
+    # Distance-2 coloring of an arrowhead needs n colors (every column shares row 0); a star
+    # coloring needs 2.
+    assert plan.n_colors == n
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors)
+    assert star.n_colors == 2
+
+
+@pytest.mark.parametrize(
+    ("fn", "want"),
+    [
+        (lambda x: x[0] * x[1], [[0, 1, 0], [1, 0, 0], [0, 0, 0]]),
+        (lambda x: x[0] + x[1] - 2.0 * x[2], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+        (lambda x: ft.sin(x[0] + x[1]), [[1, 1, 0], [1, 1, 0], [0, 0, 0]]),
+        (lambda x: x[0] * x[0] + x[2], [[1, 0, 0], [0, 0, 0], [0, 0, 0]]),
+        (lambda x: x[0] / x[1], [[0, 1, 0], [1, 1, 0], [0, 0, 0]]),
+        (lambda x: ft.exp(x[0]) * x[1] + x[2], [[1, 1, 0], [1, 0, 0], [0, 0, 0]]),
+        # where: conservative on both branches, linear in them; the condition adds nothing.
+        (lambda x: ft.where(x[2] > 0.0, x[0], x[1]), [[0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+        (lambda x: ft.where(x[2] > 0.0, x[0] * x[1], ft.exp(x[1])),
+         [[0, 1, 0], [1, 1, 0], [0, 0, 0]]),
+        (lambda x: ft.abs(x[0]) + ft.maximum(x[1], x[2]), [[0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+        (lambda x: ft.floor(x[0] * x[1]) * x[2], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+    ],
+    ids=["product", "sum", "sin-of-sum", "square", "div", "exp-times", "where", "where-nl",
+         "kinks", "floor"],
+)
+def test_exact_hessian_patterns(fn, want):
+    tape = ft.compile(ft.trace(fn, 3))
+    assert (dense(tape.hessian_sparsity()) == np.array(want, bool)).all(), tape.listing()
+
+
+def test_jacobian_pattern_exact_and_conservative_where():
+    def f(x):
+        return [x[0] * x[1], ft.where(x[3] < x[2], x[0], x[2]), ft.sign(x[1]) + x[3], 2.0]
+
+    tape = ft.compile(ft.trace(f, 4))
+    want = [[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert (dense(tape.jacobian_sparsity()) == np.array(want, bool)).all()
+
+
+def test_hessian_of_one_output_ignores_the_others():
+    tape = ft.compile(ft.trace(lambda x: [x[0] * x[1], ft.exp(x[2]) + x[1]], 3))
+    assert (dense(tape.hessian_sparsity(0)) == np.array(
+        [[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool)).all()
+    assert (dense(tape.hessian_sparsity(1)) == np.diag([False, False, True])).all()
+    both = dense(tape.hessian_sparsity(w=[1.0, 2.0]))
+    assert (both == np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], bool)).all()
+    assert (dense(tape.hessian_sparsity(w=[0.0, 3.0])) == dense(tape.hessian_sparsity(1))).all()
+
+
+def test_parameters_get_no_columns():
+    tape = ft.compile(ft.trace(lambda x, p: [p[0] * x[0] * x[1], ft.sin(p[1] * x[1])], 2,
+                               n_params=2))
+    assert tape.jacobian_sparsity().shape == (2, 2)
+    assert (dense(tape.jacobian_sparsity()) == np.array([[1, 1], [0, 1]], bool)).all()
+    assert (dense(tape.hessian_sparsity(w=[1, 1])) == np.array([[0, 1], [1, 1]], bool)).all()
+    x, p = np.array([0.3, -0.7]), np.array([1.5, 2.0])
+    np.testing.assert_array_equal(tape.sparse_jacobian(x, p).toarray(),
+                                  tape.jacobian(x, p=p, mode="forward"))
+    np.testing.assert_allclose(tape.sparse_hessian(x, p, output=1).toarray(),
+                               tape.hessian(x, p=p, output=1), rtol=1e-14, atol=0)
+
+
+# ---------------------------------------------------------------------- values
+@pytest.mark.parametrize("fn", [banded, arrowhead], ids=["banded", "arrowhead"])
+def test_compressed_values_match_dense(fn):
+    n = 40
+    tape = ft.compile(ft.trace(fn, n))
+    x = np.random.default_rng(1).uniform(-1.0, 1.0, n)
+    plan = tape.sparse_hessian_plan(coloring="distance2")
+    check_distance2(plan.pattern, plan.colors)
+    h = plan(x)
+    assert isinstance(h, sp.csr_matrix)
+    np.testing.assert_array_equal(h.toarray(), tape.hessian(x))
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors, brute=True)
+    hs = star(x).toarray()
+    np.testing.assert_array_equal(hs, hs.T)
+    np.testing.assert_allclose(hs, tape.hessian(x), rtol=1e-14, atol=1e-15)
+    jac = tape.sparse_jacobian_plan()
+    check_distance2(jac.pattern, jac.colors)
+    np.testing.assert_array_equal(jac(x).toarray(), tape.jacobian(x, mode="forward"))
+
+
+def test_banded_colors_bounded():
+    tape = ft.compile(ft.trace(banded, 200))
+    plan = tape.sparse_hessian_plan(coloring="distance2")
+    assert plan.n_colors == 5  # half-bandwidth 2: columns within 4 of each other clash
+    assert "5 colors (distance2)" in repr(plan)
+    star = tape.sparse_hessian_plan()
+    check_star(star.pattern, star.colors)
+    assert star.n_colors <= 5
+
+
+def test_many_outputs_jacobian_over_32_colors():
+    n = 70  # a dense row forces 70 colors: three sweeps of up to 32
+    tape = ft.compile(ft.trace(lambda x: [ft.sum(ft.sin(v) for v in x), *x[1:]], n))
+    plan = tape.sparse_jacobian_plan()
+    assert plan.n_colors == n
+    x = np.linspace(-1, 1, n)
+    np.testing.assert_array_equal(plan(x).toarray(), tape.jacobian(x, mode="forward"))
+
+
+def test_values_only_and_out():
+    tape = ft.compile(ft.trace(banded, 9))
+    plan = tape.sparse_hessian_plan()
+    x = np.linspace(0.1, 0.9, 9)
+    full = plan(x)
+    data = plan(x, values_only=True)
+    np.testing.assert_array_equal(data, full.data)
+    out = np.empty(plan.nnz)
+    got = plan(x, out=out, values_only=True)
+    assert got is out
+    np.testing.assert_array_equal(out, full.data)
+    mat = plan(x, out=out)
+    assert mat.data is out or np.shares_memory(mat.data, out)
+    np.testing.assert_array_equal(mat.indptr, plan.pattern.indptr)
+
+
+def test_lagrangian_values():
+    def f(x):
+        return [x[0] * x[1] ** 2, ft.exp(x[1] * x[2]), x[0] + x[2]]
+
+    tape = ft.compile(ft.trace(f, 3))
+    x = np.array([0.4, -0.3, 0.8])
+    w = np.array([2.0, -0.5, 3.0])
+    want = sum(wj * tape.hessian(x, output=j) for j, wj in enumerate(w))
+    plan = tape.sparse_hessian_plan(w=np.ones(3))
+    np.testing.assert_allclose(plan(x, w=w).toarray(), want, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(tape.sparse_hessian(x, w=w).toarray(), want, rtol=1e-14,
+                               atol=1e-15)
+
+
+# ---------------------------------------------------------------------- random programs
+@settings(max_examples=150, deadline=None)
+@given(random_tapes(), st.randoms(use_true_random=False))
+def test_random_patterns_cover_dense_derivatives(case, rnd):
+    tape, x = case
+    x = np.array([rnd.uniform(0.2, 0.9) for _ in x])  # inside every op's smooth domain
+    jac = tape.jacobian(x, mode="forward")
+    pat = dense(tape.jacobian_sparsity())
+    assert not (np.isnan(jac) | (jac != 0))[~pat].any(), tape.listing()
+    plan = tape.sparse_jacobian_plan()
+    check_distance2(plan.pattern, plan.colors)
+    got = plan(x).toarray()
+    ok = np.isfinite(jac)
+    np.testing.assert_allclose(got[ok], jac[ok], rtol=1e-13, atol=0)
+    for k in range(tape.n_outputs):
+        hess = tape.hessian(x, output=k)
+        hp = dense(tape.hessian_sparsity(k))
+        assert not (np.isnan(hess) | (hess != 0))[~hp].any(), (k, tape.listing())
+        ok = np.isfinite(hess)
+        for coloring in sparse.HESSIAN_COLORINGS:
+            hplan = tape.sparse_hessian_plan(k, coloring=coloring)
+            if coloring == "star":
+                check_star(hplan.pattern, hplan.colors, brute=True)
+            else:
+                check_distance2(hplan.pattern, hplan.colors)
+            hgot = hplan(x).toarray()
+            np.testing.assert_allclose(hgot[ok], hess[ok], rtol=1e-12, atol=1e-300)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_inputs_give_clear_errors():
+    tape = ft.compile(ft.trace(lambda x: [x[0] * x[1], x[1] + x[2]], 3))
+    with pytest.raises(ValueError, match=r"one weight per output, shape \(2,\)"):
+        tape.hessian_sparsity(w=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="out of range"):
+        tape.hessian_sparsity(5)
+    with pytest.raises(ValueError, match="pass output=k"):
+        tape.sparse_hessian(np.ones(3))
+    with pytest.raises(ValueError, match="coloring must be one of"):
+        tape.sparse_hessian_plan(0, coloring="acyclic")
+    with pytest.raises(ValueError, match="not both"):
+        tape.sparse_hessian_plan(0, w=[1.0, 1.0])
+    plan = tape.sparse_hessian_plan(w=[1.0, 0.0])
+    with pytest.raises(ValueError, match="leaves output 1 out"):
+        plan(np.ones(3), w=[1.0, 1.0])
+    with pytest.raises(ValueError, match="x"):
+        plan(np.ones(4))
+    with pytest.raises(ValueError, match="out"):
+        plan(np.ones(3), out=np.empty(plan.nnz + 1))
+    jplan = tape.sparse_jacobian_plan()
+    with pytest.raises(ValueError, match="out"):
+        jplan(np.ones(3), out=np.empty(jplan.nnz, dtype=np.float32))
+
+
+def test_missing_scipy_is_a_clear_error(monkeypatch):
+    tape = ft.compile(ft.trace(lambda x: x[0] * x[1], 2))
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(ImportError, match="install SciPy"):
+        tape.jacobian_sparsity()
+
+
+def test_color_columns_is_deterministic_and_valid():
+    rng = np.random.default_rng(0)
+    pat = sp.random(30, 50, density=0.1, random_state=rng, format="csr")
+    colors, k = sparse.color_columns(pat)
+    check_distance2(pat, colors)
+    assert k == colors.max() + 1
+    again, _ = sparse.color_columns(pat)
+    np.testing.assert_array_equal(colors, again)
+
+
+def test_no_colors_linear_and_constant_tapes():
+    lin = ft.compile(ft.trace(lambda x: 2.0 * x[0] + x[1], 2))
+    plan = lin.sparse_hessian_plan()
+    assert plan.n_colors == 0 and plan.nnz == 0
+    assert plan(np.ones(2)).shape == (2, 2)
+    const = ft.compile(ft.trace(lambda x: [ft.floor(x[0]), 3.0], 2))
+    jplan = const.sparse_jacobian_plan()
+    assert jplan.n_colors == 0
+    np.testing.assert_array_equal(jplan(np.ones(2)).toarray(), np.zeros((2, 2)))
+
+
+def test_bench_sparse_smoke(capsys):
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sparse.py"
+    bench = runpy.run_path(str(path))
+    assert bench["main"](["--n", "40", "--repeat", "1",
+                          "--families", "banded,random,arrowhead"]) == 0
+    out = capsys.readouterr().out
+    for name in ("banded", "random", "arrowhead"):
+        assert f"Hessian {name}, n = 40" in out
+    assert "nonzeros, 2 colors;" in out  # the arrowhead: a star coloring needs 2
+    assert "3 colors" in out  # the banded Jacobian
+    with pytest.raises(SystemExit):
+        bench["main"](["--families", "banded,nope"])
+    assert "unknown family 'nope'" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.floats(0.0, 0.3), st.integers(0, 2**31 - 1))
+def test_star_coloring_of_random_symmetric_patterns(n, density, seed):
+    rng = np.random.default_rng(seed)
+    a = sp.random(n, n, density=density, random_state=rng, format="csr")
+    sym = ((a + a.T) != 0).astype(np.int8)
+    colors, k = sparse.star_color(sym)
+    check_star(sym, colors, brute=True)
+    used = colors[colors >= 0]
+    assert k == (used.max() + 1 if len(used) else 0)
+    d2, _ = sparse.color_columns(sym)
+    check_distance2(sym, d2)
+
+
+def test_op_table_fits_the_sparsity_kernels():
+    """The kernels read two differentiable arguments and three second partials per op; a new
+    op beyond that must extend them (sparse._op_tables refuses it)."""
+    from fasttape.ops import OPS
+
+    assert max(op.ndiff for op in OPS) <= 2
+    assert all(len(op.second) == op.ndiff * (op.ndiff + 1) // 2 for op in OPS)
