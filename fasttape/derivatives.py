@@ -130,23 +130,8 @@ def _chunk(chunk: Any, n_dirs: int, n_slots: int, buffers: int) -> int:
 
 # ------------------------------------------------------------------ per-thread buffers
 def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
-    """A per-thread work array of ``shape``, reused across calls.
-
-    ``zero=True`` buffers are allocated as zeros once and kept clean by the kernels
-    (read-then-zero), like the gradient's adjoints.
-    """
-    local = tape.work_buffers()
-    store = getattr(local, "deriv", None)
-    if store is None:
-        store = local.deriv = {}
-    key = (name, shape)
-    arr = store.get(key)
-    if arr is None:
-        # One size per name: drop a buffer of another K so memory does not grow with every K.
-        for old in [k for k in store if k[0] == name]:
-            del store[old]
-        arr = store[key] = np.zeros(shape) if zero else np.empty(shape)
-    return arr
+    """This module's per-thread work array ``name`` (:meth:`TapeRecord.work_array`)."""
+    return tape.work_array("deriv", name, shape, zero)
 
 
 def _vals(tape: TapeRecord) -> np.ndarray:

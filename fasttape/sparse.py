@@ -223,21 +223,8 @@ def _seed_blocks(colors: np.ndarray, n_colors: int, n_full: int) -> list[tuple[i
 
 
 def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
-    """A per-thread work array of ``shape`` kept in ``tape.work_buffers()`` under this module's
-    own name (``sparse``), reused across calls: a banded Hessian of 1e6 inputs would otherwise
-    allocate and zero hundreds of MB per call.  ``zero=True`` buffers start as zeros and are
-    kept clean by the kernels (read-then-zero)."""
-    local = tape.work_buffers()
-    store = getattr(local, "sparse", None)
-    if store is None:
-        store = local.sparse = {}
-    key = (name, shape)
-    arr = store.get(key)
-    if arr is None:
-        for old in [k for k in store if k[0] == name]:  # one size per name
-            del store[old]
-        arr = store[key] = np.zeros(shape) if zero else np.empty(shape)
-    return arr
+    """This module's per-thread work array ``name`` (:meth:`TapeRecord.work_array`)."""
+    return tape.work_array("sparse", name, shape, zero)
 
 
 class _Plan:

@@ -464,6 +464,29 @@ class TapeRecord:
         """
         return self._local
 
+    def work_array(
+        self, layer: str, name: str, shape: tuple[int, ...], zero: bool = False
+    ) -> np.ndarray:
+        """A work array of ``shape`` in the calling thread's store, kept under ``layer`` (the
+        calling module's own name, e.g. ``"deriv"``), allocated on first use and reused.
+
+        One size per ``(layer, name)``: asking for another shape drops the old array, so memory
+        does not grow with every direction count.  ``zero=True`` arrays start as zeros, for
+        buffers the kernels keep clean (read-then-zero adjoints).
+        """
+        local = self._local
+        store = getattr(local, layer, None)
+        if store is None:
+            store = {}
+            setattr(local, layer, store)
+        key = (name, shape)
+        arr = store.get(key)
+        if arr is None:
+            for old in [k for k in store if k[0] == name]:
+                del store[old]
+            arr = store[key] = np.zeros(shape) if zero else np.empty(shape)
+        return arr
+
     def point_buffers(self, grad: bool = False) -> Any:
         """:meth:`work_buffers` with the single-point buffers allocated.
 

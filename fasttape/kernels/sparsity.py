@@ -23,6 +23,17 @@ from fasttape.kernels.jit import kernel
 from fasttape.kernels.tangent import forward_tangent, reverse_hvp
 
 
+@kernel(inline=True)
+def _take_smallest_color(forbidden, v, colors, n_colors):  # pragma: no cover (jitted)
+    """Give vertex ``v`` the smallest color not marked ``forbidden[c] == v`` (greedy
+    coloring's last step); returns the updated number of colors."""
+    c = 0
+    while forbidden[c] == v:
+        c += 1
+    colors[v] = c
+    return max(n_colors, c + 1)
+
+
 @kernel
 def _grow(arr, need):  # pragma: no cover (jitted)
     """``arr`` with room for at least ``need`` entries (doubling), contents kept."""
@@ -203,12 +214,7 @@ def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
                 c = colors[row_cols[q]]
                 if c >= 0:
                     forbidden[c] = j
-        c = 0
-        while forbidden[c] == j:
-            c += 1
-        colors[j] = c
-        if c + 1 > n_colors:
-            n_colors = c + 1
+        n_colors = _take_smallest_color(forbidden, j, colors, n_colors)
     return n_colors
 
 
@@ -359,12 +365,7 @@ def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
                         if y != w and y != x and colors[y] == cw:
                             forbidden[colors[x]] = v
                             break
-        c = 0
-        while forbidden[c] == v:
-            c += 1
-        colors[v] = c
-        if c + 1 > n_colors:
-            n_colors = c + 1
+        n_colors = _take_smallest_color(forbidden, v, colors, n_colors)
     return n_colors
 
 
