@@ -66,14 +66,24 @@ PREFETCH_ROWS = 64
 MAX_ARITY = int(ARITY.max())
 
 
-@kernel
-def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: no cover
-    """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values.
+@kernel(inline=True)
+def _load_chunk(consts, X, b0, nb, vals):  # pragma: no cover (jitted)
+    """Load points ``b0 .. b0 + nb - 1`` of ``X`` and the constants into the first rows of
+    a chunk.
 
-    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with ``nb <= C``;
-    instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a slot-reuse plan; with
-    one, ``args`` and ``dest`` are the plan's).  No bounds checks: the caller validated the
-    tape and the shapes.
+    Parameters
+    ----------
+    consts : ndarray, shape (n_consts,)
+        The tape's constants; row ``n_inputs + i`` gets ``consts[i]`` at every point.
+    X : ndarray, shape (B, n_inputs)
+        The batch; row ``i`` of the chunk gets column ``i`` of its points ``b0 ..``.
+    b0 : int
+        The chunk's first point.
+    nb : int
+        How many points the chunk holds (``nb <= C``).
+    vals : ndarray, shape (n_work, C)
+        The chunk's value rows; only columns ``0 .. nb - 1`` of the first
+        ``n_inputs + n_consts`` rows are written.
     """
     n_in = X.shape[1]
     for i in range(n_in):
@@ -83,6 +93,18 @@ def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: n
         c = consts[i]
         for p in range(nb):
             vals[n_in + i, p] = c
+
+
+@kernel
+def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: no cover
+    """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values.
+
+    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with ``nb <= C``;
+    instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a slot-reuse plan; with
+    one, ``args`` and ``dest`` are the plan's).  No bounds checks: the caller validated the
+    tape and the shapes.
+    """
+    _load_chunk(consts, X, b0, nb, vals)
     k = 0
     for i in range(ops.shape[0]):
         k = value_rows(ops[i], args[k], vals, args, k, dest[i], nb)
@@ -92,14 +114,7 @@ def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: n
 def chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts):  # pragma: no cover
     """As :func:`chunk_forward_values`, also storing the partials (``parts[e, p]``) except
     the unit ones; the rows it will write are prefetched ``PREFETCH_ROWS`` ahead."""
-    n_in = X.shape[1]
-    for i in range(n_in):
-        for p in range(nb):
-            vals[i, p] = X[b0 + p, i]
-    for i in range(consts.shape[0]):
-        c = consts[i]
-        for p in range(nb):
-            vals[n_in + i, p] = c
+    _load_chunk(consts, X, b0, nb, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
