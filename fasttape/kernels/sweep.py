@@ -239,6 +239,49 @@ def collect_grad(adj, n_in, n_pre, grad):  # pragma: no cover (jitted)
         adj[i] = 0.0
 
 
+@kernel(inline=True)
+def _value_and_grad(ops, args, consts, outputs, which, xin, vals, parts, adj,
+                    grad):  # pragma: no cover (jitted)
+    """The gradient drivers' body, in stored mode (``parts`` an array) or lean mode
+    (``parts`` is None).
+
+    Parameters
+    ----------
+    ops, args, consts, outputs : ndarray
+        The tape's arrays.
+    which : int
+        The output whose gradient is taken.
+    xin : ndarray, shape (n_inputs,)
+        The point.
+    vals : ndarray, shape (n_slots,)
+        Receives every slot's value.
+    parts : ndarray, shape (len(args),), or None
+        The stored partials; ``None`` recomputes them from ``vals`` (Numba types ``parts``
+        as ``none`` then and compiles the test away, as for ``dest``).
+    adj : ndarray, shape (n_slots,)
+        All zeros on entry, and again on exit.
+    grad : ndarray, shape (n_inputs,)
+        Receives the gradient.
+
+    Returns
+    -------
+    float
+        The output's value.
+    """
+    if parts is None:
+        forward_values(ops, args, consts, xin, vals)
+    else:
+        forward_partials(ops, args, consts, xin, vals, parts)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    if parts is None:
+        reverse_lean(ops, args, vals, adj, n_pre)
+    else:
+        reverse_stored(ops, args, parts, adj, n_pre)
+    collect_grad(adj, xin.shape[0], n_pre, grad)
+    return vals[outputs[which]]
+
+
 @kernel
 def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj,
                           grad):  # pragma: no cover (jitted)
@@ -247,24 +290,14 @@ def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, a
     ``adj`` must be all zeros on entry (it is again on exit); ``parts`` has ``len(args)``
     entries.  Returns the output's value.
     """
-    forward_partials(ops, args, consts, xin, vals, parts)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_stored(ops, args, parts, adj, n_pre)
-    collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
+    return _value_and_grad(ops, args, consts, outputs, which, xin, vals, parts, adj, grad)
 
 
 @kernel
 def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj,
                                grad):  # pragma: no cover (jitted)
     """As :func:`value_and_grad_kernel` but recomputes partials (lean mode, no ``parts``)."""
-    forward_values(ops, args, consts, xin, vals)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_lean(ops, args, vals, adj, n_pre)
-    collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
+    return _value_and_grad(ops, args, consts, outputs, which, xin, vals, None, adj, grad)
 
 
 @kernel
