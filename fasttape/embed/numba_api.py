@@ -6,7 +6,7 @@ work buffers.  Inside a jitted loop the call is ``fn(*arrays, x, grad)``: no Pyt
 crosses into the loop and nothing is allocated per call.
 
 The functions returned here are thin checked wrappers around the generated drivers of
-:mod:`fasttape.kernels` (``value_kernel``, ``value_and_grad_kernel``,
+:mod:`fasttape.kernels.sweep` (``value_kernel``, ``value_and_grad_kernel``,
 ``value_and_grad_lean_kernel``), which are themselves part of the stable embedding API; see
 docs/embedding.md for their buffer contract.  The kernels do no bounds checks, so the wrappers
 check every array against the tape's own counts before the sweep: the tape's arrays by length
@@ -25,15 +25,7 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from fasttape.kernels import (
-    forward_partials,
-    forward_values,
-    reverse_lean,
-    reverse_stored,
-    value_and_grad_kernel,
-    value_and_grad_lean_kernel,
-    value_kernel,
-)
+from fasttape.kernels import sweep
 from fasttape.kernels.jit import kernel as _kernel
 
 # Any tape will do: this module uses only the record's interface.
@@ -193,7 +185,7 @@ def _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad
 @_kernel
 def _value_and_grad_stored(ops, args, consts, outputs, meta, vals, parts, adj, x, grad):
     which = _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad)
-    return value_and_grad_kernel(ops, args, consts, outputs, which, x, vals, parts, adj, grad)
+    return sweep.value_and_grad_kernel(ops, args, consts, outputs, which, x, vals, parts, adj, grad)
 
 
 @_kernel
@@ -201,7 +193,7 @@ def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, 
     # Same signature as the stored variant (``parts`` is empty and unused) so user code does
     # not depend on the tape's grad_mode.
     which = _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad)
-    return value_and_grad_lean_kernel(ops, args, consts, outputs, which, x, vals, adj, grad)
+    return sweep.value_and_grad_lean_kernel(ops, args, consts, outputs, which, x, vals, adj, grad)
 
 
 @_kernel
@@ -210,7 +202,7 @@ def _value(ops, args, consts, outputs, meta, vals, x):
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     which = _check_which(meta)
-    forward_values(ops, args, consts, x, vals)
+    sweep.forward_values(ops, args, consts, x, vals)
     return vals[outputs[which]]
 
 
@@ -220,7 +212,7 @@ def _values(ops, args, consts, outputs, meta, vals, x, out):
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
-    value_kernel(ops, args, consts, outputs, x, vals, out)
+    sweep.value_kernel(ops, args, consts, outputs, x, vals, out)
 
 
 @_kernel
@@ -235,16 +227,16 @@ def vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
     n_pre = n_in + consts.shape[0]
     lean = parts.shape[0] != args.shape[0]
     if lean:
-        forward_values(ops, args, consts, x, vals)
+        sweep.forward_values(ops, args, consts, x, vals)
     else:
-        forward_partials(ops, args, consts, x, vals, parts)
+        sweep.forward_partials(ops, args, consts, x, vals, parts)
     # Seed every output at once; ``+=`` because an output slot may be listed twice.
     for j in range(outputs.shape[0]):
         adj[outputs[j]] += cot[j]
     if lean:
-        reverse_lean(ops, args, vals, adj, n_pre)
+        sweep.reverse_lean(ops, args, vals, adj, n_pre)
     else:
-        reverse_stored(ops, args, parts, adj, n_pre)
+        sweep.reverse_stored(ops, args, parts, adj, n_pre)
     for i in range(n_in):
         grad[i] = adj[i]
     # The reverse sweep zeroes instruction slots as it reads them; inputs and constants are
@@ -310,7 +302,7 @@ def _value_and_grad_stored_p(ops, args, consts, outputs, meta, vals, parts, adj,
                              grad):
     which = _join_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
                             grad)
-    v = value_and_grad_kernel(ops, args, consts, outputs, which, xp, vals, parts, adj, gp)
+    v = sweep.value_and_grad_kernel(ops, args, consts, outputs, which, xp, vals, parts, adj, gp)
     _keep_input_grads(gp, grad)
     return v
 
@@ -320,7 +312,7 @@ def _value_and_grad_lean_p(ops, args, consts, outputs, meta, vals, parts, adj, x
                            grad):
     which = _join_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p,
                             grad)
-    v = value_and_grad_lean_kernel(ops, args, consts, outputs, which, xp, vals, adj, gp)
+    v = sweep.value_and_grad_lean_kernel(ops, args, consts, outputs, which, xp, vals, adj, gp)
     _keep_input_grads(gp, grad)
     return v
 
@@ -331,7 +323,7 @@ def _value_p(ops, args, consts, outputs, meta, vals, xp, x, p):
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _join(meta, x, p, xp)
     which = _check_which(meta)
-    forward_values(ops, args, consts, xp, vals)
+    sweep.forward_values(ops, args, consts, xp, vals)
     return vals[outputs[which]]
 
 
@@ -341,7 +333,7 @@ def _values_p(ops, args, consts, outputs, meta, vals, xp, x, p, out):
     _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _join(meta, x, p, xp)
     _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
-    value_kernel(ops, args, consts, outputs, xp, vals, out)
+    sweep.value_kernel(ops, args, consts, outputs, xp, vals, out)
 
 
 @_kernel

@@ -66,14 +66,24 @@ PREFETCH_ROWS = 64
 MAX_ARITY = int(ARITY.max())
 
 
-@kernel
-def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: no cover
-    """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values.
+@kernel(inline=True)
+def _load_chunk(consts, X, b0, nb, vals):  # pragma: no cover (jitted)
+    """Load points ``b0 .. b0 + nb - 1`` of ``X`` and the constants into the first rows of
+    a chunk.
 
-    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with ``nb <= C``;
-    instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a slot-reuse plan; with
-    one, ``args`` and ``dest`` are the plan's).  No bounds checks: the caller validated the
-    tape and the shapes.
+    Parameters
+    ----------
+    consts : ndarray, shape (n_consts,)
+        The tape's constants; row ``n_inputs + i`` gets ``consts[i]`` at every point.
+    X : ndarray, shape (B, n_inputs)
+        The batch; row ``i`` of the chunk gets column ``i`` of its points ``b0 ..``.
+    b0 : int
+        The chunk's first point.
+    nb : int
+        How many points the chunk holds (``nb <= C``).
+    vals : ndarray, shape (n_work, C)
+        The chunk's value rows; only columns ``0 .. nb - 1`` of the first
+        ``n_inputs + n_consts`` rows are written.
     """
     n_in = X.shape[1]
     for i in range(n_in):
@@ -83,6 +93,18 @@ def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: n
         c = consts[i]
         for p in range(nb):
             vals[n_in + i, p] = c
+
+
+@kernel
+def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: no cover
+    """Forward sweep over points ``b0 .. b0 + nb - 1`` of ``X``: values.
+
+    ``X`` has shape ``(B, n_inputs)``; ``vals`` has shape ``(n_work, C)`` with ``nb <= C``;
+    instruction ``i`` writes row ``dest[i]`` (``n_pre + i`` without a slot-reuse plan; with
+    one, ``args`` and ``dest`` are the plan's).  No bounds checks: the caller validated the
+    tape and the shapes.
+    """
+    _load_chunk(consts, X, b0, nb, vals)
     k = 0
     for i in range(ops.shape[0]):
         k = value_rows(ops[i], args[k], vals, args, k, dest[i], nb)
@@ -92,14 +114,7 @@ def chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals):  # pragma: n
 def chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts):  # pragma: no cover
     """As :func:`chunk_forward_values`, also storing the partials (``parts[e, p]``) except
     the unit ones; the rows it will write are prefetched ``PREFETCH_ROWS`` ahead."""
-    n_in = X.shape[1]
-    for i in range(n_in):
-        for p in range(nb):
-            vals[i, p] = X[b0 + p, i]
-    for i in range(consts.shape[0]):
-        c = consts[i]
-        for p in range(nb):
-            vals[n_in + i, p] = c
+    _load_chunk(consts, X, b0, nb, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
@@ -215,13 +230,34 @@ def value_chunks(ops, args, dest, consts, outputs, X, first, step, vals, out):
         _outputs_of_chunk(outputs, vals, b0, nb, out)
 
 
-@kernel
-def value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, parts,
-                          adj, out, grad):
-    """Value of output ``which`` into ``out[b]`` and its gradient into ``grad[b, :]``.
+@kernel(inline=True)
+def _grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, parts, adj,
+                 out, grad):  # pragma: no cover (jitted)
+    """The gradient drivers' loop over chunks ``first, first + step, ...``, in stored mode
+    (``parts`` an array) or lean mode (``parts`` is None).
 
-    Stored mode (``parts`` of shape ``(n_edges, C)``); ``adj`` must be all zeros on entry and
-    is again on exit.
+    Parameters
+    ----------
+    ops, args, dest, consts, outputs : ndarray
+        The tape's arrays (the plan's ``args``, ``dest`` and ``outputs`` with one).
+    which : int
+        The output whose gradient is taken.
+    X : ndarray, shape (B, n_inputs)
+        The points.
+    first, step : int
+        The chunks this call processes.
+    vals : ndarray, shape (n_work, C)
+        The value rows.
+    parts : ndarray, shape (n_edges, C), or None
+        The stored partials; ``None`` recomputes them from ``vals`` (Numba types ``parts``
+        as ``none`` then and compiles the test away, as for ``dest`` in
+        :mod:`fasttape.kernels.sweep`).
+    adj : ndarray, shape (n_work, C)
+        All zeros on entry, and again on exit.
+    out : ndarray, shape (B,)
+        Receives the value of output ``which`` at each point.
+    grad : ndarray, shape (B, n_inputs)
+        Receives its gradient at each point.
     """
     B = X.shape[0]
     C = vals.shape[1]
@@ -232,33 +268,38 @@ def value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, first, ste
     for c in range(first, n_chunks, step):
         b0 = c * C
         nb = min(C, B - b0)
-        chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts)
+        if parts is None:
+            chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals)
+        else:
+            chunk_forward_partials(ops, args, dest, consts, X, b0, nb, vals, parts)
         for p in range(nb):
             out[b0 + p] = vals[o, p]
             adj[o, p] = 1.0
-        chunk_reverse_stored(ops, args, dest, parts, adj, nb)
+        if parts is None:
+            chunk_reverse_lean(ops, args, dest, vals, adj, nb)
+        else:
+            chunk_reverse_stored(ops, args, dest, parts, adj, nb)
         _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
+
+
+@kernel
+def value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, parts,
+                          adj, out, grad):
+    """Value of output ``which`` into ``out[b]`` and its gradient into ``grad[b, :]``.
+
+    Stored mode (``parts`` of shape ``(n_edges, C)``); ``adj`` must be all zeros on entry and
+    is again on exit.
+    """
+    _grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, parts, adj,
+                 out, grad)
 
 
 @kernel
 def value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals,
                                adj, out, grad):
     """As :func:`value_and_grad_chunks`, recomputing partials (lean mode, no ``parts``)."""
-    B = X.shape[0]
-    C = vals.shape[1]
-    n_in = X.shape[1]
-    n_pre = n_in + consts.shape[0]
-    n_chunks = (B + C - 1) // C
-    o = outputs[which]
-    for c in range(first, n_chunks, step):
-        b0 = c * C
-        nb = min(C, B - b0)
-        chunk_forward_values(ops, args, dest, consts, X, b0, nb, vals)
-        for p in range(nb):
-            out[b0 + p] = vals[o, p]
-            adj[o, p] = 1.0
-        chunk_reverse_lean(ops, args, dest, vals, adj, nb)
-        _collect_chunk(adj, n_in, n_pre, b0, nb, grad)
+    _grad_chunks(ops, args, dest, consts, outputs, which, X, first, step, vals, None, adj,
+                 out, grad)
 
 
 # Parallel drivers: prange over the chunks.  The caller sets Numba's parallel chunksize to 1

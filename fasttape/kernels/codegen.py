@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fasttape import opsdoc
@@ -65,6 +66,47 @@ def _function(head: str, doc: str, specs: Iterable[OpSpec],
     return lines + [f"    {line}" for line in tail] + ["", ""]
 
 
+@dataclass(frozen=True)
+class _Form:
+    """One dispatch function of ``dispatch.py``: the arguments of :func:`_function`, with
+    ``select`` choosing the ops that get a branch."""
+
+    head: str
+    doc: str
+    select: Callable[[OpSpec], bool]
+    branch: Callable[[OpSpec], list[str]]
+    tail: list[str]
+
+
+#: Every dispatch function, in the order of ``dispatch.py`` (the order of definition below).
+_FORMS: list[_Form] = []
+
+_NAN_K = ["return np.nan, k  # unreachable for a validated tape"]
+_NAN_ROW = ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"]
+
+
+def _any_op(spec: OpSpec) -> bool:
+    """Every op gets a branch."""
+    return True
+
+
+def _differentiable(spec: OpSpec) -> bool:
+    """Ops with at least one differentiable argument get a branch."""
+    return spec.ndiff > 0
+
+
+def _form(head: str, doc: str, select: Callable[[OpSpec], bool], tail: list[str]
+          ) -> Callable[[Callable[[OpSpec], list[str]]], Callable[[OpSpec], list[str]]]:
+    """Register the decorated branch emitter as the dispatch function ``def head`` (with the
+    docstring ``doc``, a branch for each op that ``select`` accepts, then ``tail``)."""
+
+    def register(branch: Callable[[OpSpec], list[str]]) -> Callable[[OpSpec], list[str]]:
+        _FORMS.append(_Form(head, doc, select, branch, tail))
+        return branch
+
+    return register
+
+
 def _load(spec: OpSpec, start: int) -> list[str]:
     # Each branch loads only the arguments its op has (from ``start``: the sweep loads x).
     return [f"{_ARGS[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
@@ -74,45 +116,76 @@ def _pad(values: list[str], n: int) -> str:
     return ", ".join(values + ["0.0"] * (n - len(values)))
 
 
+def _stored_partials(spec: OpSpec) -> list[tuple[int, str]]:
+    # ``(j, partial)`` of each partial that the stored-mode forward sweeps write to ``parts``.
+    return [(j, d) for j, d in enumerate(spec.partials) if d not in UNIT]
+
+
+def _set_partials(spec: OpSpec) -> list[str]:
+    # ``p0 = ...`` (and ``p1``): the table's partials, computed into named locals.
+    return [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+
+
+def _returned_partials(spec: OpSpec) -> str:
+    # ``p0, p1`` as returned: always two, 0.0 where the op has fewer differentiable arguments.
+    return _pad([f"p{j}" for j in range(spec.ndiff)], 2)
+
+
+def _load_all(spec: OpSpec, exprs: Iterable[str]) -> list[str]:
+    # The reverse forms load every argument, and the result ``f`` only if ``exprs`` use it.
+    return [*_load(spec, 0), *(["f = vals[s]"] if _uses_f(exprs) else [])]
+
+
 # --------------------------------------------------------------------- single point
 
 
+@_form("value(op, x, vals, args, k)",
+       "``(f, k_next)``: the result, and where the next instruction's arguments start.",
+       _any_op, _NAN_K)
 def _value(spec: OpSpec) -> list[str]:
     return [*_load(spec, 1), f"return {spec.forward}, k + {spec.arity}"]
 
 
+@_form("value_store_partials(op, x, vals, args, k, parts)",
+       "As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones.",
+       _any_op, _NAN_K)
 def _value_store_partials(spec: OpSpec) -> list[str]:
     out = [*_load(spec, 1), f"f = {spec.forward}"]
-    out += [f"parts[k + {j}] = {d}" for j, d in enumerate(spec.partials) if d not in UNIT]
+    out += [f"parts[k + {j}] = {d}" for j, d in _stored_partials(spec)]
     return [*out, f"return f, k + {spec.arity}"]
 
 
+@_form("value_and_partials(op, x, vals, args, k)",
+       "``(f, p0, p1)``: the result and its partials (0.0 where the op has none).",
+       _any_op, ["return np.nan, 0.0, 0.0"])
 def _value_and_partials(spec: OpSpec) -> list[str]:
-    out = [*_load(spec, 1), f"f = {spec.forward}"]
-    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
-    return [*out, f"return f, {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}"]
+    out = [*_load(spec, 1), f"f = {spec.forward}", *_set_partials(spec)]
+    return [*out, f"return f, {_returned_partials(spec)}"]
 
 
+@_form("partials(op, vals, args, k, s)",
+       "``(p0, p1)`` recomputed from the values (``vals[s]`` is the result).",
+       _differentiable, ["return 0.0, 0.0"])
 def _partials(spec: OpSpec) -> list[str]:
-    out = _load(spec, 0)
-    if _uses_f(spec.partials):
-        out.append("f = vals[s]")
-    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
-    return [*out, f"return {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}"]
+    out = [*_load_all(spec, spec.partials), *_set_partials(spec)]
+    return [*out, f"return {_returned_partials(spec)}"]
 
 
+@_form("partials_and_second(op, vals, args, k, s, g)",
+       "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``.",
+       _differentiable, ["return 0.0, 0.0, 0.0, 0.0, 0.0"])
 def _partials_and_second(spec: OpSpec) -> list[str]:
-    out = _load(spec, 0)
-    if _uses_f([*spec.partials, *spec.second]):
-        out.append("f = vals[s]")
-    out += [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+    out = [*_load_all(spec, [*spec.partials, *spec.second]), *_set_partials(spec)]
     out += [f"{h} = 0.0" for h in _H]
     for j, m, e in spec.hessian_entries:
         if e != "0.0":  # second partials only matter where the adjoint is not zero
             out += ["if g != 0.0:", f"    {_H[j + m]} = {e}"]
-    return [*out, f"return {_pad([f'p{j}' for j in range(spec.ndiff)], 2)}, h00, h01, h11"]
+    return [*out, f"return {_returned_partials(spec)}, h00, h01, h11"]
 
 
+@_form("unit_adjoint(op, args, parts, k, g, adj)",
+       "For an op with a unit partial, add the adjoint ``g`` to its arguments; else False.",
+       unit_partials, ["return False"])
 def _unit_adjoint(spec: OpSpec) -> list[str]:
     out = []
     for j, d in enumerate(spec.partials):
@@ -144,18 +217,27 @@ def _select_acc(j: int, d: str) -> list[str]:
             f"    adj[a{j}, p] = t + g * d if g != 0.0 and d != 0.0 else t"]
 
 
+@_form("value_rows(op, a0, vals, args, k, s, nb)",
+       "Row ``s`` of a chunk, the result at each of the ``nb`` points; returns ``k_next``.",
+       _any_op, _NAN_ROW)
 def _value_rows(spec: OpSpec) -> list[str]:
     return [*_rows_load(spec), "for p in range(nb):", *_points(spec),
             f"    vals[s, p] = {spec.forward}", f"return k + {spec.arity}"]
 
 
+@_form("value_store_partials_rows(op, a0, vals, args, k, s, nb, parts)",
+       "As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``.",
+       _any_op, _NAN_ROW)
 def _value_store_partials_rows(spec: OpSpec) -> list[str]:
     out = [*_rows_load(spec), "for p in range(nb):", *_points(spec),
            f"    f = {spec.forward}", "    vals[s, p] = f"]
-    out += [f"    parts[k + {j}, p] = {d}" for j, d in enumerate(spec.partials) if d not in UNIT]
+    out += [f"    parts[k + {j}, p] = {d}" for j, d in _stored_partials(spec)]
     return [*out, f"return k + {spec.arity}"]
 
 
+@_form("unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb)",
+       "For an op with a unit partial: move row ``s`` of ``adj`` to its arguments; else False.",
+       unit_partials, ["return False"])
 def _unit_adjoint_rows(spec: OpSpec) -> list[str]:
     # Only the differentiable arguments' rows (fmac's constant gets no adjoint).
     out = [*_rows_load(spec, spec.ndiff), "for p in range(nb):", "    g = adj[s, p]",
@@ -169,6 +251,11 @@ def _unit_adjoint_rows(spec: OpSpec) -> list[str]:
     return [*out, "return True"]
 
 
+@_form("adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb)",
+       "Move row ``s`` of ``adj`` to the arguments, partials recomputed from ``vals``.",
+       _differentiable,
+       ["for p in range(nb):  # no differentiable argument: only clear the row",
+        "    adj[s, p] = 0.0"])
 def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
     out = [*_rows_load(spec), "for p in range(nb):", "    g = adj[s, p]", "    adj[s, p] = 0.0",
            *_points(spec)]
@@ -190,9 +277,6 @@ def generate() -> str:
             f"ops whose `second` does not list ndiff * (ndiff + 1) / 2 second partials: "
             f"{missing} (see docs/adding-an-op.md)"
         )
-    diff = [o for o in OPS if o.ndiff]
-    unit = [o for o in OPS if unit_partials(o)]
-    nan = ["return np.nan, k  # unreachable for a validated tape"]
     out = [
         "# GENERATED by `python -m fasttape.kernels.codegen` from fasttape/ops.py: do not edit.",
         "# ruff: noqa: E501  (branches hold the table's formulas as written)",
@@ -221,49 +305,9 @@ def generate() -> str:
         "",
         "",
     ]
-    out += _function(
-        "value(op, x, vals, args, k)",
-        "``(f, k_next)``: the result, and where the next instruction's arguments start.",
-        OPS, _value, nan)
-    out += _function(
-        "value_store_partials(op, x, vals, args, k, parts)",
-        "As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones.",
-        OPS, _value_store_partials, nan)
-    out += _function(
-        "value_and_partials(op, x, vals, args, k)",
-        "``(f, p0, p1)``: the result and its partials (0.0 where the op has none).",
-        OPS, _value_and_partials, ["return np.nan, 0.0, 0.0"])
-    out += _function(
-        "partials(op, vals, args, k, s)",
-        "``(p0, p1)`` recomputed from the values (``vals[s]`` is the result).",
-        diff, _partials, ["return 0.0, 0.0"])
-    out += _function(
-        "partials_and_second(op, vals, args, k, s, g)",
-        "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``.",
-        diff, _partials_and_second, ["return 0.0, 0.0, 0.0, 0.0, 0.0"])
-    out += _function(
-        "unit_adjoint(op, args, parts, k, g, adj)",
-        "For an op with a unit partial, add the adjoint ``g`` to its arguments; else False.",
-        unit, _unit_adjoint, ["return False"])
-    out += _function(
-        "value_rows(op, a0, vals, args, k, s, nb)",
-        "Row ``s`` of a chunk, the result at each of the ``nb`` points; returns ``k_next``.",
-        OPS, _value_rows, ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"])
-    out += _function(
-        "value_store_partials_rows(op, a0, vals, args, k, s, nb, parts)",
-        "As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``.",
-        OPS, _value_store_partials_rows,
-        ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"])
-    out += _function(
-        "unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb)",
-        "For an op with a unit partial: move row ``s`` of ``adj`` to its arguments; else False.",
-        unit, _unit_adjoint_rows, ["return False"])
-    out += _function(
-        "adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb)",
-        "Move row ``s`` of ``adj`` to the arguments, partials recomputed from ``vals``.",
-        diff, _adjoint_lean_rows,
-        ["for p in range(nb):  # no differentiable argument: only clear the row",
-         "    adj[s, p] = 0.0"])
+    for form in _FORMS:
+        out += _function(form.head, form.doc, [o for o in OPS if form.select(o)], form.branch,
+                         form.tail)
     return "\n".join(out).rstrip("\n") + "\n"
 
 

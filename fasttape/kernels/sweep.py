@@ -57,6 +57,57 @@ PREFETCH_MIN_SLOTS = 1 << 16
 # ------------------------------------------------------------------------------- forward
 
 
+@kernel(inline=True)
+def _load_inputs(consts, xin, vals):  # pragma: no cover (jitted)
+    """Load ``xin`` and ``consts`` into the first slots of ``vals``; returns ``n_pre``.
+
+    Parameters
+    ----------
+    consts : ndarray, shape (n_consts,)
+        The tape's constants, into slots ``n_inputs ..``.
+    xin : ndarray, shape (n_inputs,)
+        The point, into slots ``0 .. n_inputs - 1``.
+    vals : ndarray, shape (n_slots,)
+        The value (or work) vector.
+
+    Returns
+    -------
+    int
+        ``n_pre = n_inputs + n_consts``, the first instruction slot.
+    """
+    n_in = xin.shape[0]
+    for i in range(n_in):
+        vals[i] = xin[i]
+    for i in range(consts.shape[0]):
+        vals[n_in + i] = consts[i]
+    return n_in + consts.shape[0]
+
+
+@kernel(inline=True)
+def _store_result(vals, dest, n_pre, i, f):  # pragma: no cover (jitted)
+    """Store instruction ``i``'s result ``f`` in its slot: ``n_pre + i``, or ``dest[i]``
+    with a slot-reuse plan.
+
+    Parameters
+    ----------
+    vals : ndarray, shape (n_slots,)
+        The value (or work) vector.
+    dest : ndarray of int64, shape (n_instructions,), or None
+        The plan's destination slots; ``None`` without a plan (Numba compiles the test away:
+        ``dest`` is typed ``none`` then).
+    n_pre : int
+        The first instruction slot (inputs and constants come before it).
+    i : int
+        The instruction.
+    f : float
+        Its result.
+    """
+    if dest is None:
+        vals[n_pre + i] = f
+    else:
+        vals[dest[i]] = f
+
+
 @kernel
 def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover (jitted)
     """Forward sweep: the value of every slot.
@@ -64,12 +115,7 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
     Loads ``xin`` and ``consts`` into the first slots of ``vals``, then evaluates every
     instruction in order into slot ``n_pre + i``, or ``dest[i]`` with a plan.
     """
-    n_in = xin.shape[0]
-    n_pre = n_in + consts.shape[0]
-    for i in range(n_in):
-        vals[i] = xin[i]
-    for i in range(consts.shape[0]):
-        vals[n_in + i] = consts[i]
+    n_pre = _load_inputs(consts, xin, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
@@ -77,10 +123,7 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
         # overlap the indirect branch (value: 1.16x -> 1.10x the baseline, report.py).
         x = vals[args[k]]
         f, k_next = value(op, x, vals, args, k)
-        if dest is None:
-            vals[n_pre + i] = f
-        else:
-            vals[dest[i]] = f
+        _store_result(vals, dest, n_pre, i, f)
         k = k_next
 
 
@@ -89,21 +132,13 @@ def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma:
     """As :func:`forward_values`, also storing the partial derivative of every
     differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1),
     which the reverse sweeps know (:func:`fasttape.kernels.codegen.unit_partials`)."""
-    n_in = xin.shape[0]
-    n_pre = n_in + consts.shape[0]
-    for i in range(n_in):
-        vals[i] = xin[i]
-    for i in range(consts.shape[0]):
-        vals[n_in + i] = consts[i]
+    n_pre = _load_inputs(consts, xin, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
         x = vals[args[k]]
         f, k_next = value_store_partials(op, x, vals, args, k, parts)
-        if dest is None:
-            vals[n_pre + i] = f
-        else:
-            vals[dest[i]] = f
+        _store_result(vals, dest, n_pre, i, f)
         k = k_next
 
 
@@ -204,6 +239,49 @@ def collect_grad(adj, n_in, n_pre, grad):  # pragma: no cover (jitted)
         adj[i] = 0.0
 
 
+@kernel(inline=True)
+def _value_and_grad(ops, args, consts, outputs, which, xin, vals, parts, adj,
+                    grad):  # pragma: no cover (jitted)
+    """The gradient drivers' body, in stored mode (``parts`` an array) or lean mode
+    (``parts`` is None).
+
+    Parameters
+    ----------
+    ops, args, consts, outputs : ndarray
+        The tape's arrays.
+    which : int
+        The output whose gradient is taken.
+    xin : ndarray, shape (n_inputs,)
+        The point.
+    vals : ndarray, shape (n_slots,)
+        Receives every slot's value.
+    parts : ndarray, shape (len(args),), or None
+        The stored partials; ``None`` recomputes them from ``vals`` (Numba types ``parts``
+        as ``none`` then and compiles the test away, as for ``dest``).
+    adj : ndarray, shape (n_slots,)
+        All zeros on entry, and again on exit.
+    grad : ndarray, shape (n_inputs,)
+        Receives the gradient.
+
+    Returns
+    -------
+    float
+        The output's value.
+    """
+    if parts is None:
+        forward_values(ops, args, consts, xin, vals)
+    else:
+        forward_partials(ops, args, consts, xin, vals, parts)
+    n_pre = xin.shape[0] + consts.shape[0]
+    adj[outputs[which]] = 1.0
+    if parts is None:
+        reverse_lean(ops, args, vals, adj, n_pre)
+    else:
+        reverse_stored(ops, args, parts, adj, n_pre)
+    collect_grad(adj, xin.shape[0], n_pre, grad)
+    return vals[outputs[which]]
+
+
 @kernel
 def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, adj,
                           grad):  # pragma: no cover (jitted)
@@ -212,24 +290,14 @@ def value_and_grad_kernel(ops, args, consts, outputs, which, xin, vals, parts, a
     ``adj`` must be all zeros on entry (it is again on exit); ``parts`` has ``len(args)``
     entries.  Returns the output's value.
     """
-    forward_partials(ops, args, consts, xin, vals, parts)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_stored(ops, args, parts, adj, n_pre)
-    collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
+    return _value_and_grad(ops, args, consts, outputs, which, xin, vals, parts, adj, grad)
 
 
 @kernel
 def value_and_grad_lean_kernel(ops, args, consts, outputs, which, xin, vals, adj,
                                grad):  # pragma: no cover (jitted)
     """As :func:`value_and_grad_kernel` but recomputes partials (lean mode, no ``parts``)."""
-    forward_values(ops, args, consts, xin, vals)
-    n_pre = xin.shape[0] + consts.shape[0]
-    adj[outputs[which]] = 1.0
-    reverse_lean(ops, args, vals, adj, n_pre)
-    collect_grad(adj, xin.shape[0], n_pre, grad)
-    return vals[outputs[which]]
+    return _value_and_grad(ops, args, consts, outputs, which, xin, vals, None, adj, grad)
 
 
 @kernel

@@ -154,6 +154,35 @@ def reverse_vec(ops, args, vals, adj, n_pre):  # pragma: no cover (jitted)
                 adj[a1, d] = adj[a1, d] + g * p1 if (q1 and g != 0.0) else adj[a1, d]
 
 
+@kernel(inline=True)
+def _add_scaled_row(dst, r, src, q, c):  # pragma: no cover (jitted)
+    """Add ``c * src[q, d]`` to ``dst[r, d]`` for every direction ``d``, skipping zeros.
+
+    Parameters
+    ----------
+    dst : ndarray, shape (n_slots, K)
+        The rows being accumulated into (``adjdot`` of :func:`reverse_hvp`).
+    r : int
+        The row of ``dst`` that receives the terms.
+    src : ndarray, shape (n_slots, K)
+        The rows the terms are read from; may be ``dst`` itself, with ``q != r``.
+    q : int
+        The row of ``src`` that is scaled.
+    c : float
+        The scale (a partial, or an adjoint times a second partial).
+
+    Notes
+    -----
+    A zero ``src[q, d]`` contributes nothing (the zero rules of the module docstring), as a
+    select, so the loop vectorizes.  Always inlined: :func:`reverse_hvp` calls it once per
+    term of every instruction, so the loop and its loop-invariant guard stay one plain loop.
+    """
+    for d in range(dst.shape[1]):
+        t = src[q, d]
+        u = dst[r, d]
+        dst[r, d] = u + c * t if t != 0.0 else u
+
+
 @kernel
 def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (jitted)
     """Forward-over-reverse sweep: adjoints ``adj`` and their ``K`` tangents ``adjdot``.
@@ -207,15 +236,9 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
         # the additions is gd * p0, c00 * t0, c01 * t1 (then the same for a1), as in
         # the oracle (tests/reference_derivs.py).
         if q0:
-            for d in range(nk):
-                gd = adjdot[s, d]
-                u = adjdot[a0, d]
-                adjdot[a0, d] = u + gd * p0 if gd != 0.0 else u
+            _add_scaled_row(adjdot, a0, adjdot, s, p0)
         if r00:
-            for d in range(nk):
-                t0 = tan[a0, d]
-                u = adjdot[a0, d]
-                adjdot[a0, d] = u + c00 * t0 if t0 != 0.0 else u
+            _add_scaled_row(adjdot, a0, tan, a0, c00)
         if nd == 2:
             a1 = args[k + 1]
             q1 = p1 != 0.0
@@ -224,25 +247,13 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
             r01 = h01 != 0.0 and g != 0.0
             r11 = h11 != 0.0 and g != 0.0
             if r01:
-                for d in range(nk):
-                    t1 = tan[a1, d]
-                    u = adjdot[a0, d]
-                    adjdot[a0, d] = u + c01 * t1 if t1 != 0.0 else u
+                _add_scaled_row(adjdot, a0, tan, a1, c01)
             if q1:
-                for d in range(nk):
-                    gd = adjdot[s, d]
-                    w = adjdot[a1, d]
-                    adjdot[a1, d] = w + gd * p1 if gd != 0.0 else w
+                _add_scaled_row(adjdot, a1, adjdot, s, p1)
             if r01:
-                for d in range(nk):
-                    t0 = tan[a0, d]
-                    w = adjdot[a1, d]
-                    adjdot[a1, d] = w + c01 * t0 if t0 != 0.0 else w
+                _add_scaled_row(adjdot, a1, tan, a0, c01)
             if r11:
-                for d in range(nk):
-                    t1 = tan[a1, d]
-                    w = adjdot[a1, d]
-                    adjdot[a1, d] = w + c11 * t1 if t1 != 0.0 else w
+                _add_scaled_row(adjdot, a1, tan, a1, c11)
         for d in range(nk):
             adjdot[s, d] = 0.0
 
