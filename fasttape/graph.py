@@ -109,9 +109,7 @@ class Graph:
         Inputs are numbered in creation order across calls; ``tape.value(x)`` takes them in
         that order.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"inputs(n) expects a non-negative integer n, got {n!r}")
-        n = int(n)
+        n = _count_of(n, "inputs")
         out = self._leaves(INPUT_CODE, self._n_inputs, n)
         self._n_inputs += n
         return out
@@ -125,9 +123,7 @@ class Graph:
         calls without tracing again.  Parameters are numbered in creation order across calls,
         independently of the inputs; passes never fold them (they are not constants).
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"params(n) expects a non-negative integer n, got {n!r}")
-        n = int(n)
+        n = _count_of(n, "params")
         out = self._leaves(PARAM_CODE, self._n_params, n)
         self._n_params += n
         return out
@@ -442,6 +438,13 @@ class _SourceGraph(Graph):
         if len(self._ops) != n:  # a new constant (an existing one keeps its first label)
             self._label(1)
         return node
+
+
+def _count_of(n: Any, method: str) -> int:
+    """``n`` as a count of new leaves for ``Graph.<method>(n)``, or a clear ValueError."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"{method}(n) expects a non-negative integer n, got {n!r}")
+    return int(n)
 
 
 def as_float(value: Any) -> float:

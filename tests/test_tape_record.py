@@ -160,3 +160,29 @@ def test_n_instructions_and_the_deprecated_n_nodes(graph):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tape.listing()  # the display uses the new name
+
+
+def test_work_array_is_per_layer_per_thread_and_keeps_one_size_per_name():
+    import threading
+
+    tape = ft.compile(ft.trace(lambda v: v[0] * v[1], 2))
+    a = tape.work_array("deriv", "vals", (5,), zero=True)
+    assert a.shape == (5,) and not a.any()
+    assert tape.work_array("deriv", "vals", (5,)) is a  # reused
+    assert tape.work_array("sparse", "vals", (5,)) is not a  # layers do not share
+    b = tape.work_array("deriv", "vals", (7,))
+    assert b.shape == (7,) and tape.work_array("deriv", "vals", (5,)) is not a  # old size dropped
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(tape.work_array("deriv", "vals", (7,))))
+    t.start()
+    t.join()
+    assert seen[0] is not b  # another thread gets its own array
+
+
+def test_graph_leaf_counts_are_checked():
+    g = ft.Graph()
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"inputs\(n\) expects a non-negative integer"):
+            g.inputs(bad)
+        with pytest.raises(ValueError, match=r"params\(n\) expects a non-negative integer"):
+            g.params(bad)
