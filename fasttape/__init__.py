@@ -17,7 +17,10 @@ from fasttape.graph import Graph
 from fasttape.passes import optimize
 from fasttape.serialize import FORMAT_VERSION, TapeFormatError
 from fasttape.tape import GRAD_MODES
-from fasttape.trace import OP_FUNCTIONS, sum, trace
+from fasttape.tensor.graph import TensorGraph
+from fasttape.tensor.tape import TensorTape
+from fasttape.tensor.tensor import Tensor
+from fasttape.trace import OP_FUNCTIONS, logsumexp, mean, softmax, sum, trace
 from fasttape.var import Var
 
 globals().update(OP_FUNCTIONS)
@@ -40,6 +43,12 @@ __all__ = [
     "FORMAT_VERSION",
     "GRAD_MODES",
     "sum",
+    "mean",
+    "logsumexp",
+    "softmax",
+    "Tensor",
+    "TensorGraph",
+    "TensorTape",
     "ops",
     *sorted(OP_FUNCTIONS),
 ]

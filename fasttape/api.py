@@ -27,6 +27,8 @@ from fasttape.embed.dot import tape_to_dot
 from fasttape.embed.numba_api import numba_kernel
 from fasttape.graph import Graph
 from fasttape.tape import TapeRecord
+from fasttape.tensor.graph import TensorGraph
+from fasttape.tensor.tape import TensorTape, compile_tensor_graph
 
 __all__ = ["Tape", "compile", "load"]
 
@@ -178,14 +180,17 @@ class Tape(TapeRecord):
 
 
 def compile(
-    graph: Graph,
+    graph: Graph | TensorGraph,
     *,
     grad_mode: str = "stored",
     optimize: Any = True,
     finite_math: bool = False,
     memory_limit: int | None = None,
-) -> Tape | CheckpointedTape:
+) -> Tape | CheckpointedTape | TensorTape:
     """Flatten ``graph`` into a :class:`Tape` (``ft.compile``).
+
+    A graph traced on tensors (``ft.trace(fn, shapes=...)``, docs/tensors.md) becomes a
+    :class:`~fasttape.tensor.tape.TensorTape`; the options below are for scalar graphs.
 
     Only nodes that some output depends on become instructions.  All inputs are kept (in order),
     so the tape takes the same ``x`` as the graph; unreachable inputs get gradient 0.
@@ -218,11 +223,18 @@ def compile(
     Returns
     -------
     Tape
-        Without ``memory_limit``, always a :class:`Tape`; ``tape.stats()["passes"]`` reports
-        what each pass did.  With ``memory_limit``, a
+        For a scalar Graph without ``memory_limit``, always a :class:`Tape`;
+        ``tape.stats()["passes"]`` reports what each pass did.  With ``memory_limit``, a
         :class:`~fasttape.checkpoint.segments.CheckpointedTape` wrapping that Tape (same
         ``value`` / ``value_and_grad`` / ``grad`` / ``stats``, plus ``report``).
     """
+    if isinstance(graph, TensorGraph):
+        if (grad_mode, optimize, finite_math, memory_limit) != ("stored", True, False, None):
+            raise NotImplementedError(
+                "grad_mode, optimize, finite_math and memory_limit apply to scalar graphs; a "
+                "tensor graph compiles with the defaults (docs/tensors.md lists what tensor "
+                "tapes support)")
+        return compile_tensor_graph(graph)
     tape = compile_graph(graph, grad_mode=grad_mode, optimize=optimize, finite_math=finite_math,
                          tape_class=Tape)
     if memory_limit is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import gc
 import linecache
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,9 +20,16 @@ import numpy as np
 from fasttape.graph import Graph, as_float
 from fasttape.kernels import eval_op
 from fasttape.ops import INTERNAL_OPS, OP_BY_NAME, OPS, OpSpec
+from fasttape.tensor.graph import TensorGraph
+from fasttape.tensor.tensor import Tensor, elementwise
+from fasttape.tensor.tensor import logsumexp as tensor_logsumexp
+from fasttape.tensor.tensor import mean as tensor_mean
+from fasttape.tensor.tensor import softmax as tensor_softmax
+from fasttape.tensor.tensor import where as tensor_where
+from fasttape.tensor.trace import trace_tensors
 from fasttape.var import Var, is_integral_number
 
-__all__ = ["trace", "sum", "where", "pow", "OP_FUNCTIONS"]
+__all__ = ["trace", "sum", "mean", "logsumexp", "softmax", "where", "pow", "OP_FUNCTIONS"]
 
 
 def _graph_of(*values: Any) -> Graph | None:
@@ -48,6 +55,8 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
         def fn(x: Any) -> Any:
             if type(x) is Var:
                 return x.g._unary(code, x.i)
+            if isinstance(x, Tensor):
+                return elementwise(spec.name, x)
             return eval_op(code, (as_float(x),))
 
     else:
@@ -55,6 +64,8 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
         def fn(*xs: Any) -> Any:  # type: ignore[misc]
             if len(xs) != spec.arity:
                 raise TypeError(f"{spec.name}() takes {spec.arity} arguments, got {len(xs)}")
+            if any(isinstance(x, Tensor) for x in xs):
+                return elementwise(spec.name, *xs)
             g = _graph_of(*xs)
             if g is None:
                 return eval_op(code, tuple(as_float(x) for x in xs))
@@ -92,6 +103,8 @@ def pow(x: Any, y: Any) -> Any:
     ``integer_pow``); a constant real exponent records ``powc``; a traced exponent records
     ``pow``.  See docs/derivatives.md for the conventions at ``x = 0``.
     """
+    if isinstance(x, Tensor) or isinstance(y, Tensor):
+        return x ** y  # the Tensor operators hold the same rule
     if type(x) is Var:
         return x.__pow__(y)  # the Var operators hold the exponent rule
     if type(y) is Var:
@@ -117,6 +130,8 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     >>> ft.where(0.0, 1.0, 2.0)  # on plain numbers it evaluates at once
     2.0
     """
+    if any(isinstance(v, Tensor) for v in (cond, a, b)):
+        return tensor_where(cond, a, b)
     g = _graph_of(cond, a, b)
     if g is None:
         return eval_op(_WHERE, (as_float(a), as_float(b), as_float(cond)))
@@ -124,13 +139,18 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
 
 
-def sum(values: Iterable[Any]) -> Any:
+def sum(values: Iterable[Any] | Tensor, axis: Any = None, keepdims: bool = False) -> Any:
     """Sum of an iterable of traced values and numbers, as a balanced tree of additions.
 
     Pairwise summation keeps the tree depth at log2(n) and is more accurate than a running sum;
     it is built by iteration, never by recursion, so any length works.  An empty iterable gives
-    ``0.0``.
+    ``0.0``.  On a traced tensor it is ``np.sum(values, axis, keepdims=keepdims)``: one
+    reduction instruction.
     """
+    if isinstance(values, Tensor):
+        return values.sum(axis, keepdims)
+    if axis is not None or keepdims:
+        raise TypeError("axis and keepdims apply to a traced tensor, not to an iterable")
     items = list(values)
     if not items:
         return 0.0
@@ -140,6 +160,26 @@ def sum(values: Iterable[Any]) -> Any:
             paired.append(items[-1])
         items = paired
     return items[0]
+
+
+def mean(values: Iterable[Any] | Tensor, axis: Any = None, keepdims: bool = False) -> Any:
+    """Mean: ``np.mean`` on a traced tensor, else ``ft.sum(values) / len(values)``."""
+    if isinstance(values, Tensor):
+        return tensor_mean(values, axis, keepdims)
+    items = list(values)
+    if not items:
+        raise ValueError("mean of an empty iterable")
+    return sum(items, axis, keepdims) / len(items)
+
+
+def logsumexp(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x), axis))`` of a traced tensor, without overflow (as SciPy's)."""
+    return tensor_logsumexp(x, axis, keepdims)
+
+
+def softmax(x: Tensor, axis: Any = -1) -> Tensor:
+    """``exp(x) / sum(exp(x), axis)`` of a traced tensor, without overflow."""
+    return tensor_softmax(x, axis)
 
 
 class InputIndexError(IndexError):
@@ -272,13 +312,23 @@ def gc_paused(pause: bool) -> Iterator[None]:
 
 def trace(
     fn: Callable[..., Any],
-    n_inputs: int,
+    n_inputs: int | None = None,
     *,
     n_params: int = 0,
     pause_gc: bool = True,
     record_source: bool = False,
-) -> Graph:
+    shapes: Sequence[Any] | None = None,
+    params: Sequence[Any] | None = None,
+) -> Graph | TensorGraph:
     """Trace ``fn`` over ``n_inputs`` symbolic scalars and return the Graph.
+
+    With ``shapes=`` instead of ``n_inputs``, ``fn`` is NumPy code on tensors: it is called
+    with one traced :class:`~fasttape.tensor.tensor.Tensor` (or a dict, list or tuple of them)
+    per entry of ``shapes``, then one per entry of ``params`` (parameters: inputs that get no
+    gradient), and a :class:`~fasttape.tensor.graph.TensorGraph` is returned
+    (docs/tensors.md)::
+
+        ft.trace(lambda x: np.sum(x ** 2), shapes=[(1000,)])
 
     ``fn`` receives a list of ``n_inputs`` :class:`Var` and returns a scalar (one output) or a
     sequence of scalars (several outputs, in order).  An index past the inputs raises an
@@ -311,6 +361,15 @@ def trace(
     >>> ft.compile(g3).value_and_grad([3.0], p=[2.0])
     (18.0, array([12.]))
     """
+    if shapes is not None or params is not None:
+        if n_inputs is not None or n_params or record_source:
+            raise TypeError("trace takes either n_inputs (scalar code) or shapes= (tensor "
+                            "code), not both; record_source is for scalar graphs")
+        with gc_paused(pause_gc):
+            return trace_tensors(fn, shapes if shapes is not None else [], params)
+    if n_inputs is None:
+        raise TypeError("trace needs n_inputs (the number of scalar inputs) or shapes= (the "
+                        "shapes of tensor arguments)")
     g = Graph(record_source=record_source)
     with gc_paused(pause_gc):
         x = g.inputs(n_inputs)

@@ -19,7 +19,7 @@ from fasttape.ops import OP_BY_NAME
 if TYPE_CHECKING:
     from fasttape.graph import Graph
 
-__all__ = ["Var", "from_ufunc", "is_integral_number"]
+__all__ = ["UFUNC_OPS", "Var", "from_ufunc", "is_integral_number"]
 
 _ADD = OP_BY_NAME["add"].code
 _SUB = OP_BY_NAME["sub"].code
@@ -226,7 +226,7 @@ def is_integral_number(value: Any) -> bool:
 
 
 # NumPy ufunc name -> fasttape op, so np.sin(var) and np.float64(2) * var trace.
-_UFUNCS = {
+UFUNC_OPS = {
     "add": "add", "subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div",
     "negative": "neg", "power": "pow", "float_power": "pow", "square": "square", "sqrt": "sqrt",
     "cbrt": "cbrt", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
@@ -236,7 +236,7 @@ _UFUNCS = {
     "arctanh": "atanh", "absolute": "abs", "fabs": "abs", "sign": "sign", "floor": "floor",
     "ceil": "ceil", "minimum": "minimum", "maximum": "maximum", "hypot": "hypot",
     "less": "lt", "less_equal": "le", "greater": "gt", "greater_equal": "ge",
-    "equal": "eq", "not_equal": "ne", "positive": "positive",
+    "equal": "eq", "not_equal": "ne", "positive": "positive", "logaddexp": "logaddexp",
 }
 
 
@@ -270,7 +270,7 @@ def from_ufunc(ufunc: Any, method: str, inputs: tuple[Any, ...], kwargs: dict) -
     Lives here, next to Var, so that the Var class needs no module above it (tracing's op
     functions in :mod:`fasttape.trace` create Vars, so they cannot be below it).
     """
-    name = _UFUNCS.get(ufunc.__name__)
+    name = UFUNC_OPS.get(ufunc.__name__)
     if method != "__call__" or kwargs or name is None:
         return NotImplemented
     fn = _ufunc_op(name)

@@ -266,6 +266,39 @@ def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
     return [*out, "return"]
 
 
+# --------------------------------------------------------------------- tensor elementwise
+# One tensor instruction applies an op to ``n`` elements.  Argument ``j`` starts at slot ``aj``
+# and moves by ``sj`` per element (1: an array of the result's size, 0: one value broadcast);
+# the result fills slots ``d .. d + n - 1``.  The element loop sits inside each branch, as in
+# the row forms, so LLVM sees a plain loop per op (and vectorizes the arithmetic ones).
+
+
+def _elements(spec: OpSpec) -> list[str]:
+    return [f"    {_ARGS[j]} = vals[a{j} + i * s{j}]" for j in range(spec.arity)]
+
+
+@_form("elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2)",
+       "Elements ``d .. d + n - 1`` of ``vals``: the op applied to the argument ranges.",
+       _any_op, ["for i in range(n):", "    vals[d + i] = np.nan"])
+def _elementwise_value(spec: OpSpec) -> list[str]:
+    return ["for i in range(n):", *_elements(spec), f"    vals[d + i] = {spec.forward}",
+            "return"]
+
+
+@_form("elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2)",
+       "Move the adjoints of elements ``d .. d + n - 1`` to the argument ranges' adjoints.",
+       _differentiable, ["return"])
+def _elementwise_adjoint(spec: OpSpec) -> list[str]:
+    out = ["for i in range(n):", "    g = adj[d + i]", *_elements(spec)]
+    if _uses_f(spec.partials):
+        out.append("    f = vals[d + i]")
+    for j, d in enumerate(spec.partials):
+        # The scalar sweeps' skip of a zero adjoint or partial, as one select (_select_acc).
+        out += [f"    q = {d}", f"    t = adj[a{j} + i * s{j}]",
+                f"    adj[a{j} + i * s{j}] = t + g * q if g != 0.0 and q != 0.0 else t"]
+    return [*out, "return"]
+
+
 def generate() -> str:
     """Return the full text of ``dispatch.py`` for the current table."""
     too_many = [o.name for o in OPS if o.ndiff > 2]
