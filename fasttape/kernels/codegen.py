@@ -273,30 +273,49 @@ def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
 # the row forms, so LLVM sees a plain loop per op (and vectorizes the arithmetic ones).
 
 
-def _elements(spec: OpSpec) -> list[str]:
-    return [f"    {_ARGS[j]} = vals[a{j} + i * s{j}]" for j in range(spec.arity)]
+def _elements(spec: OpSpec, hoisted: bool) -> list[str]:
+    # Loads of the arguments at element i; with ``hoisted``, y is the broadcast value read
+    # before the loop.
+    return [f"    {_ARGS[j]} = vals[a{j} + i * s{j}]" for j in range(spec.arity)
+            if not (hoisted and j == 1)]
+
+
+def _broadcast_y(spec: OpSpec, loop: Callable[[bool], list[str]]) -> list[str]:
+    # The loop over the elements, twice for an op of two or three arguments: once with y
+    # broadcast (s1 == 0: a constant or a scalar, which the frontend puts second), y read
+    # once before it, then the general loop.  LLVM vectorizes a loop whose strides it can
+    # prove to be 1 (it versions on ``s == 1``), not one that reads with a stride of 0.
+    if spec.arity < 2:
+        return [*loop(False), "return"]
+    return ["if s1 == 0:", "    y = vals[a1]", *[f"    {line}" for line in loop(True)],
+            "    return", *loop(False), "return"]
 
 
 @_form("elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2)",
        "Elements ``d .. d + n - 1`` of ``vals``: the op applied to the argument ranges.",
        _any_op, ["for i in range(n):", "    vals[d + i] = np.nan"])
 def _elementwise_value(spec: OpSpec) -> list[str]:
-    return ["for i in range(n):", *_elements(spec), f"    vals[d + i] = {spec.forward}",
-            "return"]
+    return _broadcast_y(spec, lambda hoisted: [
+        "for i in range(n):", *_elements(spec, hoisted), f"    vals[d + i] = {spec.forward}"])
 
 
-@_form("elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2)",
-       "Move the adjoints of elements ``d .. d + n - 1`` to the argument ranges' adjoints.",
+@_form("elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1)",
+       "Move the adjoints of elements ``d .. d + n - 1`` to ``adj[bj + i * uj]`` (argument j).",
        _differentiable, ["return"])
 def _elementwise_adjoint(spec: OpSpec) -> list[str]:
-    out = ["for i in range(n):", "    g = adj[d + i]", *_elements(spec)]
-    if _uses_f(spec.partials):
-        out.append("    f = vals[d + i]")
-    for j, d in enumerate(spec.partials):
-        # The scalar sweeps' skip of a zero adjoint or partial, as one select (_select_acc).
-        out += [f"    q = {d}", f"    t = adj[a{j} + i * s{j}]",
-                f"    adj[a{j} + i * s{j}] = t + g * q if g != 0.0 and q != 0.0 else t"]
-    return [*out, "return"]
+    # An argument's adjoint goes to its own range (bj = aj) or, for an argument that needs
+    # none (a constant), to a scratch range: never a stride-0 sum that serializes the loop.
+    def loop(hoisted: bool) -> list[str]:
+        out = ["for i in range(n):", "    g = adj[d + i]", *_elements(spec, hoisted)]
+        if _uses_f(spec.partials):
+            out.append("    f = vals[d + i]")
+        for j, d in enumerate(spec.partials):
+            # The scalar sweeps' skip of a zero adjoint or partial, as one select.
+            out += [f"    q = {d}", f"    t = adj[b{j} + i * u{j}]",
+                    f"    adj[b{j} + i * u{j}] = t + g * q if g != 0.0 and q != 0.0 else t"]
+        return out
+
+    return _broadcast_y(spec, loop)
 
 
 def generate() -> str:

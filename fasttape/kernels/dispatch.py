@@ -2903,60 +2903,120 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
 def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
     """Elements ``d .. d + n - 1`` of ``vals``: the op applied to the argument ranges."""
     if op == 0:  # add
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x + y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x + y
         return
     elif op == 1:  # mul
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x * y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x * y
         return
     elif op == 2:  # sub
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x - y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x - y
         return
     elif op == 3:  # div
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x / y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x / y
         return
     elif op == 4:  # mulc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x * y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x * y
         return
     elif op == 5:  # addc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x + y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x + y
         return
     elif op == 6:  # subc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x - y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x - y
         return
     elif op == 7:  # rsubc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = y - x
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = y - x
         return
     elif op == 8:  # divc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x / y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x / y
         return
     elif op == 9:  # rdivc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = y / x
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -2973,18 +3033,36 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = x * x
         return
     elif op == 12:  # powi
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = powi(x, y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = powi(x, y)
         return
     elif op == 13:  # powc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x ** y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = x ** y
         return
     elif op == 14:  # pow
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x ** y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3061,6 +3139,12 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = math.atan(x)
         return
     elif op == 29:  # atan2
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = math.atan2(x, y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3127,18 +3211,36 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = np.ceil(x)
         return
     elif op == 42:  # minimum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = fmin(x, y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = fmin(x, y)
         return
     elif op == 43:  # maximum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = fmax(x, y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = fmax(x, y)
         return
     elif op == 44:  # hypot
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = math.hypot(x, y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3155,6 +3257,13 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = softplus(x)
         return
     elif op == 47:  # where
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                vals[d + i] = x if z != 0.0 else y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3162,42 +3271,85 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = x if z != 0.0 else y
         return
     elif op == 48:  # lt
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x < y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x < y else 0.0
         return
     elif op == 49:  # le
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x <= y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x <= y else 0.0
         return
     elif op == 50:  # gt
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x > y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x > y else 0.0
         return
     elif op == 51:  # ge
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x >= y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x >= y else 0.0
         return
     elif op == 52:  # eq
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x == y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x == y else 0.0
         return
     elif op == 53:  # ne
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = 1.0 if x != y else 0.0
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             vals[d + i] = 1.0 if x != y else 0.0
         return
     elif op == 54:  # fmac
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                vals[d + i] = x * z + y
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3205,6 +3357,12 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = x * z + y
         return
     elif op == 55:  # sqdiff
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = (x - y) * (x - y)
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3216,6 +3374,12 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             vals[d + i] = x
         return
     elif op == 57:  # logaddexp
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                vals[d + i] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+            return
         for i in range(n):
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
@@ -3226,158 +3390,293 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
 
 
 @kernel(inline=True)
-def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
-    """Move the adjoints of elements ``d .. d + n - 1`` to the argument ranges' adjoints."""
+def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1):
+    """Move the adjoints of elements ``d .. d + n - 1`` to ``adj[bj + i * uj]`` (argument j)."""
     if op == 0:  # add
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 1.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = 1.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = 1.0
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 1:  # mul
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = y
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = x
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = y
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = x
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 2:  # sub
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 1.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = -1.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = -1.0
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 3:  # div
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                q = 1.0 / y
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = -f / y
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             f = vals[d + i]
             q = 1.0 / y
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = -f / y
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 4:  # mulc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = y
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = y
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 5:  # addc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 1.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 6:  # subc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 1.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 7:  # rsubc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = -1.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = -1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 8:  # divc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 1.0 / y
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 1.0 / y
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 9:  # rdivc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                q = -f / x
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             f = vals[d + i]
             q = -f / x
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 10:  # neg
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = -1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 11:  # square
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 2.0 * x
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 12:  # powi
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = dpowi(x, y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = dpowi(x, y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 13:  # powc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = dpowc(x, y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = dpowc(x, y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 14:  # pow
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                q = dpowc(x, y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = dpow_exp(x, y, f)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             f = vals[d + i]
             q = dpowc(x, y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = dpow_exp(x, y, f)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 15:  # sqrt
         for i in range(n):
@@ -3385,8 +3684,8 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = 0.5 / f
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 16:  # cbrt
         for i in range(n):
@@ -3394,8 +3693,8 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = 1.0 / (3.0 * f * f)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 17:  # exp
         for i in range(n):
@@ -3403,8 +3702,8 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = f
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 18:  # expm1
         for i in range(n):
@@ -3412,56 +3711,56 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = f + 1.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 19:  # log
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / x
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 20:  # log1p
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / (1.0 + x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 21:  # log2
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.4426950408889634 / x
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 22:  # log10
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 0.4342944819032518 / x
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 23:  # sin
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = math.cos(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 24:  # cos
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = -math.sin(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 25:  # tan
         for i in range(n):
@@ -3469,60 +3768,72 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = 1.0 + f * f
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 26:  # asin
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / math.sqrt(1.0 - x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 27:  # acos
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = -1.0 / math.sqrt(1.0 - x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 28:  # atan
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / (1.0 + x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 29:  # atan2
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = y / (x * x + y * y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = -x / (x * x + y * y)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = y / (x * x + y * y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = -x / (x * x + y * y)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 30:  # sinh
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = math.cosh(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 31:  # cosh
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = math.sinh(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 32:  # tanh
         for i in range(n):
@@ -3530,93 +3841,130 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = 1.0 - f * f
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 33:  # asinh
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / math.sqrt(x * x + 1.0)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 34:  # acosh
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 35:  # atanh
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.0 / (1.0 - x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 36:  # erf
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = 1.1283791670955126 * math.exp(-x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 37:  # erfc
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = -1.1283791670955126 * math.exp(-x * x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 38:  # abs
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = sign(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 42:  # minimum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = dmin(x, y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = dmin(y, x)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = dmin(x, y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = dmin(y, x)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 43:  # maximum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = dmin(y, x)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = dmin(x, y)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = dmin(y, x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = dmin(x, y)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 44:  # hypot
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                q = safe_div(x, f)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = safe_div(y, f)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             f = vals[d + i]
             q = safe_div(x, f)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = safe_div(y, f)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 45:  # sigmoid
         for i in range(n):
@@ -3624,65 +3972,115 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2):
             x = vals[a0 + i * s0]
             f = vals[d + i]
             q = f * (1.0 - f)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 46:  # softplus
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             q = sigmoid(x)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 47:  # where
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                q = 1.0 if z != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = 0.0 if z != 0.0 else 1.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             z = vals[a2 + i * s2]
             q = 1.0 if z != 0.0 else 0.0
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = 0.0 if z != 0.0 else 1.0
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 54:  # fmac
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                q = z
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = 1.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             z = vals[a2 + i * s2]
             q = z
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = 1.0
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 55:  # sqdiff
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = 2.0 * (x - y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = -2.0 * (x - y)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = 2.0 * (x - y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = -2.0 * (x - y)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     elif op == 57:  # logaddexp
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                x = vals[a0 + i * s0]
+                q = sigmoid(x - y)
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                q = sigmoid(y - x)
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            return
         for i in range(n):
             g = adj[d + i]
             x = vals[a0 + i * s0]
             y = vals[a1 + i * s1]
             q = sigmoid(x - y)
-            t = adj[a0 + i * s0]
-            adj[a0 + i * s0] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
             q = sigmoid(y - x)
-            t = adj[a1 + i * s1]
-            adj[a1 + i * s1] = t + g * q if g != 0.0 and q != 0.0 else t
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     return

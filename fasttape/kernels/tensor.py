@@ -5,10 +5,12 @@ A tensor tape (docs/tape-format.md, "Tensor tapes") is four arrays: instruction 
 one flat ``vals`` vector; a tensor is a range of it, in C order.  Each kind is one loop nest
 here, with its reverse rule next to it:
 
-``ELEMENTWISE``  ``[d, n, a0, s0, a1, s1, a2, s2]``
+``ELEMENTWISE``  ``[d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1]``
     ``vals[d + i] = op(vals[a0 + i*s0], ...)`` for ``i < n``; a stride ``sj`` is 1 (an array of
     the result's size) or 0 (one value, broadcast).  Reverse: partial times adjoint, from the
-    op table (:mod:`fasttape.kernels.dispatch`); a broadcast argument sums its adjoints.
+    op table (:mod:`fasttape.kernels.dispatch`), added to ``adj[bj + i*uj]``: the argument's
+    own range (``bj, uj = aj, sj``; a broadcast argument sums its adjoints) or, for one that
+    needs no adjoint (a constant), a scratch range at the end of the vector.
 ``COPY``  ``[d, n, src, nd, shape..., strides...]``
     ``n`` elements of a strided view of ``vals`` (offset ``src``, ``nd`` dimensions, strides in
     slots, 0 for a broadcast axis) copied to ``d`` in C order: slices, transposes, broadcasts.
@@ -20,15 +22,25 @@ here, with its reverse rule next to it:
     the middle axis of the C-ordered ``(outer, r, inner)`` block at ``src`` reduced.  Reverse:
     the adjoint broadcast back (sum), to the first extremum (max, min), times the product of
     the other elements (prod).
-``MATMUL``  ``[d, nb, m, k, n, a, sa, b, sb]``
+``MATMUL``  ``[d, nb, m, k, n, a, sa, b, sb, wa, wb]``
     ``nb`` products of an ``(m, k)`` and a ``(k, n)`` block, the ``t``-th at ``a + t*sa`` and
     ``b + t*sb`` (a batch stride 0 broadcasts one matrix over the batch).  Reverse:
-    ``dA += dC @ B.T`` and ``dB += A.T @ dC``.
+    ``dA += dC @ B.T`` if ``wa`` and ``dB += A.T @ dC`` if ``wb`` (0 for an operand that needs
+    no adjoint: data, a constant).
 
 No bounds checks: the tape was validated (fasttape/tensor/tape.py) before any call.
+
+Slot indices in the element loops are **unsigned** (``np.uint64``, and every constant added
+to them too: Numba types ``uint64 + int64`` as int64).  For a signed index Numba emits a
+negative-index wraparound select per access, which keeps LLVM from vectorizing; unsigned,
+the loops vectorize (measured on a 1e5-element product: 0.97 -> 0.48 ns per element
+forward, 1.40 -> 0.49 ns in reverse).  A negative stride (``x[::-1]``) still works: unsigned
+arithmetic wraps modulo 2**64, which is two's complement addition.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from fasttape.kernels.dispatch import elementwise_adjoint, elementwise_value
 from fasttape.kernels.jit import kernel
@@ -47,7 +59,9 @@ __all__ = [
     "SUM",
     "TAKE",
     "forward",
+    "forward_range",
     "reverse",
+    "reverse_range",
     "value_and_grad",
     "vjp",
 ]
@@ -63,6 +77,7 @@ REDUCE_NAMES = ("sum", "prod", "max", "min")
 # otherwise form one dependency chain (4 cycles each); eight chains run in parallel and the
 # loop vectorizes.  The order is fixed, so the result is the same on every machine.
 _LANES = 8
+_U = np.uint64
 
 
 # ------------------------------------------------------------------------------ copy
@@ -83,12 +98,12 @@ def _row_offset(fields, p, nd, row):
 @kernel(inline=True)
 def copy_forward(fields, p, vals):
     d, n, nd = fields[p], fields[p + 1], fields[p + 3]
-    inner, step = fields[p + 3 + nd], fields[p + 3 + 2 * nd]
+    inner, step = _U(fields[p + 3 + nd]), _U(fields[p + 3 + 2 * nd])
     if n == 0:
         return
     for row in range(n // inner):
-        src = _row_offset(fields, p, nd, row)
-        out = d + row * inner
+        src = _U(_row_offset(fields, p, nd, row))
+        out = _U(d) + _U(row) * inner
         for t in range(inner):
             vals[out + t] = vals[src + t * step]
 
@@ -96,12 +111,12 @@ def copy_forward(fields, p, vals):
 @kernel(inline=True)
 def copy_reverse(fields, p, adj):
     d, n, nd = fields[p], fields[p + 1], fields[p + 3]
-    inner, step = fields[p + 3 + nd], fields[p + 3 + 2 * nd]
+    inner, step = _U(fields[p + 3 + nd]), _U(fields[p + 3 + 2 * nd])
     if n == 0:
         return
     for row in range(n // inner):
-        src = _row_offset(fields, p, nd, row)
-        out = d + row * inner
+        src = _U(_row_offset(fields, p, nd, row))
+        out = _U(d) + _U(row) * inner
         for t in range(inner):
             adj[src + t * step] += adj[out + t]
 
@@ -111,16 +126,16 @@ def copy_reverse(fields, p, adj):
 
 @kernel(inline=True)
 def take_forward(fields, p, vals):
-    d, n, src = fields[p], fields[p + 1], fields[p + 2]
+    d, n, src, idx = _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(p + 3)
     for i in range(n):
-        vals[d + i] = vals[src + fields[p + 3 + i]]
+        vals[d + i] = vals[src + _U(fields[idx + i])]
 
 
 @kernel(inline=True)
 def take_reverse(fields, p, adj):
-    d, n, src = fields[p], fields[p + 1], fields[p + 2]
+    d, n, src, idx = _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(p + 3)
     for i in range(n):
-        adj[src + fields[p + 3 + i]] += adj[d + i]
+        adj[src + _U(fields[idx + i])] += adj[d + i]
 
 
 # ------------------------------------------------------------------------------ reduce
@@ -130,18 +145,19 @@ def take_reverse(fields, p, adj):
 def _sum_row(vals, src, r):
     # Sum of vals[src : src + r] in _LANES interleaved partial sums, then in order.
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    full = r - r % _LANES
-    for t in range(0, full, _LANES):
-        a0 += vals[src + t]
-        a1 += vals[src + t + 1]
-        a2 += vals[src + t + 2]
-        a3 += vals[src + t + 3]
-        a4 += vals[src + t + 4]
-        a5 += vals[src + t + 5]
-        a6 += vals[src + t + 6]
-        a7 += vals[src + t + 7]
+    src, r = _U(src), _U(r)
+    for b in range(r // _U(_LANES)):
+        t = src + b * _U(_LANES)
+        a0 += vals[t]
+        a1 += vals[t + _U(1)]
+        a2 += vals[t + _U(2)]
+        a3 += vals[t + _U(3)]
+        a4 += vals[t + _U(4)]
+        a5 += vals[t + _U(5)]
+        a6 += vals[t + _U(6)]
+        a7 += vals[t + _U(7)]
     s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    for t in range(full, r):
+    for t in range(r - r % _U(_LANES), r):
         s += vals[src + t]
     return s
 
@@ -153,12 +169,13 @@ def reduce_forward(op, fields, p, vals):
         for o in range(outer):
             vals[d + o] = _sum_row(vals, src + o * r, r)
         return
+    outer, r, inner = _U(outer), _U(r), _U(inner)
     for o in range(outer):
-        out = d + o * inner
-        block = src + o * r * inner
+        out = _U(d) + o * inner
+        block = _U(src) + o * r * inner
         for j in range(inner):
             vals[out + j] = 1.0 if op == PROD else (0.0 if op == SUM else vals[block + j])
-        for t in range(1 if op >= MAX else 0, r):
+        for t in range(_U(1) if op >= MAX else _U(0), r):
             row = block + t * inner
             if op == SUM:
                 for j in range(inner):
@@ -223,9 +240,15 @@ def reduce_reverse(op, fields, p, vals, adj):
 
 
 @kernel(inline=True)
+def _matmul_fields(fields, p):
+    return (_U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(fields[p + 3]),
+            _U(fields[p + 4]), _U(fields[p + 5]), _U(fields[p + 6]), _U(fields[p + 7]),
+            _U(fields[p + 8]))
+
+
+@kernel(inline=True)
 def matmul_forward(fields, p, vals):
-    d, nb, m, k, n = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
-    a, sa, b, sb = fields[p + 5], fields[p + 6], fields[p + 7], fields[p + 8]
+    d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
         at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
         for i in range(m):
@@ -241,16 +264,15 @@ def matmul_forward(fields, p, vals):
 
 @kernel(inline=True)
 def matmul_reverse(fields, p, vals, adj):
-    d, nb, m, k, n = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
-    a, sa, b, sb = fields[p + 5], fields[p + 6], fields[p + 7], fields[p + 8]
+    d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
         at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
         # dA[i, q] += sum_j dC[i, j] * B[q, j]: a dot product of two contiguous rows.
-        for i in range(m):
+        for i in range(m if fields[p + 9] else _U(0)):
             for q in range(k):
                 adj[at + i * k + q] += _sum_products(adj, ct + i * n, vals, bt + q * n, n)
         # dB[q, :] += A[i, q] * dC[i, :]: a scaled row added to a row (vectorizes).
-        for i in range(m):
+        for i in range(m if fields[p + 10] else _U(0)):
             crow = ct + i * n
             for q in range(k):
                 x = vals[at + i * k + q]
@@ -263,14 +285,15 @@ def matmul_reverse(fields, p, vals, adj):
 def _sum_products(u, i, v, j, n):
     # sum_t u[i + t] * v[j + t] in four partial sums (as _sum_row), for dA's dot products.
     s0 = s1 = s2 = s3 = 0.0
-    full = n - n % 4
-    for t in range(0, full, 4):
+    four = _U(4)
+    for b in range(n // four):
+        t = b * four
         s0 += u[i + t] * v[j + t]
-        s1 += u[i + t + 1] * v[j + t + 1]
-        s2 += u[i + t + 2] * v[j + t + 2]
-        s3 += u[i + t + 3] * v[j + t + 3]
+        s1 += u[i + t + _U(1)] * v[j + t + _U(1)]
+        s2 += u[i + t + _U(2)] * v[j + t + _U(2)]
+        s3 += u[i + t + _U(3)] * v[j + t + _U(3)]
     s = (s0 + s1) + (s2 + s3)
-    for t in range(full, n):
+    for t in range(n - n % four, n):
         s += u[i + t] * v[j + t]
     return s
 
@@ -283,11 +306,18 @@ def _sum_products(u, i, v, j, n):
 @kernel
 def forward(kinds, ops, at, fields, vals):
     """Every instruction's values into ``vals`` (inputs, parameters and constants set)."""
-    for i in range(kinds.shape[0]):
+    forward_range(kinds, ops, at, fields, vals, 0, kinds.shape[0])
+
+
+@kernel
+def forward_range(kinds, ops, at, fields, vals, lo, hi):
+    """Values of instructions ``lo .. hi - 1``."""
+    for i in range(lo, hi):
         kind, op, p = kinds[i], ops[i], at[i]
         if kind == ELEMENTWISE:
-            elementwise_value(op, vals, fields[p], fields[p + 1], fields[p + 2], fields[p + 3],
-                              fields[p + 4], fields[p + 5], fields[p + 6], fields[p + 7])
+            elementwise_value(op, vals, _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]),
+                              _U(fields[p + 3]), _U(fields[p + 4]), _U(fields[p + 5]),
+                              _U(fields[p + 6]), _U(fields[p + 7]))
         elif kind == COPY:
             copy_forward(fields, p, vals)
         elif kind == TAKE:
@@ -301,12 +331,20 @@ def forward(kinds, ops, at, fields, vals):
 @kernel
 def reverse(kinds, ops, at, fields, vals, adj):
     """Reverse sweep: ``adj`` seeded at the outputs on entry, every slot's adjoint on exit."""
-    for i in range(kinds.shape[0] - 1, -1, -1):
+    reverse_range(kinds, ops, at, fields, vals, adj, 0, kinds.shape[0])
+
+
+@kernel
+def reverse_range(kinds, ops, at, fields, vals, adj, lo, hi):
+    """Adjoints through instructions ``hi - 1`` down to ``lo``."""
+    for i in range(hi - 1, lo - 1, -1):
         kind, op, p = kinds[i], ops[i], at[i]
         if kind == ELEMENTWISE:
-            elementwise_adjoint(op, vals, adj, fields[p], fields[p + 1], fields[p + 2],
-                                fields[p + 3], fields[p + 4], fields[p + 5], fields[p + 6],
-                                fields[p + 7])
+            elementwise_adjoint(op, vals, adj, _U(fields[p]), _U(fields[p + 1]),
+                                _U(fields[p + 2]), _U(fields[p + 3]), _U(fields[p + 4]),
+                                _U(fields[p + 5]), _U(fields[p + 6]), _U(fields[p + 7]),
+                                _U(fields[p + 8]), _U(fields[p + 9]), _U(fields[p + 10]),
+                                _U(fields[p + 11]))
         elif kind == COPY:
             copy_reverse(fields, p, adj)
         elif kind == TAKE:

@@ -18,15 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.kernels.tensor import COPY, ELEMENTWISE, KIND_NAMES, MATMUL, REDUCE, TAKE
+from fasttape.kernels.tensor import KIND_NAMES
 from fasttape.tensor.tree import TreeDef
 
-__all__ = ["TensorGraph", "OFFSET_FIELDS"]
+__all__ = ["SCRATCH", "TensorGraph"]
 
-#: Fields of each kind that hold a slot offset into a buffer, with the buffer read or written
-#: (the compiler renumbers them; the validator checks them against the ranges they address).
-OFFSET_FIELDS = {ELEMENTWISE: (0, 2, 4, 6), COPY: (0, 2), TAKE: (0, 2), REDUCE: (0, 4),
-                 MATMUL: (0, 5, 7)}
+#: Placeholder for "the scratch range" in an elementwise instruction's adjoint target
+#: (an argument that needs no adjoint); the compiler puts the scratch range after every slot.
+SCRATCH = -1
 
 
 class TensorGraph:
@@ -57,6 +56,7 @@ class TensorGraph:
         self.params: list[tuple[int, tuple[int, ...]]] = []
         self.in_tree = TreeDef("tuple")
         self.param_tree = TreeDef("tuple")
+        self.traced: set[int] = set()  # buffers that depend on an input (need adjoints)
         self.output_buffer = -1
         self.output_offset = -1
         self.output_shape: tuple[int, ...] = ()
@@ -79,6 +79,8 @@ class TensorGraph:
         self.fields.append(fields)
         self.writes.append(writes)
         self.reads.append(reads)
+        if any(b in self.traced for b in reads):
+            self.traced.add(writes)
 
     def constant_buffer(self, values: np.ndarray) -> int:
         """A buffer holding ``values`` (float64, C order) from the start of every sweep."""

@@ -26,7 +26,7 @@ from numpy.exceptions import AxisError
 
 from fasttape.kernels.tensor import COPY, ELEMENTWISE, MATMUL, MAX, MIN, PROD, REDUCE, SUM, TAKE
 from fasttape.ops import OP_BY_NAME
-from fasttape.tensor.graph import TensorGraph
+from fasttape.tensor.graph import SCRATCH, TensorGraph
 from fasttape.var import UFUNC_OPS, Var, is_integral_number
 
 __all__ = [
@@ -43,9 +43,6 @@ __all__ = [
     "stack",
     "where",
 ]
-
-_CODE = {spec.name: spec.code for spec in OP_BY_NAME.values()}
-
 
 def _prod(shape: Sequence[int]) -> int:
     return int(math.prod(shape))
@@ -474,39 +471,58 @@ def elementwise(name: str, *args: Any) -> Tensor:
     """Op ``name`` of the op table applied elementwise, with NumPy broadcasting."""
     g = _graph(*args)
     ts = [as_tensor(g, a) for a in args]
+    if name in _WITH_CONSTANT:
+        name, ts = _canonical(g, name, ts)
+    spec = OP_BY_NAME[name]
     shape = np.broadcast_shapes(*(t.shape for t in ts))
     n = _prod(shape)
     fields: list[int] = []
-    for t in ts:
+    adjoints: list[int] = []
+    reads = []
+    for j, t in enumerate(ts):
         if t.size == 1:
-            fields += [t.off, 0]  # one value, read for every element
+            a, s = t.off, 0  # one value, read for every element
         elif t.shape == shape and _is_contiguous(t):
-            fields += [t.off, 1]
+            a, s = t.off, 1
         else:
-            fields += [contiguous(broadcast_to(t, shape)).off, 1]
+            t = contiguous(broadcast_to(t, shape))
+            a, s = t.off, 1
+        fields += [a, s]
+        reads.append(t.buf)
+        if j < spec.ndiff:
+            adjoints += [a, s] if t.buf in g.traced else [SCRATCH, 1]
     fields += [0, 0] * (3 - len(ts))
+    adjoints += [0, 0] * (2 - len(adjoints) // 2)
     buf = g.buffer(n)
     d = g.buffers[buf][0]
-    g.emit(ELEMENTWISE, _CODE[name], [d, n, *fields], buf,
-           tuple(g_buf for g_buf in _buffers_of(g, fields, len(ts))))
+    g.emit(ELEMENTWISE, spec.code, [d, n, *fields, *adjoints], buf, tuple(reads))
     return Tensor(g, buf, d, shape)
 
 
-def _buffers_of(g: TensorGraph, fields: list[int], n: int) -> list[int]:
-    # The buffers that hold the argument offsets (for dead-code elimination): found by offset.
-    return [buffer_at(g, fields[2 * j]) for j in range(n)]
+# Arithmetic with an argument that needs no adjoint (a constant or a parameter) uses the
+# table's constant-argument forms, bitwise the same: one partial and one adjoint update per
+# element instead of two.  (first constant, second constant) -> op, with the traced
+# argument always stored first.
+_WITH_CONSTANT = {"add": ("addc", "addc"), "mul": ("mulc", "mulc"), "sub": ("rsubc", "subc"),
+                  "div": ("rdivc", "divc")}
 
 
-def buffer_at(g: TensorGraph, offset: int) -> int:
-    """The buffer containing slot ``offset`` (buffers are allocated in increasing offsets)."""
-    lo, hi = 0, len(g.buffers) - 1
-    while lo < hi:  # the last buffer starting at or before offset
-        mid = (lo + hi + 1) // 2
-        if g.buffers[mid][0] <= offset:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def _canonical(g: TensorGraph, name: str, ts: list[Tensor]) -> tuple[str, list[Tensor]]:
+    a, b = ts
+    if name == "mul" and _same_view(a, b):
+        return "square", [a]  # x * x: one partial (2x), bitwise the same
+    traced_a, traced_b = a.buf in g.traced, b.buf in g.traced
+    if traced_a and not traced_b:
+        return _WITH_CONSTANT[name][1], [a, b]
+    if traced_b and not traced_a:
+        return _WITH_CONSTANT[name][0], [b, a]
+    if name in ("add", "mul") and a.size == 1 and b.size > 1:
+        return name, [b, a]  # the broadcast value second: the kernels hoist it (commutative)
+    return name, ts
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    return a.g is b.g and a.off == b.off and a.shape == b.shape and a.strides == b.strides
 
 
 def power(x: Any, y: Any) -> Tensor:
@@ -518,6 +534,8 @@ def power(x: Any, y: Any) -> Tensor:
                                                                               np.integer)):
         if np.any(np.abs(np.asarray(y, dtype=np.int64)) >= 2**31):
             raise ValueError("integer exponent out of range (|n| < 2**31)")
+        if is_integral_number(y) and int(y) == 2:
+            return elementwise("square", x)  # powi(x, 2) is x * x: bitwise the same
         return elementwise("powi", x, np.asarray(y, dtype=np.float64))
     return elementwise("powc", x, y)
 
@@ -649,7 +667,8 @@ def matmul(a: Any, b: Any) -> Tensor:
     (ta, sa), (tb, sb) = operand(a2), operand(b2)
     buf = g.buffer(nb * m * n)
     d = g.buffers[buf][0]
-    g.emit(MATMUL, 0, [d, nb, m, k, n, ta.off, sa, tb.off, sb], buf, (ta.buf, tb.buf))
+    g.emit(MATMUL, 0, [d, nb, m, k, n, ta.off, sa, tb.off, sb, int(ta.buf in g.traced),
+                       int(tb.buf in g.traced)], buf, (ta.buf, tb.buf))
     shape = (*batch, m, n)
     if a.ndim == 1:
         shape = (*shape[:-2], shape[-1])

@@ -52,6 +52,8 @@ def trace_tensors(fn: Callable[..., Any], shapes: Sequence[Any],
     for shapes_, into in ((in_shapes, g.inputs), (p_shapes, g.params)):
         for shape, buf in zip(shapes_, g.leaves(shapes_), strict=True):
             into.append((g.buffers[buf][0], shape))
+            if into is g.inputs:
+                g.traced.add(buf)
             leaves.append(Tensor(g, buf, g.buffers[buf][0], shape))
     args = in_tree.unflatten(leaves[:len(in_shapes)])
     pargs = p_tree.unflatten(leaves[len(in_shapes):])

@@ -53,25 +53,34 @@ class TreeDef:
                 for p in c.paths(f"{prefix}[{name}]")]
 
     def flatten(self, value: Any, where: str = "the input") -> list[Any]:
-        """The leaves of ``value``, which must have this structure (else a ValueError)."""
+        """The leaves of ``value``, which must have this structure (else a ValueError that
+        names the entry, starting from ``where``)."""
+        out: list[Any] = []
+        self._flatten(value, (where,), out)
+        return out
+
+    def _flatten(self, value: Any, path: tuple[Any, ...], out: list[Any]) -> None:
+        # ``path`` is formatted only for an error: flattening runs at every evaluation.
         if self.kind == "leaf":
-            return [value]
+            out.append(value)
+            return
         if self.kind == "dict":
-            if not isinstance(value, dict) or set(value) != set(self.keys):
-                got = sorted(value, key=repr) if isinstance(value, dict) else type(value).__name__
-                raise ValueError(f"{where} must be a dict with keys {list(self.keys)} (the "
-                                 f"structure it was traced with), got {got}")
-            items = [value[k] for k in self.keys]
-            names = [f"{where}[{k!r}]" for k in self.keys]
-        else:
-            if not isinstance(value, (list, tuple)) or len(value) != len(self.children):
-                size = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
-                raise ValueError(f"{where} must be a {self.kind} of {len(self.children)} "
-                                 f"entries (the structure it was traced with), got {size}")
-            items = list(value)
-            names = [f"{where}[{i}]" for i in range(len(items))]
-        return [leaf for c, v, n in zip(self.children, items, names, strict=True)
-                for leaf in c.flatten(v, n)]
+            if type(value) is not dict or value.keys() != set(self.keys):
+                if not (isinstance(value, dict) and set(value) == set(self.keys)):
+                    got = sorted(value, key=repr) if isinstance(value, dict) \
+                        else type(value).__name__
+                    raise ValueError(f"{_name(path)} must be a dict with keys "
+                                     f"{list(self.keys)} (the structure it was traced with), "
+                                     f"got {got}")
+            for k, c in zip(self.keys, self.children, strict=True):
+                c._flatten(value[k], (*path, repr(k)), out)
+            return
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.children):
+            size = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+            raise ValueError(f"{_name(path)} must be a {self.kind} of {len(self.children)} "
+                             f"entries (the structure it was traced with), got {size}")
+        for i, (c, v) in enumerate(zip(self.children, value, strict=True)):
+            c._flatten(v, (*path, str(i)), out)
 
     def unflatten(self, leaves: list[Any]) -> Any:
         """The nest with this structure holding ``leaves`` in order."""
@@ -85,6 +94,10 @@ class TreeDef:
         if self.kind == "dict":
             return dict(zip(self.keys, values, strict=True))
         return tuple(values) if self.kind == "tuple" else values
+
+
+def _name(path: tuple[Any, ...]) -> str:
+    return path[0] + "".join(f"[{k}]" for k in path[1:])
 
 
 def tree_flatten(nest: Any, is_leaf: Callable[[Any], bool] = is_shape
