@@ -286,8 +286,9 @@ class Tensor:
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         impl = ARRAY_FUNCTIONS.get(func)
         if impl is None:
+            module = getattr(func, "__module__", None) or "numpy"
             raise TypeError(
-                f"numpy.{func.__name__} is not supported on traced fasttape tensors: see "
+                f"{module}.{func.__name__} is not supported on traced fasttape tensors: see "
                 "docs/tensors.md for the functions that trace (or write it with those)"
             )
         return impl(*args, **kwargs)
