@@ -5,12 +5,18 @@ A tensor tape (docs/tape-format.md, "Tensor tapes") is four arrays: instruction 
 one flat ``vals`` vector; a tensor is a range of it, in C order.  Each kind is one loop nest
 here, with its reverse rule next to it:
 
-``ELEMENTWISE``  ``[d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1]``
-    ``vals[d + i] = op(vals[a0 + i*s0], ...)`` for ``i < n``; a stride ``sj`` is 1 (an array of
-    the result's size) or 0 (one value, broadcast).  Reverse: partial times adjoint, from the
-    op table (:mod:`fasttape.kernels.dispatch`), added to ``adj[bj + i*uj]``: the argument's
-    own range (``bj, uj = aj, sj``; a broadcast argument sums its adjoints) or, for one that
-    needs no adjoint (a constant), a scratch range at the end of the vector.
+``ELEMENTWISE``  ``[n, T, count, member records...]``
+    a group of ``count`` elementwise ops over ``n`` elements, run tile by tile (``T`` elements
+    at a time, every member per tile).  Member record (:data:`MEMBER_FIELDS` fields)
+    ``[op, d, td, a0, s0, ta0, a1, s1, ta1, a2, s2, ta2, b0, u0, tb0, b1, u1, tb1, inter]``:
+    for the tile starting at element ``t``, ``vals[d + t*td + i] = op(vals[a0 + t*ta0 +
+    i*s0], ...)``.  A stride ``sj`` is 1 (an array) or 0 (one value, broadcast); a tile
+    stride is 1 for a full array and 0 for a tile of scratch (an *intermediate*, ``inter =
+    1``, whose values only the group's later members read: the reverse sweep recomputes it
+    per tile).  Reverse: partial times adjoint, from the op table
+    (:mod:`fasttape.kernels.dispatch`), added to ``adj[bj + t*tbj + i*uj]``: the argument's
+    own range (a broadcast argument sums its adjoints), or for one that needs no adjoint (a
+    constant) a discarded scratch tile.
 ``COPY``  ``[d, n, src, nd, shape..., strides...]``
     ``n`` elements of a strided view of ``vals`` (offset ``src``, ``nd`` dimensions, strides in
     slots, 0 for a broadcast axis) copied to ``d`` in C order: slices, transposes, broadcasts.
@@ -52,6 +58,7 @@ __all__ = [
     "KIND_NAMES",
     "MATMUL",
     "MAX",
+    "MEMBER_FIELDS",
     "MIN",
     "PROD",
     "REDUCE",
@@ -67,6 +74,8 @@ __all__ = [
 ]
 
 ELEMENTWISE, COPY, TAKE, REDUCE, MATMUL = 0, 1, 2, 3, 4
+#: Fields of one member of an elementwise group.
+MEMBER_FIELDS = 19
 #: Kind code -> name (the order of the codes above).
 KIND_NAMES = ("elementwise", "copy", "take", "reduce", "matmul")
 SUM, PROD, MAX, MIN = 0, 1, 2, 3
@@ -298,6 +307,34 @@ def _sum_products(u, i, v, j, n):
     return s
 
 
+# ------------------------------------------------------------------------------ elementwise
+
+
+@kernel(inline=True)
+def _at(fields, q, j, t):
+    # Offset j of the member record at q (fields q+j and its tile stride q+j+1... see the
+    # record layout), moved to the tile starting at element t.
+    return _U(fields[q + j]) + t * _U(fields[q + j + _U(2)])
+
+
+@kernel(inline=True)
+def _member_value(fields, q, vals, t, m):
+    elementwise_value(fields[q], vals, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]), m,
+                      _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
+                      _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
+                      _at(fields, q, _U(9), t), _U(fields[q + _U(10)]))
+
+
+@kernel(inline=True)
+def _member_adjoint(fields, q, vals, adj, t, m):
+    elementwise_adjoint(fields[q], vals, adj, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]),
+                        m, _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
+                        _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
+                        _at(fields, q, _U(9), t), _U(fields[q + _U(10)]),
+                        _at(fields, q, _U(12), t), _U(fields[q + _U(13)]),
+                        _at(fields, q, _U(15), t), _U(fields[q + _U(16)]))
+
+
 # ------------------------------------------------------------------------------ sweeps
 # forward and reverse are separate kernels that the drivers call (not inline): each of the
 # two big dispatches is compiled once, not once per driver.
@@ -315,9 +352,11 @@ def forward_range(kinds, ops, at, fields, vals, lo, hi):
     for i in range(lo, hi):
         kind, op, p = kinds[i], ops[i], at[i]
         if kind == ELEMENTWISE:
-            elementwise_value(op, vals, _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]),
-                              _U(fields[p + 3]), _U(fields[p + 4]), _U(fields[p + 5]),
-                              _U(fields[p + 6]), _U(fields[p + 7]))
+            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
+            for t in range(_U(0), n, tile):
+                m = min(tile, n - t)
+                for k in range(count):
+                    _member_value(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, t, m)
         elif kind == COPY:
             copy_forward(fields, p, vals)
         elif kind == TAKE:
@@ -340,11 +379,19 @@ def reverse_range(kinds, ops, at, fields, vals, adj, lo, hi):
     for i in range(hi - 1, lo - 1, -1):
         kind, op, p = kinds[i], ops[i], at[i]
         if kind == ELEMENTWISE:
-            elementwise_adjoint(op, vals, adj, _U(fields[p]), _U(fields[p + 1]),
-                                _U(fields[p + 2]), _U(fields[p + 3]), _U(fields[p + 4]),
-                                _U(fields[p + 5]), _U(fields[p + 6]), _U(fields[p + 7]),
-                                _U(fields[p + 8]), _U(fields[p + 9]), _U(fields[p + 10]),
-                                _U(fields[p + 11]))
+            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
+            for t in range(_U(0), n, tile):
+                m = min(tile, n - t)
+                # The intermediates' values for this tile, and their adjoints cleared.
+                for k in range(count):
+                    q = _U(p + 3 + k * MEMBER_FIELDS)
+                    if fields[q + _U(18)]:
+                        _member_value(fields, q, vals, t, m)
+                        d = _U(fields[q + _U(1)])
+                        for e in range(m):
+                            adj[d + e] = 0.0
+                for k in range(count - 1, -1, -1):
+                    _member_adjoint(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, adj, t, m)
         elif kind == COPY:
             copy_reverse(fields, p, adj)
         elif kind == TAKE:

@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 
 from fasttape.kernels import tensor as kernels
-from fasttape.kernels.tensor import COPY, ELEMENTWISE, MATMUL, REDUCE, TAKE
+from fasttape.kernels.tensor import COPY, ELEMENTWISE, MATMUL, MEMBER_FIELDS, REDUCE, TAKE
 from fasttape.ops import N_OPS, OPS
-from fasttape.tensor.graph import SCRATCH, TensorGraph
+from fasttape.tensor.graph import TensorGraph
+from fasttape.tensor.lower import lower
 from fasttape.tensor.tree import TreeDef
 
 __all__ = ["TensorTape", "compile_tensor_graph"]
 
-_FIXED = {ELEMENTWISE: 12, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11}
+_FIXED = {ELEMENTWISE: 3, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11}
 
 #: Matrix products of at least this many multiply-adds run through NumPy's ``matmul`` (BLAS)
 #: between kernel calls; smaller ones run in the kernel, where a call costs nothing.  Measured
@@ -35,41 +36,16 @@ BLAS_MIN = 32**3
 
 
 def compile_tensor_graph(graph: TensorGraph) -> TensorTape:
-    """The tape of ``graph``: instructions the output needs, in order, as arrays."""
+    """The tape of ``graph``: dead code dropped, elementwise chains fused, slots renumbered
+    (:mod:`fasttape.tensor.lower`), then validated."""
     if not isinstance(graph, TensorGraph):
         raise TypeError(f"expected a TensorGraph, got {type(graph).__name__}")
     if graph.output_buffer < 0:
         raise ValueError("the tensor graph has no output: trace it with ft.trace(fn, shapes=)")
-    live = {graph.output_buffer}
-    keep = []
-    for i in range(graph.n_instructions - 1, -1, -1):
-        if graph.writes[i] in live:
-            keep.append(i)
-            live.update(graph.reads[i])
-    keep.reverse()
-    kinds = np.array([graph.kinds[i] for i in keep], dtype=np.int64)
-    ops = np.array([graph.ops[i] for i in keep], dtype=np.int64)
-    lengths = [len(graph.fields[i]) for i in keep]
-    at = np.zeros(len(keep), dtype=np.int64)
-    if keep:
-        at[1:] = np.cumsum(lengths)[:-1]
-    fields = np.array([f for i in keep for f in graph.fields[i]], dtype=np.int64)
-    # The scratch range for adjoints nobody needs: after every slot, as long as the longest
-    # elementwise instruction that writes there.
-    scratch = 0
-    for i, kind in enumerate(kinds.tolist()):
-        if kind == ELEMENTWISE:
-            p = at[i]
-            for j in (8, 10):
-                if fields[p + j] == SCRATCH:
-                    fields[p + j] = graph.n_slots
-                    scratch = max(scratch, int(fields[p + 1]))
-    init = np.zeros(graph.n_slots + scratch, dtype=np.float64)
-    for buf, values in graph.constants:
-        off = graph.buffers[buf][0]
-        init[off:off + values.size] = values
-    return TensorTape(kinds, ops, at, fields, init, graph.inputs, graph.params, graph.in_tree,
-                      graph.param_tree, graph.output_offset, graph.output_shape)
+    low = lower(graph)
+    return TensorTape(low.kinds, low.ops, low.at, low.fields, low.init, low.inputs,
+                      low.params, graph.in_tree, graph.param_tree, low.out_offset,
+                      graph.output_shape)
 
 
 def _extent(start: int, shape: list[int], strides: list[int]) -> tuple[int, int]:
@@ -107,23 +83,9 @@ def validate(kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndar
             raise ValueError(f"instruction {i}: unknown kind {kind}")
         if p < 0 or p + _FIXED[kind] > len(f):
             raise bad(i, "fields out of range")
-        d, n = f[p], f[p + 1]
+        d, n = (f[p], f[p + 1]) if kind != ELEMENTWISE else (0, 0)
         if kind == ELEMENTWISE:
-            if not 0 <= op < N_OPS:
-                raise bad(i, f"op code {op} out of range")
-            if n < 0:
-                raise bad(i, "negative size")
-            if n:
-                inside(i, d, d + n - 1, "the result")
-                spec = OPS[op]
-                for j in range(spec.arity + spec.ndiff):
-                    what = f"argument {j}" if j < spec.arity else \
-                        f"argument {j - spec.arity}'s adjoint"
-                    q = p + 2 + 2 * j if j < spec.arity else p + 8 + 2 * (j - spec.arity)
-                    a, s = f[q], f[q + 1]
-                    if s not in (0, 1):
-                        raise bad(i, f"{what}: stride {s} (0 or 1)")
-                    inside(i, a, a + (n - 1) * s, what)
+            _validate_group(f, p, i, bad, inside)
         elif kind == COPY:
             nd = f[p + 3]
             if nd < 1 or p + 4 + 2 * nd > len(f):
@@ -161,6 +123,34 @@ def validate(kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndar
                 if k:
                     inside(i, a, a + (nb - 1) * sa + m * k - 1, "operand a")
                     inside(i, b, b + (nb - 1) * sb + k * n_ - 1, "operand b")
+
+
+def _validate_group(f: list[int], p: int, i: int, bad: Any, inside: Any) -> None:
+    # An elementwise group: every member's ranges, for every tile (kernels.tensor layout).
+    n, tile, count = f[p], f[p + 1], f[p + 2]
+    if n < 0 or tile < 1 or count < 1 or p + 3 + count * MEMBER_FIELDS > len(f):
+        raise bad(i, "bad elementwise group header")
+    last = (n - 1) // tile * tile if n else 0  # where the last tile starts
+    m = min(tile, n)  # the longest tile
+    for k in range(count):
+        q = p + 3 + k * MEMBER_FIELDS
+        op = f[q]
+        if not 0 <= op < N_OPS:
+            raise bad(i, f"op code {op} out of range")
+        if f[q + 18] not in (0, 1):
+            raise bad(i, "bad intermediate flag")
+        spec = OPS[op]
+        places = [(1, "the result", False)]
+        places += [(3 + 3 * j, f"argument {j}", True) for j in range(spec.arity)]
+        places += [(12 + 3 * j, f"argument {j}'s adjoint", True) for j in range(spec.ndiff)]
+        for at_, what, strided in places:
+            start = f[q + at_]
+            step = f[q + at_ + 1] if strided else 1
+            tile_step = f[q + at_ + 2] if strided else f[q + at_ + 1]
+            if step not in (0, 1) or tile_step not in (0, 1):
+                raise bad(i, f"{what}: strides must be 0 or 1")
+            if n:
+                inside(i, start, start + last * tile_step + (m - 1) * step, what)
 
 
 class TensorTape:
