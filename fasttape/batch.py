@@ -360,20 +360,16 @@ def value_and_grad(
     mode = tape.grad_mode
     args, dest, outputs, rows = layout(tape, True)
     bufs = _buffers(tape, mode, w, c, rows)
+    # Lean mode has no partials: parts None selects the lean drivers.
+    vals, parts, adj = bufs if mode == "stored" else (bufs[0], None, bufs[1])
     a = (tape.ops, args, dest, tape.consts, outputs, which, X)
     if w == 1:  # the serial drivers run on this thread: fpenv.call sets its register
-        if mode == "stored":
-            vals, parts, adj = bufs
-            fpenv.call(flush, _k.value_and_grad_chunks, *a, 0, 1, vals[0], parts[0], adj[0],
-                       vals_out, grad)
-        else:
-            vals, adj = bufs
+        if parts is None:
             fpenv.call(flush, _k.value_and_grad_lean_chunks, *a, 0, 1, vals[0], adj[0],
                        vals_out, grad)
-    elif mode == "stored":
-        vals, parts, adj = bufs
-        _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)
+        else:
+            fpenv.call(flush, _k.value_and_grad_chunks, *a, 0, 1, vals[0], parts[0], adj[0],
+                       vals_out, grad)
     else:
-        vals, adj = bufs
-        _launch(w, _k.value_and_grad_lean_parallel, *a, vals, adj, vals_out, grad, flush)
+        _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)
     return vals_out, grad

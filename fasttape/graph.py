@@ -27,6 +27,7 @@ threads at once is never compiled into a wrong tape.
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import struct
 import sys
@@ -180,15 +181,9 @@ class Graph:
         self._outputs.extend(v.i if type(v) is Var else self._constant_node(v) for v in flat)
 
     # ------------------------------------------------------------------ sizes
-    @property
-    def n_inputs(self) -> int:
-        """Number of inputs."""
-        return self._n_inputs
-
-    @property
-    def n_params(self) -> int:
-        """Number of parameters (non-differentiated inputs, :meth:`params`)."""
-        return self._n_params
+    n_inputs = property(operator.attrgetter("_n_inputs"), doc="Number of inputs.")
+    n_params = property(operator.attrgetter("_n_params"),
+                        doc="Number of parameters (non-differentiated inputs, :meth:`params`).")
 
     @property
     def n_outputs(self) -> int:

@@ -16,6 +16,7 @@ it and this module evaluates it with the kernels of :mod:`fasttape.kernels`.
 
 from __future__ import annotations
 
+import operator
 import threading
 import warnings
 from typing import Any, TypeVar
@@ -38,6 +39,12 @@ GRAD_MODES = ("stored", "lean")
 #: A tape class: :class:`TapeRecord` or a subclass (the constructors return ``cls``).
 TapeT = TypeVar("TapeT", bound="TapeRecord")
 
+
+
+def _length(array: str, doc: str) -> property:
+    """A read-only count of :class:`TapeRecord`: the length of its array ``array``."""
+    get = operator.attrgetter(array)
+    return property(lambda self: int(get(self).shape[0]), doc=doc)
 
 
 class TapeRecord:
@@ -278,15 +285,11 @@ class TapeRecord:
         return self._source
 
     # ------------------------------------------------------------------ sizes
-    @property
-    def n_outputs(self) -> int:
-        """Number of outputs."""
-        return int(self.outputs.shape[0])
-
-    @property
-    def n_instructions(self) -> int:
-        """Number of instructions: computed slots (not inputs, not constants)."""
-        return int(self.ops.shape[0])
+    n_outputs = _length("outputs", "Number of outputs.")
+    n_instructions = _length("ops", "Number of instructions: computed slots (not inputs, not "
+                                    "constants).")
+    n_consts = _length("consts", "Number of distinct constants.")
+    n_edges = _length("args", "Number of instruction arguments (``len(args)``).")
 
     @property
     def n_nodes(self) -> int:
@@ -304,19 +307,9 @@ class TapeRecord:
         return self.n_instructions
 
     @property
-    def n_consts(self) -> int:
-        """Number of distinct constants."""
-        return int(self.consts.shape[0])
-
-    @property
     def n_slots(self) -> int:
         """Length of the value vector: inputs + parameters + constants + instructions."""
         return self.n_inputs + self.n_params + self.n_consts + self.n_instructions
-
-    @property
-    def n_edges(self) -> int:
-        """Number of instruction arguments (``len(args)``)."""
-        return int(self.args.shape[0])
 
     @property
     def nbytes(self) -> int:

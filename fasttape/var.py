@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import numbers
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -40,6 +41,22 @@ _ABS = OP_BY_NAME["abs"].code
 _POWI = OP_BY_NAME["powi"].code
 _POWC = OP_BY_NAME["powc"].code
 _POW = OP_BY_NAME["pow"].code
+
+
+def _no_number(what: str) -> NoReturn:
+    raise TypeError(
+        f"a traced fasttape value (a node of a graph) has no number while tracing: {what}."
+    )
+
+
+def _refusal(what: str) -> Callable[..., NoReturn]:
+    """A conversion method of :class:`Var` (``__float__``, ``__round__``, ...) that raises
+    :func:`_no_number`'s TypeError with ``what``: the conversion and what to use instead."""
+
+    def refuse(self: Var, *args: Any) -> NoReturn:  # *args: round(v, ndigits)
+        _no_number(what)
+
+    return refuse
 
 
 class Var:
@@ -166,44 +183,29 @@ class Var:
 
     # Conversions to Python numbers: each message names the traced function to use instead.
     # math.sin(v), math.exp(v) ... call float(v) first, so float()'s message covers them.
-    def __float__(self) -> NoReturn:
-        _no_number(
-            "math.sin(v) and float(v) need a number; use ft.sin(v) or np.sin(v) on traced "
-            "values (likewise ft.exp, ft.sqrt, ...), or evaluate the compiled tape"
-        )
-
-    def __int__(self) -> NoReturn:
-        _no_number(
-            "int(v) needs a number; use ft.floor(v) or ft.ceil(v) to round traced values, or "
-            "evaluate the compiled tape"
-        )
-
-    def __complex__(self) -> NoReturn:
-        _no_number(
-            "complex(v) needs a number, and fasttape traces real scalars only; use ft.sin(v), "
-            "np.sin(v) and the like on traced values, or evaluate the compiled tape"
-        )
-
-    def __index__(self) -> NoReturn:
-        _no_number(
-            "an index, length or range bound needs an integer, and which element is taken "
-            "cannot depend on a traced value; select values with ft.where(cond, a, b) "
-            "instead, or evaluate the compiled tape"
-        )
-
-    def __floor__(self) -> NoReturn:  # math.floor(v)
-        _no_number("math.floor(v) needs a number; use ft.floor(v) or np.floor(v)")
-
-    def __ceil__(self) -> NoReturn:  # math.ceil(v)
-        _no_number("math.ceil(v) needs a number; use ft.ceil(v) or np.ceil(v)")
-
-    def __trunc__(self) -> NoReturn:  # math.trunc(v)
-        _no_number(
-            "math.trunc(v) needs a number; use ft.where(v < 0, ft.ceil(v), ft.floor(v))"
-        )
-
-    def __round__(self, ndigits: Any = None) -> NoReturn:  # round(v)
-        _no_number("round(v) needs a number; use ft.floor(v + 0.5) or ft.floor(v)")
+    __float__ = _refusal(
+        "math.sin(v) and float(v) need a number; use ft.sin(v) or np.sin(v) on traced "
+        "values (likewise ft.exp, ft.sqrt, ...), or evaluate the compiled tape"
+    )
+    __int__ = _refusal(
+        "int(v) needs a number; use ft.floor(v) or ft.ceil(v) to round traced values, or "
+        "evaluate the compiled tape"
+    )
+    __complex__ = _refusal(
+        "complex(v) needs a number, and fasttape traces real scalars only; use ft.sin(v), "
+        "np.sin(v) and the like on traced values, or evaluate the compiled tape"
+    )
+    __index__ = _refusal(
+        "an index, length or range bound needs an integer, and which element is taken "
+        "cannot depend on a traced value; select values with ft.where(cond, a, b) "
+        "instead, or evaluate the compiled tape"
+    )
+    __floor__ = _refusal("math.floor(v) needs a number; use ft.floor(v) or np.floor(v)")
+    __ceil__ = _refusal("math.ceil(v) needs a number; use ft.ceil(v) or np.ceil(v)")
+    __trunc__ = _refusal(
+        "math.trunc(v) needs a number; use ft.where(v < 0, ft.ceil(v), ft.floor(v))"
+    )
+    __round__ = _refusal("round(v) needs a number; use ft.floor(v + 0.5) or ft.floor(v)")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         raise TypeError("a traced fasttape value is a scalar and cannot be iterated")
@@ -212,12 +214,6 @@ class Var:
 def _is_comparable(other: object) -> bool:
     """True if ``v == other`` records a comparison: numbers and 0-d arrays (see _COMPARABLE)."""
     return isinstance(other, _COMPARABLE) or (isinstance(other, np.ndarray) and other.ndim == 0)
-
-
-def _no_number(what: str) -> NoReturn:
-    raise TypeError(
-        f"a traced fasttape value (a node of a graph) has no number while tracing: {what}."
-    )
 
 
 def is_integral_number(value: Any) -> bool:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import operator
 from typing import Any
 
 import numba
@@ -295,9 +296,12 @@ class CFunction:
         self._ctx = np.frombuffer(ctx.tobytes(), dtype=np.int64)
         self._vg: Any = None
 
-    @property
-    def tape(self) -> Tape:
-        return self._tape
+    # Read-only (see __init__): the context holds raw addresses of the tape's arrays.
+    tape = property(operator.attrgetter("_tape"), doc="The tape the pointers evaluate.")
+    output = property(operator.attrgetter("_output"),
+                      doc="Index of the output that the pointers evaluate.")
+    reentrant = property(operator.attrgetter("_reentrant"),
+                         doc="Whether the pointers may run in several threads at once.")
 
     @property
     def params(self) -> np.ndarray:
@@ -316,14 +320,6 @@ class CFunction:
                 f"({tape.n_params},); got shape {pin.shape}"
             )
         self._params[:] = pin
-
-    @property
-    def output(self) -> int:
-        return self._output
-
-    @property
-    def reentrant(self) -> bool:
-        return self._reentrant
 
     @property
     def user_data(self) -> int:

@@ -49,7 +49,6 @@ __all__ = [
     "chunk_reverse_stored",
     "value_and_grad_chunks",
     "value_and_grad_lean_chunks",
-    "value_and_grad_lean_parallel",
     "value_and_grad_parallel",
     "value_chunks",
     "value_parallel",
@@ -327,26 +326,18 @@ def value_parallel(ops, args, dest, consts, outputs, X, vals, out, flush):
 @kernel(parallel=True)
 def value_and_grad_parallel(ops, args, dest, consts, outputs, which, X, vals, parts, adj, out,
                             grad, flush):
-    """:func:`value_and_grad_chunks` on all threads, each with its own 2-D buffers."""
+    """:func:`value_and_grad_chunks` on all threads, each with its own 2-D buffers; with
+    ``parts`` None, :func:`value_and_grad_lean_chunks` (Numba types ``parts`` as ``none`` then
+    and compiles the test away, as in :func:`_grad_chunks`)."""
     C = vals.shape[2]
     n_chunks = (X.shape[0] + C - 1) // C
     for c in numba.prange(n_chunks):
         w = numba.get_thread_id()
         old = enter(flush)
-        value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks, vals[w],
-                              parts[w], adj[w], out, grad)
-        leave(old)
-
-
-@kernel(parallel=True)
-def value_and_grad_lean_parallel(ops, args, dest, consts, outputs, which, X, vals, adj, out,
-                                 grad, flush):
-    """:func:`value_and_grad_lean_chunks` on all threads."""
-    C = vals.shape[2]
-    n_chunks = (X.shape[0] + C - 1) // C
-    for c in numba.prange(n_chunks):
-        w = numba.get_thread_id()
-        old = enter(flush)
-        value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks,
-                                   vals[w], adj[w], out, grad)
+        if parts is None:
+            value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks,
+                                       vals[w], adj[w], out, grad)
+        else:
+            value_and_grad_chunks(ops, args, dest, consts, outputs, which, X, c, n_chunks,
+                                  vals[w], parts[w], adj[w], out, grad)
         leave(old)

@@ -23,6 +23,17 @@ from fasttape.kernels.jit import kernel
 from fasttape.kernels.tangent import forward_tangent, reverse_hvp
 
 
+@kernel
+def _with_entries(order, ptr):  # pragma: no cover (jitted)
+    """The vertices of ``order``, in that order, that have an entry (``ptr[v] < ptr[v + 1]``):
+    the ones a greedy coloring colors.  A vertex with none needs no direction; it keeps
+    color -1."""
+    for t in range(order.shape[0]):
+        v = order[t]
+        if ptr[v] != ptr[v + 1]:
+            yield v
+
+
 @kernel(inline=True)
 def _take_smallest_color(forbidden, v, colors, n_colors):  # pragma: no cover (jitted)
     """Give vertex ``v`` the smallest color not marked ``forbidden[c] == v`` (greedy
@@ -201,13 +212,9 @@ def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
     rows (CSR); ``colors`` (filled with -1 on entry) receives the colors (-1 stays for an
     empty column).
     """
-    n = order.shape[0]
-    forbidden = np.full(n + 1, -1, np.int64)
+    forbidden = np.full(order.shape[0] + 1, -1, np.int64)
     n_colors = 0
-    for t in range(n):
-        j = order[t]
-        if col_ptr[j] == col_ptr[j + 1]:
-            continue  # an empty column needs no direction: it keeps color -1
+    for j in _with_entries(order, col_ptr):
         for p in range(col_ptr[j], col_ptr[j + 1]):
             r = col_rows[p]
             for q in range(row_ptr[r], row_ptr[r + 1]):
@@ -339,13 +346,9 @@ def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
     form (the diagonal is ignored); ``colors`` is -1 on entry; vertices with no entry at all
     keep -1.
     """
-    n = order.shape[0]
-    forbidden = np.full(n + 1, -1, np.int64)
+    forbidden = np.full(order.shape[0] + 1, -1, np.int64)
     n_colors = 0
-    for t in range(n):
-        v = order[t]
-        if ptr[v] == ptr[v + 1]:
-            continue
+    for v in _with_entries(order, ptr):
         for p in range(ptr[v], ptr[v + 1]):
             w = adj[p]
             if w == v:
