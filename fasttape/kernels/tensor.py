@@ -34,6 +34,13 @@ here, with its reverse rule next to it:
     ``dA += dC @ B.T`` if ``wa`` and ``dB += A.T @ dC`` if ``wb`` (0 for an operand that needs
     no adjoint: data, a constant).
 
+``GATHER``  ``[d, npos, inner, src, k, (c_j, size_j, stride_j) * k]``
+    indexing by integer arrays known only at call time (parameters): position ``pos`` copies
+    the ``inner`` contiguous slots at ``src + sum_j idx_j * stride_j``, where ``idx_j`` is the
+    value at slot ``c_j + pos`` (negative counts from ``size_j``, as in NumPy).  The tape
+    checks those parameters before a call; an index still out of range here gives NaN and is
+    never read.  Reverse: scatter-add through the same indices.
+
 No bounds checks: the tape was validated (fasttape/tensor/tape.py) before any call.
 
 Slot indices in the element loops are **unsigned** (``np.uint64``, and every constant added
@@ -55,6 +62,7 @@ from fasttape.kernels.scalar import fmax, fmin
 __all__ = [
     "COPY",
     "ELEMENTWISE",
+    "GATHER",
     "KIND_NAMES",
     "MATMUL",
     "MAX",
@@ -73,11 +81,11 @@ __all__ = [
     "vjp",
 ]
 
-ELEMENTWISE, COPY, TAKE, REDUCE, MATMUL = 0, 1, 2, 3, 4
+ELEMENTWISE, COPY, TAKE, REDUCE, MATMUL, GATHER = 0, 1, 2, 3, 4, 5
 #: Fields of one member of an elementwise group.
 MEMBER_FIELDS = 19
 #: Kind code -> name (the order of the codes above).
-KIND_NAMES = ("elementwise", "copy", "take", "reduce", "matmul")
+KIND_NAMES = ("elementwise", "copy", "take", "reduce", "matmul", "gather")
 SUM, PROD, MAX, MIN = 0, 1, 2, 3
 #: Reduction code -> name.
 REDUCE_NAMES = ("sum", "prod", "max", "min")
@@ -145,6 +153,47 @@ def take_reverse(fields, p, adj):
     d, n, src, idx = _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(p + 3)
     for i in range(n):
         adj[src + _U(fields[idx + i])] += adj[d + i]
+
+
+# ------------------------------------------------------------------------------ gather
+
+
+@kernel(inline=True)
+def _gather_base(fields, p, vals, pos):
+    # Slot of position pos's first element, or -1 if one of its indices is out of range.
+    base = fields[p + 3]
+    for j in range(fields[p + 4]):
+        q = p + 5 + 3 * j
+        size = fields[q + 1]
+        v = vals[fields[q] + pos]
+        if not -size <= v < size:  # also NaN
+            return -1
+        idx = np.int64(v)
+        if idx < 0:
+            idx += size
+        base += idx * fields[q + 2]
+    return base
+
+
+@kernel(inline=True)
+def gather_forward(fields, p, vals):
+    d, npos, inner = fields[p], fields[p + 1], fields[p + 2]
+    for pos in range(npos):
+        base = _gather_base(fields, p, vals, pos)
+        out = d + pos * inner
+        for t in range(inner):
+            vals[out + t] = vals[base + t] if base >= 0 else np.nan
+
+
+@kernel(inline=True)
+def gather_reverse(fields, p, vals, adj):
+    d, npos, inner = fields[p], fields[p + 1], fields[p + 2]
+    for pos in range(npos):
+        base = _gather_base(fields, p, vals, pos)
+        if base >= 0:
+            out = d + pos * inner
+            for t in range(inner):
+                adj[base + t] += adj[out + t]
 
 
 # ------------------------------------------------------------------------------ reduce
@@ -363,6 +412,8 @@ def forward_range(kinds, ops, at, fields, vals, lo, hi):
             take_forward(fields, p, vals)
         elif kind == REDUCE:
             reduce_forward(op, fields, p, vals)
+        elif kind == GATHER:
+            gather_forward(fields, p, vals)
         else:
             matmul_forward(fields, p, vals)
 
@@ -398,6 +449,8 @@ def reverse_range(kinds, ops, at, fields, vals, adj, lo, hi):
             take_reverse(fields, p, adj)
         elif kind == REDUCE:
             reduce_reverse(op, fields, p, vals, adj)
+        elif kind == GATHER:
+            gather_reverse(fields, p, vals, adj)
         else:
             matmul_reverse(fields, p, vals, adj)
 

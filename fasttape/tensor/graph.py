@@ -57,6 +57,10 @@ class TensorGraph:
         self.in_tree = TreeDef("tuple")
         self.param_tree = TreeDef("tuple")
         self.traced: set[int] = set()  # buffers that depend on an input (need adjoints)
+        self.param_bufs: dict[int, int] = {}  # buffer of each parameter leaf -> leaf number
+        # Parameter leaves used as gather indices -> the smallest axis length they index:
+        # the tape checks their values before each call.
+        self.index_checks: dict[int, int] = {}
         self.output_buffer = -1
         self.output_offset = -1
         self.output_shape: tuple[int, ...] = ()

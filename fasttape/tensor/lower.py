@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.kernels.tensor import COPY, ELEMENTWISE, MEMBER_FIELDS, REDUCE, TAKE
+from fasttape.kernels.tensor import COPY, ELEMENTWISE, GATHER, MEMBER_FIELDS, REDUCE, TAKE
 from fasttape.ops import OPS
 from fasttape.tensor.graph import SCRATCH, TensorGraph
 
@@ -166,6 +166,10 @@ def lower(graph: TensorGraph) -> Lowered:
             fields += [where(f[0]), f[1], 0, *idx.tolist()]
         elif kind == REDUCE:
             fields += [where(f[0]), f[1], f[2], f[3], where(f[4])]
+        elif kind == GATHER:
+            comps = [x for j in range(f[4])
+                     for x in (where(f[5 + 3 * j]), f[6 + 3 * j], f[7 + 3 * j])]
+            fields += [where(f[0]), f[1], f[2], where(f[3]), f[4], *comps]
         else:
             fields += [where(f[0]), *f[1:5], where(f[5]), f[6], where(f[7]), *f[8:]]
     discard = pos

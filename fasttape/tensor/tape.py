@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from fasttape.kernels import tensor as kernels
-from fasttape.kernels.tensor import COPY, ELEMENTWISE, MATMUL, MEMBER_FIELDS, REDUCE, TAKE
+from fasttape.kernels.tensor import (
+    COPY,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    MEMBER_FIELDS,
+    REDUCE,
+    TAKE,
+)
 from fasttape.ops import N_OPS, OPS
 from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.lower import lower
@@ -25,7 +33,7 @@ from fasttape.tensor.tree import TreeDef
 
 __all__ = ["TensorTape", "compile_tensor_graph"]
 
-_FIXED = {ELEMENTWISE: 3, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11}
+_FIXED = {ELEMENTWISE: 3, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11, GATHER: 5}
 
 #: Matrix products of at least this many multiply-adds run through NumPy's ``matmul`` (BLAS)
 #: between kernel calls; smaller ones run in the kernel, where a call costs nothing.  Measured
@@ -45,7 +53,7 @@ def compile_tensor_graph(graph: TensorGraph) -> TensorTape:
     low = lower(graph)
     return TensorTape(low.kinds, low.ops, low.at, low.fields, low.init, low.inputs,
                       low.params, graph.in_tree, graph.param_tree, low.out_offset,
-                      graph.output_shape)
+                      graph.output_shape, index_checks=sorted(graph.index_checks.items()))
 
 
 def _extent(start: int, shape: list[int], strides: list[int]) -> tuple[int, int]:
@@ -113,6 +121,20 @@ def validate(kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndar
                 inside(i, d, d + outer * inner - 1, "the result")
                 if r:
                     inside(i, src, src + outer * r * inner - 1, "the source")
+        elif kind == GATHER:
+            npos, inner, src, k = f[p + 1], f[p + 2], f[p + 3], f[p + 4]
+            if min(npos, inner, k) < 0 or p + 5 + 3 * k > len(f):
+                raise bad(i, "bad gather header")
+            if npos * inner:
+                inside(i, d, d + npos * inner - 1, "the result")
+                top = src + inner - 1
+                for j in range(k):
+                    c, size, stride = f[p + 5 + 3 * j:p + 8 + 3 * j]
+                    if size < 1 or stride < 0:
+                        raise bad(i, f"index {j}: bad axis size or stride")
+                    inside(i, c, c + npos - 1, f"index {j}'s values")
+                    top += (size - 1) * stride
+                inside(i, src, top, "the indexed array")
         else:
             nb, m, k, n_, a, sa, b, sb, wa, wb = f[p + 1:p + 11]
             if min(nb, m, k, n_) < 0 or sa < 0 or sb < 0 or wa not in (0, 1) \
@@ -164,7 +186,9 @@ class TensorTape:
     Attributes
     ----------
     n_instructions : int
-        Tensor instructions (independent of the tensors' sizes).
+        Kernel instructions: tensor ops, with each fused elementwise group counted once.
+    n_ops : int
+        Tensor ops, independent of the tensors' sizes.
     n_slots : int
         Length of the value vector (inputs, parameters, constants, results).
     input_shapes, param_shapes : list of tuple
@@ -176,7 +200,8 @@ class TensorTape:
     def __init__(self, kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndarray,
                  init: np.ndarray, inputs: list[tuple[int, tuple[int, ...]]],
                  params: list[tuple[int, tuple[int, ...]]], in_tree: TreeDef,
-                 param_tree: TreeDef, out_offset: int, out_shape: tuple[int, ...]) -> None:
+                 param_tree: TreeDef, out_offset: int, out_shape: tuple[int, ...],
+                 index_checks: list[tuple[int, int]] = ()) -> None:
         init = np.ascontiguousarray(init, dtype=np.float64)
         validate(kinds, ops, at, fields, init.size)
         out_size = math.prod(out_shape)
@@ -196,6 +221,11 @@ class TensorTape:
         self._in_tree, self._param_tree = in_tree, param_tree
         self._out = (out_offset, tuple(out_shape), out_size)
         self._local = threading.local()
+        # Parameter leaves that index (gather) and the axis length their values must fit.
+        self._index_checks = [(int(leaf), int(bound)) for leaf, bound in index_checks]
+        for leaf, bound in self._index_checks:
+            if not 0 <= leaf < len(params) or bound < 1:
+                raise ValueError(f"bad index check ({leaf}, {bound})")
         # (offset, shape, size) of each input leaf, and whether the inputs are plain
         # positional arrays (no nesting, no parameters): the evaluation fast path.
         self._in_slots = [(off, tuple(s), math.prod(s)) for off, s in self._inputs]
@@ -243,14 +273,27 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         return {"kinds": kinds, "ops": ops, "at": at, "fields": fields, "init": self._init}
 
-    def __repr__(self) -> str:
+    def _op_counts(self) -> dict[str, int]:
+        # Tensor ops by kind; an elementwise group counts its members.
+        kinds, _, at, fields = self._arrays
         counts: dict[str, int] = {}
-        for k in self._arrays[0].tolist():
+        for k, p in zip(kinds.tolist(), at.tolist(), strict=True):
             name = kernels.KIND_NAMES[k]
-            counts[name] = counts.get(name, 0) + 1
+            counts[name] = counts.get(name, 0) + (int(fields[p + 2]) if k == ELEMENTWISE else 1)
+        return counts
+
+    @property
+    def n_ops(self) -> int:
+        """Tensor ops (an elementwise group counts each of its ops): what the traced code
+        did, independent of the tensors' sizes and of fusion."""
+        return sum(self._op_counts().values())
+
+    def __repr__(self) -> str:
+        counts = self._op_counts()
         kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
         return (f"<TensorTape: inputs {self.input_shapes}, output {self.output_shape}, "
-                f"{self.n_instructions} instructions ({kinds}), {self.n_slots} slots>")
+                f"{self.n_ops} ops ({kinds}) in {self.n_instructions} instructions, "
+                f"{self.n_slots} slots>")
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -306,6 +349,15 @@ class TensorTape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (the shape "
                                  "it was traced with)")
             vals[off:off + arr.size] = arr.reshape(-1)
+        for leaf, bound in self._index_checks:
+            off, shape = self._params[leaf]
+            v = vals[off:off + math.prod(shape)]
+            ok = (v == np.floor(v)) & (v >= -bound) & (v < bound)
+            if not ok.all():
+                bad = v[~ok][0]
+                raise IndexError(f"{names[len(self._inputs) + leaf]} is used as an index into "
+                                 f"an axis of length {bound}: its values must be integers in "
+                                 f"-{bound}..{bound - 1}, got {float(bad)!r}")
 
     def _value_out(self, vals: np.ndarray) -> Any:
         off, shape, size = self._out

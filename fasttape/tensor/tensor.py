@@ -24,7 +24,18 @@ from typing import Any, NoReturn
 import numpy as np
 from numpy.exceptions import AxisError
 
-from fasttape.kernels.tensor import COPY, ELEMENTWISE, MATMUL, MAX, MIN, PROD, REDUCE, SUM, TAKE
+from fasttape.kernels.tensor import (
+    COPY,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    MAX,
+    MIN,
+    PROD,
+    REDUCE,
+    SUM,
+    TAKE,
+)
 from fasttape.ops import OP_BY_NAME
 from fasttape.tensor.graph import SCRATCH, TensorGraph
 from fasttape.var import UFUNC_OPS, Var, is_integral_number
@@ -417,10 +428,7 @@ def getitem(t: Tensor, key: Any) -> Tensor:
     """``t[key]``: basic indexing is a view; integer arrays and boolean masks gather (TAKE)."""
     items = key if isinstance(key, tuple) else (key,)
     if any(isinstance(k, Tensor) for k in items):
-        raise TypeError(
-            "indexing with a traced tensor is not supported (the tape's gathers have indices "
-            "fixed at trace time): index with a NumPy integer array, or use a one-hot product"
-        )
+        return _gather(t, items)
     if _is_basic_key(key):
         # A trailing Ellipsis keeps a fully indexed element a 0-d view (never a scalar read).
         view, base = _dummy(t)
@@ -439,6 +447,61 @@ def getitem(t: Tensor, key: Any) -> Tensor:
     d = g.buffers[buf][0]
     g.emit(TAKE, 0, [d, n, 0, *picked.reshape(-1).tolist()], buf, (t.buf,))
     return Tensor(g, buf, d, picked.shape)
+
+
+def _gather(t: Tensor, items: tuple[Any, ...]) -> Tensor:
+    # t[i0, i1, ...] with integer arrays, some of them parameters (values known at call
+    # time): a GATHER over the first len(items) axes, the others kept whole.
+    g = t.g
+    if len(items) > t.ndim:
+        raise IndexError(f"too many indices for array: array is {t.ndim}-dimensional, but "
+                         f"{len(items)} were indexed")
+    comps = []
+    for k in items:
+        if isinstance(k, Tensor):
+            leaf = g.param_bufs.get(k.buf)
+            whole = leaf is not None and k.off == g.params[leaf][0] \
+                and k.shape == g.params[leaf][1] and _is_contiguous(k)
+            if not whole:
+                raise TypeError(
+                    "a traced tensor used as an index must be a parameter argument itself "
+                    "(traced with params=, passed as p=), whole and unchanged: indices that "
+                    "depend on differentiated inputs have no derivative, and computed ones are "
+                    "not supported; index with a NumPy integer array otherwise")
+            comps.append(k)
+        else:
+            arr = np.asarray(k)
+            if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError("indexing with a parameter tensor combines only with integer "
+                                f"arrays (one per leading axis), got {k!r}")
+            comps.append(arr)
+    shape = np.broadcast_shapes(*(c.shape for c in comps))
+    src = contiguous(t)
+    trailing = src.shape[len(comps):]
+    inner = _prod(trailing)
+    fields_c: list[int] = []
+    reads = [src.buf]
+    for axis, c in enumerate(comps):
+        size = src.shape[axis]
+        stride = _prod(src.shape[axis + 1:])
+        if isinstance(c, Tensor):
+            leaf = g.param_bufs[c.buf]
+            g.index_checks[leaf] = min(g.index_checks.get(leaf, size), size)
+            ct = contiguous(broadcast_to(c, shape)) if c.shape != shape else c
+        else:
+            if c.size and (c.min() < -size or c.max() >= size):
+                bad = c.max() if c.max() >= size else c.min()
+                raise IndexError(f"index {bad} is out of bounds for axis {axis} with size "
+                                 f"{size}")
+            ct = as_tensor(g, np.broadcast_to(c, shape).astype(np.float64))
+            ct = contiguous(broadcast_to(ct, shape))
+        fields_c += [ct.off, size, stride]
+        reads.append(ct.buf)
+    npos = _prod(shape)
+    buf = g.buffer(npos * inner)
+    d = g.buffers[buf][0]
+    g.emit(GATHER, 0, [d, npos, inner, src.off, len(comps), *fields_c], buf, tuple(reads))
+    return Tensor(g, buf, d, (*shape, *trailing))
 
 
 def reshape(t: Any, shape: Any) -> Tensor:

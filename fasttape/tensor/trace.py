@@ -54,6 +54,8 @@ def trace_tensors(fn: Callable[..., Any], shapes: Sequence[Any],
             into.append((g.buffers[buf][0], shape))
             if into is g.inputs:
                 g.traced.add(buf)
+            else:
+                g.param_bufs[buf] = len(into) - 1
             leaves.append(Tensor(g, buf, g.buffers[buf][0], shape))
     args = in_tree.unflatten(leaves[:len(in_shapes)])
     pargs = p_tree.unflatten(leaves[len(in_shapes):])
