@@ -272,6 +272,10 @@ class Tensor:
     # ----------------------------------------------------------------------- NumPy protocol
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # np.matmul is a (generalized) ufunc, so np.matmul(t, u) and ndarray @ t arrive here,
+        # not at __array_function__.
+        if ufunc is np.matmul and method == "__call__" and not kwargs:
+            return matmul(*inputs)
         name = UFUNC_OPS.get(ufunc.__name__)
         if method != "__call__" or name is None or kwargs:
             what = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
