@@ -369,3 +369,80 @@ def test_structural_gradients_match_jax(name: str, fn: object, shapes: list) -> 
     if tape.output_shape == ():
         v, g = tape.value_and_grad(*args)
         assert_close(as_list(g, len(args))[0], jax_vjp(fn, args, np.ones(()))[0], rtol=1e-13)
+
+
+@pytest.mark.parametrize("red", ["max", "min"])
+def test_max_min_ties_go_to_the_first_extremum(red: str) -> None:
+    """The documented convention (JAX splits a tie evenly; fasttape gives it to the first)."""
+    x = np.array([[1.0, 3.0, 3.0, -2.0], [-2.0, 0.0, -2.0, 0.0]])
+    if red == "min":
+        x = -x
+    tape = tape_of(lambda xp, t: getattr(xp, red)(t, axis=1), [(2, 4)])
+    np.testing.assert_array_equal(tape.value(x), getattr(np, red)(x, axis=1))
+    g = tape.vjp(x, np.array([1.0, 2.0]))
+    want = np.zeros((2, 4))
+    want[0, 1] = 1.0
+    want[1, 0 if red == "min" else 1] = 2.0
+    if red == "min":  # -x: row 1 is [2, 0, 2, 0], its minimum 0 first at column 1
+        want[1] = [0.0, 2.0, 0.0, 0.0]
+    np.testing.assert_array_equal(g, want)
+    # Along axis 0 (an inner reduction): the first row holding the extremum.
+    tape0 = tape_of(lambda xp, t: getattr(xp, red)(t, axis=0), [(2, 2)])
+    np.testing.assert_array_equal(tape0.vjp(np.ones((2, 2)), np.ones(2)),
+                                  [[1.0, 1.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("red", ["max", "min"])
+def test_max_min_nan_propagates_and_takes_the_gradient(red: str) -> None:
+    x = np.array([[1.0, np.nan, 5.0, np.nan], [1.0, 2.0, 3.0, 4.0]])
+    tape = tape_of(lambda xp, t: getattr(xp, red)(t, axis=1), [(2, 4)])
+    np.testing.assert_array_equal(tape.value(x), getattr(np, red)(x, axis=1))
+    g = tape.vjp(x, np.array([1.0, 1.0]))
+    want = np.zeros((2, 4))
+    want[0, 1] = 1.0  # the first NaN
+    want[1, 3 if red == "max" else 0] = 1.0
+    np.testing.assert_array_equal(g, want)
+    v, g_all = tape_of(lambda xp, t: getattr(xp, red)(t), [(2, 4)]).value_and_grad(x)
+    assert np.isnan(v)
+    assert g_all[0, 1] == 1.0 and np.count_nonzero(g_all) == 1
+
+
+@pytest.mark.parametrize(("row", "want"), [
+    ([2.0, 3.0, 4.0], [12.0, 8.0, 6.0]),
+    ([2.0, 0.0, 4.0], [0.0, 8.0, 0.0]),  # one zero: only it gets the others' product
+    ([0.0, 3.0, 0.0], [0.0, 0.0, 0.0]),  # two zeros: all 0
+    ([-0.0, 3.0, 4.0], [12.0, 0.0, 0.0]),
+    ([np.inf, 0.0, 2.0], [0.0, np.inf, 0.0]),
+])
+def test_prod_gradient_with_zeros(row: list[float], want: list[float]) -> None:
+    x = np.array([row, [1.0, 2.0, 3.0]])
+    tape = tape_of(lambda xp, t: xp.prod(t, axis=1), [(2, 3)])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(tape.value(x), np.prod(x, axis=1))
+    g = tape.vjp(x, np.array([1.0, 0.0]))
+    np.testing.assert_array_equal(g[0], want)
+    np.testing.assert_array_equal(g[1], 0.0)
+    # Inner axis (a column reduction) takes the same rule.
+    gt = tape_of(lambda xp, t: xp.prod(t, axis=0), [(3, 2)]).vjp(x.T, np.array([1.0, 0.0]))
+    np.testing.assert_array_equal(gt[:, 0], want)
+
+
+def test_logsumexp_and_softmax_do_not_overflow() -> None:
+    x = np.array([[1000.0, 1000.0, -1000.0], [-np.inf, -np.inf, -np.inf]])
+    lse = tape_of(lambda xp, t: xp.logsumexp(t, axis=1), [(2, 3)])
+    v = lse.value(x)
+    assert v[0] == 1000.0 + np.log(2.0)
+    assert v[1] == -np.inf
+    g = lse.vjp(x, np.array([1.0, 0.0]))
+    np.testing.assert_allclose(g[0], [0.5, 0.5, 0.0], rtol=1e-15, atol=0)
+    sm = tape_of(lambda xp, t: xp.softmax(t), [(3,)])
+    np.testing.assert_allclose(sm.value(x[0]), [0.5, 0.5, 0.0], rtol=1e-15, atol=0)
+    assert np.all(np.isfinite(sm.vjp(x[0], np.array([1.0, -1.0, 0.5]))))
+
+
+def test_empty_tensors() -> None:
+    tape = tape_of(lambda xp, x: xp.sum(x, axis=0) + xp.prod(x, axis=0), [(0, 3)])
+    np.testing.assert_array_equal(tape.value(np.zeros((0, 3))), [1.0, 1.0, 1.0])
+    assert tape.vjp(np.zeros((0, 3)), np.ones(3)).shape == (0, 3)
+    tape = tape_of(lambda xp, x: xp.sum(x[:0] * 2.0) + x[0], [(3,)])
+    assert tape.value_and_grad(np.ones(3)) == (1.0, pytest.approx([1.0, 0.0, 0.0]))

@@ -602,9 +602,7 @@ def logsumexp(t: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     the gradient is exactly ``softmax(t)`` along the axis.
     """
     t = _tensor_arg(t)
-    m = reduce(t, MAX, axis, keepdims=True)
-    # An infinite maximum (all -inf, or +inf present) is replaced by 0, as SciPy does.
-    m = elementwise("stop_gradient", where(elementwise("lt", abs(m), np.inf), m, 0.0))
+    m = _shift(t, axis)
     out = elementwise("log", reduce(elementwise("exp", t - m), SUM, axis, keepdims=True)) + m
     if keepdims:
         return out
@@ -612,10 +610,20 @@ def logsumexp(t: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
                               if i not in _axes(axis, t.ndim)))
 
 
+def _shift(t: Tensor, axis: Any) -> Tensor:
+    # The maximum along ``axis`` (kept), held constant for differentiation; an infinite
+    # maximum (all -inf, or +inf present) is replaced by 0, as SciPy does.
+    m = reduce(t, MAX, axis, keepdims=True)
+    return elementwise("stop_gradient", where(elementwise("lt", abs(m), np.inf), m, 0.0))
+
+
 def softmax(t: Any, axis: Any = -1) -> Tensor:
-    """``exp(t) / sum(exp(t), axis)``, computed as ``exp(t - logsumexp(t, axis))``."""
+    """``exp(t) / sum(exp(t), axis)``, computed as ``e / sum(e, axis)`` with ``e = exp(t - m)``
+    and ``m`` the maximum (held constant for differentiation), as SciPy and JAX do: not as
+    ``exp(t - logsumexp(t))``, whose rounding of ``m + log(sum)`` costs ``|m|`` ulps."""
     t = _tensor_arg(t)
-    return elementwise("exp", t - logsumexp(t, axis, keepdims=True))
+    e = elementwise("exp", t - _shift(t, axis))
+    return e / reduce(e, SUM, axis, keepdims=True)
 
 
 # --------------------------------------------------------------------------- products
