@@ -294,8 +294,9 @@ class Tensor:
         impl = ARRAY_FUNCTIONS.get(func)
         if impl is None:
             raise TypeError(
-                f"numpy.{func.__name__} is not supported on traced fasttape tensors: see "
-                "docs/tensors.md for the functions that trace (or write it with those)"
+                f"{func.__module__ or 'numpy'}.{func.__name__} is not supported on traced "
+                "fasttape tensors: see docs/tensors.md for the functions that trace (or write "
+                "it with those)"
             )
         return impl(*args, **kwargs)
 
