@@ -446,3 +446,364 @@ def test_empty_tensors() -> None:
     assert tape.vjp(np.zeros((0, 3)), np.ones(3)).shape == (0, 3)
     tape = tape_of(lambda xp, x: xp.sum(x[:0] * 2.0) + x[0], [(3,)])
     assert tape.value_and_grad(np.ones(3)) == (1.0, pytest.approx([1.0, 0.0, 0.0]))
+
+
+# ------------------------------------------------------------------------------------------
+# 4. Pytrees, parameters, several inputs, scalar inputs, vjp
+# ------------------------------------------------------------------------------------------
+
+
+def mlp_loss(params: dict, X: object, y: np.ndarray, xp: object = FT) -> object:
+    """The issue's MLP loss: tanh hidden layer, logsumexp cross-entropy, L2 penalty."""
+    h = xp.tanh(X @ params["W1"] + params["b1"])
+    logits = h @ params["W2"] + params["b2"]
+    return xp.mean(xp.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y]) \
+        + 1e-4 * (xp.sum(params["W1"] ** 2) + xp.sum(params["W2"] ** 2))
+
+
+MLP_SHAPES = {"W1": (4, 5), "b1": (5,), "W2": (5, 3), "b2": (3,)}
+
+
+def _mlp_data(seed: int = 3) -> tuple[dict, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(size=s) for k, s in MLP_SHAPES.items()}
+    return params, rng.normal(size=(6, 4)), rng.integers(0, 3, size=6)
+
+
+def test_mlp_params_dict_and_data_parameter() -> None:
+    params, X, y = _mlp_data()
+    tape = ft.compile(ft.trace(lambda p, X: mlp_loss(p, X, y), shapes=[MLP_SHAPES],
+                               params=[X.shape]))
+    v, g = tape.value_and_grad(params, p=X)
+    assert isinstance(g, dict) and sorted(g) == sorted(MLP_SHAPES)
+    assert all(g[k].shape == s for k, s in MLP_SHAPES.items())
+    assert_close(v, mlp_loss(params, X, y, NP), rtol=1e-14)
+    assert tape.value(params, p=X) == v
+    # Parameters change between calls without tracing again.
+    X2 = X[::-1].copy()
+    assert_close(tape.value(params, p=(X2,)), mlp_loss(params, X2, y, NP), rtol=1e-14)
+    # Differences, entry by entry.
+    for k in MLP_SHAPES:
+        for idx in [(0,) * len(MLP_SHAPES[k]), tuple(d - 1 for d in MLP_SHAPES[k])]:
+            hi = {q: a.copy() for q, a in params.items()}
+            lo = {q: a.copy() for q, a in params.items()}
+            hi[k][idx] += 1e-6
+            lo[k][idx] -= 1e-6
+            fd = (mlp_loss(hi, X, y, NP) - mlp_loss(lo, X, y, NP)) / 2e-6
+            assert abs(g[k][idx] - fd) <= 1e-7 * max(1.0, abs(fd))
+
+
+@pytest.mark.oracle
+def test_mlp_gradient_matches_jax() -> None:
+    jax = pytest.importorskip("jax")
+    from tests.tensor_helpers import jax_namespace
+
+    params, X, y = _mlp_data()
+    tape = ft.compile(ft.trace(lambda p, X: mlp_loss(p, X, y), shapes=[MLP_SHAPES],
+                               params=[X.shape]))
+    _, g = tape.value_and_grad(params, p=X)
+    jnp = jax_namespace()
+    gj = jax.grad(lambda p: mlp_loss(p, X, y, jnp))(params)
+    for k in MLP_SHAPES:
+        assert_close(g[k], np.asarray(gj[k]), rtol=1e-13, what=k)
+
+
+def test_nested_list_and_tuple_inputs_several_positional() -> None:
+    def fn(pair, lst, s):
+        a, b = pair
+        return np.sum(a * b) * s + np.sum(lst[0]) - lst[1][0] ** 2 * s
+
+    shapes = [((2,), (2,)), [(3,), (1,)], ()]
+    tape = ft.compile(ft.trace(fn, shapes=shapes))
+    a, b, c, d, s = np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.ones(3), np.array([2.0]), 0.5
+    v, (g_pair, g_lst, g_s) = tape.value_and_grad((a, b), [c, d], s)
+    assert v == fn((a, b), [c, d], s)
+    assert isinstance(g_pair, tuple) and isinstance(g_lst, list)
+    np.testing.assert_array_equal(g_pair[0], b * s)
+    np.testing.assert_array_equal(g_pair[1], a * s)
+    np.testing.assert_array_equal(g_lst[0], np.ones(3))
+    np.testing.assert_array_equal(g_lst[1], -2.0 * d * s)
+    assert g_s.shape == () and g_s == np.sum(a * b) - d[0] ** 2
+
+
+def test_dict_keys_sorted_whatever_the_insertion_order() -> None:
+    fn = lambda d: d["b"] - 2.0 * d["a"]  # noqa: E731
+    t1 = ft.compile(ft.trace(fn, shapes=[{"a": (2,), "b": (2,)}]))
+    t2 = ft.compile(ft.trace(fn, shapes=[{"b": (2,), "a": (2,)}]))
+    x = {"b": np.array([1.0, 2.0]), "a": np.array([3.0, 4.0])}
+    np.testing.assert_array_equal(t1.value(x), t2.value(x))
+    g = t1.vjp(x, np.ones(2))
+    assert list(g) == ["a", "b"]
+    np.testing.assert_array_equal(g["a"], [-2.0, -2.0])
+
+
+def test_scalar_inputs_and_int_shapes() -> None:
+    tape = ft.compile(ft.trace(lambda s, v: s * np.sum(v), shapes=[(), 3]))
+    v, (gs, gv) = tape.value_and_grad(2.0, [1.0, 2.0, 3.0])
+    assert v == 12.0 and gs.shape == () and gs == 6.0
+    np.testing.assert_array_equal(gv, [2.0, 2.0, 2.0])
+
+
+def test_vjp_with_tensor_output_and_params() -> None:
+    fn = lambda x, W: np.tanh(W @ x)  # noqa: E731
+    tape = ft.compile(ft.trace(fn, shapes=[(3,)], params=[(2, 3)]))
+    x, W = np.array([0.1, -0.2, 0.3]), np.arange(6.0).reshape(2, 3) / 6
+    cot = np.array([1.0, -2.0])
+    g = tape.vjp(x, cot, p=W)
+    assert_close(g, W.T @ (cot * (1 - np.tanh(W @ x) ** 2)), rtol=1e-14)
+    assert_close(tape.value(x, p=W), fn(x, W), rtol=1e-15)
+    two = ft.compile(ft.trace(lambda a, b: a * b, shapes=[(2,), (2,)]))
+    ga, gb = two.vjp((np.array([1.0, 2.0]), np.array([3.0, 4.0])), np.array([1.0, 10.0]))
+    np.testing.assert_array_equal(ga, [3.0, 40.0])
+    np.testing.assert_array_equal(gb, [1.0, 20.0])
+
+
+def test_constant_and_identity_outputs() -> None:
+    tape = ft.compile(ft.trace(lambda x: x, shapes=[(2, 2)]))
+    np.testing.assert_array_equal(tape.vjp(np.ones((2, 2)), np.arange(4.0).reshape(2, 2)),
+                                  np.arange(4.0).reshape(2, 2))
+    tape = ft.compile(ft.trace(lambda x: 3.0, shapes=[(2,)]))
+    assert tape.value_and_grad(np.ones(2)) == (3.0, pytest.approx([0.0, 0.0]))
+    tape = ft.compile(ft.trace(lambda x: x[1], shapes=[(3,)]))
+    assert tape.value_and_grad(np.array([1.0, 2.0, 3.0])) == (2.0, pytest.approx([0, 1, 0]))
+    tape = ft.compile(ft.trace(lambda x: np.arange(3.0) + 0.0 * x, shapes=[()]))
+    np.testing.assert_array_equal(tape.value(1.0), [0.0, 1.0, 2.0])
+
+
+def test_captured_constants_and_tape_size_independent_of_n() -> None:
+    def rosen(x):
+        return np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+    small = ft.compile(ft.trace(rosen, shapes=[(10,)]))
+    big = ft.compile(ft.trace(rosen, shapes=[(10_000,)]))
+    assert small.n_instructions == big.n_instructions
+    assert small.to_arrays()["fields"].size == big.to_arrays()["fields"].size
+    x = np.linspace(-1.0, 1.5, 10_000)
+    v, g = big.value_and_grad(x)
+    assert_close(v, rosen(x), rtol=1e-13)
+    gx = np.zeros_like(x)
+    gx[:-1] = -400.0 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2.0 * (1.0 - x[:-1])
+    gx[1:] += 200.0 * (x[1:] - x[:-1] ** 2)
+    assert_close(g, gx, rtol=1e-13)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. Errors
+# ------------------------------------------------------------------------------------------
+
+
+def _trace_error(fn: object, shapes: list, exc: type, match: str, params: list | None = None
+                 ) -> None:
+    with pytest.raises(exc, match=match):
+        ft.trace(fn, shapes=shapes, params=params)
+
+
+@pytest.mark.parametrize(("fn", "shapes", "exc", "match"), [
+    (lambda x, y: x + y, [(3,), (4,)], ValueError,
+     r"shape mismatch: objects cannot be broadcast to a single shape"),
+    (lambda x: np.sum(x, axis=2), [(3, 4)], np.exceptions.AxisError,
+     "axis 2 is out of bounds for array of dimension 2"),
+    (lambda x: np.max(x, axis=-3), [(3, 4)], np.exceptions.AxisError, "axis -3 is out"),
+    (lambda x: np.sum(x, axis=(0, 0)), [(3, 4)], ValueError, "duplicate value in 'axis'"),
+    (lambda x: np.sum(x, axis=1.0), [(3, 4)], TypeError, "axis must be an integer"),
+    (lambda x: np.swapaxes(x, 0, 5), [(3, 4)], np.exceptions.AxisError, "axis 5"),
+    (lambda x: np.concatenate([x, x], axis=2), [(3, 4)], np.exceptions.AxisError, "axis 2"),
+    (lambda x, y: x @ y, [(3, 4), (3,)], ValueError,
+     r"matmul: Input operand 1 has a mismatch in its core dimension 0.*size 3 is different "
+     r"from 4"),
+    (lambda x, y: np.matmul(x, y), [(2, 3), (2, 3)], ValueError, "mismatch in its core"),
+    (lambda x: x @ 2.0, [(3,)], ValueError, "does not have enough dimensions"),
+    (lambda x: np.dot(x, x), [(3, 4)], ValueError, r"shapes \(3, 4\) and \(3, 4\) not aligned"),
+    (lambda x: x.reshape(5, 2), [(3, 4)], ValueError,
+     r"cannot reshape array of size 12 into shape \(5, 2\)"),
+    (lambda x: x.reshape(-1, -1), [(3, 4)], ValueError, "only specify one unknown dimension"),
+    (lambda x: np.broadcast_to(x, (3, 5)), [(3, 4)], ValueError,
+     "operands could not be broadcast"),
+    (lambda x: np.concatenate([x, x.T]), [(3, 4)], ValueError,
+     "along dimension 1, the array at index 0 has size 4 and the array at index 1 has size 3"),
+    (lambda x: np.concatenate([x, x[0]]), [(3, 4)], ValueError, "dimension"),
+    (lambda x: np.stack([x, x.T]), [(3, 4)], ValueError, "must have the same shape"),
+    (lambda x: x[5], [(3,)], IndexError, "index 5 is out of bounds for axis 0 with size 3"),
+    (lambda x: x[np.array([0, 3])], [(3,)], IndexError, "index 3 is out of bounds"),
+    (lambda x: x[np.array([True, False])], [(3,)], IndexError, "boolean index did not match"),
+    (lambda x: x[1.5], [(3,)], IndexError, "only integers, slices"),
+    (lambda x: x[0, 0], [(3,)], IndexError, "too many indices"),
+    (lambda x: np.max(x[:0]), [(3,)], ValueError, "zero-size array to reduction operation"),
+    (lambda x: np.einsum("ii->i", x), [(3, 3)], TypeError, "repeated subscript"),
+    (lambda x: np.einsum("...i->i", x), [(3, 3)], TypeError, r"'\.\.\.' is not supported"),
+    (lambda x: np.einsum("ij,jk->ik", x, x), [(3, 4)], ValueError, "size of label 'j'"),
+    (lambda x: np.einsum("ij->k", x), [(3, 4)], ValueError, "output label"),
+    (lambda x: np.einsum("ijk->i", x), [(3, 4)], ValueError, "has 2 dimensions"),
+    (lambda x: x ** (2 ** 40), [(3,)], ValueError, "integer exponent out of range"),
+    (lambda x: x.astype(np.float32), [(3,)], TypeError, "float64 only"),
+    (lambda x: x + 1j, [(3,)], TypeError, "complex values are not supported"),
+    (lambda x: x + np.array(["a"]), [(3,)], TypeError, "expected a number, an array"),
+    (lambda x: (x, x), [(3,)], TypeError, "returns one tensor"),
+    (lambda x: "a", [(3,)], TypeError, "returned str"),
+    (lambda x: x + ft.trace(lambda v: v[0], 1).inputs(1)[0], [(3,)], TypeError,
+     "cannot be mixed into a tensor trace"),
+    (lambda x: len(x), [()], TypeError, "len"),
+])
+def test_trace_errors(fn: object, shapes: list, exc: type, match: str) -> None:
+    _trace_error(fn, shapes, exc, match)
+
+
+@pytest.mark.parametrize(("fn", "name"), [
+    (lambda x: np.sort(x), "numpy.sort"),
+    (lambda x: np.cumsum(x), "numpy.cumsum"),
+    (lambda x: np.linalg.norm(x), "numpy.linalg.norm"),
+    (lambda x: np.sinc(x), "numpy.sinc"),
+    (lambda x: np.tensordot(x, x, 1), "numpy.tensordot"),
+    (lambda x: np.where(x > 0), "np.where(cond) with one argument"),
+    (lambda x: np.sum(x, out=np.zeros(())), "numpy.sum on traced tensors takes axis and "
+                                              "keepdims only"),
+    (lambda x: np.mean(x, where=x > 0), "numpy.mean on traced tensors takes axis"),
+])
+def test_unsupported_numpy_function_is_named(fn: object, name: str) -> None:
+    with pytest.raises(TypeError, match=name.replace(".", r"\.").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        ft.trace(fn, shapes=[(3,)])
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    (lambda x: np.remainder(x, 2.0), r"numpy\.remainder is not supported"),
+    (lambda x: np.exp(x, out=np.zeros(3)), r"numpy\.exp with \['out'\] is not supported"),
+    (lambda x: np.add.reduce(x), r"numpy\.add\.reduce is not supported"),
+    (lambda x: np.add.accumulate(x), r"numpy\.add\.accumulate is not supported"),
+    (lambda x: np.isfinite(x), r"numpy\.isfinite is not supported"),
+    (lambda x: np.matmul(x, x, out=np.zeros(())), r"numpy\.matmul"),
+])
+def test_unsupported_ufunc_is_named(fn: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        ft.trace(fn, shapes=[(3,)])
+
+
+def _setitem(x: object) -> None:
+    x[0] = 1.0
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    (lambda x: x if x else x, r"cannot decide an `if`"),
+    (lambda x: x[0] > 0 and x[1], r"cannot decide an `if`"),
+    (lambda x: float(x[0]), r"float\(\) needs one"),
+    (lambda x: int(x[0]), r"has no value while tracing"),
+    (lambda x: np.asarray(x), r"cannot become a NumPy array"),
+    (lambda x: np.array(x), r"cannot become a NumPy array"),
+    (lambda x: np.zeros(3) + list(x), r"cannot become a NumPy array|expected a number"),
+    (_setitem, r"traced tensors are immutable"),
+    (lambda x: x[x > 0], r"indexing with a traced tensor is not supported"),
+    (lambda x: x[(0, x)], r"indexing with a traced tensor is not supported"),
+])
+def test_tensors_have_no_value_while_tracing(fn: object, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        ft.trace(fn, shapes=[(3,)])
+
+
+def test_shapes_argument_errors() -> None:
+    with pytest.raises(TypeError, match=r"shapes=\(3, 4\) is ambiguous.*shapes=\[\(3, 4\)\]"):
+        ft.trace(lambda x: x, shapes=(3, 4))
+    with pytest.raises(TypeError, match="expected a shape"):
+        ft.trace(lambda x: x, shapes=[(-1,)])
+    with pytest.raises(TypeError, match="expected a shape"):
+        ft.trace(lambda x: x, shapes=[("a",)])
+    with pytest.raises(TypeError, match="dict keys must be sortable"):
+        ft.trace(lambda x: x, shapes=[{"a": (3,), 1: (2,)}])
+    with pytest.raises(TypeError, match="either n_inputs"):
+        ft.trace(lambda x: x, 3, shapes=[(3,)])
+    with pytest.raises(TypeError, match="params must be a list"):
+        ft.trace(lambda x, p: x, shapes=[(3,)], params=5)
+
+
+def _mlp_tape() -> tuple[ft.TensorTape, dict, np.ndarray]:
+    params, X, y = _mlp_data()
+    tape = ft.compile(ft.trace(lambda p, X: mlp_loss(p, X, y), shapes=[MLP_SHAPES],
+                               params=[X.shape]))
+    return tape, params, X
+
+
+def test_call_errors_name_the_leaf() -> None:
+    tape, params, X = _mlp_tape()
+    bad = dict(params, b1=np.ones(4))
+    with pytest.raises(ValueError, match=r"argument\[0\]\['b1'\] has shape \(4,\), expected "
+                                         r"\(5,\)"):
+        tape.value(bad, p=X)
+    with pytest.raises(ValueError, match=r"p\[0\] has shape \(3, 3\), expected \(6, 4\)"):
+        tape.value(params, p=np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"argument\[0\] must be a dict with keys \['W1', 'W2', "
+                                         r"'b1', 'b2'\].*got \['W1'\]"):
+        tape.value({"W1": params["W1"]}, p=X)
+    with pytest.raises(ValueError, match=r"argument\[0\] must be a dict.*got list"):
+        tape.value(list(params.values()), p=X)
+    with pytest.raises(TypeError, match=r"this tape takes parameters: pass p="):
+        tape.value(params)
+    with pytest.raises(ValueError, match=r"p must be a tuple of 1 entries.*got 2"):
+        tape.value(params, p=(X, X))
+    with pytest.raises(TypeError, match=r"expected 1 argument\(s\).*got 2"):
+        tape.value(params, params, p=X)
+    with pytest.raises(TypeError, match=r"argument\[0\]\['W1'\] must be an array of real "
+                                        r"numbers.*got str"):
+        tape.value(dict(params, W1="abc"), p=X)
+    plain = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(3,)]))
+    with pytest.raises(TypeError, match="this tape takes no parameters, but p= was given"):
+        plain.value(np.ones(3), p=np.ones(2))
+    with pytest.raises(TypeError, match=r"argument\[0\] must be an array of real numbers"):
+        plain.value([1.0, "x", 2.0])
+
+
+def test_complex_input_is_refused_not_truncated() -> None:
+    """Regression: a complex array was cast to float64 (imaginary part dropped, a warning)."""
+    tape = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(2,)]))
+    with pytest.raises(TypeError, match=r"real numbers.*complex128"):
+        tape.value(np.array([1.0 + 2.0j, 3.0]))
+
+
+def test_output_shape_errors() -> None:
+    tape = ft.compile(ft.trace(lambda x: x * 2.0, shapes=[(3,)]))
+    with pytest.raises(ValueError, match=r"value_and_grad needs a scalar output.*\(3,\).*vjp"):
+        tape.value_and_grad(np.ones(3))
+    with pytest.raises(ValueError, match=r"value_and_grad needs a scalar output"):
+        tape.grad(np.ones(3))
+    with pytest.raises(ValueError, match=r"cotangent has shape \(4,\), expected.*\(3,\)"):
+        tape.vjp(np.ones(3), np.ones(4))
+
+
+@pytest.mark.parametrize("method", ["jvp", "hvp", "hessian", "jacobian", "numba_kernel",
+                                    "cfunc", "save"])
+def test_not_yet_on_tensor_tapes(method: str) -> None:
+    tape = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(3,)]))
+    with pytest.raises(NotImplementedError, match=f"{method} is not available on tensor tapes"):
+        getattr(tape, method)(np.ones(3))
+
+
+@pytest.mark.parametrize("option", [{"optimize": False}, {"grad_mode": "lean"},
+                                    {"finite_math": True}, {"memory_limit": 1 << 20}])
+def test_compile_options_on_a_tensor_graph(option: dict) -> None:
+    g = ft.trace(lambda x: np.sum(x), shapes=[(3,)])
+    with pytest.raises(NotImplementedError, match="apply to scalar graphs"):
+        ft.compile(g, **option)
+
+
+def test_graph_extended_from_another_thread() -> None:
+    caught = []
+
+    def fn(x):
+        def other() -> None:
+            try:
+                np.sin(x)
+            except RuntimeError as exc:
+                caught.append(str(exc))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        return np.sum(x)
+
+    ft.trace(fn, shapes=[(3,)])
+    assert caught and "other than the one that traces it" in caught[0]
+
+
+def test_tensors_of_two_traces_do_not_mix() -> None:
+    kept = []
+    ft.trace(lambda x: kept.append(x) or np.sum(x), shapes=[(3,)])
+    with pytest.raises(ValueError, match="two different traces"):
+        ft.trace(lambda x: x + kept[0], shapes=[(3,)])

@@ -240,7 +240,7 @@ class TensorTape:
         if len(args) != n_args:
             raise TypeError(f"expected {n_args} argument(s) (the traced function's "
                             f"differentiated inputs), got {len(args)}")
-        leaves = self._in_tree.flatten(tuple(args), "the arguments")
+        leaves = self._in_tree.flatten(tuple(args), "argument")
         names = self._in_tree.paths("argument")
         if self._params:
             if p is None:
@@ -256,10 +256,16 @@ class TensorTape:
         for (off, shape), value, name in zip([*self._inputs, *self._params], leaves, names,
                                              strict=True):
             try:
-                arr = np.asarray(value, dtype=np.float64)
+                arr = np.asarray(value)
+                # Complex values would lose their imaginary part in the cast (a warning only).
+                if arr.dtype.kind not in "biuf":
+                    raise TypeError
+                arr = arr.astype(np.float64, copy=False)
             except (TypeError, ValueError):
-                raise TypeError(f"{name} must be an array of numbers with shape {shape}, got "
-                                f"{type(value).__name__}") from None
+                raise TypeError(f"{name} must be an array of real numbers with shape {shape}, "
+                                f"got {type(value).__name__}"
+                                + (f" of dtype {arr.dtype}" if isinstance(value, np.ndarray)
+                                   else "")) from None
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (the shape "
                                  "it was traced with)")
