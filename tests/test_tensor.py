@@ -807,3 +807,165 @@ def test_tensors_of_two_traces_do_not_mix() -> None:
     ft.trace(lambda x: kept.append(x) or np.sum(x), shapes=[(3,)])
     with pytest.raises(ValueError, match="two different traces"):
         ft.trace(lambda x: x + kept[0], shapes=[(3,)])
+
+
+# ------------------------------------------------------------------------------------------
+# 5b. validate(): hostile arrays are refused before any kernel runs
+# ------------------------------------------------------------------------------------------
+
+I64 = np.int64
+EW, CP, TK, RD, MM = 0, 1, 2, 3, 4  # the kinds (fasttape.kernels.tensor)
+ADD = OP_BY_NAME["add"].code
+SIN = OP_BY_NAME["sin"].code
+
+
+def _build(kinds: list, ops: list, fields: list, n_slots: int = 8, at: list | None = None,
+           inputs: list | None = None, out: tuple = (0, ())) -> ft.TensorTape:
+    from fasttape.tensor.tree import TreeDef
+
+    if at is None:
+        at, pos = [], 0
+        for f in fields:
+            at.append(pos)
+            pos += len(f)
+    flat = [v for f in fields for v in f]
+    inputs = [(0, (2,))] if inputs is None else inputs
+    tree = TreeDef("tuple", (), tuple(TreeDef("leaf") for _ in inputs))
+    return ft.TensorTape(np.array(kinds, dtype=I64), np.array(ops, dtype=I64),
+                         np.array(at, dtype=I64), np.array(flat, dtype=I64),
+                         np.zeros(n_slots), inputs, [], tree, TreeDef("tuple"), *out)
+
+
+def test_hand_built_tape_runs() -> None:
+    """The encoding the hostile cases below corrupt: x (slots 0-1) + x -> 2-3, sum -> 4."""
+    tape = _build([EW, RD], [ADD, 0], [[2, 2, 0, 1, 0, 1, 0, 0], [4, 1, 2, 1, 2]],
+                  out=(4, ()))
+    assert tape.value_and_grad(np.array([1.0, 2.0])) == (6.0, pytest.approx([2.0, 2.0]))
+
+
+@pytest.mark.parametrize(("kinds", "ops", "fields", "match"), [
+    ([7], [0], [[0] * 9], "unknown kind 7"),
+    ([-1], [0], [[0] * 9], "unknown kind -1"),
+    ([EW], [ADD], [[0, 1, 0, 1]], "fields out of range"),
+    ([EW], [999], [[2, 2, 0, 1, 0, 1, 0, 0]], "op code 999 out of range"),
+    ([EW], [-1], [[2, 2, 0, 1, 0, 1, 0, 0]], "op code -1 out of range"),
+    ([EW], [ADD], [[2, -1, 0, 1, 0, 1, 0, 0]], "negative size"),
+    ([EW], [ADD], [[7, 2, 0, 1, 0, 1, 0, 0]], r"the result reaches slots 7\.\.8"),
+    ([EW], [ADD], [[-1, 2, 0, 1, 0, 1, 0, 0]], "the result reaches slots -1"),
+    ([EW], [ADD], [[2, 2, 0, 2, 0, 1, 0, 0]], "argument stride 2"),
+    ([EW], [ADD], [[2, 2, 0, -1, 0, 1, 0, 0]], "argument stride -1"),
+    ([EW], [ADD], [[2, 2, 0, 1, 7, 1, 0, 0]], r"argument 1 reaches slots 7\.\.8"),
+    ([EW], [SIN], [[2, 2, -5, 1, 0, 0, 0, 0]], "argument 0 reaches slots -5"),
+    ([EW], [ADD], [[2, 7, 0, 1, 0, 1, 0, 0]], r"the result reaches slots 2\.\.8"),
+    ([EW], [ADD], [[2, 2**62, 0, 1, 0, 1, 0, 0]], "reaches slots"),
+    ([CP], [0], [[2, 2, 0, 0]], "bad number of dimensions"),
+    ([CP], [0], [[2, 2, 0, 5, 2, 1]], "bad number of dimensions"),
+    ([CP], [0], [[2, 3, 0, 1, 2, 1]], r"shape \[2\] does not hold 3 elements"),
+    ([CP], [0], [[2, 0, 0, 2, -1, 0, 1, 1]], "does not hold"),
+    ([CP], [0], [[2, 2, 0, 1, 2, 8]], "the source view reaches slots 0..8"),
+    ([CP], [0], [[2, 2, 0, 1, 2, -1]], "the source view reaches slots -1..0"),
+    ([CP], [0], [[2, 4, 1, 2, 2, 2, -3, 1]], "the source view reaches slots -2"),
+    ([CP], [0], [[2, 2, 0, 1, 2, 2**62]], "the source view reaches"),
+    ([CP], [0], [[7, 2, 0, 1, 2, 1]], "the result reaches"),
+    ([TK], [0], [[2, 2, 0, 0]], "index list out of range"),
+    ([TK], [0], [[2, -1, 0]], "index list out of range"),
+    ([TK], [0], [[2, 2, 0, 0, 8]], "an index reaches slots 0..8"),
+    ([TK], [0], [[2, 2, 1, 0, -2]], "an index reaches slots -1"),
+    ([TK], [0], [[2, 2, 2**62, 0, 2**62]], "an index reaches"),
+    ([TK], [0], [[7, 2, 0, 0, 1]], "the result reaches"),
+    ([RD], [4], [[2, 1, 2, 1, 0]], "bad reduction"),
+    ([RD], [0], [[2, 1, -2, 1, 0]], "bad reduction"),
+    ([RD], [2], [[2, 1, 0, 1, 0]], "max/min over zero elements"),
+    ([RD], [0], [[2, 1, 9, 1, 0]], "the source reaches"),
+    ([RD], [0], [[2, 2, 2, 2, 1]], r"the source reaches slots 1\.\.8"),
+    ([RD], [1], [[2, 1, 2, 1, -1]], "the source reaches slots -1"),
+    ([RD], [0], [[2, 2**40, 2**40, 2**40, 0]], "reaches"),
+    ([MM], [0], [[2, 1, 1, 2, 1, 0, 0, 0, -1]], "bad matmul sizes"),
+    ([MM], [0], [[2, -1, 1, 1, 1, 0, 0, 0, 0]], "bad matmul sizes"),
+    ([MM], [0], [[4, 1, 1, 2, 1, 0, 0, 7, 0]], "operand b reaches"),
+    ([MM], [0], [[4, 2, 1, 2, 1, 0, 7, 0, 0]], "operand a reaches slots 0..8"),
+    ([MM], [0], [[4, 1, 2, 2, 4, 0, 0, 0, 0]], "the result reaches"),
+    ([MM], [0], [[2, 1, 1, 2**40, 1, 0, 0, 0, 0]], "operand a reaches"),
+])
+def test_validate_rejects_hostile_arrays(kinds: list, ops: list, fields: list,
+                                         match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _build(kinds, ops, fields)
+
+
+def test_validate_rejects_bad_array_types_and_ranges() -> None:
+    from fasttape.tensor.tree import TreeDef
+
+    good = ([EW], [ADD], [[2, 2, 0, 1, 0, 1, 0, 0]])
+    with pytest.raises(ValueError, match="fields out of range"):
+        _build(*good, at=[-3])
+    with pytest.raises(ValueError, match="fields out of range"):
+        _build(*good, at=[5])
+    with pytest.raises(ValueError, match="one entry per instruction"):
+        _build(*good, at=[0, 0])
+    with pytest.raises(ValueError, match=r"the input range 7\.\.8 is outside the 8 slots"):
+        _build(*good, inputs=[(7, (2,))])
+    with pytest.raises(ValueError, match="the output range"):
+        _build(*good, out=(6, (3,)))
+    with pytest.raises(ValueError, match="the output range"):
+        _build(*good, out=(-1, ()))
+    tree = TreeDef("tuple", (), (TreeDef("leaf"),))
+    for name, bad in [("kinds", np.array([0], dtype=np.int32)),
+                      ("fields", np.zeros((1, 8), dtype=I64)),
+                      ("ops", np.array([ADD], dtype=np.float64))]:
+        arrays = {"kinds": np.array([EW], dtype=I64), "ops": np.array([ADD], dtype=I64),
+                  "at": np.zeros(1, dtype=I64),
+                  "fields": np.array([2, 2, 0, 1, 0, 1, 0, 0], dtype=I64), name: bad}
+        with pytest.raises(ValueError, match=f"{name} must be a 1-D int64 array"):
+            ft.TensorTape(arrays["kinds"], arrays["ops"], arrays["at"], arrays["fields"],
+                          np.zeros(8), [(0, (2,))], [], tree, TreeDef("tuple"), 0, ())
+
+
+def test_tape_arrays_are_read_only_and_round_trip() -> None:
+    from fasttape.tensor.tree import TreeDef
+
+    tape = tape_of(lambda xp, x: xp.sum(xp.tanh(x @ x.T)[::-1, np.array([0, 0])]), [(3, 2)])
+    a = tape.to_arrays()
+    with pytest.raises(ValueError, match="read-only"):
+        a["fields"][0] = 10**9
+    tree = TreeDef("tuple", (), (TreeDef("leaf"),))
+    again = ft.TensorTape(a["kinds"], a["ops"], a["at"], a["fields"], a["init"],
+                          [(0, (3, 2))], [], tree, TreeDef("tuple"), tape.n_slots - 1, ())
+    x = np.arange(6.0).reshape(3, 2) / 7
+    assert again.value_and_grad(x)[0] == tape.value_and_grad(x)[0]
+
+
+# ------------------------------------------------------------------------------------------
+# 6. Threads
+# ------------------------------------------------------------------------------------------
+
+
+def test_one_tape_from_four_threads() -> None:
+    tape, params, X = _mlp_tape()
+    rng = np.random.default_rng(5)
+    points = [{k: v + 0.1 * rng.normal(size=v.shape) for k, v in params.items()}
+              for _ in range(8)]
+    want = [tape.value_and_grad(p, p=X) for p in points]
+    results: dict[int, list] = {}
+
+    def work(t: int) -> None:
+        out = []
+        for _ in range(25):
+            for p in points[t:] + points[:t]:
+                out.append((id(p), tape.value_and_grad(p, p=X)))
+        results[t] = out
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    by_id = {id(p): w for p, w in zip(points, want, strict=True)}
+    assert len(results) == 4
+    for out in results.values():
+        assert len(out) == 200
+        for pid, (v, g) in out:
+            v0, g0 = by_id[pid]
+            assert v == v0
+            for k in g0:
+                np.testing.assert_array_equal(g[k], g0[k])
