@@ -969,3 +969,19 @@ def test_one_tape_from_four_threads() -> None:
             assert v == v0
             for k in g0:
                 np.testing.assert_array_equal(g[k], g0[k])
+
+
+@pytest.mark.parametrize(("x", "want"), [
+    ([1e-200, 1e-200, 2.0], [2e-200, 2e-200, 0.0]),  # the product underflows to 0
+    ([1e-160, 1e-160, 3.0], [3e-160, 3e-160, 1e-320]),  # ... to a subnormal
+    ([1e300, 1e300, 1e-300], [1.0, 1.0, np.inf]),  # ... overflows
+])
+def test_prod_gradient_when_the_product_under_or_overflows(x: list, want: list) -> None:
+    """Regression: the gradient was prod / x_t, 0 or inf or imprecise where prod is not a
+    normal number; it is the product of the others (as JAX's)."""
+    tape = tape_of(lambda xp, t: xp.prod(t), [(3,)])
+    _, g = tape.value_and_grad(np.array(x))
+    np.testing.assert_allclose(g, want, rtol=1e-15, atol=0)
+    g_inner = tape_of(lambda xp, t: xp.prod(t, axis=0), [(3, 1)]).vjp(
+        np.array(x)[:, None], np.ones(1))
+    np.testing.assert_allclose(g_inner[:, 0], want, rtol=1e-15, atol=0)
