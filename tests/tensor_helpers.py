@@ -8,7 +8,6 @@ for traced tensors too (NumPy's protocols dispatch them), except that ``logsumex
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np

@@ -367,7 +367,7 @@ def test_structural_gradients_match_jax(name: str, fn: object, shapes: list) -> 
     for g, j in zip(got, jax_vjp(fn, args, cot), strict=True):
         assert_close(g, j, rtol=1e-13, what=name)
     if tape.output_shape == ():
-        v, g = tape.value_and_grad(*args)
+        _, g = tape.value_and_grad(*args)
         assert_close(as_list(g, len(args))[0], jax_vjp(fn, args, np.ones(()))[0], rtol=1e-13)
 
 
@@ -683,7 +683,7 @@ def _setitem(x: object) -> None:
 
 
 @pytest.mark.parametrize(("fn", "match"), [
-    (lambda x: x if x else x, r"cannot decide an `if`"),
+    (lambda x: 1.0 if x else x, r"cannot decide an `if`"),
     (lambda x: x[0] > 0 and x[1], r"cannot decide an `if`"),
     (lambda x: float(x[0]), r"float\(\) needs one"),
     (lambda x: int(x[0]), r"has no value while tracing"),

@@ -130,7 +130,7 @@ def programs(draw: Any) -> dict:
             arg = rng.uniform(-1.0, 1.0, size=_sub_shape(draw, cur.shape))
         elif kind in ("sum", "max", "min", "mean", "prod", "logsumexp"):
             axes = draw(st.lists(st.integers(-nd, nd - 1), max_size=nd,
-                                 unique_by=lambda a: a % nd))
+                                 unique_by=lambda a, nd=nd: a % nd))
             axis = draw(st.sampled_from([None, tuple(axes), axes[0] if axes else None]))
             arg = (axis, draw(st.booleans()))
         elif kind == "softmax":
