@@ -985,3 +985,21 @@ def test_prod_gradient_when_the_product_under_or_overflows(x: list, want: list) 
     g_inner = tape_of(lambda xp, t: xp.prod(t, axis=0), [(3, 1)]).vjp(
         np.array(x)[:, None], np.ones(1))
     np.testing.assert_allclose(g_inner[:, 0], want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    (lambda x: np.reshape(x, (3, 2), order="F"), r"numpy\.reshape.*does not take order='F'"),
+    (lambda x: np.ravel(x, order="F"), r"numpy\.ravel.*does not take order='F'"),
+    (lambda x: np.concatenate([x, x], out=np.zeros((4, 3))), r"numpy\.concatenate.*out="),
+    (lambda x: np.stack([x, x], out=np.zeros((2, 2, 3))), r"numpy\.stack.*out="),
+    (lambda x: np.clip(x, 0.0, 1.0, out=np.zeros((2, 3))), r"numpy\.clip.*out="),
+])
+def test_order_and_out_are_refused_not_ignored(fn: object, match: str) -> None:
+    """Regression: order='F' was ignored (a C-order result, silently different from NumPy's)
+    and out= was never written."""
+    with pytest.raises(TypeError, match=match):
+        ft.trace(fn, shapes=[(2, 3)])
+    tape = ft.compile(ft.trace(lambda x: np.reshape(np.ravel(x, order="C"), (3, 2), order="C"),
+                               shapes=[(2, 3)]))
+    np.testing.assert_array_equal(tape.value(np.arange(6.0).reshape(2, 3)),
+                                  np.arange(6.0).reshape(3, 2))

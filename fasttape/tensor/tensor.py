@@ -855,6 +855,16 @@ def _mean(a: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Tensor
     return mean(a, axis, keepdims)
 
 
+def _plain(name: str, order: str = "C", **kw: Any) -> None:
+    # Refused rather than ignored: order="F" would silently reorder, out= never be written.
+    given = [f"{k}=" for k, v in sorted(kw.items()) if v is not None]
+    if order != "C":
+        given.insert(0, f"order={order!r}")
+    if given:
+        raise TypeError(f"numpy.{name} on traced tensors does not take {', '.join(given)} "
+                        "(traced tensors are C-ordered and immutable)")
+
+
 def _where(cond: Any, a: Any = None, b: Any = None) -> Tensor:
     if a is None or b is None:
         raise TypeError("np.where(cond) with one argument (the indices) is not supported on "
@@ -875,18 +885,21 @@ ARRAY_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     np.dot: dot,
     np.outer: outer,
     np.einsum: einsum,
-    np.reshape: lambda a, shape=None, order="C", **kw: reshape(a, kw.get("newshape", shape)),
+    np.reshape: lambda a, shape=None, order="C", **kw: _plain("reshape", order, **{
+        k: v for k, v in kw.items() if k != "newshape"}) or reshape(a, kw.get("newshape", shape)),
     np.transpose: transpose,
     np.swapaxes: lambda a, x, y: _view(_tensor_arg(a), np.swapaxes, x, y),
     np.moveaxis: lambda a, s, d: _view(_tensor_arg(a), np.moveaxis, s, d),
     np.expand_dims: lambda a, axis: _view(_tensor_arg(a), np.expand_dims, axis),
     np.squeeze: lambda a, axis=None: _view(_tensor_arg(a), np.squeeze, axis),
     np.broadcast_to: lambda a, shape, subok=False: broadcast_to(a, shape),
-    np.ravel: lambda a, order="C": reshape(a, (-1,)),
-    np.concatenate: lambda arrays, axis=0, **kw: concatenate(arrays, axis),
-    np.stack: lambda arrays, axis=0, **kw: stack(arrays, axis),
+    np.ravel: lambda a, order="C": _plain("ravel", order) or reshape(a, (-1,)),
+    np.concatenate: lambda arrays, axis=0, **kw: _plain("concatenate", **kw)
+    or concatenate(arrays, axis),
+    np.stack: lambda arrays, axis=0, **kw: _plain("stack", **kw) or stack(arrays, axis),
     np.where: _where,
-    np.clip: lambda a, a_min=None, a_max=None, **kw: clip(a, a_min, a_max),
+    np.clip: lambda a, a_min=None, a_max=None, **kw: _plain("clip", **kw)
+    or clip(a, a_min, a_max),
     np.shape: lambda a: a.shape,
     np.ndim: lambda a: a.ndim,
     np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
