@@ -53,6 +53,8 @@ arithmetic wraps modulo 2**64, which is two's complement addition.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fasttape.kernels.dispatch import elementwise_adjoint, elementwise_value
@@ -95,6 +97,8 @@ REDUCE_NAMES = ("sum", "prod", "max", "min")
 # loop vectorizes.  The order is fixed, so the result is the same on every machine.
 _LANES = 8
 _U = np.uint64
+# The smallest normal double: below it a product has lost precision (or is 0).
+_TINY = 2.2250738585072014e-308
 
 
 # ------------------------------------------------------------------------------ copy
@@ -283,8 +287,15 @@ def reduce_reverse(op, fields, p, vals, adj):
                 if zeros == 1:
                     adj[at + first * inner] += g * _prod_others(vals, at, r, inner, first)
                 elif zeros == 0:
-                    for t in range(r):
-                        adj[at + t * inner] += g * (vals[d + o * inner + j] / vals[at + t * inner])
+                    f = vals[d + o * inner + j]
+                    # prod / x_t is exact to an ulp only while the product is a normal number:
+                    # an underflowed, subnormal or overflowed product takes the others' product.
+                    if _TINY <= abs(f) < math.inf:
+                        for t in range(r):
+                            adj[at + t * inner] += g * (f / vals[at + t * inner])
+                    else:
+                        for t in range(r):
+                            adj[at + t * inner] += g * _prod_others(vals, at, r, inner, t)
             else:  # MAX, MIN: the first element equal to the result (NaN: the first NaN)
                 f = vals[d + o * inner + j]
                 for t in range(r):

@@ -273,6 +273,42 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         return {"kinds": kinds, "ops": ops, "at": at, "fields": fields, "init": self._init}
 
+    def op_names(self) -> list[str]:
+        """Every tensor op in order: an elementwise op by its op-table name, a reduction as
+        ``"reduce:sum"`` (or prod, max, min), any other kind by its name (``"matmul"``)."""
+        kinds, ops, at, fields = self._arrays
+        out = []
+        for k, op, p in zip(kinds.tolist(), ops.tolist(), at.tolist(), strict=True):
+            if k == ELEMENTWISE:
+                out += [OPS[int(fields[p + 3 + j * MEMBER_FIELDS])].name
+                        for j in range(int(fields[p + 2]))]
+            elif k == REDUCE:
+                out.append(f"reduce:{kernels.REDUCE_NAMES[op]}")
+            else:
+                out.append(kernels.KIND_NAMES[k])
+        return out
+
+    def layout(self) -> dict[str, Any]:
+        """Where the leaves and the output live, and the arguments' structure: with
+        :meth:`to_arrays`, everything :meth:`from_arrays` needs to rebuild the tape."""
+        return {"inputs": list(self._inputs), "params": list(self._params),
+                "in_tree": self._in_tree, "param_tree": self._param_tree,
+                "output": (self._out[0], self._out[1]),
+                "index_checks": list(self._index_checks)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], layout: dict[str, Any]) -> TensorTape:
+        """A tape from :meth:`to_arrays` and :meth:`layout` (of this process or from
+        elsewhere), validated as a compiled one is."""
+        missing = {"kinds", "ops", "at", "fields", "init"} - set(arrays)
+        if missing:
+            raise ValueError(f"arrays lack {sorted(missing)}")
+        out_offset, out_shape = layout["output"]
+        return cls(arrays["kinds"], arrays["ops"], arrays["at"], arrays["fields"],
+                   arrays["init"], layout["inputs"], layout["params"], layout["in_tree"],
+                   layout["param_tree"], out_offset, tuple(out_shape),
+                   index_checks=layout.get("index_checks", ()))
+
     def _op_counts(self) -> dict[str, int]:
         # Tensor ops by kind; an elementwise group counts its members.
         kinds, _, at, fields = self._arrays
@@ -322,7 +358,7 @@ class TensorTape:
         if len(args) != n_args:
             raise TypeError(f"expected {n_args} argument(s) (the traced function's "
                             f"differentiated inputs), got {len(args)}")
-        leaves = self._in_tree.flatten(tuple(args), "the arguments")
+        leaves = self._in_tree.flatten(tuple(args), "argument")
         names = self._names
         if self._params:
             if p is None:
@@ -341,10 +377,16 @@ class TensorTape:
                 continue
             name = names[k]
             try:
-                arr = np.asarray(value, dtype=np.float64)
+                arr = np.asarray(value)
+                # Complex values would lose their imaginary part in the cast (a warning only).
+                if arr.dtype.kind not in "biuf":
+                    raise TypeError
+                arr = arr.astype(np.float64, copy=False)
             except (TypeError, ValueError):
-                raise TypeError(f"{name} must be an array of numbers with shape {shape}, got "
-                                f"{type(value).__name__}") from None
+                raise TypeError(f"{name} must be an array of real numbers with shape {shape}, "
+                                f"got {type(value).__name__}"
+                                + (f" of dtype {arr.dtype}" if isinstance(value, np.ndarray)
+                                   else "")) from None
             if arr.shape != shape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (the shape "
                                  "it was traced with)")

@@ -280,6 +280,10 @@ class Tensor:
     # ----------------------------------------------------------------------- NumPy protocol
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # np.matmul is a (generalized) ufunc, so np.matmul(t, u) and ndarray @ t arrive here,
+        # not at __array_function__.
+        if ufunc is np.matmul and method == "__call__" and not kwargs:
+            return matmul(*inputs)
         name = UFUNC_OPS.get(ufunc.__name__)
         if method != "__call__" or name is None or kwargs:
             what = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
@@ -453,9 +457,6 @@ def _gather(t: Tensor, items: tuple[Any, ...]) -> Tensor:
     # t[i0, i1, ...] with integer arrays, some of them parameters (values known at call
     # time): a GATHER over the first len(items) axes, the others kept whole.
     g = t.g
-    if len(items) > t.ndim:
-        raise IndexError(f"too many indices for array: array is {t.ndim}-dimensional, but "
-                         f"{len(items)} were indexed")
     comps = []
     for k in items:
         if isinstance(k, Tensor):
@@ -475,6 +476,9 @@ def _gather(t: Tensor, items: tuple[Any, ...]) -> Tensor:
                 raise TypeError("indexing with a parameter tensor combines only with integer "
                                 f"arrays (one per leading axis), got {k!r}")
             comps.append(arr)
+    if len(items) > t.ndim:
+        raise IndexError(f"too many indices for array: array is {t.ndim}-dimensional, but "
+                         f"{len(items)} were indexed")
     shape = np.broadcast_shapes(*(c.shape for c in comps))
     src = contiguous(t)
     trailing = src.shape[len(comps):]
@@ -680,9 +684,7 @@ def logsumexp(t: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     the gradient is exactly ``softmax(t)`` along the axis.
     """
     t = _tensor_arg(t)
-    m = reduce(t, MAX, axis, keepdims=True)
-    # An infinite maximum (all -inf, or +inf present) is replaced by 0, as SciPy does.
-    m = elementwise("stop_gradient", where(elementwise("lt", abs(m), np.inf), m, 0.0))
+    m = _shift(t, axis)
     out = elementwise("log", reduce(elementwise("exp", t - m), SUM, axis, keepdims=True)) + m
     if keepdims:
         return out
@@ -690,10 +692,20 @@ def logsumexp(t: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
                               if i not in _axes(axis, t.ndim)))
 
 
+def _shift(t: Tensor, axis: Any) -> Tensor:
+    # The maximum along ``axis`` (kept), held constant for differentiation; an infinite
+    # maximum (all -inf, or +inf present) is replaced by 0, as SciPy does.
+    m = reduce(t, MAX, axis, keepdims=True)
+    return elementwise("stop_gradient", where(elementwise("lt", abs(m), np.inf), m, 0.0))
+
+
 def softmax(t: Any, axis: Any = -1) -> Tensor:
-    """``exp(t) / sum(exp(t), axis)``, computed as ``exp(t - logsumexp(t, axis))``."""
+    """``exp(t) / sum(exp(t), axis)``, computed as ``e / sum(e, axis)`` with ``e = exp(t - m)``
+    and ``m`` the maximum (held constant for differentiation), as SciPy and JAX do: not as
+    ``exp(t - logsumexp(t))``, whose rounding of ``m + log(sum)`` costs ``|m|`` ulps."""
     t = _tensor_arg(t)
-    return elementwise("exp", t - logsumexp(t, axis, keepdims=True))
+    e = elementwise("exp", t - _shift(t, axis))
+    return e / reduce(e, SUM, axis, keepdims=True)
 
 
 # --------------------------------------------------------------------------- products
@@ -925,6 +937,16 @@ def _mean(a: Any, axis: Any = None, keepdims: bool = False, **kw: Any) -> Tensor
     return mean(a, axis, keepdims)
 
 
+def _plain(name: str, order: str = "C", **kw: Any) -> None:
+    # Refused rather than ignored: order="F" would silently reorder, out= never be written.
+    given = [f"{k}=" for k, v in sorted(kw.items()) if v is not None]
+    if order != "C":
+        given.insert(0, f"order={order!r}")
+    if given:
+        raise TypeError(f"numpy.{name} on traced tensors does not take {', '.join(given)} "
+                        "(traced tensors are C-ordered and immutable)")
+
+
 def _where(cond: Any, a: Any = None, b: Any = None) -> Tensor:
     if a is None or b is None:
         raise TypeError("np.where(cond) with one argument (the indices) is not supported on "
@@ -945,18 +967,21 @@ ARRAY_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     np.dot: dot,
     np.outer: outer,
     np.einsum: einsum,
-    np.reshape: lambda a, shape=None, order="C", **kw: reshape(a, kw.get("newshape", shape)),
+    np.reshape: lambda a, shape=None, order="C", **kw: _plain("reshape", order, **{
+        k: v for k, v in kw.items() if k != "newshape"}) or reshape(a, kw.get("newshape", shape)),
     np.transpose: transpose,
     np.swapaxes: lambda a, x, y: _view(_tensor_arg(a), np.swapaxes, x, y),
     np.moveaxis: lambda a, s, d: _view(_tensor_arg(a), np.moveaxis, s, d),
     np.expand_dims: lambda a, axis: _view(_tensor_arg(a), np.expand_dims, axis),
     np.squeeze: lambda a, axis=None: _view(_tensor_arg(a), np.squeeze, axis),
     np.broadcast_to: lambda a, shape, subok=False: broadcast_to(a, shape),
-    np.ravel: lambda a, order="C": reshape(a, (-1,)),
-    np.concatenate: lambda arrays, axis=0, **kw: concatenate(arrays, axis),
-    np.stack: lambda arrays, axis=0, **kw: stack(arrays, axis),
+    np.ravel: lambda a, order="C": _plain("ravel", order) or reshape(a, (-1,)),
+    np.concatenate: lambda arrays, axis=0, **kw: _plain("concatenate", **kw)
+    or concatenate(arrays, axis),
+    np.stack: lambda arrays, axis=0, **kw: _plain("stack", **kw) or stack(arrays, axis),
     np.where: _where,
-    np.clip: lambda a, a_min=None, a_max=None, **kw: clip(a, a_min, a_max),
+    np.clip: lambda a, a_min=None, a_max=None, **kw: _plain("clip", **kw)
+    or clip(a, a_min, a_max),
     np.shape: lambda a: a.shape,
     np.ndim: lambda a: a.ndim,
     np.size: lambda a, axis=None: a.size if axis is None else a.shape[axis],
