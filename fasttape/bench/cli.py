@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fasttape.atomic import atomic_write_text
-from fasttape.bench.cases import FAMILIES
+from fasttape.bench.cases import FAMILIES, TENSOR_FAMILIES
 from fasttape.bench.machine import machine_info
 from fasttape.bench.output import (
     SCHEMA,
@@ -182,8 +182,9 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
 
         numba.set_num_threads(min(ns.threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
-    with compiling(say, "the single-point sweeps"):
-        warm_s = warm_up()
+    tensors = any(f in TENSOR_FAMILIES for f in families)
+    with compiling(say, "the single-point sweeps" + (" and tensor tapes" if tensors else "")):
+        warm_s = warm_up(tensors)
     rows: list[dict[str, Any]] = []
     total = len(families) * len(nodes)
     for i, (family, n) in enumerate(((f, n) for f in families for n in nodes), 1):
