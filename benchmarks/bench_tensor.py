@@ -41,7 +41,10 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__":  # before NumPy, JAX and PyTorch load (see the docstring)
+# Only before NumPy, JAX and PyTorch load (see the docstring): they read these once.  Run
+# inside a process that has NumPy already (the doc tests check the command line in-process),
+# the environment is left alone, so that processes started later do not inherit it.
+if __name__ == "__main__" and "numpy" not in sys.modules:
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                  "NUMBA_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
