@@ -42,10 +42,12 @@ MAX_NODES = 100_000_000
 
 #: The parser's description (plain text: argparse prints it as is).
 DESCRIPTION = """\
-Time seven graph families with fasttape, a hand-written baseline kernel and every installed
-peer (CasADi, JAX, PyTorch, autograd, ddx, plain Python) that agrees with fasttape's value and
-gradient. The table goes to stdout, progress to stderr. The first run compiles fasttape's
-kernels with Numba (about a minute on 2 cores); they are cached for later runs."""
+Time ten graph families with fasttape, a hand-written baseline kernel and every installed
+peer (CasADi, JAX, PyTorch eager and torch.compile, autograd, ddx, plain Python) that agrees
+with fasttape's value and gradient; the -vec families run fasttape's tensor tapes, beside the
+scalar tape of the same function. The table goes to stdout, progress to stderr. The first
+run compiles fasttape's kernels with Numba (about a minute on 2 cores); they are cached for
+later runs."""
 
 EPILOG = """\
 examples:
