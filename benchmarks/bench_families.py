@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fasttape.bench import baseline as bl
-from fasttape.bench.cases import FAMILIES, Case, build_case
+from fasttape.bench.cases import SCALAR_FAMILIES, Case, build_case
 
 FULL_NODES = 100_000
 SMALL_NODES = 2_000
@@ -36,7 +36,7 @@ def _n_nodes(config: pytest.Config) -> int:
     return SMALL_NODES if disabled else FULL_NODES
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=SCALAR_FAMILIES)
 def case(request: pytest.FixtureRequest) -> dict[str, Any]:
     """One family's case, its point and the baseline's reference value and gradient."""
     n = _n_nodes(request.config)

@@ -11,7 +11,16 @@ import pytest
 
 import fasttape as ft
 from fasttape.bench import baseline as bl
-from fasttape.bench.cases import FAMILIES, VECTORIZED, build_case, replay_fn
+from fasttape.bench import families as fam
+from fasttape.bench.cases import (
+    FAMILIES,
+    SCALAR_FAMILIES,
+    TENSOR_FAMILIES,
+    VECTORIZED,
+    build_case,
+    replay_fn,
+    tensor_case,
+)
 from fasttape.bench.cli import main as run_bench_cli
 from fasttape.bench.families import random_local, random_uniform
 from fasttape.bench.peers import PEERS, Built, Peer
@@ -21,6 +30,7 @@ from fasttape.bench.pyops import FLOATS
 from fasttape.bench.runner import (
     FTZ_SYSTEM,
     GRAD_RTOL,
+    SCALAR_SYSTEM,
     Settings,
     agreement,
     measure_case,
@@ -45,8 +55,14 @@ def test_case_function_replays_the_tape(cases, family):
     case = cases[family]
     # random graphs: the live fraction is below its large-size value on tiny graphs
     low = 0.15 if family.startswith("random") else 0.5
-    assert low * SMALL <= case.n_nodes <= 1.6 * SMALL
-    assert case.built == ("arrays" if family.startswith("random") else "traced")
+    if family == "mlp-vec":  # one sample of the 16-32-32-1 network is already ~3,000
+        assert case.size == 1
+    else:
+        assert low * SMALL <= case.n_nodes <= 1.6 * SMALL
+    if family in TENSOR_FAMILIES:
+        assert case.built == "tensor" and case.n_nodes == case.scalar_tape.n_instructions
+    else:
+        assert case.built == ("arrays" if family.startswith("random") else "traced")
     v = case.tape.value(case.x)
     assert math.isfinite(v)
     assert case.fn(list(case.x), FLOATS) == pytest.approx(v, rel=1e-12)
@@ -130,12 +146,52 @@ def test_baseline_covers_exactly_its_ops_and_matches_the_reference(op):
         np.testing.assert_allclose(g, rg, rtol=1e-13)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", SCALAR_FAMILIES)
 def test_baseline_agrees_with_fasttape_on_every_family(cases, family):
     case = cases[family]
     v, g = case.tape.value_and_grad(case.x)
     bv, bg = bl.run_baseline(case.tape, case.x)
     assert agreement(v, g, bv, bg)[2] is None
+
+
+@pytest.mark.parametrize("family", TENSOR_FAMILIES)
+def test_tensor_families_agree_with_their_scalar_twin(cases, family):
+    """The tensor tape (array code) and the scalar tape (element by element) of a -vec case
+    are the same function: values to rounding, gradients to 1e-12 of the largest entry."""
+    case = cases[family]
+    assert isinstance(case.tape, ft.TensorTape)
+    assert case.tape.n_instructions < 30  # one instruction per array op, not per element
+    v, g = case.tape.value_and_grad(case.x)
+    sv, sg = case.scalar_tape.value_and_grad(case.x)
+    assert v == pytest.approx(sv, rel=1e-12)
+    assert g.shape == case.x.shape
+    np.testing.assert_allclose(g, sg, rtol=0, atol=1e-12 * np.abs(sg).max())
+
+
+def test_tensor_case_sizes_and_the_mnist_sized_mlp():
+    big = tensor_case("rosenbrock-vec", 2_000, scalar=False)
+    small = tensor_case("rosenbrock-vec", 20)
+    assert big.scalar_tape is None and big.n_nodes == 6 * 2_000  # an estimate, not built
+    assert big.tape.n_instructions == small.tape.n_instructions  # size-independent tape
+    mnist = tensor_case("mlp-vec", 4, widths=fam.MNIST_WIDTHS)
+    assert mnist.scalar_tape is None and mnist.fn is None
+    assert mnist.x.size == 784 * 256 + 256 + 256 * 10 + 10
+    v, g = mnist.tape.value_and_grad(mnist.x)
+    # the same loss in plain NumPy: tanh layer, then mean cross-entropy over the 10 classes
+    w1 = mnist.x[:784 * 256].reshape(784, 256)
+    b1 = mnist.x[784 * 256:784 * 256 + 256]
+    w2 = mnist.x[784 * 256 + 256:-10].reshape(256, 10)
+    logits = np.tanh(mnist.data["feats"] @ w1 + b1) @ w2 + mnist.x[-10:]
+    top = logits.max(axis=1)
+    lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    assert v == pytest.approx(np.mean(lse - logits[np.arange(4), mnist.data["targets"]]),
+                              rel=1e-12)
+    assert g.shape == mnist.x.shape and np.all(np.isfinite(g)) and np.abs(g).max() > 0
+    with pytest.raises(ValueError, match="not a tensor family"):
+        tensor_case("rosenbrock", 10)
+    with pytest.raises(ValueError, match="one output"):
+        fam.mlp_vec_fn(list(mnist.x), FLOATS, mnist.data["feats"], mnist.data["targets"],
+                       fam.MNIST_WIDTHS)
 
 
 def test_baseline_refuses_tapes_it_cannot_run():
@@ -248,9 +304,22 @@ def test_a_peer_without_an_op_is_unsupported_for_the_family_not_a_crash(cases):
     assert again["status"] == row["status"]
 
 
+def _peer_family_pairs() -> list:
+    """Every peer with every family it runs (a combination it sits out is no test: under CI
+    a skipped oracle test fails); torch.compile on one family only (tens of seconds each)."""
+    pairs = []
+    for peer in PEERS:
+        for family in ["random-uniform", "autograd-west", *VECTORIZED]:
+            if peer.applies(family, quick=False) is not None:
+                continue
+            if peer.name == "torch-compile" and family != "rosenbrock-vec":
+                continue
+            pairs.append(pytest.param(peer, family, id=f"{family}-{peer.name}"))
+    return pairs
+
+
 @pytest.mark.oracle  # CI installs every peer (the peers extra): a skip there is a failure
-@pytest.mark.parametrize("peer", PEERS, ids=[p.name for p in PEERS])
-@pytest.mark.parametrize("family", ["random-uniform", "autograd-west", *VECTORIZED])
+@pytest.mark.parametrize(("peer", "family"), _peer_family_pairs())
 def test_installed_peers_agree_with_fasttape(peer, family):
     if peer.available() is not None:
         pytest.skip(f"{peer.name} not installed")
@@ -280,6 +349,35 @@ def test_measure_case_rows(cases):
     assert base["vs_fasttape"] > 0
     if ftz:  # no subnormals in this case: the flushed sweep gives the same numbers
         assert rows[2]["status"].startswith("ok") and rows[2]["grad_rel_diff"] == 0.0
+
+
+def test_measure_case_rows_of_a_tensor_family():
+    settings = Settings(families=["lennard-jones-vec"], nodes=[SMALL], repeat=2,
+                        peers=["casadi-sx", "torch-compile"], quick=True, min_sample=1e-4)
+    rows = measure_case("lennard-jones-vec", SMALL, settings)
+    assert [r["system"] for r in rows] == ["fasttape", SCALAR_SYSTEM, "casadi-sx",
+                                           "torch-compile"]
+    ft_row, scalar = rows[:2]
+    assert ft_row["code"] == "tensor" and ft_row["status"] == "ok"
+    assert scalar["code"] == "traced" and scalar["status"] == "ok"
+    assert ft_row["n_nodes"] == scalar["n_nodes"] > 100  # the scalar twin's instructions
+    for key in ("build_s", "compile_s", "first_call_s", "value_ns", "vg_ns"):
+        assert ft_row[key] > 0, key
+    assert scalar["vs_fasttape"] > 0 and scalar["grad_rel_diff"] <= 1e-12
+    # scalar engines sit the tensor families out; torch.compile sits out --quick
+    assert rows[2]["status"] == "n/a (array code only: see lennard-jones)"
+    assert rows[3]["status"].startswith("skipped (--quick")
+
+
+def test_peers_that_sit_a_family_out_say_why():
+    from fasttape.bench.peers import peer_by_name
+
+    tc, jax_peer = peer_by_name("torch-compile"), peer_by_name("jax")
+    assert tc.applies("chain", quick=False) == "n/a (vectorized families only)"
+    assert tc.applies("mlp-vec", quick=False) is None
+    assert jax_peer.applies("mlp-vec", quick=True) is None
+    assert peer_by_name("ddx").applies("mlp-vec", quick=False).startswith("n/a (array code")
+    assert peer_by_name("ddx").applies("mlp", quick=False) is None
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -7,6 +7,12 @@ families (and ``chain``) are traced from that Python code with :func:`fasttape.t
 user would; the random families are built as tape arrays (``built == "arrays"``), pruned to
 the instructions that reach the output (:mod:`~fasttape.bench.prune`), and the peers replay
 the tape's instructions with their functions (:func:`replay_fn`).
+
+The tensor families (:data:`TENSOR_FAMILIES`, ``-vec``) are the same functions written with
+arrays (:func:`~fasttape.bench.families.vectorized_fn`): fasttape traces that code on tensors
+(``ft.trace(fn, shapes=...)``) into a :class:`~fasttape.TensorTape`, the array peers run it,
+and the case also carries the scalar tape of the same function (its scalar twin, traced
+element by element) for a row of its own.  Their size is the scalar twin's.
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ import fasttape as ft
 from fasttape.bench import families as fam
 from fasttape.bench.prune import prune
 from fasttape.ops import OPS
+from fasttape.tensor.tensor import matmul as tensor_matmul
 
-__all__ = ["FAMILIES", "VECTORIZED", "Case", "build_case", "replay_fn", "size_param"]
+__all__ = [
+    "FAMILIES", "SCALAR_FAMILIES", "TENSOR_FAMILIES", "TRACE_NS", "VECTORIZED", "Case",
+    "build_case", "replay_fn", "size_param", "tensor_case",
+]
 
-#: Families of ``fasttape bench``, in table order.
-FAMILIES = (
+#: Families whose fasttape tape is a scalar tape, in table order.
+SCALAR_FAMILIES = (
     "random-local",
     "random-uniform",
     "chain",
@@ -36,8 +46,20 @@ FAMILIES = (
     "autograd-west",
 )
 
+#: Families whose fasttape tape is a tensor tape traced from array code.
+TENSOR_FAMILIES = ("rosenbrock-vec", "lennard-jones-vec", "mlp-vec")
+
+#: Families of ``fasttape bench``, in table order.
+FAMILIES = SCALAR_FAMILIES + TENSOR_FAMILIES
+
 #: Families for which array-language peers (JAX, PyTorch, autograd) run vectorized code.
-VECTORIZED = ("rosenbrock", "lennard-jones", "mlp")
+VECTORIZED = ("rosenbrock", "lennard-jones", "mlp", *TENSOR_FAMILIES)
+
+#: The array namespace fasttape's tensor trace runs the vectorized code with: NumPy, whose
+#: functions dispatch to traced tensors, except two names.  ``matmul`` is the tensor
+#: module's: NumPy's ``np.matmul`` ufunc does not trace when its first operand is a constant
+#: array (the MLP's features times a traced weight matrix).
+TRACE_NS = fam.ArrayNamespace(np, matmul=tensor_matmul, logsumexp=ft.logsumexp)
 
 Fn = Callable[[Sequence[Any], Any], Any]
 
@@ -52,20 +74,29 @@ class Case:
     size : int
         The family's own size parameter (instructions for the random families and chain,
         variables, atoms, samples or ops for the others).
-    tape : Tape
-        fasttape's compiled tape (one output).
+    tape : Tape or TensorTape
+        fasttape's compiled tape (one output); a TensorTape for the tensor families.
     x : ndarray
         The evaluation point.
     fn : callable
         ``fn(x, m) -> scalar``: the function over a sequence of scalars ``x`` and a math
         namespace ``m`` (see :mod:`fasttape.bench.families`).
-    built : {"traced", "arrays"}
-        How fasttape built the tape: traced from ``fn`` or generated as arrays.
+    built : {"traced", "arrays", "tensor"}
+        How fasttape built the tape: traced from ``fn``, generated as arrays, or traced on
+        tensors from the vectorized code.
     build_s, compile_s : float
         fasttape's build time (trace, or array generation and validation) and compile time
         (``ft.compile``, or pruning and revalidation for array-built tapes).
     data : dict
         Extra inputs of the vectorized peers (the MLP's features and targets).
+    scalar_tape : Tape or None
+        Tensor families: the scalar tape of the same function (``fn`` traced element by
+        element), None where it was not built (too big).
+    scalar_build_s : float
+        Its trace and compile time.
+    nodes : int or None
+        Tensor families: the size in scalar instructions (the scalar tape's, or an estimate
+        where it was not built), the unit of their ns/node figures.
     """
 
     family: str
@@ -77,11 +108,15 @@ class Case:
     build_s: float
     compile_s: float
     data: dict[str, Any] = field(default_factory=dict)
+    scalar_tape: ft.Tape | None = None
+    scalar_build_s: float = 0.0
+    nodes: int | None = None
 
     @property
     def n_nodes(self) -> int:
-        """Instructions of fasttape's tape: the unit of every ns/node figure."""
-        return self.tape.n_instructions
+        """Instructions of fasttape's tape, or of the scalar twin of a tensor family: the
+        unit of every ns/node figure."""
+        return self.tape.n_instructions if self.nodes is None else self.nodes
 
 
 #: About this fraction of a random family's instructions reach its output (and survive
@@ -136,6 +171,8 @@ def _structured(family: str, size: int) -> tuple[Fn, int, np.ndarray, dict[str, 
 def build_case(family: str, n_nodes: int) -> Case:
     """Build ``family`` at about ``n_nodes`` instructions with fasttape, timing each step."""
     size = size_param(family, n_nodes)
+    if family in TENSOR_FAMILIES:
+        return tensor_case(family, size)
     if family in ("random-local", "random-uniform"):
         gen = fam.random_local if family == "random-local" else fam.random_uniform
         t0 = time.perf_counter()
@@ -153,6 +190,61 @@ def build_case(family: str, n_nodes: int) -> Case:
     t2 = time.perf_counter()
     del graph
     return Case(family, size, tape, x, fn, "traced", t1 - t0, t2 - t1, data)
+
+
+def tensor_case(family: str, size: int, *, widths: Sequence[int] | None = None,
+                scalar: bool = True) -> Case:
+    """A tensor family at its own size parameter (variables, atoms, or the MLP's batch).
+
+    Parameters
+    ----------
+    family : str
+        One of :data:`TENSOR_FAMILIES`.
+    size : int
+        Variables (``rosenbrock-vec``), atoms (``lennard-jones-vec``), samples (``mlp-vec``).
+    widths : sequence of int, optional
+        ``mlp-vec``'s layer widths (default :data:`~fasttape.bench.families.MLP_VEC_WIDTHS`;
+        :data:`~fasttape.bench.families.MNIST_WIDTHS` for the MNIST-sized network, which has
+        no scalar twin: more than one output).
+    scalar : bool
+        Also build the scalar twin's tape (:attr:`Case.scalar_tape`).
+    """
+    if family not in TENSOR_FAMILIES:
+        raise ValueError(f"{family!r} is not a tensor family ({', '.join(TENSOR_FAMILIES)})")
+    data: dict[str, Any] = {}
+    if family == "mlp-vec":
+        widths = tuple(widths or fam.MLP_VEC_WIDTHS)
+        feats, targets = fam.mlp_vec_data(size, widths)
+        x = fam.mlp_vec_point(widths)
+        data = {"feats": feats, "targets": targets, "widths": widths}
+        if widths[-1] == 1:
+
+            def fn(v: Sequence[Any], m: Any) -> Any:
+                return fam.mlp_vec_fn(v, m, feats, targets, widths)
+
+            per_unit = fam.mlp_vec_nodes_per_sample(widths)
+        else:  # class labels: no scalar twin (the scalar loss has one output)
+            data["rows"] = np.arange(size)
+            fn, scalar, per_unit = None, False, fam.mlp_vec_nodes_per_sample(widths)
+    else:
+        fn, _, x, _ = _structured(family.removesuffix("-vec"), size)
+        per_unit = {"rosenbrock-vec": 6, "lennard-jones-vec": 10.5 * (size - 1) / 2}[family]
+    case = Case(family, size, None, x, fn, "tensor", 0.0, 0.0, data)  # type: ignore[arg-type]
+    f = fam.vectorized_fn(family, case, TRACE_NS)
+    t0 = time.perf_counter()
+    graph = ft.trace(f, shapes=[x.shape])
+    t1 = time.perf_counter()
+    case.tape = ft.compile(graph)
+    case.build_s, case.compile_s = t1 - t0, time.perf_counter() - t1
+    del graph
+    if scalar and fn is not None:
+        t0 = time.perf_counter()
+        case.scalar_tape = ft.compile(ft.trace(lambda v: fn(v, ft), x.size))
+        case.scalar_build_s = time.perf_counter() - t0
+        case.nodes = case.scalar_tape.n_instructions
+    else:
+        case.nodes = max(1, round(per_unit * size))
+    return case
 
 
 def replay_fn(tape: ft.Tape) -> Fn:

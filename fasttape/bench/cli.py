@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fasttape.atomic import atomic_write_text
-from fasttape.bench.cases import FAMILIES
+from fasttape.bench.cases import FAMILIES, TENSOR_FAMILIES
 from fasttape.bench.machine import machine_info
 from fasttape.bench.output import (
     SCHEMA,
@@ -42,10 +42,12 @@ MAX_NODES = 100_000_000
 
 #: The parser's description (plain text: argparse prints it as is).
 DESCRIPTION = """\
-Time seven graph families with fasttape, a hand-written baseline kernel and every installed
-peer (CasADi, JAX, PyTorch, autograd, ddx, plain Python) that agrees with fasttape's value and
-gradient. The table goes to stdout, progress to stderr. The first run compiles fasttape's
-kernels with Numba (about a minute on 2 cores); they are cached for later runs."""
+Time ten graph families with fasttape, a hand-written baseline kernel and every installed
+peer (CasADi, JAX, PyTorch eager and torch.compile, autograd, ddx, plain Python) that agrees
+with fasttape's value and gradient; the -vec families run fasttape's tensor tapes, beside the
+scalar tape of the same function. The table goes to stdout, progress to stderr. The first
+run compiles fasttape's kernels with Numba (about a minute on 2 cores); they are cached for
+later runs."""
 
 EPILOG = """\
 examples:
@@ -182,8 +184,9 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
 
         numba.set_num_threads(min(ns.threads, numba.config.NUMBA_NUM_THREADS))
     t0 = time.perf_counter()
-    with compiling(say, "the single-point sweeps"):
-        warm_s = warm_up()
+    tensors = any(f in TENSOR_FAMILIES for f in families)
+    with compiling(say, "the single-point sweeps" + (" and tensor tapes" if tensors else "")):
+        warm_s = warm_up(tensors)
     rows: list[dict[str, Any]] = []
     total = len(families) * len(nodes)
     for i, (family, n) in enumerate(((f, n) for f in families for n in nodes), 1):

@@ -16,6 +16,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +51,14 @@ __all__ = [
     "autograd_west",
     "WEST_INPUTS",
     "structured_size",
+    "ArrayNamespace",
+    "MLP_VEC_WIDTHS",
+    "MNIST_WIDTHS",
+    "mlp_vec_data",
+    "mlp_vec_fn",
+    "mlp_vec_point",
+    "mlp_vec_nodes_per_sample",
+    "vectorized_fn",
 ]
 
 #: Op mix of :func:`random_local` (name -> weight).  Tuned so that values stay O(1) and
@@ -398,14 +407,24 @@ def autograd_west_point() -> np.ndarray:
 _NODES_PER_UNIT = {"rosenbrock": 6, "lennard-jones": 10.5, "mlp": 147, "autograd-west": 5.75}
 
 
+def mlp_vec_nodes_per_sample(widths: Sequence[int] = (16, 32, 32, 1)) -> int:
+    """About the scalar tape's instructions per sample of :func:`mlp_vec_fn` (a multiply
+    and an add per weight, a bias add and a tanh per unit, three for the loss term)."""
+    return sum(2 * a * b + b for a, b in itertools.pairwise(widths)) + 3
+
+
 def structured_size(family: str, n_nodes: int) -> int:
     """The size parameter giving about ``n_nodes`` instructions for a structured family.
 
-    Variables for ``rosenbrock``, atoms for ``lennard-jones``, samples for ``mlp``, ops for
-    ``autograd-west``.
+    Variables for ``rosenbrock``, atoms for ``lennard-jones``, samples for ``mlp`` and
+    ``mlp-vec``, ops for ``autograd-west``.  A ``-vec`` family takes the size of its scalar
+    twin (the same function written element by element).
     """
     if n_nodes < 1:
         raise ValueError(f"n_nodes must be >= 1, got {n_nodes}")
+    if family == "mlp-vec":
+        return max(1, round(n_nodes / mlp_vec_nodes_per_sample(MLP_VEC_WIDTHS)))
+    family = family.removesuffix("-vec")
     units = n_nodes / _NODES_PER_UNIT[family]
     if family == "rosenbrock":
         return max(2, round(units) + 1)
@@ -458,3 +477,149 @@ def autograd_west(n_ops: int = 10_000, *, grad_mode: str = "stored") -> Tape:
     import fasttape as ft
 
     return _traced(lambda x: autograd_west_fn(x, ft, n_ops), WEST_INPUTS, grad_mode)
+
+
+# ------------------------------------------------------------------ vectorized (array) code
+# The tensor families ("rosenbrock-vec", "lennard-jones-vec", "mlp-vec") and the array peers
+# run the functions below, written once with NumPy names over an array namespace ``xp``
+# (``numpy`` for fasttape's tensor trace, ``jax.numpy``, a torch shim, ``autograd.numpy``).
+
+#: Layer widths of ``mlp-vec``: 16 inputs, two tanh layers of 32, one output.
+MLP_VEC_WIDTHS = (16, 32, 32, 1)
+#: The MNIST-sized network (784 inputs, 256 tanh units, 10 classes, cross-entropy loss).
+MNIST_WIDTHS = (784, 256, 10)
+
+
+class ArrayNamespace:
+    """An array module with a few names replaced: ``xp.name`` is ``overrides[name]`` if
+    given, else ``getattr(module, name)``.
+
+    Used where a library spells a NumPy function differently (``torch.t`` for
+    ``transpose``, ``jax.nn.logsumexp``).
+    """
+
+    def __init__(self, module: Any, **overrides: Any) -> None:
+        self._module = module
+        self._overrides = overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._module, name)
+
+
+def mlp_vec_data(batch: int, widths: Sequence[int] = MLP_VEC_WIDTHS, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded data of :func:`mlp_vec_fn`: features in [-1, 1] of shape ``(batch,
+    widths[0])``; targets ``sin(sum of features)`` for one output, else class labels (int)."""
+    rng = np.random.default_rng(seed)
+    feats = rng.uniform(-1.0, 1.0, size=(batch, widths[0]))
+    if widths[-1] == 1:
+        return feats, np.sin(feats.sum(axis=1))
+    return feats, rng.integers(0, widths[-1], size=batch)
+
+
+def mlp_vec_point(widths: Sequence[int] = MLP_VEC_WIDTHS, seed: int = 0) -> np.ndarray:
+    """Seeded weights of :func:`mlp_vec_fn`, flat: per layer ``W`` (in x out, row-major,
+    Glorot-scaled) then ``b`` (zeros)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for a, b in itertools.pairwise(widths):
+        parts += [rng.normal(0.0, 1.0 / math.sqrt(a), a * b), np.zeros(b)]
+    return np.concatenate(parts)
+
+
+def _layers(x: Any, widths: Sequence[int]) -> list[tuple[Any, Any]]:
+    # (W, b) slices of the flat parameters, W still flat (in * out, row-major).
+    out, o = [], 0
+    for a, b in itertools.pairwise(widths):
+        out.append((x[o:o + a * b], x[o + a * b:o + a * b + b]))
+        o += a * b + b
+    return out
+
+
+def mlp_vec_fn(x: Sequence[Any], m: Any, feats: np.ndarray, targets: np.ndarray,
+               widths: Sequence[int] = MLP_VEC_WIDTHS) -> Any:
+    """Squared-error loss of a tanh perceptron with layer ``widths`` (one output), in
+    scalar ops: the scalar twin of ``mlp-vec``'s array code (:func:`vectorized_fn`).
+
+    ``x`` holds the weights as :func:`mlp_vec_point` lays them out; the loss is the plain
+    sum of ``(prediction - target)**2`` over the samples.
+    """
+    if widths[-1] != 1:
+        raise ValueError(f"the scalar MLP has one output, got widths {tuple(widths)}")
+    layers = _layers(list(x), widths)
+    terms = []
+    for row, y in zip(feats.tolist(), targets.tolist(), strict=True):
+        h: list[Any] = row
+        for k, (w, b) in enumerate(layers):
+            n_in, n_out = widths[k], widths[k + 1]
+            z = [m.sum(h[i] * w[i * n_out + j] for i in range(n_in)) + b[j]
+                 for j in range(n_out)]
+            h = z if k == len(layers) - 1 else [m.tanh(v) for v in z]
+        terms.append((h[0] - y) ** 2)
+    return m.sum(terms)
+
+
+def vectorized_fn(family: str, case: Any, xp: Any) -> Callable[[Any], Any]:
+    """The array code of ``family`` (one of the scalar families with a vectorized form, or
+    a ``-vec`` family), for the array namespace ``xp``, as a function of the flat point.
+
+    ``case`` gives the size and data (:class:`~fasttape.bench.cases.Case`: ``size``, and
+    ``data`` with the MLPs' features, targets, widths and, for several classes, ``rows``:
+    ``arange(batch)``).  ``xp`` needs ``sum``, ``tanh``,
+    ``matmul``, ``transpose``, ``reshape``, and ``mean`` and ``logsumexp`` (axis as second
+    argument) for a multi-class MLP.  The terms and their order match the scalar code up to
+    rounding.
+    """
+    if family in ("rosenbrock", "rosenbrock-vec"):
+        return lambda x: xp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+    if family in ("lennard-jones", "lennard-jones-vec"):
+        n = case.size
+        # Pairs i < j gathered with constant index arrays: half the work of the n x n
+        # broadcast, and no r = 0 diagonal to mask (whose masked-out inf would put NaN into
+        # a where's gradient).
+        iu, ju = np.triu_indices(n, k=1)
+
+        def lj(x: Any) -> Any:
+            p = xp.reshape(x, (n, 3))
+            d = p[iu] - p[ju]
+            r2 = xp.sum(d ** 2, 1)
+            s6 = (1.0 / r2) ** 3
+            return xp.sum(4.0 * (s6 * s6 - s6))
+
+        return lj
+    if family == "mlp":
+        d, h = MLP_SHAPE
+        feats, targets = case.data["feats"], case.data["targets"]
+
+        def loss(x: Any) -> Any:
+            w1 = xp.reshape(x[: h * d], (h, d))
+            b1 = x[h * d : h * d + h]
+            w2 = x[h * d + h : h * d + 2 * h]
+            b2 = x[h * d + 2 * h]
+            hidden = xp.tanh(xp.matmul(feats, xp.transpose(w1)) + b1)
+            pred = xp.matmul(hidden, w2) + b2
+            return xp.sum((pred - targets) ** 2)
+
+        return loss
+    if family == "mlp-vec":
+        widths = tuple(case.data["widths"])
+        feats, targets = case.data["feats"], case.data["targets"]
+        n_batch = feats.shape[0]
+        rows = case.data.get("rows")  # arange(batch): with the labels, each sample's logit
+
+        def deep_loss(x: Any) -> Any:
+            h = feats
+            layers = _layers(x, widths)
+            for k, (w, b) in enumerate(layers):
+                z = xp.matmul(h, xp.reshape(w, (widths[k], widths[k + 1]))) + b
+                h = z if k == len(layers) - 1 else xp.tanh(z)
+            if widths[-1] == 1:
+                return xp.sum((xp.reshape(h, (n_batch,)) - targets) ** 2)
+            return xp.mean(xp.logsumexp(h, 1) - h[rows, targets])
+
+        return deep_loss
+    raise ValueError(f"no vectorized code for {family!r}")

@@ -45,7 +45,7 @@ SHORT_COLUMNS = tuple((k, _SHORT_HEADS[k], kind) for k, _, kind in COLUMNS if k 
 WIDTH = 100
 
 #: Row statuses the terminal table leaves out, summarised in a line below it instead.
-_QUIET = ("not installed", "skipped")
+_QUIET = ("not installed", "skipped", "n/a (array code only")
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -111,7 +111,7 @@ def render_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 
 
 #: The extra that installs each peer (``pip install "fasttape[<extra>]"``).
-PEER_EXTRAS = {"torch": "peers-torch"}
+PEER_EXTRAS = {"torch": "peers-torch", "torch-compile": "peers-torch"}
 
 
 def render_quiet(result: dict[str, Any]) -> str:
@@ -137,6 +137,11 @@ def render_quiet(result: dict[str, Any]) -> str:
     if skipped:
         counts = ", ".join(f"{k} {n}" for k, n in skipped.items())
         lines.append(f"skipped (size cap or time limit; see --markdown/--json): {counts} cases")
+    scalar_only = {r["system"]: None for r in result["rows"]
+                   if str(r["status"]).startswith("n/a (array code only")}
+    if scalar_only:
+        lines.append(f"not run on the -vec families (scalar code only, the same as on the "
+                     f"scalar family): {', '.join(scalar_only)}")
     return "\n".join(lines)
 
 
@@ -231,6 +236,13 @@ def render_targets(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     lines = ["targets (value+gradient time ratios, at the largest size both systems ran):"]
     for fam in dict.fromkeys(r["family"] for r in rows):
         parts = []
+        if fam.endswith("-vec"):  # tensor tapes: figures, no verdict (see bench_tensor.py)
+            for system in ("fasttape-scalar", "jax", "torch", "torch-compile"):
+                got = _largest(rows, fam, system)
+                if got:
+                    parts.append(f"{system}/fasttape {got[1]:.2f}x at {got[0]:,}")
+            lines.append(f"{b}{fam}: " + ("; ".join(parts) or "no peer ran"))
+            continue
         base = _largest(rows, fam, "baseline")
         if base:
             ratio = 1.0 / base[1]

@@ -2,7 +2,8 @@
 
 For each family and size, fasttape builds the case (:func:`~fasttape.bench.cases.build_case`)
 and is timed together with the hand-written baseline kernel
-(:mod:`~fasttape.bench.baseline`); then each peer builds its own version, its value and
+(:mod:`~fasttape.bench.baseline`), or for a tensor family together with the scalar tape of
+the same function (row ``fasttape-scalar``); then each peer builds its own version, its value and
 gradient are compared with fasttape's (:func:`agreement`), and only a peer that agrees is
 timed.  A peer that is not installed, fails, disagrees, exceeds its size cap or the time limit
 gets a row saying so, as does one that has no function for an op of the family
@@ -32,6 +33,7 @@ from fasttape.kernels import fpenv
 
 __all__ = [
     "FTZ_SYSTEM",
+    "SCALAR_SYSTEM",
     "GRAD_RTOL",
     "VALUE_RTOL",
     "ROW_KEYS",
@@ -59,6 +61,9 @@ SETUP_GROWTH = 1.5
 
 #: The row of fasttape with ``flush_subnormals=True`` (x86 only).
 FTZ_SYSTEM = "fasttape-ftz"
+
+#: The row of a tensor family's scalar twin: fasttape's scalar tape of the same function.
+SCALAR_SYSTEM = "fasttape-scalar"
 
 #: The figures of one row.
 ROW_KEYS = (
@@ -152,9 +157,15 @@ def _row(case: Case, system: str, code: str, status: str, **figures: Any) -> dic
     return row
 
 
-def warm_up() -> float:
-    """Load fasttape's and the baseline's kernels once (Numba cache); seconds it took."""
+def warm_up(tensors: bool = False) -> float:
+    """Load fasttape's and the baseline's kernels once (Numba cache), and with ``tensors``
+    the tensor tapes' kernels; seconds it took."""
     t0 = time.perf_counter()
+    if tensors:
+        for family in ("rosenbrock-vec", "mlp-vec"):
+            case = build_case(family, 50)
+            case.tape.value(case.x)
+            case.tape.value_and_grad(case.x)
     for family in ("random-local", "rosenbrock"):
         case = build_case(family, 50)
         case.tape.value(case.x)
@@ -188,6 +199,11 @@ def measure_case(
         "value": lambda: tape.value(x),
         "vg": lambda: tape.value_and_grad(x),
     }
+    if case.built == "tensor":
+        rows = _tensor_rows(case, holder["first"], peak, v_ref, g_ref, settings)
+        ft_vg = rows[0]["vg_ns"]
+        _peer_rows(case, rows, v_ref, g_ref, ft_vg, settings, say)
+        return rows
     base_ok = bl.supports(tape.ops) and int(tape.outputs[0]) == tape.n_slots - 1
     base_problem = None
     if base_ok:
@@ -231,12 +247,55 @@ def measure_case(
             grad_over_value=t["ftz_vg"] / t["ftz_value"], vs_fasttape=t["ftz_vg"] / t["vg"],
             grad_rel_diff=f_grad_rel, value_rel_diff=f_value_rel,
         ))
+    _peer_rows(case, rows, v_ref, g_ref, ft_vg, settings, say)
+    return rows
+
+
+def _peer_rows(case: Case, rows: list[dict[str, Any]], v_ref: float, g_ref: np.ndarray,
+               ft_vg: float, settings: Settings, say: Callable[[str], None]) -> None:
+    """Append every asked-for peer's row for ``case`` to ``rows``."""
     for peer in PEERS:
         if settings.peers is not None and peer.name not in settings.peers:
             continue
-        say(f"{family} {n_nodes:,}: {peer.name}")
+        say(f"{case.family} {case.n_nodes:,}: {peer.name}")
         rows.append(run_peer(peer, case, v_ref, g_ref, ft_vg, settings))
         gc.collect()
+
+
+def _tensor_rows(case: Case, first_s: float, peak: int | None, v_ref: float,
+                 g_ref: np.ndarray, settings: Settings) -> list[dict[str, Any]]:
+    """The rows of a tensor family: fasttape's tensor tape, then the scalar tape of the same
+    function (:data:`SCALAR_SYSTEM`), sampled in turn (no baseline row: the hand-written
+    kernel runs scalar tapes, and the scalar family of the same name has its row)."""
+    tape, x, n = case.tape, case.x, case.n_nodes
+    fns: dict[str, Callable[[], Any]] = {
+        "value": lambda: tape.value(x),
+        "vg": lambda: tape.value_and_grad(x),
+    }
+    st = case.scalar_tape
+    if st is not None:
+        sv, sg = st.value_and_grad(x)
+        s_grad_rel, s_value_rel, s_problem = agreement(v_ref, g_ref, sv, sg)
+        fns["s_value"] = lambda: st.value(x)
+        fns["s_vg"] = lambda: st.value_and_grad(x)
+    t = median_times(fns, settings.repeat, min_sample=settings.min_sample)
+    rows = [_row(
+        case, "fasttape", "tensor", "ok", build_s=case.build_s, compile_s=case.compile_s,
+        first_call_s=first_s, value_ns=t["value"] / n * 1e9, vg_ns=t["vg"] / n * 1e9,
+        grad_over_value=t["vg"] / t["value"], vs_fasttape=1.0,
+        peak_bytes_per_node=None if peak is None else peak / n,
+        grad_rel_diff=0.0, value_rel_diff=0.0,
+    )]
+    if st is not None:
+        rows.append(_row(
+            case, SCALAR_SYSTEM, "traced", "ok" if s_problem is None else
+            f"DISAGREES: {s_problem}", build_s=case.scalar_build_s,
+            value_ns=t["s_value"] / n * 1e9, vg_ns=t["s_vg"] / n * 1e9,
+            grad_over_value=t["s_vg"] / t["s_value"], vs_fasttape=t["s_vg"] / t["vg"],
+            grad_rel_diff=s_grad_rel, value_rel_diff=s_value_rel,
+        ))
+    else:
+        rows.append(_row(case, SCALAR_SYSTEM, "traced", "n/a (not built at this size)"))
     return rows
 
 
@@ -246,6 +305,9 @@ def run_peer(
 ) -> dict[str, Any]:
     """One peer's row for ``case``: status, then figures where it ran and agreed."""
     code = peer.style(case.family)
+    not_here = peer.applies(case.family, settings.quick)
+    if not_here is not None:
+        return _row(case, peer.name, code, not_here)
     missing = peer.available()
     if missing is not None:
         return _row(case, peer.name, code, missing)

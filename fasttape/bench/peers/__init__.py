@@ -6,13 +6,14 @@ from fasttape.bench.peers.casadi_peer import CasadiPeer
 from fasttape.bench.peers.ddx_peer import DdxPeer
 from fasttape.bench.peers.jax_peer import JaxPeer
 from fasttape.bench.peers.python_ref import PythonPeer
-from fasttape.bench.peers.torch_peer import TorchPeer
+from fasttape.bench.peers.torch_peer import TorchCompilePeer, TorchPeer
 
 __all__ = ["PEERS", "Built", "Peer", "peer_by_name"]
 
 #: One instance of every peer, in table order.
 PEERS: tuple[Peer, ...] = (
-    PythonPeer(), CasadiPeer(), JaxPeer(), TorchPeer(), AutogradPeer(), DdxPeer(),
+    PythonPeer(), CasadiPeer(), JaxPeer(), TorchPeer(), TorchCompilePeer(), AutogradPeer(),
+    DdxPeer(),
 )
 
 

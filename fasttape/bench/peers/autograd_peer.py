@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from fasttape.bench.cases import Case
+from fasttape.bench.families import ArrayNamespace
 from fasttape.bench.peers.base import ArrayPeer, Built, as_numpy
 
 __all__ = ["AutogradPeer"]
@@ -23,10 +24,10 @@ class AutogradPeer(ArrayPeer):
     def build(self, case: Case) -> Built:
         import autograd
         import autograd.numpy as anp
-        from autograd.scipy.special import expit
+        from autograd.scipy.special import expit, logsumexp
 
         t0 = time.perf_counter()
-        f, style = self.array_function(case, anp, {
+        f, style = self.array_function(case, ArrayNamespace(anp, logsumexp=logsumexp), {
             "atan": anp.arctan, "asin": anp.arcsin, "acos": anp.arccos,
             "stop_gradient": lambda a: a,  # HIPS autograd has none
             "softplus": lambda a: anp.logaddexp(0.0, a),  # no softplus of its own

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fasttape.bench.cases import Case
-from fasttape.bench.families import MLP_SHAPE, pairwise_sum
+from fasttape.bench.families import pairwise_sum, vectorized_fn
 from fasttape.ops import OP_BY_NAME
 
 __all__ = [
@@ -79,6 +79,18 @@ class Peer:
             importlib.import_module(self.module)
         except Exception as exc:  # ImportError, or a broken install raising anything
             return f"not installed ({type(exc).__name__})"
+        return None
+
+    def applies(self, family: str, quick: bool) -> str | None:
+        """None if the peer runs ``family``, else the status of its row ("n/a (...)").
+
+        Scalar graph engines sit out the tensor families: their code there would be the
+        scalar twin's, which the scalar family of the same name already runs.
+        """
+        from fasttape.bench.cases import TENSOR_FAMILIES
+
+        if family in TENSOR_FAMILIES and self.style(family) != "vectorized":
+            return f"n/a (array code only: see {family.removesuffix('-vec')})"
         return None
 
     def installed(self) -> bool:
@@ -169,44 +181,6 @@ def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:
         return fn([x[i] for i in range(n)], ns)
 
     return f
-
-
-def vectorized_fn(family: str, case: Case, xp: Any) -> Any:
-    """The array-code version of a VECTORIZED family, for the array module ``xp``.
-
-    ``xp`` is ``jax.numpy``, ``autograd.numpy`` or a torch shim with the same few names
-    (``sum``, ``tanh``, ``triu_indices``, ``reshape``).  The terms and their order match the
-    scalar code up to rounding.
-    """
-    if family == "rosenbrock":
-        return lambda x: xp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
-    if family == "lennard-jones":
-        n = case.size
-        iu, ju = np.triu_indices(n, k=1)
-
-        def lj(x: Any) -> Any:
-            p = xp.reshape(x, (n, 3))
-            d = p[iu] - p[ju]
-            r2 = xp.sum(d ** 2, 1)
-            s6 = (1.0 / r2) ** 3
-            return xp.sum(4.0 * (s6 * s6 - s6))
-
-        return lj
-    if family == "mlp":
-        d, h = MLP_SHAPE
-        feats, targets = case.data["feats"], case.data["targets"]
-
-        def loss(x: Any) -> Any:
-            w1 = xp.reshape(x[: h * d], (h, d))
-            b1 = x[h * d : h * d + h]
-            w2 = x[h * d + h : h * d + 2 * h]
-            b2 = x[h * d + 2 * h]
-            hidden = xp.tanh(xp.matmul(feats, xp.transpose(w1)) + b1)
-            pred = xp.matmul(hidden, w2) + b2
-            return xp.sum((pred - targets) ** 2)
-
-        return loss
-    raise ValueError(f"no vectorized code for {family!r}")
 
 
 def as_numpy(
