@@ -10,7 +10,7 @@ the record; :mod:`~fasttape.api` assembles the user-facing :class:`Tape` from th
 """
 
 from fasttape import ops
-from fasttape.api import Tape, compile, load
+from fasttape.api import Tape, TensorTape, compile, load
 from fasttape.checkpoint import CheckpointReport, checkpointed, scan
 from fasttape.embed.sympy_import import from_sympy
 from fasttape.graph import Graph
@@ -18,7 +18,6 @@ from fasttape.passes import optimize
 from fasttape.serialize import FORMAT_VERSION, TapeFormatError
 from fasttape.tape import GRAD_MODES
 from fasttape.tensor.graph import TensorGraph
-from fasttape.tensor.tape import TensorTape
 from fasttape.tensor.tensor import Tensor
 from fasttape.trace import OP_FUNCTIONS, logsumexp, mean, softmax, sum, trace
 from fasttape.var import Var

@@ -28,9 +28,10 @@ from fasttape.embed.numba_api import numba_kernel
 from fasttape.graph import Graph
 from fasttape.tape import TapeRecord
 from fasttape.tensor.graph import TensorGraph
-from fasttape.tensor.tape import TensorTape, compile_tensor_graph
+from fasttape.tensor.tape import TensorTape as TensorRecord
+from fasttape.tensor.tape import compile_tensor_graph
 
-__all__ = ["Tape", "compile", "load"]
+__all__ = ["Tape", "TensorTape", "compile", "load"]
 
 
 class Tape(TapeRecord):
@@ -179,6 +180,15 @@ class Tape(TapeRecord):
         serialize.save(self, path)
 
 
+class TensorTape(TensorRecord):
+    """A compiled tensor graph (docs/tensors.md): :class:`~fasttape.tensor.tape.TensorTape`
+    with files added (``save``; ``ft.load`` reads them back)."""
+
+    def save(self, path: Any) -> None:
+        """Write the tape to ``path`` (``.npz``, no pickle, atomic; docs/tape-format.md)."""
+        serialize.save(self, path)
+
+
 def compile(
     graph: Graph | TensorGraph,
     *,
@@ -234,7 +244,7 @@ def compile(
                 "grad_mode, optimize, finite_math and memory_limit apply to scalar graphs; a "
                 "tensor graph compiles with the defaults (docs/tensors.md lists what tensor "
                 "tapes support)")
-        return compile_tensor_graph(graph)
+        return compile_tensor_graph(graph, tape_class=TensorTape)
     tape = compile_graph(graph, grad_mode=grad_mode, optimize=optimize, finite_math=finite_math,
                          tape_class=Tape)
     if memory_limit is not None:
@@ -242,7 +252,7 @@ def compile(
     return tape
 
 
-def load(path: str | os.PathLike, **options: Any) -> Tape:
+def load(path: str | os.PathLike, **options: Any) -> Tape | TensorTape:
     """Read a tape written by :meth:`Tape.save` (``ft.load``), validating every array.
 
     Parameters
@@ -255,4 +265,4 @@ def load(path: str | os.PathLike, **options: Any) -> Tape:
     -------
     Tape
     """
-    return serialize.load(path, tape_class=Tape, **options)
+    return serialize.load(path, tape_class=Tape, tensor_class=TensorTape, **options)

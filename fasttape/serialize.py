@@ -11,6 +11,7 @@ refused without unpickling.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import zipfile
@@ -24,6 +25,8 @@ from fasttape.ops import OPS, table_hash
 # Any tape will do: this module uses only the record's interface.
 from fasttape.tape import GRAD_MODES
 from fasttape.tape import TapeRecord as Tape
+from fasttape.tensor.tape import TensorTape
+from fasttape.tensor.tree import TreeDef
 
 __all__ = ["save", "load", "TapeFormatError", "FORMAT_VERSION", "DEFAULT_MAX_BYTES"]
 
@@ -35,6 +38,9 @@ FORMAT_VERSION = 2
 _READABLE = (1, 2)
 _KEYS = ("format_version", "op_table", "ops", "args", "consts", "outputs", "n_inputs")
 _SCALARS = ("format_version", "op_table", "n_inputs", "n_params", "grad_mode")
+# A tensor tape (fasttape/tensor/tape.py): its four arrays, the initial value vector, and the
+# layout (leaves, output, argument structure) as one JSON string.
+_TENSOR_KEYS = ("format_version", "op_table", "kinds", "ops", "at", "fields", "init", "layout")
 
 #: Default ``max_bytes`` of :func:`load`: the most bytes the arrays of a file may declare in
 #: total.  Generous (a tape of about 500 million instructions), and still far below what a
@@ -68,9 +74,61 @@ def save(tape: Tape, path: str | os.PathLike | IO[bytes]) -> None:
     A path is written atomically (:func:`fasttape.atomic.atomic_write`): a failed or
     interrupted save leaves the previous file at ``path``, if any, intact.
     """
-    if not isinstance(tape, Tape):
-        raise TypeError(f"save() expects a Tape, got {type(tape).__name__}")
-    arrays = {
+    if isinstance(tape, TensorTape):
+        arrays = _tensor_arrays(tape)
+    elif not isinstance(tape, Tape):
+        raise TypeError(f"save() expects a Tape or a TensorTape, got {type(tape).__name__}")
+    else:
+        arrays = _scalar_arrays(tape)
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
+    target = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
+    if not target.endswith(".npz"):
+        target += ".npz"
+    atomic_write(target, lambda f: np.savez(f, **arrays))
+
+
+def _tensor_arrays(tape: TensorTape) -> dict[str, Any]:
+    layout = tape.layout()
+    meta = {
+        "inputs": [[off, list(shape)] for off, shape in layout["inputs"]],
+        "params": [[off, list(shape)] for off, shape in layout["params"]],
+        "output": [layout["output"][0], list(layout["output"][1])],
+        "in_tree": layout["in_tree"].to_json(),
+        "param_tree": layout["param_tree"].to_json(),
+        "index_checks": [list(c) for c in layout["index_checks"]],
+    }
+    return {"format_version": np.int64(FORMAT_VERSION), "op_table": np.array(table_hash()),
+            **tape.to_arrays(), "layout": np.array(json.dumps(meta))}
+
+
+def _tensor_tape(arrays: dict[str, Any], cls: type[TensorTape]) -> TensorTape:
+    """The tensor tape of a file's arrays; ValueError for a bad layout or bad arrays."""
+    try:
+        meta = json.loads(str(arrays.pop("layout")))
+        shape = lambda s: tuple(int(d) for d in s)  # noqa: E731
+        layout = {
+            "inputs": [(int(off), shape(s)) for off, s in meta["inputs"]],
+            "params": [(int(off), shape(s)) for off, s in meta["params"]],
+            "output": (int(meta["output"][0]), shape(meta["output"][1])),
+            "in_tree": TreeDef.from_json(meta["in_tree"]),
+            "param_tree": TreeDef.from_json(meta["param_tree"]),
+            "index_checks": [(int(a), int(b)) for a, b in meta["index_checks"]],
+        }
+    except (TypeError, KeyError, IndexError, json.JSONDecodeError) as exc:
+        raise ValueError(f"bad layout: {type(exc).__name__}: {exc}") from None
+    if layout["in_tree"].n_leaves != len(layout["inputs"]) \
+            or layout["param_tree"].n_leaves != len(layout["params"]):
+        raise ValueError("bad layout: the argument structure does not match the leaves")
+    if any(d < 0 for _, s in [*layout["inputs"], *layout["params"], layout["output"]]
+           for d in s):
+        raise ValueError("bad layout: negative dimension")
+    return cls.from_arrays(arrays, layout)
+
+
+def _scalar_arrays(tape: Tape) -> dict[str, Any]:
+    return {
         "format_version": np.int64(FORMAT_VERSION),
         "op_table": np.array(table_hash()),
         "ops": tape.ops,
@@ -81,13 +139,6 @@ def save(tape: Tape, path: str | os.PathLike | IO[bytes]) -> None:
         "n_params": np.int64(tape.n_params),
         "grad_mode": np.array(tape.grad_mode),
     }
-    if hasattr(path, "write"):
-        np.savez(path, **arrays)
-        return
-    target = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
-    if not target.endswith(".npz"):
-        target += ".npz"
-    atomic_write(target, lambda f: np.savez(f, **arrays))
 
 
 # ---------------------------------------------------------------------------- load
@@ -106,6 +157,7 @@ def load(
     grad_mode: str | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     tape_class: type[Tape] = Tape,
+    tensor_class: type[TensorTape] = TensorTape,
 ) -> Any:
     """Read a tape written by :func:`save`, validating every array.
 
@@ -119,9 +171,9 @@ def load(
         The most bytes the file's arrays may declare in total, checked from the ``.npy``
         headers before any data is decompressed (default :data:`DEFAULT_MAX_BYTES`, 8 GiB).
         None: no limit, for files you trust.
-    tape_class : type
-        :class:`~fasttape.tape.TapeRecord` or a subclass; ``ft.load``
-        (:func:`fasttape.api.load`) passes ``fasttape.Tape``.
+    tape_class, tensor_class : type
+        The classes of the tape returned for a scalar and for a tensor tape (``ft.load``,
+        :func:`fasttape.api.load`, passes ``fasttape.Tape`` and ``fasttape.TensorTape``).
 
     Raises
     ------
@@ -153,6 +205,14 @@ def load(
         with open(path, "rb") as fh:  # FileNotFoundError and other OSErrors pass through
             arrays = _read_archive(fh, os.fspath(path), max_bytes)
     where = arrays.pop("_where")
+    if "kinds" in arrays:
+        _check_version_and_table(arrays, where)
+        if grad_mode is not None:
+            raise ValueError("grad_mode applies to scalar tapes; this file holds a tensor tape")
+        try:
+            return _tensor_tape(arrays, tensor_class)
+        except ValueError as exc:
+            raise TapeFormatError(f"{where}: {exc}") from exc
     saved = arrays.pop("grad_mode", None)
     saved_mode = "stored" if saved is None else str(saved)
     version = arrays.pop("format_version")
@@ -188,6 +248,17 @@ def load(
         raise TapeFormatError(f"{where}: {exc}") from exc
 
 
+def _check_version_and_table(arrays: dict[str, Any], where: str) -> None:
+    version = arrays.pop("format_version")
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        raise TapeFormatError(f"{where}: tensor tape format version {version!r}; this "
+                              f"fasttape reads {FORMAT_VERSION}")
+    table = arrays.pop("op_table")
+    if table.shape != () or str(table) != table_hash():
+        raise TapeFormatError(f"{where}: written with a different op table (hash {table!s}, "
+                              f"this fasttape has {table_hash()}); trace the function again")
+
+
 def _not_a_tape(head: bytes) -> str:
     if not head:
         return "the file is empty"
@@ -210,6 +281,15 @@ def _read_archive(fh: IO[bytes], where: str, max_bytes: int | None) -> dict[str,
             for info in zf.infolist():  # np.savez names members "<key>.npy"
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 members[key] = info
+            if "kinds" in members:  # a tensor tape
+                missing = [k for k in _TENSOR_KEYS if k not in members]
+                if missing:
+                    raise TapeFormatError(f"{where}: a tensor tape missing {missing}")
+                reader = _MemberReader(zf, where, max_bytes)
+                arrays = {"_where": where}
+                for key in _TENSOR_KEYS:
+                    arrays[key] = reader.read(members[key], key, None, "")
+                return arrays
             missing = [k for k in _KEYS if k not in members]
             if missing:
                 found = [info.filename for info in zf.infolist()]

@@ -59,6 +59,26 @@ class TreeDef:
         self._flatten(value, (where,), out)
         return out
 
+    def leaves_if_matches(self, value: Any) -> list[Any] | None:
+        """The leaves of ``value`` if it has this structure, else None (no error)."""
+        if self.kind == "leaf":
+            return [value]
+        if self.kind == "dict":
+            if not isinstance(value, dict) or set(value) != set(self.keys):
+                return None
+            items = [value[k] for k in self.keys]
+        elif not isinstance(value, (list, tuple)) or len(value) != len(self.children):
+            return None
+        else:
+            items = list(value)
+        out: list[Any] = []
+        for c, v in zip(self.children, items, strict=True):
+            sub = c.leaves_if_matches(v)
+            if sub is None:
+                return None
+            out += sub
+        return out
+
     def _flatten(self, value: Any, path: tuple[Any, ...], out: list[Any]) -> None:
         # ``path`` is formatted only for an error: flattening runs at every evaluation.
         if self.kind == "leaf":
@@ -81,6 +101,38 @@ class TreeDef:
                              f"entries (the structure it was traced with), got {size}")
         for i, (c, v) in enumerate(zip(self.children, value, strict=True)):
             c._flatten(v, (*path, str(i)), out)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able description (dict keys must be str or int), for saved tapes."""
+        keys = []
+        for k in self.keys:
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise ValueError(f"only str and int dict keys can be saved, got {k!r}")
+            keys.append(["s" if isinstance(k, str) else "i", k])
+        return {"kind": self.kind, "keys": keys, "children": [c.to_json() for c in self.children]}
+
+    @classmethod
+    def from_json(cls, obj: Any, depth: int = 0) -> TreeDef:
+        """The TreeDef that :meth:`to_json` described; ValueError for anything else."""
+        if depth > 100 or not isinstance(obj, dict) or set(obj) != {"kind", "keys", "children"}:
+            raise ValueError("not a tree description")
+        kind, keys, children = obj["kind"], obj["keys"], obj["children"]
+        if kind not in ("leaf", "dict", "list", "tuple") or not isinstance(keys, list) \
+                or not isinstance(children, list):
+            raise ValueError("not a tree description")
+        parsed = []
+        for item in keys:
+            if not (isinstance(item, list) and len(item) == 2
+                    and ((item[0] == "s" and isinstance(item[1], str))
+                         or (item[0] == "i" and isinstance(item[1], int)
+                             and not isinstance(item[1], bool)))):
+                raise ValueError(f"bad dict key {item!r}")
+            parsed.append(item[1])
+        subs = tuple(cls.from_json(c, depth + 1) for c in children)
+        if (kind == "leaf" and (subs or parsed)) or (kind == "dict" and len(parsed) != len(subs)) \
+                or (kind in ("list", "tuple") and parsed):
+            raise ValueError(f"inconsistent {kind} description")
+        return cls(kind, tuple(parsed), subs)
 
     def unflatten(self, leaves: list[Any]) -> Any:
         """The nest with this structure holding ``leaves`` in order."""

@@ -1,0 +1,161 @@
+"""Tensor tapes beyond one gradient: batches, Jacobians, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import fasttape as ft
+
+
+def _mlp(params, X, y):
+    logits = np.tanh(X @ params["W"] + params["b"]) @ params["V"]
+    return ft.mean(ft.logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(size=(3, 5)), "b": rng.normal(size=5),
+              "V": rng.normal(size=(5, 4))}
+    X, y = rng.normal(size=(20, 3)), rng.integers(0, 4, 20)
+    tape = ft.compile(ft.trace(_mlp, shapes=[{k: v.shape for k, v in params.items()}],
+                               params=[X.shape, y.shape]))
+    return tape, params, X, y
+
+
+# ------------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_rows_are_single_calls(threads: int) -> None:
+    tape = ft.compile(ft.trace(lambda x: np.sum(np.sin(x) * x[::-1]), shapes=[(6,)]))
+    X = np.random.default_rng(1).normal(size=(9, 6))
+    v, G = tape.value_and_grad(X, threads=threads)
+    assert v.shape == (9,) and G.shape == (9, 6)
+    for b in range(9):
+        vb, gb = tape.value_and_grad(X[b])
+        assert v[b] == vb
+        np.testing.assert_array_equal(G[b], gb)
+    np.testing.assert_array_equal(tape.value(X, threads=threads), v)
+    np.testing.assert_array_equal(tape.grad(X, threads=threads), G)
+
+
+def test_batch_of_nested_arguments_with_shared_and_batched_parameters(mlp) -> None:
+    tape, params, X, y = mlp
+    B = 3
+    batch = {k: np.stack([v * (1 + 0.1 * b) for b in range(B)]) for k, v in params.items()}
+    v, g = tape.value_and_grad(batch, p=(X, y))  # parameters shared by every point
+    assert v.shape == (B,) and set(g) == set(params)
+    for b in range(B):
+        vb, gb = tape.value_and_grad({k: a[b] for k, a in batch.items()}, p=(X, y))
+        assert v[b] == vb
+        for k in params:
+            np.testing.assert_array_equal(g[k][b], gb[k])
+    Xs = np.stack([X, 2 * X, 3 * X])
+    ys = np.stack([y, y[::-1], (y + 1) % 4])
+    v2, _ = tape.value_and_grad(batch, p=(Xs, ys))  # one parameter set per point
+    assert v2[2] == tape.value({k: a[2] for k, a in batch.items()}, p=(3 * X, (y + 1) % 4))
+
+
+def test_not_a_batch_names_the_wrong_leaf() -> None:
+    tape = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(4,)]))
+    with pytest.raises(ValueError, match=r"argument\[0\] has shape \(3, 5\), expected \(4,\)"):
+        tape.value(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="threads=0 is out of range"):
+        tape.value(np.ones((3, 4)), threads=0)
+
+
+# ------------------------------------------------------------------------------- Jacobians
+
+
+def test_jacobian_of_a_tensor_output() -> None:
+    W = np.random.default_rng(2).normal(size=(3, 2))
+    tape = ft.compile(ft.trace(lambda x, w: np.tanh(x @ w), shapes=[(3,), (3, 2)]))
+    x = np.array([0.3, -0.2, 0.5])
+    jx, jw = tape.jacobian(x, W)
+    assert jx.shape == (2, 3) and jw.shape == (2, 3, 2)
+    s = 1 - np.tanh(x @ W) ** 2
+    np.testing.assert_allclose(jx, (W * s).T, rtol=1e-14)
+    expected_w = np.zeros((2, 3, 2))
+    for k in range(2):
+        expected_w[k, :, k] = s[k] * x
+    np.testing.assert_allclose(jw, expected_w, rtol=1e-14)
+
+
+def test_jacobian_of_a_scalar_output_is_the_gradient(mlp) -> None:
+    tape, params, X, y = mlp
+    jac = tape.jacobian(params, p=(X, y))
+    grad = tape.grad(params, p=(X, y))
+    for k in params:
+        np.testing.assert_array_equal(jac[k], grad[k])
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def test_save_and_load_round_trip(mlp, tmp_path) -> None:
+    tape, params, X, y = mlp
+    tape.save(tmp_path / "mlp")  # .npz appended
+    again = ft.load(tmp_path / "mlp.npz")
+    assert isinstance(again, ft.TensorTape)
+    assert repr(again) == repr(tape)
+    v1, g1 = tape.value_and_grad(params, p=(X, y))
+    v2, g2 = again.value_and_grad(params, p=(X, y))
+    assert v1 == v2
+    for k in params:
+        np.testing.assert_array_equal(g1[k], g2[k])
+    with pytest.raises(IndexError, match="used as an index"):  # the label check survives
+        again.value(params, p=(X, y + 4))
+    with pytest.raises(ValueError, match="grad_mode applies to scalar tapes"):
+        ft.load(tmp_path / "mlp.npz", grad_mode="lean")
+
+
+def _rewrite(src, dst, change) -> None:
+    with np.load(src) as f:
+        arrays = {k: f[k] for k in f.files}
+    change(arrays)
+    np.savez(dst, **arrays)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda a: a.__setitem__("layout", np.array("{not json")), "bad layout"),
+    (lambda a: a.__setitem__("layout", np.array(json.dumps({"inputs": []}))), "bad layout"),
+    (lambda a: a.__setitem__("fields", a["fields"] + 10**6), "reaches slots|bad matmul"),
+    (lambda a: a.__setitem__("kinds", a["kinds"] + 40), "unknown kind"),
+    (lambda a: a.__setitem__("op_table", np.array("0" * 16)), "different op table"),
+    (lambda a: a.__setitem__("format_version", np.int64(99)), "format version"),
+    (lambda a: a.pop("init"), "missing"),
+])
+def test_hostile_tensor_files_are_refused(mlp, tmp_path, change, match) -> None:
+    tape = mlp[0]
+    tape.save(tmp_path / "ok.npz")
+    _rewrite(tmp_path / "ok.npz", tmp_path / "bad.npz", change)
+    with pytest.raises(ft.TapeFormatError, match=match):
+        ft.load(tmp_path / "bad.npz")
+
+
+def test_layout_with_mismatched_tree_is_refused(mlp, tmp_path) -> None:
+    tape = mlp[0]
+    tape.save(tmp_path / "ok.npz")
+
+    def change(a):
+        meta = json.loads(str(a["layout"]))
+        meta["in_tree"] = {"kind": "tuple", "keys": [], "children": []}
+        a["layout"] = np.array(json.dumps(meta))
+
+    _rewrite(tmp_path / "ok.npz", tmp_path / "bad.npz", change)
+    with pytest.raises(ft.TapeFormatError, match="structure does not match"):
+        ft.load(tmp_path / "bad.npz")
+
+
+def test_saved_file_has_no_pickles(mlp, tmp_path) -> None:
+    mlp[0].save(tmp_path / "t.npz")
+    with zipfile.ZipFile(tmp_path / "t.npz") as z:
+        assert sorted(n[:-4] for n in z.namelist()) == sorted(
+            ["format_version", "op_table", "kinds", "ops", "at", "fields", "init", "layout"])
+    assert os.path.getsize(tmp_path / "t.npz") > 0
