@@ -20,6 +20,7 @@ The arrays follow docs/tape-format.md ("Tensor tapes").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,7 +154,7 @@ def lower(graph: TensorGraph) -> Lowered:
                 if buf_i in intermediate:
                     scratch_of[buf_i] = pos
                     pos += tile
-                fields += _member(graph, i, tile, where, scratch_of, intermediate)
+                fields += _member(graph, i, where, scratch_of, intermediate)
                 if SCRATCH in graph.fields[i][8:]:
                     discard_size = max(discard_size, tile)
         elif kind == COPY:
@@ -196,8 +197,8 @@ def _buffer(starts: np.ndarray, off: int) -> int:
     return int(np.searchsorted(starts, off, side="right") - 1)
 
 
-def _member(graph: TensorGraph, i: int, tile: int, where: object, scratch_of: dict[int, int],
-            intermediate: set[int]) -> list[int]:
+def _member(graph: TensorGraph, i: int, where: Callable[[int], int],
+            scratch_of: dict[int, int], intermediate: set[int]) -> list[int]:
     """The member record of elementwise instruction ``i`` (kernels.tensor.MEMBER_FIELDS)."""
     f = graph.fields[i]
     spec = OPS[graph.ops[i]]
@@ -206,7 +207,7 @@ def _member(graph: TensorGraph, i: int, tile: int, where: object, scratch_of: di
     if buf_i in intermediate:
         rec += [scratch_of[buf_i], 0]
     else:
-        rec += [where(f[0]), 1]  # type: ignore[operator]
+        rec += [where(f[0]), 1]
     for j in range(3):
         if j >= spec.arity:
             rec += [0, 0, 0]
@@ -215,7 +216,7 @@ def _member(graph: TensorGraph, i: int, tile: int, where: object, scratch_of: di
         if buf in intermediate:
             rec += [scratch_of[buf], 1, 0]
         else:
-            rec += [where(a), s, s]  # type: ignore[operator]
+            rec += [where(a), s, s]
     for j in range(2):
         if j >= spec.ndiff:
             rec += [0, 0, 0]
@@ -226,7 +227,7 @@ def _member(graph: TensorGraph, i: int, tile: int, where: object, scratch_of: di
         elif buf in intermediate:
             rec += [scratch_of[buf], 1, 0]
         else:
-            rec += [where(b), u, u]  # type: ignore[operator]
+            rec += [where(b), u, u]
     rec.append(int(buf_i in intermediate))
     assert len(rec) == MEMBER_FIELDS
     return rec
