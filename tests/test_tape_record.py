@@ -38,9 +38,14 @@ def test_every_way_to_make_a_tape_gives_the_user_facing_type(graph, tmp_path):
 
 
 def test_compile_returns_one_type_unless_memory_limit_asks_for_checkpointing(graph):
-    assert inspect.signature(ft.compile).return_annotation in (
-        "Tape | CheckpointedTape", ft.Tape | ft.checkpoint.CheckpointedTape)
+    # The annotation says which: a Tape, a CheckpointedTape (memory_limit) or, for a graph
+    # traced on tensors, a TensorTape.
+    assert inspect.signature(ft.compile).return_annotation == \
+        "Tape | CheckpointedTape | TensorTape"
     assert type(ft.compile(graph, memory_limit=10**6)) is ft.checkpoint.CheckpointedTape
+    tensor = ft.compile(ft.trace(lambda x: x.sum(), shapes=[(3,)]))
+    assert type(tensor) is ft.TensorTape
+    assert type(pickle.loads(pickle.dumps(tensor))) is ft.TensorTape
 
 
 def test_a_batch_is_found_by_its_shape_not_by_an_exception(graph):

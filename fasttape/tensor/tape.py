@@ -311,6 +311,12 @@ class TensorTape:
                    layout["param_tree"], out_offset, tuple(out_shape),
                    index_checks=layout.get("index_checks", ()))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles (for multiprocessing, Dask) carry the arrays and the layout; the per-thread
+        # vectors are made again on first use.
+        return (_rebuild, (type(self), {k: np.array(v) for k, v in self.to_arrays().items()},
+                           self.layout()))
+
     def _op_counts(self) -> dict[str, int]:
         # Tensor ops by kind; an elementwise group counts its members.
         kinds, _, at, fields = self._arrays
@@ -581,6 +587,11 @@ def _blas_reverse(fields: np.ndarray, p: int, vals: np.ndarray, adj: np.ndarray)
     if fields[p + 10]:
         db = np.matmul(np.swapaxes(a, -1, -2), dc)
         adj[sl_b] += (db.sum(axis=0) if b.ndim == 2 else db).reshape(-1)
+
+
+def _rebuild(cls: type[TensorTape], arrays: dict[str, np.ndarray], layout: dict[str, Any]
+             ) -> TensorTape:
+    return cls.from_arrays(arrays, layout)
 
 
 def _stack_tree(items: list[Any]) -> Any:
