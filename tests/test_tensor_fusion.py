@@ -8,6 +8,8 @@ a broadcast argument sums its adjoints in another order).
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,27 @@ def test_hostile_gather_fields_are_refused() -> None:
         bad["fields"][p + field] = value
         with pytest.raises(ValueError, match=match):
             ft.TensorTape.from_arrays(bad, tape.layout())
+
+
+# ------------------------------------------------------------------------- vectorization
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="checks x86-64 machine code")
+def test_element_loops_compile_to_packed_arithmetic() -> None:
+    # The element loops are only fast if LLVM vectorizes them (unsigned slot indices, the
+    # broadcast argument hoisted: fasttape/kernels/tensor.py): the forward and reverse kernels
+    # must hold packed double-precision products (ymm with AVX2, else xmm).
+    import re
+
+    from fasttape.kernels import tensor as kernels
+
+    tape = ft.compile(ft.trace(lambda x: np.sum(x * x * 3.0), shapes=[(8,)]))
+    a = {k: np.array(v) for k, v in tape.to_arrays().items()}
+    vals, adj = a["init"].copy(), np.zeros_like(a["init"])
+    n = a["kinds"].size
+    kernels.forward_range(a["kinds"], a["ops"], a["at"], a["fields"], vals, 0, n)
+    kernels.reverse_range(a["kinds"], a["ops"], a["at"], a["fields"], vals, adj, 0, n)
+    for k in (kernels.forward_range, kernels.reverse_range):
+        asm = k.inspect_asm(k.signatures[-1])
+        assert re.search(r"\bv?mulpd\s[^\n]*%[xy]mm", asm), f"{k.__name__} is not vectorized"

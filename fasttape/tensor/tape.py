@@ -517,8 +517,8 @@ class TensorTape:
 
     def _unsupported(self, what: str) -> Any:
         raise NotImplementedError(
-            f"{what} is not available on tensor tapes yet (value, value_and_grad, grad and vjp "
-            "are); for now trace the function on scalars (ft.trace(fn, n_inputs)) to use it"
+            f"{what} is not available on tensor tapes yet (value, value_and_grad, grad, vjp, "
+            "jacobian, batches and files are); for now trace the function on scalars (ft.trace(fn, n_inputs)) to use it"
         )
 
     def jvp(self, *args: Any, **kwargs: Any) -> Any:
