@@ -28,14 +28,16 @@ Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.native.translate import UNIT_PARTIALS, forward_name, library_text, partial_name
+from fasttape.native.machine import library
+from fasttape.native.translate import UNIT_PARTIALS, forward_name, op_library, partial_name
 from fasttape.ops import OPS
 
-__all__ = ["Layout", "driver_module", "piece_modules", "work_size"]
+__all__ = ["Layout", "driver_module", "n_modules", "piece_modules", "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -222,20 +224,26 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
     return "\n".join(lines), used
 
 
-def _module(header: str, body: str, used: set[str]) -> str:
-    return "\n".join([header, library_text(used), body, ""])
+def _module(header: str, body: str, used: set[str]) -> tuple[str, bool]:
+    return "\n".join([header, library(), body, ""]), bool(used & op_library()[1])
 
 
-def piece_modules(lay: Layout, header: str) -> list[tuple[str, str]]:
-    """``(name, IR text)`` of every piece module, forward pieces first."""
-    out = []
+def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str, bool]]:
+    """``(name, IR text, has a loop)`` of every piece module, forward pieces first, made one
+    at a time (the text of a whole large tape would not fit in memory twice).  "Has a loop":
+    the piece calls an op whose function loops (``powi``), which only the full optimizer
+    pipeline unrolls."""
     for k in range(lay.n_pieces):
         body, used = _forward(lay, k)
-        out.append((lay.fwd_name(k), _module(header, body, used)))
+        yield lay.fwd_name(k), *_module(header, body, used)
     for k in range(lay.n_pieces):
         body, used = _reverse(lay, k)
-        out.append((lay.rev_name(k), _module(header, body, used)))
-    return out
+        yield lay.rev_name(k), *_module(header, body, used)
+
+
+def n_modules(lay: Layout) -> int:
+    """How many modules :func:`piece_modules` yields."""
+    return 2 * lay.n_pieces
 
 
 def driver_module(lay: Layout, header: str) -> str:

@@ -40,7 +40,6 @@ import ctypes.util
 import functools
 import inspect
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,6 @@ __all__ = [
     "LIBM_FUNCTIONS",
     "UNIT_PARTIALS",
     "forward_name",
-    "library_text",
     "libm_symbols",
     "op_library",
     "partial_name",
@@ -137,6 +135,7 @@ class _Library:
     def __init__(self) -> None:
         self.module = ir.Module(name="fasttape-ops")
         self.helpers: dict[str, ir.Function] = {}
+        self.loops: set[str] = set()  # functions with a loop, themselves or in a helper
 
     def declare(self, name: str, n_args: int, readnone: bool = True) -> ir.Function:
         """A libm (or intrinsic) declaration ``double name(double, ...)``."""
@@ -158,11 +157,12 @@ class _Library:
             fn = self.new_function(f"ft.h.{name}", params)
             self.helpers[name] = fn
             _Translator(self, fn, params).body(tree.body)
+            if any(isinstance(n, ast.While) for n in ast.walk(tree)):
+                self.loops.add(fn.name)
         return self.helpers[name]
 
     def new_function(self, name: str, params: list[str]) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(DOUBLE, [DOUBLE] * len(params)), name)
-        fn.linkage = "internal"
         fn.attributes.add("alwaysinline")
         fn.attributes.add("nounwind")
         for arg, p in zip(fn.args, params, strict=True):
@@ -181,6 +181,7 @@ class _Translator:
 
     def __init__(self, lib: _Library, fn: ir.Function, params: list[str]) -> None:
         self.lib = lib
+        self.fn = fn
         entry = fn.append_basic_block("entry")
         self.alloca_builder = ir.IRBuilder(entry)
         body = fn.append_basic_block("body")
@@ -365,6 +366,8 @@ class _Translator:
 
     def call_helper(self, name: str, args: list[ir.Value]) -> ir.Value:
         fn = self.lib.helper(name)
+        if fn.name in self.lib.loops:
+            self.lib.loops.add(self.fn.name)
         return self.b.call(fn, [self.as_double(a) for a in args])
 
     def intrinsic(self, name: str, args: list[ir.Value]) -> ir.Value:
@@ -432,13 +435,13 @@ class _Translator:
 
 
 @functools.cache
-def op_library() -> dict[str, tuple[str, frozenset[str]]]:
-    """LLVM IR of every op's forward and partial functions (internal, always inlined).
+def op_library() -> tuple[str, frozenset[str]]:
+    """LLVM IR text of every op's forward and partial functions and the helpers they call.
 
-    Returns ``{name: (text, names it refers to)}`` for each definition and declaration, so a
-    module includes only what its instructions call (:func:`library_text`).  Unit partials
-    (the literal ``1.0`` / ``-1.0``) get no function: the reverse sweep adds or subtracts the
-    adjoint itself, as the interpreter's does.
+    The functions are external here, so that :mod:`fasttape.native.machine` can optimize the
+    library once and keep them all; it then makes them internal for the pieces, where each is
+    always inlined.  Unit partials (the literal ``1.0`` / ``-1.0``) get no function: the
+    reverse sweep adds or subtracts the adjoint itself, as the interpreter's does.
     """
     lib = _Library()
     for spec in OPS:
@@ -447,21 +450,4 @@ def op_library() -> dict[str, tuple[str, frozenset[str]]]:
         for j, expr in enumerate(spec.partials):
             if expr not in UNIT_PARTIALS:
                 lib.formula(partial_name(spec, j), [*names, "f"], expr)
-    parts: dict[str, tuple[str, frozenset[str]]] = {}
-    for fn in lib.module.functions:
-        text = str(fn)
-        refs = frozenset(re.findall(r'@"([^"]+)"', text)) - {fn.name}
-        parts[fn.name] = (text, refs)
-    return parts
-
-
-def library_text(names: set[str]) -> str:
-    """The definitions (and declarations) of ``names`` and of everything they call."""
-    parts = op_library()
-    todo, seen = list(names), set()
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(parts[name][1])
-    return "\n".join(parts[name][0] for name in sorted(seen))
+    return str(lib.module), frozenset(lib.loops)
