@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -143,7 +142,3 @@ class Engine:
         """The entry address of the function ``name`` (``0`` if there is none)."""
         return int(self._engine.get_function_address(name))
 
-
-def as_callable(address: int, proto: Callable[..., object]) -> Callable[..., object]:
-    """``address`` as a ctypes function of prototype ``proto``."""
-    return proto(address)

@@ -272,7 +272,7 @@ class _Translator:
         return self.b.load(self.locals[name])
 
     # ----------------------------------------------------------------- expressions
-    def expr(self, e: ast.expr) -> ir.Value:  # noqa: C901 (one case per syntax node)
+    def expr(self, e: ast.expr) -> ir.Value:
         b = self.b
         if isinstance(e, ast.Constant):
             if isinstance(e.value, bool):
