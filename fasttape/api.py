@@ -26,6 +26,7 @@ from fasttape.embed.cabi import cfunction
 from fasttape.embed.dot import tape_to_dot
 from fasttape.embed.numba_api import numba_kernel
 from fasttape.graph import Graph
+from fasttape.native.tape import NativeTape, native
 from fasttape.tape import TapeRecord
 from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.tape import TensorTape as TensorRecord
@@ -168,6 +169,12 @@ class Tape(TapeRecord):
         see :func:`fasttape.embed.cabi.cfunction` (``p``: the parameters, kept in the
         context)."""
         return cfunction(self, output=output, reentrant=reentrant, p=p)
+
+    def native(self, **options: Any) -> NativeTape:
+        """This tape compiled to straight-line machine code (LLVM): ``value``,
+        ``value_and_grad`` and ``grad`` bitwise this tape's, faster once compiled; see
+        :func:`fasttape.native.tape.native` (options) and docs/native.md."""
+        return native(self, **options)
 
     def to_dot(self, **kwargs: Any) -> str:
         """Graphviz DOT text of the tape (small tapes); see

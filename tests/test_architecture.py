@@ -262,7 +262,8 @@ def test_the_allow_lists_are_still_needed():
 
 LAYERS_ABOVE_THE_TAPE = ("fasttape.batch", "fasttape.derivatives", "fasttape.embed",
                          "fasttape.serialize", "fasttape.checkpoint", "fasttape.api",
-                         "fasttape.compile", "fasttape.explain", "fasttape.bench")
+                         "fasttape.compile", "fasttape.explain", "fasttape.bench",
+                         "fasttape.native")
 
 
 @pytest.mark.parametrize("layer", LAYERS_ABOVE_THE_TAPE)

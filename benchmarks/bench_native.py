@@ -1,0 +1,99 @@
+"""Compile time and run time of the native tier (docs/native.md).
+
+Usage::
+
+    python benchmarks/bench_native.py [--sizes 1e3,1e4,1e5] [--families random_local,rosenbrock]
+                                      [--opt O] [--repeat R]
+
+Prints one Markdown table row per family and size: instructions, pieces, compile seconds and
+microseconds per instruction, loading the same object code from the disk cache, and
+``value_and_grad`` of the native tape and of the interpreter (median of ``R`` alternating
+rounds), with their ratio, and whether both gave bitwise the same value and gradient.  The
+cache lives in a temporary folder, so nothing is reused between runs.  Nothing here asserts a
+time; ``python -m pytest benchmarks`` runs :func:`bench_native_smoke`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, _ROOT)
+
+from fasttape.bench import families  # noqa: E402
+from fasttape.native import native  # noqa: E402
+
+
+def _tape(family: str, n: int) -> tuple[Any, np.ndarray]:
+    if family == "rosenbrock":
+        n_vars = families.structured_size("rosenbrock", n)
+        return families.rosenbrock(n_vars), families.rosenbrock_point(n_vars)
+    tape = getattr(families, family)(n)
+    return tape, np.random.default_rng(0).uniform(0.1, 0.9, tape.n_inputs)
+
+
+def _median_time(fn: Any, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def row(family: str, n: int, opt: int | None, repeat: int) -> str:
+    """One table row (see the module docstring)."""
+    tape, x = _tape(family, n)
+    nt = native(tape, opt=opt)
+    t = time.perf_counter()
+    again = native(tape, opt=opt)  # from the cache written just now
+    load = time.perf_counter() - t
+    v0, g0 = tape.value_and_grad(x)
+    v1, g1 = nt.value_and_grad(x)
+    same = np.array_equal(np.array([v0]).view(np.int64), np.array([v1]).view(np.int64)) \
+        and np.array_equal(g0.view(np.int64), g1.view(np.int64))
+    ti = _median_time(lambda: tape.value_and_grad(x), repeat)
+    tn = _median_time(lambda: again.value_and_grad(x), repeat)
+    m = len(tape.ops)
+    return (f"| {family} | {m} | {nt.n_pieces} | {nt.compile_seconds:.2f} | "
+            f"{1e6 * nt.compile_seconds / m:.0f} | {load:.3f} | {tn * 1e6:.1f} | "
+            f"{ti * 1e6:.1f} | {tn / ti:.2f} | {'yes' if same else 'NO'} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1e3,1e4,1e5", help="instruction counts, comma-separated")
+    ap.add_argument("--families", default="random_local,rosenbrock")
+    ap.add_argument("--opt", type=int, default=None, help="LLVM level 0-3 (default: by size)")
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args(argv)
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print("| family | instructions | pieces | compile s | compile us/instr | cached load s | "
+          "native vg us | interpreter vg us | ratio | bitwise |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["FASTTAPE_CACHE_DIR"] = folder
+        for family in args.families.split(","):
+            for n in sizes:
+                print(row(family, n, args.opt, args.repeat), flush=True)
+
+
+def bench_native_smoke() -> None:
+    """A tiny run of everything (``python -m pytest benchmarks``)."""
+    main(["--sizes", "200", "--families", "random_local", "--repeat", "2"])
+
+
+if __name__ == "__main__":
+    main()

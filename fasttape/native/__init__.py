@@ -1,0 +1,13 @@
+"""The native tier: a tape compiled to straight-line machine code with LLVM (docs/native.md).
+
+``tape.native()`` (:func:`native`) returns a :class:`NativeTape` whose ``value``,
+``value_and_grad`` and ``grad`` run generated forward and reverse sweeps, bitwise the
+interpreter's results.  Modules, in pipeline order: :mod:`~fasttape.native.translate` (the op
+table's formulas as LLVM IR), :mod:`~fasttape.native.emit` (a tape as pieces of IR),
+:mod:`~fasttape.native.machine` (object code, loading), :mod:`~fasttape.native.cache` (the
+disk cache) and :mod:`~fasttape.native.tape` (the user-facing object).
+"""
+
+from fasttape.native.tape import DEFAULT_PIECE_SIZE, NativeTape, native, opt_level
+
+__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "native", "opt_level"]

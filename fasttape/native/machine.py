@@ -1,0 +1,144 @@
+"""LLVM for the native tier: one target machine, modules to object code, object code to calls.
+
+Each module (a piece or the driver) is parsed, optimized at its own level and compiled to an
+object file on its own; the object files are then loaded together into one MCJIT engine,
+which links the driver's calls to the pieces.  Object files are also what the disk cache
+stores (:mod:`fasttape.native.cache`), so a cached tape skips everything but the loading.
+
+The target machine is the host's CPU and features, never fast-math, and LLVM's default
+floating-point contraction (``Standard``: only explicit ``fmuladd`` intrinsics, which the
+emitters never write), so no ``a * b + c`` is fused into an FMA.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+from fasttape.native.translate import libm_symbols, op_library
+
+__all__ = ["Engine", "compile_module", "header", "library", "machine_key"]
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def _target_machine() -> llvm.TargetMachine:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    for name, address in libm_symbols().items():
+        llvm.add_symbol(name, address)
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+        opt=2, codemodel="jitdefault",
+    )
+
+
+@functools.cache
+def _fast_target_machine() -> llvm.TargetMachine:
+    _target_machine()  # initializes LLVM
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(
+        cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+        opt=0, codemodel="jitdefault",
+    )
+
+
+@functools.cache
+def header() -> str:
+    """The triple and data layout lines every module starts with."""
+    tm = _target_machine()
+    return f'target triple = "{llvm.get_process_triple()}"\n' \
+           f'target datalayout = "{tm.target_data}"\n'
+
+
+@functools.cache
+def library() -> str:
+    """The op library (:func:`fasttape.native.translate.op_library`) optimized once, at level 2,
+    with every function made internal: what each piece module includes.
+
+    Its functions are already clean SSA, so a piece needs only inlining and a light cleanup
+    (:func:`compile_module`), not the full pipeline.
+    """
+    tm = _target_machine()
+    with _lock:
+        mod = llvm.parse_assembly(header() + op_library()[0])
+        _run(mod, tm, 2)
+        text = str(mod)
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(("target ", "; ModuleID", "source_filename")):
+            continue
+        if line.startswith("define "):
+            line = "define internal " + line[len("define "):]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _run(mod: llvm.ModuleRef, tm: llvm.TargetMachine, level: int) -> None:
+    pto = llvm.create_pipeline_tuning_options(speed_level=level)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+
+
+@functools.cache
+def machine_key() -> str:
+    """What object code depends on besides the IR: CPU, features, LLVM and llvmlite."""
+    return ";".join([llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                     llvm.get_host_cpu_features().flatten(),
+                     ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__])
+
+
+def compile_module(text: str, level: int) -> bytes:
+    """Object code of one IR module.
+
+    ``level`` 0 and 1 inline the (already optimized) op library and clean up with a short
+    pipeline (always-inline, instcombine, simplifycfg, global DCE), then generate code with
+    LLVM's fast instruction selector and register allocator at 0, its optimizing ones at 1;
+    2 and 3 run LLVM's standard pipeline of that level and the optimizing code generator
+    (what a piece whose ops contain a loop, ``powi``'s, gets at least, so that the loop is
+    unrolled for its constant exponent).  Every level computes bitwise the same results.
+    """
+    tm = _target_machine() if level >= 1 else _fast_target_machine()
+    # The global context is shared: parse and optimize one module at a time.
+    with _lock:
+        mod = llvm.parse_assembly(text)
+        if level >= 2:
+            _run(mod, tm, level)
+        else:
+            pto = llvm.create_pipeline_tuning_options(speed_level=1)
+            pb = llvm.create_pass_builder(tm, pto)
+            pm = llvm.create_new_module_pass_manager()
+            pm.add_always_inliner_pass()
+            pm.add_instruction_combine_pass()
+            pm.add_simplify_cfg_pass()
+            pm.add_global_dead_code_eliminate_pass()
+            pm.run(mod, pb)
+        return bytes(tm.emit_object(mod))
+
+
+class Engine:
+    """Object files loaded and linked into one MCJIT engine; addresses of its functions."""
+
+    def __init__(self, objects: list[bytes]) -> None:
+        _target_machine()  # initializes LLVM and binds the libm symbols
+        # The engine takes ownership of (and deletes) its target machine: a new one each.
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        tm = target.create_target_machine(
+            cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+            codemodel="jitdefault",
+        )
+        with _lock:
+            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(header()), tm)
+            for obj in objects:
+                self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+            self._engine.finalize_object()
+
+    def address(self, name: str) -> int:
+        """The entry address of the function ``name`` (``0`` if there is none)."""
+        return int(self._engine.get_function_address(name))
+

@@ -1,0 +1,260 @@
+"""``NativeTape``: a tape compiled to straight-line machine code, and :func:`native`.
+
+Built on the tape record's public interface only (its arrays and its input checks), so it
+sits above :mod:`fasttape.tape` like the other layers; :meth:`fasttape.Tape.native` calls
+:func:`native`.  docs/native.md describes the design and when it pays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fasttape.kernels import scalar
+from fasttape.native import cache, emit, machine, translate
+from fasttape.ops import table_hash
+from fasttape.tape import TapeRecord, check_out
+
+__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "native", "opt_level"]
+
+#: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
+#: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
+DEFAULT_PIECE_SIZE = 2000
+
+_VALUE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_VG = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_int64)
+
+
+def opt_level(n_instr: int) -> int:
+    """LLVM optimization level of the pieces of a tape of ``n_instr`` instructions.
+
+    Every level gives bitwise the same results (no fast-math, no contraction): the level only
+    trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
+    to 20,000 instructions, ``2`` (about 0.3 ms of compiling per instruction, the fastest
+    code); above, ``0`` (about 0.1 ms per instruction, so a 1e6-instruction tape compiles in
+    minutes, not hours).  docs/native.md has the measurements.
+    """
+    return 2 if n_instr <= 20_000 else 0
+
+
+def _source_digest() -> str:
+    """Digest of everything besides the tape that decides the generated code."""
+    h = hashlib.sha256(table_hash().encode())
+    for module in (scalar, emit, translate, machine, sys.modules[__name__]):
+        h.update(Path(module.__file__ or "").read_bytes())
+    return h.hexdigest()
+
+
+def _key(arrays: dict[str, Any], piece_size: int, levels: tuple[int, int]) -> str:
+    h = hashlib.sha256()
+    for name in ("ops", "args", "consts", "outputs"):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(f"n:{arrays['n_inputs']}:{arrays['n_params']}:{piece_size}:{levels}".encode())
+    h.update(_source_digest().encode())
+    h.update(machine.machine_key().encode())
+    return h.hexdigest()[:40]
+
+
+class NativeTape:
+    """A tape as machine code: ``value``, ``value_and_grad`` and ``grad`` at one point (or
+    row by row over a batch), bitwise the results of the tape they came from.
+
+    Made by :func:`native` (``tape.native()``).  The work array (16 B per slot) is per thread,
+    so threads may call one native tape at once.
+
+    Attributes
+    ----------
+    tape : TapeRecord
+        The tape it was compiled from (for everything else: derivatives, sparsity, saving).
+    compile_seconds : float
+        Time spent compiling (0 when loaded from the cache).
+    load_seconds : float
+        Time spent loading the object code.
+    from_cache : bool
+        Whether the object code came from the disk cache.
+    n_pieces : int
+        Pieces the tape was cut into (each compiled twice: forward and reverse).
+    """
+
+    def __init__(self, tape: TapeRecord, lay: emit.Layout, objects: list[bytes],
+                 compile_seconds: float, from_cache: bool) -> None:
+        t = time.perf_counter()
+        self._engine = machine.Engine(objects)
+        self._value = _VALUE(self._engine.address(f"ft.value.{lay.tag}"))
+        self._vg = _VG(self._engine.address(f"ft.vg.{lay.tag}"))
+        self.load_seconds = time.perf_counter() - t
+        self.tape = tape
+        self.compile_seconds = compile_seconds
+        self.from_cache = from_cache
+        self.n_pieces = lay.n_pieces
+        self._n_work = emit.work_size(lay)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_inputs(self) -> int:
+        """Number of inputs (the gradient's length)."""
+        return self.tape.n_inputs
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of outputs."""
+        return self.tape.n_outputs
+
+    def __repr__(self) -> str:
+        how = "loaded from the cache" if self.from_cache else \
+            f"compiled in {self.compile_seconds:.2f} s"
+        return (f"<fasttape.NativeTape: {self.tape.n_inputs} inputs, "
+                f"{len(self.tape.ops)} instructions in {self.n_pieces} pieces, {how}>")
+
+    # ------------------------------------------------------------------ calls
+    def _work(self) -> np.ndarray:
+        w = getattr(self._local, "w", None)
+        if w is None:
+            w = np.zeros(self._n_work)
+            self._local.w = w
+        return w
+
+    def _point(self, x: Any, p: Any) -> np.ndarray:
+        tape = self.tape
+        if p is not None or tape.n_params:
+            return tape.join_params(x, p)
+        if (type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 1
+                and x.flags.c_contiguous and x.shape[0] == tape.n_inputs):
+            return x
+        xin = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
+        if xin.ndim not in (1, 2) or xin.shape[-1] != tape.n_inputs:
+            raise ValueError(
+                f"x has shape {xin.shape} but this tape has {tape.n_inputs} inputs: pass "
+                f"({tape.n_inputs},) for one point or (B, {tape.n_inputs}) for a batch"
+            )
+        return xin
+
+    def _rows(self, xin: np.ndarray, one: Callable[[np.ndarray], Any]) -> list[Any]:
+        return [one(np.ascontiguousarray(row)) for row in xin]
+
+    def value(self, x: Any, p: Any = None, *, out: np.ndarray | None = None) -> Any:
+        """The outputs at ``x``: a float for a single-output tape, else an array (or ``out``).
+
+        ``x`` may be a batch ``(B, n_inputs)``: evaluated row by row (one thread), giving
+        shape ``(B,)`` or ``(B, n_outputs)``.  ``p``: the parameters, as for
+        :meth:`fasttape.Tape.value`.
+        """
+        xin = self._point(x, p)
+        m = self.n_outputs
+        if xin.ndim == 2:
+            res = np.array(self._rows(xin, lambda r: self._value_one(r, None)))
+            res = res[:, 0] if m == 1 else res
+            if out is not None:
+                check_out(out, res.shape, "out")[...] = res
+                return out
+            return res
+        res = self._value_one(xin, None if out is None else check_out(out, m, "out"))
+        if out is not None:
+            return out
+        return float(res[0]) if m == 1 else res
+
+    def _value_one(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        res = np.empty(self.n_outputs) if out is None else out
+        self._value(xin.ctypes.data, self._work().ctypes.data, res.ctypes.data)
+        return res
+
+    def value_and_grad(self, x: Any, p: Any = None, *, output: int | None = None,
+                       out: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+        """Value of one output and its gradient, as :meth:`fasttape.Tape.value_and_grad`
+        (bitwise the same); a batch ``x`` is evaluated row by row."""
+        xin = self._point(x, p)
+        which = self.tape.output_index(output)
+        n = self.n_inputs
+        if xin.ndim == 2:
+            grad = np.empty((xin.shape[0], n)) if out is None else \
+                check_out(out, (xin.shape[0], n), "out")
+            vals = np.empty(xin.shape[0])
+            for b in range(xin.shape[0]):
+                vals[b] = self._vg_one(np.ascontiguousarray(xin[b]), which, grad[b])
+            return vals, grad
+        grad = np.empty(n) if out is None else check_out(out, n, "out")
+        return self._vg_one(xin, which, grad), grad
+
+    def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
+        if grad.flags.c_contiguous and grad.dtype == np.float64:
+            return float(self._vg(xin.ctypes.data, self._work().ctypes.data,
+                                  grad.ctypes.data, which))
+        tmp = np.empty(self.n_inputs)
+        v = float(self._vg(xin.ctypes.data, self._work().ctypes.data, tmp.ctypes.data, which))
+        grad[...] = tmp
+        return v
+
+    def grad(self, x: Any, p: Any = None, *, output: int | None = None,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """The gradient of one output at ``x``; see :meth:`value_and_grad`."""
+        return self.value_and_grad(x, p, output=output, out=out)[1]
+
+    __call__ = value
+
+
+def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
+           opt: int | None = None, cache_entries: bool = True,
+           progress: bool = False) -> NativeTape:
+    """Compile ``tape`` to machine code (LLVM through llvmlite); see docs/native.md.
+
+    Parameters
+    ----------
+    tape : TapeRecord
+        Any validated scalar tape (``ft.compile`` or ``Tape.from_arrays``).
+    piece_size : int
+        Instructions per compiled piece (bounds the compile time and stack of each).
+    opt : int, optional
+        LLVM optimization level 0-3 of every piece; default :func:`opt_level`.
+    cache_entries : bool
+        Load the object code from the disk cache when an entry matches (tape content, build
+        options and machine), and save it there after compiling.
+    progress : bool
+        Print the compiled pieces as they go (to stderr), for large tapes.
+
+    Returns
+    -------
+    NativeTape
+    """
+    if isinstance(piece_size, bool) or not isinstance(piece_size, (int, np.integer)) \
+            or piece_size < 1:
+        raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
+    arrays = tape.to_arrays()
+    n_instr = len(arrays["ops"])
+    level = opt_level(n_instr) if opt is None else opt
+    if isinstance(level, bool) or level not in (0, 1, 2, 3):
+        raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
+    key = _key(arrays, int(piece_size), (level, 1))
+    lay = emit.Layout(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
+                      int(arrays["n_inputs"]), int(arrays["n_inputs"] + arrays["n_params"]),
+                      int(piece_size), key[:16])
+    objects = cache.load(key) if cache_entries else None
+    if objects is not None:
+        return NativeTape(tape, lay, objects, 0.0, True)
+    t = time.perf_counter()
+    header = machine.header()
+    objects = []
+    total = emit.n_modules(lay)
+    for n, (_, text, loops) in enumerate(emit.piece_modules(lay, header)):
+        objects.append(machine.compile_module(text, max(level, 2) if loops else level))
+        if progress and (n % 50 == 49 or n == total - 1):
+            print(f"\rnative: {n + 1}/{total} pieces compiled", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    # The driver is a list of calls: nothing for an optimizer to gain.
+    objects.append(machine.compile_module(emit.driver_module(lay, header), 0))
+    seconds = time.perf_counter() - t
+    if cache_entries:
+        cache.save(key, objects)
+    return NativeTape(tape, lay, objects, seconds, False)

@@ -1,0 +1,241 @@
+"""The native tier (fasttape/native/): bitwise the interpreter, on every op and on random
+tapes, across piece boundaries; the disk cache, corrupted entries included; big tapes."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fasttape as ft
+from fasttape.bench import families
+from fasttape.native import cache, native
+from fasttape.ops import OPS
+from tests.test_random_graphs import random_tapes
+
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan, 1e-310, 1e300]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    # Every test gets its own cache folder: no test sees another's entries.
+    monkeypatch.setenv("FASTTAPE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def bits(a) -> np.ndarray:
+    """Float64 values as their bit patterns (so signed zeros compare), every NaN as one
+    pattern: IEEE 754 leaves to the hardware which NaN operand propagates, and LLVM commutes
+    the operands of a sum or product freely, in the interpreter's kernels as in native code."""
+    v = np.array(np.atleast_1d(np.asarray(a, dtype=np.float64)))
+    v[np.isnan(v)] = np.nan
+    return v.view(np.int64)
+
+
+def assert_same(tape, nt, x, p=None):
+    """value (every output) and value_and_grad (each output) bitwise the interpreter's."""
+    ref = tape.value(x, p)
+    got = nt.value(x, p)
+    assert np.array_equal(bits(ref), bits(got)), (x, ref, got)
+    for k in range(tape.n_outputs):
+        v0, g0 = tape.value_and_grad(x, p, output=k)
+        v1, g1 = nt.value_and_grad(x, p, output=k)
+        assert np.array_equal(bits(v0), bits(v1)), (x, k, v0, v1)
+        assert np.array_equal(bits(g0), bits(g1)), (x, k, g0, g1)
+
+
+def every_op_tape() -> ft.Tape:
+    """Each op twice: on the inputs, and with its first argument a constant (immediates);
+    the constant-argument ops with several constants, powi with several exponents."""
+    consts = [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.5, -1.5, math.inf, math.nan, -0.0, 1e-310]
+    n_in = 3
+    exps = [n_in + consts.index(e) for e in (-3.0, -1.0, 0.0, 1.0, 2.0, 3.0)]
+    others = list(range(n_in, n_in + len(consts)))
+    ops, args = [], []
+    for spec in OPS:
+        variants = []
+        if spec.param == "const":
+            params = exps if spec.name == "powi" else others
+            for c in params:
+                head = [0, 1][: spec.ndiff]
+                variants.append(head + [c] * (spec.arity - spec.ndiff))
+        else:
+            variants.append([0, 1, 2][: spec.arity])
+            for c in (n_in + 6, n_in + 8, n_in + 9):  # 0.5, inf, nan as the first argument
+                variants.append([c, 1, 2][: spec.arity])
+        for a in variants:
+            ops.append(spec.code)
+            args += a
+    n_pre = n_in + len(consts)
+    outputs = list(range(n_pre, n_pre + len(ops)))
+    return ft.Tape.from_arrays(ops, args, consts, outputs, n_in)
+
+
+@pytest.fixture(scope="module")
+def op_tapes():
+    tape = every_op_tape()
+    return tape, native(tape, cache_entries=False), native(tape, piece_size=7, opt=0,
+                                                           cache_entries=False)
+
+
+def test_every_op_is_bitwise_the_interpreter(op_tapes):
+    tape, nt, small = op_tapes
+    rng = np.random.default_rng(0)
+    points = [rng.uniform(-3, 3, 3) for _ in range(30)]
+    points += [rng.choice(SPECIAL, 3) for _ in range(60)]
+    points += [np.array([a, a, a]) for a in SPECIAL]  # ties of minimum, maximum, ...
+    for x in points:
+        assert_same(tape, nt, x)
+        assert_same(tape, small, x)
+
+
+def test_every_op_in_its_domain(op_tapes):
+    # Where each op is smooth, so gradients are ordinary numbers rather than inf or NaN.
+    tape, nt, _ = op_tapes
+    rng = np.random.default_rng(1)
+    for spec in OPS:
+        lo, hi = np.array(spec.domain[: min(spec.arity, 3)]).T
+        for _ in range(5):
+            x = np.zeros(3)
+            x[: len(lo)] = rng.uniform(lo, hi)
+            assert_same(tape, nt, x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(random_tapes(), st.sampled_from([1, 3, 1000]))
+def test_random_tapes_are_bitwise_the_interpreter(case, piece_size):
+    tape, x = case
+    nt = native(tape, piece_size=piece_size, opt=piece_size % 3, cache_entries=False)
+    assert_same(tape, nt, np.array(x))
+
+
+def test_batches_row_by_row_and_parameters():
+    tape = ft.compile(ft.trace(lambda v, p: [ft.sin(v[0]) * p[0] + v[1] ** 2, v[0] * v[1]],
+                               2, n_params=1))
+    nt = tape.native()
+    x, p = np.array([0.3, -1.2]), np.array([2.5])
+    assert_same(tape, nt, x, p)
+    xs = np.array([[0.3, -1.2], [1.0, 2.0], [-0.5, 0.25]])
+    v0, g0 = tape.value_and_grad(xs, p, output=1)
+    v1, g1 = nt.value_and_grad(xs, p, output=1)
+    assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1))
+    assert np.array_equal(bits(tape.value(xs, p)), bits(nt.value(xs, p)))
+
+
+def test_outputs_on_inputs_and_constants():
+    # Outputs that are an input slot or a constant slot, repeated outputs, an empty tape.
+    tape = ft.Tape.from_arrays([OPS[0].code], [0, 2], [4.0], [0, 2, 3, 0, 3], 2)
+    nt = native(tape)
+    for x in ([1.0, 2.0], [0.0, -0.0], [math.nan, 1.0]):
+        assert_same(tape, nt, np.array(x))
+    empty = ft.Tape.from_arrays([], [], [1.5], [0, 1], 1)
+    assert_same(empty, native(empty), np.array([3.0]))
+
+
+def test_bad_arguments_are_refused():
+    tape = ft.compile(ft.trace(lambda v: v[0] * v[1], 2))
+    with pytest.raises(ValueError, match="piece_size"):
+        native(tape, piece_size=0)
+    with pytest.raises(ValueError, match="opt must be"):
+        native(tape, opt=7)
+    nt = tape.native()
+    with pytest.raises(ValueError, match="2 inputs"):
+        nt.value([1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="no parameters"):
+        nt.value([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="out must be"):
+        nt.value_and_grad([1.0, 2.0], out=np.empty(3))
+
+
+def test_threads_share_a_native_tape():
+    tape = families.random_local(500)
+    nt = native(tape)
+    x = np.random.default_rng(0).uniform(0.1, 0.9, tape.n_inputs)
+    want = tape.value_and_grad(x)
+    errors = []
+
+    def work():
+        for _ in range(50):
+            v, g = nt.value_and_grad(x)
+            if v != want[0] or not np.array_equal(g, want[1]):
+                errors.append((v, g))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# ---------------------------------------------------------------------- the disk cache
+def _small():
+    return ft.compile(ft.trace(lambda v: ft.exp(v[0]) * ft.sin(v[1]) + v[0] ** 3, 2))
+
+
+def test_a_second_build_loads_from_the_cache():
+    tape = _small()
+    first = native(tape)
+    assert not first.from_cache
+    second = native(tape)
+    assert second.from_cache and second.compile_seconds == 0.0
+    assert_same(tape, second, np.array([0.7, -0.2]))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "empty"])
+def test_a_damaged_entry_is_rebuilt_never_run(damage):
+    tape = _small()
+    native(tape)
+    (path,) = list((cache.entry_path("x").parent).glob("*.fto"))
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x40  # inside an object file: caught by the checksum only
+    elif damage == "truncate":
+        data = data[: len(data) - 10]
+    elif damage == "garbage":
+        data = bytearray(b"not a cache entry at all" * 10)
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    key = path.stem
+    assert cache.load(key) is None
+    again = native(tape)
+    assert not again.from_cache  # rebuilt ...
+    assert cache.load(key) is not None  # ... and the entry rewritten whole
+    assert_same(tape, again, np.array([0.7, -0.2]))
+
+
+def test_the_key_covers_content_and_options():
+    a = ft.compile(ft.trace(lambda v: v[0] * 2.0 + v[1], 2))
+    b = ft.compile(ft.trace(lambda v: v[0] * 3.0 + v[1], 2))
+    native(a)
+    assert not native(b).from_cache  # another constant: another entry
+    assert not native(a, piece_size=1).from_cache  # other options: another entry
+    assert native(a).from_cache
+
+
+# ---------------------------------------------------------------------- big tapes
+@pytest.mark.slow
+def test_a_big_tape_runs_on_a_default_thread_stack():
+    # 2e5 instructions in 100 pieces: no piece needs more than a small stack frame, so a
+    # thread with the default stack size runs it.
+    tape = families.random_local(200_000)
+    x = np.random.default_rng(0).uniform(0.1, 0.9, tape.n_inputs)
+    nt = native(tape, progress=True)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(vg=nt.value_and_grad(x)))
+    t.start()
+    t.join()
+    v0, g0 = tape.value_and_grad(x)
+    v1, g1 = result["vg"]
+    assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1))
+
+
+@pytest.mark.slow
+def test_rosenbrock_and_a_chain():
+    for tape, x in [(families.rosenbrock(3000), families.rosenbrock_point(3000)),
+                    (families.chain(5000), np.array([0.3]))]:
+        assert_same(tape, native(tape), x)
