@@ -112,7 +112,8 @@ def test_single_output_shapes_and_float32_points(data):
     assert v.shape == (700,) and v.chunks == (X.chunks[0],)
     assert same(v.compute(scheduler="threads"), one.value(exact))
     val, tan = fd.jvp(one, X, [1.0, 0.5])
-    assert tan.shape == (700,)
+    assert val.shape == tan.shape == (700,)
+    assert same(val.compute(scheduler="threads"), one.value(exact))
     assert same(tan.compute(scheduler="threads"), one.jvp(exact, [1.0, 0.5])[1])
 
 
