@@ -159,8 +159,8 @@ def shipped_tape_stats() -> dict[str, int]:
 def _check_tape(tape: Any) -> TapeRecord:
     if not isinstance(tape, TapeRecord):
         raise TypeError(
-            f"tape must be a fasttape Tape (from ft.compile or ft.load); got "
-            f"{type(tape).__name__}"
+            f"tape must be a fasttape Tape (from ft.compile without memory_limit=, or "
+            f"ft.load); got {type(tape).__name__}"
         )
     return tape
 
@@ -216,8 +216,8 @@ def _operand(a: Any, name: str, width: int, what: str) -> tuple[str, Any]:
     return "one", np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _rows_of(parts: list[tuple[str, str, Any]]) -> tuple[float, ...]:
-    """The row chunks shared by every dask batch among ``parts`` (checked equal)."""
+def _check_rows(parts: list[tuple[str, str, Any]]) -> None:
+    """At least one dask batch among ``parts``, and all with the same row chunks."""
     batches = [(name, a) for name, kind, a in parts if kind == "batch"]
     if not batches:
         names = " or ".join(name for name, _, _ in parts)
@@ -233,24 +233,31 @@ def _rows_of(parts: list[tuple[str, str, Any]]) -> tuple[float, ...]:
                 f"of points; got {a.chunks[0]} and {first.chunks[0]}: rechunk with "
                 f"{name}.rechunk({{0: {first_name}.chunks[0]}})"
             )
-    return first.chunks[0]
 
 
-def _graph_args(parts: list[tuple[str, str, Any]]) -> list[Any]:
-    """Blockwise (argument, index) pairs: batches by row, vectors as one graph key each."""
+def _graph_args(parts: list[tuple[str, str, Any]]) -> tuple[list[Any], str]:
+    """Blockwise (argument, index) pairs, and the output index.
+
+    Batches share the row index ``i``; each has its own column index.  The output is indexed
+    by the rows and the first batch's columns: that batch is not contracted, so Dask fuses
+    the task that makes its chunk (a generator, a reader) with ours, one task per chunk.
+    Vectors shared by every point are one graph key each (they too travel once per worker).
+    """
     out: list[Any] = []
+    out_ind = ""
     for column, (_, kind, a) in zip("abc", parts, strict=False):
-        if kind == "batch":  # rows "i" shared; each operand's columns its own index
+        if kind == "batch":
             out += [a, "i" + column]
-        else:  # one key in the graph, so the vector too travels once per worker
+            out_ind = out_ind or "i" + column
+        else:
             out += [dask.delayed(a, pure=True), None]
-    return out
+    return out, out_ind
 
 
 def _prepare(
     tape: Any, x: Any, p: Any, extra: tuple[tuple[str, Any, int, str], ...] = (),
-) -> tuple[TapeRecord, list[tuple[str, str, Any]], tuple[float, ...]]:
-    """Check everything a computation takes; ``(tape, parts, row chunks)``."""
+) -> tuple[TapeRecord, list[tuple[str, str, Any]]]:
+    """Check everything a computation takes; ``(tape, parts)``."""
     tape = _check_tape(tape)
     parts = [("x", *_operand(x, "x", tape.n_inputs, "one per input"))]
     if tape.n_params:
@@ -265,7 +272,8 @@ def _prepare(
         raise TypeError("this tape has no parameters; p must be None")
     for name, a, width, what in extra:
         parts.append((name, *_operand(a, name, width, what)))
-    return tape, parts, _rows_of(parts)
+    _check_rows(parts)
+    return tape, parts
 
 
 def _ship(tape: TapeRecord) -> Any:
@@ -274,8 +282,8 @@ def _ship(tape: TapeRecord) -> Any:
     return dask.delayed(shipped, name=f"fasttape-tape-{shipped.digest[:16]}")
 
 
-def _unpack(shipped: ShippedTape, blocks: tuple[Any, ...], has_p: bool,
-            n_extra: int) -> tuple[Any, Any, tuple[Any, ...]]:
+def _unpack(blocks: tuple[Any, ...], has_p: bool, n_extra: int
+            ) -> tuple[Any, Any, tuple[Any, ...]]:
     x = blocks[0]
     p = blocks[1] if has_p else None
     return x, p, blocks[len(blocks) - n_extra:]
@@ -285,33 +293,34 @@ def _unpack(shipped: ShippedTape, blocks: tuple[Any, ...], has_p: bool,
 # Module functions, so a task pickles them by name; each gets the shipped tape, the threads,
 # whether p is present, then its blocks (x, [p], extras) in order.
 def _task_value(shipped: ShippedTape, threads: int, has_p: bool, *blocks: Any) -> np.ndarray:
-    x, p, _ = _unpack(shipped, blocks, has_p, 0)
-    return np.asarray(shipped.tape.value(x, p, threads=threads))
+    x, p, _ = _unpack(blocks, has_p, 0)
+    v = np.asarray(shipped.tape.value(x, p, threads=threads))
+    return v.reshape(len(v), shipped.tape.n_outputs)  # 2-D: see _blockwise
 
 
 def _task_value_and_grad(shipped: ShippedTape, threads: int, has_p: bool, which: int,
                          *blocks: Any) -> tuple[np.ndarray, np.ndarray]:
-    x, p, _ = _unpack(shipped, blocks, has_p, 0)
+    x, p, _ = _unpack(blocks, has_p, 0)
     v, g = shipped.tape.value_and_grad(x, p, output=which, threads=threads)
     return np.asarray(v), g
 
 
 def _task_jvp(shipped: ShippedTape, threads: int, has_p: bool, *blocks: Any) -> tuple[Any, Any]:
-    x, p, (v,) = _unpack(shipped, blocks, has_p, 1)
+    x, p, (v,) = _unpack(blocks, has_p, 1)
     val, tan = shipped.tape.jvp(x, v, p)
     return np.asarray(val), np.asarray(tan)
 
 
 def _task_hvp(shipped: ShippedTape, threads: int, has_p: bool, which: int,
               *blocks: Any) -> np.ndarray:
-    x, p, (v,) = _unpack(shipped, blocks, has_p, 1)
+    x, p, (v,) = _unpack(blocks, has_p, 1)
     return np.asarray(shipped.tape.hvp(x, v, p, output=which))
 
 
 def _task_sums(shipped: ShippedTape, threads: int, has_p: bool, which: int,
                *blocks: Any) -> np.ndarray:
     """``[[sum of values, *sum of gradients]]`` over one chunk, :data:`SUM_ROWS` at a time."""
-    x, p, _ = _unpack(shipped, blocks, has_p, 0)
+    x, p, _ = _unpack(blocks, has_p, 0)
     tape = shipped.tape
     rows = (x if x.ndim == 2 else p).shape[0]
     total = np.zeros(1 + tape.n_inputs)
@@ -320,8 +329,6 @@ def _task_sums(shipped: ShippedTape, threads: int, has_p: bool, which: int,
         hi = min(rows, lo + SUM_ROWS)
         xs = x[lo:hi] if x.ndim == 2 else x
         ps = p[lo:hi] if p is not None and p.ndim == 2 else p
-        if xs.ndim == 1 and ps is None:  # pragma: no cover - _prepare needs a batch
-            raise AssertionError("no batch")
         v, gs = tape.value_and_grad(xs, ps, output=which, out=g[: hi - lo], threads=threads)
         # In a fixed order (block by block, NumPy's pairwise sum inside), so a rerun of the
         # task (another worker, after a failure) gives the same bits.
@@ -330,34 +337,56 @@ def _task_sums(shipped: ShippedTape, threads: int, has_p: bool, which: int,
     return total.reshape(1, -1)
 
 
-def _pick(pair: tuple[Any, Any], i: int) -> Any:
+def _pick(pair: Any, i: int) -> Any:
+    if isinstance(pair, list):  # dropping the (single-chunk) columns: a list of one pair
+        (pair,) = pair
     return pair[i]
+
+
+def _column(block: np.ndarray) -> np.ndarray:
+    return block[:, 0]
 
 
 # ------------------------------------------------------------------ graph building
 def _blockwise(func: Any, tape: TapeRecord, parts: list[tuple[str, str, Any]], threads: int,
-               *lead: Any, **kwargs: Any) -> da.Array:
-    """One task per row chunk: ``func(shipped, threads, has_p, *lead, *blocks)``."""
+               *lead: Any, width: int, dtype: Any, rows: int | None = None) -> da.Array:
+    """One task per row chunk, ``func(shipped, threads, has_p, *lead, *blocks)``, as a 2-D
+    array of ``width`` columns (``rows`` rows per chunk when given).
+
+    Always 2-D and indexed like the first batch (:func:`_graph_args`): an output that drops
+    an axis makes Dask add an alias task per chunk, which costs as much as a real one.
+    """
     has_p = any(name == "p" for name, _, _ in parts)
     lead_args: list[Any] = []
     for a in (threads, has_p, *lead):
         lead_args += [a, None]
-    return da.blockwise(func, kwargs.pop("out_ind", "i"), _ship(tape), None, *lead_args,
-                        *_graph_args(parts), concatenate=True, **kwargs)
+    args, out_ind = _graph_args(parts)
+    adjust: dict[str, Any] = {out_ind[1]: width}
+    if rows is not None:
+        adjust["i"] = rows
+    return da.blockwise(func, out_ind, _ship(tape), None, *lead_args, *args,
+                        concatenate=True, adjust_chunks=adjust, dtype=dtype,
+                        meta=np.empty((0, 0), dtype=dtype))
 
 
-def _pair(tmp: da.Array, rows: tuple[float, ...], first: int | None,
-          second: int | None) -> tuple[da.Array, da.Array]:
+def _flat(arr: da.Array) -> da.Array:
+    """A one-column array as 1-D (one alias task per chunk: only where the shape says so)."""
+    return arr.map_blocks(_column, drop_axis=1, dtype=arr.dtype, meta=np.empty((0,)))
+
+
+def _pair(tmp: da.Array, first: int | None, second: int | None) -> tuple[da.Array, da.Array]:
     """Split a blockwise array of ``(a, b)`` pairs into two arrays (``None``: shape (B,),
     else (B, width))."""
     out = []
+    rows = tmp.chunks[0]
     for i, width in enumerate((first, second)):
         if width is None:
-            out.append(tmp.map_blocks(_pick, i, dtype=np.float64, meta=np.empty((0,)),
-                                      chunks=(rows,)))
+            # Not concatenated: the blocks are pairs, which NumPy cannot concatenate.
+            out.append(da.blockwise(_pick, "i", tmp, "ia", i, None, concatenate=False,
+                                    dtype=np.float64, meta=np.empty((0,))))
         else:
             out.append(tmp.map_blocks(_pick, i, dtype=np.float64, meta=np.empty((0, 0)),
-                                      chunks=(rows, (width,)), new_axis=1))
+                                      chunks=(rows, (width,))))
     return out[0], out[1]
 
 
@@ -386,14 +415,11 @@ def value(tape: Any, x: Any, p: Any = None, *, threads: int = 1) -> da.Array:
         Shape (B,) for a single-output tape, else (B, n_outputs), chunked as the rows of the
         batch; bitwise the NumPy batch's rows.
     """
-    tape, parts, rows = _prepare(tape, x, p)
+    tape, parts = _prepare(tape, x, p)
     m = _one_or_many(tape)
     threads = _check_threads(threads)
-    if m is None:
-        return _blockwise(_task_value, tape, parts, threads, dtype=np.float64,
-                          meta=np.empty((0,)), adjust_chunks={"i": rows})
-    return _blockwise(_task_value, tape, parts, threads, out_ind="ik", new_axes={"k": m},
-                      dtype=np.float64, meta=np.empty((0, 0)), adjust_chunks={"i": rows})
+    out = _blockwise(_task_value, tape, parts, threads, width=tape.n_outputs, dtype=np.float64)
+    return _flat(out) if m is None else out
 
 
 def value_and_grad(tape: Any, x: Any, p: Any = None, *, output: int | None = None,
@@ -414,12 +440,12 @@ def value_and_grad(tape: Any, x: Any, p: Any = None, *, output: int | None = Non
     grads : dask.array.Array, shape (B, n_inputs)
         Both from the same tasks (one sweep pair per point), chunked as the rows of the batch.
     """
-    tape, parts, rows = _prepare(tape, x, p)
+    tape, parts = _prepare(tape, x, p)
     which = tape.output_index(output)
     threads = _check_threads(threads)
-    tmp = _blockwise(_task_value_and_grad, tape, parts, threads, which, dtype=object,
-                     meta=np.empty((0,), dtype=object), adjust_chunks={"i": rows})
-    return _pair(tmp, rows, None, tape.n_inputs)
+    tmp = _blockwise(_task_value_and_grad, tape, parts, threads, which, width=tape.n_inputs,
+                     dtype=object)
+    return _pair(tmp, None, tape.n_inputs)
 
 
 def grad(tape: Any, x: Any, p: Any = None, *, output: int | None = None,
@@ -433,15 +459,15 @@ def grad(tape: Any, x: Any, p: Any = None, *, output: int | None = None,
     return value_and_grad(tape, x, p, output=output, threads=threads)[1]
 
 
-def jvp(tape: Any, x: Any, v: Any, p: Any = None, *, threads: int = 1
-        ) -> tuple[da.Array, da.Array]:
+def jvp(tape: Any, x: Any, v: Any, p: Any = None) -> tuple[da.Array, da.Array]:
     """Outputs and ``J(x) @ v`` at every point of a dask batch (:func:`fasttape.derivatives.jvp`).
 
     Parameters
     ----------
     tape : Tape
-    x, p, threads
-        As in :func:`value`.
+    x, p
+        As in :func:`value`.  (Each point is one tangent sweep on the task's thread, as
+        :meth:`fasttape.Tape.jvp` does for a NumPy batch: there is no ``threads=``.)
     v : array_like of shape (n_inputs,), or dask.array.Array of shape (B, n_inputs)
         One direction for every point, or one per point (same row chunks as the batch).
 
@@ -451,24 +477,22 @@ def jvp(tape: Any, x: Any, v: Any, p: Any = None, *, threads: int = 1
         Shape (B,) each for a single-output tape, else (B, n_outputs).
     """
     tape = _check_tape(tape)
-    tape, parts, rows = _prepare(tape, x, p, (("v", v, tape.n_inputs, "one per input"),))
-    threads = _check_threads(threads)
-    tmp = _blockwise(_task_jvp, tape, parts, threads, dtype=object,
-                     meta=np.empty((0,), dtype=object), adjust_chunks={"i": rows})
+    tape, parts = _prepare(tape, x, p, (("v", v, tape.n_inputs, "one per input"),))
     m = _one_or_many(tape)
-    return _pair(tmp, rows, m, m)
+    tmp = _blockwise(_task_jvp, tape, parts, 1, width=tape.n_outputs, dtype=object)
+    return _pair(tmp, m, m)
 
 
-def hvp(tape: Any, x: Any, v: Any, p: Any = None, *, output: int | None = None,
-        threads: int = 1) -> da.Array:
+def hvp(tape: Any, x: Any, v: Any, p: Any = None, *, output: int | None = None
+        ) -> da.Array:
     """Hessian of one output times ``v`` at every point of a dask batch
     (:func:`fasttape.derivatives.hvp`).
 
     Parameters
     ----------
     tape : Tape
-    x, p, threads
-        As in :func:`value`.
+    x, p
+        As in :func:`value` (one sweep pair per point on the task's thread, as in :func:`jvp`).
     v : array_like of shape (n_inputs,), or dask.array.Array of shape (B, n_inputs)
         As in :func:`jvp`.
     output : int, optional
@@ -479,12 +503,9 @@ def hvp(tape: Any, x: Any, v: Any, p: Any = None, *, output: int | None = None,
     dask.array.Array, shape (B, n_inputs)
     """
     tape = _check_tape(tape)
-    tape, parts, rows = _prepare(tape, x, p, (("v", v, tape.n_inputs, "one per input"),))
+    tape, parts = _prepare(tape, x, p, (("v", v, tape.n_inputs, "one per input"),))
     which = tape.output_index(output)
-    threads = _check_threads(threads)
-    return _blockwise(_task_hvp, tape, parts, threads, which, out_ind="ik",
-                      new_axes={"k": tape.n_inputs}, dtype=np.float64, meta=np.empty((0, 0)),
-                      adjust_chunks={"i": rows})
+    return _blockwise(_task_hvp, tape, parts, 1, which, width=tape.n_inputs, dtype=np.float64)
 
 
 def sum_value_and_grad(tape: Any, x: Any, p: Any = None, *, output: int | None = None,
@@ -519,12 +540,11 @@ def sum_value_and_grad(tape: Any, x: Any, p: Any = None, *, output: int | None =
         rerun after a failure gives the same bits); it differs from ``np.sum`` over the NumPy
         batch by rounding only.
     """
-    tape, parts, _ = _prepare(tape, x, p)
+    tape, parts = _prepare(tape, x, p)
     which = tape.output_index(output)
     threads = _check_threads(threads)
-    partial = _blockwise(_task_sums, tape, parts, threads, which, out_ind="ik",
-                         new_axes={"k": 1 + tape.n_inputs}, dtype=np.float64,
-                         meta=np.empty((0, 0)), adjust_chunks={"i": 1})
+    partial = _blockwise(_task_sums, tape, parts, threads, which, width=1 + tape.n_inputs,
+                         dtype=np.float64, rows=1)
     total = partial.sum(axis=0, split_every=split_every)
     return total[0], total[1:]
 

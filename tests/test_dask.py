@@ -158,6 +158,18 @@ def test_values_and_gradients_come_from_one_task_per_chunk(tape, data):
     assert len(ran) == len(set(ran)) == X.numblocks[0]
 
 
+def test_one_task_per_chunk_fused_with_the_task_that_makes_the_points(tape):
+    # Each task costs a fixed overhead on a cluster: a blockwise producer of the points
+    # (map_blocks, a reader) and the evaluation run as one task per chunk; the graph adds one
+    # key for the tape and one per shared vector.
+    X = da.ones((800, 6), chunks=(100, 6)).map_blocks(np.sin)
+    cases = [(fd.value(tape, X), 1), (fd.grad(tape, X, output=0), 1),
+             (fd.hvp(tape, X, np.ones(6), output=0), 2)]
+    for arr, extra in cases:
+        (opt,) = dask.optimize(arr)
+        assert len(opt.__dask_graph__()) == X.numblocks[0] + extra
+
+
 def test_summed_value_and_gradient_is_deterministic_and_close_to_numpy(tape, data):
     X = da.from_array(data, chunks=(50, 6))
     s, g = fd.sum_value_and_grad(tape, X, output=0, split_every=3)
