@@ -18,9 +18,10 @@ values and gradients and sums them, so none holds all points or all gradients:
 - ``cluster W x 1``: a ``distributed.LocalCluster`` of W worker processes of one thread each,
   for each W of ``--workers``.
 
-Each figure is the best of ``--repeat`` runs after one untimed run (kernels loaded, tape
-shipped); the dask results are checked bitwise against each other and against the local sum
-to 1e-9.  Per cluster it also reports:
+The clusters are started first; then every variant runs once untimed (kernels loaded, tape
+shipped) and ``--repeat`` times round robin, so that load drifting in from other processes
+biases none of them; each figure is the best of its runs.  The dask results are checked
+bitwise against each other and against the local sum to 1e-9.  Per cluster it also reports:
 
 - the first task on a fresh worker (import, tape arrival, kernels from the disk cache), and
   with ``--cold-cache`` the same with an empty kernel cache (the worker compiles);
@@ -39,6 +40,7 @@ scheduler, results checked, no timing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -88,51 +90,29 @@ def local_sum(tape: Any, n_points: int, rows: int, threads: int) -> tuple[float,
     return total, grad
 
 
-def best_of(fn: Any, repeat: int) -> tuple[float, Any]:
-    """``(best seconds, last result)`` of ``repeat`` timed calls after an untimed one."""
-    out = fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def cluster_run(tape: Any, n_points: int, rows: int, workers: int, repeat: int, tasks: int,
-                cold_cache: bool) -> dict[str, Any]:
-    """Start a LocalCluster of ``workers`` x 1 thread; measure it; close it."""
-    import dask
+def start_cluster(stack: contextlib.ExitStack, tape: Any, workers: int,
+                  cold_cache: bool) -> tuple[Any, dict[str, Any]]:
+    """A LocalCluster of ``workers`` x 1 thread (closed with ``stack``) and its first-task
+    times: a one-point computation on the fresh workers, then again."""
     from distributed import Client, LocalCluster
 
     import fasttape.dask as fd
 
     env = {"PYTHONPATH": str(_ROOT)}
-    tmp = None
     if cold_cache:
-        tmp = tempfile.TemporaryDirectory()
-        env["FASTTAPE_CACHE_DIR"] = tmp.name
+        env["FASTTAPE_CACHE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory())
+    cluster = stack.enter_context(LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.ERROR, env=env))
+    client = stack.enter_context(Client(cluster, set_as_default=False))
+    client.wait_for_workers(workers)
     res: dict[str, Any] = {"workers": workers}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR, env=env) as cluster, \
-            Client(cluster) as client:
-        client.wait_for_workers(workers)
-        one = dask_points(1, 1, tape.n_inputs)
-        for name in ("first_task_s", "second_task_s"):
-            t0 = time.perf_counter()
-            dask.compute(*fd.sum_value_and_grad(tape, one))
-            res[name] = time.perf_counter() - t0
-        X = dask_points(n_points, rows, tape.n_inputs)
-        s, g = fd.sum_value_and_grad(tape, X)
-        res["seconds"], res["result"] = best_of(lambda: dask.compute(s, g), repeat)
-        tiny = dask_points(tasks, 1, tape.n_inputs)
-        ts, tg = fd.sum_value_and_grad(tape, tiny)
-        res["tiny_seconds"], _ = best_of(lambda: dask.compute(ts, tg), repeat)
-        res["second_task_s"] = min(res["second_task_s"], best_of(
-            lambda: dask.compute(*fd.sum_value_and_grad(tape, one)), repeat)[0])
-    if tmp is not None:
-        tmp.cleanup()
-    return res
+    one = fd.sum_value_and_grad(tape, dask_points(1, 1, tape.n_inputs))
+    for name in ("first_task_s", "second_task_s"):
+        t0 = time.perf_counter()
+        client.compute(one, sync=True)
+        res[name] = time.perf_counter() - t0
+    return client, res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,56 +136,84 @@ def main(argv: list[str] | None = None) -> int:
     n_points, rows = int(a.points), a.rows
     tape = random_local(int(a.instructions), window=100)
     cores = os.cpu_count() or 1
-    # t_point: one point on one thread, from a local batch of one task's size.
-    t1, _ = best_of(lambda: local_sum(tape, rows, rows, 1), a.repeat)
-    t_point = t1 / rows
-    t_local, (lv, lg) = best_of(lambda: local_sum(tape, n_points, rows, 2), a.repeat)
     X = dask_points(n_points, rows, tape.n_inputs)
-    s, g = fd.sum_value_and_grad(tape, X)
-    t_threads, threaded = best_of(lambda: dask.compute(s, g, scheduler="threads",
-                                                       num_workers=2), a.repeat)
+    graph = fd.sum_value_and_grad(tape, X)
+    tiny = fd.sum_value_and_grad(tape, dask_points(a.tasks, 1, tape.n_inputs))
+    one = fd.sum_value_and_grad(tape, dask_points(1, 1, tape.n_inputs))
+    with contextlib.ExitStack() as stack:
+        clusters = [start_cluster(stack, tape, int(w), a.cold_cache)
+                    for w in a.workers.split(",")]
+        print("clusters started", file=sys.stderr, flush=True)
+        runs: dict[str, Any] = {
+            # t_point: one point on one thread, from a local batch of one task's size.
+            "t1": lambda: local_sum(tape, rows, rows, 1),
+            "local": lambda: local_sum(tape, n_points, rows, 2),
+            "threads": lambda: dask.compute(*graph, scheduler="threads", num_workers=2),
+        }
+        for client, r in clusters:
+            w = r["workers"]
+            runs[f"cluster{w}"] = lambda c=client: c.compute(graph, sync=True)
+            runs[f"tiny{w}"] = lambda c=client: c.compute(tiny, sync=True)
+            runs[f"one{w}"] = lambda c=client: c.compute(one, sync=True)
+        # Round robin, best of --repeat after one untimed round: drifting load from other
+        # processes then biases no variant more than another.
+        best = dict.fromkeys(runs, float("inf"))
+        out = {k: fn() for k, fn in runs.items()}
+        for _ in range(a.repeat):
+            for k, fn in runs.items():
+                t0 = time.perf_counter()
+                out[k] = fn()
+                best[k] = min(best[k], time.perf_counter() - t0)
+            print("round done", file=sys.stderr, flush=True)
+    t_point = best["t1"] / rows
+    lv, lg = out["local"]
+    threaded = out["threads"]
     assert np.allclose(threaded[0], lv, rtol=1e-9) and np.allclose(threaded[1], lg, rtol=1e-9)
-    runs = []
-    for w in (int(v) for v in a.workers.split(",")):
-        r = cluster_run(tape, n_points, rows, w, a.repeat, a.tasks, a.cold_cache)
-        assert np.array_equal(r.pop("result")[1], threaded[1]), "cluster != threaded scheduler"
-        # Worker time per task beyond its one point; the fixed latency of a computation (the
-        # one-task run) is not per task.
-        r["overhead_s"] = max(0.0, w * (r["tiny_seconds"] - r["second_task_s"])
-                              / (a.tasks - 1) - t_point)
-        runs.append(r)
-        print(f"done: {w} workers", file=sys.stderr, flush=True)
+    results = []
+    for _, r in clusters:
+        w = r["workers"]
+        got = out[f"cluster{w}"]
+        assert np.array_equal(got[1], threaded[1]), "cluster != threaded scheduler"
+        # Worker time per task beyond its one point; the fixed latency of a computation
+        # (the one-task run) is not per task.
+        r["overhead_s"] = max(0.0, w * (best[f"tiny{w}"] - best[f"one{w}"]) / (a.tasks - 1)
+                              - t_point)
+        r["seconds"] = best[f"cluster{w}"]
+        r["second_task_s"] = min(r["second_task_s"], best[f"one{w}"])
+        results.append(r)
 
+    t_local, t_threads = best["local"], best["threads"]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"random_local({tape.n_instructions:,} instructions, {tape.n_inputs} inputs), "
           f"{n_points:,} points, {rows} per task ({-(-n_points // rows)} tasks), value + "
           f"gradient summed; {cores} CPUs, load average {load:.2f} at the end; best of "
-          f"{a.repeat}")
-    print(f"t_point (1 thread): {t_point * 1e6:.1f} us = {t_point / tape.n_instructions * 1e9:.2f}"
-          " ns per instruction and point")
-    print("\n| run | seconds | points/s | of local batch | model points/s | model error |")
+          f"{a.repeat}, round robin")
+    print(f"t_point (1 thread): {t_point * 1e6:.1f} us = "
+          f"{t_point / tape.n_instructions * 1e9:.2f} ns per instruction and point")
+    print("\n| run | seconds | points/s | of local batch | model points/s | model / measured |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     local_rate = n_points / t_local
     print(f"| local batch, 2 Numba threads | {t_local:.2f} | {local_rate:,.0f} | 100% | | |")
     print(f"| dask threads, 2 threads | {t_threads:.2f} | {n_points / t_threads:,.0f} | "
-          f"{local_rate and (n_points / t_threads) / local_rate:.0%} | | |")
-    for r in runs:
+          f"{(n_points / t_threads) / local_rate:.0%} | | |")
+    for r in results:
         w, o = r["workers"], r["overhead_s"]
         rate = n_points / r["seconds"]
         model = min(w, cores) * rows / (rows * t_point + o)
         r.update(points_per_s=rate, model_points_per_s=model)
         print(f"| cluster {w} x 1 | {r['seconds']:.2f} | {rate:,.0f} | {rate / local_rate:.0%} "
-              f"| {model:,.0f} | {model / rate - 1:+.0%} |")
+              f"| {model:,.0f} | {model / rate:.2f} |")
     print("\n| cluster | first task on a fresh worker | next task | per-task overhead o | "
           "o / task at these rows |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for r in runs:
+    for r in results:
         o = r["overhead_s"]
-        print(f"| {r['workers']} x 1 | {r['first_task_s']:.2f} s | {r['second_task_s'] * 1e3:.0f}"
-              f" ms | {o * 1e3:.2f} ms | {o / (rows * t_point + o):.2%} |")
+        print(f"| {r['workers']} x 1 | {r['first_task_s']:.2f} s | "
+              f"{r['second_task_s'] * 1e3:.0f} ms | {o * 1e3:.2f} ms | "
+              f"{o / (rows * t_point + o):.2%} |")
     if a.json:
         result = {"t_point_s": t_point, "local_s": t_local, "threads_s": t_threads,
-                  "clusters": runs, "rows": rows, "points": n_points, "load": load}
+                  "clusters": results, "rows": rows, "points": n_points, "load": load}
         atomic_write_text(a.json, json.dumps(result, indent=1))
     return 0
 

@@ -183,10 +183,10 @@ def _dask_rows(arr: da.Array, name: str, width: int, what: str) -> da.Array:
         raise ValueError(
             f"{name} must have {width} columns ({what}); got shape {arr.shape}"
         )
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:  # the kernels compute in float64
         raise TypeError(
-            f"{name} must hold floating-point numbers; got dtype {arr.dtype}: convert it "
-            f"first, {name}.astype('float64')"
+            f"{name} must hold floating-point numbers of at most 64 bits; got dtype "
+            f"{arr.dtype}: convert it first, {name}.astype('float64')"
         )
     if len(arr.chunks[1]) != 1:
         raise ValueError(

@@ -245,7 +245,10 @@ def test_bad_batches_fail_at_graph_construction(tape, call):
         (_unschedulable(((100, 100), (3, 3))), ValueError,
          r"x is chunked across its columns \(chunks \(3, 3\)\).*x\.rechunk\(\{1: -1\}\)"),
         (_unschedulable(((100, 100), (6,)), np.int64), TypeError,
-         r"x must hold floating-point numbers; got dtype int64.*astype\('float64'\)"),
+         r"x must hold floating-point numbers of at most 64 bits; got dtype int64.*"
+         r"astype\('float64'\)"),
+        (_unschedulable(((100, 100), (6,)), np.longdouble), TypeError,
+         r"x must hold floating-point numbers of at most 64 bits"),
         (da.ones(6, chunks=3), ValueError, r"x must be a 2-D dask array of shape \(B, 6\)"),
         (np.ones((4, 6)), TypeError, r"x is a 2-D ndarray, not a dask array"),
         (np.ones(6), TypeError, r"no dask array among x"),
