@@ -590,9 +590,10 @@ def rows_per_task(tape: Any, sample: Any, p: Any = None, *, seconds: float = 0.2
                   grad: bool = True) -> int:
     """Points per task (row chunk) for tasks of about ``seconds`` each on one thread.
 
-    With a per-task overhead ``o`` (about 1-4 ms on a ``distributed`` cluster, measured in
-    docs/distributed.md) a task of ``seconds`` spends ``o / seconds`` on overhead: under 2%
-    for the default 0.25 s.  Rechunk the batch with ``X.rechunk({0: rows})``.
+    With a per-task overhead ``o`` (a few milliseconds on a ``distributed`` cluster, measured
+    in docs/distributed.md) a task of ``seconds`` spends about ``o / seconds`` on overhead:
+    4% for ``o`` = 10 ms and the default 0.25 s.  Rechunk the batch with
+    ``X.rechunk({0: rows})``.
 
     Parameters
     ----------
