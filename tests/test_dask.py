@@ -340,14 +340,15 @@ def test_cluster_results_are_bitwise_and_the_tape_travels_once_per_worker(client
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_computation_loses_nothing(client):
-    def deep(x):  # about 4,500 instructions over 8 inputs: tasks of some 20 ms
+    def deep(x):  # about 4,500 instructions over 8 inputs
         y = x[0]
         for k in range(1500):
             y = ft.sin(y * x[k % 8] + 0.25)
         return [y, y * x[1]]
 
     big = ft.compile(ft.trace(deep, n_inputs=8))
-    X = da.random.default_rng(4).uniform(-1.0, 1.0, (30_000, 8), chunks=(500, 8))  # 60 tasks
+    # 60 tasks of about 40 ms here: the computation lasts long enough to be interrupted.
+    X = da.random.default_rng(4).uniform(-1.0, 1.0, (60_000, 8), chunks=(1000, 8))
     val, g = fd.value_and_grad(big, X, output=1)
     s, sg = fd.sum_value_and_grad(big, X, output=1, split_every=4)
     expected = dask.compute(val, g, s, sg, scheduler="threads")
