@@ -20,10 +20,10 @@ How a computation runs (docs/distributed.md):
   also keeps the last :data:`KEEP_TAPES` tapes it received, by content digest, so a tape that
   arrives again (the next iteration of an optimiser) is not validated or planned again.
   :func:`shipped_tape_stats` counts both on a worker.
-- **Kernels compile once per machine.**  Worker processes load the compiled kernels from the
+- **Kernels come from the disk cache.**  Worker processes load the compiled kernels from the
   per-user disk cache (``$FASTTAPE_CACHE_DIR`` or ``~/.cache/fasttape``,
-  :func:`fasttape.kernels.jit.cache_dir`); on a machine where that folder is empty the first
-  worker to need a kernel compiles it and the others load it when it is written.
+  :func:`fasttape.kernels.jit.cache_dir`), as any fresh process does; where that folder is
+  empty, a worker compiles the kernels it needs (seconds) and writes them for the next ones.
 - **One thread per task.**  Tasks run the batch kernels with ``threads=1`` by default: Dask
   already runs one task per worker thread, and Numba threads inside each task would
   oversubscribe the cores.  Pass ``threads=`` to give each task more (one worker per machine).
@@ -64,8 +64,9 @@ __all__ = [
 ]
 
 #: Tapes a worker process keeps after receiving them, by content digest (least recently used
-#: dropped first): a tape that arrives again reuses the kept one, with its work buffers.
-KEEP_TAPES = 4
+#: dropped first): a tape that arrives again reuses the kept one, with its work buffers.  A
+#: kept tape holds its buffers (at most ``fasttape.batch.CHUNK_BYTES`` per worker thread).
+KEEP_TAPES = 2
 
 #: Rows per kernel call inside one :func:`sum_value_and_grad` task: a task never holds more
 #: than this many points' gradients, however large its chunk.
