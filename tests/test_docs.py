@@ -136,7 +136,8 @@ def parse(path: Path) -> list[Block]:
 
 # Optional modules a page or docstring may need (pyproject's extras, cffi, matplotlib): a block
 # that imports one that is not installed is skipped.  Any other missing module fails the page.
-OPTIONAL_MODULES = {"autograd", "casadi", "cffi", "jax", "matplotlib", "scipy", "sympy", "torch"}
+OPTIONAL_MODULES = {"autograd", "casadi", "cffi", "dask", "distributed", "jax", "matplotlib",
+                    "scipy", "sympy", "torch"}
 
 
 def missing_imports(code: str) -> list[str]:
