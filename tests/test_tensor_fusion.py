@@ -183,6 +183,7 @@ def test_hostile_gather_fields_are_refused() -> None:
 # ------------------------------------------------------------------------- vectorization
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="checks x86-64 machine code")
 def test_element_loops_compile_to_packed_arithmetic() -> None:
@@ -191,14 +192,20 @@ def test_element_loops_compile_to_packed_arithmetic() -> None:
     # must hold packed double-precision products (ymm with AVX2, else xmm).
     import re
 
+    import numba
+
     from fasttape.kernels import tensor as kernels
 
     tape = ft.compile(ft.trace(lambda x: np.sum(x * x * 3.0), shapes=[(8,)]))
     a = {k: np.array(v) for k, v in tape.to_arrays().items()}
     vals, adj = a["init"].copy(), np.zeros_like(a["init"])
     n = a["kinds"].size
-    kernels.forward_range(a["kinds"], a["ops"], a["at"], a["fields"], vals, 0, n)
-    kernels.reverse_range(a["kinds"], a["ops"], a["at"], a["fields"], vals, adj, 0, n)
-    for k in (kernels.forward_range, kernels.reverse_range):
-        asm = k.inspect_asm(k.signatures[-1])
-        assert re.search(r"\bv?mulpd\s[^\n]*%[xy]mm", asm), f"{k.__name__} is not vectorized"
+    # Compiled afresh (a kernel loaded from the disk cache keeps no assembly to inspect),
+    # with the kernels' options.
+    forward = numba.njit(nogil=True, error_model="numpy")(kernels.forward_range.py_func)
+    reverse = numba.njit(nogil=True, error_model="numpy")(kernels.reverse_range.py_func)
+    forward(a["kinds"], a["ops"], a["at"], a["fields"], vals, 0, n)
+    reverse(a["kinds"], a["ops"], a["at"], a["fields"], vals, adj, 0, n)
+    for name, k in (("forward", forward), ("reverse", reverse)):
+        asm = k.inspect_asm(k.signatures[0])
+        assert re.search(r"\bv?mulpd\s[^\n]*%[xy]mm", asm), f"the {name} sweep is not vectorized"
