@@ -64,10 +64,10 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
         def fn(*xs: Any) -> Any:  # type: ignore[misc]
             if len(xs) != spec.arity:
                 raise TypeError(f"{spec.name}() takes {spec.arity} arguments, got {len(xs)}")
-            if any(isinstance(x, Tensor) for x in xs):
-                return elementwise(spec.name, *xs)
             g = _graph_of(*xs)
-            if g is None:
+            if g is None:  # numbers, or tensors (checked only here: Vars pay nothing)
+                if any(isinstance(x, Tensor) for x in xs):
+                    return elementwise(spec.name, *xs)
                 return eval_op(code, tuple(as_float(x) for x in xs))
             return g._node(code, tuple(_node(g, x) for x in xs))
 
@@ -130,10 +130,10 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     >>> ft.where(0.0, 1.0, 2.0)  # on plain numbers it evaluates at once
     2.0
     """
-    if any(isinstance(v, Tensor) for v in (cond, a, b)):
-        return tensor_where(cond, a, b)
     g = _graph_of(cond, a, b)
     if g is None:
+        if any(isinstance(v, Tensor) for v in (cond, a, b)):
+            return tensor_where(cond, a, b)
         return eval_op(_WHERE, (as_float(a), as_float(b), as_float(cond)))
     # Stored as (a, b, cond): differentiable arguments first (see fasttape.ops).
     return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
