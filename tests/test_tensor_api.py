@@ -159,3 +159,69 @@ def test_saved_file_has_no_pickles(mlp, tmp_path) -> None:
         assert sorted(n[:-4] for n in z.namelist()) == sorted(
             ["format_version", "op_table", "kinds", "ops", "at", "fields", "init", "layout"])
     assert os.path.getsize(tmp_path / "t.npz") > 0
+
+
+# ------------------------------------------------------------------------------- jvp
+
+JVP_CASES = {
+    "elementwise": (lambda x: np.sin(x) * x ** 2 + np.exp(-x) / (1.0 + x * x), [(7,)]),
+    "fused-chain": (lambda x: np.sum(np.tanh(x) * np.exp(np.tanh(x)) - x ** 3), [(5000,)]),
+    "views-and-take": (lambda x: x.T[::-1, 1:] * x[np.array([0, 2, 1])][:, 1:], [(3, 3)]),
+    "reductions": (lambda x: np.stack([x.sum(0), x.prod(0), x.max(0), x.min(0), x.mean(0)]),
+                   [(4, 3)]),
+    "softmax": (lambda x: ft.softmax(x, axis=1) + ft.logsumexp(x, axis=1, keepdims=True),
+                [(2, 5)]),
+    "matmul": (lambda a, b: np.tanh(a @ b) @ b.T, [(3, 4), (4, 2)]),
+    "blas-matmul": (lambda a, b: np.sum((a @ b) ** 2), [(40, 40), (40, 40)]),
+    "where-inf": (lambda x: np.where(x > 0, np.sqrt(np.maximum(x, 0.0)), -x), [(6,)]),
+    "concatenate": (lambda x, y: np.concatenate([x, 2.0 * y], axis=1), [(2, 3), (2, 1)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JVP_CASES))
+def test_jvp_is_the_jacobian_times_the_direction(name: str) -> None:
+    fn, shapes = JVP_CASES[name]
+    tape = ft.compile(ft.trace(fn, shapes=shapes))
+    rng = np.random.default_rng(5)
+    args = tuple(rng.uniform(0.1, 1.0, s) * rng.choice([-1.0, 1.0], s) for s in shapes)
+    dirs = tuple(rng.normal(size=s) for s in shapes)
+    value, tangent = tape.jvp(args, dirs)
+    np.testing.assert_array_equal(value, tape.value(*args))
+    jac = tape.jacobian(*args)
+    jac = jac if isinstance(jac, tuple) else (jac,)
+    out_nd = len(tape.output_shape)
+    expected = sum(np.tensordot(j, d, axes=d.ndim) if d.ndim else j * d
+                   for j, d in zip(jac, dirs, strict=True))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-12, atol=1e-12)
+    assert np.shape(tangent) == tape.output_shape and out_nd == np.ndim(tangent)
+
+
+def test_jvp_zero_direction_keeps_unselected_infinities_out() -> None:
+    tape = ft.compile(ft.trace(lambda x: np.sum(np.where(x > 0, np.log(x), 0.0)),
+                               shapes=[(3,)]))
+    x = np.array([0.0, 1.0, 2.0])
+    _, t = tape.jvp(x, np.array([0.0, 1.0, 1.0]))
+    assert t == pytest.approx(1.5)
+
+
+def test_jvp_checks_the_direction() -> None:
+    tape = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(3,)]))
+    with pytest.raises(ValueError, match=r"tangent\[0\] has shape \(2,\), expected \(3,\)"):
+        tape.jvp(np.ones(3), np.ones(2))
+
+
+@pytest.mark.oracle
+def test_jvp_against_jax() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    def f(xp, x, w):
+        return xp.sum(xp.tanh(x @ w) * xp.exp(-(x ** 2).sum(axis=1, keepdims=True)))
+
+    tape = ft.compile(ft.trace(lambda x, w: f(np, x, w), shapes=[(5, 3), (3, 4)]))
+    rng = np.random.default_rng(6)
+    x, w, dx, dw = (rng.normal(size=s) for s in [(5, 3), (3, 4), (5, 3), (3, 4)])
+    _, got = tape.jvp((x, w), (dx, dw))
+    _, want = jax.jvp(lambda a, b: f(jnp, a, b), (x, w), (dx, dw))
+    assert got == pytest.approx(float(want), rel=1e-12)

@@ -318,6 +318,24 @@ def _elementwise_adjoint(spec: OpSpec) -> list[str]:
     return _broadcast_y(spec, loop)
 
 
+@_form("elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2)",
+       "Tangents of elements ``d .. d + n - 1``: the partials times the arguments' tangents.",
+       _any_op, ["for i in range(n):", "    tan[d + i] = np.nan"])
+def _elementwise_tangent(spec: OpSpec) -> list[str]:
+    # A zero tangent adds nothing, even times an infinite partial (as the scalar tangent
+    # sweeps do), so that a direction that leaves an argument alone keeps its result finite.
+    def loop(hoisted: bool) -> list[str]:
+        out = ["for i in range(n):", *_elements(spec, hoisted)]
+        if _uses_f(spec.partials):
+            out.append("    f = vals[d + i]")
+        out.append("    r = 0.0")
+        for j, d in enumerate(spec.partials):
+            out += [f"    t = tan[a{j} + i * s{j}]", "    if t != 0.0:", f"        r += ({d}) * t"]
+        return [*out, "    tan[d + i] = r"]
+
+    return _broadcast_y(spec, loop)
+
+
 def generate() -> str:
     """Return the full text of ``dispatch.py`` for the current table."""
     too_many = [o.name for o in OPS if o.ndiff > 2]

@@ -4084,3 +4084,878 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1,
             adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
         return
     return
+
+
+@kernel(inline=True)
+def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
+    """Tangents of elements ``d .. d + n - 1``: the partials times the arguments' tangents."""
+    if op == 0:  # add
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 1:  # mul
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (y) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (x) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (y) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (x) * t
+            tan[d + i] = r
+        return
+    elif op == 2:  # sub
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (-1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (-1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 3:  # div
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0 / y) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (-f / y) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / y) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (-f / y) * t
+            tan[d + i] = r
+        return
+    elif op == 4:  # mulc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (y) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (y) * t
+            tan[d + i] = r
+        return
+    elif op == 5:  # addc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 6:  # subc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 7:  # rsubc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (-1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 8:  # divc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0 / y) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / y) * t
+            tan[d + i] = r
+        return
+    elif op == 9:  # rdivc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (-f / x) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-f / x) * t
+            tan[d + i] = r
+        return
+    elif op == 10:  # neg
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 11:  # square
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (2.0 * x) * t
+            tan[d + i] = r
+        return
+    elif op == 12:  # powi
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (dpowi(x, y)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (dpowi(x, y)) * t
+            tan[d + i] = r
+        return
+    elif op == 13:  # powc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (dpowc(x, y)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (dpowc(x, y)) * t
+            tan[d + i] = r
+        return
+    elif op == 14:  # pow
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (dpowc(x, y)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (dpow_exp(x, y, f)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (dpowc(x, y)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (dpow_exp(x, y, f)) * t
+            tan[d + i] = r
+        return
+    elif op == 15:  # sqrt
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (0.5 / f) * t
+            tan[d + i] = r
+        return
+    elif op == 16:  # cbrt
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / (3.0 * f * f)) * t
+            tan[d + i] = r
+        return
+    elif op == 17:  # exp
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (f) * t
+            tan[d + i] = r
+        return
+    elif op == 18:  # expm1
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (f + 1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 19:  # log
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / x) * t
+            tan[d + i] = r
+        return
+    elif op == 20:  # log1p
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / (1.0 + x)) * t
+            tan[d + i] = r
+        return
+    elif op == 21:  # log2
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.4426950408889634 / x) * t
+            tan[d + i] = r
+        return
+    elif op == 22:  # log10
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (0.4342944819032518 / x) * t
+            tan[d + i] = r
+        return
+    elif op == 23:  # sin
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (math.cos(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 24:  # cos
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-math.sin(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 25:  # tan
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 + f * f) * t
+            tan[d + i] = r
+        return
+    elif op == 26:  # asin
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / math.sqrt(1.0 - x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 27:  # acos
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-1.0 / math.sqrt(1.0 - x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 28:  # atan
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / (1.0 + x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 29:  # atan2
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (y / (x * x + y * y)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (-x / (x * x + y * y)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (y / (x * x + y * y)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (-x / (x * x + y * y)) * t
+            tan[d + i] = r
+        return
+    elif op == 30:  # sinh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (math.cosh(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 31:  # cosh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (math.sinh(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 32:  # tanh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 - f * f) * t
+            tan[d + i] = r
+        return
+    elif op == 33:  # asinh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / math.sqrt(x * x + 1.0)) * t
+            tan[d + i] = r
+        return
+    elif op == 34:  # acosh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))) * t
+            tan[d + i] = r
+        return
+    elif op == 35:  # atanh
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 / (1.0 - x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 36:  # erf
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.1283791670955126 * math.exp(-x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 37:  # erfc
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (-1.1283791670955126 * math.exp(-x * x)) * t
+            tan[d + i] = r
+        return
+    elif op == 38:  # abs
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (sign(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 39:  # sign
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 40:  # floor
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 41:  # ceil
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 42:  # minimum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (dmin(x, y)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (dmin(y, x)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (dmin(x, y)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (dmin(y, x)) * t
+            tan[d + i] = r
+        return
+    elif op == 43:  # maximum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (dmin(y, x)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (dmin(x, y)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (dmin(y, x)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (dmin(x, y)) * t
+            tan[d + i] = r
+        return
+    elif op == 44:  # hypot
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (safe_div(x, f)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (safe_div(y, f)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (safe_div(x, f)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (safe_div(y, f)) * t
+            tan[d + i] = r
+        return
+    elif op == 45:  # sigmoid
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (f * (1.0 - f)) * t
+            tan[d + i] = r
+        return
+    elif op == 46:  # softplus
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (sigmoid(x)) * t
+            tan[d + i] = r
+        return
+    elif op == 47:  # where
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (1.0 if z != 0.0 else 0.0) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (0.0 if z != 0.0 else 1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            z = vals[a2 + i * s2]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (1.0 if z != 0.0 else 0.0) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (0.0 if z != 0.0 else 1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 48:  # lt
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 49:  # le
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 50:  # gt
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 51:  # ge
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 52:  # eq
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 53:  # ne
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 54:  # fmac
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (z) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (1.0) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            z = vals[a2 + i * s2]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (z) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (1.0) * t
+            tan[d + i] = r
+        return
+    elif op == 55:  # sqdiff
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (2.0 * (x - y)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (-2.0 * (x - y)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (2.0 * (x - y)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (-2.0 * (x - y)) * t
+            tan[d + i] = r
+        return
+    elif op == 56:  # stop_gradient
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            r = 0.0
+            tan[d + i] = r
+        return
+    elif op == 57:  # logaddexp
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                x = vals[a0 + i * s0]
+                r = 0.0
+                t = tan[a0 + i * s0]
+                if t != 0.0:
+                    r += (sigmoid(x - y)) * t
+                t = tan[a1 + i * s1]
+                if t != 0.0:
+                    r += (sigmoid(y - x)) * t
+                tan[d + i] = r
+            return
+        for i in range(n):
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            r = 0.0
+            t = tan[a0 + i * s0]
+            if t != 0.0:
+                r += (sigmoid(x - y)) * t
+            t = tan[a1 + i * s1]
+            if t != 0.0:
+                r += (sigmoid(y - x)) * t
+            tan[d + i] = r
+        return
+    for i in range(n):
+        tan[d + i] = np.nan

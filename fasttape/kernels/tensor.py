@@ -57,7 +57,11 @@ import math
 
 import numpy as np
 
-from fasttape.kernels.dispatch import elementwise_adjoint, elementwise_value
+from fasttape.kernels.dispatch import (
+    elementwise_adjoint,
+    elementwise_tangent,
+    elementwise_value,
+)
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.scalar import fmax, fmin
 
@@ -77,6 +81,7 @@ __all__ = [
     "TAKE",
     "forward",
     "forward_range",
+    "tangent_range",
     "reverse",
     "reverse_range",
     "value_and_grad",
@@ -393,6 +398,103 @@ def _member_adjoint(fields, q, vals, adj, t, m):
                         _at(fields, q, _U(9), t), _U(fields[q + _U(10)]),
                         _at(fields, q, _U(12), t), _U(fields[q + _U(13)]),
                         _at(fields, q, _U(15), t), _U(fields[q + _U(16)]))
+
+
+@kernel(inline=True)
+def _member_tangent(fields, q, vals, tan, t, m):
+    elementwise_tangent(fields[q], vals, tan, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]),
+                        m, _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
+                        _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
+                        _at(fields, q, _U(9), t), _U(fields[q + _U(10)]))
+
+
+# ------------------------------------------------------------------------------ tangents
+# Forward-mode derivatives (jvp): each kind's tangent rule, next to its values.
+
+
+@kernel(inline=True)
+def gather_tangent(fields, p, vals, tan):
+    d, npos, inner = fields[p], fields[p + 1], fields[p + 2]
+    for pos in range(npos):
+        base = _gather_base(fields, p, vals, pos)  # the indices are values, not tangents
+        out = d + pos * inner
+        for t in range(inner):
+            tan[out + t] = tan[base + t] if base >= 0 else np.nan
+
+
+@kernel(inline=True)
+def reduce_tangent(op, fields, p, vals, tan):
+    d, outer, r, inner, src = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
+    for o in range(outer):
+        for j in range(inner):
+            at = src + o * r * inner + j
+            out = d + o * inner + j
+            f = vals[out]
+            s = 0.0
+            if op == SUM:
+                for t in range(r):
+                    s += tan[at + t * inner]
+            elif op == PROD:
+                exact = _TINY <= abs(f) < math.inf  # as in reduce_reverse
+                for t in range(r):
+                    dt = tan[at + t * inner]
+                    if dt != 0.0:
+                        s += dt * (f / vals[at + t * inner] if exact
+                                   else _prod_others(vals, at, r, inner, t))
+            else:  # the first element equal to the result, as in reduce_reverse
+                for t in range(r):
+                    v = vals[at + t * inner]
+                    if v == f or (f != f and v != v):
+                        s = tan[at + t * inner]
+                        break
+            tan[out] = s
+
+
+@kernel(inline=True)
+def matmul_tangent(fields, p, vals, tan):
+    # dC = dA @ B + A @ dB.
+    d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
+    for t in range(nb):
+        at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
+        for i in range(m):
+            row = ct + i * n
+            for j in range(n):
+                tan[row + j] = 0.0
+            for q in range(k):
+                da, x = tan[at + i * k + q], vals[at + i * k + q]
+                brow = bt + q * n
+                for j in range(n):
+                    tan[row + j] += da * vals[brow + j] + x * tan[brow + j]
+
+
+@kernel
+def tangent_range(kinds, ops, at, fields, vals, tan, lo, hi):
+    """Values and tangents of instructions ``lo .. hi - 1`` (``tan`` set at the inputs)."""
+    for i in range(lo, hi):
+        kind, op, p = kinds[i], ops[i], at[i]
+        if kind == ELEMENTWISE:
+            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
+            for t in range(_U(0), n, tile):
+                m = min(tile, n - t)
+                for k in range(count):
+                    q = _U(p + 3 + k * MEMBER_FIELDS)
+                    _member_value(fields, q, vals, t, m)
+                    _member_tangent(fields, q, vals, tan, t, m)
+        elif kind == COPY:
+            copy_forward(fields, p, vals)
+            copy_forward(fields, p, tan)
+        elif kind == TAKE:
+            take_forward(fields, p, vals)
+            take_forward(fields, p, tan)
+        elif kind == REDUCE:
+            reduce_forward(op, fields, p, vals)
+            reduce_tangent(op, fields, p, vals, tan)
+        elif kind == GATHER:
+            gather_forward(fields, p, vals)
+            gather_tangent(fields, p, vals, tan)
+        else:
+            matmul_forward(fields, p, vals)
+            matmul_tangent(fields, p, vals, tan)
 
 
 # ------------------------------------------------------------------------------ sweeps

@@ -517,13 +517,43 @@ class TensorTape:
 
     def _unsupported(self, what: str) -> Any:
         raise NotImplementedError(
-            f"{what} is not available on tensor tapes yet (value, value_and_grad, grad, vjp, "
-            "jacobian, batches and files are); for now trace the function on scalars (ft.trace(fn, n_inputs)) to use it"
+            f"{what} is not available on tensor tapes yet (value, value_and_grad, grad, jvp, "
+            "vjp, jacobian, batches and files are); for now trace the function on scalars "
+            "(ft.trace(fn, n_inputs)) to use it"
         )
 
-    def jvp(self, *args: Any, **kwargs: Any) -> Any:
-        """Not yet on tensor tapes (NotImplementedError)."""
-        return self._unsupported("jvp")
+    def jvp(self, args: Any, tangents: Any, p: Any = None) -> tuple[Any, Any]:
+        """``(value, J @ tangents)``: the output and its directional derivative along
+        ``tangents`` (the arguments' structure and shapes), in one forward sweep that carries
+        tangents (forward mode).  Several arguments go in tuples: ``jvp((a, b), (da, db))``.
+        """
+        args = tuple(args) if isinstance(args, tuple) else (args,)
+        tangents = tuple(tangents) if isinstance(tangents, tuple) else (tangents,)
+        vals, _ = self._buffers()
+        self._load(args, p, vals)
+        leaves = self._in_tree.flatten(tangents, "tangent")
+        tan = getattr(self._local, "tan", None)
+        if tan is None:
+            tan = self._local.tan = np.empty_like(self._init)
+        tan.fill(0.0)
+        for (off, shape, size), value, name in zip(self._in_slots, leaves,
+                                                   self._in_tree.paths("tangent"), strict=True):
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (its "
+                                 "argument's shape)")
+            tan[off:off + size] = arr.reshape(-1)
+        kinds, ops, at, fields = self._arrays
+        lo = 0
+        for i in self._blas:
+            kernels.tangent_range(kinds, ops, at, fields, vals, tan, lo, i)
+            _blas_tangent(fields, int(at[i]), vals, tan)
+            lo = i + 1
+        kernels.tangent_range(kinds, ops, at, fields, vals, tan, lo, kinds.size)
+        off, shape, size = self._out
+        value = self._value_out(vals)
+        return value, (float(tan[off]) if not shape else
+                       tan[off:off + size].reshape(shape).copy())
 
     def hvp(self, *args: Any, **kwargs: Any) -> Any:
         """Not yet on tensor tapes (NotImplementedError)."""
@@ -574,6 +604,16 @@ def _blas_forward(fields: np.ndarray, p: int, vals: np.ndarray) -> None:
     """A MATMUL instruction through NumPy (BLAS), on views of ``vals``."""
     a, b, _, _, sl_c, shape_c = _operands(fields, p, vals)
     np.matmul(a, b, out=vals[sl_c].reshape(shape_c))
+
+
+def _blas_tangent(fields: np.ndarray, p: int, vals: np.ndarray, tan: np.ndarray) -> None:
+    """A MATMUL instruction's value and tangent through NumPy: ``dC = dA B + A dB``."""
+    a, b, sl_a, sl_b, sl_c, shape_c = _operands(fields, p, vals)
+    np.matmul(a, b, out=vals[sl_c].reshape(shape_c))
+    da, db = tan[sl_a].reshape(a.shape), tan[sl_b].reshape(b.shape)
+    dc = tan[sl_c].reshape(shape_c)
+    np.matmul(da, b, out=dc)
+    dc += np.matmul(a, db)
 
 
 def _blas_reverse(fields: np.ndarray, p: int, vals: np.ndarray, adj: np.ndarray) -> None:
