@@ -336,6 +336,41 @@ def _elementwise_tangent(spec: OpSpec) -> list[str]:
     return _broadcast_y(spec, loop)
 
 
+@_form("elementwise_adjoint_tangent(op, vals, tan, adj, adt, d, n, a0, s0, a1, s1, a2, s2, "
+       "b0, u0, b1, u1)",
+       "As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt`` "
+       "(forward-over-reverse).",
+       _differentiable, ["return"])
+def _elementwise_adjoint_tangent(spec: OpSpec) -> list[str]:
+    # For an edge to argument j with partial q_j and second partials h_jl: adj += g * q_j and
+    # adt += gd * q_j + sum_l g * h_jl * t_l, skipping every product with a zero factor (the
+    # rule of the scalar sweeps, fasttape/kernels/tangent.py reverse_hvp).
+    nd = spec.ndiff
+    second = {(j, m): e for j, m, e in spec.hessian_entries}
+
+    def h(j: int, m: int) -> str:
+        return second[(min(j, m), max(j, m))]
+
+    def loop(hoisted: bool) -> list[str]:
+        out = ["for i in range(n):", "    g = adj[d + i]", "    gd = adt[d + i]",
+               *_elements(spec, hoisted)]
+        if _uses_f([*spec.partials, *spec.second]):
+            out.append("    f = vals[d + i]")
+        out += [f"    t{m} = tan[a{m} + i * s{m}]" for m in range(nd)]
+        for j, dj in enumerate(spec.partials):
+            out += [f"    q = {dj}", "    v = gd * q if gd != 0.0 and q != 0.0 else 0.0"]
+            for m in range(nd):
+                if h(j, m) != "0.0":
+                    out += [f"    if g != 0.0 and t{m} != 0.0:", f"        hh = {h(j, m)}",
+                            "        if hh != 0.0:", f"            v += g * hh * t{m}"]
+            out += [f"    t = adj[b{j} + i * u{j}]",
+                    f"    adj[b{j} + i * u{j}] = t + g * q if g != 0.0 and q != 0.0 else t",
+                    f"    adt[b{j} + i * u{j}] += v"]
+        return out
+
+    return _broadcast_y(spec, loop)
+
+
 def generate() -> str:
     """Return the full text of ``dispatch.py`` for the current table."""
     too_many = [o.name for o in OPS if o.ndiff > 2]

@@ -4959,3 +4959,1382 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
         return
     for i in range(n):
         tan[d + i] = np.nan
+
+
+@kernel(inline=True)
+def elementwise_adjoint_tangent(op, vals, tan, adj, adt, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1):
+    """As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt`` (forward-over-reverse)."""
+    if op == 0:  # add
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 1:  # mul
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = y
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 1.0
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = x
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 1.0
+                    if hh != 0.0:
+                        v += g * hh * t0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = y
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t1 != 0.0:
+                hh = 1.0
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 1.0
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 2:  # sub
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = -1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = -1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 3:  # div
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = 1.0 / y
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t1 != 0.0:
+                    hh = -1.0 / (y * y)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = -f / y
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = -1.0 / (y * y)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 2.0 * f / (y * y)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = 1.0 / y
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t1 != 0.0:
+                hh = -1.0 / (y * y)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = -f / y
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -1.0 / (y * y)
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = 2.0 * f / (y * y)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 4:  # mulc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = y
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = y
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 5:  # addc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 6:  # subc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 7:  # rsubc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = -1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = -1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 8:  # divc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = 1.0 / y
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / y
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 9:  # rdivc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                t0 = tan[a0 + i * s0]
+                q = -f / x
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 2.0 * f / (x * x)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = -f / x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.0 * f / (x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 10:  # neg
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = -1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 11:  # square
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 2.0 * x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.0
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 12:  # powi
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = dpowi(x, y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 0.0 if y == 0.0 else y * dpowi(x, y - 1.0)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = dpowi(x, y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 0.0 if y == 0.0 else y * dpowi(x, y - 1.0)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 13:  # powc
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                q = dpowc(x, y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            q = dpowc(x, y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 14:  # pow
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = dpowc(x, y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = dpow_exp(x, y, f)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = dpowc(x, y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = dpow_exp(x, y, f)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 15:  # sqrt
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = 0.5 / f
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -0.25 / (f * f * f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 16:  # cbrt
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / (3.0 * f * f)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.0 / (9.0 * f * f * f * f * f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 17:  # exp
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = f
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = f
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 18:  # expm1
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = f + 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = f + 1.0
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 19:  # log
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -1.0 / (x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 20:  # log1p
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / (1.0 + x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -1.0 / ((1.0 + x) * (1.0 + x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 21:  # log2
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.4426950408889634 / x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -1.4426950408889634 / (x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 22:  # log10
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 0.4342944819032518 / x
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -0.4342944819032518 / (x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 23:  # sin
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = math.cos(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -f
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 24:  # cos
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = -math.sin(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -f
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 25:  # tan
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 + f * f
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.0 * f * (1.0 + f * f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 26:  # asin
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / math.sqrt(1.0 - x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 27:  # acos
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = -1.0 / math.sqrt(1.0 - x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 28:  # atan
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / (1.0 + x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.0 * x / ((1.0 + x * x) * (1.0 + x * x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 29:  # atan2
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = y / (x * x + y * y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = -x / (x * x + y * y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = y / (x * x + y * y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = -x / (x * x + y * y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 30:  # sinh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = math.cosh(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = f
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 31:  # cosh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = math.sinh(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = f
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 32:  # tanh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 - f * f
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.0 * f * (1.0 - f * f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 33:  # asinh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / math.sqrt(x * x + 1.0)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -x / ((x * x + 1.0) * math.sqrt(x * x + 1.0))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 34:  # acosh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -x / ((x - 1.0) * (x + 1.0) * math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 35:  # atanh
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.0 / (1.0 - x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.0 * x / ((1.0 - x * x) * (1.0 - x * x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 36:  # erf
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = 1.1283791670955126 * math.exp(-x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.2567583341910252 * x * math.exp(-x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 37:  # erfc
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = -1.1283791670955126 * math.exp(-x * x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.2567583341910252 * x * math.exp(-x * x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 38:  # abs
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = sign(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 42:  # minimum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = dmin(x, y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = dmin(y, x)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = dmin(x, y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = dmin(y, x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 43:  # maximum
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = dmin(y, x)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = dmin(x, y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = dmin(y, x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = dmin(x, y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 44:  # hypot
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                f = vals[d + i]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = safe_div(x, f)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = safe_div(safe_div(y, f) * safe_div(y, f), f)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = safe_div(y, f)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = safe_div(safe_div(x, f) * safe_div(x, f), f)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = safe_div(x, f)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = safe_div(safe_div(y, f) * safe_div(y, f), f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = safe_div(y, f)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = safe_div(safe_div(x, f) * safe_div(x, f), f)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 45:  # sigmoid
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            f = vals[d + i]
+            t0 = tan[a0 + i * s0]
+            q = f * (1.0 - f)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = f * (1.0 - f) * (1.0 - 2.0 * f)
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 46:  # softplus
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            t0 = tan[a0 + i * s0]
+            q = sigmoid(x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = sigmoid(x) * (1.0 - sigmoid(x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+        return
+    elif op == 47:  # where
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = 1.0 if z != 0.0 else 0.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = 0.0 if z != 0.0 else 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            z = vals[a2 + i * s2]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = 1.0 if z != 0.0 else 0.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = 0.0 if z != 0.0 else 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 54:  # fmac
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                z = vals[a2 + i * s2]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = z
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = 1.0
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            z = vals[a2 + i * s2]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = z
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = 1.0
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 55:  # sqdiff
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = 2.0 * (x - y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = 2.0
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = -2.0
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = -2.0 * (x - y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = -2.0
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = 2.0
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = 2.0 * (x - y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = 2.0
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = -2.0
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = -2.0 * (x - y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -2.0
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = 2.0
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    elif op == 57:  # logaddexp
+        if s1 == 0:
+            y = vals[a1]
+            for i in range(n):
+                g = adj[d + i]
+                gd = adt[d + i]
+                x = vals[a0 + i * s0]
+                t0 = tan[a0 + i * s0]
+                t1 = tan[a1 + i * s1]
+                q = sigmoid(x - y)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = sigmoid(x - y) * sigmoid(y - x)
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = -(sigmoid(x - y) * sigmoid(y - x))
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b0 + i * u0]
+                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b0 + i * u0] += v
+                q = sigmoid(y - x)
+                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+                if g != 0.0 and t0 != 0.0:
+                    hh = -(sigmoid(x - y) * sigmoid(y - x))
+                    if hh != 0.0:
+                        v += g * hh * t0
+                if g != 0.0 and t1 != 0.0:
+                    hh = sigmoid(x - y) * sigmoid(y - x)
+                    if hh != 0.0:
+                        v += g * hh * t1
+                t = adj[b1 + i * u1]
+                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                adt[b1 + i * u1] += v
+            return
+        for i in range(n):
+            g = adj[d + i]
+            gd = adt[d + i]
+            x = vals[a0 + i * s0]
+            y = vals[a1 + i * s1]
+            t0 = tan[a0 + i * s0]
+            t1 = tan[a1 + i * s1]
+            q = sigmoid(x - y)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = sigmoid(x - y) * sigmoid(y - x)
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = -(sigmoid(x - y) * sigmoid(y - x))
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b0 + i * u0]
+            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b0 + i * u0] += v
+            q = sigmoid(y - x)
+            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
+            if g != 0.0 and t0 != 0.0:
+                hh = -(sigmoid(x - y) * sigmoid(y - x))
+                if hh != 0.0:
+                    v += g * hh * t0
+            if g != 0.0 and t1 != 0.0:
+                hh = sigmoid(x - y) * sigmoid(y - x)
+                if hh != 0.0:
+                    v += g * hh * t1
+            t = adj[b1 + i * u1]
+            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            adt[b1 + i * u1] += v
+        return
+    return

@@ -59,6 +59,7 @@ import numpy as np
 
 from fasttape.kernels.dispatch import (
     elementwise_adjoint,
+    elementwise_adjoint_tangent,
     elementwise_tangent,
     elementwise_value,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "forward",
     "forward_range",
     "tangent_range",
+    "hvp_reverse_range",
     "reverse",
     "reverse_range",
     "value_and_grad",
@@ -338,21 +340,29 @@ def matmul_forward(fields, p, vals):
 
 @kernel(inline=True)
 def matmul_reverse(fields, p, vals, adj):
+    matmul_reverse_into(fields, p, vals, vals, adj, adj)
+
+
+@kernel(inline=True)
+def matmul_reverse_into(fields, p, va, vb, g, out):
+    # out[A] += G @ B.T and out[B] += A.T @ G, with A's values read from va, B's from vb and
+    # the result's adjoint from g (the reverse sweep: va = vb = vals, g = out = adj; the
+    # forward-over-reverse one also with tangents in place of values or adjoints).
     d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
         at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
         # dA[i, q] += sum_j dC[i, j] * B[q, j]: a dot product of two contiguous rows.
         for i in range(m if fields[p + 9] else _U(0)):
             for q in range(k):
-                adj[at + i * k + q] += _sum_products(adj, ct + i * n, vals, bt + q * n, n)
+                out[at + i * k + q] += _sum_products(g, ct + i * n, vb, bt + q * n, n)
         # dB[q, :] += A[i, q] * dC[i, :]: a scaled row added to a row (vectorizes).
         for i in range(m if fields[p + 10] else _U(0)):
             crow = ct + i * n
             for q in range(k):
-                x = vals[at + i * k + q]
+                x = va[at + i * k + q]
                 brow = bt + q * n
                 for j in range(n):
-                    adj[brow + j] += x * adj[crow + j]
+                    out[brow + j] += x * g[crow + j]
 
 
 @kernel(inline=True)
@@ -495,6 +505,87 @@ def tangent_range(kinds, ops, at, fields, vals, tan, lo, hi):
         else:
             matmul_forward(fields, p, vals)
             matmul_tangent(fields, p, vals, tan)
+
+
+@kernel(inline=True)
+def _member_adjoint_tangent(fields, q, vals, tan, adj, adt, t, m):
+    elementwise_adjoint_tangent(
+        fields[q], vals, tan, adj, adt, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]), m,
+        _at(fields, q, _U(3), t), _U(fields[q + _U(4)]), _at(fields, q, _U(6), t),
+        _U(fields[q + _U(7)]), _at(fields, q, _U(9), t), _U(fields[q + _U(10)]),
+        _at(fields, q, _U(12), t), _U(fields[q + _U(13)]), _at(fields, q, _U(15), t),
+        _U(fields[q + _U(16)]))
+
+
+@kernel(inline=True)
+def prod_reverse_tangent(fields, p, vals, tan, adj, adt):
+    # adj_t += g P_t and adt_t += gd P_t + g dP_t, P_t the product of the others and dP_t
+    # its tangent, sum over s != t of tan_s times the product of the rest (direct loops:
+    # a product reduction is short).
+    d, outer, r, inner, src = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
+    for o in range(outer):
+        for j in range(inner):
+            at = src + o * r * inner + j
+            g, gd = adj[d + o * inner + j], adt[d + o * inner + j]
+            if g == 0.0 and gd == 0.0:
+                continue
+            for t in range(r):
+                others = _prod_others(vals, at, r, inner, t)
+                dp = 0.0
+                for s2 in range(r):
+                    ts = tan[at + s2 * inner]
+                    if s2 != t and ts != 0.0:
+                        rest = 1.0
+                        for u in range(r):
+                            if u != t and u != s2:
+                                rest *= vals[at + u * inner]
+                        dp += ts * rest
+                adj[at + t * inner] += g * others
+                adt[at + t * inner] += gd * others + g * dp
+
+
+@kernel
+def hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, lo, hi):
+    """Forward-over-reverse through instructions ``hi - 1`` down to ``lo``: the adjoints
+    ``adj`` and their tangents ``adt`` (``vals`` and ``tan`` from :func:`tangent_range`)."""
+    for i in range(hi - 1, lo - 1, -1):
+        kind, op, p = kinds[i], ops[i], at[i]
+        if kind == ELEMENTWISE:
+            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
+            for t in range(_U(0), n, tile):
+                m = min(tile, n - t)
+                for k in range(count):  # the intermediates of this tile, recomputed
+                    q = _U(p + 3 + k * MEMBER_FIELDS)
+                    if fields[q + _U(18)]:
+                        _member_value(fields, q, vals, t, m)
+                        _member_tangent(fields, q, vals, tan, t, m)
+                        dd = _U(fields[q + _U(1)])
+                        for e in range(m):
+                            adj[dd + e] = 0.0
+                            adt[dd + e] = 0.0
+                for k in range(count - 1, -1, -1):
+                    _member_adjoint_tangent(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, tan,
+                                            adj, adt, t, m)
+        elif kind == COPY:
+            copy_reverse(fields, p, adj)
+            copy_reverse(fields, p, adt)
+        elif kind == TAKE:
+            take_reverse(fields, p, adj)
+            take_reverse(fields, p, adt)
+        elif kind == REDUCE:
+            if op == PROD:
+                prod_reverse_tangent(fields, p, vals, tan, adj, adt)
+            else:  # linear, or a selection that depends on the values only
+                reduce_reverse(op, fields, p, vals, adt)
+                reduce_reverse(op, fields, p, vals, adj)
+        elif kind == GATHER:
+            gather_reverse(fields, p, vals, adj)
+            gather_reverse(fields, p, vals, adt)
+        else:
+            # adt: dG B.T + G dB.T into dA, A.T dG + dA.T G into dB.
+            matmul_reverse_into(fields, p, vals, vals, adt, adt)
+            matmul_reverse_into(fields, p, tan, tan, adj, adt)
+            matmul_reverse_into(fields, p, vals, vals, adj, adj)
 
 
 # ------------------------------------------------------------------------------ sweeps

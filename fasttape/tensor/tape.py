@@ -528,13 +528,20 @@ class TensorTape:
         tangents (forward mode).  Several arguments go in tuples: ``jvp((a, b), (da, db))``.
         """
         args = tuple(args) if isinstance(args, tuple) else (args,)
-        tangents = tuple(tangents) if isinstance(tangents, tuple) else (tangents,)
         vals, _ = self._buffers()
         self._load(args, p, vals)
+        tan = self._extra("tan")
+        self._tangent_in(tangents, tan)
+        self._tangent_sweep(vals, tan)
+        off, shape, size = self._out
+        value = self._value_out(vals)
+        return value, (float(tan[off]) if not shape else
+                       tan[off:off + size].reshape(shape).copy())
+
+    def _tangent_in(self, tangents: Any, tan: np.ndarray) -> None:
+        # tan: zero, then the input leaves' tangents (the same structure as the arguments).
+        tangents = tuple(tangents) if isinstance(tangents, tuple) else (tangents,)
         leaves = self._in_tree.flatten(tangents, "tangent")
-        tan = getattr(self._local, "tan", None)
-        if tan is None:
-            tan = self._local.tan = np.empty_like(self._init)
         tan.fill(0.0)
         for (off, shape, size), value, name in zip(self._in_slots, leaves,
                                                    self._in_tree.paths("tangent"), strict=True):
@@ -543,6 +550,16 @@ class TensorTape:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (its "
                                  "argument's shape)")
             tan[off:off + size] = arr.reshape(-1)
+
+    def _extra(self, name: str) -> np.ndarray:
+        # A per-thread vector of the value vector's length (tangents, adjoint tangents).
+        buf = getattr(self._local, name, None)
+        if buf is None:
+            buf = np.empty_like(self._init)
+            setattr(self._local, name, buf)
+        return buf
+
+    def _tangent_sweep(self, vals: np.ndarray, tan: np.ndarray) -> None:
         kinds, ops, at, fields = self._arrays
         lo = 0
         for i in self._blas:
@@ -550,33 +567,48 @@ class TensorTape:
             _blas_tangent(fields, int(at[i]), vals, tan)
             lo = i + 1
         kernels.tangent_range(kinds, ops, at, fields, vals, tan, lo, kinds.size)
+
+    def hvp(self, args: Any, tangents: Any, p: Any = None) -> Any:
+        """Hessian of the (scalar) output times ``tangents``, by forward-over-reverse: one
+        tangent sweep, then one reverse sweep that also carries the adjoints' tangents, with
+        the op table's second partials.  The result has the arguments' structure."""
         off, shape, size = self._out
-        value = self._value_out(vals)
-        return value, (float(tan[off]) if not shape else
-                       tan[off:off + size].reshape(shape).copy())
+        if size != 1:
+            raise ValueError(f"hvp needs a scalar output, this tape's has shape {shape}")
+        vals, adj = self._buffers()
+        self._load(tuple(args) if isinstance(args, tuple) else (args,), p, vals)
+        tan, adt = self._extra("tan"), self._extra("adt")
+        self._tangent_in(tangents, tan)
+        self._tangent_sweep(vals, tan)
+        adj.fill(0.0)
+        adt.fill(0.0)
+        adj[off] = 1.0
+        kinds, ops, at, fields = self._arrays
+        hi = kinds.size
+        for i in reversed(self._blas):
+            kernels.hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, i + 1, hi)
+            _blas_hvp_reverse(fields, int(at[i]), vals, tan, adj, adt)
+            hi = i
+        kernels.hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, 0, hi)
+        return self._grads(adt)
 
-    def hvp(self, *args: Any, **kwargs: Any) -> Any:
-        """Not yet on tensor tapes (NotImplementedError)."""
-        return self._unsupported("hvp")
-
-    def hessian(self, *args: Any, **kwargs: Any) -> Any:
-        """Not yet on tensor tapes (NotImplementedError)."""
-        return self._unsupported("hessian")
-
-    def jacobian(self, *args: Any, p: Any = None) -> Any:
-        """Derivatives of every output element by every input element: one reverse sweep
-        per output element.  Each gradient leaf gets shape ``output_shape + leaf_shape``
-        (one argument: that array; several: a tuple)."""
-        _, shape, size = self._out
-        rows = []
-        for k in range(size):
-            cot = np.zeros(size)
-            cot[k] = 1.0
-            g = self.vjp(args, cot.reshape(shape), p=p)
-            rows.append(g if isinstance(g, tuple) else (g,))
-        parts = tuple(_reshape_tree(_stack_tree([r[j] for r in rows]), shape)
-                      for j in range(len(rows[0])))
-        return parts[0] if len(parts) == 1 else parts
+    def hessian(self, *args: Any, p: Any = None) -> Any:
+        """The Hessian of the (scalar) output: one :meth:`hvp` per input element.  One
+        argument of shape ``s``: an array of shape ``s + s``; several: a tuple of tuples,
+        block ``[i][j]`` of shape ``s_i + s_j``."""
+        slots = self._in_slots
+        blocks: list[list[list[np.ndarray]]] = [[[] for _ in slots] for _ in slots]
+        for i, (_, _, size_i) in enumerate(slots):
+            for e in range(size_i):
+                leaves = [np.zeros(s) for _, s, _ in slots]
+                leaves[i].reshape(-1)[e] = 1.0
+                col = self.hvp(args, tuple(self._in_tree.unflatten(leaves)), p=p)
+                col_leaves = self._in_tree.flatten(col if isinstance(col, tuple) else (col,))
+                for j, leaf in enumerate(col_leaves):
+                    blocks[j][i].append(np.asarray(leaf))
+        out = tuple(tuple(np.stack(blocks[j][i], axis=-1).reshape(
+            slots[j][1] + slots[i][1]) for i in range(len(slots))) for j in range(len(slots)))
+        return out[0][0] if len(slots) == 1 else out
 
     def numba_kernel(self, *args: Any, **kwargs: Any) -> Any:
         """Not yet on tensor tapes (NotImplementedError)."""
@@ -614,6 +646,24 @@ def _blas_tangent(fields: np.ndarray, p: int, vals: np.ndarray, tan: np.ndarray)
     dc = tan[sl_c].reshape(shape_c)
     np.matmul(da, b, out=dc)
     dc += np.matmul(a, db)
+
+
+def _blas_hvp_reverse(fields: np.ndarray, p: int, vals: np.ndarray, tan: np.ndarray,
+                      adj: np.ndarray, adt: np.ndarray) -> None:
+    """A MATMUL instruction's forward-over-reverse step through NumPy (as the kernel's)."""
+    a, b, sl_a, sl_b, sl_c, shape_c = _operands(fields, p, vals)
+    da, db = tan[sl_a].reshape(a.shape), tan[sl_b].reshape(b.shape)
+    g, gd = adj[sl_c].reshape(shape_c), adt[sl_c].reshape(shape_c)
+    if fields[p + 9]:
+        ga = np.matmul(g, np.swapaxes(b, -1, -2))
+        gda = np.matmul(gd, np.swapaxes(b, -1, -2)) + np.matmul(g, np.swapaxes(db, -1, -2))
+        adj[sl_a] += (ga.sum(axis=0) if a.ndim == 2 else ga).reshape(-1)
+        adt[sl_a] += (gda.sum(axis=0) if a.ndim == 2 else gda).reshape(-1)
+    if fields[p + 10]:
+        gb = np.matmul(np.swapaxes(a, -1, -2), g)
+        gdb = np.matmul(np.swapaxes(a, -1, -2), gd) + np.matmul(np.swapaxes(da, -1, -2), g)
+        adj[sl_b] += (gb.sum(axis=0) if b.ndim == 2 else gb).reshape(-1)
+        adt[sl_b] += (gdb.sum(axis=0) if b.ndim == 2 else gdb).reshape(-1)
 
 
 def _blas_reverse(fields: np.ndarray, p: int, vals: np.ndarray, adj: np.ndarray) -> None:
