@@ -20,11 +20,8 @@ from fasttape.bench.peers.base import ArrayPeer, Built, OpNamespace, vectorized_
 __all__ = ["TorchPeer"]
 
 
-class TorchPeer(ArrayPeer):
+class TorchPeer(ArrayPeer, name="torch", module="torch"):
     """PyTorch eager, float64."""
-
-    name = "torch"
-    module = "torch"
 
     def build(self, case: Case) -> Built:
         import torch
