@@ -58,11 +58,20 @@ def _uses_f(exprs: Iterable[str]) -> bool:
 def _function(head: str, doc: str, specs: Iterable[OpSpec],
               branch: Callable[[OpSpec], list[str]], tail: list[str]) -> list[str]:
     """One inlined dispatch function: ``def head``, its docstring, an if/elif chain over
-    ``specs`` (``branch`` gives each body, indented by 8) and the fall-through ``tail``."""
+    ``specs`` (``branch`` gives each body, indented by 8) and the fall-through ``tail``.
+
+    Ops whose bodies are the same (``mul`` and ``mulc`` evaluate alike: they differ only in
+    which arguments get an adjoint) share one branch, ``if op == 1 or op == 4:``.
+    """
+    bodies: dict[tuple[str, ...], list[OpSpec]] = {}
+    for spec in specs:
+        bodies.setdefault(tuple(branch(spec)), []).append(spec)
     lines = ["@kernel(inline=True)", f"def {head}:", f'    """{doc}"""']
-    for n, spec in enumerate(specs):
-        lines.append(f"    {'if' if n == 0 else 'elif'} op == {spec.code}:  # {spec.name}")
-        lines += [f"        {line}" for line in branch(spec)]
+    for n, (body, same) in enumerate(bodies.items()):
+        test = " or ".join(f"op == {spec.code}" for spec in same)
+        names = ", ".join(spec.name for spec in same)
+        lines.append(f"    {'if' if n == 0 else 'elif'} {test}:  # {names}")
+        lines += [f"        {line}" for line in body]
     return lines + [f"    {line}" for line in tail] + ["", ""]
 
 
@@ -88,6 +97,13 @@ _NAN_ROW = ["for p in range(nb):", "    vals[s, p] = np.nan", "return k"]
 def _any_op(spec: OpSpec) -> bool:
     """Every op gets a branch."""
     return True
+
+
+def _stores_partials(spec: OpSpec) -> bool:
+    """Ops with a partial that the stored-mode forward sweeps keep get a branch (the others
+    fall through to the value-only form: an LLVM switch whose default is a second switch on
+    the same op is merged into one)."""
+    return any(d not in UNIT for d in spec.partials)
 
 
 def _differentiable(spec: OpSpec) -> bool:
@@ -158,12 +174,10 @@ def _value(spec: OpSpec) -> list[str]:
 
 @_form("value_store_partials(op, x, vals, args, k, parts)",
        "As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones.",
-       _any_op, _NAN_K)
+       _stores_partials, ["return value(op, x, vals, args, k)  # nothing to store"])
 def _value_store_partials(spec: OpSpec) -> list[str]:
-    stores = _stored_partials(spec, lambda j: _at("k", j))
-    if not stores:
-        return _value(spec)
-    return [*_load(spec, 1), f"f = {spec.forward}", *stores, f"return f, k + {spec.arity}"]
+    return [*_load(spec, 1), f"f = {spec.forward}",
+            *_stored_partials(spec, lambda j: _at("k", j)), f"return f, k + {spec.arity}"]
 
 
 @_form("value_and_partials(op, x, vals, args, k)",
@@ -244,11 +258,9 @@ def _value_rows(spec: OpSpec) -> list[str]:
 
 @_form("value_store_partials_rows(op, a0, vals, args, k, s, nb, parts)",
        "As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``.",
-       _any_op, _NAN_ROW)
+       _stores_partials, ["return value_rows(op, a0, vals, args, k, s, nb)  # nothing to store"])
 def _value_store_partials_rows(spec: OpSpec) -> list[str]:
     stores = _stored_partials(spec, lambda j: f"{_at('k', j)}, p")
-    if not stores:
-        return _value_rows(spec)
     result = (["    f = " + spec.forward, "    vals[s, p] = f"] if _uses_f(spec.partials)
               else [f"    vals[s, p] = {spec.forward}"])
     return [*_rows_load(spec), "for p in range(nb):", *_points(spec), *result,

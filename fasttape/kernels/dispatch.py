@@ -39,33 +39,21 @@ NDIFF = np.array([2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1,
 @kernel(inline=True)
 def value(op, x, vals, args, k):
     """``(f, k_next)``: the result, and where the next instruction's arguments start."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         y = vals[args[k + 1]]
         return x + y, k + 2
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         y = vals[args[k + 1]]
         return x * y, k + 2
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         y = vals[args[k + 1]]
         return x - y, k + 2
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         y = vals[args[k + 1]]
         return x / y, k + 2
-    elif op == 4:  # mulc
-        y = vals[args[k + 1]]
-        return x * y, k + 2
-    elif op == 5:  # addc
-        y = vals[args[k + 1]]
-        return x + y, k + 2
-    elif op == 6:  # subc
-        y = vals[args[k + 1]]
-        return x - y, k + 2
     elif op == 7:  # rsubc
         y = vals[args[k + 1]]
         return y - x, k + 2
-    elif op == 8:  # divc
-        y = vals[args[k + 1]]
-        return x / y, k + 2
     elif op == 9:  # rdivc
         y = vals[args[k + 1]]
         return y / x, k + 2
@@ -76,10 +64,7 @@ def value(op, x, vals, args, k):
     elif op == 12:  # powi
         y = vals[args[k + 1]]
         return powi(x, y), k + 2
-    elif op == 13:  # powc
-        y = vals[args[k + 1]]
-        return x ** y, k + 2
-    elif op == 14:  # pow
+    elif op == 13 or op == 14:  # powc, pow
         y = vals[args[k + 1]]
         return x ** y, k + 2
     elif op == 15:  # sqrt
@@ -188,17 +173,11 @@ def value(op, x, vals, args, k):
 @kernel(inline=True)
 def value_store_partials(op, x, vals, args, k, parts):
     """As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones."""
-    if op == 0:  # add
-        y = vals[args[k + 1]]
-        return x + y, k + 2
-    elif op == 1:  # mul
+    if op == 1:  # mul
         y = vals[args[k + 1]]
         f = x * y
         parts[k], parts[k + 1] = y, x
         return f, k + 2
-    elif op == 2:  # sub
-        y = vals[args[k + 1]]
-        return x - y, k + 2
     elif op == 3:  # div
         y = vals[args[k + 1]]
         f = x / y
@@ -209,15 +188,6 @@ def value_store_partials(op, x, vals, args, k, parts):
         f = x * y
         parts[k] = y
         return f, k + 2
-    elif op == 5:  # addc
-        y = vals[args[k + 1]]
-        return x + y, k + 2
-    elif op == 6:  # subc
-        y = vals[args[k + 1]]
-        return x - y, k + 2
-    elif op == 7:  # rsubc
-        y = vals[args[k + 1]]
-        return y - x, k + 2
     elif op == 8:  # divc
         y = vals[args[k + 1]]
         f = x / y
@@ -228,8 +198,6 @@ def value_store_partials(op, x, vals, args, k, parts):
         f = y / x
         parts[k] = -f / x
         return f, k + 2
-    elif op == 10:  # neg
-        return -x, k + 1
     elif op == 11:  # square
         f = x * x
         parts[k] = 2.0 * x
@@ -346,12 +314,6 @@ def value_store_partials(op, x, vals, args, k, parts):
         f = abs(x)
         parts[k] = sign(x)
         return f, k + 1
-    elif op == 39:  # sign
-        return sign(x), k + 1
-    elif op == 40:  # floor
-        return np.floor(x), k + 1
-    elif op == 41:  # ceil
-        return np.ceil(x), k + 1
     elif op == 42:  # minimum
         y = vals[args[k + 1]]
         f = fmin(x, y)
@@ -380,24 +342,6 @@ def value_store_partials(op, x, vals, args, k, parts):
         f = x if z != 0.0 else y
         parts[k], parts[k + 1] = 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
         return f, k + 3
-    elif op == 48:  # lt
-        y = vals[args[k + 1]]
-        return 1.0 if x < y else 0.0, k + 2
-    elif op == 49:  # le
-        y = vals[args[k + 1]]
-        return 1.0 if x <= y else 0.0, k + 2
-    elif op == 50:  # gt
-        y = vals[args[k + 1]]
-        return 1.0 if x > y else 0.0, k + 2
-    elif op == 51:  # ge
-        y = vals[args[k + 1]]
-        return 1.0 if x >= y else 0.0, k + 2
-    elif op == 52:  # eq
-        y = vals[args[k + 1]]
-        return 1.0 if x == y else 0.0, k + 2
-    elif op == 53:  # ne
-        y = vals[args[k + 1]]
-        return 1.0 if x != y else 0.0, k + 2
     elif op == 54:  # fmac
         y, z = vals[args[k + 1]], vals[args[k + 2]]
         f = x * z + y
@@ -408,14 +352,12 @@ def value_store_partials(op, x, vals, args, k, parts):
         f = (x - y) * (x - y)
         parts[k], parts[k + 1] = 2.0 * (x - y), -2.0 * (x - y)
         return f, k + 2
-    elif op == 56:  # stop_gradient
-        return x, k + 1
     elif op == 57:  # logaddexp
         y = vals[args[k + 1]]
         f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
         parts[k], parts[k + 1] = sigmoid(x - y), sigmoid(y - x)
         return f, k + 2
-    return np.nan, k  # unreachable for a validated tape
+    return value(op, x, vals, args, k)  # nothing to store
 
 
 @kernel(inline=True)
@@ -596,10 +538,7 @@ def partials(op, vals, args, k, s):
     elif op == 4:  # mulc
         x, y = vals[args[k]], vals[args[k + 1]]
         return y, 0.0
-    elif op == 5:  # addc
-        x, y = vals[args[k]], vals[args[k + 1]]
-        return 1.0, 0.0
-    elif op == 6:  # subc
+    elif op == 5 or op == 6:  # addc, subc
         x, y = vals[args[k]], vals[args[k + 1]]
         return 1.0, 0.0
     elif op == 7:  # rsubc
@@ -752,10 +691,7 @@ def partials_and_second(op, vals, args, k, s, g):
     elif op == 4:  # mulc
         x, y = vals[args[k]], vals[args[k + 1]]
         return y, 0.0, 0.0, 0.0, 0.0
-    elif op == 5:  # addc
-        x, y = vals[args[k]], vals[args[k + 1]]
-        return 1.0, 0.0, 0.0, 0.0, 0.0
-    elif op == 6:  # subc
+    elif op == 5 or op == 6:  # addc, subc
         x, y = vals[args[k]], vals[args[k + 1]]
         return 1.0, 0.0, 0.0, 0.0, 0.0
     elif op == 7:  # rsubc
@@ -994,16 +930,10 @@ def unit_adjoint(op, args, parts, k, g, adj):
         adj[args[k]] += g
         adj[args[k + 1]] -= g
         return True
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         adj[args[k]] += g
         return True
-    elif op == 6:  # subc
-        adj[args[k]] += g
-        return True
-    elif op == 7:  # rsubc
-        adj[args[k]] -= g
-        return True
-    elif op == 10:  # neg
+    elif op == 7 or op == 10:  # rsubc, neg
         adj[args[k]] -= g
         return True
     elif op == 54:  # fmac
@@ -1016,59 +946,35 @@ def unit_adjoint(op, args, parts, k, g, adj):
 @kernel(inline=True)
 def value_rows(op, a0, vals, args, k, s, nb):
     """Row ``s`` of a chunk, the result at each of the ``nb`` points; returns ``k_next``."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x + y
         return k + 2
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x * y
         return k + 2
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x - y
         return k + 2
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x / y
-        return k + 2
-    elif op == 4:  # mulc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x * y
-        return k + 2
-    elif op == 5:  # addc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x + y
-        return k + 2
-    elif op == 6:  # subc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x - y
         return k + 2
     elif op == 7:  # rsubc
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = y - x
-        return k + 2
-    elif op == 8:  # divc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x / y
         return k + 2
     elif op == 9:  # rdivc
         a1 = args[k + 1]
@@ -1092,13 +998,7 @@ def value_rows(op, a0, vals, args, k, s, nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = powi(x, y)
         return k + 2
-    elif op == 13:  # powc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x ** y
-        return k + 2
-    elif op == 14:  # pow
+    elif op == 13 or op == 14:  # powc, pow
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
@@ -1341,24 +1241,12 @@ def value_rows(op, a0, vals, args, k, s, nb):
 @kernel(inline=True)
 def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
     """As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``."""
-    if op == 0:  # add
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x + y
-        return k + 2
-    elif op == 1:  # mul
+    if op == 1:  # mul
         a1 = args[k + 1]
         for p in range(nb):
             x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x * y
             parts[k, p], parts[k + 1, p] = y, x
-        return k + 2
-    elif op == 2:  # sub
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x - y
         return k + 2
     elif op == 3:  # div
         a1 = args[k + 1]
@@ -1375,24 +1263,6 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = x * y
             parts[k, p] = y
         return k + 2
-    elif op == 5:  # addc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x + y
-        return k + 2
-    elif op == 6:  # subc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = x - y
-        return k + 2
-    elif op == 7:  # rsubc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = y - x
-        return k + 2
     elif op == 8:  # divc
         a1 = args[k + 1]
         for p in range(nb):
@@ -1408,11 +1278,6 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = f
             parts[k, p] = -f / x
         return k + 2
-    elif op == 10:  # neg
-        for p in range(nb):
-            x = vals[a0, p]
-            vals[s, p] = -x
-        return k + 1
     elif op == 11:  # square
         for p in range(nb):
             x = vals[a0, p]
@@ -1592,21 +1457,6 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = abs(x)
             parts[k, p] = sign(x)
         return k + 1
-    elif op == 39:  # sign
-        for p in range(nb):
-            x = vals[a0, p]
-            vals[s, p] = sign(x)
-        return k + 1
-    elif op == 40:  # floor
-        for p in range(nb):
-            x = vals[a0, p]
-            vals[s, p] = np.floor(x)
-        return k + 1
-    elif op == 41:  # ceil
-        for p in range(nb):
-            x = vals[a0, p]
-            vals[s, p] = np.ceil(x)
-        return k + 1
     elif op == 42:  # minimum
         a1 = args[k + 1]
         for p in range(nb):
@@ -1649,42 +1499,6 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = x if z != 0.0 else y
             parts[k, p], parts[k + 1, p] = 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
         return k + 3
-    elif op == 48:  # lt
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x < y else 0.0
-        return k + 2
-    elif op == 49:  # le
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x <= y else 0.0
-        return k + 2
-    elif op == 50:  # gt
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x > y else 0.0
-        return k + 2
-    elif op == 51:  # ge
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x >= y else 0.0
-        return k + 2
-    elif op == 52:  # eq
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x == y else 0.0
-        return k + 2
-    elif op == 53:  # ne
-        a1 = args[k + 1]
-        for p in range(nb):
-            x, y = vals[a0, p], vals[a1, p]
-            vals[s, p] = 1.0 if x != y else 0.0
-        return k + 2
     elif op == 54:  # fmac
         a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
@@ -1699,11 +1513,6 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = (x - y) * (x - y)
             parts[k, p], parts[k + 1, p] = 2.0 * (x - y), -2.0 * (x - y)
         return k + 2
-    elif op == 56:  # stop_gradient
-        for p in range(nb):
-            x = vals[a0, p]
-            vals[s, p] = x
-        return k + 1
     elif op == 57:  # logaddexp
         a1 = args[k + 1]
         for p in range(nb):
@@ -1711,9 +1520,7 @@ def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
             vals[s, p] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
             parts[k, p], parts[k + 1, p] = sigmoid(x - y), sigmoid(y - x)
         return k + 2
-    for p in range(nb):
-        vals[s, p] = np.nan
-    return k
+    return value_rows(op, a0, vals, args, k, s, nb)  # nothing to store
 
 
 @kernel(inline=True)
@@ -1735,25 +1542,13 @@ def unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb):
             adj[a0, p] = add_product(adj[a0, p], g, 1.0)
             adj[a1, p] = add_product(adj[a1, p], g, -1.0)
         return True
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             adj[a0, p] = add_product(adj[a0, p], g, 1.0)
         return True
-    elif op == 6:  # subc
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
-        return True
-    elif op == 7:  # rsubc
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            adj[a0, p] = add_product(adj[a0, p], g, -1.0)
-        return True
-    elif op == 10:  # neg
+    elif op == 7 or op == 10:  # rsubc, neg
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
@@ -1817,15 +1612,7 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
             x, y = vals[a0, p], vals[a1, p]
             adj[a0, p] = add_product(adj[a0, p], g, y)
         return
-    elif op == 5:  # addc
-        a1 = args[k + 1]
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            x, y = vals[a0, p], vals[a1, p]
-            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
-        return
-    elif op == 6:  # subc
+    elif op == 5 or op == 6:  # addc, subc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
@@ -2150,7 +1937,7 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
 @kernel(inline=True)
 def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
     """Elements ``d .. d + n - 1`` of ``vals``: the op applied to the argument ranges."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2161,7 +1948,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x + y
         return
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2172,7 +1959,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x * y
         return
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2183,7 +1970,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x - y
         return
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2193,39 +1980,6 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
         for i in range(n):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x / y
-        return
-    elif op == 4:  # mulc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x * y
-            return
-        for i in range(n):
-            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
-            vals[d + i] = x * y
-        return
-    elif op == 5:  # addc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x + y
-            return
-        for i in range(n):
-            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
-            vals[d + i] = x + y
-        return
-    elif op == 6:  # subc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x - y
-            return
-        for i in range(n):
-            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
-            vals[d + i] = x - y
         return
     elif op == 7:  # rsubc
         if s1 == 0:
@@ -2237,17 +1991,6 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
         for i in range(n):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = y - x
-        return
-    elif op == 8:  # divc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x / y
-            return
-        for i in range(n):
-            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
-            vals[d + i] = x / y
         return
     elif op == 9:  # rdivc
         if s1 == 0:
@@ -2281,18 +2024,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
             x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = powi(x, y)
         return
-    elif op == 13:  # powc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x ** y
-            return
-        for i in range(n):
-            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
-            vals[d + i] = x ** y
-        return
-    elif op == 14:  # pow
+    elif op == 13 or op == 14:  # powc, pow
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2672,18 +2404,7 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1,
             g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
         return
-    elif op == 5:  # addc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                g, x = adj[d + i], vals[a0 + i * s0]
-                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
-            return
-        for i in range(n):
-            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
-            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
-        return
-    elif op == 6:  # subc
+    elif op == 5 or op == 6:  # addc, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
