@@ -38,6 +38,7 @@ from fasttape.checkpoint.report import CheckpointReport
 from fasttape.compile import compile_graph
 from fasttape.graph import Graph
 from fasttape.kernels import checkpoint as _k
+from fasttape.signature import same_arguments
 from fasttape.tape import TapeRecord
 from fasttape.trace import gc_paused
 
@@ -367,19 +368,8 @@ class Scan:
         return self.value_and_grad(x0, params, data)[1:]
 
 
-def scan(
-    step: Callable[..., Any],
-    n_steps: int,
-    *,
-    n_state: int,
-    n_params: int = 0,
-    final: Callable[..., Any] | None = None,
-    running_cost: bool = False,
-    snapshots: int | None = None,
-    memory_limit: int | None = None,
-    optimize: Any = False,
-    n_data: int = 0,
-) -> Scan:
+@same_arguments(Scan)
+def scan(*args: Any, **kwargs: Any) -> Scan:
     """Apply ``step`` ``n_steps`` times; differentiate with binomial checkpointing.
 
     Parameters
@@ -426,6 +416,4 @@ def scan(
     >>> sc.report.forward_evaluations      # revolve_cost(10, 3)
     15
     """
-    return Scan(step, n_steps, n_state=n_state, n_params=n_params, final=final,
-                running_cost=running_cost, snapshots=snapshots, memory_limit=memory_limit,
-                optimize=optimize, n_data=n_data)
+    return Scan(*args, **kwargs)
