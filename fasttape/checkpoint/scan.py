@@ -162,12 +162,17 @@ class Scan:
             return fn(x[:ns], x[ns : ns + npar], x[ns + npar :])
         return fn(x[:ns], x[ns:])
 
-    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
-        ns, npar = self.n_state, self._n_pd
+    def _trace(self, fn: Callable[..., Any]) -> tuple[Graph, Any]:
+        """A new graph of the state, parameters and data as inputs, and ``fn``'s result on
+        them (traced)."""
         g = Graph()
         with gc_paused(True):
-            x = g.inputs(ns + npar)
-            out = self._call(step, x)
+            out = self._call(fn, g.inputs(self.n_state + self._n_pd))
+        return g, out
+
+    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
+        ns = self.n_state
+        g, out = self._trace(step)
         if self.running_cost:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError(
@@ -186,11 +191,7 @@ class Scan:
         return compile_plain(g, self.optimize)
 
     def _trace_final(self, final: Callable[..., Any]) -> TapeRecord:
-        ns, npar = self.n_state, self._n_pd
-        g = Graph()
-        with gc_paused(True):
-            x = g.inputs(ns + npar)
-            out = self._call(final, x)
+        g, out = self._trace(final)
         if isinstance(out, np.ndarray) and out.size == 1:
             out = out.reshape(()).item()
         if isinstance(out, (Sequence, np.ndarray)):
