@@ -28,6 +28,7 @@ from fasttape import kernels
 from fasttape.kernels import fpenv
 from fasttape.ops import OPS
 from fasttape.passes import planned as passes_planned
+from fasttape.signature import same_arguments
 from fasttape.validate import check_count, real_array, validate_arrays
 
 __all__ = ["TapeRecord", "GRAD_MODES", "check_out", "resolve_threads", "tape_from_state"]
@@ -710,20 +711,11 @@ class TapeRecord:
             )
         return float(v)
 
-    def grad(
-        self,
-        x: Any,
-        p: Any = None,
-        *,
-        output: int | None = None,
-        out: np.ndarray | None = None,
-        threads: int | None = None,
-        flush_subnormals: bool = False,
-    ) -> np.ndarray:
-        """Gradient of one output at ``x`` (or at every row of a batch); see
-        :meth:`value_and_grad`."""
-        return self.value_and_grad(x, p=p, output=output, out=out, threads=threads,
-                                   flush_subnormals=flush_subnormals)[1]
+    @same_arguments(value_and_grad)
+    def grad(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        """Gradient of one output at ``x`` (or at every row of a batch); takes the arguments
+        of :meth:`value_and_grad`."""
+        return self.value_and_grad(*args, **kwargs)[1]
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:

@@ -215,9 +215,7 @@ def test_agreement_accepts_rounding_and_flags_real_differences():
     assert agreement(1.0, both, 1.0, both)[2] is None
 
 
-class _FakePeer(Peer):
-    module = "numpy"
-    scalar_cap = None
+class _FakePeer(Peer, module="numpy", scalar_cap=None):
 
     def __init__(self, name, behaviour):
         self.name = name
@@ -263,6 +261,17 @@ def test_an_honest_peer_is_timed(cases):
     assert row["vs_fasttape"] != pytest.approx(row["vg_ns"] / 10.0, rel=1e-3)
 
 
+def test_a_peer_header_sets_its_fields_and_refuses_unknown_ones():
+    class Capped(Peer, name="capped", module="math", scalar_cap=5):
+        pass
+
+    assert (Capped.name, Capped.module, Capped.scalar_cap, Peer.scalar_cap) == (
+        "capped", "math", 5, None)
+    with pytest.raises(TypeError, match=r"unknown peer field\(s\) \['scalar_caps'\]"):
+        class Typo(Peer, name="typo", scalar_caps=5):
+            pass
+
+
 def test_failing_slow_and_missing_peers_get_rows(cases):
     case = cases["chain"]
     row, settings = _peer_row(case, _FakePeer("broken", "raises"))
@@ -282,12 +291,8 @@ def test_failing_slow_and_missing_peers_get_rows(cases):
     assert row["status"] == "skipped (> 10 nodes in --quick)"
 
 
-class _NoTanhPeer(Peer):
+class _NoTanhPeer(Peer, name="no-tanh", module="math", scalar_cap=None):
     """A peer whose math module has no tanh: the mlp family needs one."""
-
-    name = "no-tanh"
-    module = "math"
-    scalar_cap = None
 
     def build(self, case):
         ns = OpNamespace(self.name, __import__("math"), {"tanh": None})

@@ -225,3 +225,76 @@ def test_jvp_against_jax() -> None:
     _, got = tape.jvp((x, w), (dx, dw))
     _, want = jax.jvp(lambda a, b: f(jnp, a, b), (x, w), (dx, dw))
     assert got == pytest.approx(float(want), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------- hvp, hessian
+
+HVP_CASES = {
+    "elementwise": (lambda x: np.sum(np.sin(x) * x ** 2 + np.exp(-x) / (1.0 + x * x)),
+                    [(7,)]),
+    "fused-chain": (lambda x: np.sum(np.tanh(x) * np.exp(np.tanh(x)) - x ** 3), [(5000,)]),
+    "views-take-reductions": (lambda x: np.sum(x.T[::-1] * x[np.array([0, 2, 1])].T)
+                              + np.sum(x.max(0) * x.min(1)) + np.prod(x[0]), [(3, 3)]),
+    "softmax": (lambda x: np.sum(ft.softmax(x, axis=1) ** 2) + np.sum(ft.logsumexp(x, axis=0)),
+                [(2, 5)]),
+    "matmul": (lambda a, b: np.sum(np.tanh(a @ b) @ b.T), [(3, 4), (4, 2)]),
+    "blas-matmul": (lambda a, b: np.sum(np.sin(a @ b)), [(40, 40), (40, 40)]),
+    "gather-by-labels": (lambda w, y: np.sum(np.exp(w)[np.arange(4), y] ** 2), [(4, 3)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HVP_CASES))
+def test_hvp_against_differences_of_the_gradient(name: str) -> None:
+    fn, shapes = HVP_CASES[name]
+    params = [(4,)] if name == "gather-by-labels" else None
+    tape = ft.compile(ft.trace(fn, shapes=shapes, params=params))
+    p = (np.array([2, 0, 1, 2]),) if params else None
+    rng = np.random.default_rng(8)
+    args = tuple(rng.uniform(0.2, 1.0, s) * rng.choice([-1.0, 1.0], s) for s in shapes)
+    dirs = tuple(rng.normal(size=s) for s in shapes)
+    got = tape.hvp(args, dirs, p=p)
+    got = got if isinstance(got, tuple) else (got,)
+    h = 1e-6
+
+    def grad_at(sign: float) -> tuple:
+        g = tape.grad(*(a + sign * h * d for a, d in zip(args, dirs, strict=True)), p=p)
+        return g if isinstance(g, tuple) else (g,)
+
+    for g, gp, gm in zip(got, grad_at(1.0), grad_at(-1.0), strict=True):
+        np.testing.assert_allclose(g, (gp - gm) / (2 * h), rtol=1e-5, atol=1e-6)
+
+
+def test_hessian_is_symmetric_and_matches_hvp() -> None:
+    fn, shapes = HVP_CASES["matmul"]
+    tape = ft.compile(ft.trace(fn, shapes=shapes))
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(4, 2))
+    (haa, hab), (hba, hbb) = tape.hessian(a, b)
+    assert haa.shape == (3, 4, 3, 4) and hab.shape == (3, 4, 4, 2)
+    np.testing.assert_allclose(hab, np.transpose(hba, (2, 3, 0, 1)), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(haa.reshape(12, 12), haa.reshape(12, 12).T, atol=1e-14)
+    da, db = rng.normal(size=(3, 4)), rng.normal(size=(4, 2))
+    ha, hb = tape.hvp((a, b), (da, db))
+    np.testing.assert_allclose(ha, np.tensordot(haa, da, 2) + np.tensordot(hab, db, 2),
+                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(hb, np.tensordot(hba, da, 2) + np.tensordot(hbb, db, 2),
+                               rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.oracle
+def test_hvp_and_hessian_against_jax() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    def f(xp, x):
+        return xp.sum(xp.tanh(x @ x.T) * xp.exp(-x[:, :1] ** 2)) + xp.prod(x[0]) \
+            + xp.max(x) * xp.sum(x ** 3)
+
+    tape = ft.compile(ft.trace(lambda x: f(np, x), shapes=[(3, 3)]))
+    rng = np.random.default_rng(10)
+    x, v = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    want = jax.jvp(jax.grad(lambda z: f(jnp, z)), (x,), (v,))[1]
+    np.testing.assert_allclose(tape.hvp(x, v), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tape.hessian(x), jax.hessian(lambda z: f(jnp, z))(x),
+                               rtol=1e-12, atol=1e-12)

@@ -6,7 +6,9 @@ a person writing the sweeps by hand for these few ops would get, without the op 
 generated code or any API.  One forward loop and one reverse loop for the ops the benchmark
 families use (:data:`BASELINE_OPS`), over the same ``ops``/``args``/``consts`` arrays as the
 engine; no validation.  The reverse loop recomputes each partial from the stored values (what
-a person would write first).  The engine's overhead is reported as a ratio to this."""
+a person would write first).  The one piece it shares with the engine is ``powi``'s binary
+exponentiation (:func:`fasttape.kernels.scalar.powi`), which written again would be the same
+loop.  The engine's overhead is reported as a ratio to this."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 import numpy as np
 
 from fasttape.kernels.jit import kernel
+from fasttape.kernels.scalar import powi
 from fasttape.ops import OP_BY_NAME
 
 __all__ = ["BASELINE_OPS", "supports", "value_kernel", "value_and_grad_kernel", "run_baseline"]
@@ -54,23 +57,6 @@ def _sigmoid(a):
 
 
 @kernel
-def _powi(a, y):
-    # Binary exponentiation, as the engine (and JAX's integer_pow).
-    n = int(y)
-    m = -n if n < 0 else n
-    acc = 1.0
-    base = a
-    while m > 0:
-        if m & 1:
-            acc *= base
-        base *= base
-        m >>= 1
-    if n < 0:
-        return 1.0 / acc
-    return acc
-
-
-@kernel
 def value_kernel(ops, args, consts, x, vals):
     """Forward sweep: fill ``vals`` (inputs, constants, instructions); return the last slot."""
     n_in = x.shape[0]
@@ -94,7 +80,7 @@ def value_kernel(ops, args, consts, x, vals):
             f = a / vals[args[k + 1]]
             k += 2
         elif o == POWI:
-            f = _powi(a, vals[args[k + 1]])
+            f = powi(a, vals[args[k + 1]])
             k += 2
         elif o == MAX:
             b = vals[args[k + 1]]
@@ -197,7 +183,7 @@ def value_and_grad_kernel(ops, args, consts, x, vals, adj, grad):
             elif o == POWI:
                 y = vals[q]
                 if y != 0.0:
-                    adj[p] += g * y * _powi(vals[p], y - 1.0)
+                    adj[p] += g * y * powi(vals[p], y - 1.0)
             else:
                 a, b = vals[p], vals[q]
                 if a > b:

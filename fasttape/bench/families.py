@@ -26,6 +26,7 @@ import numpy as np
 from fasttape.api import Tape
 from fasttape.bench.pyops import FLOATS as _PY_FLOATS
 from fasttape.ops import OP_BY_NAME
+from fasttape.signature import same_arguments
 from fasttape.trace import sum as _ft_sum
 
 __all__ = [
@@ -90,7 +91,8 @@ def _codes(names: set[str]) -> list[int]:
     return [OP_BY_NAME[k].code for k in names]
 
 
-def random_local(
+def _random_graph(
+    draw_args: Callable[[np.random.Generator, np.ndarray, int], np.ndarray],
     n_nodes: int,
     *,
     window: int = 100,
@@ -99,6 +101,26 @@ def random_local(
     seed: int = 0,
     grad_mode: str = "stored",
 ) -> Tape:
+    """The random graph of :func:`random_local` or :func:`random_uniform` (whose signature,
+    shown by help(), is this one's after ``draw_args``).
+
+    The two differ only in ``draw_args(rng, owner, window)``, which returns the argument
+    slots given each argument's instruction slot ``owner``; the op sequence, the fixes that
+    keep values finite and the single output are shared.
+    """
+    if n_nodes < 1 or window < 1 or n_inputs < 2:
+        raise ValueError("n_nodes and window must be >= 1 and n_inputs >= 2")
+    rng = np.random.default_rng(seed)
+    ops, ar = _draw_ops(rng, n_nodes, mix)
+    owner = np.repeat(n_inputs + np.arange(n_nodes), ar)
+    args = draw_args(rng, owner, window)
+    _keep_finite(ops, ar, args, n_inputs)
+    return Tape.from_arrays(ops, args, np.zeros(0), [n_inputs + n_nodes - 1], n_inputs,
+                            grad_mode=grad_mode)
+
+
+@same_arguments(_random_graph, skip=1)
+def random_local(*args: Any, **kwargs: Any) -> Tape:
     """A random graph whose arguments lie among the previous ``window`` slots.
 
     The op sequence is drawn from ``mix``; arguments are drawn uniformly from the window, then
@@ -124,18 +146,11 @@ def random_local(
     Tape
         One output, the last instruction.  Evaluate it at points in [0.1, 0.9].
     """
-    return _random_graph(_local_args, n_nodes, window, n_inputs, mix, seed, grad_mode)
+    return _random_graph(_local_args, *args, **kwargs)
 
 
-def random_uniform(
-    n_nodes: int,
-    *,
-    window: int = 100,
-    n_inputs: int = 100,
-    mix: dict[str, float] | None = None,
-    seed: int = 0,
-    grad_mode: str = "stored",
-) -> Tape:
+@same_arguments(_random_graph, skip=1)
+def random_uniform(*args: Any, **kwargs: Any) -> Tape:
     """A random graph whose binary ops read a slot anywhere earlier (cache-hostile).
 
     Same conventions as :func:`random_local` (op sequence drawn from ``mix``, the same fixes
@@ -158,33 +173,7 @@ def random_uniform(
     Tape
         One output, the last instruction.
     """
-    return _random_graph(_uniform_args, n_nodes, window, n_inputs, mix, seed, grad_mode)
-
-
-def _random_graph(
-    draw_args: Callable[[np.random.Generator, np.ndarray, int], np.ndarray],
-    n_nodes: int,
-    window: int,
-    n_inputs: int,
-    mix: dict[str, float] | None,
-    seed: int,
-    grad_mode: str,
-) -> Tape:
-    """The random graph of :func:`random_local` or :func:`random_uniform`.
-
-    The two differ only in ``draw_args(rng, owner, window)``, which returns the argument
-    slots given each argument's instruction slot ``owner``; the op sequence, the fixes that
-    keep values finite and the single output are shared.
-    """
-    if n_nodes < 1 or window < 1 or n_inputs < 2:
-        raise ValueError("n_nodes and window must be >= 1 and n_inputs >= 2")
-    rng = np.random.default_rng(seed)
-    ops, ar = _draw_ops(rng, n_nodes, mix)
-    owner = np.repeat(n_inputs + np.arange(n_nodes), ar)
-    args = draw_args(rng, owner, window)
-    _keep_finite(ops, ar, args, n_inputs)
-    return Tape.from_arrays(ops, args, np.zeros(0), [n_inputs + n_nodes - 1], n_inputs,
-                            grad_mode=grad_mode)
+    return _random_graph(_uniform_args, *args, **kwargs)
 
 
 def _local_args(rng: np.random.Generator, owner: np.ndarray, window: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from fasttape.checkpoint.report import CheckpointReport
 from fasttape.compile import compile_graph
 from fasttape.graph import Graph
 from fasttape.kernels import checkpoint as _k
+from fasttape.signature import same_arguments
 from fasttape.tape import TapeRecord
 from fasttape.trace import gc_paused
 
@@ -161,12 +162,17 @@ class Scan:
             return fn(x[:ns], x[ns : ns + npar], x[ns + npar :])
         return fn(x[:ns], x[ns:])
 
-    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
-        ns, npar = self.n_state, self._n_pd
+    def _trace(self, fn: Callable[..., Any]) -> tuple[Graph, Any]:
+        """A new graph of the state, parameters and data as inputs, and ``fn``'s result on
+        them (traced)."""
         g = Graph()
         with gc_paused(True):
-            x = g.inputs(ns + npar)
-            out = self._call(step, x)
+            out = self._call(fn, g.inputs(self.n_state + self._n_pd))
+        return g, out
+
+    def _trace_step(self, step: Callable[..., Any]) -> TapeRecord:
+        ns = self.n_state
+        g, out = self._trace(step)
         if self.running_cost:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ValueError(
@@ -185,11 +191,7 @@ class Scan:
         return compile_plain(g, self.optimize)
 
     def _trace_final(self, final: Callable[..., Any]) -> TapeRecord:
-        ns, npar = self.n_state, self._n_pd
-        g = Graph()
-        with gc_paused(True):
-            x = g.inputs(ns + npar)
-            out = self._call(final, x)
+        g, out = self._trace(final)
         if isinstance(out, np.ndarray) and out.size == 1:
             out = out.reshape(()).item()
         if isinstance(out, (Sequence, np.ndarray)):
@@ -367,19 +369,8 @@ class Scan:
         return self.value_and_grad(x0, params, data)[1:]
 
 
-def scan(
-    step: Callable[..., Any],
-    n_steps: int,
-    *,
-    n_state: int,
-    n_params: int = 0,
-    final: Callable[..., Any] | None = None,
-    running_cost: bool = False,
-    snapshots: int | None = None,
-    memory_limit: int | None = None,
-    optimize: Any = False,
-    n_data: int = 0,
-) -> Scan:
+@same_arguments(Scan)
+def scan(*args: Any, **kwargs: Any) -> Scan:
     """Apply ``step`` ``n_steps`` times; differentiate with binomial checkpointing.
 
     Parameters
@@ -426,6 +417,4 @@ def scan(
     >>> sc.report.forward_evaluations      # revolve_cost(10, 3)
     15
     """
-    return Scan(step, n_steps, n_state=n_state, n_params=n_params, final=final,
-                running_cost=running_cost, snapshots=snapshots, memory_limit=memory_limit,
-                optimize=optimize, n_data=n_data)
+    return Scan(*args, **kwargs)

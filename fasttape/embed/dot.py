@@ -26,13 +26,12 @@ _ROLES = ("x", "y", "z")
 _WHERE_ROLES = ("a", "b", "cond")
 
 
-def graph_to_dot(
-    graph: Any,
-    *,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    max_nodes: int | None = MAX_NODES,
-) -> str:
+#: Labels of the inputs or of the outputs, one per input or output (None: the defaults).
+Names = Sequence[str] | None
+
+
+def graph_to_dot(graph: Any, *, input_names: Names = None, output_names: Names = None,
+                 max_nodes: int | None = MAX_NODES) -> str:
     """DOT text for a :class:`~fasttape.Graph` (see the module docstring).
 
     Parameters
@@ -70,13 +69,8 @@ def graph_to_dot(
     return _render(nodes, edges, [int(o) for o in outputs], output_names)
 
 
-def tape_to_dot(
-    tape: Any,
-    *,
-    input_names: Sequence[str] | None = None,
-    output_names: Sequence[str] | None = None,
-    max_nodes: int | None = MAX_NODES,
-) -> str:
+def tape_to_dot(tape: Any, *, input_names: Names = None, output_names: Names = None,
+                max_nodes: int | None = MAX_NODES) -> str:
     """DOT text for a :class:`~fasttape.Tape`: one node per slot (see the module docstring)."""
     n_in, n_p, n_c = tape.n_inputs, tape.n_params, tape.n_consts
     _check_size(tape.n_slots, max_nodes, "tape")
@@ -105,7 +99,7 @@ def _check_size(n: int, max_nodes: int | None, what: str) -> None:
         )
 
 
-def _names(names: Sequence[str] | None, n: int, prefix: str, what: str) -> list[str]:
+def _names(names: Names, n: int, prefix: str, what: str) -> list[str]:
     if names is None:
         return [f"{prefix}{i}" for i in range(n)]
     names = [str(s) for s in names]
@@ -145,7 +139,7 @@ def _render(
     nodes: list[tuple[int, str, str, bool]],
     edges: list[tuple[int, int, str]],
     outputs: list[int],
-    output_names: Sequence[str] | None,
+    output_names: Names,
 ) -> str:
     out_names = _names(output_names, len(outputs), "out", "output_names")
     dead = {i for i, _, _, alive in nodes if not alive}

@@ -58,11 +58,20 @@ def _uses_f(exprs: Iterable[str]) -> bool:
 def _function(head: str, doc: str, specs: Iterable[OpSpec],
               branch: Callable[[OpSpec], list[str]], tail: list[str]) -> list[str]:
     """One inlined dispatch function: ``def head``, its docstring, an if/elif chain over
-    ``specs`` (``branch`` gives each body, indented by 8) and the fall-through ``tail``."""
+    ``specs`` (``branch`` gives each body, indented by 8) and the fall-through ``tail``.
+
+    Ops whose bodies are the same (``mul`` and ``mulc`` evaluate alike: they differ only in
+    which arguments get an adjoint) share one branch, ``if op == 1 or op == 4:``.
+    """
+    bodies: dict[tuple[str, ...], list[OpSpec]] = {}
+    for spec in specs:
+        bodies.setdefault(tuple(branch(spec)), []).append(spec)
     lines = ["@kernel(inline=True)", f"def {head}:", f'    """{doc}"""']
-    for n, spec in enumerate(specs):
-        lines.append(f"    {'if' if n == 0 else 'elif'} op == {spec.code}:  # {spec.name}")
-        lines += [f"        {line}" for line in branch(spec)]
+    for n, (body, same) in enumerate(bodies.items()):
+        test = " or ".join(f"op == {spec.code}" for spec in same)
+        names = ", ".join(spec.name for spec in same)
+        lines.append(f"    {'if' if n == 0 else 'elif'} {test}:  # {names}")
+        lines += [f"        {line}" for line in body]
     return lines + [f"    {line}" for line in tail] + ["", ""]
 
 
@@ -90,6 +99,13 @@ def _any_op(spec: OpSpec) -> bool:
     return True
 
 
+def _stores_partials(spec: OpSpec) -> bool:
+    """Ops with a partial that the stored-mode forward sweeps keep get a branch (the others
+    fall through to the value-only form: an LLVM switch whose default is a second switch on
+    the same op is merged into one)."""
+    return any(d not in UNIT for d in spec.partials)
+
+
 def _differentiable(spec: OpSpec) -> bool:
     """Ops with at least one differentiable argument get a branch."""
     return spec.ndiff > 0
@@ -107,33 +123,43 @@ def _form(head: str, doc: str, select: Callable[[OpSpec], bool], tail: list[str]
     return register
 
 
-def _load(spec: OpSpec, start: int) -> list[str]:
-    # Each branch loads only the arguments its op has (from ``start``: the sweep loads x).
-    return [f"{_ARGS[j]} = vals[args[k + {j}]]" for j in range(start, spec.arity)]
+def _assign(names: list[str], exprs: list[str]) -> list[str]:
+    # ``a, b = e, f`` as one line (nothing where there is nothing to assign).
+    return [f"{', '.join(names)} = {', '.join(exprs)}"] if names else []
+
+
+def _at(base: str, j: int) -> str:
+    # The index ``base + j`` as written in a branch (``k``, ``k + 1``, ...).
+    return f"{base} + {j}" if j else base
+
+
+def _load(spec: OpSpec, start: int, f: str = "") -> list[str]:
+    # Each branch loads only the arguments its op has (from ``start``: the single-point sweeps
+    # load x), and ``f = vals[s]`` (the expression ``f``) where the formulas use the result.
+    names = [_ARGS[j] for j in range(start, spec.arity)]
+    exprs = [f"vals[args[{_at('k', j)}]]" for j in range(start, spec.arity)]
+    return _assign(names + ["f"] * bool(f), exprs + [f] * bool(f))
 
 
 def _pad(values: list[str], n: int) -> str:
     return ", ".join(values + ["0.0"] * (n - len(values)))
 
 
-def _stored_partials(spec: OpSpec) -> list[tuple[int, str]]:
-    # ``(j, partial)`` of each partial that the stored-mode forward sweeps write to ``parts``.
-    return [(j, d) for j, d in enumerate(spec.partials) if d not in UNIT]
-
-
-def _set_partials(spec: OpSpec) -> list[str]:
-    # ``p0 = ...`` (and ``p1``): the table's partials, computed into named locals.
-    return [f"p{j} = {d}" for j, d in enumerate(spec.partials)]
+def _stored_partials(spec: OpSpec, index: Callable[[int], str]) -> list[str]:
+    # ``parts[...] = d`` for each partial that the stored-mode forward sweeps keep (not the
+    # unit ones), ``index(j)`` being where partial ``j`` goes.
+    stored = [(j, d) for j, d in enumerate(spec.partials) if d not in UNIT]
+    return _assign([f"parts[{index(j)}]" for j, _ in stored], [d for _, d in stored])
 
 
 def _returned_partials(spec: OpSpec) -> str:
-    # ``p0, p1`` as returned: always two, 0.0 where the op has fewer differentiable arguments.
-    return _pad([f"p{j}" for j in range(spec.ndiff)], 2)
+    # The partials as returned: always two, 0.0 where the op has fewer differentiable arguments.
+    return _pad(list(spec.partials), 2)
 
 
 def _load_all(spec: OpSpec, exprs: Iterable[str]) -> list[str]:
     # The reverse forms load every argument, and the result ``f`` only if ``exprs`` use it.
-    return [*_load(spec, 0), *(["f = vals[s]"] if _uses_f(exprs) else [])]
+    return _load(spec, 0, "vals[s]" if _uses_f(exprs) else "")
 
 
 # --------------------------------------------------------------------- single point
@@ -148,39 +174,39 @@ def _value(spec: OpSpec) -> list[str]:
 
 @_form("value_store_partials(op, x, vals, args, k, parts)",
        "As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones.",
-       _any_op, _NAN_K)
+       _stores_partials, ["return value(op, x, vals, args, k)  # nothing to store"])
 def _value_store_partials(spec: OpSpec) -> list[str]:
-    out = [*_load(spec, 1), f"f = {spec.forward}"]
-    out += [f"parts[k + {j}] = {d}" for j, d in _stored_partials(spec)]
-    return [*out, f"return f, k + {spec.arity}"]
+    return [*_load(spec, 1), f"f = {spec.forward}",
+            *_stored_partials(spec, lambda j: _at("k", j)), f"return f, k + {spec.arity}"]
 
 
 @_form("value_and_partials(op, x, vals, args, k)",
        "``(f, p0, p1)``: the result and its partials (0.0 where the op has none).",
        _any_op, ["return np.nan, 0.0, 0.0"])
 def _value_and_partials(spec: OpSpec) -> list[str]:
-    out = [*_load(spec, 1), f"f = {spec.forward}", *_set_partials(spec)]
-    return [*out, f"return f, {_returned_partials(spec)}"]
+    if not _uses_f(spec.partials):
+        return [*_load(spec, 1), f"return {spec.forward}, {_returned_partials(spec)}"]
+    return [*_load(spec, 1), f"f = {spec.forward}", f"return f, {_returned_partials(spec)}"]
 
 
 @_form("partials(op, vals, args, k, s)",
        "``(p0, p1)`` recomputed from the values (``vals[s]`` is the result).",
        _differentiable, ["return 0.0, 0.0"])
 def _partials(spec: OpSpec) -> list[str]:
-    out = [*_load_all(spec, spec.partials), *_set_partials(spec)]
-    return [*out, f"return {_returned_partials(spec)}"]
+    return [*_load_all(spec, spec.partials), f"return {_returned_partials(spec)}"]
 
 
 @_form("partials_and_second(op, vals, args, k, s, g)",
        "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``.",
        _differentiable, ["return 0.0, 0.0, 0.0, 0.0, 0.0"])
 def _partials_and_second(spec: OpSpec) -> list[str]:
-    out = [*_load_all(spec, [*spec.partials, *spec.second]), *_set_partials(spec)]
-    out += [f"{h} = 0.0" for h in _H]
-    for j, m, e in spec.hessian_entries:
-        if e != "0.0":  # second partials only matter where the adjoint is not zero
-            out += ["if g != 0.0:", f"    {_H[j + m]} = {e}"]
-    return [*out, f"return {_returned_partials(spec)}, h00, h01, h11"]
+    out = _load_all(spec, [*spec.partials, *spec.second])
+    second = {_H[j + m]: e for j, m, e in spec.hessian_entries if e != "0.0"}
+    if second:  # second partials only matter where the adjoint is not zero
+        out += [f"{' = '.join(second)} = 0.0", "if g != 0.0:",
+                *[f"    {line}" for line in _assign(list(second), list(second.values()))]]
+    hs = ", ".join(h if h in second else "0.0" for h in _H)
+    return [*out, f"return {_returned_partials(spec)}, {hs}"]
 
 
 @_form("unit_adjoint(op, args, parts, k, g, adj)",
@@ -190,31 +216,36 @@ def _unit_adjoint(spec: OpSpec) -> list[str]:
     out = []
     for j, d in enumerate(spec.partials):
         if d in UNIT:
-            out.append(f"adj[args[k + {j}]] {'+' if d == '1.0' else '-'}= g")
+            out.append(f"adj[args[{_at('k', j)}]] {'+' if d == '1.0' else '-'}= g")
         else:  # an op with both kinds of edge (fmac): this partial was stored
-            out.append(f"accumulate(adj, args[k + {j}], g, parts[k + {j}])")
+            out.append(f"accumulate(adj, args[{_at('k', j)}], g, parts[{_at('k', j)}])")
     return [*out, "return True"]
 
 
 # --------------------------------------------------------------------- rows of a batch chunk
 # The loop over the chunk's points sits inside each branch: a switch inside the point loop is
 # not unswitched by LLVM (2x slower on arithmetic tapes, measured).  Argument rows are read once
-# per chunk, outside the loop; ``a0`` (the first argument's row) is read by the caller.
+# per chunk, outside the loop; ``a0`` (the first argument's row) is read by the caller.  The
+# reverse forms' zero rules are one select per edge (``add_product``), which vectorizes.
 
 
 def _rows_load(spec: OpSpec, upto: int | None = None) -> list[str]:
-    return [f"a{j} = args[k + {j}]" for j in range(1, spec.arity if upto is None else upto)]
+    js = range(1, spec.arity if upto is None else upto)
+    return _assign([f"a{j}" for j in js], [f"args[k + {j}]" for j in js])
 
 
-def _points(spec: OpSpec) -> list[str]:
-    return [f"    {_ARGS[j]} = vals[a{j}, p]" for j in range(spec.arity)]
+def _points(spec: OpSpec, f: bool = False) -> list[str]:
+    # The arguments at point p (and the result, with ``f``), inside the point loop.
+    names = [_ARGS[j] for j in range(spec.arity)] + ["f"] * f
+    exprs = [f"vals[a{j}, p]" for j in range(spec.arity)] + ["vals[s, p]"] * f
+    return [f"    {line}" for line in _assign(names, exprs)]
 
 
-def _select_acc(j: int, d: str) -> list[str]:
-    # The scalar sweep's `if g == 0: continue` and accumulate's `if d != 0` as one select, which
-    # vectorizes and keeps a signed zero or a 0 * inf out of the sum exactly as the branch does.
-    return [f"    d = {d}", f"    t = adj[a{j}, p]",
-            f"    adj[a{j}, p] = t + g * d if g != 0.0 and d != 0.0 else t"]
+def _add_rows(j: int, d: str) -> str:
+    return f"    adj[a{j}, p] = add_product(adj[a{j}, p], g, {d})"
+
+
+_TAKE_ROW = ["    g = adj[s, p]", "    adj[s, p] = 0.0"]  # read-then-zero the adjoint
 
 
 @_form("value_rows(op, a0, vals, args, k, s, nb)",
@@ -227,27 +258,24 @@ def _value_rows(spec: OpSpec) -> list[str]:
 
 @_form("value_store_partials_rows(op, a0, vals, args, k, s, nb, parts)",
        "As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``.",
-       _any_op, _NAN_ROW)
+       _stores_partials, ["return value_rows(op, a0, vals, args, k, s, nb)  # nothing to store"])
 def _value_store_partials_rows(spec: OpSpec) -> list[str]:
-    out = [*_rows_load(spec), "for p in range(nb):", *_points(spec),
-           f"    f = {spec.forward}", "    vals[s, p] = f"]
-    out += [f"    parts[k + {j}, p] = {d}" for j, d in _stored_partials(spec)]
-    return [*out, f"return k + {spec.arity}"]
+    stores = _stored_partials(spec, lambda j: f"{_at('k', j)}, p")
+    result = (["    f = " + spec.forward, "    vals[s, p] = f"] if _uses_f(spec.partials)
+              else [f"    vals[s, p] = {spec.forward}"])
+    return [*_rows_load(spec), "for p in range(nb):", *_points(spec), *result,
+            *[f"    {line}" for line in stores], f"return k + {spec.arity}"]
 
 
 @_form("unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb)",
        "For an op with a unit partial: move row ``s`` of ``adj`` to its arguments; else False.",
        unit_partials, ["return False"])
 def _unit_adjoint_rows(spec: OpSpec) -> list[str]:
-    # Only the differentiable arguments' rows (fmac's constant gets no adjoint).
-    out = [*_rows_load(spec, spec.ndiff), "for p in range(nb):", "    g = adj[s, p]",
-           "    adj[s, p] = 0.0"]
-    for j, d in enumerate(spec.partials):
-        if d in UNIT:
-            out += [f"    t = adj[a{j}, p]",
-                    f"    adj[a{j}, p] = t {'+' if d == '1.0' else '-'} g if g != 0.0 else t"]
-        else:
-            out += _select_acc(j, f"parts[k + {j}, p]")
+    # Only the differentiable arguments' rows (fmac's constant gets no adjoint); a unit
+    # partial is the literal, any other one was stored.
+    out = [*_rows_load(spec, spec.ndiff), "for p in range(nb):", *_TAKE_ROW]
+    out += [_add_rows(j, d if d in UNIT else f"parts[{_at('k', j)}, p]")
+            for j, d in enumerate(spec.partials)]
     return [*out, "return True"]
 
 
@@ -257,12 +285,9 @@ def _unit_adjoint_rows(spec: OpSpec) -> list[str]:
        ["for p in range(nb):  # no differentiable argument: only clear the row",
         "    adj[s, p] = 0.0"])
 def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
-    out = [*_rows_load(spec), "for p in range(nb):", "    g = adj[s, p]", "    adj[s, p] = 0.0",
-           *_points(spec)]
-    if _uses_f(spec.partials):
-        out.append("    f = vals[s, p]")
-    for j, d in enumerate(spec.partials):
-        out += _select_acc(j, d)
+    out = [*_rows_load(spec), "for p in range(nb):", *_TAKE_ROW,
+           *_points(spec, _uses_f(spec.partials))]
+    out += [_add_rows(j, d) for j, d in enumerate(spec.partials)]
     return [*out, "return"]
 
 
@@ -273,11 +298,15 @@ def _adjoint_lean_rows(spec: OpSpec) -> list[str]:
 # the row forms, so LLVM sees a plain loop per op (and vectorizes the arithmetic ones).
 
 
-def _elements(spec: OpSpec, hoisted: bool) -> list[str]:
+def _elements(spec: OpSpec, hoisted: bool, adjoint: bool = False) -> list[str]:
     # Loads of the arguments at element i; with ``hoisted``, y is the broadcast value read
-    # before the loop.
-    return [f"    {_ARGS[j]} = vals[a{j} + i * s{j}]" for j in range(spec.arity)
-            if not (hoisted and j == 1)]
+    # before the loop.  With ``adjoint``, also the element's adjoint g (first) and, where the
+    # partials use it, its value f.
+    pairs = [("g", "adj[d + i]")] if adjoint else []
+    pairs += [(_ARGS[j], f"vals[a{j} + i * s{j}]") for j in range(spec.arity)
+              if not (hoisted and j == 1)]
+    pairs += [("f", "vals[d + i]")] if adjoint and _uses_f(spec.partials) else []
+    return [f"    {line}" for line in _assign([n for n, _ in pairs], [e for _, e in pairs])]
 
 
 def _broadcast_y(spec: OpSpec, loop: Callable[[bool], list[str]]) -> list[str]:
@@ -306,14 +335,9 @@ def _elementwise_adjoint(spec: OpSpec) -> list[str]:
     # An argument's adjoint goes to its own range (bj = aj) or, for an argument that needs
     # none (a constant), to a scratch range: never a stride-0 sum that serializes the loop.
     def loop(hoisted: bool) -> list[str]:
-        out = ["for i in range(n):", "    g = adj[d + i]", *_elements(spec, hoisted)]
-        if _uses_f(spec.partials):
-            out.append("    f = vals[d + i]")
-        for j, d in enumerate(spec.partials):
-            # The scalar sweeps' skip of a zero adjoint or partial, as one select.
-            out += [f"    q = {d}", f"    t = adj[b{j} + i * u{j}]",
-                    f"    adj[b{j} + i * u{j}] = t + g * q if g != 0.0 and q != 0.0 else t"]
-        return out
+        return ["for i in range(n):", *_elements(spec, hoisted, adjoint=True),
+                *[f"    adj[b{j} + i * u{j}] = add_product(adj[b{j} + i * u{j}], g, {d})"
+                  for j, d in enumerate(spec.partials)]]
 
     return _broadcast_y(spec, loop)
 
@@ -322,50 +346,45 @@ def _elementwise_adjoint(spec: OpSpec) -> list[str]:
        "Tangents of elements ``d .. d + n - 1``: the partials times the arguments' tangents.",
        _any_op, ["for i in range(n):", "    tan[d + i] = np.nan"])
 def _elementwise_tangent(spec: OpSpec) -> list[str]:
-    # A zero tangent adds nothing, even times an infinite partial (as the scalar tangent
-    # sweeps do), so that a direction that leaves an argument alone keeps its result finite.
+    # add_product skips a zero tangent (even times an infinite partial, as the scalar
+    # tangent sweeps do), so a direction that leaves an argument alone keeps results finite.
     def loop(hoisted: bool) -> list[str]:
         out = ["for i in range(n):", *_elements(spec, hoisted)]
         if _uses_f(spec.partials):
             out.append("    f = vals[d + i]")
-        out.append("    r = 0.0")
+        r = "0.0"
         for j, d in enumerate(spec.partials):
-            out += [f"    t = tan[a{j} + i * s{j}]", "    if t != 0.0:", f"        r += ({d}) * t"]
-        return [*out, "    tan[d + i] = r"]
+            r = f"add_product({r}, tan[a{j} + i * s{j}], {d})"
+        return [*out, f"    tan[d + i] = {r}"]
 
     return _broadcast_y(spec, loop)
 
 
 @_form("elementwise_adjoint_tangent(op, vals, tan, adj, adt, d, n, a0, s0, a1, s1, a2, s2, "
        "b0, u0, b1, u1)",
-       "As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt`` "
-       "(forward-over-reverse).",
+       "As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt``.",
        _differentiable, ["return"])
 def _elementwise_adjoint_tangent(spec: OpSpec) -> list[str]:
-    # For an edge to argument j with partial q_j and second partials h_jl: adj += g * q_j and
-    # adt += gd * q_j + sum_l g * h_jl * t_l, skipping every product with a zero factor (the
-    # rule of the scalar sweeps, fasttape/kernels/tangent.py reverse_hvp).
-    nd = spec.ndiff
+    # Forward-over-reverse: for an edge to argument j with partial q_j and second partials
+    # h_jl, adj += g q_j and adt += gd q_j + sum_l (g t_l) h_jl, every product with a zero
+    # factor skipped (add_product), as the scalar sweeps (kernels/tangent.py reverse_hvp).
     second = {(j, m): e for j, m, e in spec.hessian_entries}
-
-    def h(j: int, m: int) -> str:
-        return second[(min(j, m), max(j, m))]
+    nd = spec.ndiff
 
     def loop(hoisted: bool) -> list[str]:
-        out = ["for i in range(n):", "    g = adj[d + i]", "    gd = adt[d + i]",
-               *_elements(spec, hoisted)]
-        if _uses_f([*spec.partials, *spec.second]):
+        out = ["for i in range(n):", *_elements(spec, hoisted, adjoint=True),
+               "    gd = adt[d + i]"]
+        if _uses_f(spec.second) and not _uses_f(spec.partials):
             out.append("    f = vals[d + i]")
-        out += [f"    t{m} = tan[a{m} + i * s{m}]" for m in range(nd)]
-        for j, dj in enumerate(spec.partials):
-            out += [f"    q = {dj}", "    v = gd * q if gd != 0.0 and q != 0.0 else 0.0"]
+        out += [f"    t{m} = g * tan[a{m} + i * s{m}]" for m in range(nd)]
+        for j, d in enumerate(spec.partials):
+            dt = f"add_product(adt[b{j} + i * u{j}], gd, {d})"
             for m in range(nd):
-                if h(j, m) != "0.0":
-                    out += [f"    if g != 0.0 and t{m} != 0.0:", f"        hh = {h(j, m)}",
-                            "        if hh != 0.0:", f"            v += g * hh * t{m}"]
-            out += [f"    t = adj[b{j} + i * u{j}]",
-                    f"    adj[b{j} + i * u{j}] = t + g * q if g != 0.0 and q != 0.0 else t",
-                    f"    adt[b{j} + i * u{j}] += v"]
+                h = second[(min(j, m), max(j, m))]
+                if h != "0.0":
+                    dt = f"add_product({dt}, t{m}, {h})"
+            out += [f"    adj[b{j} + i * u{j}] = add_product(adj[b{j} + i * u{j}], g, {d})",
+                    f"    adt[b{j} + i * u{j}] = {dt}"]
         return out
 
     return _broadcast_y(spec, loop)

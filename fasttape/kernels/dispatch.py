@@ -17,6 +17,7 @@ import numpy as np
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.scalar import (
     accumulate,
+    add_product,
     dmin,
     dpow_exp,
     dpowc,
@@ -38,33 +39,21 @@ NDIFF = np.array([2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1,
 @kernel(inline=True)
 def value(op, x, vals, args, k):
     """``(f, k_next)``: the result, and where the next instruction's arguments start."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         y = vals[args[k + 1]]
         return x + y, k + 2
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         y = vals[args[k + 1]]
         return x * y, k + 2
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         y = vals[args[k + 1]]
         return x - y, k + 2
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         y = vals[args[k + 1]]
         return x / y, k + 2
-    elif op == 4:  # mulc
-        y = vals[args[k + 1]]
-        return x * y, k + 2
-    elif op == 5:  # addc
-        y = vals[args[k + 1]]
-        return x + y, k + 2
-    elif op == 6:  # subc
-        y = vals[args[k + 1]]
-        return x - y, k + 2
     elif op == 7:  # rsubc
         y = vals[args[k + 1]]
         return y - x, k + 2
-    elif op == 8:  # divc
-        y = vals[args[k + 1]]
-        return x / y, k + 2
     elif op == 9:  # rdivc
         y = vals[args[k + 1]]
         return y / x, k + 2
@@ -75,10 +64,7 @@ def value(op, x, vals, args, k):
     elif op == 12:  # powi
         y = vals[args[k + 1]]
         return powi(x, y), k + 2
-    elif op == 13:  # powc
-        y = vals[args[k + 1]]
-        return x ** y, k + 2
-    elif op == 14:  # pow
+    elif op == 13 or op == 14:  # powc, pow
         y = vals[args[k + 1]]
         return x ** y, k + 2
     elif op == 15:  # sqrt
@@ -150,8 +136,7 @@ def value(op, x, vals, args, k):
     elif op == 46:  # softplus
         return softplus(x), k + 1
     elif op == 47:  # where
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
         return x if z != 0.0 else y, k + 3
     elif op == 48:  # lt
         y = vals[args[k + 1]]
@@ -172,8 +157,7 @@ def value(op, x, vals, args, k):
         y = vals[args[k + 1]]
         return 1.0 if x != y else 0.0, k + 2
     elif op == 54:  # fmac
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
         return x * z + y, k + 3
     elif op == 55:  # sqdiff
         y = vals[args[k + 1]]
@@ -189,262 +173,191 @@ def value(op, x, vals, args, k):
 @kernel(inline=True)
 def value_store_partials(op, x, vals, args, k, parts):
     """As :func:`value`; stores each partial at ``parts[k + j]``, except the unit ones."""
-    if op == 0:  # add
-        y = vals[args[k + 1]]
-        f = x + y
-        return f, k + 2
-    elif op == 1:  # mul
+    if op == 1:  # mul
         y = vals[args[k + 1]]
         f = x * y
-        parts[k + 0] = y
-        parts[k + 1] = x
-        return f, k + 2
-    elif op == 2:  # sub
-        y = vals[args[k + 1]]
-        f = x - y
+        parts[k], parts[k + 1] = y, x
         return f, k + 2
     elif op == 3:  # div
         y = vals[args[k + 1]]
         f = x / y
-        parts[k + 0] = 1.0 / y
-        parts[k + 1] = -f / y
+        parts[k], parts[k + 1] = 1.0 / y, -f / y
         return f, k + 2
     elif op == 4:  # mulc
         y = vals[args[k + 1]]
         f = x * y
-        parts[k + 0] = y
-        return f, k + 2
-    elif op == 5:  # addc
-        y = vals[args[k + 1]]
-        f = x + y
-        return f, k + 2
-    elif op == 6:  # subc
-        y = vals[args[k + 1]]
-        f = x - y
-        return f, k + 2
-    elif op == 7:  # rsubc
-        y = vals[args[k + 1]]
-        f = y - x
+        parts[k] = y
         return f, k + 2
     elif op == 8:  # divc
         y = vals[args[k + 1]]
         f = x / y
-        parts[k + 0] = 1.0 / y
+        parts[k] = 1.0 / y
         return f, k + 2
     elif op == 9:  # rdivc
         y = vals[args[k + 1]]
         f = y / x
-        parts[k + 0] = -f / x
+        parts[k] = -f / x
         return f, k + 2
-    elif op == 10:  # neg
-        f = -x
-        return f, k + 1
     elif op == 11:  # square
         f = x * x
-        parts[k + 0] = 2.0 * x
+        parts[k] = 2.0 * x
         return f, k + 1
     elif op == 12:  # powi
         y = vals[args[k + 1]]
         f = powi(x, y)
-        parts[k + 0] = dpowi(x, y)
+        parts[k] = dpowi(x, y)
         return f, k + 2
     elif op == 13:  # powc
         y = vals[args[k + 1]]
         f = x ** y
-        parts[k + 0] = dpowc(x, y)
+        parts[k] = dpowc(x, y)
         return f, k + 2
     elif op == 14:  # pow
         y = vals[args[k + 1]]
         f = x ** y
-        parts[k + 0] = dpowc(x, y)
-        parts[k + 1] = dpow_exp(x, y, f)
+        parts[k], parts[k + 1] = dpowc(x, y), dpow_exp(x, y, f)
         return f, k + 2
     elif op == 15:  # sqrt
         f = math.sqrt(x)
-        parts[k + 0] = 0.5 / f
+        parts[k] = 0.5 / f
         return f, k + 1
     elif op == 16:  # cbrt
         f = np.cbrt(x)
-        parts[k + 0] = 1.0 / (3.0 * f * f)
+        parts[k] = 1.0 / (3.0 * f * f)
         return f, k + 1
     elif op == 17:  # exp
         f = math.exp(x)
-        parts[k + 0] = f
+        parts[k] = f
         return f, k + 1
     elif op == 18:  # expm1
         f = math.expm1(x)
-        parts[k + 0] = f + 1.0
+        parts[k] = f + 1.0
         return f, k + 1
     elif op == 19:  # log
         f = math.log(x)
-        parts[k + 0] = 1.0 / x
+        parts[k] = 1.0 / x
         return f, k + 1
     elif op == 20:  # log1p
         f = math.log1p(x)
-        parts[k + 0] = 1.0 / (1.0 + x)
+        parts[k] = 1.0 / (1.0 + x)
         return f, k + 1
     elif op == 21:  # log2
         f = math.log2(x)
-        parts[k + 0] = 1.4426950408889634 / x
+        parts[k] = 1.4426950408889634 / x
         return f, k + 1
     elif op == 22:  # log10
         f = math.log10(x)
-        parts[k + 0] = 0.4342944819032518 / x
+        parts[k] = 0.4342944819032518 / x
         return f, k + 1
     elif op == 23:  # sin
         f = math.sin(x)
-        parts[k + 0] = math.cos(x)
+        parts[k] = math.cos(x)
         return f, k + 1
     elif op == 24:  # cos
         f = math.cos(x)
-        parts[k + 0] = -math.sin(x)
+        parts[k] = -math.sin(x)
         return f, k + 1
     elif op == 25:  # tan
         f = math.tan(x)
-        parts[k + 0] = 1.0 + f * f
+        parts[k] = 1.0 + f * f
         return f, k + 1
     elif op == 26:  # asin
         f = math.asin(x)
-        parts[k + 0] = 1.0 / math.sqrt(1.0 - x * x)
+        parts[k] = 1.0 / math.sqrt(1.0 - x * x)
         return f, k + 1
     elif op == 27:  # acos
         f = math.acos(x)
-        parts[k + 0] = -1.0 / math.sqrt(1.0 - x * x)
+        parts[k] = -1.0 / math.sqrt(1.0 - x * x)
         return f, k + 1
     elif op == 28:  # atan
         f = math.atan(x)
-        parts[k + 0] = 1.0 / (1.0 + x * x)
+        parts[k] = 1.0 / (1.0 + x * x)
         return f, k + 1
     elif op == 29:  # atan2
         y = vals[args[k + 1]]
         f = math.atan2(x, y)
-        parts[k + 0] = y / (x * x + y * y)
-        parts[k + 1] = -x / (x * x + y * y)
+        parts[k], parts[k + 1] = y / (x * x + y * y), -x / (x * x + y * y)
         return f, k + 2
     elif op == 30:  # sinh
         f = math.sinh(x)
-        parts[k + 0] = math.cosh(x)
+        parts[k] = math.cosh(x)
         return f, k + 1
     elif op == 31:  # cosh
         f = math.cosh(x)
-        parts[k + 0] = math.sinh(x)
+        parts[k] = math.sinh(x)
         return f, k + 1
     elif op == 32:  # tanh
         f = math.tanh(x)
-        parts[k + 0] = 1.0 - f * f
+        parts[k] = 1.0 - f * f
         return f, k + 1
     elif op == 33:  # asinh
         f = math.asinh(x)
-        parts[k + 0] = 1.0 / math.sqrt(x * x + 1.0)
+        parts[k] = 1.0 / math.sqrt(x * x + 1.0)
         return f, k + 1
     elif op == 34:  # acosh
         f = math.acosh(x)
-        parts[k + 0] = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
+        parts[k] = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
         return f, k + 1
     elif op == 35:  # atanh
         f = math.atanh(x)
-        parts[k + 0] = 1.0 / (1.0 - x * x)
+        parts[k] = 1.0 / (1.0 - x * x)
         return f, k + 1
     elif op == 36:  # erf
         f = math.erf(x)
-        parts[k + 0] = 1.1283791670955126 * math.exp(-x * x)
+        parts[k] = 1.1283791670955126 * math.exp(-x * x)
         return f, k + 1
     elif op == 37:  # erfc
         f = math.erfc(x)
-        parts[k + 0] = -1.1283791670955126 * math.exp(-x * x)
+        parts[k] = -1.1283791670955126 * math.exp(-x * x)
         return f, k + 1
     elif op == 38:  # abs
         f = abs(x)
-        parts[k + 0] = sign(x)
-        return f, k + 1
-    elif op == 39:  # sign
-        f = sign(x)
-        return f, k + 1
-    elif op == 40:  # floor
-        f = np.floor(x)
-        return f, k + 1
-    elif op == 41:  # ceil
-        f = np.ceil(x)
+        parts[k] = sign(x)
         return f, k + 1
     elif op == 42:  # minimum
         y = vals[args[k + 1]]
         f = fmin(x, y)
-        parts[k + 0] = dmin(x, y)
-        parts[k + 1] = dmin(y, x)
+        parts[k], parts[k + 1] = dmin(x, y), dmin(y, x)
         return f, k + 2
     elif op == 43:  # maximum
         y = vals[args[k + 1]]
         f = fmax(x, y)
-        parts[k + 0] = dmin(y, x)
-        parts[k + 1] = dmin(x, y)
+        parts[k], parts[k + 1] = dmin(y, x), dmin(x, y)
         return f, k + 2
     elif op == 44:  # hypot
         y = vals[args[k + 1]]
         f = math.hypot(x, y)
-        parts[k + 0] = safe_div(x, f)
-        parts[k + 1] = safe_div(y, f)
+        parts[k], parts[k + 1] = safe_div(x, f), safe_div(y, f)
         return f, k + 2
     elif op == 45:  # sigmoid
         f = sigmoid(x)
-        parts[k + 0] = f * (1.0 - f)
+        parts[k] = f * (1.0 - f)
         return f, k + 1
     elif op == 46:  # softplus
         f = softplus(x)
-        parts[k + 0] = sigmoid(x)
+        parts[k] = sigmoid(x)
         return f, k + 1
     elif op == 47:  # where
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
         f = x if z != 0.0 else y
-        parts[k + 0] = 1.0 if z != 0.0 else 0.0
-        parts[k + 1] = 0.0 if z != 0.0 else 1.0
+        parts[k], parts[k + 1] = 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
         return f, k + 3
-    elif op == 48:  # lt
-        y = vals[args[k + 1]]
-        f = 1.0 if x < y else 0.0
-        return f, k + 2
-    elif op == 49:  # le
-        y = vals[args[k + 1]]
-        f = 1.0 if x <= y else 0.0
-        return f, k + 2
-    elif op == 50:  # gt
-        y = vals[args[k + 1]]
-        f = 1.0 if x > y else 0.0
-        return f, k + 2
-    elif op == 51:  # ge
-        y = vals[args[k + 1]]
-        f = 1.0 if x >= y else 0.0
-        return f, k + 2
-    elif op == 52:  # eq
-        y = vals[args[k + 1]]
-        f = 1.0 if x == y else 0.0
-        return f, k + 2
-    elif op == 53:  # ne
-        y = vals[args[k + 1]]
-        f = 1.0 if x != y else 0.0
-        return f, k + 2
     elif op == 54:  # fmac
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
         f = x * z + y
-        parts[k + 0] = z
+        parts[k] = z
         return f, k + 3
     elif op == 55:  # sqdiff
         y = vals[args[k + 1]]
         f = (x - y) * (x - y)
-        parts[k + 0] = 2.0 * (x - y)
-        parts[k + 1] = -2.0 * (x - y)
+        parts[k], parts[k + 1] = 2.0 * (x - y), -2.0 * (x - y)
         return f, k + 2
-    elif op == 56:  # stop_gradient
-        f = x
-        return f, k + 1
     elif op == 57:  # logaddexp
         y = vals[args[k + 1]]
         f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
-        parts[k + 0] = sigmoid(x - y)
-        parts[k + 1] = sigmoid(y - x)
+        parts[k], parts[k + 1] = sigmoid(x - y), sigmoid(y - x)
         return f, k + 2
-    return np.nan, k  # unreachable for a validated tape
+    return value(op, x, vals, args, k)  # nothing to store
 
 
 @kernel(inline=True)
@@ -452,268 +365,158 @@ def value_and_partials(op, x, vals, args, k):
     """``(f, p0, p1)``: the result and its partials (0.0 where the op has none)."""
     if op == 0:  # add
         y = vals[args[k + 1]]
-        f = x + y
-        p0 = 1.0
-        p1 = 1.0
-        return f, p0, p1
+        return x + y, 1.0, 1.0
     elif op == 1:  # mul
         y = vals[args[k + 1]]
-        f = x * y
-        p0 = y
-        p1 = x
-        return f, p0, p1
+        return x * y, y, x
     elif op == 2:  # sub
         y = vals[args[k + 1]]
-        f = x - y
-        p0 = 1.0
-        p1 = -1.0
-        return f, p0, p1
+        return x - y, 1.0, -1.0
     elif op == 3:  # div
         y = vals[args[k + 1]]
         f = x / y
-        p0 = 1.0 / y
-        p1 = -f / y
-        return f, p0, p1
+        return f, 1.0 / y, -f / y
     elif op == 4:  # mulc
         y = vals[args[k + 1]]
-        f = x * y
-        p0 = y
-        return f, p0, 0.0
+        return x * y, y, 0.0
     elif op == 5:  # addc
         y = vals[args[k + 1]]
-        f = x + y
-        p0 = 1.0
-        return f, p0, 0.0
+        return x + y, 1.0, 0.0
     elif op == 6:  # subc
         y = vals[args[k + 1]]
-        f = x - y
-        p0 = 1.0
-        return f, p0, 0.0
+        return x - y, 1.0, 0.0
     elif op == 7:  # rsubc
         y = vals[args[k + 1]]
-        f = y - x
-        p0 = -1.0
-        return f, p0, 0.0
+        return y - x, -1.0, 0.0
     elif op == 8:  # divc
         y = vals[args[k + 1]]
-        f = x / y
-        p0 = 1.0 / y
-        return f, p0, 0.0
+        return x / y, 1.0 / y, 0.0
     elif op == 9:  # rdivc
         y = vals[args[k + 1]]
         f = y / x
-        p0 = -f / x
-        return f, p0, 0.0
+        return f, -f / x, 0.0
     elif op == 10:  # neg
-        f = -x
-        p0 = -1.0
-        return f, p0, 0.0
+        return -x, -1.0, 0.0
     elif op == 11:  # square
-        f = x * x
-        p0 = 2.0 * x
-        return f, p0, 0.0
+        return x * x, 2.0 * x, 0.0
     elif op == 12:  # powi
         y = vals[args[k + 1]]
-        f = powi(x, y)
-        p0 = dpowi(x, y)
-        return f, p0, 0.0
+        return powi(x, y), dpowi(x, y), 0.0
     elif op == 13:  # powc
         y = vals[args[k + 1]]
-        f = x ** y
-        p0 = dpowc(x, y)
-        return f, p0, 0.0
+        return x ** y, dpowc(x, y), 0.0
     elif op == 14:  # pow
         y = vals[args[k + 1]]
         f = x ** y
-        p0 = dpowc(x, y)
-        p1 = dpow_exp(x, y, f)
-        return f, p0, p1
+        return f, dpowc(x, y), dpow_exp(x, y, f)
     elif op == 15:  # sqrt
         f = math.sqrt(x)
-        p0 = 0.5 / f
-        return f, p0, 0.0
+        return f, 0.5 / f, 0.0
     elif op == 16:  # cbrt
         f = np.cbrt(x)
-        p0 = 1.0 / (3.0 * f * f)
-        return f, p0, 0.0
+        return f, 1.0 / (3.0 * f * f), 0.0
     elif op == 17:  # exp
         f = math.exp(x)
-        p0 = f
-        return f, p0, 0.0
+        return f, f, 0.0
     elif op == 18:  # expm1
         f = math.expm1(x)
-        p0 = f + 1.0
-        return f, p0, 0.0
+        return f, f + 1.0, 0.0
     elif op == 19:  # log
-        f = math.log(x)
-        p0 = 1.0 / x
-        return f, p0, 0.0
+        return math.log(x), 1.0 / x, 0.0
     elif op == 20:  # log1p
-        f = math.log1p(x)
-        p0 = 1.0 / (1.0 + x)
-        return f, p0, 0.0
+        return math.log1p(x), 1.0 / (1.0 + x), 0.0
     elif op == 21:  # log2
-        f = math.log2(x)
-        p0 = 1.4426950408889634 / x
-        return f, p0, 0.0
+        return math.log2(x), 1.4426950408889634 / x, 0.0
     elif op == 22:  # log10
-        f = math.log10(x)
-        p0 = 0.4342944819032518 / x
-        return f, p0, 0.0
+        return math.log10(x), 0.4342944819032518 / x, 0.0
     elif op == 23:  # sin
-        f = math.sin(x)
-        p0 = math.cos(x)
-        return f, p0, 0.0
+        return math.sin(x), math.cos(x), 0.0
     elif op == 24:  # cos
-        f = math.cos(x)
-        p0 = -math.sin(x)
-        return f, p0, 0.0
+        return math.cos(x), -math.sin(x), 0.0
     elif op == 25:  # tan
         f = math.tan(x)
-        p0 = 1.0 + f * f
-        return f, p0, 0.0
+        return f, 1.0 + f * f, 0.0
     elif op == 26:  # asin
-        f = math.asin(x)
-        p0 = 1.0 / math.sqrt(1.0 - x * x)
-        return f, p0, 0.0
+        return math.asin(x), 1.0 / math.sqrt(1.0 - x * x), 0.0
     elif op == 27:  # acos
-        f = math.acos(x)
-        p0 = -1.0 / math.sqrt(1.0 - x * x)
-        return f, p0, 0.0
+        return math.acos(x), -1.0 / math.sqrt(1.0 - x * x), 0.0
     elif op == 28:  # atan
-        f = math.atan(x)
-        p0 = 1.0 / (1.0 + x * x)
-        return f, p0, 0.0
+        return math.atan(x), 1.0 / (1.0 + x * x), 0.0
     elif op == 29:  # atan2
         y = vals[args[k + 1]]
-        f = math.atan2(x, y)
-        p0 = y / (x * x + y * y)
-        p1 = -x / (x * x + y * y)
-        return f, p0, p1
+        return math.atan2(x, y), y / (x * x + y * y), -x / (x * x + y * y)
     elif op == 30:  # sinh
-        f = math.sinh(x)
-        p0 = math.cosh(x)
-        return f, p0, 0.0
+        return math.sinh(x), math.cosh(x), 0.0
     elif op == 31:  # cosh
-        f = math.cosh(x)
-        p0 = math.sinh(x)
-        return f, p0, 0.0
+        return math.cosh(x), math.sinh(x), 0.0
     elif op == 32:  # tanh
         f = math.tanh(x)
-        p0 = 1.0 - f * f
-        return f, p0, 0.0
+        return f, 1.0 - f * f, 0.0
     elif op == 33:  # asinh
-        f = math.asinh(x)
-        p0 = 1.0 / math.sqrt(x * x + 1.0)
-        return f, p0, 0.0
+        return math.asinh(x), 1.0 / math.sqrt(x * x + 1.0), 0.0
     elif op == 34:  # acosh
-        f = math.acosh(x)
-        p0 = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-        return f, p0, 0.0
+        return math.acosh(x), 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)), 0.0
     elif op == 35:  # atanh
-        f = math.atanh(x)
-        p0 = 1.0 / (1.0 - x * x)
-        return f, p0, 0.0
+        return math.atanh(x), 1.0 / (1.0 - x * x), 0.0
     elif op == 36:  # erf
-        f = math.erf(x)
-        p0 = 1.1283791670955126 * math.exp(-x * x)
-        return f, p0, 0.0
+        return math.erf(x), 1.1283791670955126 * math.exp(-x * x), 0.0
     elif op == 37:  # erfc
-        f = math.erfc(x)
-        p0 = -1.1283791670955126 * math.exp(-x * x)
-        return f, p0, 0.0
+        return math.erfc(x), -1.1283791670955126 * math.exp(-x * x), 0.0
     elif op == 38:  # abs
-        f = abs(x)
-        p0 = sign(x)
-        return f, p0, 0.0
+        return abs(x), sign(x), 0.0
     elif op == 39:  # sign
-        f = sign(x)
-        return f, 0.0, 0.0
+        return sign(x), 0.0, 0.0
     elif op == 40:  # floor
-        f = np.floor(x)
-        return f, 0.0, 0.0
+        return np.floor(x), 0.0, 0.0
     elif op == 41:  # ceil
-        f = np.ceil(x)
-        return f, 0.0, 0.0
+        return np.ceil(x), 0.0, 0.0
     elif op == 42:  # minimum
         y = vals[args[k + 1]]
-        f = fmin(x, y)
-        p0 = dmin(x, y)
-        p1 = dmin(y, x)
-        return f, p0, p1
+        return fmin(x, y), dmin(x, y), dmin(y, x)
     elif op == 43:  # maximum
         y = vals[args[k + 1]]
-        f = fmax(x, y)
-        p0 = dmin(y, x)
-        p1 = dmin(x, y)
-        return f, p0, p1
+        return fmax(x, y), dmin(y, x), dmin(x, y)
     elif op == 44:  # hypot
         y = vals[args[k + 1]]
         f = math.hypot(x, y)
-        p0 = safe_div(x, f)
-        p1 = safe_div(y, f)
-        return f, p0, p1
+        return f, safe_div(x, f), safe_div(y, f)
     elif op == 45:  # sigmoid
         f = sigmoid(x)
-        p0 = f * (1.0 - f)
-        return f, p0, 0.0
+        return f, f * (1.0 - f), 0.0
     elif op == 46:  # softplus
-        f = softplus(x)
-        p0 = sigmoid(x)
-        return f, p0, 0.0
+        return softplus(x), sigmoid(x), 0.0
     elif op == 47:  # where
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        f = x if z != 0.0 else y
-        p0 = 1.0 if z != 0.0 else 0.0
-        p1 = 0.0 if z != 0.0 else 1.0
-        return f, p0, p1
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
+        return x if z != 0.0 else y, 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
     elif op == 48:  # lt
         y = vals[args[k + 1]]
-        f = 1.0 if x < y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x < y else 0.0, 0.0, 0.0
     elif op == 49:  # le
         y = vals[args[k + 1]]
-        f = 1.0 if x <= y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x <= y else 0.0, 0.0, 0.0
     elif op == 50:  # gt
         y = vals[args[k + 1]]
-        f = 1.0 if x > y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x > y else 0.0, 0.0, 0.0
     elif op == 51:  # ge
         y = vals[args[k + 1]]
-        f = 1.0 if x >= y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x >= y else 0.0, 0.0, 0.0
     elif op == 52:  # eq
         y = vals[args[k + 1]]
-        f = 1.0 if x == y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x == y else 0.0, 0.0, 0.0
     elif op == 53:  # ne
         y = vals[args[k + 1]]
-        f = 1.0 if x != y else 0.0
-        return f, 0.0, 0.0
+        return 1.0 if x != y else 0.0, 0.0, 0.0
     elif op == 54:  # fmac
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        f = x * z + y
-        p0 = z
-        p1 = 1.0
-        return f, p0, p1
+        y, z = vals[args[k + 1]], vals[args[k + 2]]
+        return x * z + y, z, 1.0
     elif op == 55:  # sqdiff
         y = vals[args[k + 1]]
-        f = (x - y) * (x - y)
-        p0 = 2.0 * (x - y)
-        p1 = -2.0 * (x - y)
-        return f, p0, p1
+        return (x - y) * (x - y), 2.0 * (x - y), -2.0 * (x - y)
     elif op == 56:  # stop_gradient
-        f = x
-        return f, 0.0, 0.0
+        return x, 0.0, 0.0
     elif op == 57:  # logaddexp
         y = vals[args[k + 1]]
-        f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
-        p0 = sigmoid(x - y)
-        p1 = sigmoid(y - x)
-        return f, p0, p1
+        return x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y))), sigmoid(x - y), sigmoid(y - x)
     return np.nan, 0.0, 0.0
 
 
@@ -721,244 +524,146 @@ def value_and_partials(op, x, vals, args, k):
 def partials(op, vals, args, k, s):
     """``(p0, p1)`` recomputed from the values (``vals[s]`` is the result)."""
     if op == 0:  # add
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        p1 = 1.0
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, 1.0
     elif op == 1:  # mul
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y
-        p1 = x
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return y, x
     elif op == 2:  # sub
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        p1 = -1.0
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, -1.0
     elif op == 3:  # div
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = 1.0 / y
-        p1 = -f / y
-        return p0, p1
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        return 1.0 / y, -f / y
     elif op == 4:  # mulc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y
-        return p0, 0.0
-    elif op == 5:  # addc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        return p0, 0.0
-    elif op == 6:  # subc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        return p0, 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return y, 0.0
+    elif op == 5 or op == 6:  # addc, subc
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, 0.0
     elif op == 7:  # rsubc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = -1.0
-        return p0, 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return -1.0, 0.0
     elif op == 8:  # divc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0 / y
-        return p0, 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0 / y, 0.0
     elif op == 9:  # rdivc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = -f / x
-        return p0, 0.0
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        return -f / x, 0.0
     elif op == 10:  # neg
-        x = vals[args[k + 0]]
-        p0 = -1.0
-        return p0, 0.0
+        x = vals[args[k]]
+        return -1.0, 0.0
     elif op == 11:  # square
-        x = vals[args[k + 0]]
-        p0 = 2.0 * x
-        return p0, 0.0
+        x = vals[args[k]]
+        return 2.0 * x, 0.0
     elif op == 12:  # powi
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dpowi(x, y)
-        return p0, 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dpowi(x, y), 0.0
     elif op == 13:  # powc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dpowc(x, y)
-        return p0, 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dpowc(x, y), 0.0
     elif op == 14:  # pow
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = dpowc(x, y)
-        p1 = dpow_exp(x, y, f)
-        return p0, p1
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        return dpowc(x, y), dpow_exp(x, y, f)
     elif op == 15:  # sqrt
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 0.5 / f
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return 0.5 / f, 0.0
     elif op == 16:  # cbrt
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 / (3.0 * f * f)
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return 1.0 / (3.0 * f * f), 0.0
     elif op == 17:  # exp
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return f, 0.0
     elif op == 18:  # expm1
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f + 1.0
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return f + 1.0, 0.0
     elif op == 19:  # log
-        x = vals[args[k + 0]]
-        p0 = 1.0 / x
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / x, 0.0
     elif op == 20:  # log1p
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 + x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / (1.0 + x), 0.0
     elif op == 21:  # log2
-        x = vals[args[k + 0]]
-        p0 = 1.4426950408889634 / x
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.4426950408889634 / x, 0.0
     elif op == 22:  # log10
-        x = vals[args[k + 0]]
-        p0 = 0.4342944819032518 / x
-        return p0, 0.0
+        x = vals[args[k]]
+        return 0.4342944819032518 / x, 0.0
     elif op == 23:  # sin
-        x = vals[args[k + 0]]
-        p0 = math.cos(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return math.cos(x), 0.0
     elif op == 24:  # cos
-        x = vals[args[k + 0]]
-        p0 = -math.sin(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return -math.sin(x), 0.0
     elif op == 25:  # tan
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 + f * f
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return 1.0 + f * f, 0.0
     elif op == 26:  # asin
-        x = vals[args[k + 0]]
-        p0 = 1.0 / math.sqrt(1.0 - x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / math.sqrt(1.0 - x * x), 0.0
     elif op == 27:  # acos
-        x = vals[args[k + 0]]
-        p0 = -1.0 / math.sqrt(1.0 - x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return -1.0 / math.sqrt(1.0 - x * x), 0.0
     elif op == 28:  # atan
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 + x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / (1.0 + x * x), 0.0
     elif op == 29:  # atan2
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y / (x * x + y * y)
-        p1 = -x / (x * x + y * y)
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return y / (x * x + y * y), -x / (x * x + y * y)
     elif op == 30:  # sinh
-        x = vals[args[k + 0]]
-        p0 = math.cosh(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return math.cosh(x), 0.0
     elif op == 31:  # cosh
-        x = vals[args[k + 0]]
-        p0 = math.sinh(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return math.sinh(x), 0.0
     elif op == 32:  # tanh
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 - f * f
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return 1.0 - f * f, 0.0
     elif op == 33:  # asinh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / math.sqrt(x * x + 1.0)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / math.sqrt(x * x + 1.0), 0.0
     elif op == 34:  # acosh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)), 0.0
     elif op == 35:  # atanh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 - x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.0 / (1.0 - x * x), 0.0
     elif op == 36:  # erf
-        x = vals[args[k + 0]]
-        p0 = 1.1283791670955126 * math.exp(-x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return 1.1283791670955126 * math.exp(-x * x), 0.0
     elif op == 37:  # erfc
-        x = vals[args[k + 0]]
-        p0 = -1.1283791670955126 * math.exp(-x * x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return -1.1283791670955126 * math.exp(-x * x), 0.0
     elif op == 38:  # abs
-        x = vals[args[k + 0]]
-        p0 = sign(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return sign(x), 0.0
     elif op == 42:  # minimum
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dmin(x, y)
-        p1 = dmin(y, x)
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dmin(x, y), dmin(y, x)
     elif op == 43:  # maximum
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dmin(y, x)
-        p1 = dmin(x, y)
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dmin(y, x), dmin(x, y)
     elif op == 44:  # hypot
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = safe_div(x, f)
-        p1 = safe_div(y, f)
-        return p0, p1
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        return safe_div(x, f), safe_div(y, f)
     elif op == 45:  # sigmoid
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f * (1.0 - f)
-        return p0, 0.0
+        x, f = vals[args[k]], vals[s]
+        return f * (1.0 - f), 0.0
     elif op == 46:  # softplus
-        x = vals[args[k + 0]]
-        p0 = sigmoid(x)
-        return p0, 0.0
+        x = vals[args[k]]
+        return sigmoid(x), 0.0
     elif op == 47:  # where
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        p0 = 1.0 if z != 0.0 else 0.0
-        p1 = 0.0 if z != 0.0 else 1.0
-        return p0, p1
+        x, y, z = vals[args[k]], vals[args[k + 1]], vals[args[k + 2]]
+        return 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
     elif op == 54:  # fmac
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        p0 = z
-        p1 = 1.0
-        return p0, p1
+        x, y, z = vals[args[k]], vals[args[k + 1]], vals[args[k + 2]]
+        return z, 1.0
     elif op == 55:  # sqdiff
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 2.0 * (x - y)
-        p1 = -2.0 * (x - y)
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 2.0 * (x - y), -2.0 * (x - y)
     elif op == 57:  # logaddexp
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = sigmoid(x - y)
-        p1 = sigmoid(y - x)
-        return p0, p1
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return sigmoid(x - y), sigmoid(y - x)
     return 0.0, 0.0
 
 
@@ -966,484 +671,251 @@ def partials(op, vals, args, k, s):
 def partials_and_second(op, vals, args, k, s, g):
     """``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``."""
     if op == 0:  # add
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        p1 = 1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, 1.0, 0.0, 0.0, 0.0
     elif op == 1:  # mul
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y
-        p1 = x
-        h00 = 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
         h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h01 = 1.0
-        return p0, p1, h00, h01, h11
+        return y, x, 0.0, h01, 0.0
     elif op == 2:  # sub
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        p1 = -1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, -1.0, 0.0, 0.0, 0.0
     elif op == 3:  # div
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = 1.0 / y
-        p1 = -f / y
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        h01 = h11 = 0.0
         if g != 0.0:
-            h01 = -1.0 / (y * y)
-        if g != 0.0:
-            h11 = 2.0 * f / (y * y)
-        return p0, p1, h00, h01, h11
+            h01, h11 = -1.0 / (y * y), 2.0 * f / (y * y)
+        return 1.0 / y, -f / y, 0.0, h01, h11
     elif op == 4:  # mulc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
-    elif op == 5:  # addc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
-    elif op == 6:  # subc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return y, 0.0, 0.0, 0.0, 0.0
+    elif op == 5 or op == 6:  # addc, subc
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0, 0.0, 0.0, 0.0, 0.0
     elif op == 7:  # rsubc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = -1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return -1.0, 0.0, 0.0, 0.0, 0.0
     elif op == 8:  # divc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 1.0 / y
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return 1.0 / y, 0.0, 0.0, 0.0, 0.0
     elif op == 9:  # rdivc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = -f / x
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 2.0 * f / (x * x)
-        return p0, 0.0, h00, h01, h11
+        return -f / x, 0.0, h00, 0.0, 0.0
     elif op == 10:  # neg
-        x = vals[args[k + 0]]
-        p0 = -1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
+        x = vals[args[k]]
+        return -1.0, 0.0, 0.0, 0.0, 0.0
     elif op == 11:  # square
-        x = vals[args[k + 0]]
-        p0 = 2.0 * x
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 2.0
-        return p0, 0.0, h00, h01, h11
+        return 2.0 * x, 0.0, h00, 0.0, 0.0
     elif op == 12:  # powi
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dpowi(x, y)
+        x, y = vals[args[k]], vals[args[k + 1]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 0.0 if y == 0.0 else y * dpowi(x, y - 1.0)
-        return p0, 0.0, h00, h01, h11
+        return dpowi(x, y), 0.0, h00, 0.0, 0.0
     elif op == 13:  # powc
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dpowc(x, y)
+        x, y = vals[args[k]], vals[args[k + 1]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-        return p0, 0.0, h00, h01, h11
+        return dpowc(x, y), 0.0, h00, 0.0, 0.0
     elif op == 14:  # pow
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = dpowc(x, y)
-        p1 = dpow_exp(x, y, f)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        h00 = h01 = h11 = 0.0
         if g != 0.0:
-            h00 = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-        if g != 0.0:
-            h01 = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
-        if g != 0.0:
-            h11 = 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
-        return p0, p1, h00, h01, h11
+            h00, h01, h11 = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0), 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x)), 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
+        return dpowc(x, y), dpow_exp(x, y, f), h00, h01, h11
     elif op == 15:  # sqrt
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 0.5 / f
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -0.25 / (f * f * f)
-        return p0, 0.0, h00, h01, h11
+        return 0.5 / f, 0.0, h00, 0.0, 0.0
     elif op == 16:  # cbrt
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 / (3.0 * f * f)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -2.0 / (9.0 * f * f * f * f * f)
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / (3.0 * f * f), 0.0, h00, 0.0, 0.0
     elif op == 17:  # exp
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = f
-        return p0, 0.0, h00, h01, h11
+        return f, 0.0, h00, 0.0, 0.0
     elif op == 18:  # expm1
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f + 1.0
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = f + 1.0
-        return p0, 0.0, h00, h01, h11
+        return f + 1.0, 0.0, h00, 0.0, 0.0
     elif op == 19:  # log
-        x = vals[args[k + 0]]
-        p0 = 1.0 / x
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -1.0 / (x * x)
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / x, 0.0, h00, 0.0, 0.0
     elif op == 20:  # log1p
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 + x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -1.0 / ((1.0 + x) * (1.0 + x))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / (1.0 + x), 0.0, h00, 0.0, 0.0
     elif op == 21:  # log2
-        x = vals[args[k + 0]]
-        p0 = 1.4426950408889634 / x
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -1.4426950408889634 / (x * x)
-        return p0, 0.0, h00, h01, h11
+        return 1.4426950408889634 / x, 0.0, h00, 0.0, 0.0
     elif op == 22:  # log10
-        x = vals[args[k + 0]]
-        p0 = 0.4342944819032518 / x
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -0.4342944819032518 / (x * x)
-        return p0, 0.0, h00, h01, h11
+        return 0.4342944819032518 / x, 0.0, h00, 0.0, 0.0
     elif op == 23:  # sin
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = math.cos(x)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -f
-        return p0, 0.0, h00, h01, h11
+        return math.cos(x), 0.0, h00, 0.0, 0.0
     elif op == 24:  # cos
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = -math.sin(x)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -f
-        return p0, 0.0, h00, h01, h11
+        return -math.sin(x), 0.0, h00, 0.0, 0.0
     elif op == 25:  # tan
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 + f * f
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 2.0 * f * (1.0 + f * f)
-        return p0, 0.0, h00, h01, h11
+        return 1.0 + f * f, 0.0, h00, 0.0, 0.0
     elif op == 26:  # asin
-        x = vals[args[k + 0]]
-        p0 = 1.0 / math.sqrt(1.0 - x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / math.sqrt(1.0 - x * x), 0.0, h00, 0.0, 0.0
     elif op == 27:  # acos
-        x = vals[args[k + 0]]
-        p0 = -1.0 / math.sqrt(1.0 - x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
-        return p0, 0.0, h00, h01, h11
+        return -1.0 / math.sqrt(1.0 - x * x), 0.0, h00, 0.0, 0.0
     elif op == 28:  # atan
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 + x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -2.0 * x / ((1.0 + x * x) * (1.0 + x * x))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / (1.0 + x * x), 0.0, h00, 0.0, 0.0
     elif op == 29:  # atan2
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = y / (x * x + y * y)
-        p1 = -x / (x * x + y * y)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        h00 = h01 = h11 = 0.0
         if g != 0.0:
-            h00 = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-        if g != 0.0:
-            h01 = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
-        if g != 0.0:
-            h11 = 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-        return p0, p1, h00, h01, h11
+            h00, h01, h11 = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y)), (x * x - y * y) / ((x * x + y * y) * (x * x + y * y)), 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
+        return y / (x * x + y * y), -x / (x * x + y * y), h00, h01, h11
     elif op == 30:  # sinh
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = math.cosh(x)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = f
-        return p0, 0.0, h00, h01, h11
+        return math.cosh(x), 0.0, h00, 0.0, 0.0
     elif op == 31:  # cosh
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = math.sinh(x)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = f
-        return p0, 0.0, h00, h01, h11
+        return math.sinh(x), 0.0, h00, 0.0, 0.0
     elif op == 32:  # tanh
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = 1.0 - f * f
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -2.0 * f * (1.0 - f * f)
-        return p0, 0.0, h00, h01, h11
+        return 1.0 - f * f, 0.0, h00, 0.0, 0.0
     elif op == 33:  # asinh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / math.sqrt(x * x + 1.0)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -x / ((x * x + 1.0) * math.sqrt(x * x + 1.0))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / math.sqrt(x * x + 1.0), 0.0, h00, 0.0, 0.0
     elif op == 34:  # acosh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -x / ((x - 1.0) * (x + 1.0) * math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)), 0.0, h00, 0.0, 0.0
     elif op == 35:  # atanh
-        x = vals[args[k + 0]]
-        p0 = 1.0 / (1.0 - x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 2.0 * x / ((1.0 - x * x) * (1.0 - x * x))
-        return p0, 0.0, h00, h01, h11
+        return 1.0 / (1.0 - x * x), 0.0, h00, 0.0, 0.0
     elif op == 36:  # erf
-        x = vals[args[k + 0]]
-        p0 = 1.1283791670955126 * math.exp(-x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = -2.2567583341910252 * x * math.exp(-x * x)
-        return p0, 0.0, h00, h01, h11
+        return 1.1283791670955126 * math.exp(-x * x), 0.0, h00, 0.0, 0.0
     elif op == 37:  # erfc
-        x = vals[args[k + 0]]
-        p0 = -1.1283791670955126 * math.exp(-x * x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = 2.2567583341910252 * x * math.exp(-x * x)
-        return p0, 0.0, h00, h01, h11
+        return -1.1283791670955126 * math.exp(-x * x), 0.0, h00, 0.0, 0.0
     elif op == 38:  # abs
-        x = vals[args[k + 0]]
-        p0 = sign(x)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, 0.0, h00, h01, h11
+        x = vals[args[k]]
+        return sign(x), 0.0, 0.0, 0.0, 0.0
     elif op == 42:  # minimum
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dmin(x, y)
-        p1 = dmin(y, x)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dmin(x, y), dmin(y, x), 0.0, 0.0, 0.0
     elif op == 43:  # maximum
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = dmin(y, x)
-        p1 = dmin(x, y)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y = vals[args[k]], vals[args[k + 1]]
+        return dmin(y, x), dmin(x, y), 0.0, 0.0, 0.0
     elif op == 44:  # hypot
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        f = vals[s]
-        p0 = safe_div(x, f)
-        p1 = safe_div(y, f)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y, f = vals[args[k]], vals[args[k + 1]], vals[s]
+        h00 = h01 = h11 = 0.0
         if g != 0.0:
-            h00 = safe_div(safe_div(y, f) * safe_div(y, f), f)
-        if g != 0.0:
-            h01 = safe_div(-safe_div(x, f) * safe_div(y, f), f)
-        if g != 0.0:
-            h11 = safe_div(safe_div(x, f) * safe_div(x, f), f)
-        return p0, p1, h00, h01, h11
+            h00, h01, h11 = safe_div(safe_div(y, f) * safe_div(y, f), f), safe_div(-safe_div(x, f) * safe_div(y, f), f), safe_div(safe_div(x, f) * safe_div(x, f), f)
+        return safe_div(x, f), safe_div(y, f), h00, h01, h11
     elif op == 45:  # sigmoid
-        x = vals[args[k + 0]]
-        f = vals[s]
-        p0 = f * (1.0 - f)
+        x, f = vals[args[k]], vals[s]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = f * (1.0 - f) * (1.0 - 2.0 * f)
-        return p0, 0.0, h00, h01, h11
+        return f * (1.0 - f), 0.0, h00, 0.0, 0.0
     elif op == 46:  # softplus
-        x = vals[args[k + 0]]
-        p0 = sigmoid(x)
+        x = vals[args[k]]
         h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
         if g != 0.0:
             h00 = sigmoid(x) * (1.0 - sigmoid(x))
-        return p0, 0.0, h00, h01, h11
+        return sigmoid(x), 0.0, h00, 0.0, 0.0
     elif op == 47:  # where
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        p0 = 1.0 if z != 0.0 else 0.0
-        p1 = 0.0 if z != 0.0 else 1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y, z = vals[args[k]], vals[args[k + 1]], vals[args[k + 2]]
+        return 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0, 0.0, 0.0, 0.0
     elif op == 54:  # fmac
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        z = vals[args[k + 2]]
-        p0 = z
-        p1 = 1.0
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
-        return p0, p1, h00, h01, h11
+        x, y, z = vals[args[k]], vals[args[k + 1]], vals[args[k + 2]]
+        return z, 1.0, 0.0, 0.0, 0.0
     elif op == 55:  # sqdiff
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = 2.0 * (x - y)
-        p1 = -2.0 * (x - y)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        h00 = h01 = h11 = 0.0
         if g != 0.0:
-            h00 = 2.0
-        if g != 0.0:
-            h01 = -2.0
-        if g != 0.0:
-            h11 = 2.0
-        return p0, p1, h00, h01, h11
+            h00, h01, h11 = 2.0, -2.0, 2.0
+        return 2.0 * (x - y), -2.0 * (x - y), h00, h01, h11
     elif op == 57:  # logaddexp
-        x = vals[args[k + 0]]
-        y = vals[args[k + 1]]
-        p0 = sigmoid(x - y)
-        p1 = sigmoid(y - x)
-        h00 = 0.0
-        h01 = 0.0
-        h11 = 0.0
+        x, y = vals[args[k]], vals[args[k + 1]]
+        h00 = h01 = h11 = 0.0
         if g != 0.0:
-            h00 = sigmoid(x - y) * sigmoid(y - x)
-        if g != 0.0:
-            h01 = -(sigmoid(x - y) * sigmoid(y - x))
-        if g != 0.0:
-            h11 = sigmoid(x - y) * sigmoid(y - x)
-        return p0, p1, h00, h01, h11
+            h00, h01, h11 = sigmoid(x - y) * sigmoid(y - x), -(sigmoid(x - y) * sigmoid(y - x)), sigmoid(x - y) * sigmoid(y - x)
+        return sigmoid(x - y), sigmoid(y - x), h00, h01, h11
     return 0.0, 0.0, 0.0, 0.0, 0.0
 
 
@@ -1451,27 +923,21 @@ def partials_and_second(op, vals, args, k, s, g):
 def unit_adjoint(op, args, parts, k, g, adj):
     """For an op with a unit partial, add the adjoint ``g`` to its arguments; else False."""
     if op == 0:  # add
-        adj[args[k + 0]] += g
+        adj[args[k]] += g
         adj[args[k + 1]] += g
         return True
     elif op == 2:  # sub
-        adj[args[k + 0]] += g
+        adj[args[k]] += g
         adj[args[k + 1]] -= g
         return True
-    elif op == 5:  # addc
-        adj[args[k + 0]] += g
+    elif op == 5 or op == 6:  # addc, subc
+        adj[args[k]] += g
         return True
-    elif op == 6:  # subc
-        adj[args[k + 0]] += g
-        return True
-    elif op == 7:  # rsubc
-        adj[args[k + 0]] -= g
-        return True
-    elif op == 10:  # neg
-        adj[args[k + 0]] -= g
+    elif op == 7 or op == 10:  # rsubc, neg
+        adj[args[k]] -= g
         return True
     elif op == 54:  # fmac
-        accumulate(adj, args[k + 0], g, parts[k + 0])
+        accumulate(adj, args[k], g, parts[k])
         adj[args[k + 1]] += g
         return True
     return False
@@ -1480,74 +946,40 @@ def unit_adjoint(op, args, parts, k, g, adj):
 @kernel(inline=True)
 def value_rows(op, a0, vals, args, k, s, nb):
     """Row ``s`` of a chunk, the result at each of the ``nb`` points; returns ``k_next``."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x + y
         return k + 2
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x * y
         return k + 2
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x - y
         return k + 2
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x / y
-        return k + 2
-    elif op == 4:  # mulc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            vals[s, p] = x * y
-        return k + 2
-    elif op == 5:  # addc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            vals[s, p] = x + y
-        return k + 2
-    elif op == 6:  # subc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            vals[s, p] = x - y
         return k + 2
     elif op == 7:  # rsubc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = y - x
-        return k + 2
-    elif op == 8:  # divc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            vals[s, p] = x / y
         return k + 2
     elif op == 9:  # rdivc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = y / x
         return k + 2
     elif op == 10:  # neg
@@ -1563,22 +995,13 @@ def value_rows(op, a0, vals, args, k, s, nb):
     elif op == 12:  # powi
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = powi(x, y)
         return k + 2
-    elif op == 13:  # powc
+    elif op == 13 or op == 14:  # powc, pow
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            vals[s, p] = x ** y
-        return k + 2
-    elif op == 14:  # pow
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x ** y
         return k + 2
     elif op == 15:  # sqrt
@@ -1654,8 +1077,7 @@ def value_rows(op, a0, vals, args, k, s, nb):
     elif op == 29:  # atan2
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = math.atan2(x, y)
         return k + 2
     elif op == 30:  # sinh
@@ -1721,22 +1143,19 @@ def value_rows(op, a0, vals, args, k, s, nb):
     elif op == 42:  # minimum
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = fmin(x, y)
         return k + 2
     elif op == 43:  # maximum
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = fmax(x, y)
         return k + 2
     elif op == 44:  # hypot
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = math.hypot(x, y)
         return k + 2
     elif op == 45:  # sigmoid
@@ -1750,70 +1169,57 @@ def value_rows(op, a0, vals, args, k, s, nb):
             vals[s, p] = softplus(x)
         return k + 1
     elif op == 47:  # where
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
             vals[s, p] = x if z != 0.0 else y
         return k + 3
     elif op == 48:  # lt
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x < y else 0.0
         return k + 2
     elif op == 49:  # le
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x <= y else 0.0
         return k + 2
     elif op == 50:  # gt
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x > y else 0.0
         return k + 2
     elif op == 51:  # ge
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x >= y else 0.0
         return k + 2
     elif op == 52:  # eq
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x == y else 0.0
         return k + 2
     elif op == 53:  # ne
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = 1.0 if x != y else 0.0
         return k + 2
     elif op == 54:  # fmac
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
             vals[s, p] = x * z + y
         return k + 3
     elif op == 55:  # sqdiff
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = (x - y) * (x - y)
         return k + 2
     elif op == 56:  # stop_gradient
@@ -1824,8 +1230,7 @@ def value_rows(op, a0, vals, args, k, s, nb):
     elif op == 57:  # logaddexp
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             vals[s, p] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
         return k + 2
     for p in range(nb):
@@ -1836,467 +1241,286 @@ def value_rows(op, a0, vals, args, k, s, nb):
 @kernel(inline=True)
 def value_store_partials_rows(op, a0, vals, args, k, s, nb, parts):
     """As :func:`value_rows`, storing the non-unit partials in rows ``k + j`` of ``parts``."""
-    if op == 0:  # add
+    if op == 1:  # mul
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x + y
-            vals[s, p] = f
-        return k + 2
-    elif op == 1:  # mul
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x * y
-            vals[s, p] = f
-            parts[k + 0, p] = y
-            parts[k + 1, p] = x
-        return k + 2
-    elif op == 2:  # sub
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x - y
-            vals[s, p] = f
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = x * y
+            parts[k, p], parts[k + 1, p] = y, x
         return k + 2
     elif op == 3:  # div
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             f = x / y
             vals[s, p] = f
-            parts[k + 0, p] = 1.0 / y
-            parts[k + 1, p] = -f / y
+            parts[k, p], parts[k + 1, p] = 1.0 / y, -f / y
         return k + 2
     elif op == 4:  # mulc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x * y
-            vals[s, p] = f
-            parts[k + 0, p] = y
-        return k + 2
-    elif op == 5:  # addc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x + y
-            vals[s, p] = f
-        return k + 2
-    elif op == 6:  # subc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x - y
-            vals[s, p] = f
-        return k + 2
-    elif op == 7:  # rsubc
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = y - x
-            vals[s, p] = f
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = x * y
+            parts[k, p] = y
         return k + 2
     elif op == 8:  # divc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x / y
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / y
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = x / y
+            parts[k, p] = 1.0 / y
         return k + 2
     elif op == 9:  # rdivc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             f = y / x
             vals[s, p] = f
-            parts[k + 0, p] = -f / x
+            parts[k, p] = -f / x
         return k + 2
-    elif op == 10:  # neg
-        for p in range(nb):
-            x = vals[a0, p]
-            f = -x
-            vals[s, p] = f
-        return k + 1
     elif op == 11:  # square
         for p in range(nb):
             x = vals[a0, p]
-            f = x * x
-            vals[s, p] = f
-            parts[k + 0, p] = 2.0 * x
+            vals[s, p] = x * x
+            parts[k, p] = 2.0 * x
         return k + 1
     elif op == 12:  # powi
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = powi(x, y)
-            vals[s, p] = f
-            parts[k + 0, p] = dpowi(x, y)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = powi(x, y)
+            parts[k, p] = dpowi(x, y)
         return k + 2
     elif op == 13:  # powc
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x ** y
-            vals[s, p] = f
-            parts[k + 0, p] = dpowc(x, y)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = x ** y
+            parts[k, p] = dpowc(x, y)
         return k + 2
     elif op == 14:  # pow
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             f = x ** y
             vals[s, p] = f
-            parts[k + 0, p] = dpowc(x, y)
-            parts[k + 1, p] = dpow_exp(x, y, f)
+            parts[k, p], parts[k + 1, p] = dpowc(x, y), dpow_exp(x, y, f)
         return k + 2
     elif op == 15:  # sqrt
         for p in range(nb):
             x = vals[a0, p]
             f = math.sqrt(x)
             vals[s, p] = f
-            parts[k + 0, p] = 0.5 / f
+            parts[k, p] = 0.5 / f
         return k + 1
     elif op == 16:  # cbrt
         for p in range(nb):
             x = vals[a0, p]
             f = np.cbrt(x)
             vals[s, p] = f
-            parts[k + 0, p] = 1.0 / (3.0 * f * f)
+            parts[k, p] = 1.0 / (3.0 * f * f)
         return k + 1
     elif op == 17:  # exp
         for p in range(nb):
             x = vals[a0, p]
             f = math.exp(x)
             vals[s, p] = f
-            parts[k + 0, p] = f
+            parts[k, p] = f
         return k + 1
     elif op == 18:  # expm1
         for p in range(nb):
             x = vals[a0, p]
             f = math.expm1(x)
             vals[s, p] = f
-            parts[k + 0, p] = f + 1.0
+            parts[k, p] = f + 1.0
         return k + 1
     elif op == 19:  # log
         for p in range(nb):
             x = vals[a0, p]
-            f = math.log(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / x
+            vals[s, p] = math.log(x)
+            parts[k, p] = 1.0 / x
         return k + 1
     elif op == 20:  # log1p
         for p in range(nb):
             x = vals[a0, p]
-            f = math.log1p(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / (1.0 + x)
+            vals[s, p] = math.log1p(x)
+            parts[k, p] = 1.0 / (1.0 + x)
         return k + 1
     elif op == 21:  # log2
         for p in range(nb):
             x = vals[a0, p]
-            f = math.log2(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.4426950408889634 / x
+            vals[s, p] = math.log2(x)
+            parts[k, p] = 1.4426950408889634 / x
         return k + 1
     elif op == 22:  # log10
         for p in range(nb):
             x = vals[a0, p]
-            f = math.log10(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 0.4342944819032518 / x
+            vals[s, p] = math.log10(x)
+            parts[k, p] = 0.4342944819032518 / x
         return k + 1
     elif op == 23:  # sin
         for p in range(nb):
             x = vals[a0, p]
-            f = math.sin(x)
-            vals[s, p] = f
-            parts[k + 0, p] = math.cos(x)
+            vals[s, p] = math.sin(x)
+            parts[k, p] = math.cos(x)
         return k + 1
     elif op == 24:  # cos
         for p in range(nb):
             x = vals[a0, p]
-            f = math.cos(x)
-            vals[s, p] = f
-            parts[k + 0, p] = -math.sin(x)
+            vals[s, p] = math.cos(x)
+            parts[k, p] = -math.sin(x)
         return k + 1
     elif op == 25:  # tan
         for p in range(nb):
             x = vals[a0, p]
             f = math.tan(x)
             vals[s, p] = f
-            parts[k + 0, p] = 1.0 + f * f
+            parts[k, p] = 1.0 + f * f
         return k + 1
     elif op == 26:  # asin
         for p in range(nb):
             x = vals[a0, p]
-            f = math.asin(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / math.sqrt(1.0 - x * x)
+            vals[s, p] = math.asin(x)
+            parts[k, p] = 1.0 / math.sqrt(1.0 - x * x)
         return k + 1
     elif op == 27:  # acos
         for p in range(nb):
             x = vals[a0, p]
-            f = math.acos(x)
-            vals[s, p] = f
-            parts[k + 0, p] = -1.0 / math.sqrt(1.0 - x * x)
+            vals[s, p] = math.acos(x)
+            parts[k, p] = -1.0 / math.sqrt(1.0 - x * x)
         return k + 1
     elif op == 28:  # atan
         for p in range(nb):
             x = vals[a0, p]
-            f = math.atan(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / (1.0 + x * x)
+            vals[s, p] = math.atan(x)
+            parts[k, p] = 1.0 / (1.0 + x * x)
         return k + 1
     elif op == 29:  # atan2
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = math.atan2(x, y)
-            vals[s, p] = f
-            parts[k + 0, p] = y / (x * x + y * y)
-            parts[k + 1, p] = -x / (x * x + y * y)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = math.atan2(x, y)
+            parts[k, p], parts[k + 1, p] = y / (x * x + y * y), -x / (x * x + y * y)
         return k + 2
     elif op == 30:  # sinh
         for p in range(nb):
             x = vals[a0, p]
-            f = math.sinh(x)
-            vals[s, p] = f
-            parts[k + 0, p] = math.cosh(x)
+            vals[s, p] = math.sinh(x)
+            parts[k, p] = math.cosh(x)
         return k + 1
     elif op == 31:  # cosh
         for p in range(nb):
             x = vals[a0, p]
-            f = math.cosh(x)
-            vals[s, p] = f
-            parts[k + 0, p] = math.sinh(x)
+            vals[s, p] = math.cosh(x)
+            parts[k, p] = math.sinh(x)
         return k + 1
     elif op == 32:  # tanh
         for p in range(nb):
             x = vals[a0, p]
             f = math.tanh(x)
             vals[s, p] = f
-            parts[k + 0, p] = 1.0 - f * f
+            parts[k, p] = 1.0 - f * f
         return k + 1
     elif op == 33:  # asinh
         for p in range(nb):
             x = vals[a0, p]
-            f = math.asinh(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / math.sqrt(x * x + 1.0)
+            vals[s, p] = math.asinh(x)
+            parts[k, p] = 1.0 / math.sqrt(x * x + 1.0)
         return k + 1
     elif op == 34:  # acosh
         for p in range(nb):
             x = vals[a0, p]
-            f = math.acosh(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
+            vals[s, p] = math.acosh(x)
+            parts[k, p] = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
         return k + 1
     elif op == 35:  # atanh
         for p in range(nb):
             x = vals[a0, p]
-            f = math.atanh(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 / (1.0 - x * x)
+            vals[s, p] = math.atanh(x)
+            parts[k, p] = 1.0 / (1.0 - x * x)
         return k + 1
     elif op == 36:  # erf
         for p in range(nb):
             x = vals[a0, p]
-            f = math.erf(x)
-            vals[s, p] = f
-            parts[k + 0, p] = 1.1283791670955126 * math.exp(-x * x)
+            vals[s, p] = math.erf(x)
+            parts[k, p] = 1.1283791670955126 * math.exp(-x * x)
         return k + 1
     elif op == 37:  # erfc
         for p in range(nb):
             x = vals[a0, p]
-            f = math.erfc(x)
-            vals[s, p] = f
-            parts[k + 0, p] = -1.1283791670955126 * math.exp(-x * x)
+            vals[s, p] = math.erfc(x)
+            parts[k, p] = -1.1283791670955126 * math.exp(-x * x)
         return k + 1
     elif op == 38:  # abs
         for p in range(nb):
             x = vals[a0, p]
-            f = abs(x)
-            vals[s, p] = f
-            parts[k + 0, p] = sign(x)
-        return k + 1
-    elif op == 39:  # sign
-        for p in range(nb):
-            x = vals[a0, p]
-            f = sign(x)
-            vals[s, p] = f
-        return k + 1
-    elif op == 40:  # floor
-        for p in range(nb):
-            x = vals[a0, p]
-            f = np.floor(x)
-            vals[s, p] = f
-        return k + 1
-    elif op == 41:  # ceil
-        for p in range(nb):
-            x = vals[a0, p]
-            f = np.ceil(x)
-            vals[s, p] = f
+            vals[s, p] = abs(x)
+            parts[k, p] = sign(x)
         return k + 1
     elif op == 42:  # minimum
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = fmin(x, y)
-            vals[s, p] = f
-            parts[k + 0, p] = dmin(x, y)
-            parts[k + 1, p] = dmin(y, x)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = fmin(x, y)
+            parts[k, p], parts[k + 1, p] = dmin(x, y), dmin(y, x)
         return k + 2
     elif op == 43:  # maximum
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = fmax(x, y)
-            vals[s, p] = f
-            parts[k + 0, p] = dmin(y, x)
-            parts[k + 1, p] = dmin(x, y)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = fmax(x, y)
+            parts[k, p], parts[k + 1, p] = dmin(y, x), dmin(x, y)
         return k + 2
     elif op == 44:  # hypot
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
+            x, y = vals[a0, p], vals[a1, p]
             f = math.hypot(x, y)
             vals[s, p] = f
-            parts[k + 0, p] = safe_div(x, f)
-            parts[k + 1, p] = safe_div(y, f)
+            parts[k, p], parts[k + 1, p] = safe_div(x, f), safe_div(y, f)
         return k + 2
     elif op == 45:  # sigmoid
         for p in range(nb):
             x = vals[a0, p]
             f = sigmoid(x)
             vals[s, p] = f
-            parts[k + 0, p] = f * (1.0 - f)
+            parts[k, p] = f * (1.0 - f)
         return k + 1
     elif op == 46:  # softplus
         for p in range(nb):
             x = vals[a0, p]
-            f = softplus(x)
-            vals[s, p] = f
-            parts[k + 0, p] = sigmoid(x)
+            vals[s, p] = softplus(x)
+            parts[k, p] = sigmoid(x)
         return k + 1
     elif op == 47:  # where
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
-            f = x if z != 0.0 else y
-            vals[s, p] = f
-            parts[k + 0, p] = 1.0 if z != 0.0 else 0.0
-            parts[k + 1, p] = 0.0 if z != 0.0 else 1.0
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
+            vals[s, p] = x if z != 0.0 else y
+            parts[k, p], parts[k + 1, p] = 1.0 if z != 0.0 else 0.0, 0.0 if z != 0.0 else 1.0
         return k + 3
-    elif op == 48:  # lt
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x < y else 0.0
-            vals[s, p] = f
-        return k + 2
-    elif op == 49:  # le
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x <= y else 0.0
-            vals[s, p] = f
-        return k + 2
-    elif op == 50:  # gt
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x > y else 0.0
-            vals[s, p] = f
-        return k + 2
-    elif op == 51:  # ge
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x >= y else 0.0
-            vals[s, p] = f
-        return k + 2
-    elif op == 52:  # eq
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x == y else 0.0
-            vals[s, p] = f
-        return k + 2
-    elif op == 53:  # ne
-        a1 = args[k + 1]
-        for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = 1.0 if x != y else 0.0
-            vals[s, p] = f
-        return k + 2
     elif op == 54:  # fmac
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
-            f = x * z + y
-            vals[s, p] = f
-            parts[k + 0, p] = z
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
+            vals[s, p] = x * z + y
+            parts[k, p] = z
         return k + 3
     elif op == 55:  # sqdiff
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = (x - y) * (x - y)
-            vals[s, p] = f
-            parts[k + 0, p] = 2.0 * (x - y)
-            parts[k + 1, p] = -2.0 * (x - y)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = (x - y) * (x - y)
+            parts[k, p], parts[k + 1, p] = 2.0 * (x - y), -2.0 * (x - y)
         return k + 2
-    elif op == 56:  # stop_gradient
-        for p in range(nb):
-            x = vals[a0, p]
-            f = x
-            vals[s, p] = f
-        return k + 1
     elif op == 57:  # logaddexp
         a1 = args[k + 1]
         for p in range(nb):
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
-            vals[s, p] = f
-            parts[k + 0, p] = sigmoid(x - y)
-            parts[k + 1, p] = sigmoid(y - x)
+            x, y = vals[a0, p], vals[a1, p]
+            vals[s, p] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
+            parts[k, p], parts[k + 1, p] = sigmoid(x - y), sigmoid(y - x)
         return k + 2
-    for p in range(nb):
-        vals[s, p] = np.nan
-    return k
+    return value_rows(op, a0, vals, args, k, s, nb)  # nothing to store
 
 
 @kernel(inline=True)
@@ -2307,59 +1531,36 @@ def unit_adjoint_rows(op, a0, args, parts, k, s, adj, nb):
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g if g != 0.0 else t
-            t = adj[a1, p]
-            adj[a1, p] = t + g if g != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
+            adj[a1, p] = add_product(adj[a1, p], g, 1.0)
         return True
     elif op == 2:  # sub
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g if g != 0.0 else t
-            t = adj[a1, p]
-            adj[a1, p] = t - g if g != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
+            adj[a1, p] = add_product(adj[a1, p], g, -1.0)
         return True
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g if g != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
         return True
-    elif op == 6:  # subc
+    elif op == 7 or op == 10:  # rsubc, neg
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g if g != 0.0 else t
-        return True
-    elif op == 7:  # rsubc
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t - g if g != 0.0 else t
-        return True
-    elif op == 10:  # neg
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t - g if g != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, -1.0)
         return True
     elif op == 54:  # fmac
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            d = parts[k + 0, p]
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            t = adj[a1, p]
-            adj[a1, p] = t + g if g != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, parts[k, p])
+            adj[a1, p] = add_product(adj[a1, p], g, 1.0)
         return True
     return False
 
@@ -2372,528 +1573,362 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = 1.0
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
+            adj[a1, p] = add_product(adj[a1, p], g, 1.0)
         return
     elif op == 1:  # mul
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = y
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = x
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, y)
+            adj[a1, p] = add_product(adj[a1, p], g, x)
         return
     elif op == 2:  # sub
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = -1.0
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
+            adj[a1, p] = add_product(adj[a1, p], g, -1.0)
         return
     elif op == 3:  # div
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = vals[s, p]
-            d = 1.0 / y
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = -f / y
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, f = vals[a0, p], vals[a1, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / y)
+            adj[a1, p] = add_product(adj[a1, p], g, -f / y)
         return
     elif op == 4:  # mulc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = y
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, y)
         return
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-        return
-    elif op == 6:  # subc
-        a1 = args[k + 1]
-        for p in range(nb):
-            g = adj[s, p]
-            adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0)
         return
     elif op == 7:  # rsubc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = -1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, -1.0)
         return
     elif op == 8:  # divc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 1.0 / y
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / y)
         return
     elif op == 9:  # rdivc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = vals[s, p]
-            d = -f / x
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, f = vals[a0, p], vals[a1, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, -f / x)
         return
     elif op == 10:  # neg
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = -1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, -1.0)
         return
     elif op == 11:  # square
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 2.0 * x
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 2.0 * x)
         return
     elif op == 12:  # powi
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = dpowi(x, y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, dpowi(x, y))
         return
     elif op == 13:  # powc
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = dpowc(x, y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, dpowc(x, y))
         return
     elif op == 14:  # pow
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = vals[s, p]
-            d = dpowc(x, y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = dpow_exp(x, y, f)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, f = vals[a0, p], vals[a1, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, dpowc(x, y))
+            adj[a1, p] = add_product(adj[a1, p], g, dpow_exp(x, y, f))
         return
     elif op == 15:  # sqrt
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = 0.5 / f
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 0.5 / f)
         return
     elif op == 16:  # cbrt
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = 1.0 / (3.0 * f * f)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / (3.0 * f * f))
         return
     elif op == 17:  # exp
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = f
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, f)
         return
     elif op == 18:  # expm1
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = f + 1.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, f + 1.0)
         return
     elif op == 19:  # log
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / x
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / x)
         return
     elif op == 20:  # log1p
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / (1.0 + x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / (1.0 + x))
         return
     elif op == 21:  # log2
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.4426950408889634 / x
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.4426950408889634 / x)
         return
     elif op == 22:  # log10
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 0.4342944819032518 / x
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 0.4342944819032518 / x)
         return
     elif op == 23:  # sin
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = math.cos(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, math.cos(x))
         return
     elif op == 24:  # cos
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = -math.sin(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, -math.sin(x))
         return
     elif op == 25:  # tan
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = 1.0 + f * f
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 + f * f)
         return
     elif op == 26:  # asin
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / math.sqrt(1.0 - x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 27:  # acos
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = -1.0 / math.sqrt(1.0 - x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, -1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 28:  # atan
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / (1.0 + x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / (1.0 + x * x))
         return
     elif op == 29:  # atan2
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = y / (x * x + y * y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = -x / (x * x + y * y)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, y / (x * x + y * y))
+            adj[a1, p] = add_product(adj[a1, p], g, -x / (x * x + y * y))
         return
     elif op == 30:  # sinh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = math.cosh(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, math.cosh(x))
         return
     elif op == 31:  # cosh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = math.sinh(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, math.sinh(x))
         return
     elif op == 32:  # tanh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = 1.0 - f * f
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 - f * f)
         return
     elif op == 33:  # asinh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / math.sqrt(x * x + 1.0)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / math.sqrt(x * x + 1.0))
         return
     elif op == 34:  # acosh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)))
         return
     elif op == 35:  # atanh
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.0 / (1.0 - x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 / (1.0 - x * x))
         return
     elif op == 36:  # erf
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = 1.1283791670955126 * math.exp(-x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, 1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 37:  # erfc
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = -1.1283791670955126 * math.exp(-x * x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, -1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 38:  # abs
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = sign(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, sign(x))
         return
     elif op == 42:  # minimum
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = dmin(x, y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = dmin(y, x)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, dmin(x, y))
+            adj[a1, p] = add_product(adj[a1, p], g, dmin(y, x))
         return
     elif op == 43:  # maximum
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = dmin(y, x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = dmin(x, y)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, dmin(y, x))
+            adj[a1, p] = add_product(adj[a1, p], g, dmin(x, y))
         return
     elif op == 44:  # hypot
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            f = vals[s, p]
-            d = safe_div(x, f)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = safe_div(y, f)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, f = vals[a0, p], vals[a1, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, safe_div(x, f))
+            adj[a1, p] = add_product(adj[a1, p], g, safe_div(y, f))
         return
     elif op == 45:  # sigmoid
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            f = vals[s, p]
-            d = f * (1.0 - f)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, f = vals[a0, p], vals[s, p]
+            adj[a0, p] = add_product(adj[a0, p], g, f * (1.0 - f))
         return
     elif op == 46:  # softplus
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
             x = vals[a0, p]
-            d = sigmoid(x)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            adj[a0, p] = add_product(adj[a0, p], g, sigmoid(x))
         return
     elif op == 47:  # where
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
-            d = 1.0 if z != 0.0 else 0.0
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = 0.0 if z != 0.0 else 1.0
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 1.0 if z != 0.0 else 0.0)
+            adj[a1, p] = add_product(adj[a1, p], g, 0.0 if z != 0.0 else 1.0)
         return
     elif op == 54:  # fmac
-        a1 = args[k + 1]
-        a2 = args[k + 2]
+        a1, a2 = args[k + 1], args[k + 2]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            z = vals[a2, p]
-            d = z
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = 1.0
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y, z = vals[a0, p], vals[a1, p], vals[a2, p]
+            adj[a0, p] = add_product(adj[a0, p], g, z)
+            adj[a1, p] = add_product(adj[a1, p], g, 1.0)
         return
     elif op == 55:  # sqdiff
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = 2.0 * (x - y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = -2.0 * (x - y)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, 2.0 * (x - y))
+            adj[a1, p] = add_product(adj[a1, p], g, -2.0 * (x - y))
         return
     elif op == 57:  # logaddexp
         a1 = args[k + 1]
         for p in range(nb):
             g = adj[s, p]
             adj[s, p] = 0.0
-            x = vals[a0, p]
-            y = vals[a1, p]
-            d = sigmoid(x - y)
-            t = adj[a0, p]
-            adj[a0, p] = t + g * d if g != 0.0 and d != 0.0 else t
-            d = sigmoid(y - x)
-            t = adj[a1, p]
-            adj[a1, p] = t + g * d if g != 0.0 and d != 0.0 else t
+            x, y = vals[a0, p], vals[a1, p]
+            adj[a0, p] = add_product(adj[a0, p], g, sigmoid(x - y))
+            adj[a1, p] = add_product(adj[a1, p], g, sigmoid(y - x))
         return
     for p in range(nb):  # no differentiable argument: only clear the row
         adj[s, p] = 0.0
@@ -2902,7 +1937,7 @@ def adjoint_lean_rows(op, a0, vals, args, k, s, adj, nb):
 @kernel(inline=True)
 def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
     """Elements ``d .. d + n - 1`` of ``vals``: the op applied to the argument ranges."""
-    if op == 0:  # add
+    if op == 0 or op == 5:  # add, addc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2910,11 +1945,10 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x + y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x + y
         return
-    elif op == 1:  # mul
+    elif op == 1 or op == 4:  # mul, mulc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2922,11 +1956,10 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x * y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x * y
         return
-    elif op == 2:  # sub
+    elif op == 2 or op == 6:  # sub, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2934,11 +1967,10 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x - y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x - y
         return
-    elif op == 3:  # div
+    elif op == 3 or op == 8:  # div, divc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -2946,45 +1978,8 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x / y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x / y
-        return
-    elif op == 4:  # mulc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x * y
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            vals[d + i] = x * y
-        return
-    elif op == 5:  # addc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x + y
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            vals[d + i] = x + y
-        return
-    elif op == 6:  # subc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x - y
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            vals[d + i] = x - y
         return
     elif op == 7:  # rsubc
         if s1 == 0:
@@ -2994,21 +1989,8 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = y - x
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = y - x
-        return
-    elif op == 8:  # divc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x / y
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            vals[d + i] = x / y
         return
     elif op == 9:  # rdivc
         if s1 == 0:
@@ -3018,8 +2000,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = y / x
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = y / x
         return
     elif op == 10:  # neg
@@ -3040,11 +2021,10 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = powi(x, y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = powi(x, y)
         return
-    elif op == 13:  # powc
+    elif op == 13 or op == 14:  # powc, pow
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
@@ -3052,20 +2032,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x ** y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            vals[d + i] = x ** y
-        return
-    elif op == 14:  # pow
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                vals[d + i] = x ** y
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x ** y
         return
     elif op == 15:  # sqrt
@@ -3146,8 +2113,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = math.atan2(x, y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = math.atan2(x, y)
         return
     elif op == 30:  # sinh
@@ -3218,8 +2184,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = fmin(x, y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = fmin(x, y)
         return
     elif op == 43:  # maximum
@@ -3230,8 +2195,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = fmax(x, y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = fmax(x, y)
         return
     elif op == 44:  # hypot
@@ -3242,8 +2206,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = math.hypot(x, y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = math.hypot(x, y)
         return
     elif op == 45:  # sigmoid
@@ -3260,14 +2223,11 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
+                x, z = vals[a0 + i * s0], vals[a2 + i * s2]
                 vals[d + i] = x if z != 0.0 else y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
+            x, y, z = vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
             vals[d + i] = x if z != 0.0 else y
         return
     elif op == 48:  # lt
@@ -3278,8 +2238,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x < y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x < y else 0.0
         return
     elif op == 49:  # le
@@ -3290,8 +2249,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x <= y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x <= y else 0.0
         return
     elif op == 50:  # gt
@@ -3302,8 +2260,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x > y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x > y else 0.0
         return
     elif op == 51:  # ge
@@ -3314,8 +2271,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x >= y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x >= y else 0.0
         return
     elif op == 52:  # eq
@@ -3326,8 +2282,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x == y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x == y else 0.0
         return
     elif op == 53:  # ne
@@ -3338,22 +2293,18 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = 1.0 if x != y else 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = 1.0 if x != y else 0.0
         return
     elif op == 54:  # fmac
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
+                x, z = vals[a0 + i * s0], vals[a2 + i * s2]
                 vals[d + i] = x * z + y
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
+            x, y, z = vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
             vals[d + i] = x * z + y
         return
     elif op == 55:  # sqdiff
@@ -3364,8 +2315,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = (x - y) * (x - y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = (x - y) * (x - y)
         return
     elif op == 56:  # stop_gradient
@@ -3381,8 +2331,7 @@ def elementwise_value(op, vals, d, n, a0, s0, a1, s1, a2, s2):
                 vals[d + i] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             vals[d + i] = x + 0.6931471805599453 if x == y else (x + math.log1p(math.exp(y - x)) if x > y else y + math.log1p(math.exp(x - y)))
         return
     for i in range(n):
@@ -3396,692 +2345,382 @@ def elementwise_adjoint(op, vals, adj, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1,
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 1.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = 1.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = 1.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
         return
     elif op == 1:  # mul
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = y
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = x
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, x)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = y
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = x
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, x)
         return
     elif op == 2:  # sub
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 1.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = -1.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = -1.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -1.0)
         return
     elif op == 3:  # div
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                q = 1.0 / y
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = -f / y
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -f / y)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            q = 1.0 / y
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = -f / y
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -f / y)
         return
     elif op == 4:  # mulc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = y
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = y
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
         return
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 1.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-        return
-    elif op == 6:  # subc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 1.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            return
-        for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
         return
     elif op == 7:  # rsubc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = -1.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = -1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
         return
     elif op == 8:  # divc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 1.0 / y
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 1.0 / y
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
         return
     elif op == 9:  # rdivc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                q = -f / x
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -f / x)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            q = -f / x
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -f / x)
         return
     elif op == 10:  # neg
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = -1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
         return
     elif op == 11:  # square
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 2.0 * x
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * x)
         return
     elif op == 12:  # powi
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = dpowi(x, y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowi(x, y))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = dpowi(x, y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowi(x, y))
         return
     elif op == 13:  # powc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = dpowc(x, y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = dpowc(x, y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
         return
     elif op == 14:  # pow
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                q = dpowc(x, y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = dpow_exp(x, y, f)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dpow_exp(x, y, f))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            q = dpowc(x, y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = dpow_exp(x, y, f)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dpow_exp(x, y, f))
         return
     elif op == 15:  # sqrt
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = 0.5 / f
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 0.5 / f)
         return
     elif op == 16:  # cbrt
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = 1.0 / (3.0 * f * f)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (3.0 * f * f))
         return
     elif op == 17:  # exp
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = f
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f)
         return
     elif op == 18:  # expm1
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = f + 1.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f + 1.0)
         return
     elif op == 19:  # log
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / x
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / x)
         return
     elif op == 20:  # log1p
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / (1.0 + x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 + x))
         return
     elif op == 21:  # log2
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.4426950408889634 / x
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.4426950408889634 / x)
         return
     elif op == 22:  # log10
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 0.4342944819032518 / x
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 0.4342944819032518 / x)
         return
     elif op == 23:  # sin
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = math.cos(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.cos(x))
         return
     elif op == 24:  # cos
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = -math.sin(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -math.sin(x))
         return
     elif op == 25:  # tan
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = 1.0 + f * f
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 + f * f)
         return
     elif op == 26:  # asin
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / math.sqrt(1.0 - x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 27:  # acos
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = -1.0 / math.sqrt(1.0 - x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 28:  # atan
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / (1.0 + x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 + x * x))
         return
     elif op == 29:  # atan2
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = y / (x * x + y * y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = -x / (x * x + y * y)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y / (x * x + y * y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -x / (x * x + y * y))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = y / (x * x + y * y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = -x / (x * x + y * y)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y / (x * x + y * y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -x / (x * x + y * y))
         return
     elif op == 30:  # sinh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = math.cosh(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.cosh(x))
         return
     elif op == 31:  # cosh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = math.sinh(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.sinh(x))
         return
     elif op == 32:  # tanh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = 1.0 - f * f
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 - f * f)
         return
     elif op == 33:  # asinh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / math.sqrt(x * x + 1.0)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / math.sqrt(x * x + 1.0))
         return
     elif op == 34:  # acosh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)))
         return
     elif op == 35:  # atanh
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.0 / (1.0 - x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 - x * x))
         return
     elif op == 36:  # erf
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = 1.1283791670955126 * math.exp(-x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 37:  # erfc
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = -1.1283791670955126 * math.exp(-x * x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 38:  # abs
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = sign(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sign(x))
         return
     elif op == 42:  # minimum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = dmin(x, y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = dmin(y, x)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(x, y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(y, x))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = dmin(x, y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = dmin(y, x)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(x, y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(y, x))
         return
     elif op == 43:  # maximum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = dmin(y, x)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = dmin(x, y)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(y, x))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(x, y))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = dmin(y, x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = dmin(x, y)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(y, x))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(x, y))
         return
     elif op == 44:  # hypot
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                q = safe_div(x, f)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = safe_div(y, f)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, safe_div(x, f))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, safe_div(y, f))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            q = safe_div(x, f)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = safe_div(y, f)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, safe_div(x, f))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, safe_div(y, f))
         return
     elif op == 45:  # sigmoid
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            q = f * (1.0 - f)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f * (1.0 - f))
         return
     elif op == 46:  # softplus
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            q = sigmoid(x)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x = adj[d + i], vals[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x))
         return
     elif op == 47:  # where
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                q = 1.0 if z != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = 0.0 if z != 0.0 else 1.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, z = adj[d + i], vals[a0 + i * s0], vals[a2 + i * s2]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 if z != 0.0 else 0.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 0.0 if z != 0.0 else 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            q = 1.0 if z != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = 0.0 if z != 0.0 else 1.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, z = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 if z != 0.0 else 0.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 0.0 if z != 0.0 else 1.0)
         return
     elif op == 54:  # fmac
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                q = z
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = 1.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x, z = adj[d + i], vals[a0 + i * s0], vals[a2 + i * s2]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, z)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            q = z
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = 1.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y, z = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, z)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
         return
     elif op == 55:  # sqdiff
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = 2.0 * (x - y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = -2.0 * (x - y)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * (x - y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -2.0 * (x - y))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = 2.0 * (x - y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = -2.0 * (x - y)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * (x - y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -2.0 * (x - y))
         return
     elif op == 57:  # logaddexp
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
-                x = vals[a0 + i * s0]
-                q = sigmoid(x - y)
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                q = sigmoid(y - x)
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+                g, x = adj[d + i], vals[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x - y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, sigmoid(y - x))
             return
         for i in range(n):
-            g = adj[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            q = sigmoid(x - y)
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            q = sigmoid(y - x)
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x - y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, sigmoid(y - x))
         return
     return
 
@@ -4094,78 +2733,33 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (1.0) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0), tan[a1 + i * s1], 1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (1.0) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0), tan[a1 + i * s1], 1.0)
         return
     elif op == 1:  # mul
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (y) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (x) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], y), tan[a1 + i * s1], x)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (y) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (x) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], y), tan[a1 + i * s1], x)
         return
     elif op == 2:  # sub
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (-1.0) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0), tan[a1 + i * s1], -1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (-1.0) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0), tan[a1 + i * s1], -1.0)
         return
     elif op == 3:  # div
         if s1 == 0:
@@ -4173,127 +2767,56 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
             for i in range(n):
                 x = vals[a0 + i * s0]
                 f = vals[d + i]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0 / y) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (-f / y) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0 / y), tan[a1 + i * s1], -f / y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / y) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (-f / y) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0 / y), tan[a1 + i * s1], -f / y)
         return
     elif op == 4:  # mulc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (y) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (y) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], y)
         return
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0) * t
-            tan[d + i] = r
-        return
-    elif op == 6:  # subc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0) * t
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0)
         return
     elif op == 7:  # rsubc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (-1.0) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], -1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-1.0) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -1.0)
         return
     elif op == 8:  # divc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0 / y) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / y)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / y) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / y)
         return
     elif op == 9:  # rdivc
         if s1 == 0:
@@ -4301,79 +2824,44 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
             for i in range(n):
                 x = vals[a0 + i * s0]
                 f = vals[d + i]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (-f / x) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], -f / x)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-f / x) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -f / x)
         return
     elif op == 10:  # neg
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-1.0) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -1.0)
         return
     elif op == 11:  # square
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (2.0 * x) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 2.0 * x)
         return
     elif op == 12:  # powi
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (dpowi(x, y)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], dpowi(x, y))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (dpowi(x, y)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], dpowi(x, y))
         return
     elif op == 13:  # powc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (dpowc(x, y)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(0.0, tan[a0 + i * s0], dpowc(x, y))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (dpowc(x, y)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], dpowc(x, y))
         return
     elif op == 14:  # pow
         if s1 == 0:
@@ -4381,336 +2869,171 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
             for i in range(n):
                 x = vals[a0 + i * s0]
                 f = vals[d + i]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (dpowc(x, y)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (dpow_exp(x, y, f)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dpowc(x, y)), tan[a1 + i * s1], dpow_exp(x, y, f))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (dpowc(x, y)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (dpow_exp(x, y, f)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dpowc(x, y)), tan[a1 + i * s1], dpow_exp(x, y, f))
         return
     elif op == 15:  # sqrt
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (0.5 / f) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 0.5 / f)
         return
     elif op == 16:  # cbrt
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / (3.0 * f * f)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / (3.0 * f * f))
         return
     elif op == 17:  # exp
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (f) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], f)
         return
     elif op == 18:  # expm1
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (f + 1.0) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], f + 1.0)
         return
     elif op == 19:  # log
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / x) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / x)
         return
     elif op == 20:  # log1p
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / (1.0 + x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / (1.0 + x))
         return
     elif op == 21:  # log2
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.4426950408889634 / x) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.4426950408889634 / x)
         return
     elif op == 22:  # log10
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (0.4342944819032518 / x) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 0.4342944819032518 / x)
         return
     elif op == 23:  # sin
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (math.cos(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], math.cos(x))
         return
     elif op == 24:  # cos
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-math.sin(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -math.sin(x))
         return
     elif op == 25:  # tan
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 + f * f) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 + f * f)
         return
     elif op == 26:  # asin
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / math.sqrt(1.0 - x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 27:  # acos
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-1.0 / math.sqrt(1.0 - x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -1.0 / math.sqrt(1.0 - x * x))
         return
     elif op == 28:  # atan
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / (1.0 + x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / (1.0 + x * x))
         return
     elif op == 29:  # atan2
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (y / (x * x + y * y)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (-x / (x * x + y * y)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], y / (x * x + y * y)), tan[a1 + i * s1], -x / (x * x + y * y))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (y / (x * x + y * y)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (-x / (x * x + y * y)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], y / (x * x + y * y)), tan[a1 + i * s1], -x / (x * x + y * y))
         return
     elif op == 30:  # sinh
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (math.cosh(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], math.cosh(x))
         return
     elif op == 31:  # cosh
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (math.sinh(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], math.sinh(x))
         return
     elif op == 32:  # tanh
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 - f * f) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 - f * f)
         return
     elif op == 33:  # asinh
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / math.sqrt(x * x + 1.0)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / math.sqrt(x * x + 1.0))
         return
     elif op == 34:  # acosh
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)))
         return
     elif op == 35:  # atanh
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 / (1.0 - x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.0 / (1.0 - x * x))
         return
     elif op == 36:  # erf
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.1283791670955126 * math.exp(-x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], 1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 37:  # erfc
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (-1.1283791670955126 * math.exp(-x * x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], -1.1283791670955126 * math.exp(-x * x))
         return
     elif op == 38:  # abs
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (sign(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], sign(x))
         return
-    elif op == 39:  # sign
+    elif op == 39 or op == 40 or op == 41 or op == 56:  # sign, floor, ceil, stop_gradient
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 40:  # floor
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 41:  # ceil
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            r = 0.0
-            tan[d + i] = r
+            tan[d + i] = 0.0
         return
     elif op == 42:  # minimum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (dmin(x, y)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (dmin(y, x)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dmin(x, y)), tan[a1 + i * s1], dmin(y, x))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (dmin(x, y)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (dmin(y, x)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dmin(x, y)), tan[a1 + i * s1], dmin(y, x))
         return
     elif op == 43:  # maximum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (dmin(y, x)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (dmin(x, y)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dmin(y, x)), tan[a1 + i * s1], dmin(x, y))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (dmin(y, x)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (dmin(x, y)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], dmin(y, x)), tan[a1 + i * s1], dmin(x, y))
         return
     elif op == 44:  # hypot
         if s1 == 0:
@@ -4718,244 +3041,78 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
             for i in range(n):
                 x = vals[a0 + i * s0]
                 f = vals[d + i]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (safe_div(x, f)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (safe_div(y, f)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], safe_div(x, f)), tan[a1 + i * s1], safe_div(y, f))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (safe_div(x, f)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (safe_div(y, f)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], safe_div(x, f)), tan[a1 + i * s1], safe_div(y, f))
         return
     elif op == 45:  # sigmoid
         for i in range(n):
             x = vals[a0 + i * s0]
             f = vals[d + i]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (f * (1.0 - f)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], f * (1.0 - f))
         return
     elif op == 46:  # softplus
         for i in range(n):
             x = vals[a0 + i * s0]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (sigmoid(x)) * t
-            tan[d + i] = r
+            tan[d + i] = add_product(0.0, tan[a0 + i * s0], sigmoid(x))
         return
     elif op == 47:  # where
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (1.0 if z != 0.0 else 0.0) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (0.0 if z != 0.0 else 1.0) * t
-                tan[d + i] = r
+                x, z = vals[a0 + i * s0], vals[a2 + i * s2]
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0 if z != 0.0 else 0.0), tan[a1 + i * s1], 0.0 if z != 0.0 else 1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (1.0 if z != 0.0 else 0.0) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (0.0 if z != 0.0 else 1.0) * t
-            tan[d + i] = r
+            x, y, z = vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 1.0 if z != 0.0 else 0.0), tan[a1 + i * s1], 0.0 if z != 0.0 else 1.0)
         return
-    elif op == 48:  # lt
+    elif op == 48 or op == 49 or op == 50 or op == 51 or op == 52 or op == 53:  # lt, le, gt, ge, eq, ne
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
+                tan[d + i] = 0.0
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 49:  # le
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 50:  # gt
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 51:  # ge
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 52:  # eq
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
-        return
-    elif op == 53:  # ne
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                x = vals[a0 + i * s0]
-                r = 0.0
-                tan[d + i] = r
-            return
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = 0.0
         return
     elif op == 54:  # fmac
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (z) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (1.0) * t
-                tan[d + i] = r
+                x, z = vals[a0 + i * s0], vals[a2 + i * s2]
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], z), tan[a1 + i * s1], 1.0)
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (z) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (1.0) * t
-            tan[d + i] = r
+            x, y, z = vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], z), tan[a1 + i * s1], 1.0)
         return
     elif op == 55:  # sqdiff
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (2.0 * (x - y)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (-2.0 * (x - y)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 2.0 * (x - y)), tan[a1 + i * s1], -2.0 * (x - y))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (2.0 * (x - y)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (-2.0 * (x - y)) * t
-            tan[d + i] = r
-        return
-    elif op == 56:  # stop_gradient
-        for i in range(n):
-            x = vals[a0 + i * s0]
-            r = 0.0
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], 2.0 * (x - y)), tan[a1 + i * s1], -2.0 * (x - y))
         return
     elif op == 57:  # logaddexp
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
                 x = vals[a0 + i * s0]
-                r = 0.0
-                t = tan[a0 + i * s0]
-                if t != 0.0:
-                    r += (sigmoid(x - y)) * t
-                t = tan[a1 + i * s1]
-                if t != 0.0:
-                    r += (sigmoid(y - x)) * t
-                tan[d + i] = r
+                tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], sigmoid(x - y)), tan[a1 + i * s1], sigmoid(y - x))
             return
         for i in range(n):
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            r = 0.0
-            t = tan[a0 + i * s0]
-            if t != 0.0:
-                r += (sigmoid(x - y)) * t
-            t = tan[a1 + i * s1]
-            if t != 0.0:
-                r += (sigmoid(y - x)) * t
-            tan[d + i] = r
+            x, y = vals[a0 + i * s0], vals[a1 + i * s1]
+            tan[d + i] = add_product(add_product(0.0, tan[a0 + i * s0], sigmoid(x - y)), tan[a1 + i * s1], sigmoid(y - x))
         return
     for i in range(n):
         tan[d + i] = np.nan
@@ -4963,1378 +3120,643 @@ def elementwise_tangent(op, vals, tan, d, n, a0, s0, a1, s1, a2, s2):
 
 @kernel(inline=True)
 def elementwise_adjoint_tangent(op, vals, tan, adj, adt, d, n, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1):
-    """As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt`` (forward-over-reverse)."""
+    """As :func:`elementwise_adjoint`, also moving the adjoints' tangents ``adt``."""
     if op == 0:  # add
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 1.0)
         return
     elif op == 1:  # mul
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = y
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 1.0
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = x
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 1.0
-                    if hh != 0.0:
-                        v += g * hh * t0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+                adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, y), t1, 1.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, x)
+                adt[b1 + i * u1] = add_product(add_product(adt[b1 + i * u1], gd, x), t0, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = y
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t1 != 0.0:
-                hh = 1.0
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 1.0
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, y), t1, 1.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, x)
+            adt[b1 + i * u1] = add_product(add_product(adt[b1 + i * u1], gd, x), t0, 1.0)
         return
     elif op == 2:  # sub
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = -1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -1.0)
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, -1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = -1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -1.0)
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, -1.0)
         return
     elif op == 3:  # div
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = 1.0 / y
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t1 != 0.0:
-                    hh = -1.0 / (y * y)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = -f / y
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = -1.0 / (y * y)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 2.0 * f / (y * y)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+                adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / y), t1, -1.0 / (y * y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -f / y)
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -f / y), t0, -1.0 / (y * y)), t1, 2.0 * f / (y * y))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = 1.0 / y
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t1 != 0.0:
-                hh = -1.0 / (y * y)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = -f / y
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -1.0 / (y * y)
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = 2.0 * f / (y * y)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / y), t1, -1.0 / (y * y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -f / y)
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -f / y), t0, -1.0 / (y * y)), t1, 2.0 * f / (y * y))
         return
     elif op == 4:  # mulc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = y
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, y)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = y
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, y)
         return
-    elif op == 5:  # addc
+    elif op == 5 or op == 6:  # addc, subc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-        return
-    elif op == 6:  # subc
-        if s1 == 0:
-            y = vals[a1]
-            for i in range(n):
-                g = adj[d + i]
-                gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-            return
-        for i in range(n):
-            g = adj[d + i]
-            gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0)
         return
     elif op == 7:  # rsubc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = -1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, -1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = -1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, -1.0)
         return
     elif op == 8:  # divc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = 1.0 / y
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0 / y)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / y
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / y)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0 / y)
         return
     elif op == 9:  # rdivc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                t0 = tan[a0 + i * s0]
-                q = -f / x
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 2.0 * f / (x * x)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -f / x)
+                adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, -f / x), t0, 2.0 * f / (x * x))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = -f / x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.0 * f / (x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -f / x)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, -f / x), t0, 2.0 * f / (x * x))
         return
     elif op == 10:  # neg
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = -1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, -1.0)
         return
     elif op == 11:  # square
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 2.0 * x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.0
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * x)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 2.0 * x), t0, 2.0)
         return
     elif op == 12:  # powi
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = dpowi(x, y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 0.0 if y == 0.0 else y * dpowi(x, y - 1.0)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowi(x, y))
+                adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, dpowi(x, y)), t0, 0.0 if y == 0.0 else y * dpowi(x, y - 1.0))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = dpowi(x, y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 0.0 if y == 0.0 else y * dpowi(x, y - 1.0)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowi(x, y))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, dpowi(x, y)), t0, 0.0 if y == 0.0 else y * dpowi(x, y - 1.0))
         return
     elif op == 13:  # powc
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                q = dpowc(x, y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
+                t0 = g * tan[a0 + i * s0]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+                adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, dpowc(x, y)), t0, 0.0 if y == 0.0 else y * dpowc(x, y - 1.0))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            q = dpowc(x, y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, dpowc(x, y)), t0, 0.0 if y == 0.0 else y * dpowc(x, y - 1.0))
         return
     elif op == 14:  # pow
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = dpowc(x, y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = dpow_exp(x, y, f)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+                adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, dpowc(x, y)), t0, 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)), t1, 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x)))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dpow_exp(x, y, f))
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, dpow_exp(x, y, f)), t0, 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))), t1, 0.0 if x == 0.0 else f * math.log(x) * math.log(x))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = dpowc(x, y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = dpow_exp(x, y, f)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = 0.0 if x == 0.0 else f * math.log(x) * math.log(x)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dpowc(x, y))
+            adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, dpowc(x, y)), t0, 0.0 if y == 0.0 else y * dpowc(x, y - 1.0)), t1, 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x)))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dpow_exp(x, y, f))
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, dpow_exp(x, y, f)), t0, 0.0 if x == 0.0 else x ** (y - 1.0) * (1.0 + y * math.log(x))), t1, 0.0 if x == 0.0 else f * math.log(x) * math.log(x))
         return
     elif op == 15:  # sqrt
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = 0.5 / f
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -0.25 / (f * f * f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 0.5 / f)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 0.5 / f), t0, -0.25 / (f * f * f))
         return
     elif op == 16:  # cbrt
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / (3.0 * f * f)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.0 / (9.0 * f * f * f * f * f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (3.0 * f * f))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / (3.0 * f * f)), t0, -2.0 / (9.0 * f * f * f * f * f))
         return
     elif op == 17:  # exp
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = f
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = f
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, f), t0, f)
         return
     elif op == 18:  # expm1
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = f + 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = f + 1.0
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f + 1.0)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, f + 1.0), t0, f + 1.0)
         return
     elif op == 19:  # log
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -1.0 / (x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / x)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / x), t0, -1.0 / (x * x))
         return
     elif op == 20:  # log1p
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / (1.0 + x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -1.0 / ((1.0 + x) * (1.0 + x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 + x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / (1.0 + x)), t0, -1.0 / ((1.0 + x) * (1.0 + x)))
         return
     elif op == 21:  # log2
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.4426950408889634 / x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -1.4426950408889634 / (x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.4426950408889634 / x)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.4426950408889634 / x), t0, -1.4426950408889634 / (x * x))
         return
     elif op == 22:  # log10
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 0.4342944819032518 / x
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -0.4342944819032518 / (x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 0.4342944819032518 / x)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 0.4342944819032518 / x), t0, -0.4342944819032518 / (x * x))
         return
     elif op == 23:  # sin
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
             f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = math.cos(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -f
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.cos(x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, math.cos(x)), t0, -f)
         return
     elif op == 24:  # cos
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
             f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = -math.sin(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -f
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -math.sin(x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, -math.sin(x)), t0, -f)
         return
     elif op == 25:  # tan
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 + f * f
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.0 * f * (1.0 + f * f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 + f * f)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 + f * f), t0, 2.0 * f * (1.0 + f * f))
         return
     elif op == 26:  # asin
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / math.sqrt(1.0 - x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / math.sqrt(1.0 - x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / math.sqrt(1.0 - x * x)), t0, x / ((1.0 - x * x) * math.sqrt(1.0 - x * x)))
         return
     elif op == 27:  # acos
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = -1.0 / math.sqrt(1.0 - x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -x / ((1.0 - x * x) * math.sqrt(1.0 - x * x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.0 / math.sqrt(1.0 - x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, -1.0 / math.sqrt(1.0 - x * x)), t0, -x / ((1.0 - x * x) * math.sqrt(1.0 - x * x)))
         return
     elif op == 28:  # atan
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / (1.0 + x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.0 * x / ((1.0 + x * x) * (1.0 + x * x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 + x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / (1.0 + x * x)), t0, -2.0 * x / ((1.0 + x * x) * (1.0 + x * x)))
         return
     elif op == 29:  # atan2
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = y / (x * x + y * y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = -x / (x * x + y * y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y / (x * x + y * y))
+                adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, y / (x * x + y * y)), t0, -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))), t1, (x * x - y * y) / ((x * x + y * y) * (x * x + y * y)))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -x / (x * x + y * y))
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -x / (x * x + y * y)), t0, (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))), t1, 2.0 * x * y / ((x * x + y * y) * (x * x + y * y)))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = y / (x * x + y * y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = -x / (x * x + y * y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = 2.0 * x * y / ((x * x + y * y) * (x * x + y * y))
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, y / (x * x + y * y))
+            adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, y / (x * x + y * y)), t0, -2.0 * x * y / ((x * x + y * y) * (x * x + y * y))), t1, (x * x - y * y) / ((x * x + y * y) * (x * x + y * y)))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -x / (x * x + y * y))
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -x / (x * x + y * y)), t0, (x * x - y * y) / ((x * x + y * y) * (x * x + y * y))), t1, 2.0 * x * y / ((x * x + y * y) * (x * x + y * y)))
         return
     elif op == 30:  # sinh
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
             f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = math.cosh(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = f
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.cosh(x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, math.cosh(x)), t0, f)
         return
     elif op == 31:  # cosh
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
             f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = math.sinh(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = f
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, math.sinh(x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, math.sinh(x)), t0, f)
         return
     elif op == 32:  # tanh
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 - f * f
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.0 * f * (1.0 - f * f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 - f * f)
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 - f * f), t0, -2.0 * f * (1.0 - f * f))
         return
     elif op == 33:  # asinh
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / math.sqrt(x * x + 1.0)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -x / ((x * x + 1.0) * math.sqrt(x * x + 1.0))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / math.sqrt(x * x + 1.0))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / math.sqrt(x * x + 1.0)), t0, -x / ((x * x + 1.0) * math.sqrt(x * x + 1.0)))
         return
     elif op == 34:  # acosh
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -x / ((x - 1.0) * (x + 1.0) * math.sqrt(x - 1.0) * math.sqrt(x + 1.0))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0)))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))), t0, -x / ((x - 1.0) * (x + 1.0) * math.sqrt(x - 1.0) * math.sqrt(x + 1.0)))
         return
     elif op == 35:  # atanh
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.0 / (1.0 - x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.0 * x / ((1.0 - x * x) * (1.0 - x * x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 / (1.0 - x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.0 / (1.0 - x * x)), t0, 2.0 * x / ((1.0 - x * x) * (1.0 - x * x)))
         return
     elif op == 36:  # erf
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = 1.1283791670955126 * math.exp(-x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.2567583341910252 * x * math.exp(-x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.1283791670955126 * math.exp(-x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, 1.1283791670955126 * math.exp(-x * x)), t0, -2.2567583341910252 * x * math.exp(-x * x))
         return
     elif op == 37:  # erfc
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = -1.1283791670955126 * math.exp(-x * x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.2567583341910252 * x * math.exp(-x * x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, -1.1283791670955126 * math.exp(-x * x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, -1.1283791670955126 * math.exp(-x * x)), t0, 2.2567583341910252 * x * math.exp(-x * x))
         return
     elif op == 38:  # abs
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = sign(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sign(x))
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, sign(x))
         return
     elif op == 42:  # minimum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = dmin(x, y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = dmin(y, x)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(x, y))
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, dmin(x, y))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(y, x))
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, dmin(y, x))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = dmin(x, y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = dmin(y, x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(x, y))
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, dmin(x, y))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(y, x))
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, dmin(y, x))
         return
     elif op == 43:  # maximum
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = dmin(y, x)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = dmin(x, y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(y, x))
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, dmin(y, x))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(x, y))
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, dmin(x, y))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = dmin(y, x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = dmin(x, y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, dmin(y, x))
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, dmin(y, x))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, dmin(x, y))
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, dmin(x, y))
         return
     elif op == 44:  # hypot
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                f = vals[d + i]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = safe_div(x, f)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = safe_div(safe_div(y, f) * safe_div(y, f), f)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = safe_div(y, f)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = safe_div(safe_div(x, f) * safe_div(x, f), f)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, safe_div(x, f))
+                adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, safe_div(x, f)), t0, safe_div(safe_div(y, f) * safe_div(y, f), f)), t1, safe_div(-safe_div(x, f) * safe_div(y, f), f))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, safe_div(y, f))
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, safe_div(y, f)), t0, safe_div(-safe_div(x, f) * safe_div(y, f), f)), t1, safe_div(safe_div(x, f) * safe_div(x, f), f))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, f = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = safe_div(x, f)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = safe_div(safe_div(y, f) * safe_div(y, f), f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = safe_div(y, f)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = safe_div(-safe_div(x, f) * safe_div(y, f), f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = safe_div(safe_div(x, f) * safe_div(x, f), f)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, safe_div(x, f))
+            adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, safe_div(x, f)), t0, safe_div(safe_div(y, f) * safe_div(y, f), f)), t1, safe_div(-safe_div(x, f) * safe_div(y, f), f))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, safe_div(y, f))
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, safe_div(y, f)), t0, safe_div(-safe_div(x, f) * safe_div(y, f), f)), t1, safe_div(safe_div(x, f) * safe_div(x, f), f))
         return
     elif op == 45:  # sigmoid
         for i in range(n):
-            g = adj[d + i]
+            g, x, f = adj[d + i], vals[a0 + i * s0], vals[d + i]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            f = vals[d + i]
-            t0 = tan[a0 + i * s0]
-            q = f * (1.0 - f)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = f * (1.0 - f) * (1.0 - 2.0 * f)
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, f * (1.0 - f))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, f * (1.0 - f)), t0, f * (1.0 - f) * (1.0 - 2.0 * f))
         return
     elif op == 46:  # softplus
         for i in range(n):
-            g = adj[d + i]
+            g, x = adj[d + i], vals[a0 + i * s0]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            t0 = tan[a0 + i * s0]
-            q = sigmoid(x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = sigmoid(x) * (1.0 - sigmoid(x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
+            t0 = g * tan[a0 + i * s0]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x))
+            adt[b0 + i * u0] = add_product(add_product(adt[b0 + i * u0], gd, sigmoid(x)), t0, sigmoid(x) * (1.0 - sigmoid(x)))
         return
     elif op == 47:  # where
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, z = adj[d + i], vals[a0 + i * s0], vals[a2 + i * s2]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = 1.0 if z != 0.0 else 0.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = 0.0 if z != 0.0 else 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 if z != 0.0 else 0.0)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0 if z != 0.0 else 0.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 0.0 if z != 0.0 else 1.0)
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 0.0 if z != 0.0 else 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, z = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = 1.0 if z != 0.0 else 0.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = 0.0 if z != 0.0 else 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 1.0 if z != 0.0 else 0.0)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, 1.0 if z != 0.0 else 0.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 0.0 if z != 0.0 else 1.0)
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 0.0 if z != 0.0 else 1.0)
         return
     elif op == 54:  # fmac
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x, z = adj[d + i], vals[a0 + i * s0], vals[a2 + i * s2]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                z = vals[a2 + i * s2]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = z
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = 1.0
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, z)
+                adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, z)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
+                adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 1.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y, z = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1], vals[a2 + i * s2]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            z = vals[a2 + i * s2]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = z
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = 1.0
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, z)
+            adt[b0 + i * u0] = add_product(adt[b0 + i * u0], gd, z)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, 1.0)
+            adt[b1 + i * u1] = add_product(adt[b1 + i * u1], gd, 1.0)
         return
     elif op == 55:  # sqdiff
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = 2.0 * (x - y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = 2.0
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = -2.0
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = -2.0 * (x - y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = -2.0
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = 2.0
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * (x - y))
+                adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, 2.0 * (x - y)), t0, 2.0), t1, -2.0)
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -2.0 * (x - y))
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -2.0 * (x - y)), t0, -2.0), t1, 2.0)
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = 2.0 * (x - y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = 2.0
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = -2.0
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = -2.0 * (x - y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -2.0
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = 2.0
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, 2.0 * (x - y))
+            adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, 2.0 * (x - y)), t0, 2.0), t1, -2.0)
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, -2.0 * (x - y))
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, -2.0 * (x - y)), t0, -2.0), t1, 2.0)
         return
     elif op == 57:  # logaddexp
         if s1 == 0:
             y = vals[a1]
             for i in range(n):
-                g = adj[d + i]
+                g, x = adj[d + i], vals[a0 + i * s0]
                 gd = adt[d + i]
-                x = vals[a0 + i * s0]
-                t0 = tan[a0 + i * s0]
-                t1 = tan[a1 + i * s1]
-                q = sigmoid(x - y)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = sigmoid(x - y) * sigmoid(y - x)
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = -(sigmoid(x - y) * sigmoid(y - x))
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b0 + i * u0]
-                adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b0 + i * u0] += v
-                q = sigmoid(y - x)
-                v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-                if g != 0.0 and t0 != 0.0:
-                    hh = -(sigmoid(x - y) * sigmoid(y - x))
-                    if hh != 0.0:
-                        v += g * hh * t0
-                if g != 0.0 and t1 != 0.0:
-                    hh = sigmoid(x - y) * sigmoid(y - x)
-                    if hh != 0.0:
-                        v += g * hh * t1
-                t = adj[b1 + i * u1]
-                adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-                adt[b1 + i * u1] += v
+                t0 = g * tan[a0 + i * s0]
+                t1 = g * tan[a1 + i * s1]
+                adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x - y))
+                adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, sigmoid(x - y)), t0, sigmoid(x - y) * sigmoid(y - x)), t1, -(sigmoid(x - y) * sigmoid(y - x)))
+                adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, sigmoid(y - x))
+                adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, sigmoid(y - x)), t0, -(sigmoid(x - y) * sigmoid(y - x))), t1, sigmoid(x - y) * sigmoid(y - x))
             return
         for i in range(n):
-            g = adj[d + i]
+            g, x, y = adj[d + i], vals[a0 + i * s0], vals[a1 + i * s1]
             gd = adt[d + i]
-            x = vals[a0 + i * s0]
-            y = vals[a1 + i * s1]
-            t0 = tan[a0 + i * s0]
-            t1 = tan[a1 + i * s1]
-            q = sigmoid(x - y)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = sigmoid(x - y) * sigmoid(y - x)
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = -(sigmoid(x - y) * sigmoid(y - x))
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b0 + i * u0]
-            adj[b0 + i * u0] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b0 + i * u0] += v
-            q = sigmoid(y - x)
-            v = gd * q if gd != 0.0 and q != 0.0 else 0.0
-            if g != 0.0 and t0 != 0.0:
-                hh = -(sigmoid(x - y) * sigmoid(y - x))
-                if hh != 0.0:
-                    v += g * hh * t0
-            if g != 0.0 and t1 != 0.0:
-                hh = sigmoid(x - y) * sigmoid(y - x)
-                if hh != 0.0:
-                    v += g * hh * t1
-            t = adj[b1 + i * u1]
-            adj[b1 + i * u1] = t + g * q if g != 0.0 and q != 0.0 else t
-            adt[b1 + i * u1] += v
+            t0 = g * tan[a0 + i * s0]
+            t1 = g * tan[a1 + i * s1]
+            adj[b0 + i * u0] = add_product(adj[b0 + i * u0], g, sigmoid(x - y))
+            adt[b0 + i * u0] = add_product(add_product(add_product(adt[b0 + i * u0], gd, sigmoid(x - y)), t0, sigmoid(x - y) * sigmoid(y - x)), t1, -(sigmoid(x - y) * sigmoid(y - x)))
+            adj[b1 + i * u1] = add_product(adj[b1 + i * u1], g, sigmoid(y - x))
+            adt[b1 + i * u1] = add_product(add_product(add_product(adt[b1 + i * u1], gd, sigmoid(y - x)), t0, -(sigmoid(x - y) * sigmoid(y - x))), t1, sigmoid(x - y) * sigmoid(y - x))
         return
     return

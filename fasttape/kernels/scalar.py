@@ -11,8 +11,8 @@ import math
 from fasttape.kernels.jit import kernel
 
 # What the generated dispatch module imports (codegen reads this list).
-__all__ = ["accumulate", "dmin", "dpow_exp", "dpowc", "dpowi", "fmax", "fmin", "powi",
-           "safe_div", "sigmoid", "sign", "softplus"]
+__all__ = ["accumulate", "add_product", "dmin", "dpow_exp", "dpowc", "dpowi", "fmax", "fmin",
+           "powi", "safe_div", "sigmoid", "sign", "softplus"]
 
 
 @kernel
@@ -135,3 +135,13 @@ def accumulate(adj, p, g, d):
         adj[p] -= g
     elif d != 0.0:
         adj[p] += g * d
+
+
+@kernel(inline=True)
+def add_product(t, g, d):
+    # t + g * d, or t itself where the adjoint g or the partial d is exactly zero: the rules of
+    # accumulate (and of the scalar sweeps' skip of a zero adjoint) as one select, which the
+    # vector sweeps (batch rows, tensor elements) vectorize.  Keeps a signed zero and keeps
+    # 0 * inf out of the sum exactly as the branches do.  With a literal d of 1.0 or -1.0, LLVM
+    # folds the product away (t + g, t - g: bitwise the same).
+    return t + g * d if g != 0.0 and d != 0.0 else t

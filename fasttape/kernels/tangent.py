@@ -60,6 +60,22 @@ __all__ = [
 ]
 
 
+@kernel(inline=True)
+def _any_nonzero(rows, s):  # pragma: no cover (jitted)
+    """Whether row ``s`` of ``rows`` (shape ``(n_slots, K)``) has a non-zero entry."""
+    for d in range(rows.shape[1]):
+        if rows[s, d] != 0.0:
+            return True
+    return False
+
+
+@kernel(inline=True)
+def _clear_row(rows, s):  # pragma: no cover (jitted)
+    """Zero row ``s`` of ``rows`` (shape ``(n_slots, K)``)."""
+    for d in range(rows.shape[1]):
+        rows[s, d] = 0.0
+
+
 @kernel
 def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cover (jitted)
     """Forward sweep with ``K = tan.shape[1]`` tangent directions.
@@ -78,8 +94,7 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cove
             tan[i, d] = xdot[i, d]
     for i in range(consts.shape[0]):
         vals[n_in + i] = consts[i]
-        for d in range(nk):
-            tan[n_in + i, d] = 0.0
+        _clear_row(tan, n_in + i)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
@@ -89,8 +104,7 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cove
         vals[s] = f
         nd = NDIFF[op]
         if nd == 0:
-            for d in range(nk):
-                tan[s, d] = 0.0
+            _clear_row(tan, s)
         elif nd == 1:
             a0 = args[k]
             q0 = p0 != 0.0
@@ -118,23 +132,17 @@ def reverse_vec(ops, args, vals, adj, n_pre):  # pragma: no cover (jitted)
     rows are zero again and rows below ``n_pre`` hold the input and constant adjoints.
     Each direction follows exactly the scalar reverse sweep's rules and order.
     """
+    nk = adj.shape[1]
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
         op = ops[i]
         k -= ARITY[op]
         s = n_pre + i
-        nk = adj.shape[1]
-        nd = NDIFF[op]
-        live = False
-        for d in range(nk):
-            if adj[s, d] != 0.0:
-                live = True
-                break
-        if not live:
+        if not _any_nonzero(adj, s):
             continue  # zero adjoints in every direction: the row is already clean
+        nd = NDIFF[op]
         if nd == 0:
-            for d in range(nk):
-                adj[s, d] = 0.0
+            _clear_row(adj, s)
             continue
         p0, p1 = partials(op, vals, args, k, s)
         a0 = args[k]
@@ -201,21 +209,13 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
         op = ops[i]
         k -= ARITY[op]
         s = n_pre + i
-        nk = adjdot.shape[1]
-        nd = NDIFF[op]
         g = adj[s]
         adj[s] = 0.0
-        live = g != 0.0
-        if not live:
-            for d in range(nk):
-                if adjdot[s, d] != 0.0:
-                    live = True
-                    break
-        if not live:
+        if g == 0.0 and not _any_nonzero(adjdot, s):
             continue  # nothing flows: the rows are already clean
+        nd = NDIFF[op]
         if nd == 0:
-            for d in range(nk):
-                adjdot[s, d] = 0.0
+            _clear_row(adjdot, s)
             continue
         p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
         a0 = args[k]
@@ -254,8 +254,7 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
                 _add_scaled_row(adjdot, a1, tan, a0, c01)
             if r11:
                 _add_scaled_row(adjdot, a1, tan, a1, c11)
-        for d in range(nk):
-            adjdot[s, d] = 0.0
+        _clear_row(adjdot, s)
 
 
 @kernel
@@ -340,8 +339,7 @@ def cotangent_driver(ops, args, consts, outputs, xin, w, identity, vals, adj, ou
                 for d in range(nk):
                     res[i, d] = adj[i, d]
         for i in range(n_pre):
-            for d in range(nk):
-                adj[i, d] = 0.0
+            _clear_row(adj, i)
 
 
 @kernel
@@ -373,8 +371,7 @@ def hvp_driver(ops, args, consts, outputs, which, xin, xdot, identity, vals, tan
                 res[i, j0 + d] = adjdot[i, d]
         for i in range(n_pre):
             adj[i] = 0.0
-            for d in range(nk):
-                adjdot[i, d] = 0.0
+            _clear_row(adjdot, i)
     if identity:
         for i in range(n_in):
             for j in range(i + 1, n_in):

@@ -610,6 +610,21 @@ class TensorTape:
             slots[j][1] + slots[i][1]) for i in range(len(slots))) for j in range(len(slots)))
         return out[0][0] if len(slots) == 1 else out
 
+    def jacobian(self, *args: Any, p: Any = None) -> Any:
+        """Derivatives of every output element by every input element: one reverse sweep
+        per output element.  Each gradient leaf gets shape ``output_shape + leaf_shape``
+        (one argument: that array; several: a tuple)."""
+        _, shape, size = self._out
+        rows = []
+        for k in range(size):
+            cot = np.zeros(size)
+            cot[k] = 1.0
+            g = self.vjp(args, cot.reshape(shape), p=p)
+            rows.append(g if isinstance(g, tuple) else (g,))
+        parts = tuple(_reshape_tree(_stack_tree([r[j] for r in rows]), shape)
+                      for j in range(len(rows[0])))
+        return parts[0] if len(parts) == 1 else parts
+
     def numba_kernel(self, *args: Any, **kwargs: Any) -> Any:
         """Not yet on tensor tapes (NotImplementedError)."""
         return self._unsupported("numba_kernel")

@@ -15,11 +15,8 @@ from fasttape.bench.peers.base import ArrayPeer, Built, as_numpy
 __all__ = ["AutogradPeer"]
 
 
-class AutogradPeer(ArrayPeer):
+class AutogradPeer(ArrayPeer, name="autograd", module="autograd"):
     """HIPS autograd."""
-
-    name = "autograd"
-    module = "autograd"
 
     def build(self, case: Case) -> Built:
         import autograd

@@ -54,8 +54,17 @@ class Built:
     style: str
 
 
+#: The attributes a peer's class header may set (see :class:`Peer`).
+_SPEC = ("name", "module", "dist", "scalar_cap", "scalar_cap_quick", "vector_cap",
+         "vector_cap_quick", "vectorized")
+
+
 class Peer:
-    """Base class: name, import name, size caps and :meth:`build`."""
+    """Base class: name, import name, size caps and :meth:`build`.
+
+    A subclass declares what it is in its header, as class keywords that set the attributes
+    below: ``class JaxPeer(ArrayPeer, name="jax", module="jax", scalar_cap=600)``.
+    """
 
     #: Column label in the table.
     name = "peer"
@@ -72,6 +81,15 @@ class Peer:
     vector_cap_quick: int | None = None
     #: Whether the peer has vectorized code for the VECTORIZED families.
     vectorized = False
+
+    def __init_subclass__(cls, **spec: Any) -> None:
+        unknown = sorted(k for k in spec if k not in _SPEC)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown peer field(s) {unknown}; "
+                            f"a peer's header takes {', '.join(_SPEC)}")
+        super().__init_subclass__()
+        for key, value in spec.items():
+            setattr(cls, key, value)
 
     def available(self) -> str | None:
         """None if the peer can run, else why not ("not installed: ...")."""
@@ -128,15 +146,10 @@ class Peer:
         raise NotImplementedError
 
 
-class ArrayPeer(Peer):
+class ArrayPeer(Peer, scalar_cap=12_000, scalar_cap_quick=1_200, vector_cap=None,
+                vector_cap_quick=12_000, vectorized=True):
     """An array library (JAX, PyTorch, autograd): vectorized code for the VECTORIZED families,
     straight-line code on scalars (one array element or 0-d tensor per node) otherwise."""
-
-    scalar_cap = 12_000
-    scalar_cap_quick = 1_200
-    vector_cap = None
-    vector_cap_quick = 12_000
-    vectorized = True
 
     def array_function(
         self, case: Case, xp: Any, overrides: dict[str, Any]
@@ -164,12 +177,9 @@ class ArrayPeer(Peer):
         return scalar_code(case, OpNamespace(self.name, xp, overrides)), "scalar"
 
 
-class ScalarGraphPeer(Peer):
+class ScalarGraphPeer(Peer, scalar_cap=1_200_000, scalar_cap_quick=12_000):
     """A scalar expression-graph engine (CasADi SX, ddx): the case traced into the peer's own
     graph of scalar operations, evaluated by its interpreter, up to fasttape's largest sizes."""
-
-    scalar_cap = 1_200_000
-    scalar_cap_quick = 12_000
 
 
 def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:

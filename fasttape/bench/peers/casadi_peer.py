@@ -16,11 +16,8 @@ from fasttape.bench.peers.base import Built, OpNamespace, ScalarGraphPeer
 __all__ = ["CasadiPeer"]
 
 
-class CasadiPeer(ScalarGraphPeer):
+class CasadiPeer(ScalarGraphPeer, name="casadi-sx", module="casadi"):
     """CasADi SX (virtual machine, no code generation)."""
-
-    name = "casadi-sx"
-    module = "casadi"
 
     def build(self, case: Case) -> Built:
         import casadi as ca

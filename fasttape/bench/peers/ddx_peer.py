@@ -19,12 +19,8 @@ from fasttape.bench.peers.base import Built, OpNamespace, ScalarGraphPeer
 __all__ = ["DdxPeer"]
 
 
-class DdxPeer(ScalarGraphPeer):
+class DdxPeer(ScalarGraphPeer, name="ddx", module="ddx", dist="ddx-ad"):
     """ddx-ad (import name ``ddx``)."""
-
-    name = "ddx"
-    module = "ddx"
-    dist = "ddx-ad"
 
     def build(self, case: Case) -> Built:
         import ddx

@@ -17,18 +17,13 @@ from fasttape.bench.peers.base import ArrayPeer, Built, as_numpy
 __all__ = ["JaxPeer"]
 
 
-class JaxPeer(ArrayPeer):
+# XLA's compile time explodes on straight-line scalar code (on the shared 2-core machine: 1 s
+# for 600 instructions of random-local, 70 s for 600 of autograd-west, 3 minutes for about 900
+# of random-local), and a compile cannot be interrupted (the runner waits for a timed-out one,
+# up to 10 times the limit), so straight-line code is tried only up to 600 instructions: never
+# at the default sizes (1,000 and up); pass --nodes 300 to see it.
+class JaxPeer(ArrayPeer, name="jax", module="jax", scalar_cap=600, scalar_cap_quick=300):
     """JAX jit on CPU, float64."""
-
-    name = "jax"
-    module = "jax"
-    # XLA's compile time explodes on straight-line scalar code (on the shared 2-core machine:
-    # 1 s for 600 instructions of random-local, 70 s for 600 of autograd-west, 3 minutes for
-    # about 900 of random-local), and a compile cannot be interrupted (the runner waits for a
-    # timed-out one, up to 10 times the limit), so straight-line code is tried only up to 600
-    # instructions: never at the default sizes (1,000 and up); pass --nodes 300 to see it.
-    scalar_cap = 600
-    scalar_cap_quick = 300
 
     def build(self, case: Case) -> Built:
         import jax

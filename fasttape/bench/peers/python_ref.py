@@ -20,13 +20,9 @@ from fasttape.ops import OPS
 __all__ = ["PythonPeer"]
 
 
-class PythonPeer(Peer):
+class PythonPeer(Peer, name="numpy-python", module="numpy", scalar_cap=120_000,
+                 scalar_cap_quick=12_000):
     """Pure Python two-sweep interpreter of the tape arrays."""
-
-    name = "numpy-python"
-    module = "numpy"
-    scalar_cap = 120_000
-    scalar_cap_quick = 12_000
 
     def build(self, case: Case) -> Built:
         t0 = time.perf_counter()

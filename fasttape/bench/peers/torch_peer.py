@@ -33,11 +33,8 @@ def _vectorized(case: Case) -> Callable[[Any], Any]:
     return vectorized_fn(case.family, type(case)(**{**case.__dict__, "data": data}), xp)
 
 
-class TorchPeer(ArrayPeer):
+class TorchPeer(ArrayPeer, name="torch", module="torch"):
     """PyTorch eager, float64."""
-
-    name = "torch"
-    module = "torch"
 
     def function(self, case: Case) -> tuple[Callable[[Any], Any], str]:
         """The case's function of one tensor, and its style."""
@@ -76,15 +73,13 @@ class TorchPeer(ArrayPeer):
         return Built(value, value_and_grad, t1 - t0, 0.0, style)
 
 
-class TorchCompilePeer(TorchPeer):
+class TorchCompilePeer(TorchPeer, name="torch-compile", module="torch"):
     """``torch.compile`` of the vectorized code (default mode), float64, eager backward call.
 
     Compiling takes tens of seconds per function (about 45 s for the first one in a process
     on the shared 2-core machine), so this peer sits out ``--quick`` runs.
     """
 
-    name = "torch-compile"
-    module = "torch"
     dist = "torch"
 
     def applies(self, family: str, quick: bool) -> str | None:
