@@ -152,6 +152,15 @@ def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None)
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
+def _canonical(csr: Any) -> Any:
+    """``csr`` with sorted indices and no repeated entries; a copy when it needs changes
+    (``csr_matrix(pattern)`` shares the caller's arrays, which stay untouched)."""
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    return csr
+
+
 def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
     """Greedy distance-2 coloring of the columns of a sparse pattern, largest column first.
 
@@ -164,8 +173,7 @@ def color_columns(pattern: Any) -> tuple[np.ndarray, int]:
     n_colors : int
     """
     sp = _scipy_sparse()
-    csr = sp.csr_matrix(pattern)
-    csr.sort_indices()
+    csr = _canonical(sp.csr_matrix(pattern))
     csc = csr.tocsc()
     csc.sort_indices()
     counts = np.diff(csc.indptr)
@@ -199,8 +207,8 @@ def star_color(pattern: Any) -> tuple[np.ndarray, int]:
     n_colors : int
     """
     sp = _scipy_sparse()
-    csr = sp.csr_matrix(pattern)
-    csr.sort_indices()
+    # Repeated entries would count a neighbor twice in the kernel's per-vertex color counts.
+    csr = _canonical(sp.csr_matrix(pattern))
     counts = np.diff(csr.indptr)
     order = np.argsort(-counts, kind="stable").astype(np.int64)
     colors = np.full(csr.shape[1], -1, np.int64)

@@ -201,6 +201,11 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
     return rows[:top], cols[:top]
 
 
+#: Rows longer than this (and longer than ``n_cols / 64``) are *dense* in
+#: :func:`greedy_distance2`: their used colors are kept as a bitset instead of being walked.
+DENSE_ROW = 64
+
+
 @kernel
 def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
     # pragma: no cover (jitted)
@@ -211,17 +216,64 @@ def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
     colored.  ``col_ptr/col_rows`` is the pattern by columns (CSC), ``row_ptr/row_cols`` by
     rows (CSR); ``colors`` (filled with -1 on entry) receives the colors (-1 stays for an
     empty column).
+
+    Walking every row of a column costs ``sum_r len(r)**2`` in all: quadratic in the length
+    of a dense row (an arrowhead).  So a *dense* row (longer than :data:`DENSE_ROW` and than
+    ``n_cols / 64``) is never walked: it keeps the colors used in it as a bitset, and a
+    column in dense rows searches the OR of their bitsets 64 colors per word.  The bitsets
+    cost at most ``8 * nnz`` bytes (``nnz / limit`` dense rows of ``n_cols / 64`` words);
+    the colors are exactly the plain greedy's.
     """
-    forbidden = np.full(order.shape[0] + 1, -1, np.int64)
+    n_cols = colors.shape[0]
+    n_rows = row_ptr.shape[0] - 1
+    limit = max(DENSE_ROW, n_cols // 64)
+    dense = np.full(n_rows, -1, np.int64)
+    n_dense = 0
+    for r in range(n_rows):
+        if row_ptr[r + 1] - row_ptr[r] > limit:
+            dense[r] = n_dense
+            n_dense += 1
+    n_words = n_cols // 64 + 1  # colors are < n_cols
+    used = np.zeros((n_dense, n_words), np.int64)
+    forbidden = np.full(n_cols + 1, -1, np.int64)
     n_colors = 0
     for j in _with_entries(order, col_ptr):
+        in_dense = False
         for p in range(col_ptr[j], col_ptr[j + 1]):
             r = col_rows[p]
+            if dense[r] >= 0:
+                in_dense = True
+                continue
             for q in range(row_ptr[r], row_ptr[r + 1]):
                 c = colors[row_cols[q]]
                 if c >= 0:
                     forbidden[c] = j
-        n_colors = _take_smallest_color(forbidden, j, colors, n_colors)
+        if not in_dense:
+            n_colors = _take_smallest_color(forbidden, j, colors, n_colors)
+            continue
+        # The first color free in every dense row of j (a zero bit of the OR of their
+        # bitsets) and not forbidden by its other rows.
+        c = -1
+        for wi in range(n_words):
+            m = np.int64(0)
+            for p in range(col_ptr[j], col_ptr[j + 1]):
+                d = dense[col_rows[p]]
+                if d >= 0:
+                    m |= used[d, wi]
+            if m == -1:
+                continue  # all 64 colors of this word are taken
+            for b in range(64):
+                if (m >> b) & 1 == 0 and forbidden[64 * wi + b] != j:
+                    c = 64 * wi + b
+                    break
+            if c >= 0:
+                break
+        colors[j] = c
+        n_colors = max(n_colors, c + 1)
+        for p in range(col_ptr[j], col_ptr[j + 1]):
+            d = dense[col_rows[p]]
+            if d >= 0:
+                used[d, c // 64] |= np.int64(1) << (c % 64)
     return n_colors
 
 
@@ -333,6 +385,23 @@ def gather_rows(start, length, idx, slots):  # pragma: no cover (jitted)
     return indptr, indices
 
 
+@kernel(inline=True)
+def _find_color(keys, lo, n, c):  # pragma: no cover (jitted)
+    """The position of ``c`` in ``keys[lo : lo + n]``, or -1."""
+    for q in range(lo, lo + n):
+        if keys[q] == c:
+            return q
+    return -1
+
+
+@kernel(inline=True)
+def _add_color(keys, lo, size, v, c):  # pragma: no cover (jitted)
+    """Add ``c`` to the set ``keys[lo : lo + size[v]]`` (no repeats)."""
+    if _find_color(keys, lo, size[v], c) < 0:
+        keys[lo + size[v]] = c
+        size[v] += 1
+
+
 @kernel
 def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
     """Greedy star coloring of a symmetric pattern's adjacency graph; returns the color count.
@@ -343,9 +412,32 @@ def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
     ``x`` has a neighbor ``y != w`` colored like ``w`` (that would make the path ``v w x y``
     two-colored).  Every path on four vertices then uses at least three colors, which is what
     direct symmetric recovery needs (:func:`recover_star`).  ``ptr/adj`` is the pattern in CSR
-    form (the diagonal is ignored); ``colors`` is -1 on entry; vertices with no entry at all
-    keep -1.
+    form without repeated entries (the diagonal is ignored); ``colors`` is -1 on entry;
+    vertices with no entry at all keep -1.
+
+    Walking the paths ``v w x`` costs ``deg(w)`` per ``v``: quadratic in a dense row (an
+    arrowhead's hub).  Instead, the walk's outcome is kept per vertex and updated as
+    vertices are colored (the idea of ColPack's star coloring, Gebremedhin, Tarafdar, Manne
+    and Pothen 2007), with exactly the colors of the walk:
+
+    * ``cnt[x][c]``: how many colored neighbors ``x`` has of color ``c`` (and the first of
+      them).  An uncolored ``w`` forbids every color with ``cnt[w][c] >= 1``.
+    * ``B(w)`` for a colored ``w``: the colors of its colored neighbors ``x`` with
+      ``cnt[x][color(w)] >= 2`` (a neighbor ``y != w`` colored like ``w``).  A colored ``w``
+      forbids its color and ``B(w)``.
+
+    Both live in the CSR layout of ``adj`` (a vertex has at most ``deg`` distinct neighbor
+    colors), so the memory is a few arrays of ``nnz``, and the time is ``nnz`` times the
+    number of distinct colors around a vertex.
     """
+    n = ptr.shape[0] - 1
+    nnz = adj.shape[0]
+    cnt_color = np.empty(nnz, np.int64)  # per vertex x: the colors of its colored neighbors
+    cnt = np.empty(nnz, np.int64)  # ... how many of each
+    first = np.empty(nnz, np.int64)  # ... and the first one colored
+    n_cnt = np.zeros(n, np.int64)
+    b_color = np.empty(nnz, np.int64)  # B(w)
+    n_b = np.zeros(n, np.int64)
     forbidden = np.full(order.shape[0] + 1, -1, np.int64)
     n_colors = 0
     for v in _with_entries(order, ptr):
@@ -356,19 +448,48 @@ def greedy_star(order, ptr, adj, colors):  # pragma: no cover (jitted)
             cw = colors[w]
             if cw >= 0:
                 forbidden[cw] = v
-            for q in range(ptr[w], ptr[w + 1]):
-                x = adj[q]
-                if x == v or x == w or colors[x] < 0:
-                    continue
-                if cw < 0:
-                    forbidden[colors[x]] = v
-                else:
-                    for r in range(ptr[x], ptr[x + 1]):
-                        y = adj[r]
-                        if y != w and y != x and colors[y] == cw:
-                            forbidden[colors[x]] = v
-                            break
+                for q in range(ptr[w], ptr[w] + n_b[w]):
+                    forbidden[b_color[q]] = v
+            else:
+                for q in range(ptr[w], ptr[w] + n_cnt[w]):
+                    forbidden[cnt_color[q]] = v
         n_colors = _take_smallest_color(forbidden, v, colors, n_colors)
+        c = colors[v]
+        # v as the new neighbor of each w: count it; a colored w with two neighbors of
+        # color c now puts its color in B of both (v and the first one).
+        has_pair = False
+        for p in range(ptr[v], ptr[v + 1]):
+            w = adj[p]
+            if w == v:
+                continue
+            q = _find_color(cnt_color, ptr[w], n_cnt[w], c)
+            if q < 0:
+                q = ptr[w] + n_cnt[w]
+                n_cnt[w] += 1
+                cnt_color[q] = c
+                cnt[q] = 0
+                first[q] = v
+            cnt[q] += 1
+            cw = colors[w]
+            if cw >= 0 and cnt[q] >= 2:
+                _add_color(b_color, ptr[v], n_b, v, cw)
+                if cnt[q] == 2:
+                    _add_color(b_color, ptr[first[q]], n_b, first[q], cw)
+        # v as the newly colored middle vertex: its neighbors y of a color it already
+        # has twice get c in B(y).
+        for q in range(ptr[v], ptr[v] + n_cnt[v]):
+            if cnt[q] >= 2:
+                has_pair = True
+                break
+        if has_pair:
+            for p in range(ptr[v], ptr[v + 1]):
+                y = adj[p]
+                cy = colors[y]
+                if y == v or cy < 0:
+                    continue
+                q = _find_color(cnt_color, ptr[v], n_cnt[v], cy)
+                if cnt[q] >= 2:
+                    _add_color(b_color, ptr[y], n_b, y, c)
     return n_colors
 
 
