@@ -36,38 +36,17 @@ def _take_smallest_color(forbidden, v, colors, n_colors):  # pragma: no cover (j
 
 
 @kernel
-def _grow(arr, need):  # pragma: no cover (jitted)
-    """``arr`` with room for at least ``need`` entries (doubling), contents kept."""
-    if need <= arr.shape[0]:
-        return arr
-    cap = max(2 * arr.shape[0], need)
-    new = np.empty(cap, arr.dtype)
-    new[: arr.shape[0]] = arr
-    return new
+def _sets_from(ops, args, arity, ndiff, n_pre, start, length, idx, i0, k0, top):
+    # pragma: no cover (jitted)
+    """The set propagation of :func:`index_sets` from instruction ``i0`` (arguments at
+    ``k0``, ``top`` entries of ``idx`` used) until the end or until ``idx`` is too small for
+    the next union; returns ``(i, k, top)`` where it stopped.
 
-
-@kernel
-def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (jitted)
-    """The input-index set of every slot: ``(start, length, idx)``.
-
-    Slot ``s``'s sorted set is ``idx[start[s] : start[s] + length[s]]``.  Input ``i`` has
-    ``{i}``; parameters and constants have the empty set; an instruction has the union of the
-    sets of its first ``ndiff[op]`` (differentiable) arguments.  Non-differentiable arguments
-    (``where``'s condition, comparisons, ``sign``, ``floor``, exponents) contribute nothing:
-    the op table gives them no partial, so no derivative flows through them.
+    ``idx`` is an argument that this loop never reassigns: growing it inside the loop (the
+    array variable rebound) made the whole loop several times slower.
     """
-    n_instr = ops.shape[0]
-    n_slots = n_pre + n_instr
-    start = np.zeros(n_slots, np.int64)
-    length = np.zeros(n_slots, np.int64)
-    idx = np.empty(max(16, n_inputs + 2 * n_instr), np.int32)
-    for i in range(n_inputs):
-        idx[i] = i
-        start[i] = i
-        length[i] = 1
-    top = n_inputs
-    k = 0
-    for i in range(n_instr):
+    k = k0
+    for i in range(i0, ops.shape[0]):
         op = ops[i]
         s = n_pre + i
         nd = ndiff[op]
@@ -87,7 +66,8 @@ def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (j
                 start[s] = start[b]
                 length[s] = lb
             else:
-                idx = _grow(idx, top + la + lb)
+                if top + la + lb > idx.shape[0]:
+                    return i, k, top  # the caller grows idx and resumes here
                 pa = start[a]
                 pb = start[b]
                 ea = pa + la
@@ -127,6 +107,38 @@ def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (j
                     length[s] = q - top
                     top = q
         k += arity[op]
+    return ops.shape[0], k, top
+
+
+@kernel
+def index_sets(ops, args, arity, ndiff, n_inputs, n_pre):  # pragma: no cover (jitted)
+    """The input-index set of every slot: ``(start, length, idx)``.
+
+    Slot ``s``'s sorted set is ``idx[start[s] : start[s] + length[s]]``.  Input ``i`` has
+    ``{i}``; parameters and constants have the empty set; an instruction has the union of the
+    sets of its first ``ndiff[op]`` (differentiable) arguments.  Non-differentiable arguments
+    (``where``'s condition, comparisons, ``sign``, ``floor``, exponents) contribute nothing:
+    the op table gives them no partial, so no derivative flows through them.
+    """
+    n_instr = ops.shape[0]
+    n_slots = n_pre + n_instr
+    start = np.zeros(n_slots, np.int64)
+    length = np.zeros(n_slots, np.int64)
+    idx = np.empty(max(16, n_inputs + 2 * n_instr), np.int32)
+    for i in range(n_inputs):
+        idx[i] = i
+        start[i] = i
+        length[i] = 1
+    i, k, top = _sets_from(ops, args, arity, ndiff, n_pre, start, length, idx, 0, 0,
+                           n_inputs)
+    while i < n_instr:
+        # Out of room before instruction i: double (at least what its union needs).
+        a = args[k]
+        b = args[k + 1]
+        bigger = np.empty(max(2 * idx.shape[0], top + length[a] + length[b]), np.int32)
+        bigger[:top] = idx[:top]
+        idx = bigger
+        i, k, top = _sets_from(ops, args, arity, ndiff, n_pre, start, length, idx, i, k, top)
     return start, length, idx[:top]
 
 
@@ -143,6 +155,13 @@ def reaching(ops, args, arity, ndiff, n_pre, seeds):  # pragma: no cover (jitted
                 seeds[args[k + j]] = True
 
 
+@kernel(inline=True)
+def _pair_args(e):  # pragma: no cover (jitted)
+    """Second partial number ``e`` -> its argument pair, in the table's order: one argument:
+    ``(0, 0)``; two: ``(0, 0), (0, 1), (1, 1)``."""
+    return (0 if e < 2 else 1), (0 if e == 0 else 1)
+
+
 @kernel
 def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
     # pragma: no cover (jitted)
@@ -151,12 +170,21 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
     ``nonlin[op, e]`` says whether the op's second partial number ``e`` is structurally
     nonzero, in the table's order: ``(aa,)`` for one differentiable argument, ``(aa, ab, bb)``
     for two.  Only instructions marked in ``live`` (see :func:`reaching`) contribute.
-    Returns ``(rows, cols)`` with duplicates.
+    Returns ``(rows, cols)`` with duplicates.  Two passes (count, then fill arrays of the
+    exact size): a growing array rebound inside the loop made it 10x slower.
     """
-    # A typical tape emits a few pairs per instruction: start there, double when needed.
-    cap = max(1024, 2 * ops.shape[0])
-    rows = np.empty(cap, np.int32)
-    cols = np.empty(cap, np.int32)
+    total = 0
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        if live[n_pre + i]:
+            for e in range(3):
+                if nonlin[op, e]:
+                    ja, jb = _pair_args(e)
+                    total += length[args[k + ja]] * length[args[k + jb]]
+        k += arity[op]
+    rows = np.empty(total, np.int32)
+    cols = np.empty(total, np.int32)
     top = 0
     k = 0
     for i in range(ops.shape[0]):
@@ -165,20 +193,12 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
             for e in range(3):
                 if not nonlin[op, e]:
                     continue
-                # e -> argument pair: one argument: (0, 0); two: (0,0), (0,1), (1,1).
-                ja = 0 if e < 2 else 1
-                jb = 0 if e == 0 else 1
+                ja, jb = _pair_args(e)
                 a = args[k + ja]
                 b = args[k + jb]
-                la = length[a]
-                lb = length[b]
-                need = top + la * lb
-                if need > rows.shape[0]:
-                    rows = _grow(rows, need)
-                    cols = _grow(cols, need)
-                for p in range(start[a], start[a] + la):
+                for p in range(start[a], start[a] + length[a]):
                     u = idx[p]
-                    for q in range(start[b], start[b] + lb):
+                    for q in range(start[b], start[b] + length[b]):
                         v = idx[q]
                         if u <= v:
                             rows[top] = u
@@ -188,7 +208,7 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
                             cols[top] = u
                         top += 1
         k += arity[op]
-    return rows[:top], cols[:top]
+    return rows, cols
 
 
 #: Rows longer than this (and longer than ``n_cols / 64``) are *dense* in
@@ -498,7 +518,18 @@ def symmetric_csr(rows, cols, n):  # pragma: no cover (jitted)
                 seen[j] = i
                 indices[top] = j
                 top += 1
-        indices[row_start:top] = np.sort(indices[row_start:top])
+        if top - row_start > 32:
+            indices[row_start:top] = np.sort(indices[row_start:top])
+            indptr[i + 1] = top
+            continue
+        # Short rows: insertion sort in place (np.sort allocates per row: 4x slower here).
+        for p in range(row_start + 1, top):
+            v = indices[p]
+            q = p - 1
+            while q >= row_start and indices[q] > v:
+                indices[q + 1] = indices[q]
+                q -= 1
+            indices[q + 1] = v
         indptr[i + 1] = top
     return indptr, indices[:top]
 
