@@ -183,6 +183,26 @@ def test_compressed_values_match_dense(fn):
     np.testing.assert_array_equal(jac(x).toarray(), tape.jacobian(x, mode="forward"))
 
 
+@pytest.mark.parametrize("fn", [
+    lambda x: ft.sum(ft.sin(v) * ft.exp(v) + v * v / (1.0 + v * v) for v in x),
+    lambda x: ft.sum(ft.where(v > 0.0, v ** 3, ft.log(1.0 + v * v)) - ft.sqrt(v * v + 2.0)
+                     for v in x),
+], ids=["smooth", "where"])
+def test_one_color_sweeps_match_the_general_ones_bitwise(fn):
+    """A diagonal Hessian has one color, evaluated by the single-direction sweep pair
+    (no direction loops): bitwise the HVP of the general sweeps along the same seed."""
+    n = 30
+    tape = ft.compile(ft.trace(fn, n))
+    plan = tape.sparse_hessian_plan()
+    assert plan.n_colors == 1
+    x = np.random.default_rng(4).uniform(-2.0, 2.0, n)
+    x[3] = 0.0  # where's kink and zero tangents' rules
+    got = plan.compressed(x)[:, 0]
+    want = tape.hvp(x, np.ones(n))
+    assert got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(plan(x).diagonal(), want)
+
+
 def test_banded_colors_bounded():
     tape = ft.compile(ft.trace(banded, 200))
     plan = tape.sparse_hessian_plan(coloring="distance2")
