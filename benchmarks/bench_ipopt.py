@@ -65,8 +65,9 @@ class _Timed(ipopt.Callbacks):
     """The bridge's callbacks with the time spent in each kind, and the iteration count."""
 
     def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
         self.times = {"f": 0.0, "g": 0.0, "grad_f": 0.0, "jac_g": 0.0, "hess_l": 0.0}
+        super().__init__(*args)  # its warm-up calls count as build time, not evaluations
+        self.times = dict.fromkeys(self.times, 0.0)
         self.iterations = 0
 
     def _time(self, key: str, fn: Any, *args: Any) -> Any:

@@ -59,6 +59,46 @@ def test_unconstrained_and_bad_tapes():
         ipopt.Callbacks(f, two)
 
 
+def test_warm_up_calls_every_callback_once_at_zero():
+    """Building calls each callback once at x = 0 (work arrays allocated before IPOPT's
+    first request); warm_up=False calls none."""
+
+    class Counting(ipopt.Callbacks):
+        def __init__(self, *args, **kwargs):
+            self.seen = []
+            super().__init__(*args, **kwargs)
+
+        def objective(self, x):
+            self.seen.append(("f", x.tolist()))
+            return super().objective(x)
+
+        def gradient(self, x):
+            self.seen.append(("grad", x.tolist()))
+            return super().gradient(x)
+
+        def constraints(self, x):
+            self.seen.append(("g", x.tolist()))
+            return super().constraints(x)
+
+        def jacobian(self, x):
+            self.seen.append(("jac", x.tolist()))
+            return super().jacobian(x)
+
+        def hessian(self, x, lagrange, obj_factor):
+            self.seen.append(("hess", x.tolist()))
+            return super().hessian(x, lagrange, obj_factor)
+
+    f, c = hs071()
+    cb = Counting(f, c)
+    assert sorted(cb.seen) == sorted((k, [0.0] * 4) for k in ("f", "grad", "g", "jac", "hess"))
+    assert Counting(f, c, warm_up=False).seen == []
+    # Warm or not, the callbacks give the same values.
+    x, lam = np.array([1.0, 5.0, 5.0, 1.0]), np.array([0.7, -1.3])
+    cold = ipopt.Callbacks(f, c, warm_up=False)
+    np.testing.assert_array_equal(cb.hessian(x, lam, 2.0), cold.hessian(x, lam, 2.0))
+    np.testing.assert_array_equal(cb.jacobian(x), cold.jacobian(x))
+
+
 @pytest.mark.oracle
 @pytest.mark.skipif(not HAS_CYIPOPT, reason="No module named 'cyipopt' (it needs the IPOPT "
                     "library installed first)")

@@ -183,6 +183,26 @@ def test_compressed_values_match_dense(fn):
     np.testing.assert_array_equal(jac(x).toarray(), tape.jacobian(x, mode="forward"))
 
 
+@pytest.mark.parametrize("fn", [
+    lambda x: ft.sum(ft.sin(v) * ft.exp(v) + v * v / (1.0 + v * v) for v in x),
+    lambda x: ft.sum(ft.where(v > 0.0, v ** 3, ft.log(1.0 + v * v)) - ft.sqrt(v * v + 2.0)
+                     for v in x),
+], ids=["smooth", "where"])
+def test_one_color_sweeps_match_the_general_ones_bitwise(fn):
+    """A diagonal Hessian has one color, evaluated by the single-direction sweep pair
+    (no direction loops): bitwise the HVP of the general sweeps along the same seed."""
+    n = 30
+    tape = ft.compile(ft.trace(fn, n))
+    plan = tape.sparse_hessian_plan()
+    assert plan.n_colors == 1
+    x = np.random.default_rng(4).uniform(-2.0, 2.0, n)
+    x[3] = 0.0  # where's kink and zero tangents' rules
+    got = plan.compressed(x)[:, 0]
+    want = tape.hvp(x, np.ones(n))
+    assert got.tobytes() == want.tobytes()
+    np.testing.assert_array_equal(plan(x).diagonal(), want)
+
+
 def test_banded_colors_bounded():
     tape = ft.compile(ft.trace(banded, 200))
     plan = tape.sparse_hessian_plan(coloring="distance2")
@@ -345,6 +365,108 @@ def test_star_coloring_of_random_symmetric_patterns(n, density, seed):
     assert k == (used.max() + 1 if len(used) else 0)
     d2, _ = sparse.color_columns(sym)
     check_distance2(sym, d2)
+
+
+def plain_greedy_distance2(pattern) -> np.ndarray:
+    """The textbook greedy (largest column first, every row walked), in Python."""
+    csc = sp.csc_matrix(pattern)
+    csr = sp.csr_matrix(pattern)
+    order = np.argsort(-np.diff(csc.indptr), kind="stable")
+    colors = np.full(csr.shape[1], -1)
+    for j in order:
+        rows = csc.indices[csc.indptr[j]:csc.indptr[j + 1]]
+        if len(rows) == 0:
+            continue
+        used = {colors[k] for r in rows for k in csr.indices[csr.indptr[r]:csr.indptr[r + 1]]}
+        colors[j] = next(c for c in range(len(colors) + 1) if c not in used)
+    return colors
+
+
+def plain_greedy_star(pattern) -> np.ndarray:
+    """Gebremedhin-Manne-Pothen Algorithm 4.1 walked path by path, in Python."""
+    csr = sp.csr_matrix(pattern)
+    nb = [set(csr.indices[csr.indptr[i]:csr.indptr[i + 1]]) - {i} for i in range(csr.shape[0])]
+    order = np.argsort(-np.diff(csr.indptr), kind="stable")
+    colors = np.full(csr.shape[0], -1)
+    for v in order:
+        if csr.indptr[v] == csr.indptr[v + 1]:
+            continue
+        used = set()
+        for w in nb[v]:
+            if colors[w] >= 0:
+                used.add(colors[w])
+            for x in nb[w] - {v}:
+                if colors[x] < 0:
+                    continue
+                if colors[w] < 0 or any(colors[y] == colors[w] for y in nb[x] - {w}):
+                    used.add(colors[x])
+        colors[v] = next(c for c in range(len(colors) + 1) if c not in used)
+    return colors
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 160), st.floats(0.0, 0.1), st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_colorings_equal_the_plain_greedy_with_dense_rows(n, density, n_dense, seed):
+    """The kernels avoid walking dense rows (bitsets, per-vertex color counts) but give
+    exactly the colors of the textbook greedy: patterns with up to 3 dense rows of length
+    up to 160 (beyond sparsity.DENSE_ROW = 64, so the bitset path runs, over several
+    64-color words)."""
+    rng = np.random.default_rng(seed)
+    a = sp.random(n, n, density=density, random_state=rng, format="lil")
+    for r in rng.integers(0, n, n_dense):
+        a[r, rng.random(n) < 0.9] = 1.0
+    a = a.tocsr()
+    sym = ((a + a.T) != 0).astype(np.int8)
+    star, _ = sparse.star_color(sym)
+    np.testing.assert_array_equal(star, plain_greedy_star(sym))
+    check_star(sym, star)
+    for pat in (a, sym):
+        d2, k = sparse.color_columns(pat)
+        np.testing.assert_array_equal(d2, plain_greedy_distance2(pat))
+        check_distance2(pat, d2)
+        assert k == d2.max() + 1
+
+
+def test_colorings_ignore_repeated_entries():
+    """A CSR pattern that stores an entry twice colors as the one without repeats (the star
+    kernel counts neighbors per color: a repeat would count twice), and the caller's
+    arrays are left as they were."""
+    rng = np.random.default_rng(3)
+    n = 8
+    a = rng.random((n, n)) < 0.3
+    a = a | a.T
+    r, c = np.nonzero(a)
+    k = rng.integers(0, len(r), len(r) // 2)
+    r2, c2 = np.concatenate([r, r[k]]), np.concatenate([c, c[k]])
+    o = np.lexsort((c2, r2))
+    r2, c2 = r2[o], c2[o]
+    raw = sp.csr_matrix((np.ones(len(r2)), c2, np.searchsorted(r2, np.arange(n + 1))),
+                        shape=(n, n))
+    before = raw.indices.copy()
+    for color in (sparse.star_color, sparse.color_columns):
+        got, k_got = color(raw)
+        want, k_want = color(a.astype(np.int8))
+        np.testing.assert_array_equal(got, want)
+        assert k_got == k_want
+    np.testing.assert_array_equal(raw.indices, before)
+    assert raw.nnz == len(r2)
+
+
+def test_colorings_of_a_large_arrowhead_are_not_quadratic():
+    """An arrowhead of n = 200,000: walking the hub's row per column (the former kernels)
+    took minutes; the kernels now take well under a second.  No timing is asserted: a
+    quadratic kernel makes this test run for minutes."""
+    n = 200_000
+    hub = np.zeros(n - 1, np.int64)
+    leaves = np.arange(1, n)
+    rows = np.concatenate([hub, leaves, leaves])
+    cols = np.concatenate([leaves, hub, leaves])
+    pat = sp.csr_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    colors, k = sparse.star_color(pat)
+    assert k == 2 and colors[0] == 0 and (colors[1:] == 1).all()
+    colors, k = sparse.color_columns(pat)
+    # Distance 2: every leaf shares row 0 with every other leaf, so all n - 1 differ.
+    assert k == n and len(np.unique(colors[1:])) == n - 1 and colors[0] not in colors[1:]
 
 
 def test_op_table_fits_the_sparsity_kernels():
