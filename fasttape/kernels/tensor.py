@@ -124,27 +124,27 @@ def _row_offset(fields, p, nd, row):
 
 
 @kernel(inline=True)
+def _copy_rows(fields, p):
+    # (rows, inner, step, nd): the COPY at p as rows of ``inner`` elements, ``step`` apart.
+    n, nd = fields[p + 1], fields[p + 3]
+    inner = fields[p + 3 + nd]
+    return (n // inner if n else 0), _U(inner), _U(fields[p + 3 + 2 * nd]), nd
+
+
+@kernel(inline=True)
 def copy_forward(fields, p, vals):
-    d, n, nd = fields[p], fields[p + 1], fields[p + 3]
-    inner, step = _U(fields[p + 3 + nd]), _U(fields[p + 3 + 2 * nd])
-    if n == 0:
-        return
-    for row in range(n // inner):
-        src = _U(_row_offset(fields, p, nd, row))
-        out = _U(d) + _U(row) * inner
+    rows, inner, step, nd = _copy_rows(fields, p)
+    for row in range(rows):
+        src, out = _U(_row_offset(fields, p, nd, row)), _U(fields[p]) + _U(row) * inner
         for t in range(inner):
             vals[out + t] = vals[src + t * step]
 
 
 @kernel(inline=True)
 def copy_reverse(fields, p, adj):
-    d, n, nd = fields[p], fields[p + 1], fields[p + 3]
-    inner, step = _U(fields[p + 3 + nd]), _U(fields[p + 3 + 2 * nd])
-    if n == 0:
-        return
-    for row in range(n // inner):
-        src = _U(_row_offset(fields, p, nd, row))
-        out = _U(d) + _U(row) * inner
+    rows, inner, step, nd = _copy_rows(fields, p)
+    for row in range(rows):
+        src, out = _U(_row_offset(fields, p, nd, row)), _U(fields[p]) + _U(row) * inner
         for t in range(inner):
             adj[src + t * step] += adj[out + t]
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from fasttape.tape import resolve_threads
 
-__all__ = ["Batch", "split_batch", "run_batch"]
+__all__ = ["Batch", "run_batch", "split_batch", "stack_tree"]
 
 
 class Batch:
@@ -85,13 +85,14 @@ def split_batch(tape: Any, args: tuple[Any, ...], p: Any) -> Batch | None:
     return Batch(size or 0, points)
 
 
-def _stack(results: list[Any]) -> Any:
-    # Stack a list of equally structured results (floats, arrays, tuples, dicts) leafwise.
+def stack_tree(results: list[Any]) -> Any:
+    """Equally structured results (floats, arrays, and dicts, lists, tuples of them) stacked
+    leaf by leaf along a new first axis."""
     first = results[0]
     if isinstance(first, dict):
-        return {k: _stack([r[k] for r in results]) for k in first}
+        return {k: stack_tree([r[k] for r in results]) for k in first}
     if isinstance(first, (tuple, list)):
-        stacked = [_stack([r[j] for r in results]) for j in range(len(first))]
+        stacked = [stack_tree([r[j] for r in results]) for j in range(len(first))]
         return tuple(stacked) if isinstance(first, tuple) else stacked
     return np.stack([np.asarray(r, dtype=np.float64) for r in results])
 
@@ -106,4 +107,4 @@ def run_batch(call: Any, batch: Batch, threads: int | None) -> Any:
     else:
         with ThreadPoolExecutor(n_threads) as pool:
             results = list(pool.map(lambda point: call(*point), batch.points))
-    return _stack(results)
+    return stack_tree(results)

@@ -27,7 +27,7 @@ from fasttape.kernels.tensor import (
     TAKE,
 )
 from fasttape.ops import N_OPS, OPS
-from fasttape.tensor.batch import run_batch, split_batch
+from fasttape.tensor.batch import run_batch, split_batch, stack_tree
 from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.lower import lower
 from fasttape.tensor.tree import TreeDef
@@ -360,6 +360,18 @@ class TensorTape:
             vals[off:off + size] = value.reshape(-1)
         return True
 
+    def _point_or_batch(self, args: tuple[Any, ...], p: Any, vals: np.ndarray, method: Any,
+                        threads: int | None) -> Any:
+        # One point: loaded into vals, None returned.  A batch (a leading axis): ``method``
+        # at every point, the results stacked and returned.
+        if self._load_fast(args, p, vals):
+            return None
+        batch = split_batch(self, args, p)
+        if batch is not None:
+            return run_batch(lambda a, q: method(*a, p=q), batch, threads)
+        self._load_checked(args, p, vals)
+        return None
+
     def _load(self, args: tuple[Any, ...], p: Any, vals: np.ndarray) -> None:
         if not self._load_fast(args, p, vals):
             self._load_checked(args, p, vals)
@@ -473,11 +485,9 @@ class TensorTape:
         thread count); the values then come stacked, shape ``(B, *output_shape)``.
         """
         vals, _ = self._buffers()
-        if not self._load_fast(args, p, vals):
-            batch = split_batch(self, args, p)
-            if batch is not None:
-                return run_batch(lambda a, q: self.value(*a, p=q), batch, threads)
-            self._load_checked(args, p, vals)
+        stacked = self._point_or_batch(args, p, vals, self.value, threads)
+        if stacked is not None:
+            return stacked
         self._forward(vals)
         return self._value_out(vals)
 
@@ -491,11 +501,9 @@ class TensorTape:
             raise ValueError(f"value_and_grad needs a scalar output, this tape's has shape "
                              f"{shape}: use vjp(args, cotangent)")
         vals, adj = self._buffers()
-        if not self._load_fast(args, p, vals):
-            batch = split_batch(self, args, p)
-            if batch is not None:
-                return run_batch(lambda a, q: self.value_and_grad(*a, p=q), batch, threads)
-            self._load_checked(args, p, vals)
+        stacked = self._point_or_batch(args, p, vals, self.value_and_grad, threads)
+        if stacked is not None:
+            return stacked
         self._sweeps(vals, adj, off, None)
         return float(vals[off]), self._grads(adj)
 
@@ -621,7 +629,7 @@ class TensorTape:
             cot[k] = 1.0
             g = self.vjp(args, cot.reshape(shape), p=p)
             rows.append(g if isinstance(g, tuple) else (g,))
-        parts = tuple(_reshape_tree(_stack_tree([r[j] for r in rows]), shape)
+        parts = tuple(_reshape_tree(stack_tree([r[j] for r in rows]), shape)
                       for j in range(len(rows[0])))
         return parts[0] if len(parts) == 1 else parts
 
@@ -697,16 +705,6 @@ def _blas_reverse(fields: np.ndarray, p: int, vals: np.ndarray, adj: np.ndarray)
 def _rebuild(cls: type[TensorTape], arrays: dict[str, np.ndarray], layout: dict[str, Any]
              ) -> TensorTape:
     return cls.from_arrays(arrays, layout)
-
-
-def _stack_tree(items: list[Any]) -> Any:
-    first = items[0]
-    if isinstance(first, dict):
-        return {k: _stack_tree([it[k] for it in items]) for k in first}
-    if isinstance(first, (list, tuple)):
-        out = [_stack_tree([it[j] for it in items]) for j in range(len(first))]
-        return tuple(out) if isinstance(first, tuple) else out
-    return np.stack(items)
 
 
 def _reshape_tree(tree: Any, out_shape: tuple[int, ...]) -> Any:

@@ -152,69 +152,16 @@ class Tensor:
         )
 
     # ----------------------------------------------------------------------- operators
-
-    def __add__(self, o: Any) -> Tensor:
-        return elementwise("add", self, o)
-
-    def __radd__(self, o: Any) -> Tensor:
-        return elementwise("add", o, self)
-
-    def __sub__(self, o: Any) -> Tensor:
-        return elementwise("sub", self, o)
-
-    def __rsub__(self, o: Any) -> Tensor:
-        return elementwise("sub", o, self)
-
-    def __mul__(self, o: Any) -> Tensor:
-        return elementwise("mul", self, o)
-
-    def __rmul__(self, o: Any) -> Tensor:
-        return elementwise("mul", o, self)
-
-    def __truediv__(self, o: Any) -> Tensor:
-        return elementwise("div", self, o)
-
-    def __rtruediv__(self, o: Any) -> Tensor:
-        return elementwise("div", o, self)
-
-    def __pow__(self, o: Any) -> Tensor:
-        return power(self, o)
-
-    def __rpow__(self, o: Any) -> Tensor:
-        return power(o, self)
-
-    def __matmul__(self, o: Any) -> Tensor:
-        return matmul(self, o)
-
-    def __rmatmul__(self, o: Any) -> Tensor:
-        return matmul(o, self)
-
-    def __neg__(self) -> Tensor:
-        return elementwise("neg", self)
+    # The arithmetic and comparison operators are made from _OPERATORS after the class.
 
     def __pos__(self) -> Tensor:
         return self
 
+    def __neg__(self) -> Tensor:
+        return elementwise("neg", self)
+
     def __abs__(self) -> Tensor:
         return elementwise("abs", self)
-
-    def __lt__(self, o: Any) -> Tensor:
-        return elementwise("lt", self, o)
-
-    def __le__(self, o: Any) -> Tensor:
-        return elementwise("le", self, o)
-
-    def __gt__(self, o: Any) -> Tensor:
-        return elementwise("gt", self, o)
-
-    def __ge__(self, o: Any) -> Tensor:
-        return elementwise("ge", self, o)
-
-    def __eq__(self, o: Any) -> Tensor:  # type: ignore[override]
-        return elementwise("eq", self, o)
-
-    def __ne__(self, o: Any) -> Tensor:  # type: ignore[override]
-        return elementwise("ne", self, o)
 
     def __getitem__(self, key: Any) -> Tensor:
         return getitem(self, key)
@@ -307,6 +254,28 @@ class Tensor:
                 "docs/tensors.md for the functions that trace (or write it with those)"
             )
         return impl(*args, **kwargs)
+
+
+#: Operator -> what it records: an op of the table (applied elementwise) or a function.
+_OPERATORS: dict[str, Any] = {
+    "add": "add", "sub": "sub", "mul": "mul", "truediv": "div",
+    "lt": "lt", "le": "le", "gt": "gt", "ge": "ge", "eq": "eq", "ne": "ne",
+    "pow": lambda x, y: power(x, y), "matmul": lambda x, y: matmul(x, y),
+}
+_COMPARISONS = {"lt", "le", "gt", "ge", "eq", "ne"}  # no reflected form (Python swaps them)
+
+
+def _operator(what: Any, reflected: bool) -> Any:
+    fn = (lambda *xs: elementwise(what, *xs)) if isinstance(what, str) else what
+    if reflected:
+        return lambda self, other: fn(other, self)
+    return lambda self, other: fn(self, other)
+
+
+for _name, _what in _OPERATORS.items():
+    setattr(Tensor, f"__{_name}__", _operator(_what, reflected=False))
+    if _name not in _COMPARISONS:
+        setattr(Tensor, f"__r{_name}__", _operator(_what, reflected=True))
 
 
 # --------------------------------------------------------------------------- conversion
