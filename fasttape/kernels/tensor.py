@@ -323,19 +323,31 @@ def _matmul_fields(fields, p):
 
 
 @kernel(inline=True)
-def matmul_forward(fields, p, vals):
+def _axpy(out, o, x, src, s, n):
+    # out[o : o + n] += x * src[s : s + n]: one row of a product (vectorizes).
+    for j in range(n):
+        out[o + j] += x * src[s + j]
+
+
+@kernel(inline=True)
+def _matmul_into(fields, p, va, vb, out, clear):
+    # out[C] = va[A] @ vb[B] (clear) or += (not clear), over the batch: ikj order, the inner
+    # loop a scaled row added to a row (vectorizes).
     d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
         at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
         for i in range(m):
             row = ct + i * n
-            for j in range(n):
-                vals[row + j] = 0.0
-            for q in range(k):
-                x = vals[at + i * k + q]
-                brow = bt + q * n
+            if clear:
                 for j in range(n):
-                    vals[row + j] += x * vals[brow + j]
+                    out[row + j] = 0.0
+            for q in range(k):
+                _axpy(out, row, va[at + i * k + q], vb, bt + q * n, n)
+
+
+@kernel(inline=True)
+def matmul_forward(fields, p, vals):
+    _matmul_into(fields, p, vals, vals, vals, True)
 
 
 @kernel(inline=True)
@@ -357,12 +369,8 @@ def matmul_reverse_into(fields, p, va, vb, g, out):
                 out[at + i * k + q] += _sum_products(g, ct + i * n, vb, bt + q * n, n)
         # dB[q, :] += A[i, q] * dC[i, :]: a scaled row added to a row (vectorizes).
         for i in range(m if fields[p + 10] else _U(0)):
-            crow = ct + i * n
             for q in range(k):
-                x = va[at + i * k + q]
-                brow = bt + q * n
-                for j in range(n):
-                    out[brow + j] += x * g[crow + j]
+                _axpy(out, bt + q * n, va[at + i * k + q], g, ct + i * n, n)
 
 
 @kernel(inline=True)
@@ -393,29 +401,38 @@ def _at(fields, q, j, t):
 
 
 @kernel(inline=True)
+def _member_args(fields, q, t):
+    # (d, a0, s0, a1, s1, a2, s2) of the member record at q, for the tile starting at t.
+    return (_U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]),
+            _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
+            _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
+            _at(fields, q, _U(9), t), _U(fields[q + _U(10)]))
+
+
+@kernel(inline=True)
+def _member_targets(fields, q, t):
+    # (b0, u0, b1, u1): where the member's two differentiable arguments' adjoints go.
+    return (_at(fields, q, _U(12), t), _U(fields[q + _U(13)]),
+            _at(fields, q, _U(15), t), _U(fields[q + _U(16)]))
+
+
+@kernel(inline=True)
 def _member_value(fields, q, vals, t, m):
-    elementwise_value(fields[q], vals, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]), m,
-                      _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
-                      _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
-                      _at(fields, q, _U(9), t), _U(fields[q + _U(10)]))
+    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
+    elementwise_value(fields[q], vals, d, m, a0, s0, a1, s1, a2, s2)
 
 
 @kernel(inline=True)
 def _member_adjoint(fields, q, vals, adj, t, m):
-    elementwise_adjoint(fields[q], vals, adj, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]),
-                        m, _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
-                        _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
-                        _at(fields, q, _U(9), t), _U(fields[q + _U(10)]),
-                        _at(fields, q, _U(12), t), _U(fields[q + _U(13)]),
-                        _at(fields, q, _U(15), t), _U(fields[q + _U(16)]))
+    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
+    b0, u0, b1, u1 = _member_targets(fields, q, t)
+    elementwise_adjoint(fields[q], vals, adj, d, m, a0, s0, a1, s1, a2, s2, b0, u0, b1, u1)
 
 
 @kernel(inline=True)
 def _member_tangent(fields, q, vals, tan, t, m):
-    elementwise_tangent(fields[q], vals, tan, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]),
-                        m, _at(fields, q, _U(3), t), _U(fields[q + _U(4)]),
-                        _at(fields, q, _U(6), t), _U(fields[q + _U(7)]),
-                        _at(fields, q, _U(9), t), _U(fields[q + _U(10)]))
+    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
+    elementwise_tangent(fields[q], vals, tan, d, m, a0, s0, a1, s1, a2, s2)
 
 
 # ------------------------------------------------------------------------------ tangents
@@ -463,18 +480,8 @@ def reduce_tangent(op, fields, p, vals, tan):
 @kernel(inline=True)
 def matmul_tangent(fields, p, vals, tan):
     # dC = dA @ B + A @ dB.
-    d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
-    for t in range(nb):
-        at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
-        for i in range(m):
-            row = ct + i * n
-            for j in range(n):
-                tan[row + j] = 0.0
-            for q in range(k):
-                da, x = tan[at + i * k + q], vals[at + i * k + q]
-                brow = bt + q * n
-                for j in range(n):
-                    tan[row + j] += da * vals[brow + j] + x * tan[brow + j]
+    _matmul_into(fields, p, tan, vals, tan, True)
+    _matmul_into(fields, p, vals, tan, tan, False)
 
 
 @kernel
@@ -509,12 +516,10 @@ def tangent_range(kinds, ops, at, fields, vals, tan, lo, hi):
 
 @kernel(inline=True)
 def _member_adjoint_tangent(fields, q, vals, tan, adj, adt, t, m):
-    elementwise_adjoint_tangent(
-        fields[q], vals, tan, adj, adt, _U(fields[q + _U(1)]) + t * _U(fields[q + _U(2)]), m,
-        _at(fields, q, _U(3), t), _U(fields[q + _U(4)]), _at(fields, q, _U(6), t),
-        _U(fields[q + _U(7)]), _at(fields, q, _U(9), t), _U(fields[q + _U(10)]),
-        _at(fields, q, _U(12), t), _U(fields[q + _U(13)]), _at(fields, q, _U(15), t),
-        _U(fields[q + _U(16)]))
+    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
+    b0, u0, b1, u1 = _member_targets(fields, q, t)
+    elementwise_adjoint_tangent(fields[q], vals, tan, adj, adt, d, m, a0, s0, a1, s1, a2, s2,
+                                b0, u0, b1, u1)
 
 
 @kernel(inline=True)
