@@ -12,7 +12,8 @@ Nonlinear interactions (the Hessian pattern) follow Walther's forward algorithm 
 ADOL-C and CppAD): an instruction whose second partial ``d2f / (da db)`` is structurally
 nonzero contributes every pair of ``X(a) x X(b)`` (``X``: the argument's index set), provided
 the instruction reaches a selected output through differentiable edges.  The pairs are
-emitted (``i <= j``) into a growing array and de-duplicated by the caller.
+emitted (``i <= j``, counted first, then written into arrays of the exact size) and
+de-duplicated by the caller.
 """
 
 from __future__ import annotations
