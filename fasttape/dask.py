@@ -525,11 +525,8 @@ def sum_value_and_grad(tape: Any, x: Any, p: Any = None, *, output: int | None =
 
     Parameters
     ----------
-    tape : Tape
-    x, p, threads
-        As in :func:`value`.
-    output : int, optional
-        Which output; required when the tape has several.
+    tape, x, p, threads, output
+        As in :func:`value_and_grad`.
     split_every : int, optional
         Fan-in of the reduction tree.
 

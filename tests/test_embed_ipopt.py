@@ -63,30 +63,23 @@ def test_warm_up_calls_every_callback_once_at_zero():
     """Building calls each callback once at x = 0 (work arrays allocated before IPOPT's
     first request); warm_up=False calls none."""
 
+    def recorded(name: str, tag: str):
+        """The callback ``name`` of ipopt.Callbacks, recording ``(tag, x)`` first."""
+        def method(self, x, *rest):
+            self.seen.append((tag, x.tolist()))
+            return getattr(ipopt.Callbacks, name)(self, x, *rest)
+        return method
+
     class Counting(ipopt.Callbacks):
         def __init__(self, *args, **kwargs):
             self.seen = []
             super().__init__(*args, **kwargs)
 
-        def objective(self, x):
-            self.seen.append(("f", x.tolist()))
-            return super().objective(x)
-
-        def gradient(self, x):
-            self.seen.append(("grad", x.tolist()))
-            return super().gradient(x)
-
-        def constraints(self, x):
-            self.seen.append(("g", x.tolist()))
-            return super().constraints(x)
-
-        def jacobian(self, x):
-            self.seen.append(("jac", x.tolist()))
-            return super().jacobian(x)
-
-        def hessian(self, x, lagrange, obj_factor):
-            self.seen.append(("hess", x.tolist()))
-            return super().hessian(x, lagrange, obj_factor)
+        objective = recorded("objective", "f")
+        gradient = recorded("gradient", "grad")
+        constraints = recorded("constraints", "g")
+        jacobian = recorded("jacobian", "jac")
+        hessian = recorded("hessian", "hess")
 
     f, c = hs071()
     cb = Counting(f, c)

@@ -27,6 +27,7 @@ from tests.tensor_helpers import (
     jax_vjp,
     tape_of,
 )
+from tests.thread_helpers import run_threads
 
 RNG_SEED = 20240611
 
@@ -345,15 +346,23 @@ def test_structural_values_match_numpy(name: str, fn: object, shapes: list) -> N
     assert_close(got, want, rtol=1e-14, what=name)
 
 
-@pytest.mark.parametrize(("name", "fn", "shapes"), STRUCTURAL, ids=STRUCT_IDS)
-def test_structural_gradients_match_central_differences(name: str, fn: object,
-                                                         shapes: list) -> None:
+def _check_structural_vjp(name: str, fn: object, shapes: list, oracle: object,
+                          rtol: float) -> tuple[list, object]:
+    """The tape's vjp of a structural case at a random cotangent against ``oracle(fn, args,
+    cot)``; returns the inputs and the tape for further checks."""
     args = _inputs(shapes, STRUCT_IDS.index(name))
     tape = tape_of(fn, shapes)
     cot = np.random.default_rng(1).uniform(-1.0, 1.0, size=tape.output_shape)
     got = as_list(tape.vjp(tuple(args), cot), len(args))
-    for g, f in zip(got, central_differences(fn, args, cot), strict=True):
-        assert_close(g, f, rtol=1e-7, what=name)
+    for g, want in zip(got, oracle(fn, args, cot), strict=True):
+        assert_close(g, want, rtol=rtol, what=name)
+    return args, tape
+
+
+@pytest.mark.parametrize(("name", "fn", "shapes"), STRUCTURAL, ids=STRUCT_IDS)
+def test_structural_gradients_match_central_differences(name: str, fn: object,
+                                                         shapes: list) -> None:
+    _check_structural_vjp(name, fn, shapes, central_differences, rtol=1e-7)
 
 
 @pytest.mark.oracle
@@ -362,12 +371,7 @@ def test_structural_gradients_match_central_differences(name: str, fn: object,
                          ids=[i for i in STRUCT_IDS if i not in JAX_REFUSES])
 def test_structural_gradients_match_jax(name: str, fn: object, shapes: list) -> None:
     pytest.importorskip("jax")
-    args = _inputs(shapes, STRUCT_IDS.index(name))
-    tape = tape_of(fn, shapes)
-    cot = np.random.default_rng(1).uniform(-1.0, 1.0, size=tape.output_shape)
-    got = as_list(tape.vjp(tuple(args), cot), len(args))
-    for g, j in zip(got, jax_vjp(fn, args, cot), strict=True):
-        assert_close(g, j, rtol=1e-13, what=name)
+    args, tape = _check_structural_vjp(name, fn, shapes, jax_vjp, rtol=1e-13)
     if tape.output_shape == ():
         _, g = tape.value_and_grad(*args)
         assert_close(as_list(g, len(args))[0], jax_vjp(fn, args, np.ones(()))[0], rtol=1e-13)
@@ -971,11 +975,7 @@ def test_one_tape_from_four_threads() -> None:
                 out.append((id(p), tape.value_and_grad(p, p=X)))
         results[t] = out
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, 4)
     by_id = {id(p): w for p, w in zip(points, want, strict=True)}
     assert len(results) == 4
     for out in results.values():

@@ -16,14 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.tensor_helpers import (
-    NP,
-    as_list,
-    assert_close,
-    central_differences,
-    jax_vjp,
-    tape_of,
-)
+from tests.tensor_helpers import NP, as_list, assert_close, central_differences, jax_vjp, tape_of
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

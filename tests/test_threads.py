@@ -13,6 +13,7 @@ import pytest
 
 import fasttape as ft
 from fasttape.bench.families import chain, random_local
+from tests.thread_helpers import run_threads
 
 N_THREADS = 4
 CALLS_PER_THREAD = 10
@@ -117,11 +118,7 @@ def test_each_thread_has_its_own_buffers():
             tape.value([100.0 + t, 1.0])
         got[t] = r
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_threads(work, 2)
     assert list(got[0]) == [10.0, 0.0]
     assert list(got[1]) == [11.0, 10.0]
 

@@ -12,16 +12,23 @@ Nonlinear interactions (the Hessian pattern) follow Walther's forward algorithm 
 ADOL-C and CppAD): an instruction whose second partial ``d2f / (da db)`` is structurally
 nonzero contributes every pair of ``X(a) x X(b)`` (``X``: the argument's index set), provided
 the instruction reaches a selected output through differentiable edges.  The pairs are
-emitted (``i <= j``) into a growing array and de-duplicated by the caller.
+emitted (``i <= j``, counted first, then written into arrays of the exact size) and
+de-duplicated by the caller.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fasttape.kernels.dispatch import ARITY, NDIFF, partials_and_second, value_and_partials
+from fasttape.kernels.dispatch import NDIFF, partials_and_second
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.tangent import forward_tangent, reverse_hvp
+from fasttape.kernels.sweep import load_inputs
+from fasttape.kernels.tangent import (
+    evaluate_instruction,
+    forward_tangent,
+    reverse_hvp,
+    reverse_step,
+)
 
 
 @kernel(inline=True)
@@ -170,44 +177,47 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
     ``nonlin[op, e]`` says whether the op's second partial number ``e`` is structurally
     nonzero, in the table's order: ``(aa,)`` for one differentiable argument, ``(aa, ab, bb)``
     for two.  Only instructions marked in ``live`` (see :func:`reaching`) contribute.
-    Returns ``(rows, cols)`` with duplicates.  Two passes (count, then fill arrays of the
-    exact size): a growing array rebound inside the loop made it 10x slower.
+    Returns ``(rows, cols)`` with duplicates.  Two passes: the first lists the interacting
+    argument pairs ``(a, b)`` and counts their products, the second fills arrays of the exact
+    size (a growing array rebound inside the loop made it 10x slower).
     """
+    n_ops = ops.shape[0]
+    # At most three second partials per instruction: (aa,) or (aa, ab, bb).
+    pair_a = np.empty(3 * n_ops, np.int64)
+    pair_b = np.empty(3 * n_ops, np.int64)
+    n_pairs = 0
     total = 0
     k = 0
-    for i in range(ops.shape[0]):
+    for i in range(n_ops):
         op = ops[i]
         if live[n_pre + i]:
             for e in range(3):
                 if nonlin[op, e]:
                     ja, jb = _pair_args(e)
-                    total += length[args[k + ja]] * length[args[k + jb]]
+                    a = args[k + ja]
+                    b = args[k + jb]
+                    pair_a[n_pairs] = a
+                    pair_b[n_pairs] = b
+                    n_pairs += 1
+                    total += length[a] * length[b]
         k += arity[op]
     rows = np.empty(total, np.int32)
     cols = np.empty(total, np.int32)
     top = 0
-    k = 0
-    for i in range(ops.shape[0]):
-        op = ops[i]
-        if live[n_pre + i]:
-            for e in range(3):
-                if not nonlin[op, e]:
-                    continue
-                ja, jb = _pair_args(e)
-                a = args[k + ja]
-                b = args[k + jb]
-                for p in range(start[a], start[a] + length[a]):
-                    u = idx[p]
-                    for q in range(start[b], start[b] + length[b]):
-                        v = idx[q]
-                        if u <= v:
-                            rows[top] = u
-                            cols[top] = v
-                        else:
-                            rows[top] = v
-                            cols[top] = u
-                        top += 1
-        k += arity[op]
+    for t in range(n_pairs):
+        a = pair_a[t]
+        b = pair_b[t]
+        for p in range(start[a], start[a] + length[a]):
+            u = idx[p]
+            for q in range(start[b], start[b] + length[b]):
+                v = idx[q]
+                if u <= v:
+                    rows[top] = u
+                    cols[top] = v
+                else:
+                    rows[top] = v
+                    cols[top] = u
+                top += 1
     return rows, cols
 
 
@@ -290,6 +300,15 @@ def greedy_distance2(order, col_ptr, col_rows, row_ptr, row_cols, colors):
     return n_colors
 
 
+@kernel(inline=True)
+def _seed_weights(outputs, w, adj):  # pragma: no cover (jitted)
+    """Seed the reverse sweep of a weighted HVP: ``adj[outputs[j]] += w[j]``, zero weights
+    skipped (an output may appear twice: the weights add up)."""
+    for j in range(outputs.shape[0]):
+        if w[j] != 0.0:
+            adj[outputs[j]] += w[j]
+
+
 @kernel
 def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res):
     # pragma: no cover (jitted)
@@ -304,9 +323,7 @@ def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdo
     n_pre = n_in + consts.shape[0]
     nk = tan.shape[1]
     forward_tangent(ops, args, consts, xin, xdot, vals, tan)
-    for j in range(outputs.shape[0]):
-        if w[j] != 0.0:
-            adj[outputs[j]] += w[j]
+    _seed_weights(outputs, w, adj)
     reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre)
     for i in range(n_in):
         for d in range(nk):
@@ -323,21 +340,14 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cov
     ``tan`` 1-D: the same products in the same order (bitwise its column), without the
     direction loops, whose overhead at ``K = 1`` makes the general sweep 1.5-2x slower."""
     n_in = xin.shape[0]
-    n_pre = n_in + consts.shape[0]
+    n_pre = load_inputs(consts, xin, vals)
     for i in range(n_in):
-        vals[i] = xin[i]
         tan[i] = xdot[i]
-    for i in range(consts.shape[0]):
-        vals[n_in + i] = consts[i]
-        tan[n_in + i] = 0.0
+    for i in range(n_in, n_pre):
+        tan[i] = 0.0
     k = 0
     for i in range(ops.shape[0]):
-        op = ops[i]
-        s = n_pre + i
-        x = vals[args[k]]
-        f, p0, p1 = value_and_partials(op, x, vals, args, k)
-        vals[s] = f
-        nd = NDIFF[op]
+        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             tan[s] = 0.0
         elif nd == 1:
@@ -348,7 +358,7 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cov
             t1 = tan[args[k + 1]]
             u = p0 * t0 if (p0 != 0.0 and t0 != 0.0) else 0.0
             tan[s] = u + p1 * t1 if (p1 != 0.0 and t1 != 0.0) else u
-        k += ARITY[op]
+        k = k_next
 
 
 @kernel
@@ -359,12 +369,8 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover 
     its column; about 2x faster than the general sweep at ``K = 1``."""
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
-        op = ops[i]
-        k -= ARITY[op]
-        s = n_pre + i
-        g = adj[s]
+        op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
         gd = adjdot[s]
-        adj[s] = 0.0
         adjdot[s] = 0.0
         nd = NDIFF[op]
         if (g == 0.0 and gd == 0.0) or nd == 0:
@@ -402,9 +408,7 @@ def weighted_hvp1(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjd
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
     forward_tangent1(ops, args, consts, xin, xdot, vals, tan)
-    for j in range(outputs.shape[0]):
-        if w[j] != 0.0:
-            adj[outputs[j]] += w[j]
+    _seed_weights(outputs, w, adj)
     reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre)
     for i in range(n_in):
         res[i] = adjdot[i]

@@ -34,6 +34,7 @@ __all__ = [
     "PREFETCH_MIN_SLOTS",
     "forward_partials",
     "forward_values",
+    "load_inputs",
     "reverse_lean",
     "reverse_stored",
     "value_and_grad_kernel",
@@ -58,7 +59,7 @@ PREFETCH_MIN_SLOTS = 1 << 16
 
 
 @kernel(inline=True)
-def _load_inputs(consts, xin, vals):  # pragma: no cover (jitted)
+def load_inputs(consts, xin, vals):  # pragma: no cover (jitted)
     """Load ``xin`` and ``consts`` into the first slots of ``vals``; returns ``n_pre``.
 
     Parameters
@@ -115,7 +116,7 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
     Loads ``xin`` and ``consts`` into the first slots of ``vals``, then evaluates every
     instruction in order into slot ``n_pre + i``, or ``dest[i]`` with a plan.
     """
-    n_pre = _load_inputs(consts, xin, vals)
+    n_pre = load_inputs(consts, xin, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]
@@ -132,7 +133,7 @@ def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma:
     """As :func:`forward_values`, also storing the partial derivative of every
     differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1),
     which the reverse sweeps know (:func:`fasttape.kernels.codegen.unit_partials`)."""
-    n_pre = _load_inputs(consts, xin, vals)
+    n_pre = load_inputs(consts, xin, vals)
     k = 0
     for i in range(ops.shape[0]):
         op = ops[i]

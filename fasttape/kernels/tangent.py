@@ -48,13 +48,15 @@ from fasttape.kernels.dispatch import (
     value_and_partials,
 )
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.sweep import forward_values
+from fasttape.kernels.sweep import forward_values, load_inputs
 
 __all__ = [
     "cotangent_driver",
+    "evaluate_instruction",
     "forward_tangent",
     "hvp_driver",
     "reverse_hvp",
+    "reverse_step",
     "reverse_vec",
     "tangent_driver",
 ]
@@ -76,6 +78,28 @@ def _clear_row(rows, s):  # pragma: no cover (jitted)
         rows[s, d] = 0.0
 
 
+@kernel(inline=True)
+def evaluate_instruction(ops, args, vals, n_pre, i, k):  # pragma: no cover (jitted)
+    """Evaluate instruction ``i`` (arguments from ``args[k]``) into its slot ``n_pre + i``.
+
+    The step every forward tangent sweep starts an instruction with (:func:`forward_tangent`
+    and the one-direction sweep of :mod:`fasttape.kernels.sparsity`): the value and the
+    partials come from one dispatch.
+
+    Returns
+    -------
+    tuple
+        ``(s, nd, p0, p1, k_next)``: the slot, the op's number of differentiable arguments,
+        its two partials (0.0 where absent) and the next instruction's argument position.
+    """
+    op = ops[i]
+    s = n_pre + i
+    x = vals[args[k]]
+    f, p0, p1 = value_and_partials(op, x, vals, args, k)
+    vals[s] = f
+    return s, NDIFF[op], p0, p1, k + ARITY[op]
+
+
 @kernel
 def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cover (jitted)
     """Forward sweep with ``K = tan.shape[1]`` tangent directions.
@@ -87,22 +111,15 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cove
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
-    n_pre = n_in + consts.shape[0]
+    n_pre = load_inputs(consts, xin, vals)
     for i in range(n_in):
-        vals[i] = xin[i]
         for d in range(nk):
             tan[i, d] = xdot[i, d]
-    for i in range(consts.shape[0]):
-        vals[n_in + i] = consts[i]
-        _clear_row(tan, n_in + i)
+    for i in range(n_in, n_pre):
+        _clear_row(tan, i)
     k = 0
     for i in range(ops.shape[0]):
-        op = ops[i]
-        s = n_pre + i
-        x = vals[args[k]]
-        f, p0, p1 = value_and_partials(op, x, vals, args, k)
-        vals[s] = f
-        nd = NDIFF[op]
+        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             _clear_row(tan, s)
         elif nd == 1:
@@ -121,7 +138,7 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cove
                 t1 = tan[a1, d]
                 u = p0 * t0 if (q0 and t0 != 0.0) else 0.0
                 tan[s, d] = u + p1 * t1 if (q1 and t1 != 0.0) else u
-        k += ARITY[op]
+        k = k_next
 
 
 @kernel
@@ -191,6 +208,28 @@ def _add_scaled_row(dst, r, src, q, c):  # pragma: no cover (jitted)
         dst[r, d] = u + c * t if t != 0.0 else u
 
 
+@kernel(inline=True)
+def reverse_step(ops, adj, n_pre, i, k):  # pragma: no cover (jitted)
+    """Step a forward-over-reverse sweep back to instruction ``i`` and take its adjoint.
+
+    ``k`` is the argument position just past instruction ``i``.  The adjoint ``adj[s]`` is
+    read and cleared (the sweeps leave the instruction slots zero): the step both
+    :func:`reverse_hvp` and the one-direction sweep of :mod:`fasttape.kernels.sparsity`
+    start an instruction with.
+
+    Returns
+    -------
+    tuple
+        ``(op, s, k, g)``: the op, the slot, the instruction's argument position and its
+        adjoint.
+    """
+    op = ops[i]
+    s = n_pre + i
+    g = adj[s]
+    adj[s] = 0.0
+    return op, s, k - ARITY[op], g
+
+
 @kernel
 def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (jitted)
     """Forward-over-reverse sweep: adjoints ``adj`` and their ``K`` tangents ``adjdot``.
@@ -206,11 +245,7 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
     """
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
-        op = ops[i]
-        k -= ARITY[op]
-        s = n_pre + i
-        g = adj[s]
-        adj[s] = 0.0
+        op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
         if g == 0.0 and not _any_nonzero(adjdot, s):
             continue  # nothing flows: the rows are already clean
         nd = NDIFF[op]

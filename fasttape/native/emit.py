@@ -135,14 +135,26 @@ class _Refs:
         return name
 
 
-def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
+def _open_piece(lay: Layout, k: int, name: str) -> tuple[range, list[str], _Refs]:
+    """Start the function ``name`` of piece ``k``: its instructions, its first lines (the
+    signature both sweeps share: ``%x`` the point, ``%w`` the work array) and its loads."""
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
-    lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
+    lines = [f'define void @"{name}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines)
+    return range(lo, hi), lines, _Refs(lay, lines)
+
+
+def _store(lines: list[str], ptr: str, offset: int, value: str) -> None:
+    """Store ``value`` at ``%w[offset]`` through the new pointer register ``ptr``."""
+    lines.append(f"  {ptr} = getelementptr inbounds double, ptr %w, i64 {offset}")
+    lines.append(f"  store double {value}, ptr {ptr}")
+
+
+def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
+    piece, lines, refs = _open_piece(lay, k, lay.fwd_name(k))
     used: set[str] = set()
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
-    for i in range(lo, hi):
+    for i in piece:
         spec = OPS[ops[i]]
         fn = forward_name(spec)
         used.add(fn)
@@ -150,18 +162,14 @@ def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
         operands = ", ".join(f"double {refs.value(int(s))}" for s in a)
         s = n_pre + i
         lines.append(f'  %v{s} = call double @"{fn}"({operands})')
-        lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
-        lines.append(f"  store double %v{s}, ptr %q{s}")
+        _store(lines, f"%q{s}", s, f"%v{s}")
         refs.names[s] = f"%v{s}"
     lines += ["  ret void", "}"]
     return "\n".join(lines), used
 
 
 def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
-    lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
-    lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
-             "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines)
+    piece, lines, refs = _open_piece(lay, k, lay.rev_name(k))
     used: set[str] = set()
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
     adj: dict[int, str] = {}  # slot -> register holding its adjoint so far
@@ -180,7 +188,7 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
             adj[p] = name
         return name
 
-    for i in range(hi - 1, lo - 1, -1):
+    for i in reversed(piece):
         s = n_pre + i
         if s not in adj and not lay.seeded(s, k):
             continue  # no adjoint ever reaches this instruction: it moves nothing
@@ -218,8 +226,7 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
     for p, name in sorted(adj.items()):
-        lines.append(f"  %sa{p} = getelementptr inbounds double, ptr %w, i64 {n_slots + p}")
-        lines.append(f"  store double {name}, ptr %sa{p}")
+        _store(lines, f"%sa{p}", n_slots + p, name)
     lines += ["  ret void", "}"]
     return "\n".join(lines), used
 
