@@ -64,6 +64,11 @@ class Layout:
         Instructions per piece.
     tag : str
         Makes the symbol names of this tape unique in the process.
+    window : int
+        Instructions after which an unused register is dropped and its value (or adjoint)
+        reloaded from the work array at its next use (bounded live ranges, see ``_Refs``).
+    block : int
+        Instructions per basic block (see ``_block``).
     """
 
     ops: np.ndarray
@@ -74,6 +79,8 @@ class Layout:
     n_lead: int
     piece_size: int
     tag: str
+    window: int = 128
+    block: int = 16
 
     def __post_init__(self) -> None:
         self.ops = np.asarray(self.ops, dtype=np.int64)
@@ -113,12 +120,26 @@ def work_size(lay: Layout) -> int:
 
 
 class _Refs:
-    """Operand names inside one function: registers, immediates, or loads emitted on first use."""
+    """Operand names inside one function: registers, immediates, or loads emitted on first use.
 
-    def __init__(self, lay: Layout, lines: list[str]) -> None:
+    A register is forgotten once ``window`` instructions have passed without using it (see
+    :meth:`age`): the next use loads the value again from the work array (or ``x``), where it
+    always is.  That bounds how many values are live at once, which keeps LLVM's register
+    allocator and scheduler linear in the piece (a pairwise sum or the passes' grouping of
+    like ops otherwise keeps thousands of values alive).  A load after the first is
+    ``volatile``, so that no optimizer merges it with the first one (or forwards the store
+    to it), which would bring the long live range back; its value is the same either way.
+    """
+
+    def __init__(self, lay: Layout, lines: list[str], window: int) -> None:
         self.lay = lay
         self.lines = lines
+        self.window = window
         self.names: dict[int, str] = {}
+        self.last: dict[int, int] = {}  # slot -> clock of its last use
+        self.loaded: set[int] = set()  # slots loaded (or stored) once already
+        self.clock = 0
+        self.count = 0
 
     def value(self, s: int) -> str:
         """The value of slot ``s`` as an operand."""
@@ -127,22 +148,60 @@ class _Refs:
             return lay.const_bits[s - lay.n_lead]
         name = self.names.get(s)
         if name is None:
-            name = f"%l{s}"
+            self.count += 1
+            name = f"%l{s}.{self.count}"
             base, off = ("%x", s) if s < lay.n_lead else ("%w", s)
-            self.lines.append(f"  %p{s} = getelementptr inbounds double, ptr {base}, i64 {off}")
-            self.lines.append(f"  {name} = load double, ptr %p{s}")
+            load = "load volatile" if s in self.loaded else "load"
+            self.lines.append(f"  %p{s}.{self.count} = getelementptr inbounds double, "
+                              f"ptr {base}, i64 {off}")
+            self.lines.append(f"  {name} = {load} double, ptr %p{s}.{self.count}")
             self.names[s] = name
+            self.loaded.add(s)
+        self.last[s] = self.clock
         return name
+
+    def define(self, s: int, name: str) -> None:
+        """Slot ``s`` is in register ``name`` (and stored to the work array)."""
+        self.names[s] = name
+        self.last[s] = self.clock
+        self.loaded.add(s)
+
+    def age(self) -> list[int]:
+        """Advance the clock by one instruction; every ``window // 4`` instructions forget
+        the registers unused for ``window`` instructions, and return their slots."""
+        self.clock += 1
+        if self.clock % max(1, self.window // 4):
+            return []
+        old = [s for s, t in self.last.items() if t < self.clock - self.window]
+        for s in old:
+            del self.last[s]
+            del self.names[s]
+        return old
+
+
+def _block(lay: Layout, lines: list[str], n: int) -> None:
+    """Start a new basic block before the ``n``-th instruction of a piece, every ``lay.block``.
+
+    LLVM's instruction selector and schedulers work on one basic block at a time and are
+    superlinear in its length (ten times slower per instruction on a 2,000-instruction block
+    than on 16-instruction blocks); the unconditional branches cost nothing at run time (the
+    blocks are laid out in order and the branches removed).
+    """
+    if n and n % lay.block == 0:
+        lines.append(f"  br label %b{n}")
+        lines.append(f"b{n}:")
 
 
 def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
     lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, lay.window)
     used: set[str] = set()
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
     for i in range(lo, hi):
+        refs.age()
+        _block(lay, lines, i - lo)
         spec = OPS[ops[i]]
         fn = forward_name(spec)
         used.add(fn)
@@ -152,7 +211,7 @@ def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
         lines.append(f'  %v{s} = call double @"{fn}"({operands})')
         lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
         lines.append(f"  store double %v{s}, ptr %q{s}")
-        refs.names[s] = f"%v{s}"
+        refs.define(s, f"%v{s}")
     lines += ["  ret void", "}"]
     return "\n".join(lines), used
 
@@ -161,31 +220,52 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
     lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, lay.window)
     used: set[str] = set()
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
     adj: dict[int, str] = {}  # slot -> register holding its adjoint so far
+    touched: dict[int, int] = {}  # slot -> clock of its adjoint's last update
+    spilled: set[int] = set()  # slots whose adjoint this piece stored to w and dropped
     count = 0
 
     def current(p: int) -> str:
         name = adj.get(p)
         if name is None:
-            if lay.seeded(p, k):
-                name = f"%a{p}"
-                lines.append(f"  %pa{p} = getelementptr inbounds double, ptr %w, i64 "
-                             f"{n_slots + p}")
-                lines.append(f"  {name} = load double, ptr %pa{p}")
+            if p in spilled or lay.seeded(p, k):
+                name = f"%a{p}.{refs.clock}"
+                # A reload of a spilled adjoint is volatile, like a value's (see _Refs).
+                load = "load volatile" if p in spilled else "load"
+                lines.append(f"  %pa{p}.{refs.clock} = getelementptr inbounds double, "
+                             f"ptr %w, i64 {n_slots + p}")
+                lines.append(f"  {name} = {load} double, ptr %pa{p}.{refs.clock}")
             else:
                 name = "0.0"
             adj[p] = name
+        touched[p] = refs.clock
         return name
 
+    def store(p: int, name: str, tag: str) -> None:
+        lines.append(f"  %s{tag}{p} = getelementptr inbounds double, ptr %w, i64 {n_slots + p}")
+        lines.append(f"  store double {name}, ptr %s{tag}{p}")
+
     for i in range(hi - 1, lo - 1, -1):
+        refs.age()
+        _block(lay, lines, hi - 1 - i)
+        if refs.clock % max(1, lay.window // 4) == 0:
+            # Adjoints not updated for a window's length go to w (bounded live ranges, as
+            # for the values in _Refs): their next update or their instruction reloads them.
+            for p in [p for p, t in touched.items() if t < refs.clock - lay.window]:
+                del touched[p]
+                name = adj.pop(p)
+                if name != "0.0":
+                    store(p, name, f"p{refs.clock}.")
+                    spilled.add(p)
         s = n_pre + i
-        if s not in adj and not lay.seeded(s, k):
+        if s not in adj and s not in spilled and not lay.seeded(s, k):
             continue  # no adjoint ever reaches this instruction: it moves nothing
         g = current(s)
         del adj[s]
+        touched.pop(s, None)
         spec = OPS[ops[i]]
         if not spec.ndiff:
             continue
@@ -202,8 +282,13 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
             unit = UNIT_PARTIALS.get(expr)
             if unit is not None:
                 op = "fadd" if unit > 0 else "fsub"
-                lines.append(f"  %t{count} = {op} double {cur}, {g}")
-                lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
+                if cur == "0.0":
+                    # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select
+                    # would pick the same bits.
+                    lines.append(f"  {new} = {op} double 0.0, {g}")
+                else:
+                    lines.append(f"  %t{count} = {op} double {cur}, {g}")
+                    lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
             else:
                 if operands is None:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
@@ -213,13 +298,14 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
                 lines.append(f"  %m{count} = fmul double {g}, %d{count}")
                 lines.append(f"  %t{count} = fadd double {cur}, %m{count}")
                 lines.append(f"  %z{count} = fcmp une double %d{count}, 0.0")
-                lines.append(f"  %c{count} = and i1 %g{s}, %z{count}")
-                lines.append(f"  {new} = select i1 %c{count}, double %t{count}, double {cur}")
+                lines.append(f"  %u{count} = select i1 %z{count}, double %t{count}, "
+                             f"double {cur}")
+                lines.append(f"  {new} = select i1 %g{s}, double %u{count}, double {cur}")
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
+    # (A spilled one that was not updated again is in w already.)
     for p, name in sorted(adj.items()):
-        lines.append(f"  %sa{p} = getelementptr inbounds double, ptr %w, i64 {n_slots + p}")
-        lines.append(f"  store double {name}, ptr %sa{p}")
+        store(p, name, "a")
     lines += ["  ret void", "}"]
     return "\n".join(lines), used
 
@@ -259,7 +345,7 @@ def driver_module(lay: Layout, header: str) -> str:
     # value(x, w, out)
     lines = [f'define void @"ft.value.{lay.tag}"(ptr %x, ptr %w, ptr %out) nounwind {{',
              "entry:", *fwd_calls]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, 1 << 62)
     for j, s in enumerate(lay.outputs):
         v = refs.value(int(s))
         lines.append(f"  %o{j} = getelementptr inbounds double, ptr %out, i64 {j}")
@@ -269,7 +355,7 @@ def driver_module(lay: Layout, header: str) -> str:
     # vg(x, w, grad, which) -> value of output `which`
     lines += [f'define double @"ft.vg.{lay.tag}"(ptr %x, ptr %w, ptr %grad, i64 %which) '
               "nounwind {", "entry:", *fwd_calls]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, 1 << 62)
     base = 2 * n_slots
     for j, s in enumerate(lay.outputs):
         v = refs.value(int(s))

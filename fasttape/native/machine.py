@@ -114,8 +114,6 @@ def compile_module(text: str, level: int) -> bytes:
             pb = llvm.create_pass_builder(tm, pto)
             pm = llvm.create_new_module_pass_manager()
             pm.add_always_inliner_pass()
-            pm.add_instruction_combine_pass()
-            pm.add_simplify_cfg_pass()
             pm.add_global_dead_code_eliminate_pass()
             pm.run(mod, pb)
         return bytes(tm.emit_object(mod))
