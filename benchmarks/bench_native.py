@@ -5,8 +5,10 @@ Usage::
     python benchmarks/bench_native.py [--sizes 1e3,1e4,1e5] [--families random_local,rosenbrock]
                                       [--opt O] [--repeat R]
 
-Prints one Markdown table row per family and size: instructions, pieces, compile seconds and
-microseconds per instruction, loading the same object code from the disk cache, and
+Families: ``random_local``, ``random_uniform``, ``rosenbrock``, ``lennard_jones``, ``chain``
+(:mod:`fasttape.bench.families`).  Prints one Markdown table row per family and size:
+instructions, pieces, compile seconds and microseconds per instruction, loading the same
+object code from the disk cache, and
 ``value_and_grad`` of the native tape and of the interpreter (median of ``R`` alternating
 rounds), with their ratio, and whether both gave bitwise the same value and gradient.  The
 cache lives in a temporary folder, so nothing is reused between runs.  Nothing here asserts a
@@ -38,6 +40,9 @@ def _tape(family: str, n: int) -> tuple[Any, np.ndarray]:
     if family == "rosenbrock":
         n_vars = families.structured_size("rosenbrock", n)
         return families.rosenbrock(n_vars), families.rosenbrock_point(n_vars)
+    if family == "lennard_jones":
+        n_atoms = families.structured_size("lennard-jones", n)
+        return families.lennard_jones(n_atoms), families.lennard_jones_point(n_atoms)
     tape = getattr(families, family)(n)
     return tape, np.random.default_rng(0).uniform(0.1, 0.9, tape.n_inputs)
 

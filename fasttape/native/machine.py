@@ -96,12 +96,16 @@ def machine_key() -> str:
 def compile_module(text: str, level: int) -> bytes:
     """Object code of one IR module.
 
-    ``level`` 0 and 1 inline the (already optimized) op library and clean up with a short
-    pipeline (always-inline, instcombine, simplifycfg, global DCE), then generate code with
-    LLVM's fast instruction selector and register allocator at 0, its optimizing ones at 1;
-    2 and 3 run LLVM's standard pipeline of that level and the optimizing code generator
-    (what a piece whose ops contain a loop, ``powi``'s, gets at least, so that the loop is
-    unrolled for its constant exponent).  Every level computes bitwise the same results.
+    ``level`` 0 and 1 only inline the (already optimized) op library: the pieces are
+    straight-line code the emitter wrote with nothing left to simplify, and a pass like
+    instcombine would merge the two selects of an adjoint update into one select on an
+    ``and`` of two compares, which x86 can only lower with a branch, splitting the block
+    (quadratic in the block's length).  Code generation uses LLVM's fast instruction
+    selector and register allocator at 0, its optimizing ones at 1.  2 and 3 run LLVM's
+    standard pipeline of that level (what a piece whose ops contain a loop, ``powi``'s,
+    gets at least, so that the loop is unrolled for its constant exponent); they merge the
+    emitter's basic blocks and compile far slower.  Every level computes bitwise the same
+    results.
     """
     tm = _target_machine() if level >= 1 else _fast_target_machine()
     # The global context is shared: parse and optimize one module at a time.

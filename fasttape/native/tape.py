@@ -39,11 +39,12 @@ def opt_level(n_instr: int) -> int:
 
     Every level gives bitwise the same results (no fast-math, no contraction): the level only
     trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
-    to 20,000 instructions, ``2`` (about 0.3 ms of compiling per instruction, the fastest
-    code); above, ``0`` (about 0.1 ms per instruction, so a 1e6-instruction tape compiles in
-    minutes, not hours).  docs/native.md has the measurements.
+    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.2 to 0.6 ms of
+    compiling per instruction, code up to twice as fast as level 0's); above, ``0`` (its fast
+    instruction selector and register allocator, about 0.1 ms per instruction).
+    docs/native.md has the measurements.
     """
-    return 2 if n_instr <= 20_000 else 0
+    return 1 if n_instr <= 20_000 else 0
 
 
 def _source_digest() -> str:
