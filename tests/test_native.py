@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 import fasttape as ft
 from fasttape.bench import families
 from fasttape.native import cache, native
+from fasttape.native import tape as native_tape
 from fasttape.ops import OPS
 from tests.test_random_graphs import random_tapes
 
@@ -123,6 +125,33 @@ def test_batches_row_by_row_and_parameters():
     v1, g1 = nt.value_and_grad(xs, p, output=1)
     assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1))
     assert np.array_equal(bits(tape.value(xs, p)), bits(nt.value(xs, p)))
+
+
+@pytest.mark.parametrize("threads", [1, min(2, numba.config.NUMBA_NUM_THREADS), None])
+def test_parallel_batches_are_bitwise_single_calls(threads, monkeypatch):
+    # Every batch is split over the threads (no work threshold), with more threads than some
+    # batches have rows; each row must give the bits of a single call.  (threads=2 needs a
+    # machine with 2 cores or more; NUMBA_NUM_THREADS caps it.)
+    monkeypatch.setattr(native_tape, "PARALLEL_MIN_WORK", 1)
+    tape = families.random_local(300, seed=3)
+    nt = native(tape)
+    rng = np.random.default_rng(1)
+    for rows in (0, 1, 2, 7):
+        xs = rng.uniform(0.1, 0.9, (rows, tape.n_inputs))
+        vals, grads = nt.value_and_grad(xs, threads=threads)
+        values = nt.value(xs, threads=threads)
+        assert vals.shape == (rows,) and grads.shape == (rows, tape.n_inputs)
+        for b in range(rows):
+            v, g = tape.value_and_grad(xs[b])
+            assert bits(vals[b]) == bits(v) and bits(values[b]) == bits(v)
+            assert np.array_equal(bits(grads[b]), bits(g))
+    out = np.empty((7, tape.n_inputs))
+    assert nt.grad(xs, out=out, threads=threads) is out
+    assert np.array_equal(bits(out), bits(grads))
+    with pytest.raises(ValueError, match="threads"):
+        nt.value(xs, threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        nt.value(xs[0], threads=10_000)
 
 
 def test_outputs_on_inputs_and_constants():

@@ -18,7 +18,8 @@ compile time is bounded, so the tape's is linear in its length):
   adjoints those are is known from the tape alone, so the work array never needs clearing: an
   adjoint is loaded only where an earlier-run piece or the seed stored it.
 
-The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces.
+The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
+``valueb`` and ``vgb`` call those over the rows of a batch.
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
@@ -388,4 +389,46 @@ def driver_module(lay: Layout, header: str) -> str:
     lines.append("  %pr = getelementptr inbounds double, ptr %w, i64 %wi")
     lines.append("  %r = load double, ptr %pr")
     lines += ["  ret double %r", "}"]
+    lines += _batch_loops(lay)
     return "\n".join([header, *decl, *lines, ""])
+
+
+def _batch_loops(lay: Layout) -> list[str]:
+    """``valueb(x, w, out, n)`` and ``vgb(x, w, grad, which, vals, n)``: the single-point
+    entry points over ``n`` consecutive rows of ``x`` (one call per chunk of a batch, so the
+    caller's thread holds no lock while the rows run)."""
+    tag, lead, n_in, m = lay.tag, lay.n_lead, lay.n_inputs, len(lay.outputs)
+
+    def loop(name: str, params: str, body: list[str]) -> list[str]:
+        return [
+            f'define void @"{name}"({params}, i64 %n) nounwind {{',
+            "entry:",
+            "  %empty = icmp sle i64 %n, 0",
+            "  br i1 %empty, label %done, label %row",
+            "row:",
+            "  %i = phi i64 [ 0, %entry ], [ %next, %row ]",
+            f"  %xo = mul i64 %i, {lead}",
+            "  %xi = getelementptr inbounds double, ptr %x, i64 %xo",
+            *body,
+            "  %next = add i64 %i, 1",
+            "  %more = icmp slt i64 %next, %n",
+            "  br i1 %more, label %row, label %done",
+            "done:",
+            "  ret void",
+            "}",
+        ]
+
+    return [
+        *loop(f"ft.valueb.{tag}", "ptr %x, ptr %w, ptr %out", [
+            f"  %oo = mul i64 %i, {m}",
+            "  %oi = getelementptr inbounds double, ptr %out, i64 %oo",
+            f'  call void @"ft.value.{tag}"(ptr %xi, ptr %w, ptr %oi)',
+        ]),
+        *loop(f"ft.vgb.{tag}", "ptr %x, ptr %w, ptr %grad, i64 %which, ptr %vals", [
+            f"  %go = mul i64 %i, {n_in}",
+            "  %gi = getelementptr inbounds double, ptr %grad, i64 %go",
+            f'  %v = call double @"ft.vg.{tag}"(ptr %xi, ptr %w, ptr %gi, i64 %which)',
+            "  %vi = getelementptr inbounds double, ptr %vals, i64 %i",
+            "  store double %v, ptr %vi",
+        ]),
+    ]
