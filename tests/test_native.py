@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape.bench import families
-from fasttape.native import cache, native
+from fasttape.native import NativeTape, cache, native
 from fasttape.native import tape as native_tape
 from fasttape.ops import OPS
 from tests.test_random_graphs import random_tapes
@@ -268,3 +268,58 @@ def test_rosenbrock_and_a_chain():
     for tape, x in [(families.rosenbrock(3000), families.rosenbrock_point(3000)),
                     (families.chain(5000), np.array([0.3]))]:
         assert_same(tape, native(tape), x)
+
+
+# ---------------------------------------------------------------------- tiering
+def test_tiering_switches_to_native_code_after_n_calls():
+    tape = families.random_local(400, seed=5)
+    tt = tape.native(tier_after=3)
+    x = np.random.default_rng(2).uniform(0.1, 0.9, tape.n_inputs)
+    want_v, want_g = tape.value_and_grad(x)
+    for _ in range(2):  # below the threshold: interpreted, nothing compiling
+        v, g = tt.value_and_grad(x)
+        assert bits(v) == bits(want_v) and np.array_equal(bits(g), bits(want_g))
+    assert not tt.compiling and tt.native is None and "interpreted (2 of 3" in repr(tt)
+    v, g = tt.value_and_grad(x)  # the third call starts the compile and still interprets
+    assert tt.compiling and np.array_equal(bits(g), bits(want_g))
+    while not tt.wait(0.01):  # calls go on while it compiles, on the interpreter
+        assert np.array_equal(bits(tt.grad(x)), bits(want_g))
+    assert tt.error is None and isinstance(tt.native, NativeTape)
+    assert "native" in repr(tt)
+    calls = tt.calls
+    assert np.array_equal(bits(tt.grad(x)), bits(want_g))
+    assert bits(tt.value(x)) == bits(want_v) and bits(tt(x)) == bits(want_v)
+    vals, grads = tt.value_and_grad(np.stack([x, x]))  # batches too
+    assert np.array_equal(bits(grads[1]), bits(want_g)) and bits(vals[0]) == bits(want_v)
+    assert tt.calls == calls + 4
+
+
+def test_tiering_from_the_start_and_a_failed_compile(monkeypatch):
+    tape = _small()
+    tt = tape.native(tier_after=0, opt=0)  # compiles at once
+    assert tt.compiling and tt.wait(120) and tt.native is not None
+    assert tt.native.value_and_grad([0.5, 1.0])[1].tolist() == \
+        tape.value_and_grad([0.5, 1.0])[1].tolist()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no LLVM today")
+
+    monkeypatch.setattr("fasttape.native.tier.native", broken)
+    tt = tape.native(tier_after=1)
+    want = tape.value([0.5, 1.0])
+    assert tt.value([0.5, 1.0]) == want and tt.wait(60)
+    assert isinstance(tt.error, RuntimeError) and tt.native is None
+    assert tt.value([0.5, 1.0]) == want  # still the interpreter
+    assert "compile failed" in repr(tt)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"tier_after": -1}, "tier_after"), ({"tier_after": 2.5}, "tier_after"),
+    ({"tier_after": True}, "tier_after"), ({"tier_after": 1, "opt": 7}, "opt"),
+    ({"tier_after": 1, "piece_size": 0}, "piece_size"),
+])
+def test_tiering_refuses_bad_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _small().native(**bad)
+    with pytest.raises(TypeError, match="progress"):
+        _small().native(tier_after=1, progress=True)

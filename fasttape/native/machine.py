@@ -22,7 +22,15 @@ from fasttape.native.translate import libm_symbols, op_library
 
 __all__ = ["Engine", "compile_module", "header", "library", "machine_key"]
 
+# Every module of the native tier lives in one private LLVM context, used under this lock:
+# never Numba's global context, which Numba's compiles use (under Numba's own lock) from any
+# thread, so a tape compiling in the background (tiering) cannot race with them.
 _lock = threading.Lock()
+
+
+@functools.cache
+def _context() -> llvm.ContextRef:
+    return llvm.create_context()
 
 
 @functools.cache
@@ -66,7 +74,7 @@ def library() -> str:
     """
     tm = _target_machine()
     with _lock:
-        mod = llvm.parse_assembly(header() + op_library()[0])
+        mod = llvm.parse_assembly(header() + op_library()[0], _context())
         _run(mod, tm, 2)
         text = str(mod)
     lines = []
@@ -108,9 +116,8 @@ def compile_module(text: str, level: int) -> bytes:
     results.
     """
     tm = _target_machine() if level >= 1 else _fast_target_machine()
-    # The global context is shared: parse and optimize one module at a time.
     with _lock:
-        mod = llvm.parse_assembly(text)
+        mod = llvm.parse_assembly(text, _context())
         if level >= 2:
             _run(mod, tm, level)
         else:
@@ -135,7 +142,8 @@ class Engine:
             codemodel="jitdefault",
         )
         with _lock:
-            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(header()), tm)
+            self._engine = llvm.create_mcjit_compiler(
+                llvm.parse_assembly(header(), _context()), tm)
             for obj in objects:
                 self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
