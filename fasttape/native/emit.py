@@ -34,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.native.machine import library
-from fasttape.native.translate import UNIT_PARTIALS, forward_name, op_library, partial_name
+from fasttape.native.translate import UNIT_PARTIALS, forward_name, partial_name
 from fasttape.ops import OPS
 
 __all__ = ["Layout", "driver_module", "n_modules", "piece_modules", "work_size"]
@@ -80,7 +79,7 @@ class Layout:
     n_lead: int
     piece_size: int
     tag: str
-    window: int = 128
+    window: int = 256
     block: int = 16
 
     def __post_init__(self) -> None:
@@ -126,10 +125,11 @@ class _Refs:
     A register is forgotten once ``window`` instructions have passed without using it (see
     :meth:`age`): the next use loads the value again from the work array (or ``x``), where it
     always is.  That bounds how many values are live at once, which keeps LLVM's register
-    allocator and scheduler linear in the piece (a pairwise sum or the passes' grouping of
-    like ops otherwise keeps thousands of values alive).  A load after the first is
-    ``volatile``, so that no optimizer merges it with the first one (or forwards the store
-    to it), which would bring the long live range back; its value is the same either way.
+    allocator's work per instruction bounded (the passes' grouping of like ops otherwise
+    keeps thousands of values alive across a piece).  Levels 0 and 1 run no pass that would
+    merge a reload with the first load; levels 2 and 3 (GVN) may, which only costs them
+    compile time.  (Marking reloads ``volatile`` to prevent that made the instruction
+    selector five times slower.)
     """
 
     def __init__(self, lay: Layout, lines: list[str], window: int) -> None:
@@ -138,7 +138,6 @@ class _Refs:
         self.window = window
         self.names: dict[int, str] = {}
         self.last: dict[int, int] = {}  # slot -> clock of its last use
-        self.loaded: set[int] = set()  # slots loaded (or stored) once already
         self.clock = 0
         self.count = 0
 
@@ -152,12 +151,10 @@ class _Refs:
             self.count += 1
             name = f"%l{s}.{self.count}"
             base, off = ("%x", s) if s < lay.n_lead else ("%w", s)
-            load = "load volatile" if s in self.loaded else "load"
             self.lines.append(f"  %p{s}.{self.count} = getelementptr inbounds double, "
                               f"ptr {base}, i64 {off}")
-            self.lines.append(f"  {name} = {load} double, ptr %p{s}.{self.count}")
+            self.lines.append(f"  {name} = load double, ptr %p{s}.{self.count}")
             self.names[s] = name
-            self.loaded.add(s)
         self.last[s] = self.clock
         return name
 
@@ -165,7 +162,6 @@ class _Refs:
         """Slot ``s`` is in register ``name`` (and stored to the work array)."""
         self.names[s] = name
         self.last[s] = self.clock
-        self.loaded.add(s)
 
     def age(self) -> list[int]:
         """Advance the clock by one instruction; every ``window // 4`` instructions forget
@@ -234,11 +230,9 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
         if name is None:
             if p in spilled or lay.seeded(p, k):
                 name = f"%a{p}.{refs.clock}"
-                # A reload of a spilled adjoint is volatile, like a value's (see _Refs).
-                load = "load volatile" if p in spilled else "load"
                 lines.append(f"  %pa{p}.{refs.clock} = getelementptr inbounds double, "
                              f"ptr %w, i64 {n_slots + p}")
-                lines.append(f"  {name} = {load} double, ptr %pa{p}.{refs.clock}")
+                lines.append(f"  {name} = load double, ptr %pa{p}.{refs.clock}")
             else:
                 name = "0.0"
             adj[p] = name
@@ -311,21 +305,14 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
     return "\n".join(lines), used
 
 
-def _module(header: str, body: str, used: set[str]) -> tuple[str, bool]:
-    return "\n".join([header, library(), body, ""]), bool(used & op_library()[1])
-
-
-def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str, bool]]:
-    """``(name, IR text, has a loop)`` of every piece module, forward pieces first, made one
-    at a time (the text of a whole large tape would not fit in memory twice).  "Has a loop":
-    the piece calls an op whose function loops (``powi``), which only the full optimizer
-    pipeline unrolls."""
+def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str]]:
+    """``(name, IR text)`` of every piece module, forward pieces first, made one at a time
+    (the text of a whole large tape would not fit in memory twice).  The text calls the op
+    library's functions, which :func:`fasttape.native.machine.compile_module` appends."""
     for k in range(lay.n_pieces):
-        body, used = _forward(lay, k)
-        yield lay.fwd_name(k), *_module(header, body, used)
+        yield lay.fwd_name(k), "\n".join([header, _forward(lay, k)[0], ""])
     for k in range(lay.n_pieces):
-        body, used = _reverse(lay, k)
-        yield lay.rev_name(k), *_module(header, body, used)
+        yield lay.rev_name(k), "\n".join([header, _reverse(lay, k)[0], ""])
 
 
 def n_modules(lay: Layout) -> int:

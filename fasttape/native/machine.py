@@ -13,6 +13,7 @@ emitters never write), so no ``a * b + c`` is fused into an FMA.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 
 import llvmlite
@@ -65,24 +66,33 @@ def header() -> str:
 
 
 @functools.cache
-def library() -> str:
+def library(inline_loops: bool = True) -> str:
     """The op library (:func:`fasttape.native.translate.op_library`) optimized once, at level 2,
     with every function made internal: what each piece module includes.
 
-    Its functions are already clean SSA, so a piece needs only inlining and a light cleanup
-    (:func:`compile_module`), not the full pipeline.
+    Its functions are already clean SSA, so a piece needs only inlining, not the full
+    pipeline (:func:`compile_module`).  With ``inline_loops`` false, the functions that loop
+    (``powi``'s, its partial's) are ``noinline``: a piece calls them, and the loop runs as the
+    interpreter's does.  Inlined, their loops would split a piece into thousands of basic
+    blocks, which LLVM's optimizing instruction selector handles in quadratic time (50 s for
+    10,000 Lennard-Jones instructions), and without the full pipeline nothing unrolls them.
     """
     tm = _target_machine()
     with _lock:
         mod = llvm.parse_assembly(header() + op_library()[0], _context())
         _run(mod, tm, 2)
         text = str(mod)
+    loops = op_library()[1]
     lines = []
     for line in text.splitlines():
         if line.startswith(("target ", "; ModuleID", "source_filename")):
             continue
         if line.startswith("define "):
             line = "define internal " + line[len("define "):]
+            name = re.search(r"@\"?([^\s(\"]+)", line)
+            if not inline_loops and name is not None and name.group(1) in loops:
+                # Its own attributes instead of the (shared, alwaysinline) attribute group.
+                line = re.sub(r" #\d+ \{$", " noinline nounwind memory(none) {", line)
         lines.append(line)
     return "\n".join(lines)
 
@@ -101,7 +111,7 @@ def machine_key() -> str:
                      ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__])
 
 
-def compile_module(text: str, level: int) -> bytes:
+def compile_module(text: str, level: int, with_library: bool = True) -> bytes:
     """Object code of one IR module.
 
     ``level`` 0 and 1 only inline the (already optimized) op library: the pieces are
@@ -110,12 +120,14 @@ def compile_module(text: str, level: int) -> bytes:
     ``and`` of two compares, which x86 can only lower with a branch, splitting the block
     (quadratic in the block's length).  Code generation uses LLVM's fast instruction
     selector and register allocator at 0, its optimizing ones at 1.  2 and 3 run LLVM's
-    standard pipeline of that level (what a piece whose ops contain a loop, ``powi``'s,
-    gets at least, so that the loop is unrolled for its constant exponent); they merge the
-    emitter's basic blocks and compile far slower.  Every level computes bitwise the same
-    results.
+    standard pipeline of that level, which unrolls ``powi``'s loop for its constant
+    exponent (levels 0 and 1 call it: :func:`library`); they merge the emitter's basic blocks
+    and compile far slower.  Every level computes bitwise the same results.  ``with_library``:
+    append the op library (:func:`library`) to ``text`` (the pieces call its functions).
     """
     tm = _target_machine() if level >= 1 else _fast_target_machine()
+    if with_library:
+        text = f"{text}\n{library(inline_loops=level >= 2)}\n"
     with _lock:
         mod = llvm.parse_assembly(text, _context())
         if level >= 2:

@@ -313,14 +313,14 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     header = machine.header()
     objects = []
     total = emit.n_modules(lay)
-    for n, (_, text, loops) in enumerate(emit.piece_modules(lay, header)):
-        objects.append(machine.compile_module(text, max(level, 2) if loops else level))
+    for n, (_, text) in enumerate(emit.piece_modules(lay, header)):
+        objects.append(machine.compile_module(text, level))
         if progress and (n % 50 == 49 or n == total - 1):
             print(f"\rnative: {n + 1}/{total} pieces compiled", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
     # The driver is a list of calls: nothing for an optimizer to gain.
-    objects.append(machine.compile_module(emit.driver_module(lay, header), 0))
+    objects.append(machine.compile_module(emit.driver_module(lay, header), 0, False))
     seconds = time.perf_counter() - t
     if cache_entries:
         cache.save(key, objects)
