@@ -179,6 +179,18 @@ def test_bad_arguments_are_refused():
         nt.value_and_grad([1.0, 2.0], out=np.empty(3))
 
 
+def test_native_tapes_called_in_turn_run_their_own_code():
+    # Single calls go through one compiled trampoline that takes the entry point as an
+    # argument: a tape must never run another's machine code.
+    tapes = [ft.compile(ft.trace(lambda v, f=f: f(v[0]) * v[1], 2))
+             for f in (ft.sin, ft.cos, ft.exp)]
+    natives = [t.native() for t in tapes]
+    x = np.array([0.3, 0.4])
+    for _ in range(2):
+        for tape, nt in zip(tapes, natives, strict=True):
+            assert_same(tape, nt, x)
+
+
 def test_threads_share_a_native_tape():
     tape = families.random_local(500)
     nt = native(tape)
