@@ -285,7 +285,7 @@ def test_rosenbrock_and_a_chain():
 # ---------------------------------------------------------------------- tiering
 def test_tiering_switches_to_native_code_after_n_calls():
     tape = families.random_local(400, seed=5)
-    tt = tape.native(tier_after=3)
+    tt = tape.native(tier_after=3, check=False)  # switch whatever the speed
     x = np.random.default_rng(2).uniform(0.1, 0.9, tape.n_inputs)
     want_v, want_g = tape.value_and_grad(x)
     for _ in range(2):  # below the threshold: interpreted, nothing compiling
@@ -296,14 +296,31 @@ def test_tiering_switches_to_native_code_after_n_calls():
     assert tt.compiling and np.array_equal(bits(g), bits(want_g))
     while not tt.wait(0.01):  # calls go on while it compiles, on the interpreter
         assert np.array_equal(bits(tt.grad(x)), bits(want_g))
-    assert tt.error is None and isinstance(tt.native, NativeTape)
-    assert "native" in repr(tt)
+    assert tt.error is None and isinstance(tt.native, NativeTape) and tt.switched
+    assert "native" in repr(tt) and tt.timings is None
     calls = tt.calls
     assert np.array_equal(bits(tt.grad(x)), bits(want_g))
     assert bits(tt.value(x)) == bits(want_v) and bits(tt(x)) == bits(want_v)
     vals, grads = tt.value_and_grad(np.stack([x, x]))  # batches too
     assert np.array_equal(bits(grads[1]), bits(want_g)) and bits(vals[0]) == bits(want_v)
     assert tt.calls == calls + 4
+
+
+def test_tiering_switches_only_to_faster_code():
+    # check=True (the default) times both tiers at the last point seen and switches only if
+    # the native tape is faster: either way the results are the interpreter's bits.
+    tape = families.chain(300)
+    tt = tape.native(tier_after=2)
+    x = np.array([0.7])
+    want = tape.value_and_grad(x)
+    for _ in range(2):
+        tt.value_and_grad(x)
+    assert tt.wait(120) and tt.error is None and tt.native is not None
+    t_interp, t_native = tt.timings
+    assert tt.switched == (t_native < t_interp)
+    assert ("slower" in repr(tt)) == (not tt.switched)
+    v, g = tt.value_and_grad(x)
+    assert bits(v) == bits(want[0]) and np.array_equal(bits(g), bits(want[1]))
 
 
 def test_tiering_from_the_start_and_a_failed_compile(monkeypatch):
