@@ -19,6 +19,7 @@ from fasttape.native import tape as native_tape
 from fasttape.ops import OPS
 from tests.test_random_graphs import random_tapes
 
+OPS_BY = {op.name: op.code for op in OPS}
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan, 1e-310, 1e300]
 
 
@@ -112,6 +113,18 @@ def test_random_tapes_are_bitwise_the_interpreter(case, piece_size):
     tape, x = case
     nt = native(tape, piece_size=piece_size, opt=piece_size % 3, cache_entries=False)
     assert_same(tape, nt, np.array(x))
+
+
+def test_an_unreached_instruction_leaves_no_stale_adjoint():
+    # Regression (found by hypothesis): %11 = sqrt(x0) reaches no output, so its reverse
+    # piece skips it and stores nothing; the piece below used to load x0's adjoint from the
+    # work array anyway, where the previous call (output 0's) had left inf.
+    tape = ft.Tape.from_arrays([OPS_BY["sqrt"], OPS_BY["sqrt"], OPS_BY["add"]],
+                               [0, 0, 1, 10], [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0],
+                               [12, 1], 1)
+    for opt in (0, 1):
+        assert_same(tape, native(tape, piece_size=1, opt=opt, cache_entries=False),
+                    np.array([0.0]))
 
 
 def test_batches_row_by_row_and_parameters():

@@ -94,14 +94,30 @@ class Layout:
         # last_piece[p]: the highest piece whose reverse sweep adds into slot p's adjoint
         # (-1 if none).  Reverse pieces run from the highest down, so piece k starts p's
         # adjoint from w when a higher piece touched it (or p is seeded as an output).
+        # Only instructions an output's adjoint can reach count (the reverse pieces skip the
+        # others): a skipped instruction stores nothing, so a lower piece must not load from it.
         self.last_piece = np.full(self.n_slots, -1, dtype=np.int64)
         nd = _NDIFF[self.ops]
+        live = self._live(nd)
         for j in range(int(nd.max(initial=0))):
-            rows = np.nonzero(nd > j)[0]
+            rows = np.nonzero((nd > j) & live)[0]
             parents = self.args[self.starts[rows] + j]
             np.maximum.at(self.last_piece, parents, rows // self.piece_size)
         self.output_slots = {int(s) for s in self.outputs}
         self.const_bits = [_imm(float(c)) for c in self.consts]
+
+    def _live(self, nd: np.ndarray) -> np.ndarray:
+        """Per instruction: whether an output's adjoint can reach it (an output itself, or a
+        differentiable argument of a live instruction)."""
+        reach = [False] * self.n_slots
+        for s in self.outputs.tolist():
+            reach[s] = True
+        args, starts, n_pre = self.args.tolist(), self.starts.tolist(), self.n_pre
+        for i, n in zip(range(self.n_instr - 1, -1, -1), nd[::-1].tolist(), strict=True):
+            if reach[n_pre + i]:
+                for a in args[starts[i]: starts[i] + n]:
+                    reach[a] = True
+        return np.array(reach[n_pre:], dtype=bool)
 
     def seeded(self, slot: int, piece: int) -> bool:
         """Whether piece ``piece`` starts ``slot``'s adjoint from ``w`` (else from 0)."""
@@ -189,19 +205,17 @@ def _block(lay: Layout, lines: list[str], n: int) -> None:
         lines.append(f"b{n}:")
 
 
-def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
+def _forward(lay: Layout, k: int) -> str:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
     lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, lay.window)
-    used: set[str] = set()
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
     for i in range(lo, hi):
         refs.age()
         _block(lay, lines, i - lo)
         spec = OPS[ops[i]]
         fn = forward_name(spec)
-        used.add(fn)
         a = args[starts[i]: starts[i + 1]]
         operands = ", ".join(f"double {refs.value(int(s))}" for s in a)
         s = n_pre + i
@@ -210,15 +224,14 @@ def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
         lines.append(f"  store double %v{s}, ptr %q{s}")
         refs.define(s, f"%v{s}")
     lines += ["  ret void", "}"]
-    return "\n".join(lines), used
+    return "\n".join(lines)
 
 
-def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
+def _reverse(lay: Layout, k: int) -> str:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
     lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, lay.window)
-    used: set[str] = set()
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
     adj: dict[int, str] = {}  # slot -> register holding its adjoint so far
     touched: dict[int, int] = {}  # slot -> clock of its adjoint's last update
@@ -288,7 +301,6 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
                 if operands is None:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 fn = partial_name(spec, j)
-                used.add(fn)
                 lines.append(f'  %d{count} = call double @"{fn}"({operands})')
                 lines.append(f"  %m{count} = fmul double {g}, %d{count}")
                 lines.append(f"  %t{count} = fadd double {cur}, %m{count}")
@@ -302,7 +314,7 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
     for p, name in sorted(adj.items()):
         store(p, name, "a")
     lines += ["  ret void", "}"]
-    return "\n".join(lines), used
+    return "\n".join(lines)
 
 
 def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str]]:
@@ -310,9 +322,9 @@ def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str]]:
     (the text of a whole large tape would not fit in memory twice).  The text calls the op
     library's functions, which :func:`fasttape.native.machine.compile_module` appends."""
     for k in range(lay.n_pieces):
-        yield lay.fwd_name(k), "\n".join([header, _forward(lay, k)[0], ""])
+        yield lay.fwd_name(k), "\n".join([header, _forward(lay, k), ""])
     for k in range(lay.n_pieces):
-        yield lay.rev_name(k), "\n".join([header, _reverse(lay, k)[0], ""])
+        yield lay.rev_name(k), "\n".join([header, _reverse(lay, k), ""])
 
 
 def n_modules(lay: Layout) -> int:
