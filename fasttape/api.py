@@ -27,6 +27,7 @@ from fasttape.embed.dot import tape_to_dot
 from fasttape.embed.numba_api import numba_kernel
 from fasttape.graph import Graph
 from fasttape.native.tape import NativeTape, native
+from fasttape.native.tier import TieredTape, tiered
 from fasttape.tape import TapeRecord
 from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.tape import TensorTape as TensorRecord
@@ -170,10 +171,17 @@ class Tape(TapeRecord):
         context)."""
         return cfunction(self, output=output, reentrant=reentrant, p=p)
 
-    def native(self, **options: Any) -> NativeTape:
+    def native(self, *, tier_after: int | None = None,
+               **options: Any) -> NativeTape | TieredTape:
         """This tape compiled to straight-line machine code (LLVM): ``value``,
         ``value_and_grad`` and ``grad`` bitwise this tape's, faster once compiled; see
-        :func:`fasttape.native.tape.native` (options) and docs/native.md."""
+        :func:`fasttape.native.tape.native` (options) and docs/native.md.
+
+        With ``tier_after=N``, a :class:`~fasttape.native.tier.TieredTape` that runs on the
+        interpreter and starts compiling in the background at its ``N``-th call
+        (:func:`fasttape.native.tier.tiered`)."""
+        if tier_after is not None:
+            return tiered(self, tier_after, **options)
         return native(self, **options)
 
     def to_dot(self, **kwargs: Any) -> str:

@@ -30,6 +30,7 @@ from fasttape.bench.pyops import FLOATS
 from fasttape.bench.runner import (
     FTZ_SYSTEM,
     GRAD_RTOL,
+    NATIVE_SYSTEM,
     SCALAR_SYSTEM,
     Settings,
     agreement,
@@ -339,6 +340,21 @@ def test_installed_peers_agree_with_fasttape(peer, family):
     assert agreement(v, g, pv, pg)[2] is None
     assert built.value(case.x) == pytest.approx(v, rel=1e-9)
     assert built.style == peer.style(family)
+
+
+def test_measure_case_native_row(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTTAPE_CACHE_DIR", str(tmp_path))
+    settings = Settings(families=["rosenbrock"], nodes=[SMALL], repeat=2, peers=[],
+                        min_sample=1e-4, native=True)
+    rows = measure_case("rosenbrock", SMALL, settings)
+    row = next(r for r in rows if r["system"] == NATIVE_SYSTEM)
+    assert row["status"] == "ok (bitwise)" and row["code"].startswith("LLVM level")
+    for key in ("compile_s", "first_call_s", "value_ns", "vg_ns", "vs_fasttape"):
+        assert row[key] > 0, key
+    settings.native_max = 1
+    rows = measure_case("rosenbrock", SMALL, settings)
+    row = next(r for r in rows if r["system"] == NATIVE_SYSTEM)
+    assert row["status"].startswith("skipped") and row["vg_ns"] is None
 
 
 def test_measure_case_rows(cases):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,10 +14,12 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape.bench import families
-from fasttape.native import cache, native
+from fasttape.native import NativeTape, cache, native
+from fasttape.native import tape as native_tape
 from fasttape.ops import OPS
 from tests.test_random_graphs import random_tapes
 
+OPS_BY = {op.name: op.code for op in OPS}
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan, 1e-310, 1e300]
 
 
@@ -112,6 +115,18 @@ def test_random_tapes_are_bitwise_the_interpreter(case, piece_size):
     assert_same(tape, nt, np.array(x))
 
 
+def test_an_unreached_instruction_leaves_no_stale_adjoint():
+    # Regression (found by hypothesis): %11 = sqrt(x0) reaches no output, so its reverse
+    # piece skips it and stores nothing; the piece below used to load x0's adjoint from the
+    # work array anyway, where the previous call (output 0's) had left inf.
+    tape = ft.Tape.from_arrays([OPS_BY["sqrt"], OPS_BY["sqrt"], OPS_BY["add"]],
+                               [0, 0, 1, 10], [-3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0],
+                               [12, 1], 1)
+    for opt in (0, 1):
+        assert_same(tape, native(tape, piece_size=1, opt=opt, cache_entries=False),
+                    np.array([0.0]))
+
+
 def test_batches_row_by_row_and_parameters():
     tape = ft.compile(ft.trace(lambda v, p: [ft.sin(v[0]) * p[0] + v[1] ** 2, v[0] * v[1]],
                                2, n_params=1))
@@ -123,6 +138,33 @@ def test_batches_row_by_row_and_parameters():
     v1, g1 = nt.value_and_grad(xs, p, output=1)
     assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1))
     assert np.array_equal(bits(tape.value(xs, p)), bits(nt.value(xs, p)))
+
+
+@pytest.mark.parametrize("threads", [1, min(2, numba.config.NUMBA_NUM_THREADS), None])
+def test_parallel_batches_are_bitwise_single_calls(threads, monkeypatch):
+    # Every batch is split over the threads (no work threshold), with more threads than some
+    # batches have rows; each row must give the bits of a single call.  (threads=2 needs a
+    # machine with 2 cores or more; NUMBA_NUM_THREADS caps it.)
+    monkeypatch.setattr(native_tape, "PARALLEL_MIN_WORK", 1)
+    tape = families.random_local(300, seed=3)
+    nt = native(tape)
+    rng = np.random.default_rng(1)
+    for rows in (0, 1, 2, 7):
+        xs = rng.uniform(0.1, 0.9, (rows, tape.n_inputs))
+        vals, grads = nt.value_and_grad(xs, threads=threads)
+        values = nt.value(xs, threads=threads)
+        assert vals.shape == (rows,) and grads.shape == (rows, tape.n_inputs)
+        for b in range(rows):
+            v, g = tape.value_and_grad(xs[b])
+            assert bits(vals[b]) == bits(v) and bits(values[b]) == bits(v)
+            assert np.array_equal(bits(grads[b]), bits(g))
+    out = np.empty((7, tape.n_inputs))
+    assert nt.grad(xs, out=out, threads=threads) is out
+    assert np.array_equal(bits(out), bits(grads))
+    with pytest.raises(ValueError, match="threads"):
+        nt.value(xs, threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        nt.value(xs[0], threads=10_000)
 
 
 def test_outputs_on_inputs_and_constants():
@@ -148,6 +190,18 @@ def test_bad_arguments_are_refused():
         nt.value([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="out must be"):
         nt.value_and_grad([1.0, 2.0], out=np.empty(3))
+
+
+def test_native_tapes_called_in_turn_run_their_own_code():
+    # Single calls go through one compiled trampoline that takes the entry point as an
+    # argument: a tape must never run another's machine code.
+    tapes = [ft.compile(ft.trace(lambda v, f=f: f(v[0]) * v[1], 2))
+             for f in (ft.sin, ft.cos, ft.exp)]
+    natives = [t.native() for t in tapes]
+    x = np.array([0.3, 0.4])
+    for _ in range(2):
+        for tape, nt in zip(tapes, natives, strict=True):
+            assert_same(tape, nt, x)
 
 
 def test_threads_share_a_native_tape():
@@ -239,3 +293,75 @@ def test_rosenbrock_and_a_chain():
     for tape, x in [(families.rosenbrock(3000), families.rosenbrock_point(3000)),
                     (families.chain(5000), np.array([0.3]))]:
         assert_same(tape, native(tape), x)
+
+
+# ---------------------------------------------------------------------- tiering
+def test_tiering_switches_to_native_code_after_n_calls():
+    tape = families.random_local(400, seed=5)
+    tt = tape.native(tier_after=3, check=False)  # switch whatever the speed
+    x = np.random.default_rng(2).uniform(0.1, 0.9, tape.n_inputs)
+    want_v, want_g = tape.value_and_grad(x)
+    for _ in range(2):  # below the threshold: interpreted, nothing compiling
+        v, g = tt.value_and_grad(x)
+        assert bits(v) == bits(want_v) and np.array_equal(bits(g), bits(want_g))
+    assert not tt.compiling and tt.native is None and "interpreted (2 of 3" in repr(tt)
+    v, g = tt.value_and_grad(x)  # the third call starts the compile and still interprets
+    assert tt.compiling and np.array_equal(bits(g), bits(want_g))
+    while not tt.wait(0.01):  # calls go on while it compiles, on the interpreter
+        assert np.array_equal(bits(tt.grad(x)), bits(want_g))
+    assert tt.error is None and isinstance(tt.native, NativeTape) and tt.switched
+    assert "native" in repr(tt) and tt.timings is None
+    calls = tt.calls
+    assert np.array_equal(bits(tt.grad(x)), bits(want_g))
+    assert bits(tt.value(x)) == bits(want_v) and bits(tt(x)) == bits(want_v)
+    vals, grads = tt.value_and_grad(np.stack([x, x]))  # batches too
+    assert np.array_equal(bits(grads[1]), bits(want_g)) and bits(vals[0]) == bits(want_v)
+    assert tt.calls == calls + 4
+
+
+def test_tiering_switches_only_to_faster_code():
+    # check=True (the default) times both tiers at the last point seen and switches only if
+    # the native tape is faster: either way the results are the interpreter's bits.
+    tape = families.chain(300)
+    tt = tape.native(tier_after=2)
+    x = np.array([0.7])
+    want = tape.value_and_grad(x)
+    for _ in range(2):
+        tt.value_and_grad(x)
+    assert tt.wait(120) and tt.error is None and tt.native is not None
+    t_interp, t_native = tt.timings
+    assert tt.switched == (t_native < t_interp)
+    assert ("slower" in repr(tt)) == (not tt.switched)
+    v, g = tt.value_and_grad(x)
+    assert bits(v) == bits(want[0]) and np.array_equal(bits(g), bits(want[1]))
+
+
+def test_tiering_from_the_start_and_a_failed_compile(monkeypatch):
+    tape = _small()
+    tt = tape.native(tier_after=0, opt=0)  # compiles at once
+    assert tt.compiling and tt.wait(120) and tt.native is not None
+    assert tt.native.value_and_grad([0.5, 1.0])[1].tolist() == \
+        tape.value_and_grad([0.5, 1.0])[1].tolist()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no LLVM today")
+
+    monkeypatch.setattr("fasttape.native.tier.native", broken)
+    tt = tape.native(tier_after=1)
+    want = tape.value([0.5, 1.0])
+    assert tt.value([0.5, 1.0]) == want and tt.wait(60)
+    assert isinstance(tt.error, RuntimeError) and tt.native is None
+    assert tt.value([0.5, 1.0]) == want  # still the interpreter
+    assert "compile failed" in repr(tt)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"tier_after": -1}, "tier_after"), ({"tier_after": 2.5}, "tier_after"),
+    ({"tier_after": True}, "tier_after"), ({"tier_after": 1, "opt": 7}, "opt"),
+    ({"tier_after": 1, "piece_size": 0}, "piece_size"),
+])
+def test_tiering_refuses_bad_options(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _small().native(**bad)
+    with pytest.raises(TypeError, match="progress"):
+        _small().native(tier_after=1, progress=True)

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed samples per figure, median reported (default 7, --quick 5)")
     p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
                    help="Numba threads (batch evaluation); the single-point sweeps are serial")
+    p.add_argument("--native", action="store_true",
+                   help="add a fasttape-native row (tape.native(): LLVM machine code) with its "
+                        "compile time, up to 200,000 instructions")
     p.add_argument("--quick", action="store_true",
                    help="small sizes, peer caps and a shorter autograd-west run: about 10 s "
                         "once the kernels are cached")
@@ -177,7 +180,7 @@ def run(ns: argparse.Namespace, say: Any = None) -> dict[str, Any]:
         families=families, nodes=nodes,
         repeat=ns.repeat or (5 if ns.quick else 7), quick=ns.quick, peers=peers,
         peer_timeout=ns.peer_timeout or (15.0 if ns.quick else 60.0),
-        min_sample=0.005 if ns.quick else 0.02,
+        min_sample=0.005 if ns.quick else 0.02, native=ns.native,
     )
     if ns.threads is not None:
         import numba

@@ -33,6 +33,7 @@ from fasttape.kernels import fpenv
 
 __all__ = [
     "FTZ_SYSTEM",
+    "NATIVE_SYSTEM",
     "SCALAR_SYSTEM",
     "GRAD_RTOL",
     "VALUE_RTOL",
@@ -61,6 +62,10 @@ SETUP_GROWTH = 1.5
 
 #: The row of fasttape with ``flush_subnormals=True`` (x86 only).
 FTZ_SYSTEM = "fasttape-ftz"
+
+#: The row of the same tape compiled to machine code (``tape.native()``, docs/native.md), with
+#: ``--native``: its compile time in ``compile_s``.
+NATIVE_SYSTEM = "fasttape-native"
 
 #: The row of a tensor family's scalar twin: fasttape's scalar tape of the same function.
 SCALAR_SYSTEM = "fasttape-scalar"
@@ -97,6 +102,10 @@ class Settings:
     setup_s : dict
         (peer, family) -> (nodes, build + compile + first-call seconds) of the last size run,
         to skip sizes whose setup alone would exceed the time limit.
+    native : bool
+        Add the :data:`NATIVE_SYSTEM` row (scalar families).
+    native_max : int
+        Largest tape compiled for that row (compiling takes about 0.1 ms per instruction).
     """
 
     families: list[str]
@@ -108,6 +117,8 @@ class Settings:
     min_sample: float = 0.02
     stopped: dict[tuple[str, str], str] = field(default_factory=dict)
     setup_s: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    native: bool = False
+    native_max: int = 200_000
 
 
 def agreement(
@@ -219,6 +230,7 @@ def measure_case(
         f_grad_rel, f_value_rel, _ = agreement(v_ref, g_ref, fv, fg)
         fns["ftz_value"] = lambda: tape.value(x, flush_subnormals=True)
         fns["ftz_vg"] = lambda: tape.value_and_grad(x, flush_subnormals=True)
+    native_row = _native(case, fns, settings, say) if settings.native else None
     t = median_times(fns, settings.repeat, min_sample=settings.min_sample)
     ft_vg = t["vg"] / n * 1e9
     rows = [_row(
@@ -247,8 +259,45 @@ def measure_case(
             grad_over_value=t["ftz_vg"] / t["ftz_value"], vs_fasttape=t["ftz_vg"] / t["vg"],
             grad_rel_diff=f_grad_rel, value_rel_diff=f_value_rel,
         ))
+    if native_row is not None:
+        if "native_vg" in fns:
+            native_row.update(
+                value_ns=t["native_value"] / n * 1e9, vg_ns=t["native_vg"] / n * 1e9,
+                grad_over_value=t["native_vg"] / t["native_value"],
+                vs_fasttape=t["native_vg"] / t["vg"])
+        rows.append(native_row)
     _peer_rows(case, rows, v_ref, g_ref, ft_vg, settings, say)
     return rows
+
+
+def _native(case: Case, fns: dict[str, Callable[[], Any]], settings: Settings,
+            say: Callable[[str], None]) -> dict[str, Any]:
+    """The :data:`NATIVE_SYSTEM` row of ``case`` without its timings; adds the native calls
+    to ``fns`` (timed with fasttape's, in alternation) when the tape compiled."""
+    from fasttape.native import native, opt_level  # LLVM only when asked for
+
+    tape, x, n = case.tape, case.x, case.n_nodes
+    if len(tape.ops) > settings.native_max:
+        return _row(case, NATIVE_SYSTEM, "LLVM",
+                    f"skipped (over {settings.native_max:,} instructions: compile time)")
+    say(f"{case.family} {n:,}: fasttape-native (compiling)")
+    code = f"LLVM level {opt_level(len(tape.ops))}"
+    try:
+        nt = native(tape, cache_entries=False)  # always compiled: compile_s is the point
+        t0 = time.perf_counter()
+        v, g = nt.value_and_grad(x)
+        first = time.perf_counter() - t0
+    except Exception as e:  # a row that says so, never a crashed run
+        return _row(case, NATIVE_SYSTEM, code, f"failed: {type(e).__name__}: {e}"[:200])
+    v_ref, g_ref = tape.value_and_grad(x)
+    bits = np.array([v, v_ref]).view(np.int64)
+    same = bits[0] == bits[1] and np.array_equal(np.asarray(g).view(np.int64),
+                                                 np.asarray(g_ref).view(np.int64))
+    fns["native_value"] = lambda: nt.value(x)
+    fns["native_vg"] = lambda: nt.value_and_grad(x)
+    return _row(case, NATIVE_SYSTEM, code, "ok (bitwise)" if same else "DIFFERS from fasttape",
+                compile_s=nt.compile_seconds, first_call_s=first,
+                grad_rel_diff=0.0 if same else None, value_rel_diff=0.0 if same else None)
 
 
 def _peer_rows(case: Case, rows: list[dict[str, Any]], v_ref: float, g_ref: np.ndarray,

@@ -5,9 +5,11 @@
 interpreter's results.  Modules, in pipeline order: :mod:`~fasttape.native.translate` (the op
 table's formulas as LLVM IR), :mod:`~fasttape.native.emit` (a tape as pieces of IR),
 :mod:`~fasttape.native.machine` (object code, loading), :mod:`~fasttape.native.cache` (the
-disk cache) and :mod:`~fasttape.native.tape` (the user-facing object).
+disk cache), :mod:`~fasttape.native.tape` (the user-facing object) and
+:mod:`~fasttape.native.tier` (compiling in the background once a tape is hot).
 """
 
 from fasttape.native.tape import DEFAULT_PIECE_SIZE, NativeTape, native, opt_level
+from fasttape.native.tier import TieredTape, tiered
 
-__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "native", "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "TieredTape", "native", "opt_level", "tiered"]

@@ -18,7 +18,8 @@ compile time is bounded, so the tape's is linear in its length):
   adjoints those are is known from the tape alone, so the work array never needs clearing: an
   adjoint is loaded only where an earlier-run piece or the seed stored it.
 
-The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces.
+The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
+``valueb`` and ``vgb`` call those over the rows of a batch.
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
@@ -33,8 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.native.machine import library
-from fasttape.native.translate import UNIT_PARTIALS, forward_name, op_library, partial_name
+from fasttape.native.translate import UNIT_PARTIALS, forward_name, partial_name
 from fasttape.ops import OPS
 
 __all__ = ["Layout", "driver_module", "n_modules", "piece_modules", "work_size"]
@@ -64,6 +64,11 @@ class Layout:
         Instructions per piece.
     tag : str
         Makes the symbol names of this tape unique in the process.
+    window : int
+        Instructions after which an unused register is dropped and its value (or adjoint)
+        reloaded from the work array at its next use (bounded live ranges, see ``_Refs``).
+    block : int
+        Instructions per basic block (see ``_block``).
     """
 
     ops: np.ndarray
@@ -74,6 +79,8 @@ class Layout:
     n_lead: int
     piece_size: int
     tag: str
+    window: int = 256
+    block: int = 16
 
     def __post_init__(self) -> None:
         self.ops = np.asarray(self.ops, dtype=np.int64)
@@ -87,14 +94,30 @@ class Layout:
         # last_piece[p]: the highest piece whose reverse sweep adds into slot p's adjoint
         # (-1 if none).  Reverse pieces run from the highest down, so piece k starts p's
         # adjoint from w when a higher piece touched it (or p is seeded as an output).
+        # Only instructions an output's adjoint can reach count (the reverse pieces skip the
+        # others): a skipped instruction stores nothing, so a lower piece must not load from it.
         self.last_piece = np.full(self.n_slots, -1, dtype=np.int64)
         nd = _NDIFF[self.ops]
+        live = self._live(nd)
         for j in range(int(nd.max(initial=0))):
-            rows = np.nonzero(nd > j)[0]
+            rows = np.nonzero((nd > j) & live)[0]
             parents = self.args[self.starts[rows] + j]
             np.maximum.at(self.last_piece, parents, rows // self.piece_size)
         self.output_slots = {int(s) for s in self.outputs}
         self.const_bits = [_imm(float(c)) for c in self.consts]
+
+    def _live(self, nd: np.ndarray) -> np.ndarray:
+        """Per instruction: whether an output's adjoint can reach it (an output itself, or a
+        differentiable argument of a live instruction)."""
+        reach = [False] * self.n_slots
+        for s in self.outputs.tolist():
+            reach[s] = True
+        args, starts, n_pre = self.args.tolist(), self.starts.tolist(), self.n_pre
+        for i, n in zip(range(self.n_instr - 1, -1, -1), nd[::-1].tolist(), strict=True):
+            if reach[n_pre + i]:
+                for a in args[starts[i]: starts[i] + n]:
+                    reach[a] = True
+        return np.array(reach[n_pre:], dtype=bool)
 
     def seeded(self, slot: int, piece: int) -> bool:
         """Whether piece ``piece`` starts ``slot``'s adjoint from ``w`` (else from 0)."""
@@ -113,12 +136,26 @@ def work_size(lay: Layout) -> int:
 
 
 class _Refs:
-    """Operand names inside one function: registers, immediates, or loads emitted on first use."""
+    """Operand names inside one function: registers, immediates, or loads emitted on first use.
 
-    def __init__(self, lay: Layout, lines: list[str]) -> None:
+    A register is forgotten once ``window`` instructions have passed without using it (see
+    :meth:`age`): the next use loads the value again from the work array (or ``x``), where it
+    always is.  That bounds how many values are live at once, which keeps LLVM's register
+    allocator's work per instruction bounded (the passes' grouping of like ops otherwise
+    keeps thousands of values alive across a piece).  Levels 0 and 1 run no pass that would
+    merge a reload with the first load; levels 2 and 3 (GVN) may, which only costs them
+    compile time.  (Marking reloads ``volatile`` to prevent that made the instruction
+    selector five times slower.)
+    """
+
+    def __init__(self, lay: Layout, lines: list[str], window: int) -> None:
         self.lay = lay
         self.lines = lines
+        self.window = window
         self.names: dict[int, str] = {}
+        self.last: dict[int, int] = {}  # slot -> clock of its last use
+        self.clock = 0
+        self.count = 0
 
     def value(self, s: int) -> str:
         """The value of slot ``s`` as an operand."""
@@ -127,73 +164,116 @@ class _Refs:
             return lay.const_bits[s - lay.n_lead]
         name = self.names.get(s)
         if name is None:
-            name = f"%l{s}"
+            self.count += 1
+            name = f"%l{s}.{self.count}"
             base, off = ("%x", s) if s < lay.n_lead else ("%w", s)
-            self.lines.append(f"  %p{s} = getelementptr inbounds double, ptr {base}, i64 {off}")
-            self.lines.append(f"  {name} = load double, ptr %p{s}")
+            self.lines.append(f"  %p{s}.{self.count} = getelementptr inbounds double, "
+                              f"ptr {base}, i64 {off}")
+            self.lines.append(f"  {name} = load double, ptr %p{s}.{self.count}")
             self.names[s] = name
+        self.last[s] = self.clock
         return name
 
+    def define(self, s: int, name: str) -> None:
+        """Slot ``s`` is in register ``name`` (and stored to the work array)."""
+        self.names[s] = name
+        self.last[s] = self.clock
 
-def _open_piece(lay: Layout, k: int, name: str) -> tuple[range, list[str], _Refs]:
-    """Start the function ``name`` of piece ``k``: its instructions, its first lines (the
-    signature both sweeps share: ``%x`` the point, ``%w`` the work array) and its loads."""
+    def age(self) -> list[int]:
+        """Advance the clock by one instruction; every ``window // 4`` instructions forget
+        the registers unused for ``window`` instructions, and return their slots."""
+        self.clock += 1
+        if self.clock % max(1, self.window // 4):
+            return []
+        old = [s for s, t in self.last.items() if t < self.clock - self.window]
+        for s in old:
+            del self.last[s]
+            del self.names[s]
+        return old
+
+
+def _block(lay: Layout, lines: list[str], n: int) -> None:
+    """Start a new basic block before the ``n``-th instruction of a piece, every ``lay.block``.
+
+    LLVM's instruction selector and schedulers work on one basic block at a time and are
+    superlinear in its length (ten times slower per instruction on a 2,000-instruction block
+    than on 16-instruction blocks); the unconditional branches cost nothing at run time (the
+    blocks are laid out in order and the branches removed).
+    """
+    if n and n % lay.block == 0:
+        lines.append(f"  br label %b{n}")
+        lines.append(f"b{n}:")
+
+
+def _forward(lay: Layout, k: int) -> str:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
-    lines = [f'define void @"{name}"(ptr noalias nocapture readonly %x, '
+    lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    return range(lo, hi), lines, _Refs(lay, lines)
-
-
-def _store(lines: list[str], ptr: str, offset: int, value: str) -> None:
-    """Store ``value`` at ``%w[offset]`` through the new pointer register ``ptr``."""
-    lines.append(f"  {ptr} = getelementptr inbounds double, ptr %w, i64 {offset}")
-    lines.append(f"  store double {value}, ptr {ptr}")
-
-
-def _forward(lay: Layout, k: int) -> tuple[str, set[str]]:
-    piece, lines, refs = _open_piece(lay, k, lay.fwd_name(k))
-    used: set[str] = set()
+    refs = _Refs(lay, lines, lay.window)
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
-    for i in piece:
+    for i in range(lo, hi):
+        refs.age()
+        _block(lay, lines, i - lo)
         spec = OPS[ops[i]]
         fn = forward_name(spec)
-        used.add(fn)
         a = args[starts[i]: starts[i + 1]]
         operands = ", ".join(f"double {refs.value(int(s))}" for s in a)
         s = n_pre + i
         lines.append(f'  %v{s} = call double @"{fn}"({operands})')
-        _store(lines, f"%q{s}", s, f"%v{s}")
-        refs.names[s] = f"%v{s}"
+        lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
+        lines.append(f"  store double %v{s}, ptr %q{s}")
+        refs.define(s, f"%v{s}")
     lines += ["  ret void", "}"]
-    return "\n".join(lines), used
+    return "\n".join(lines)
 
 
-def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
-    piece, lines, refs = _open_piece(lay, k, lay.rev_name(k))
-    used: set[str] = set()
+def _reverse(lay: Layout, k: int) -> str:
+    lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
+    lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
+             "ptr noalias nocapture %w) nounwind {", "entry:"]
+    refs = _Refs(lay, lines, lay.window)
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
     adj: dict[int, str] = {}  # slot -> register holding its adjoint so far
+    touched: dict[int, int] = {}  # slot -> clock of its adjoint's last update
+    spilled: set[int] = set()  # slots whose adjoint this piece stored to w and dropped
     count = 0
 
     def current(p: int) -> str:
         name = adj.get(p)
         if name is None:
-            if lay.seeded(p, k):
-                name = f"%a{p}"
-                lines.append(f"  %pa{p} = getelementptr inbounds double, ptr %w, i64 "
-                             f"{n_slots + p}")
-                lines.append(f"  {name} = load double, ptr %pa{p}")
+            if p in spilled or lay.seeded(p, k):
+                name = f"%a{p}.{refs.clock}"
+                lines.append(f"  %pa{p}.{refs.clock} = getelementptr inbounds double, "
+                             f"ptr %w, i64 {n_slots + p}")
+                lines.append(f"  {name} = load double, ptr %pa{p}.{refs.clock}")
             else:
                 name = "0.0"
             adj[p] = name
+        touched[p] = refs.clock
         return name
 
-    for i in reversed(piece):
+    def store(p: int, name: str, tag: str) -> None:
+        lines.append(f"  %s{tag}{p} = getelementptr inbounds double, ptr %w, i64 {n_slots + p}")
+        lines.append(f"  store double {name}, ptr %s{tag}{p}")
+
+    for i in range(hi - 1, lo - 1, -1):
+        refs.age()
+        _block(lay, lines, hi - 1 - i)
+        if refs.clock % max(1, lay.window // 4) == 0:
+            # Adjoints not updated for a window's length go to w (bounded live ranges, as
+            # for the values in _Refs): their next update or their instruction reloads them.
+            for p in [p for p, t in touched.items() if t < refs.clock - lay.window]:
+                del touched[p]
+                name = adj.pop(p)
+                if name != "0.0":
+                    store(p, name, f"p{refs.clock}.")
+                    spilled.add(p)
         s = n_pre + i
-        if s not in adj and not lay.seeded(s, k):
+        if s not in adj and s not in spilled and not lay.seeded(s, k):
             continue  # no adjoint ever reaches this instruction: it moves nothing
         g = current(s)
         del adj[s]
+        touched.pop(s, None)
         spec = OPS[ops[i]]
         if not spec.ndiff:
             continue
@@ -210,42 +290,41 @@ def _reverse(lay: Layout, k: int) -> tuple[str, set[str]]:
             unit = UNIT_PARTIALS.get(expr)
             if unit is not None:
                 op = "fadd" if unit > 0 else "fsub"
-                lines.append(f"  %t{count} = {op} double {cur}, {g}")
-                lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
+                if cur == "0.0":
+                    # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select
+                    # would pick the same bits.
+                    lines.append(f"  {new} = {op} double 0.0, {g}")
+                else:
+                    lines.append(f"  %t{count} = {op} double {cur}, {g}")
+                    lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
             else:
                 if operands is None:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 fn = partial_name(spec, j)
-                used.add(fn)
                 lines.append(f'  %d{count} = call double @"{fn}"({operands})')
                 lines.append(f"  %m{count} = fmul double {g}, %d{count}")
                 lines.append(f"  %t{count} = fadd double {cur}, %m{count}")
                 lines.append(f"  %z{count} = fcmp une double %d{count}, 0.0")
-                lines.append(f"  %c{count} = and i1 %g{s}, %z{count}")
-                lines.append(f"  {new} = select i1 %c{count}, double %t{count}, double {cur}")
+                lines.append(f"  %u{count} = select i1 %z{count}, double %t{count}, "
+                             f"double {cur}")
+                lines.append(f"  {new} = select i1 %g{s}, double %u{count}, double {cur}")
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
+    # (A spilled one that was not updated again is in w already.)
     for p, name in sorted(adj.items()):
-        _store(lines, f"%sa{p}", n_slots + p, name)
+        store(p, name, "a")
     lines += ["  ret void", "}"]
-    return "\n".join(lines), used
+    return "\n".join(lines)
 
 
-def _module(header: str, body: str, used: set[str]) -> tuple[str, bool]:
-    return "\n".join([header, library(), body, ""]), bool(used & op_library()[1])
-
-
-def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str, bool]]:
-    """``(name, IR text, has a loop)`` of every piece module, forward pieces first, made one
-    at a time (the text of a whole large tape would not fit in memory twice).  "Has a loop":
-    the piece calls an op whose function loops (``powi``), which only the full optimizer
-    pipeline unrolls."""
+def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str]]:
+    """``(name, IR text)`` of every piece module, forward pieces first, made one at a time
+    (the text of a whole large tape would not fit in memory twice).  The text calls the op
+    library's functions, which :func:`fasttape.native.machine.compile_module` appends."""
     for k in range(lay.n_pieces):
-        body, used = _forward(lay, k)
-        yield lay.fwd_name(k), *_module(header, body, used)
+        yield lay.fwd_name(k), "\n".join([header, _forward(lay, k), ""])
     for k in range(lay.n_pieces):
-        body, used = _reverse(lay, k)
-        yield lay.rev_name(k), *_module(header, body, used)
+        yield lay.rev_name(k), "\n".join([header, _reverse(lay, k), ""])
 
 
 def n_modules(lay: Layout) -> int:
@@ -266,7 +345,7 @@ def driver_module(lay: Layout, header: str) -> str:
     # value(x, w, out)
     lines = [f'define void @"ft.value.{lay.tag}"(ptr %x, ptr %w, ptr %out) nounwind {{',
              "entry:", *fwd_calls]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, 1 << 62)
     for j, s in enumerate(lay.outputs):
         v = refs.value(int(s))
         lines.append(f"  %o{j} = getelementptr inbounds double, ptr %out, i64 {j}")
@@ -276,7 +355,7 @@ def driver_module(lay: Layout, header: str) -> str:
     # vg(x, w, grad, which) -> value of output `which`
     lines += [f'define double @"ft.vg.{lay.tag}"(ptr %x, ptr %w, ptr %grad, i64 %which) '
               "nounwind {", "entry:", *fwd_calls]
-    refs = _Refs(lay, lines)
+    refs = _Refs(lay, lines, 1 << 62)
     base = 2 * n_slots
     for j, s in enumerate(lay.outputs):
         v = refs.value(int(s))
@@ -309,4 +388,46 @@ def driver_module(lay: Layout, header: str) -> str:
     lines.append("  %pr = getelementptr inbounds double, ptr %w, i64 %wi")
     lines.append("  %r = load double, ptr %pr")
     lines += ["  ret double %r", "}"]
+    lines += _batch_loops(lay)
     return "\n".join([header, *decl, *lines, ""])
+
+
+def _batch_loops(lay: Layout) -> list[str]:
+    """``valueb(x, w, out, n)`` and ``vgb(x, w, grad, which, vals, n)``: the single-point
+    entry points over ``n`` consecutive rows of ``x`` (one call per chunk of a batch, so the
+    caller's thread holds no lock while the rows run)."""
+    tag, lead, n_in, m = lay.tag, lay.n_lead, lay.n_inputs, len(lay.outputs)
+
+    def loop(name: str, params: str, body: list[str]) -> list[str]:
+        return [
+            f'define void @"{name}"({params}, i64 %n) nounwind {{',
+            "entry:",
+            "  %empty = icmp sle i64 %n, 0",
+            "  br i1 %empty, label %done, label %row",
+            "row:",
+            "  %i = phi i64 [ 0, %entry ], [ %next, %row ]",
+            f"  %xo = mul i64 %i, {lead}",
+            "  %xi = getelementptr inbounds double, ptr %x, i64 %xo",
+            *body,
+            "  %next = add i64 %i, 1",
+            "  %more = icmp slt i64 %next, %n",
+            "  br i1 %more, label %row, label %done",
+            "done:",
+            "  ret void",
+            "}",
+        ]
+
+    return [
+        *loop(f"ft.valueb.{tag}", "ptr %x, ptr %w, ptr %out", [
+            f"  %oo = mul i64 %i, {m}",
+            "  %oi = getelementptr inbounds double, ptr %out, i64 %oo",
+            f'  call void @"ft.value.{tag}"(ptr %xi, ptr %w, ptr %oi)',
+        ]),
+        *loop(f"ft.vgb.{tag}", "ptr %x, ptr %w, ptr %grad, i64 %which, ptr %vals", [
+            f"  %go = mul i64 %i, {n_in}",
+            "  %gi = getelementptr inbounds double, ptr %grad, i64 %go",
+            f'  %v = call double @"ft.vg.{tag}"(ptr %xi, ptr %w, ptr %gi, i64 %which)',
+            "  %vi = getelementptr inbounds double, ptr %vals, i64 %i",
+            "  store double %v, ptr %vi",
+        ]),
+    ]

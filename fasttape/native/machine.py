@@ -13,6 +13,7 @@ emitters never write), so no ``a * b + c`` is fused into an FMA.
 from __future__ import annotations
 
 import functools
+import re
 import threading
 
 import llvmlite
@@ -22,7 +23,15 @@ from fasttape.native.translate import libm_symbols, op_library
 
 __all__ = ["Engine", "compile_module", "header", "library", "machine_key"]
 
+# Every module of the native tier lives in one private LLVM context, used under this lock:
+# never Numba's global context, which Numba's compiles use (under Numba's own lock) from any
+# thread, so a tape compiling in the background (tiering) cannot race with them.
 _lock = threading.Lock()
+
+
+@functools.cache
+def _context() -> llvm.ContextRef:
+    return llvm.create_context()
 
 
 @functools.cache
@@ -57,24 +66,33 @@ def header() -> str:
 
 
 @functools.cache
-def library() -> str:
+def library(inline_loops: bool = True) -> str:
     """The op library (:func:`fasttape.native.translate.op_library`) optimized once, at level 2,
     with every function made internal: what each piece module includes.
 
-    Its functions are already clean SSA, so a piece needs only inlining and a light cleanup
-    (:func:`compile_module`), not the full pipeline.
+    Its functions are already clean SSA, so a piece needs only inlining, not the full
+    pipeline (:func:`compile_module`).  With ``inline_loops`` false, the functions that loop
+    (``powi``'s, its partial's) are ``noinline``: a piece calls them, and the loop runs as the
+    interpreter's does.  Inlined, their loops would split a piece into thousands of basic
+    blocks, which LLVM's optimizing instruction selector handles in quadratic time (50 s for
+    10,000 Lennard-Jones instructions), and without the full pipeline nothing unrolls them.
     """
     tm = _target_machine()
     with _lock:
-        mod = llvm.parse_assembly(header() + op_library()[0])
+        mod = llvm.parse_assembly(header() + op_library()[0], _context())
         _run(mod, tm, 2)
         text = str(mod)
+    loops = op_library()[1]
     lines = []
     for line in text.splitlines():
         if line.startswith(("target ", "; ModuleID", "source_filename")):
             continue
         if line.startswith("define "):
             line = "define internal " + line[len("define "):]
+            name = re.search(r"@\"?([^\s(\"]+)", line)
+            if not inline_loops and name is not None and name.group(1) in loops:
+                # Its own attributes instead of the (shared, alwaysinline) attribute group.
+                line = re.sub(r" #\d+ \{$", " noinline nounwind memory(none) {", line)
         lines.append(line)
     return "\n".join(lines)
 
@@ -93,20 +111,25 @@ def machine_key() -> str:
                      ".".join(map(str, llvm.llvm_version_info)), llvmlite.__version__])
 
 
-def compile_module(text: str, level: int) -> bytes:
+def compile_module(text: str, level: int, with_library: bool = True) -> bytes:
     """Object code of one IR module.
 
-    ``level`` 0 and 1 inline the (already optimized) op library and clean up with a short
-    pipeline (always-inline, instcombine, simplifycfg, global DCE), then generate code with
-    LLVM's fast instruction selector and register allocator at 0, its optimizing ones at 1;
-    2 and 3 run LLVM's standard pipeline of that level and the optimizing code generator
-    (what a piece whose ops contain a loop, ``powi``'s, gets at least, so that the loop is
-    unrolled for its constant exponent).  Every level computes bitwise the same results.
+    ``level`` 0 and 1 only inline the (already optimized) op library: the pieces are
+    straight-line code the emitter wrote with nothing left to simplify, and a pass like
+    instcombine would merge the two selects of an adjoint update into one select on an
+    ``and`` of two compares, which x86 can only lower with a branch, splitting the block
+    (quadratic in the block's length).  Code generation uses LLVM's fast instruction
+    selector and register allocator at 0, its optimizing ones at 1.  2 and 3 run LLVM's
+    standard pipeline of that level, which unrolls ``powi``'s loop for its constant
+    exponent (levels 0 and 1 call it: :func:`library`); they merge the emitter's basic blocks
+    and compile far slower.  Every level computes bitwise the same results.  ``with_library``:
+    append the op library (:func:`library`) to ``text`` (the pieces call its functions).
     """
     tm = _target_machine() if level >= 1 else _fast_target_machine()
-    # The global context is shared: parse and optimize one module at a time.
+    if with_library:
+        text = f"{text}\n{library(inline_loops=level >= 2)}\n"
     with _lock:
-        mod = llvm.parse_assembly(text)
+        mod = llvm.parse_assembly(text, _context())
         if level >= 2:
             _run(mod, tm, level)
         else:
@@ -114,8 +137,6 @@ def compile_module(text: str, level: int) -> bytes:
             pb = llvm.create_pass_builder(tm, pto)
             pm = llvm.create_new_module_pass_manager()
             pm.add_always_inliner_pass()
-            pm.add_instruction_combine_pass()
-            pm.add_simplify_cfg_pass()
             pm.add_global_dead_code_eliminate_pass()
             pm.run(mod, pb)
         return bytes(tm.emit_object(mod))
@@ -133,7 +154,8 @@ class Engine:
             codemodel="jitdefault",
         )
         with _lock:
-            self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(header()), tm)
+            self._engine = llvm.create_mcjit_compiler(
+                llvm.parse_assembly(header(), _context()), tm)
             for obj in objects:
                 self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()

@@ -12,18 +12,19 @@ import hashlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from fasttape.kernels import scalar
 from fasttape.native import cache, emit, machine, translate
 from fasttape.ops import table_hash
-from fasttape.tape import TapeRecord, check_out
+from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "native", "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "NativeTape", "native", "opt_level"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -32,6 +33,40 @@ DEFAULT_PIECE_SIZE = 2000
 _VALUE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 _VG = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_int64)
+_VALUEB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                           ctypes.c_int64)
+_VGB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+
+@numba.njit(cache=True, nogil=True)
+def _call_value(fn: Any, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    # Calling through Numba costs a third of a ctypes call from Python, which pays about a
+    # microsecond for each array's address (``a.ctypes.data``).  ``fn`` is an argument (its
+    # address is read at each call), so one compiled trampoline serves every tape.
+    fn(x.ctypes.data, w.ctypes.data, out.ctypes.data)
+
+
+@numba.njit(cache=True, nogil=True)
+def _call_vg(fn: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int) -> float:
+    return fn(x.ctypes.data, w.ctypes.data, grad.ctypes.data, which)
+
+
+#: A batch is split over threads only when rows x instructions reach this much per thread
+#: (below, starting the threads costs more than it saves).
+PARALLEL_MIN_WORK = 200_000
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The worker threads of native batches, started on first use, shared by all tapes."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                       thread_name_prefix="fasttape-native")
+        return _pool
 
 
 def opt_level(n_instr: int) -> int:
@@ -39,11 +74,12 @@ def opt_level(n_instr: int) -> int:
 
     Every level gives bitwise the same results (no fast-math, no contraction): the level only
     trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
-    to 20,000 instructions, ``2`` (about 0.3 ms of compiling per instruction, the fastest
-    code); above, ``0`` (about 0.1 ms per instruction, so a 1e6-instruction tape compiles in
-    minutes, not hours).  docs/native.md has the measurements.
+    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.2 to 0.6 ms of
+    compiling per instruction, code up to twice as fast as level 0's); above, ``0`` (its fast
+    instruction selector and register allocator, about 0.1 ms per instruction).
+    docs/native.md has the measurements.
     """
-    return 2 if n_instr <= 20_000 else 0
+    return 1 if n_instr <= 20_000 else 0
 
 
 def _source_digest() -> str:
@@ -93,6 +129,8 @@ class NativeTape:
         self._engine = machine.Engine(objects)
         self._value = _VALUE(self._engine.address(f"ft.value.{lay.tag}"))
         self._vg = _VG(self._engine.address(f"ft.vg.{lay.tag}"))
+        self._valueb = _VALUEB(self._engine.address(f"ft.valueb.{lay.tag}"))
+        self._vgb = _VGB(self._engine.address(f"ft.vgb.{lay.tag}"))
         self.load_seconds = time.perf_counter() - t
         self.tape = tape
         self.compile_seconds = compile_seconds
@@ -141,25 +179,52 @@ class NativeTape:
             )
         return xin
 
-    def _rows(self, xin: np.ndarray, one: Callable[[np.ndarray], Any]) -> list[Any]:
-        return [one(np.ascontiguousarray(row)) for row in xin]
+    def _chunks(self, n_rows: int, threads: Any, run: Any) -> None:
+        """``run(lo, hi)`` over the rows ``0 .. n_rows`` cut into one contiguous chunk per
+        worker: the calling thread runs the first, the shared pool the others.  A chunk is
+        one call into machine code, which holds no Python lock, so chunks run in parallel;
+        each thread has its own work array, and every row gives the bits of a single call."""
+        t = resolve_threads(threads)
+        work = n_rows * max(1, len(self.tape.ops))
+        workers = max(1, min(t, n_rows, work // PARALLEL_MIN_WORK))
+        bounds = [n_rows * k // workers for k in range(workers + 1)]
+        if workers == 1:
+            run(0, n_rows)
+            return
+        pool = _executor()
+        futures = [pool.submit(run, bounds[k], bounds[k + 1]) for k in range(1, workers)]
+        run(bounds[0], bounds[1])
+        for f in futures:
+            f.result()
 
-    def value(self, x: Any, p: Any = None, *, out: np.ndarray | None = None) -> Any:
+    def value(self, x: Any, p: Any = None, *, out: np.ndarray | None = None,
+              threads: int | None = None) -> Any:
         """The outputs at ``x``: a float for a single-output tape, else an array (or ``out``).
 
-        ``x`` may be a batch ``(B, n_inputs)``: evaluated row by row (one thread), giving
-        shape ``(B,)`` or ``(B, n_outputs)``.  ``p``: the parameters, as for
-        :meth:`fasttape.Tape.value`.
+        ``x`` may be a batch ``(B, n_inputs)``, giving shape ``(B,)`` or ``(B, n_outputs)``:
+        its rows are split over ``threads`` threads (default ``numba.get_num_threads()``;
+        fewer for a small batch), bitwise the results of single calls.  ``p``: the
+        parameters, as for :meth:`fasttape.Tape.value`.
         """
         xin = self._point(x, p)
         m = self.n_outputs
         if xin.ndim == 2:
-            res = np.array(self._rows(xin, lambda r: self._value_one(r, None)))
+            xin = np.ascontiguousarray(xin)
+            res = np.empty((xin.shape[0], m))
+            xs, rs = xin.strides[0], 8 * m
+
+            def run(lo: int, hi: int) -> None:
+                self._valueb(xin.ctypes.data + lo * xs, self._work().ctypes.data,
+                             res.ctypes.data + lo * rs, hi - lo)
+
+            self._chunks(xin.shape[0], threads, run)
             res = res[:, 0] if m == 1 else res
             if out is not None:
                 check_out(out, res.shape, "out")[...] = res
                 return out
             return res
+        if threads is not None:
+            resolve_threads(threads)  # only batches use it; still refuse a bad value
         res = self._value_one(xin, None if out is None else check_out(out, m, "out"))
         if out is not None:
             return out
@@ -167,39 +232,44 @@ class NativeTape:
 
     def _value_one(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         res = np.empty(self.n_outputs) if out is None else out
-        self._value(xin.ctypes.data, self._work().ctypes.data, res.ctypes.data)
+        _call_value(self._value, xin, self._work(), res)  # check_out: C-contiguous float64
         return res
 
     def value_and_grad(self, x: Any, p: Any = None, *, output: int | None = None,
-                       out: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+                       out: np.ndarray | None = None,
+                       threads: int | None = None) -> tuple[Any, np.ndarray]:
         """Value of one output and its gradient, as :meth:`fasttape.Tape.value_and_grad`
-        (bitwise the same); a batch ``x`` is evaluated row by row."""
+        (bitwise the same); a batch ``x`` is split over ``threads`` as in :meth:`value`."""
         xin = self._point(x, p)
         which = self.tape.output_index(output)
         n = self.n_inputs
         if xin.ndim == 2:
-            grad = np.empty((xin.shape[0], n)) if out is None else \
-                check_out(out, (xin.shape[0], n), "out")
-            vals = np.empty(xin.shape[0])
-            for b in range(xin.shape[0]):
-                vals[b] = self._vg_one(np.ascontiguousarray(xin[b]), which, grad[b])
-            return vals, grad
+            xin = np.ascontiguousarray(xin)
+            b = xin.shape[0]
+            # check_out accepts only C-contiguous float64 arrays.
+            g = np.empty((b, n)) if out is None else check_out(out, (b, n), "out")
+            vals = np.empty(b)
+            xs, gs = xin.strides[0], 8 * n
+
+            def run(lo: int, hi: int) -> None:
+                self._vgb(xin.ctypes.data + lo * xs, self._work().ctypes.data,
+                          g.ctypes.data + lo * gs, which, vals.ctypes.data + 8 * lo, hi - lo)
+
+            self._chunks(b, threads, run)
+            return vals, g
+        if threads is not None:
+            resolve_threads(threads)
         grad = np.empty(n) if out is None else check_out(out, n, "out")
         return self._vg_one(xin, which, grad), grad
 
     def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
-        if grad.flags.c_contiguous and grad.dtype == np.float64:
-            return float(self._vg(xin.ctypes.data, self._work().ctypes.data,
-                                  grad.ctypes.data, which))
-        tmp = np.empty(self.n_inputs)
-        v = float(self._vg(xin.ctypes.data, self._work().ctypes.data, tmp.ctypes.data, which))
-        grad[...] = tmp
-        return v
+        # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
+        return _call_vg(self._vg, xin, self._work(), grad, which)
 
     def grad(self, x: Any, p: Any = None, *, output: int | None = None,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         """The gradient of one output at ``x``; see :meth:`value_and_grad`."""
-        return self.value_and_grad(x, p, output=output, out=out)[1]
+        return self.value_and_grad(x, p, output=output, out=out, threads=threads)[1]
 
     __call__ = value
 
@@ -246,14 +316,14 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     header = machine.header()
     objects = []
     total = emit.n_modules(lay)
-    for n, (_, text, loops) in enumerate(emit.piece_modules(lay, header)):
-        objects.append(machine.compile_module(text, max(level, 2) if loops else level))
+    for n, (_, text) in enumerate(emit.piece_modules(lay, header)):
+        objects.append(machine.compile_module(text, level))
         if progress and (n % 50 == 49 or n == total - 1):
             print(f"\rnative: {n + 1}/{total} pieces compiled", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
     # The driver is a list of calls: nothing for an optimizer to gain.
-    objects.append(machine.compile_module(emit.driver_module(lay, header), 0))
+    objects.append(machine.compile_module(emit.driver_module(lay, header), 0, False))
     seconds = time.perf_counter() - t
     if cache_entries:
         cache.save(key, objects)
