@@ -20,11 +20,13 @@ import numba
 import numpy as np
 
 from fasttape.kernels import scalar
+from fasttape.kernels.jit import kernel
 from fasttape.native import cache, emit, machine, translate
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "NativeTape", "native", "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "NativeTape", "interpreted", "native",
+           "opt_level"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -38,7 +40,7 @@ _VALUEB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void
 _VGB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _call_value(fn: Any, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
     # Calling through Numba costs a third of a ctypes call from Python, which pays about a
     # microsecond for each array's address (``a.ctypes.data``).  ``fn`` is an argument (its
@@ -46,9 +48,15 @@ def _call_value(fn: Any, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
     fn(x.ctypes.data, w.ctypes.data, out.ctypes.data)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel
 def _call_vg(fn: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int) -> float:
     return fn(x.ctypes.data, w.ctypes.data, grad.ctypes.data, which)
+
+
+def interpreted(name: str, doc: str) -> property:
+    """A read-only property that reads attribute ``name`` of the wrapped (interpreted) tape
+    ``self.tape``: the native tape and its tiered wrapper describe the tape they run."""
+    return property(lambda self: getattr(self.tape, name), doc=doc)
 
 
 #: A batch is split over threads only when rows x instructions reach this much per thread
@@ -140,15 +148,8 @@ class NativeTape:
         self._local = threading.local()
 
     # ------------------------------------------------------------------ shape
-    @property
-    def n_inputs(self) -> int:
-        """Number of inputs (the gradient's length)."""
-        return self.tape.n_inputs
-
-    @property
-    def n_outputs(self) -> int:
-        """Number of outputs."""
-        return self.tape.n_outputs
+    n_inputs = interpreted("n_inputs", "Number of inputs (the gradient's length).")
+    n_outputs = interpreted("n_outputs", "Number of outputs.")
 
     def __repr__(self) -> str:
         how = "loaded from the cache" if self.from_cache else \

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.native.tape import NativeTape, native
+from fasttape.native.tape import NativeTape, interpreted, native
 from fasttape.tape import TapeRecord
 
 __all__ = ["TieredTape", "tiered"]
@@ -135,15 +135,8 @@ class TieredTape:
             self._last = (x, p)
 
     # ------------------------------------------------------------------ calls
-    @property
-    def n_inputs(self) -> int:
-        """Number of inputs (the gradient's length)."""
-        return self.tape.n_inputs
-
-    @property
-    def n_outputs(self) -> int:
-        """Number of outputs."""
-        return self.tape.n_outputs
+    n_inputs = interpreted("n_inputs", "Number of inputs (the gradient's length).")
+    n_outputs = interpreted("n_outputs", "Number of outputs.")
 
     def value(self, x: Any, p: Any = None, *, out: np.ndarray | None = None,
               threads: int | None = None) -> Any:
