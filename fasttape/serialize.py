@@ -118,12 +118,6 @@ def _tensor_tape(arrays: dict[str, Any], cls: type[TensorTape]) -> TensorTape:
         }
     except (TypeError, KeyError, IndexError, json.JSONDecodeError) as exc:
         raise ValueError(f"bad layout: {type(exc).__name__}: {exc}") from None
-    if layout["in_tree"].n_leaves != len(layout["inputs"]) \
-            or layout["param_tree"].n_leaves != len(layout["params"]):
-        raise ValueError("bad layout: the argument structure does not match the leaves")
-    if any(d < 0 for _, s in [*layout["inputs"], *layout["params"], layout["output"]]
-           for d in s):
-        raise ValueError("bad layout: negative dimension")
     return cls.from_arrays(arrays, layout)
 
 

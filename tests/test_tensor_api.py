@@ -298,3 +298,35 @@ def test_hvp_and_hessian_against_jax() -> None:
     np.testing.assert_allclose(tape.hvp(x, v), want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(tape.hessian(x), jax.hessian(lambda z: f(jnp, z))(x),
                                rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------- one conversion
+
+
+def test_every_array_a_tensor_tape_takes_refuses_complex_and_wrong_shapes() -> None:
+    # Arguments, batches, tangents and cotangents all go through one conversion (as_leaf):
+    # complex values are refused (a cast would drop the imaginary part), shapes named.
+    tape = ft.compile(ft.trace(lambda x: np.sin(x) * 2.0, shapes=[(3,)]))
+    x = np.ones(3)
+    for call, name in [(lambda: tape.value(x + 1j), r"argument\[0\]"),
+                       (lambda: tape.value(np.ones((2, 3)) + 1j), r"argument\[0\]"),
+                       (lambda: tape.jvp(x, x + 1j), r"tangent\[0\]"),
+                       (lambda: tape.vjp(x, x + 1j), "the cotangent")]:
+        with pytest.raises(TypeError, match=f"{name} must be an array of real numbers"):
+            call()
+    with pytest.raises(ValueError, match=r"the cotangent has shape \(2,\), expected \(3,\)"):
+        tape.vjp(x, np.ones(2))
+
+
+def test_a_layout_that_does_not_fit_is_refused_by_the_constructor(mlp) -> None:
+    from fasttape.tensor.tree import TreeDef
+
+    tape = mlp[0]
+    arrays = tape.to_arrays()
+    bad_tree = {**tape.layout(), "in_tree": TreeDef("tuple")}
+    with pytest.raises(ValueError, match="argument structure does not match the leaves"):
+        ft.TensorTape.from_arrays(arrays, bad_tree)
+    inputs = tape.layout()["inputs"]
+    negative = {**tape.layout(), "inputs": [(inputs[0][0], (-1, 3)), *inputs[1:]]}
+    with pytest.raises(ValueError, match="negative dimension"):
+        ft.TensorTape.from_arrays(arrays, negative)

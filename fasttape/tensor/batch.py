@@ -31,12 +31,12 @@ class Batch:
 
 def _leading(value: Any, shape: tuple[int, ...]) -> int | None:
     # B if value is an array of shape (B, *shape), else None.
-    arr = value if isinstance(value, np.ndarray) else None
-    if arr is None:
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            return None
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if arr.dtype.kind not in "biuf":
+        return None  # the single-point path refuses it with the leaf's name
     if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
         return int(arr.shape[0])
     return None

@@ -30,7 +30,7 @@ from fasttape.ops import N_OPS, OPS
 from fasttape.tensor.batch import run_batch, split_batch, stack_tree
 from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.lower import lower
-from fasttape.tensor.tree import TreeDef
+from fasttape.tensor.tree import TreeDef, as_leaf
 
 __all__ = ["TensorTape", "compile_tensor_graph"]
 
@@ -210,10 +210,17 @@ class TensorTape:
         for what, (off, shape) in [*[("input", x) for x in inputs],
                                    *[("parameter", x) for x in params],
                                    ("output", (out_offset, out_shape))]:
+            if any(d < 0 for d in shape):
+                raise ValueError(f"the {what} has a negative dimension: {shape}")
             size = math.prod(shape)
             if size and (off < 0 or off + size > init.size):
                 raise ValueError(f"the {what} range {off}..{off + size - 1} is outside the "
                                  f"{init.size} slots")
+        if in_tree.n_leaves != len(inputs) or param_tree.n_leaves != len(params):
+            raise ValueError(
+                f"the argument structure does not match the leaves: {in_tree.n_leaves} input "
+                f"and {param_tree.n_leaves} parameter leaves in the trees, {len(inputs)} and "
+                f"{len(params)} ranges given")
         self._arrays = (kinds, ops, at, fields)
         for a in (kinds, ops, at, fields, init):
             a.flags.writeable = False
@@ -395,24 +402,7 @@ class TensorTape:
             raise TypeError("this tape takes no parameters, but p= was given")
         slots = [*self._inputs, *self._params]
         for k, ((off, shape), value) in enumerate(zip(slots, leaves, strict=True)):
-            if type(value) is np.ndarray and value.dtype == np.float64 and value.shape == shape:
-                vals[off:off + value.size] = value.reshape(-1)
-                continue
-            name = names[k]
-            try:
-                arr = np.asarray(value)
-                # Complex values would lose their imaginary part in the cast (a warning only).
-                if arr.dtype.kind not in "biuf":
-                    raise TypeError
-                arr = arr.astype(np.float64, copy=False)
-            except (TypeError, ValueError):
-                raise TypeError(f"{name} must be an array of real numbers with shape {shape}, "
-                                f"got {type(value).__name__}"
-                                + (f" of dtype {arr.dtype}" if isinstance(value, np.ndarray)
-                                   else "")) from None
-            if arr.shape != shape:
-                raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (the shape "
-                                 "it was traced with)")
+            arr = as_leaf(value, shape, names[k], "the shape it was traced with")
             vals[off:off + arr.size] = arr.reshape(-1)
         for leaf, bound in self._index_checks:
             off, shape = self._params[leaf]
@@ -514,10 +504,7 @@ class TensorTape:
     def vjp(self, args: Any, cotangent: Any, p: Any = None) -> Any:
         """``cotangent`` (the output's shape) times the Jacobian: a gradient-shaped result."""
         off, shape, _ = self._out
-        cot = np.asarray(cotangent, dtype=np.float64)
-        if cot.shape != shape:
-            raise ValueError(f"the cotangent has shape {cot.shape}, expected the output's "
-                             f"shape {shape}")
+        cot = as_leaf(cotangent, shape, "the cotangent", "the output's shape")
         vals, adj = self._buffers()
         self._load(tuple(args) if isinstance(args, tuple) else (args,), p, vals)
         self._sweeps(vals, adj, off, np.ascontiguousarray(cot).reshape(-1))
@@ -553,11 +540,7 @@ class TensorTape:
         tan.fill(0.0)
         for (off, shape, size), value, name in zip(self._in_slots, leaves,
                                                    self._in_tree.paths("tangent"), strict=True):
-            arr = np.asarray(value, dtype=np.float64)
-            if arr.shape != shape:
-                raise ValueError(f"{name} has shape {arr.shape}, expected {shape} (its "
-                                 "argument's shape)")
-            tan[off:off + size] = arr.reshape(-1)
+            tan[off:off + size] = as_leaf(value, shape, name, "its argument's shape").reshape(-1)
 
     def _extra(self, name: str) -> np.ndarray:
         # A per-thread vector of the value vector's length (tangents, adjoint tangents).

@@ -15,7 +15,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TreeDef", "is_shape", "tree_flatten"]
+import numpy as np
+
+__all__ = ["TreeDef", "as_leaf", "is_shape", "tree_flatten"]
+
+
+def as_leaf(value: Any, shape: tuple[int, ...], name: str, what: str) -> np.ndarray:
+    """``value`` as a float64 array of ``shape``, else a clear error naming the leaf.
+
+    The one conversion of every array a tensor tape takes (arguments, parameters, tangents,
+    cotangents).  Complex values are refused: a cast would drop the imaginary part with only
+    a warning.  ``what`` says where ``shape`` comes from, for the message.
+    """
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.shape == shape:
+        return value
+    arr = None
+    try:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError
+        arr = arr.astype(np.float64, copy=False)
+    except (TypeError, ValueError):
+        dtype = f" of dtype {arr.dtype}" if isinstance(arr, np.ndarray) else ""
+        raise TypeError(f"{name} must be an array of real numbers with shape {shape}, got "
+                        f"{type(value).__name__}{dtype}") from None
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape} ({what})")
+    return arr
 
 
 def is_shape(value: Any) -> bool:
