@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Any
 
 import numpy as np
 
@@ -133,8 +132,3 @@ class TensorGraph:
         parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
         return (f"<TensorGraph: {len(self.inputs)} input leaves, {len(self.params)} parameter "
                 f"leaves, {self.n_instructions} instructions ({parts}), {self.n_slots} slots>")
-
-    def describe(self) -> Any:
-        """Leaf shapes and output shape, for messages."""
-        return {"inputs": [s for _, s in self.inputs], "params": [s for _, s in self.params],
-                "output": self.output_shape}
