@@ -52,6 +52,7 @@ from fasttape import ops as _ops
 from fasttape.bench.cases import build_case
 from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 from fasttape.kernels import batch, sweep, tangent
+from fasttape.kernels.codegen import import_file
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules compared, by role, in the work tree (the old layout's file for each role).
@@ -67,22 +68,13 @@ def _show(rev: str, path: str) -> str | None:
     return None if done.returncode else done.stdout
 
 
-def _import(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
     """Import ``rev``'s kernels from ``folder`` under names of their own, by role."""
     table = _show(rev, "fasttape/ops.py")
     if table is None:
         raise SystemExit(f"bench_ab_kernels: cannot read fasttape/ops.py at {rev!r}")
     (folder / "ab_old_ops.py").write_text(table)
-    if _import("ab_old_ops", folder / "ab_old_ops.py").table_hash() != _ops.table_hash():
+    if import_file("ab_old_ops", folder / "ab_old_ops.py").table_hash() != _ops.table_hash():
         raise SystemExit(f"bench_ab_kernels: the op table of {rev!r} differs from the work "
                          "tree's; this script compares kernels only")
     if _show(rev, "fasttape/kernels/_generated.py") is not None:  # the generated layout
@@ -92,7 +84,7 @@ def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
             text = _show(rev, f"fasttape/kernels/{name}") or ""
             # The tangent file imports the core sweeps: the old ones (loaded first).
             path.write_text(text.replace("fasttape.kernels._generated", "ab_old__generated"))
-            mods[key] = _import(f"ab_old_{name[:-3]}", path)
+            mods[key] = import_file(f"ab_old_{name[:-3]}", path)
         return mods
     listing = subprocess.run(["git", "ls-tree", "--name-only", f"{rev}:fasttape/kernels"],
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -124,12 +116,12 @@ def batch_case(family: str, nodes: float | None, points: int, threads: int
         tape = case.tape
         X = case.x + rng.uniform(-0.01, 0.01, size=(points, tape.n_inputs))
     args, dest, outputs, rows = fb.layout(tape, True)
-    _, w, c = fb._plan(tape, True, points, threads, None)
-    vals, parts, adj = fb._buffers(tape, "stored", w, c, rows)
+    _, w, c = fb.plan(tape, True, points, threads, None)
+    vals, parts, adj = fb.buffers(tape, "stored", w, c, rows)
 
     def run(mod: ModuleType, flush: bool) -> tuple[Any, ...]:
         v, g = np.empty(points), np.empty((points, tape.n_inputs))
-        fb._launch(w, mod.value_and_grad_parallel, tape.ops, args, dest, tape.consts, outputs,
+        fb.launch(w, mod.value_and_grad_parallel, tape.ops, args, dest, tape.consts, outputs,
                    0, X, vals, parts, adj, v, g, flush)
         return v, g
 

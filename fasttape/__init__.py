@@ -9,6 +9,10 @@ table :mod:`~fasttape.ops`).  Batches, derivatives, checkpointing, files and emb
 the record; :mod:`~fasttape.api` assembles the user-facing :class:`Tape` from them.
 """
 
+# Before the imports: the kernel cache folder (fasttape.kernels.jit.cache_dir) is named after
+# it, and the op dispatch module is built into that folder while the package imports.
+__version__ = "0.1.0"
+
 from fasttape import ops
 from fasttape.api import Tape, TensorTape, compile, load
 from fasttape.checkpoint import CheckpointReport, checkpointed, scan
@@ -24,7 +28,6 @@ from fasttape.var import Var
 
 globals().update(OP_FUNCTIONS)
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Graph",

@@ -32,8 +32,11 @@ __all__ = [
     "CHUNK_MAX",
     "CHUNK_MIN_SPLIT",
     "PARALLEL_MIN_WORK",
+    "buffers",
     "chunk_size",
+    "launch",
     "layout",
+    "plan",
     "point_nbytes",
     "resolve_threads",
     "value",
@@ -190,7 +193,7 @@ def as_batch(x: Any, n_inputs: int) -> np.ndarray:
     return x
 
 
-def _buffers(tape: Any, kind: str, workers: int, c: int, n: int) -> tuple[np.ndarray, ...]:
+def buffers(tape: Any, kind: str, workers: int, c: int, n: int) -> tuple[np.ndarray, ...]:
     """Per-thread, per-tape work buffers ``(W, rows, C)``; reused while ``W`` and ``C`` fit.
 
     ``kind`` is ``"value"``, ``"stored"`` or ``"lean"``; ``n`` the rows (:func:`layout`).
@@ -213,7 +216,7 @@ def _buffers(tape: Any, kind: str, workers: int, c: int, n: int) -> tuple[np.nda
     return bufs
 
 
-def _launch(threads: int, kernel: Any, *args: Any) -> None:
+def launch(threads: int, kernel: Any, *args: Any) -> None:
     """Run a parallel driver on exactly ``threads`` Numba threads, then restore the caller's
     setting.  The drivers index their buffer sets by ``numba.get_thread_id()``, so ``threads``
     must not exceed the buffers' first axis."""
@@ -241,7 +244,7 @@ def _launch(threads: int, kernel: Any, *args: Any) -> None:
             lock.release()
 
 
-def _plan(
+def plan(
     tape: Any, grad: bool, n_points: int, threads: Any, chunk: int | None
 ) -> tuple[int, int, int]:
     """``(threads, workers, chunk)`` for a call: validated, and sized to the work."""
@@ -308,16 +311,16 @@ def value(
     if B == 1 and chunk is None:  # one point: the single-point kernel, no [slot, point] layout
         tape.value(X[0], out=res[0], threads=threads, flush_subnormals=flush)
         return ret
-    _, w, c = _plan(tape, False, B, threads, chunk)
+    _, w, c = plan(tape, False, B, threads, chunk)
     if B == 0:
         return ret
     args, dest, outputs, rows = layout(tape, False)
-    (vals,) = _buffers(tape, "value", w, c, rows)
+    (vals,) = buffers(tape, "value", w, c, rows)
     a = (tape.ops, args, dest, tape.consts, outputs, X)
     if w == 1:  # the serial driver runs on this thread: fpenv.call sets its register
         fpenv.call(flush, _k.value_chunks, *a, 0, 1, vals[0], res)
     else:
-        _launch(w, _k.value_parallel, *a, vals, res, flush)
+        launch(w, _k.value_parallel, *a, vals, res, flush)
     return ret
 
 
@@ -354,12 +357,12 @@ def value_and_grad(
         vals_out[0], _ = tape.value_and_grad(X[0], output=which, out=grad[0], threads=threads,
                                              flush_subnormals=flush)
         return vals_out, grad
-    _, w, c = _plan(tape, True, B, threads, chunk)
+    _, w, c = plan(tape, True, B, threads, chunk)
     if B == 0:
         return vals_out, grad
     mode = tape.grad_mode
     args, dest, outputs, rows = layout(tape, True)
-    bufs = _buffers(tape, mode, w, c, rows)
+    bufs = buffers(tape, mode, w, c, rows)
     # Lean mode has no partials: parts None selects the lean drivers.
     vals, parts, adj = bufs if mode == "stored" else (bufs[0], None, bufs[1])
     a = (tape.ops, args, dest, tape.consts, outputs, which, X)
@@ -371,5 +374,5 @@ def value_and_grad(
             fpenv.call(flush, _k.value_and_grad_chunks, *a, 0, 1, vals[0], parts[0], adj[0],
                        vals_out, grad)
     else:
-        _launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)
+        launch(w, _k.value_and_grad_parallel, *a, vals, parts, adj, vals_out, grad, flush)
     return vals_out, grad

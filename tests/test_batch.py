@@ -398,14 +398,14 @@ def test_batches_work_in_a_forked_child():
 def test_small_work_runs_on_the_calling_thread(monkeypatch):
     monkeypatch.setattr(batch, "PARALLEL_MIN_WORK", 100_000)
     tape = random_local(1000, seed=6)
-    assert batch._plan(tape, True, 99, 2, None)[1] == 1  # 99 * 1000 node-points: serial
-    workers, c = batch._plan(tape, True, 100, 2, None)[1:]
+    assert batch.plan(tape, True, 99, 2, None)[1] == 1  # 99 * 1000 node-points: serial
+    workers, c = batch.plan(tape, True, 100, 2, None)[1:]
     assert workers == min(2, MAX_THREADS) and c >= batch.CHUNK_MIN_SPLIT
-    assert batch._plan(tape, True, 10**4, 1, None)[1] == 1  # threads=1 is one worker
+    assert batch.plan(tape, True, 10**4, 1, None)[1] == 1  # threads=1 is one worker
     if MAX_THREADS >= 2:
-        assert batch._plan(tape, True, 160, 2, None)[1:] == (2, 32)
+        assert batch.plan(tape, True, 160, 2, None)[1:] == (2, 32)
         # Too few chunks for the threads: halved (16 points -> two chunks of 8).
-        assert batch._plan(random_local(10_000, seed=6), True, 16, 2, None)[1:] == (2, 8)
+        assert batch.plan(random_local(10_000, seed=6), True, 16, 2, None)[1:] == (2, 8)
 
 
 def test_non_contiguous_and_zero_input_batches(two_out):

@@ -302,7 +302,7 @@ def value_and_grad_lean_chunks(ops, args, dest, consts, outputs, which, X, first
 
 
 # Parallel drivers: prange over the chunks.  The caller sets Numba's parallel chunksize to 1
-# (fasttape.batch._launch; from Python, because calling numba.set_parallel_chunksize in a
+# (fasttape.batch.launch; from Python, because calling numba.set_parallel_chunksize in a
 # kernel makes it uncachable), so chunks are handed out one at a time to whichever thread is
 # free: on a machine shared with other work a descheduled thread does not hold up the rest,
 # as a static split would.  The thread with id numba.get_thread_id() uses buffer set [id], so

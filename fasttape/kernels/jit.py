@@ -105,6 +105,8 @@ def _own_file(obj: object) -> str | None:
         name, path = getattr(obj, "__module__", "") or "", inspect.getsourcefile(obj)
     if not (name == "fasttape" or name.startswith("fasttape.")) or not path:
         return None
+    if not os.path.isfile(path):  # compiled from memory (codegen.load_dispatch's fallback)
+        return None
     return str(Path(path).resolve())
 
 
@@ -207,7 +209,8 @@ class _LazyCache(caching.NullCache):
     """The cache of one function, made on its first compile and never raising an OSError.
 
     Made lazily because the stamp needs the function's module fully imported (its globals),
-    and so that importing fasttape touches no file.
+    and so that importing fasttape opens no cache index (it writes one file there at most:
+    the op dispatch module, fasttape/kernels/codegen.py).
     """
 
     def __init__(self, py_func: Callable[..., Any]) -> None:
