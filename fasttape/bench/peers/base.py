@@ -45,6 +45,11 @@ class Built:
         is no separate step).
     style : str
         "scalar" (straight-line code, one op per instruction) or "vectorized" (array code).
+    on_device : callable or None
+        ``on_device(x) -> call``: ``call()`` evaluates value and gradient on ``x`` already
+        moved to the peer's device, and waits for the result, without the copies to and from
+        NumPy that ``value_and_grad`` includes (JAX: device arrays, ``block_until_ready``).
+        None where the peer's arrays are NumPy's own.
     """
 
     value: Callable[[np.ndarray], float] | None
@@ -52,6 +57,7 @@ class Built:
     build_s: float
     compile_s: float
     style: str
+    on_device: Callable[[np.ndarray], Callable[[], Any]] | None = None
 
 
 #: The attributes a peer's class header may set (see :class:`Peer`).
@@ -196,6 +202,7 @@ def scalar_code(case: Case, ns: Any) -> Callable[[Any], Any]:
 def as_numpy(
     value: Callable[[Any], Any], value_and_grad: Callable[[Any], tuple[Any, Any]],
     build_s: float, compile_s: float, style: str,
+    on_device: Callable[[np.ndarray], Callable[[], Any]] | None = None,
 ) -> Built:
     """A :class:`Built` whose callables return a float and a NumPy gradient."""
 
@@ -206,7 +213,7 @@ def as_numpy(
         f, g = value_and_grad(x)
         return float(f), np.asarray(g)
 
-    return Built(v, vg, build_s, compile_s, style)
+    return Built(v, vg, build_s, compile_s, style, on_device)
 
 
 class Unsupported(Exception):

@@ -9,6 +9,8 @@ mlp and the ``-vec`` families, as JAX users write them.  Compile time is measure
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fasttape.bench.cases import Case
 from fasttape.bench.families import ArrayNamespace
@@ -44,4 +46,9 @@ class JaxPeer(ArrayPeer, name="jax", module="jax", scalar_cap=600, scalar_cap_qu
         vg = jax.jit(jax.value_and_grad(f)).lower(x0).compile()
         val = jax.jit(f).lower(x0).compile()
         t2 = time.perf_counter()
-        return as_numpy(val, vg, t1 - t0, t2 - t1, style)
+
+        def on_device(x: Any) -> Callable[[], Any]:
+            xd = jax.device_put(x)
+            return lambda: jax.block_until_ready(vg(xd))
+
+        return as_numpy(val, vg, t1 - t0, t2 - t1, style, on_device)
