@@ -52,7 +52,7 @@ from fasttape import ops as _ops
 from fasttape.bench.cases import build_case
 from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
 from fasttape.kernels import batch, sweep, tangent
-from fasttape.kernels.codegen import import_file
+from fasttape.kernels.dispatch import import_file
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules compared, by role, in the work tree (the old layout's file for each role).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fasttape
-from fasttape.kernels import codegen, dispatch
+from fasttape.kernels import codegen, dispatch, forms
 from fasttape.ops import OPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,19 +28,19 @@ def test_generated_file_is_fresh(path, gen):
 
 
 def test_dispatch_module_lives_in_the_cache_not_the_package():
-    path = Path(sys.modules[codegen.DISPATCH_MODULE].__file__)
+    path = Path(sys.modules[dispatch.DISPATCH_MODULE].__file__)
     package = Path(fasttape.__file__).resolve().parent
     assert package not in path.resolve().parents
-    assert path.read_text(encoding="utf-8") == codegen.generate()
+    assert path.read_text(encoding="utf-8") == forms.generate()
     assert not (package / "kernels" / path.name).exists()
     # The sweeps' functions are the generated module's.
-    assert dispatch.value.py_func.__module__ == codegen.DISPATCH_MODULE
+    assert dispatch.value.py_func.__module__ == dispatch.DISPATCH_MODULE
     assert list(dispatch.ARITY) == [op.arity for op in OPS]
 
 
 def _load(folder, name):
     try:
-        return codegen.load_dispatch(folder, name)
+        return dispatch.load_dispatch(folder, name)
     finally:
         sys.modules.pop(name, None)
 
@@ -48,13 +48,13 @@ def _load(folder, name):
 def test_dispatch_file_is_reused_and_rebuilt_when_damaged(tmp_path):
     first = _load(tmp_path, "fasttape.kernels.test_dispatch_a")
     (path,) = tmp_path.glob("dispatch_*.py")
-    assert Path(first.__file__) == path and path.read_text() == codegen.generate()
+    assert Path(first.__file__) == path and path.read_text() == forms.generate()
     mtime = path.stat().st_mtime_ns
     _load(tmp_path, "fasttape.kernels.test_dispatch_b")
     assert path.stat().st_mtime_ns == mtime  # current: not rewritten
     path.write_text("raise SystemExit('damaged')\n")
     third = _load(tmp_path, "fasttape.kernels.test_dispatch_c")
-    assert path.read_text() == codegen.generate()
+    assert path.read_text() == forms.generate()
     assert list(third.ARITY) == [op.arity for op in OPS]
     assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
 
@@ -75,14 +75,14 @@ def test_dispatch_source_is_lint_clean():
     done = subprocess.run(
         [sys.executable, "-m", "ruff", "check", "--stdin-filename",
          "fasttape/kernels/generated_dispatch.py", "-"],
-        input=codegen.generate(), text=True, capture_output=True, cwd=ROOT, check=False,
+        input=forms.generate(), text=True, capture_output=True, cwd=ROOT, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_show_prints_the_dispatch_source(capsys):
     assert codegen.main(["--show"]) == 0
-    assert capsys.readouterr().out == codegen.generate()
+    assert capsys.readouterr().out == forms.generate()
 
 
 def test_check_flag_reports_fresh(capsys):

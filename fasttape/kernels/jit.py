@@ -210,7 +210,7 @@ class _LazyCache(caching.NullCache):
 
     Made lazily because the stamp needs the function's module fully imported (its globals),
     and so that importing fasttape opens no cache index (it writes one file there at most:
-    the op dispatch module, fasttape/kernels/codegen.py).
+    the op dispatch module, fasttape/kernels/dispatch.py).
     """
 
     def __init__(self, py_func: Callable[..., Any]) -> None:

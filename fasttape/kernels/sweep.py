@@ -132,7 +132,7 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
 def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma: no cover
     """As :func:`forward_values`, also storing the partial derivative of every
     differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1),
-    which the reverse sweeps know (:func:`fasttape.kernels.codegen.unit_partials`)."""
+    which the reverse sweeps know (:func:`fasttape.kernels.forms.unit_partials`)."""
     n_pre = load_inputs(consts, xin, vals)
     k = 0
     for i in range(ops.shape[0]):

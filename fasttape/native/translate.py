@@ -74,7 +74,7 @@ _INTRINSICS = {"sqrt": "llvm.sqrt.f64", "floor": "llvm.floor.f64", "ceil": "llvm
                "fabs": "llvm.fabs.f64"}
 
 #: Partial formulas that the reverse sweeps apply as an addition or a subtraction of the
-#: adjoint (the interpreter's unit-partials rule, fasttape/kernels/codegen.py).
+#: adjoint (the interpreter's unit-partials rule, fasttape/kernels/forms.py).
 UNIT_PARTIALS = {"1.0": 1.0, "-1.0": -1.0}
 
 _LIBM_PREFIX = "ft.libm."
