@@ -445,10 +445,10 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         hi = kinds.size
         for i in reversed(self._blas):
-            kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, None, adj)
+            kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, adj=adj)
             _blas_reverse(fields, int(at[i]), vals, adj)
             hi = i
-        kernels.sweep(kinds, ops, at, fields, 0, hi, vals, None, adj)
+        kernels.sweep(kinds, ops, at, fields, 0, hi, vals, adj=adj)
 
     def _sweeps(self, vals: np.ndarray, adj: np.ndarray, off: int, cot: np.ndarray | None
                 ) -> None:
