@@ -537,14 +537,17 @@ def prod_reverse_tangent(fields, p, vals, tan, adj, adt):
 
 
 # ------------------------------------------------------------------------------ sweeps
-# One kernel for the four sweeps, specialized by which arrays are left out (Numba drops the
-# branches on an omitted argument before typing, so each specialization holds only its own
-# rules).  The drivers call it (not inline): each big dispatch is compiled once, not once
-# per driver.  The elementwise group loop stays in the kernel, over the member helpers
-# above: every inline level over the op dispatch is one more LLVM optimization of every
-# op's loops in a cold compile (a group helper between them measured +11% on a first
-# value_and_grad, +30% on a first hvp).  Callers leave absent arrays out (``adj=adj``,
-# never ``tan=None``): an omitted and a None argument are two types, two compiles.
+# One kernel for the four sweeps, specialized by which arrays are left out: Numba drops a
+# branch on an omitted argument (``adj is None``) before typing, so the forward, tangent
+# and reverse specializations hold only their own rules.  A present array is no constant
+# to that pruning, so the forward-over-reverse one (every array present) also types the
+# plain reverse's branches, which LLVM then drops: their helpers are compiled if no other
+# sweep compiled them before.  The drivers call the kernel (not inline): each big dispatch
+# is compiled once, not once per driver.  The elementwise group loop stays in the kernel,
+# over the member helpers above: every inline level over the op dispatch is one more LLVM
+# optimization of every op's loops in a cold compile (a group helper in between measured
+# +11% on a first value_and_grad).  Callers leave absent arrays out (``adj=adj``, never
+# ``tan=None``): an omitted and a None argument are two types, two compiles.
 
 
 @kernel
