@@ -44,6 +44,9 @@ __all__ = ["Graph"]
 
 _MAX_NODES = 2**31 - 1  # int32 argument columns
 
+# Var's constructor without the attribute lookup of Var.__new__ (tracing hot path: one per node).
+_new_var = object.__new__
+
 # Frames whose file lies under this folder are fasttape's own; source recording skips them.
 # Built from this module's __file__, so it is spelled exactly as the package's co_filename.
 _PACKAGE_DIR = os.path.dirname(__file__) + os.sep
@@ -138,7 +141,7 @@ class Graph:
         self._args.extend(array("i", range(first, first + n)))
         if len(ops) != start + n:
             self._concurrent()
-        new = Var.__new__
+        new = _new_var
         out = []
         for i in range(start, start + n):
             v = new(Var)
@@ -153,7 +156,7 @@ class Graph:
 
     def constant(self, value: float) -> Var:
         """Return a constant node (equal constants, bit for bit, share one node)."""
-        v = Var.__new__(Var)
+        v = _new_var(Var)
         v.g = self
         v.i = self._constant_node(value)
         return v
@@ -267,40 +270,24 @@ class Graph:
     # Node creation: read the index, append, then check that exactly one node was appended.
     # Any other thread's append between the read and the check (ops or args) fails the check
     # in this thread or in the other one, so an interleaving never goes unnoticed.
-    def _unary(self, code: int, a: int) -> Var:
-        ops = self._ops
-        i = len(ops)
-        ops.append(code)
-        self._args.append(a)
-        if len(ops) != i + 1:
-            self._concurrent()
-        v = Var.__new__(Var)
-        v.g = self
-        v.i = i
-        return v
-
-    def _binary(self, code: int, a: int, b: int) -> Var:
+    # One method for every arity (the table's ops take one to three arguments): the unused
+    # arguments' compares cost what a second method's call would save, and the Var is made
+    # with object.__new__ bound once (_new_var), cheaper than looking up Var.__new__.
+    def _node(self, code: int, a: int, b: int = -1, c: int = -1) -> Var:
+        """Append a node of op ``code`` on nodes ``a`` (, ``b``, ``c``: as many as its arity;
+        node indices are never negative) and return its Var."""
         ops = self._ops
         i = len(ops)
         ops.append(code)
         args = self._args
         args.append(a)
-        args.append(b)
+        if b >= 0:
+            args.append(b)
+            if c >= 0:
+                args.append(c)
         if len(ops) != i + 1:
             self._concurrent()
-        v = Var.__new__(Var)
-        v.g = self
-        v.i = i
-        return v
-
-    def _node(self, code: int, arg_nodes: tuple[int, ...]) -> Var:
-        ops = self._ops
-        i = len(ops)
-        ops.append(code)
-        self._args.extend(arg_nodes)
-        if len(ops) != i + 1:
-            self._concurrent()
-        v = Var.__new__(Var)
+        v = _new_var(Var)
         v.g = self
         v.i = i
         return v
@@ -412,18 +399,8 @@ class _SourceGraph(Graph):
         self._label(len(out))
         return out
 
-    def _unary(self, code: int, a: int) -> Var:
-        v = Graph._unary(self, code, a)
-        self._label(1)
-        return v
-
-    def _binary(self, code: int, a: int, b: int) -> Var:
-        v = Graph._binary(self, code, a, b)
-        self._label(1)
-        return v
-
-    def _node(self, code: int, arg_nodes: tuple[int, ...]) -> Var:
-        v = Graph._node(self, code, arg_nodes)
+    def _node(self, code: int, a: int, b: int = -1, c: int = -1) -> Var:
+        v = Graph._node(self, code, a, b, c)
         self._label(1)
         return v
 

@@ -44,7 +44,7 @@ def _graph_of(*values: Any) -> Graph | None:
     return g
 
 
-def _node(g: Graph, v: Any) -> int:
+def _node_of(g: Graph, v: Any) -> int:
     return v.i if type(v) is Var else g._constant_node(v)
 
 
@@ -54,7 +54,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
 
         def fn(x: Any) -> Any:
             if type(x) is Var:
-                return x.g._unary(code, x.i)
+                return x.g._node(code, x.i)
             if isinstance(x, Tensor):
                 return elementwise(spec.name, x)
             return eval_op(code, (as_float(x),))
@@ -69,7 +69,7 @@ def _make_function(spec: OpSpec) -> Callable[..., Any]:
                 if any(isinstance(x, Tensor) for x in xs):
                     return elementwise(spec.name, *xs)
                 return eval_op(code, tuple(as_float(x) for x in xs))
-            return g._node(code, tuple(_node(g, x) for x in xs))
+            return g._node(code, *[_node_of(g, x) for x in xs])
 
     fn.__name__ = fn.__qualname__ = spec.name
     fn.__module__ = "fasttape"
@@ -136,7 +136,7 @@ def where(cond: Any, a: Any, b: Any) -> Any:
             return tensor_where(cond, a, b)
         return eval_op(_WHERE, (as_float(a), as_float(b), as_float(cond)))
     # Stored as (a, b, cond): differentiable arguments first (see fasttape.ops).
-    return g._node(_WHERE, (_node(g, a), _node(g, b), _node(g, cond)))
+    return g._node(_WHERE, _node_of(g, a), _node_of(g, b), _node_of(g, cond))
 
 
 def sum(values: Iterable[Any] | Tensor, axis: Any = None, keepdims: bool = False) -> Any:

@@ -92,76 +92,76 @@ class Var:
         return self.g._constant_node(other)
 
     def __add__(self, other: Any) -> Var:  # self + other
-        return self.g._binary(_ADD, self.i, self._other(other))
+        return self.g._node(_ADD, self.i, self._other(other))
 
     def __radd__(self, other: Any) -> Var:  # other + self
-        return self.g._binary(_ADD, self.g._constant_node(other), self.i)
+        return self.g._node(_ADD, self.g._constant_node(other), self.i)
 
     def __sub__(self, other: Any) -> Var:  # self - other
-        return self.g._binary(_SUB, self.i, self._other(other))
+        return self.g._node(_SUB, self.i, self._other(other))
 
     def __rsub__(self, other: Any) -> Var:  # other - self
-        return self.g._binary(_SUB, self.g._constant_node(other), self.i)
+        return self.g._node(_SUB, self.g._constant_node(other), self.i)
 
     def __mul__(self, other: Any) -> Var:  # self * other
-        return self.g._binary(_MUL, self.i, self._other(other))
+        return self.g._node(_MUL, self.i, self._other(other))
 
     def __rmul__(self, other: Any) -> Var:  # other * self
-        return self.g._binary(_MUL, self.g._constant_node(other), self.i)
+        return self.g._node(_MUL, self.g._constant_node(other), self.i)
 
     def __truediv__(self, other: Any) -> Var:  # self / other
-        return self.g._binary(_DIV, self.i, self._other(other))
+        return self.g._node(_DIV, self.i, self._other(other))
 
     def __rtruediv__(self, other: Any) -> Var:  # other / self
-        return self.g._binary(_DIV, self.g._constant_node(other), self.i)
+        return self.g._node(_DIV, self.g._constant_node(other), self.i)
 
     def __pow__(self, other: Any) -> Var:  # self ** other
         # A constant integer exponent records powi, a constant real one powc, a traced one
         # pow (fasttape.pow documents the three).
         if type(other) is Var:
-            return self.g._binary(_POW, self.i, self._other(other))
+            return self.g._node(_POW, self.i, self._other(other))
         if is_integral_number(other):
             n = int(other)
             if builtins.abs(n) >= 2**31:
                 raise ValueError(f"integer exponent {n} out of range (|n| < 2**31)")
-            return self.g._binary(_POWI, self.i, self.g._constant_node(float(n)))
-        return self.g._binary(_POWC, self.i, self.g._constant_node(other))
+            return self.g._node(_POWI, self.i, self.g._constant_node(float(n)))
+        return self.g._node(_POWC, self.i, self.g._constant_node(other))
 
     def __rpow__(self, other: Any) -> Var:  # other ** self
-        return self.g._binary(_POW, self.g._constant_node(other), self.i)
+        return self.g._node(_POW, self.g._constant_node(other), self.i)
 
     def __neg__(self) -> Var:  # -self
-        return self.g._unary(_NEG, self.i)
+        return self.g._node(_NEG, self.i)
 
     def __pos__(self) -> Var:  # +self
         return self
 
     def __abs__(self) -> Var:  # abs(self)
-        return self.g._unary(_ABS, self.i)
+        return self.g._node(_ABS, self.i)
 
     def __lt__(self, other: Any) -> Var:  # self < other
-        return self.g._binary(_LT, self.i, self._other(other))
+        return self.g._node(_LT, self.i, self._other(other))
 
     def __le__(self, other: Any) -> Var:  # self <= other
-        return self.g._binary(_LE, self.i, self._other(other))
+        return self.g._node(_LE, self.i, self._other(other))
 
     def __gt__(self, other: Any) -> Var:  # self > other
-        return self.g._binary(_GT, self.i, self._other(other))
+        return self.g._node(_GT, self.i, self._other(other))
 
     def __ge__(self, other: Any) -> Var:  # self >= other
-        return self.g._binary(_GE, self.i, self._other(other))
+        return self.g._node(_GE, self.i, self._other(other))
 
     # == and != are traced comparisons (ft.eq / ft.ne), like < and >: a Python-level answer
     # would be decided once, at trace time, and baked into the tape (issue 15.5).
     def __eq__(self, other: object) -> Any:  # self == other
         if type(other) is not Var and not _is_comparable(other):
             return NotImplemented
-        return self.g._binary(_EQ, self.i, self._other(other))
+        return self.g._node(_EQ, self.i, self._other(other))
 
     def __ne__(self, other: object) -> Any:  # self != other
         if type(other) is not Var and not _is_comparable(other):
             return NotImplemented
-        return self.g._binary(_NE, self.i, self._other(other))
+        return self.g._node(_NE, self.i, self._other(other))
 
     # Defining __eq__ would drop the inherited hash; Vars stay hashable by identity.
     __hash__ = object.__hash__
@@ -247,7 +247,7 @@ def _record(code: int, xs: tuple[Any, ...]) -> Var:
             nodes.append(x.i)
         else:
             nodes.append(g._constant_node(x))
-    return g._node(code, tuple(nodes))
+    return g._node(code, *nodes)
 
 
 def _ufunc_op(name: str) -> Any:

@@ -37,7 +37,7 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
     # cheap: its dunders call the Graph's recording methods directly (tracing hot path).
     **{
         ("fasttape.var", name): "Var is Graph's node handle (tracing hot path)"
-        for name in ("_binary", "_unary", "_node", "_constant_node", "_foreign")
+        for name in ("_node", "_constant_node", "_foreign")
     },
     # Numba's own internals, used in one place (the JIT wrapper) and pinned by regression tests
     # (tests/test_kernel_cache.py, tests/test_codegen.py) that fail if a Numba upgrade moves them.
@@ -45,7 +45,7 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
         ("fasttape.kernels.jit", name): "Numba internal: cache locator / LLVM module / py_func"
         for name in ("_CacheLocator", "_shared_module", "_final_module", "_pyfunc")
     },
-    ("fasttape.trace", "_unary"): "the op functions record through Graph's recording methods",
+    ("fasttape.trace", "_node"): "the op functions record through Graph's recording methods",
     ("fasttape.trace", "_constant_node"): "the op functions record through Graph's recording "
                                           "methods",
     ("fasttape.trace", "_foreign"): "the op functions record through Graph's recording methods",

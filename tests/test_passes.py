@@ -340,7 +340,7 @@ def test_folding_is_bitwise_the_kernels_result_for_every_op(spec):
         vals = _const_args(spec, draw)
         g = ft.Graph()
         xin = g.input()
-        node = g._node(spec.code, tuple(g.constant(v).i for v in vals))
+        node = g._node(spec.code, *[g.constant(v).i for v in vals])
         g.output(node + xin, node)
         folded = ft.compile(g)
         plain = ft.compile(g, optimize=False)
@@ -588,8 +588,8 @@ def test_commutative_ops_merge_in_either_order(xy):
     for spec in (s for s in OPS if s.commutative):
         g = ft.Graph()
         a, b = g.inputs(2)
-        n1 = g._node(spec.code, (a.i, b.i))
-        n2 = g._node(spec.code, (b.i, a.i))
+        n1 = g._node(spec.code, a.i, b.i)
+        n2 = g._node(spec.code, b.i, a.i)
         g.output(n1, n2)
         tape = ft.compile(g)
         assert tape.n_instructions == 1, spec.name

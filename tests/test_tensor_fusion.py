@@ -202,10 +202,10 @@ def test_element_loops_compile_to_packed_arithmetic() -> None:
     n = a["kinds"].size
     # Compiled afresh (a kernel loaded from the disk cache keeps no assembly to inspect),
     # with the kernels' options.
-    forward = numba.njit(nogil=True, error_model="numpy")(kernels.forward_range.py_func)
-    reverse = numba.njit(nogil=True, error_model="numpy")(kernels.reverse_range.py_func)
-    forward(a["kinds"], a["ops"], a["at"], a["fields"], vals, 0, n)
-    reverse(a["kinds"], a["ops"], a["at"], a["fields"], vals, adj, 0, n)
+    forward = numba.njit(nogil=True, error_model="numpy")(kernels.sweep.py_func)
+    reverse = numba.njit(nogil=True, error_model="numpy")(kernels.sweep.py_func)
+    forward(a["kinds"], a["ops"], a["at"], a["fields"], 0, n, vals)
+    reverse(a["kinds"], a["ops"], a["at"], a["fields"], 0, n, vals, adj=adj)
     for name, k in (("forward", forward), ("reverse", reverse)):
         asm = k.inspect_asm(k.signatures[0])
         assert re.search(r"\bv?mulpd\s[^\n]*%[xy]mm", asm), f"the {name} sweep is not vectorized"

@@ -6,6 +6,7 @@ import itertools
 import sys
 import threading
 import time
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -271,3 +272,39 @@ def test_graph_extended_by_threads_one_after_another_is_fine():
         th.join()
     g.output(results)
     assert same_bits(ft.compile(g).value(x), _single_threaded_values(x))
+
+
+class _InterleavedArgs(array):
+    """An argument column whose appends let "another thread" add a node at that moment."""
+
+    graph: ft.Graph | None = None
+
+    def append(self, value: int) -> None:
+        super().append(value)
+        if self.graph is not None:
+            self.graph._ops.append(self.graph._ops[0])  # a node of the other thread
+
+
+@pytest.mark.parametrize("record", [
+    pytest.param(lambda x, y, c: -x, id="unary operator"),
+    pytest.param(lambda x, y, c: ft.sin(x), id="unary function"),
+    pytest.param(lambda x, y, c: x * y, id="binary operator"),
+    pytest.param(lambda x, y, c: ft.atan2(x, y), id="binary function"),
+    pytest.param(lambda x, y, c: ft.where(c, x, y), id="ternary"),
+])
+def test_a_node_appended_mid_record_is_caught_for_every_arity(record):
+    """The clash check runs whatever the op's arity: a node appended by another thread while
+    one is recorded (here, deterministically, during its argument appends) raises at once
+    and the Graph then refuses to compile."""
+    g = ft.Graph()
+    x, y = g.inputs(2)
+    cond = x < 0.5  # recorded before the interleaving starts
+    args = _InterleavedArgs("i", g._args)
+    g._args = args
+    args.graph = g
+    with pytest.raises(RuntimeError, match="threads"):
+        record(x, y, cond)
+    args.graph = None
+    g.output(x)
+    with pytest.raises(RuntimeError, match="thread"):
+        ft.compile(g)

@@ -81,11 +81,8 @@ __all__ = [
     "SUM",
     "TAKE",
     "forward",
-    "forward_range",
-    "tangent_range",
-    "hvp_reverse_range",
     "reverse",
-    "reverse_range",
+    "sweep",
     "value_and_grad",
     "vjp",
 ]
@@ -132,38 +129,63 @@ def _copy_rows(fields, p):
 
 
 @kernel(inline=True)
-def copy_forward(fields, p, vals):
+def copy_view(fields, p, x, back):
+    # x[d:] = x[view] row by row, or (back: the transpose, for adjoints) x[view] += x[d:]
+    # (a broadcast axis sums them).
     rows, inner, step, nd = _copy_rows(fields, p)
     for row in range(rows):
         src, out = _U(_row_offset(fields, p, nd, row)), _U(fields[p]) + _U(row) * inner
-        for t in range(inner):
-            vals[out + t] = vals[src + t * step]
-
-
-@kernel(inline=True)
-def copy_reverse(fields, p, adj):
-    rows, inner, step, nd = _copy_rows(fields, p)
-    for row in range(rows):
-        src, out = _U(_row_offset(fields, p, nd, row)), _U(fields[p]) + _U(row) * inner
-        for t in range(inner):
-            adj[src + t * step] += adj[out + t]
+        if back:
+            for t in range(inner):
+                x[src + t * step] += x[out + t]
+        else:
+            for t in range(inner):
+                x[out + t] = x[src + t * step]
 
 
 # ------------------------------------------------------------------------------ take
 
 
 @kernel(inline=True)
-def take_forward(fields, p, vals):
+def take_forward(fields, p, x):
     d, n, src, idx = _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(p + 3)
     for i in range(n):
-        vals[d + i] = vals[src + _U(fields[idx + i])]
+        x[d + i] = x[src + _U(fields[idx + i])]
 
 
 @kernel(inline=True)
-def take_reverse(fields, p, adj):
+def take_reverse(fields, p, x):
+    # The transpose, for adjoints: a scatter-add.
     d, n, src, idx = _U(fields[p]), _U(fields[p + 1]), _U(fields[p + 2]), _U(p + 3)
     for i in range(n):
-        adj[src + _U(fields[idx + i])] += adj[d + i]
+        x[src + _U(fields[idx + i])] += x[d + i]
+
+
+@kernel(inline=True)
+def _move(kind, fields, p, x, back):
+    if kind == COPY:
+        copy_view(fields, p, x, back)
+    elif back:
+        take_reverse(fields, p, x)
+    else:
+        take_forward(fields, p, x)
+
+
+@kernel(inline=True)
+def move_sweep(kind, fields, p, vals, tan, adj, adt):
+    # COPY and TAKE move data, a linear map: forward (adj None) the values, then with tan the
+    # tangents; reverse the adjoints added back (the transpose), then with adt their
+    # tangents.  One array per pass: a transposing view reads a row's cache lines again for
+    # the next row, and two arrays at once no longer fit in L1 (measured +11-20% on a
+    # 400 x 250 transpose).
+    if adj is None:
+        _move(kind, fields, p, vals, False)
+        if tan is not None:
+            _move(kind, fields, p, tan, False)
+    else:
+        _move(kind, fields, p, adj, True)
+        if adt is not None:
+            _move(kind, fields, p, adt, True)
 
 
 # ------------------------------------------------------------------------------ gather
@@ -351,11 +373,6 @@ def matmul_forward(fields, p, vals):
 
 
 @kernel(inline=True)
-def matmul_reverse(fields, p, vals, adj):
-    matmul_reverse_into(fields, p, vals, vals, adj, adj)
-
-
-@kernel(inline=True)
 def matmul_reverse_into(fields, p, va, vb, g, out):
     # out[A] += G @ B.T and out[B] += A.T @ G, with A's values read from va, B's from vb and
     # the result's adjoint from g (the reverse sweep: va = vb = vals, g = out = adj; the
@@ -435,6 +452,14 @@ def _member_tangent(fields, q, vals, tan, t, m):
     elementwise_tangent(fields[q], vals, tan, d, m, a0, s0, a1, s1, a2, s2)
 
 
+@kernel(inline=True)
+def _member_adjoint_tangent(fields, q, vals, tan, adj, adt, t, m):
+    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
+    b0, u0, b1, u1 = _member_targets(fields, q, t)
+    elementwise_adjoint_tangent(fields[q], vals, tan, adj, adt, d, m, a0, s0, a1, s1, a2, s2,
+                                b0, u0, b1, u1)
+
+
 # ------------------------------------------------------------------------------ tangents
 # Forward-mode derivatives (jvp): each kind's tangent rule, next to its values.
 
@@ -484,44 +509,6 @@ def matmul_tangent(fields, p, vals, tan):
     _matmul_into(fields, p, vals, tan, tan, False)
 
 
-@kernel
-def tangent_range(kinds, ops, at, fields, vals, tan, lo, hi):
-    """Values and tangents of instructions ``lo .. hi - 1`` (``tan`` set at the inputs)."""
-    for i in range(lo, hi):
-        kind, op, p = kinds[i], ops[i], at[i]
-        if kind == ELEMENTWISE:
-            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
-            for t in range(_U(0), n, tile):
-                m = min(tile, n - t)
-                for k in range(count):
-                    q = _U(p + 3 + k * MEMBER_FIELDS)
-                    _member_value(fields, q, vals, t, m)
-                    _member_tangent(fields, q, vals, tan, t, m)
-        elif kind == COPY:
-            copy_forward(fields, p, vals)
-            copy_forward(fields, p, tan)
-        elif kind == TAKE:
-            take_forward(fields, p, vals)
-            take_forward(fields, p, tan)
-        elif kind == REDUCE:
-            reduce_forward(op, fields, p, vals)
-            reduce_tangent(op, fields, p, vals, tan)
-        elif kind == GATHER:
-            gather_forward(fields, p, vals)
-            gather_tangent(fields, p, vals, tan)
-        else:
-            matmul_forward(fields, p, vals)
-            matmul_tangent(fields, p, vals, tan)
-
-
-@kernel(inline=True)
-def _member_adjoint_tangent(fields, q, vals, tan, adj, adt, t, m):
-    d, a0, s0, a1, s1, a2, s2 = _member_args(fields, q, t)
-    b0, u0, b1, u1 = _member_targets(fields, q, t)
-    elementwise_adjoint_tangent(fields[q], vals, tan, adj, adt, d, m, a0, s0, a1, s1, a2, s2,
-                                b0, u0, b1, u1)
-
-
 @kernel(inline=True)
 def prod_reverse_tangent(fields, p, vals, tan, adj, adt):
     # adj_t += g P_t and adt_t += gd P_t + g dP_t, P_t the product of the others and dP_t
@@ -549,119 +536,102 @@ def prod_reverse_tangent(fields, p, vals, tan, adj, adt):
                 adt[at + t * inner] += gd * others + g * dp
 
 
+# ------------------------------------------------------------------------------ sweeps
+# One kernel for the four sweeps, specialized by which arrays are left out: Numba drops a
+# branch on an omitted argument (``adj is None``) before typing, so the forward, tangent
+# and reverse specializations hold only their own rules.  A present array is no constant
+# to that pruning, so the forward-over-reverse one (every array present) also types the
+# plain reverse's branches, which LLVM then drops: their helpers are compiled if no other
+# sweep compiled them before.  The drivers call the kernel (not inline): each big dispatch
+# is compiled once, not once per driver.  The elementwise group loop stays in the kernel,
+# over the member helpers above: every inline level over the op dispatch is one more LLVM
+# optimization of every op's loops in a cold compile (a group helper in between measured
+# +11% on a first value_and_grad).  Callers leave absent arrays out (``adj=adj``, never
+# ``tan=None``): an omitted and a None argument are two types, two compiles.
+
+
 @kernel
-def hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, lo, hi):
-    """Forward-over-reverse through instructions ``hi - 1`` down to ``lo``: the adjoints
-    ``adj`` and their tangents ``adt`` (``vals`` and ``tan`` from :func:`tangent_range`)."""
-    for i in range(hi - 1, lo - 1, -1):
+def sweep(kinds, ops, at, fields, lo, hi, vals, tan=None, adj=None, adt=None):
+    """Instructions ``lo .. hi - 1``.  Without ``adj``, forward: their values into ``vals``
+    and, with ``tan`` (set at the inputs), their tangents.  With ``adj``, reverse, ``hi - 1``
+    down to ``lo``: their adjoints into ``adj`` (seeded at the outputs) and, with ``tan`` and
+    ``adt``, the adjoints' tangents into ``adt`` (forward-over-reverse, ``vals`` and ``tan``
+    from the forward sweep)."""
+    for j in range(lo, hi):
+        i = j if adj is None else lo + hi - 1 - j
         kind, op, p = kinds[i], ops[i], at[i]
         if kind == ELEMENTWISE:
+            # Tile by tile.  Forward: every member's values (and tangents).  Reverse: the
+            # intermediates' values (and tangents) again and their adjoints (and adt)
+            # cleared, then, last member first, every member's adjoints (and their tangents).
             n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
             for t in range(_U(0), n, tile):
                 m = min(tile, n - t)
-                for k in range(count):  # the intermediates of this tile, recomputed
+                for k in range(count):
                     q = _U(p + 3 + k * MEMBER_FIELDS)
-                    if fields[q + _U(18)]:
+                    if adj is None or fields[q + _U(18)]:
                         _member_value(fields, q, vals, t, m)
-                        _member_tangent(fields, q, vals, tan, t, m)
-                        dd = _U(fields[q + _U(1)])
-                        for e in range(m):
-                            adj[dd + e] = 0.0
-                            adt[dd + e] = 0.0
+                        if tan is not None:
+                            _member_tangent(fields, q, vals, tan, t, m)
+                        if adj is not None:  # the scratch tile's adjoints start from 0
+                            dd = _U(fields[q + _U(1)])
+                            for e in range(m):
+                                adj[dd + e] = 0.0
+                                if adt is not None:
+                                    adt[dd + e] = 0.0
+                if adj is None:
+                    continue
                 for k in range(count - 1, -1, -1):
-                    _member_adjoint_tangent(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, tan,
-                                            adj, adt, t, m)
-        elif kind == COPY:
-            copy_reverse(fields, p, adj)
-            copy_reverse(fields, p, adt)
-        elif kind == TAKE:
-            take_reverse(fields, p, adj)
-            take_reverse(fields, p, adt)
+                    q = _U(p + 3 + k * MEMBER_FIELDS)
+                    if adt is None:
+                        _member_adjoint(fields, q, vals, adj, t, m)
+                    else:
+                        _member_adjoint_tangent(fields, q, vals, tan, adj, adt, t, m)
+        elif kind == COPY or kind == TAKE:
+            move_sweep(kind, fields, p, vals, tan, adj, adt)
+        elif adj is None:
+            if kind == REDUCE:
+                reduce_forward(op, fields, p, vals)
+                if tan is not None:
+                    reduce_tangent(op, fields, p, vals, tan)
+            elif kind == GATHER:
+                gather_forward(fields, p, vals)
+                if tan is not None:
+                    gather_tangent(fields, p, vals, tan)
+            else:
+                matmul_forward(fields, p, vals)
+                if tan is not None:
+                    matmul_tangent(fields, p, vals, tan)
         elif kind == REDUCE:
-            if op == PROD:
+            if adt is None:
+                reduce_reverse(op, fields, p, vals, adj)
+            elif op == PROD:
                 prod_reverse_tangent(fields, p, vals, tan, adj, adt)
             else:  # linear, or a selection that depends on the values only
                 reduce_reverse(op, fields, p, vals, adt)
                 reduce_reverse(op, fields, p, vals, adj)
         elif kind == GATHER:
             gather_reverse(fields, p, vals, adj)
-            gather_reverse(fields, p, vals, adt)
+            if adt is not None:
+                gather_reverse(fields, p, vals, adt)
         else:
-            # adt: dG B.T + G dB.T into dA, A.T dG + dA.T G into dB.
-            matmul_reverse_into(fields, p, vals, vals, adt, adt)
-            matmul_reverse_into(fields, p, tan, tan, adj, adt)
+            if adt is not None:
+                # adt: dG B.T + G dB.T into dA, A.T dG + dA.T G into dB.
+                matmul_reverse_into(fields, p, vals, vals, adt, adt)
+                matmul_reverse_into(fields, p, tan, tan, adj, adt)
             matmul_reverse_into(fields, p, vals, vals, adj, adj)
-
-
-# ------------------------------------------------------------------------------ sweeps
-# forward and reverse are separate kernels that the drivers call (not inline): each of the
-# two big dispatches is compiled once, not once per driver.
 
 
 @kernel
 def forward(kinds, ops, at, fields, vals):
     """Every instruction's values into ``vals`` (inputs, parameters and constants set)."""
-    forward_range(kinds, ops, at, fields, vals, 0, kinds.shape[0])
-
-
-@kernel
-def forward_range(kinds, ops, at, fields, vals, lo, hi):
-    """Values of instructions ``lo .. hi - 1``."""
-    for i in range(lo, hi):
-        kind, op, p = kinds[i], ops[i], at[i]
-        if kind == ELEMENTWISE:
-            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
-            for t in range(_U(0), n, tile):
-                m = min(tile, n - t)
-                for k in range(count):
-                    _member_value(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, t, m)
-        elif kind == COPY:
-            copy_forward(fields, p, vals)
-        elif kind == TAKE:
-            take_forward(fields, p, vals)
-        elif kind == REDUCE:
-            reduce_forward(op, fields, p, vals)
-        elif kind == GATHER:
-            gather_forward(fields, p, vals)
-        else:
-            matmul_forward(fields, p, vals)
+    sweep(kinds, ops, at, fields, 0, kinds.shape[0], vals)
 
 
 @kernel
 def reverse(kinds, ops, at, fields, vals, adj):
     """Reverse sweep: ``adj`` seeded at the outputs on entry, every slot's adjoint on exit."""
-    reverse_range(kinds, ops, at, fields, vals, adj, 0, kinds.shape[0])
-
-
-@kernel
-def reverse_range(kinds, ops, at, fields, vals, adj, lo, hi):
-    """Adjoints through instructions ``hi - 1`` down to ``lo``."""
-    for i in range(hi - 1, lo - 1, -1):
-        kind, op, p = kinds[i], ops[i], at[i]
-        if kind == ELEMENTWISE:
-            n, tile, count = _U(fields[p]), _U(fields[p + 1]), fields[p + 2]
-            for t in range(_U(0), n, tile):
-                m = min(tile, n - t)
-                # The intermediates' values for this tile, and their adjoints cleared.
-                for k in range(count):
-                    q = _U(p + 3 + k * MEMBER_FIELDS)
-                    if fields[q + _U(18)]:
-                        _member_value(fields, q, vals, t, m)
-                        d = _U(fields[q + _U(1)])
-                        for e in range(m):
-                            adj[d + e] = 0.0
-                for k in range(count - 1, -1, -1):
-                    _member_adjoint(fields, _U(p + 3 + k * MEMBER_FIELDS), vals, adj, t, m)
-        elif kind == COPY:
-            copy_reverse(fields, p, adj)
-        elif kind == TAKE:
-            take_reverse(fields, p, adj)
-        elif kind == REDUCE:
-            reduce_reverse(op, fields, p, vals, adj)
-        elif kind == GATHER:
-            gather_reverse(fields, p, vals, adj)
-        else:
-            matmul_reverse(fields, p, vals, adj)
+    sweep(kinds, ops, at, fields, 0, kinds.shape[0], vals, adj=adj)
 
 
 @kernel

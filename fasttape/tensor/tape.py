@@ -436,19 +436,19 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         lo = 0
         for i in self._blas:
-            kernels.forward_range(kinds, ops, at, fields, vals, lo, i)
+            kernels.sweep(kinds, ops, at, fields, lo, i, vals)
             _blas_forward(fields, int(at[i]), vals)
             lo = i + 1
-        kernels.forward_range(kinds, ops, at, fields, vals, lo, kinds.size)
+        kernels.sweep(kinds, ops, at, fields, lo, kinds.size, vals)
 
     def _reverse(self, vals: np.ndarray, adj: np.ndarray) -> None:
         kinds, ops, at, fields = self._arrays
         hi = kinds.size
         for i in reversed(self._blas):
-            kernels.reverse_range(kinds, ops, at, fields, vals, adj, i + 1, hi)
+            kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, adj=adj)
             _blas_reverse(fields, int(at[i]), vals, adj)
             hi = i
-        kernels.reverse_range(kinds, ops, at, fields, vals, adj, 0, hi)
+        kernels.sweep(kinds, ops, at, fields, 0, hi, vals, adj=adj)
 
     def _sweeps(self, vals: np.ndarray, adj: np.ndarray, off: int, cot: np.ndarray | None
                 ) -> None:
@@ -554,10 +554,10 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         lo = 0
         for i in self._blas:
-            kernels.tangent_range(kinds, ops, at, fields, vals, tan, lo, i)
+            kernels.sweep(kinds, ops, at, fields, lo, i, vals, tan)
             _blas_tangent(fields, int(at[i]), vals, tan)
             lo = i + 1
-        kernels.tangent_range(kinds, ops, at, fields, vals, tan, lo, kinds.size)
+        kernels.sweep(kinds, ops, at, fields, lo, kinds.size, vals, tan)
 
     def hvp(self, args: Any, tangents: Any, p: Any = None) -> Any:
         """Hessian of the (scalar) output times ``tangents``, by forward-over-reverse: one
@@ -577,10 +577,10 @@ class TensorTape:
         kinds, ops, at, fields = self._arrays
         hi = kinds.size
         for i in reversed(self._blas):
-            kernels.hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, i + 1, hi)
+            kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, tan, adj, adt)
             _blas_hvp_reverse(fields, int(at[i]), vals, tan, adj, adt)
             hi = i
-        kernels.hvp_reverse_range(kinds, ops, at, fields, vals, tan, adj, adt, 0, hi)
+        kernels.sweep(kinds, ops, at, fields, 0, hi, vals, tan, adj, adt)
         return self._grads(adt)
 
     def hessian(self, *args: Any, p: Any = None) -> Any:
