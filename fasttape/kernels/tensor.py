@@ -257,6 +257,17 @@ def _sum_row(vals, src, r):
 def reduce_forward(op, fields, p, vals):
     d, outer, r, inner, src = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
     if op == SUM and inner == 1:
+        if r < _LANES:
+            # Rows shorter than the lanes: _sum_row's sum (0.0, then each element in order)
+            # without its lane bookkeeping per row.  The same rows: 0.70 -> 0.56 ms.
+            d, src, r = _U(d), _U(src), _U(r)
+            for o in range(_U(outer)):
+                s = 0.0
+                row = src + o * r
+                for t in range(r):
+                    s += vals[row + t]
+                vals[d + o] = s
+            return
         for o in range(outer):
             vals[d + o] = _sum_row(vals, src + o * r, r)
         return
@@ -295,6 +306,25 @@ def _prod_others(vals, at, r, inner, skip):
 @kernel(inline=True)
 def reduce_reverse(op, fields, p, vals, adj):
     d, outer, r, inner, src = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
+    if op == SUM:
+        # The adjoint broadcast back, with unsigned slots (module docstring): the same
+        # additions in the same order as the general loop below, without a wraparound select
+        # per access.  Lennard-Jones' sum over an axis of 3 (499,500 rows): 1.68 -> 0.74 ms.
+        outer, r, inner, d, src = _U(outer), _U(r), _U(inner), _U(d), _U(src)
+        if inner == 1:
+            for o in range(outer):
+                g = adj[d + o]
+                at = src + o * r
+                for t in range(r):
+                    adj[at + t] += g
+            return
+        for o in range(outer):
+            for j in range(inner):
+                g = adj[d + o * inner + j]
+                at = src + o * r * inner + j
+                for t in range(r):
+                    adj[at + t * inner] += g
+        return
     for o in range(outer):
         for j in range(inner):
             g = adj[d + o * inner + j]
