@@ -1019,3 +1019,21 @@ def test_order_and_out_are_refused_not_ignored(fn: object, match: str) -> None:
                                shapes=[(2, 3)]))
     np.testing.assert_array_equal(tape.value(np.arange(6.0).reshape(2, 3)),
                                   np.arange(6.0).reshape(3, 2))
+
+
+@pytest.mark.parametrize("r", [0, 1, 2, 3, 7, 8, 9, 17, 128])
+def test_row_sums_of_every_length_are_numpys_and_broadcast_back(r: int) -> None:
+    """The sum over a last axis has a plain loop for rows under 8 elements and 8 lanes above:
+    both give NumPy's bits (its order for rows up to 128, where its pairwise sum starts to
+    split).  The reverse broadcasts each row's adjoint back to its elements (the unsigned loop
+    for a last axis, the general one for axis 0)."""
+    x = np.random.default_rng(r).standard_normal((5, r))
+    rows = ft.compile(ft.trace(lambda a: np.sum(a, axis=1), shapes=[(5, r)]))
+    np.testing.assert_array_equal(rows.value(x), np.sum(x, axis=1))
+    w = np.arange(1.0, 6.0)
+    tape = ft.compile(ft.trace(lambda a: np.sum(np.sum(a, axis=1) * w), shapes=[(5, r)]))
+    _, g = tape.value_and_grad(x)
+    np.testing.assert_array_equal(g, np.broadcast_to(w[:, None], (5, r)))
+    cols = ft.compile(ft.trace(lambda a: np.sum(np.sum(a, axis=0) * w), shapes=[(r, 5)]))
+    _, g = cols.value_and_grad(x.T.copy())
+    np.testing.assert_array_equal(g, np.broadcast_to(w, (r, 5)))
