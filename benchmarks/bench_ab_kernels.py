@@ -23,6 +23,10 @@ Cases, comma-separated:
     has a plan (``fasttape.passes.reuse``).
 ``hvp:<family>:<nodes>``
     one-point value, gradient and 4 Hessian-vector products (the tangent kernels).
+``tensor:<family>:<size>``
+    a tensor tape's ``value_and_grad`` kernel (``kernels/tensor.py``) on a ``-vec`` family of
+    ``fasttape bench`` at that size (variables, atoms or samples); every product through
+    the kernels' own loop, not BLAS.
 
 Reported: best and median time per instruction (and per point for batches) of each side, the
 ratio old / new of the medians (above 1: the work tree is faster), and whether both gave
@@ -50,16 +54,18 @@ import fasttape as ft
 from fasttape import batch as fb
 from fasttape import ops as _ops
 from fasttape.bench.cases import build_case
+from fasttape.bench.cases import tensor_case as build_tensor_case
 from fasttape.bench.families import WEST_INPUTS, autograd_west_fn, autograd_west_point
-from fasttape.kernels import batch, sweep, tangent
+from fasttape.kernels import batch, sweep, tangent, tensor
 from fasttape.kernels.dispatch import import_file
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules compared, by role, in the work tree (the old layout's file for each role).
-NEW = {"core": sweep, "batch": batch, "reuse": sweep, "tangent": tangent}
+NEW = {"core": sweep, "batch": batch, "reuse": sweep, "tangent": tangent, "tensor": tensor}
 OLD_FILES = {"core": "_generated.py", "batch": "_batch_generated.py",
              "reuse": "_reuse_generated.py", "tangent": "_tangent_generated.py"}
-NEW_MODULES = {"core": "sweep", "batch": "batch", "reuse": "sweep", "tangent": "tangent"}
+NEW_MODULES = {"core": "sweep", "batch": "batch", "reuse": "sweep", "tangent": "tangent",
+               "tensor": "tensor"}
 
 
 def _show(rev: str, path: str) -> str | None:
@@ -97,7 +103,7 @@ def load_revision(rev: str, folder: Path) -> dict[str, ModuleType]:
             (pkg / name).write_text(text.replace("fasttape.kernels", "ab_old_kernels"))
     sys.path.insert(0, str(folder))
     return {key: importlib.import_module(f"ab_old_kernels.{name}")
-            for key, name in NEW_MODULES.items()}
+            for key, name in NEW_MODULES.items() if f"{name}.py" in listing.split()}
 
 
 def _west_tape() -> ft.Tape:
@@ -171,6 +177,25 @@ def hvp_case(family: str, nodes: float, k: int) -> tuple[str, ft.Tape, Callable[
     return f"hvp {family} ({len(t.ops):,} instr., {k} directions)", t, run
 
 
+def tensor_case(family: str, size: float) -> tuple[str, int, Callable[[dict], Any]]:
+    """A tensor tape's value_and_grad kernel ``run(modules) -> (values, adjoints)`` through
+    the tape's public arrays, and its element count (the unit of the figures)."""
+    tape = build_tensor_case(family, int(size), scalar=False).tape
+    arrays, layout = tape.to_arrays(), tape.layout()
+    vals, adj = arrays["init"].copy(), np.empty_like(arrays["init"])
+    rng = np.random.default_rng(0)
+    for off, shape in layout["inputs"]:
+        n = int(np.prod(shape))
+        vals[off:off + n] = rng.uniform(0.5, 1.5, n)
+    args = (arrays["kinds"], arrays["ops"], arrays["at"], arrays["fields"])
+
+    def run(mods: dict) -> Any:
+        mods["tensor"].value_and_grad(*args, vals, adj, layout["output"][0])
+        return vals.copy(), adj.copy()
+
+    return f"tensor {family} (size {int(size):,}, {tape.n_slots:,} slots)", tape.n_slots, run
+
+
 def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return all(np.array_equal(np.asarray(p), np.asarray(q), equal_nan=True)
                for p, q in zip(a, b, strict=True))
@@ -223,9 +248,17 @@ def main(argv: list[str] | None = None) -> int:
                 a, b, same = alternate(lambda r=run1: r(old), lambda r=run1: r(NEW),
                                        ns.repeat, calls)
                 rows.append((label, "ns/instr", a, b, 1e9 / len(tape.ops), same))
+            elif parts[0] == "tensor" and len(parts) == 3:
+                if "tensor" not in old:
+                    p.error(f"{ns.rev} has no tensor kernels")
+                label, n_slots, run1 = tensor_case(parts[1], float(parts[2]))
+                calls = max(1, 4_000_000 // n_slots)
+                a, b, same = alternate(lambda r=run1: r(old), lambda r=run1: r(NEW),
+                                       ns.repeat, calls)
+                rows.append((label, "ns/slot", a, b, 1e9 / n_slots, same))
             else:
-                p.error(f"bad case {spec!r}: batch:<family>[:<nodes>], single:<family>:<nodes> "
-                        "or hvp:<family>:<nodes>")
+                p.error(f"bad case {spec!r}: batch:<family>[:<nodes>], single:<family>:<nodes>, "
+                        "hvp:<family>:<nodes> or tensor:<family>:<size>")
     print(f"# kernels of {ns.rev} (old) vs the work tree (new); {ns.repeat} rounds, alternating")
     print("| case | unit | old best | new best | old median | new median | old/new | bitwise |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -239,15 +272,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_ab_kernels_smoke(capsys) -> None:
-    """Against HEAD's kernels on a tiny tape: one row, bitwise the same (a smoke test: the
-    timing is not checked).  Skipped outside a git checkout."""
+    """Against HEAD's kernels on a tiny scalar and a tiny tensor tape: bitwise the same (a
+    smoke test: the timing is not checked).  Skipped outside a git checkout."""
     import pytest
 
     if _show("HEAD", "fasttape/ops.py") is None:
         pytest.skip("not a git checkout")
-    assert main(["--rev", "HEAD", "--cases", "single:random-local:2000", "--repeat", "1"]) == 0
+    assert main(["--rev", "HEAD", "--cases", "single:random-local:2000,tensor:rosenbrock-vec:100",
+                 "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    assert "| single random-local" in out and "| yes |" in out
+    assert "| single random-local" in out and "| tensor rosenbrock-vec" in out
+    assert "| NO |" not in out
 
 
 if __name__ == "__main__":

@@ -148,17 +148,17 @@ def layout(tape: Any, grad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     """
     local = tape.work_buffers()
     plain = grad and tape.grad_mode == "lean"
-    plan = None
+    slot_plan = None
     if not plain and tape.n_slots >= BATCH_PLAN_MIN_SLOTS:
         # Not the tape's own plan: that one lets an instruction overwrite an argument's slot,
         # and a loop over points whose input and output rows overlap does not vectorize.
-        plan = getattr(local, "batch_plan", None)
-        if plan is None:
-            plan = local.batch_plan = reuse.plan_slots(
+        slot_plan = getattr(local, "batch_plan", None)
+        if slot_plan is None:
+            slot_plan = local.batch_plan = reuse.plan_slots(
                 tape.ops, tape.args, tape.outputs, tape.n_inputs + tape.n_consts,
                 inplace=False)
-    if plan is not None:
-        return plan.args, plan.dest, plan.outputs, plan.n_work
+    if slot_plan is not None:
+        return slot_plan.args, slot_plan.dest, slot_plan.outputs, slot_plan.n_work
     dest = getattr(local, "batch_dest", None)
     if dest is None:
         n_pre = tape.n_inputs + tape.n_consts

@@ -98,6 +98,25 @@ def test_an_unwritable_cache_folder_warns_once_and_still_computes(tmp_path):
     assert done.stdout.split() == ["2.0", "6.0", "1"]
 
 
+
+@pytest.mark.slow
+def test_kernels_run_on_a_dispatch_compiled_from_memory(tmp_path):
+    """An unwritable cache folder: the dispatch module is compiled from memory (no file), and
+    a kernel that inlines it still compiles (its cache stamp skips a module without a file)
+    and computes."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        + _PROBE
+        + "print(getattr(sys.modules['fasttape.kernels.generated_dispatch'], '__file__', None))\n"
+    )
+    done = _run(ROOT, blocker, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["-2.0", "None"]
+
+
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(jit.CACHE_ENV, str(tmp_path))
     folder = jit.cache_dir()

@@ -27,16 +27,14 @@ loop around one switch.  The forms, by caller:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import linecache
-import os
 import sys
-import threading
 import types
 from pathlib import Path
 
+from fasttape.atomic import atomic_write_text
 from fasttape.kernels.forms import generate
 from fasttape.kernels.jit import cache_dir
 
@@ -46,24 +44,20 @@ DISPATCH_MODULE = "fasttape.kernels.generated_dispatch"
 
 
 def _written(text: str, folder: Path, digest: str) -> Path | None:
-    """``folder / dispatch_<digest>.py`` holding ``text`` (written if absent or different,
-    atomically), or None if the folder cannot be written."""
+    """``folder / dispatch_<digest>.py`` holding ``text`` (written if absent or different),
+    or None if the folder cannot be written."""
     path = folder / f"dispatch_{digest}.py"
     try:
         if path.read_text(encoding="utf-8") == text:
             return path
     except (OSError, UnicodeDecodeError):
         pass  # absent, unreadable or damaged: write it
-    # A private temporary name, then an atomic rename: processes and threads that import
-    # fasttape at once each write a whole file, and no one ever imports a partial one.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # Atomically: processes that import fasttape at once each write a whole file, and no one
+    # ever imports a partial one.
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         return None
     return path
 
@@ -105,7 +99,7 @@ def load_dispatch(folder: Path | None = None, name: str = DISPATCH_MODULE) -> ty
         return import_file(name, path)
     filename = f"<fasttape dispatch {digest}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
-    module = types.ModuleType(name, generate.__doc__)
+    module = types.ModuleType(name)
     sys.modules[name] = module
     exec(compile(text, filename, "exec"), module.__dict__)
     return module

@@ -105,8 +105,6 @@ def _own_file(obj: object) -> str | None:
         name, path = getattr(obj, "__module__", "") or "", inspect.getsourcefile(obj)
     if not (name == "fasttape" or name.startswith("fasttape.")) or not path:
         return None
-    if not os.path.isfile(path):  # compiled from memory (codegen.load_dispatch's fallback)
-        return None
     return str(Path(path).resolve())
 
 
