@@ -27,6 +27,7 @@ from fasttape.embed.dot import tape_to_dot
 from fasttape.embed.numba_api import numba_kernel
 from fasttape.graph import Graph
 from fasttape.native.tape import NativeTape, native
+from fasttape.native.tensor import native_tensor
 from fasttape.native.tier import TieredTape, tiered
 from fasttape.tape import TapeRecord
 from fasttape.tensor.graph import TensorGraph
@@ -202,6 +203,11 @@ class TensorTape(TensorRecord):
     def save(self, path: Any) -> None:
         """Write the tape to ``path`` (``.npz``, no pickle, atomic; docs/tape-format.md)."""
         serialize.save(self, path)
+
+    def native(self, *, cache_entries: bool = True) -> TensorTape:
+        """A copy of this tape whose fused elementwise groups run as compiled, vectorized
+        loops (LLVM); see :func:`fasttape.native.tensor.native_tensor` and docs/tensors.md."""
+        return native_tensor(self, cache_entries=cache_entries)
 
 
 def compile(

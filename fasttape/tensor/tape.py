@@ -10,6 +10,7 @@ reads or writes lies inside the value vector, before any kernel runs.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from typing import Any
@@ -199,6 +200,10 @@ class TensorTape:
         Shape of the output (``()``: a scalar, which ``value_and_grad`` needs).
     """
 
+    #: The compiled loops behind the native groups (:func:`fasttape.native.tensor.native_tensor`
+    #: sets it: compile time, cache use); ``None`` on a tape that runs on the kernels alone.
+    native_groups: Any = None
+
     def __init__(self, kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndarray,
                  init: np.ndarray, inputs: list[tuple[int, tuple[int, ...]]],
                  params: list[tuple[int, tuple[int, ...]]], in_tree: TreeDef,
@@ -248,6 +253,9 @@ class TensorTape:
             if nb * m * k * n >= BLAS_MIN:
                 big.append(i)
         self._blas = big
+        # Elementwise groups that run as compiled loops (with_group_runners: native()).
+        self._groups: dict[int, tuple[Any, Any]] = {}
+        self._outside = big
 
     # ----------------------------------------------------------------------- description
 
@@ -342,9 +350,10 @@ class TensorTape:
     def __repr__(self) -> str:
         counts = self._op_counts()
         kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
+        native = f", {len(self._groups)} native groups" if self._groups else ""
         return (f"<TensorTape: inputs {self.input_shapes}, output {self.output_shape}, "
                 f"{self.n_ops} ops ({kinds}) in {self.n_instructions} instructions, "
-                f"{self.n_slots} slots>")
+                f"{self.n_slots} slots{native}>")
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -429,31 +438,69 @@ class TensorTape:
 
     # ----------------------------------------------------------------------- sweeps
 
+    def with_group_runners(self, runners: dict[int, tuple[Any, Any]]) -> TensorTape:
+        """A copy of this tape whose elementwise groups run through other code: instruction
+        ``i`` (an ``ELEMENTWISE`` group) through ``runners[i] = (forward, reverse)``, called
+        as ``forward(vals)`` and ``reverse(vals, adj)`` in place of the kernels' rules for it
+        (values, gradients, vector-Jacobian products; jvp and hvp keep the kernels').  What
+        :meth:`fasttape.TensorTape.native` builds; the runners must compute what the kernels
+        compute (docs/tensors.md, "Native groups")."""
+        kinds = self._arrays[0]
+        for i, pair in runners.items():
+            if not (isinstance(i, int) and 0 <= i < kinds.size and kinds[i] == ELEMENTWISE):
+                raise ValueError(f"runner for instruction {i!r}: not an elementwise group of "
+                                 f"this tape ({kinds.size} instructions)")
+            if len(pair) != 2 or not all(callable(f) for f in pair):
+                raise TypeError(f"runner for instruction {i}: expected (forward, reverse) "
+                                "callables")
+        new = copy.copy(self)
+        new._local = threading.local()
+        new._groups = dict(runners)
+        new._outside = sorted({*self._blas, *runners})
+        return new
+
+    @property
+    def n_native_groups(self) -> int:
+        """How many elementwise groups run as compiled loops (:meth:`with_group_runners`)."""
+        return len(self._groups)
+
     def _forward(self, vals: np.ndarray) -> None:
-        if not self._blas:
+        if not self._outside:
             kernels.forward(*self._arrays, vals)
             return
         kinds, ops, at, fields = self._arrays
         lo = 0
-        for i in self._blas:
-            kernels.sweep(kinds, ops, at, fields, lo, i, vals)
-            _blas_forward(fields, int(at[i]), vals)
+        for i in self._outside:
+            if lo < i:
+                kernels.sweep(kinds, ops, at, fields, lo, i, vals)
+            group = self._groups.get(i)
+            if group is None:
+                _blas_forward(fields, int(at[i]), vals)
+            else:
+                group[0](vals)
             lo = i + 1
-        kernels.sweep(kinds, ops, at, fields, lo, kinds.size, vals)
+        if lo < kinds.size:
+            kernels.sweep(kinds, ops, at, fields, lo, kinds.size, vals)
 
     def _reverse(self, vals: np.ndarray, adj: np.ndarray) -> None:
         kinds, ops, at, fields = self._arrays
         hi = kinds.size
-        for i in reversed(self._blas):
-            kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, adj=adj)
-            _blas_reverse(fields, int(at[i]), vals, adj)
+        for i in reversed(self._outside):
+            if i + 1 < hi:
+                kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, adj=adj)
+            group = self._groups.get(i)
+            if group is None:
+                _blas_reverse(fields, int(at[i]), vals, adj)
+            else:
+                group[1](vals, adj)
             hi = i
-        kernels.sweep(kinds, ops, at, fields, 0, hi, vals, adj=adj)
+        if hi > 0:
+            kernels.sweep(kinds, ops, at, fields, 0, hi, vals, adj=adj)
 
     def _sweeps(self, vals: np.ndarray, adj: np.ndarray, off: int, cot: np.ndarray | None
                 ) -> None:
-        # Forward, seed, reverse: one kernel call when no product runs through BLAS.
-        if not self._blas:
+        # Forward, seed, reverse: one kernel call when every instruction runs in the kernels.
+        if not self._outside:
             if cot is None:
                 kernels.value_and_grad(*self._arrays, vals, adj, off)
             else:
