@@ -236,6 +236,9 @@ def test_group_runners_are_checked() -> None:
         tape.with_group_runners({99: (print, print)})
     with pytest.raises(TypeError, match=r"\(forward, reverse\) callables"):
         tape.with_group_runners({0: (print, 3)})
+    for count in (0, 3, 1.5):
+        with pytest.raises(ValueError, match="does not name instructions"):
+            tape.with_group_runners({0: (print, print, count)})
 
 
 def test_a_member_reading_an_earlier_result_shifted_is_left_to_the_interpreter() -> None:
@@ -248,3 +251,37 @@ def test_a_member_reading_an_earlier_result_shifted_is_left_to_the_interpreter()
     rec = p + 3  # first member: make its destination's tile stride 2 (no such layout)
     fields[rec + 2] = 2
     assert native_group.members(fields, p) is None
+
+
+@pytest.mark.parametrize("n", [FUSE_MIN, FUSE_MIN + 1, N, 2 * FUSE_MIN + 7])
+def test_a_group_and_the_sum_after_it_are_one_loop(n: int) -> None:
+    # The sum's order is the interpreter's (lanes, then the tail): the value is bitwise.
+    def fn(x):
+        return np.sum(np.tanh(x) * x + 0.5 * np.exp(-x * x))
+
+    tape = ft.compile(ft.trace(fn, shapes=[(n,)]))
+    fast = tape.native()
+    assert fast.native_groups.with_sum == [0]
+    x = np.random.default_rng(n).uniform(-2.0, 2.0, n)
+    _compare(tape, fast, (x,), exact=True)
+    v1, g1 = fast.value_and_grad(x)
+    v2, g2 = tape.value_and_grad(x)
+    assert v1 == v2
+    np.testing.assert_array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("other", ["max", "second sum", "output"])
+def test_a_summed_result_read_elsewhere_is_still_stored(other: str) -> None:
+    def fn(x):
+        t = np.sin(x) * x + 1.0
+        if other == "max":
+            return np.sum(t) + np.max(t)
+        if other == "second sum":
+            return np.sum(t) * np.sum(t[::2])
+        return t
+
+    tape = ft.compile(ft.trace(fn, shapes=[(N,)]))
+    fast = tape.native()
+    assert fast.n_native_groups == 1 and fast.native_groups.with_sum == []
+    x = np.random.default_rng(9).uniform(-2.0, 2.0, N)
+    _compare(tape, fast, (x,), exact=other != "second sum")

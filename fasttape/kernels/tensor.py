@@ -71,6 +71,7 @@ __all__ = [
     "ELEMENTWISE",
     "GATHER",
     "KIND_NAMES",
+    "LANES",
     "MATMUL",
     "MAX",
     "MEMBER_FIELDS",
@@ -99,7 +100,8 @@ REDUCE_NAMES = ("sum", "prod", "max", "min")
 # Independent accumulators of a sum over a contiguous row: the additions of one row would
 # otherwise form one dependency chain (4 cycles each); eight chains run in parallel and the
 # loop vectorizes.  The order is fixed, so the result is the same on every machine.
-_LANES = 8
+#: Partial sums of a row sum (``_sum_row``): element ``t`` of a row goes to lane ``t % LANES``.
+LANES = 8
 _U = np.uint64
 # The smallest normal double: below it a product has lost precision (or is 0).
 _TINY = 2.2250738585072014e-308
@@ -234,11 +236,11 @@ def gather_reverse(fields, p, vals, adj):
 
 @kernel(inline=True)
 def _sum_row(vals, src, r):
-    # Sum of vals[src : src + r] in _LANES interleaved partial sums, then in order.
+    # Sum of vals[src : src + r] in LANES interleaved partial sums, then in order.
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
     src, r = _U(src), _U(r)
-    for b in range(r // _U(_LANES)):
-        t = src + b * _U(_LANES)
+    for b in range(r // _U(LANES)):
+        t = src + b * _U(LANES)
         a0 += vals[t]
         a1 += vals[t + _U(1)]
         a2 += vals[t + _U(2)]
@@ -248,7 +250,7 @@ def _sum_row(vals, src, r):
         a6 += vals[t + _U(6)]
         a7 += vals[t + _U(7)]
     s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    for t in range(r - r % _U(_LANES), r):
+    for t in range(r - r % _U(LANES), r):
         s += vals[src + t]
     return s
 
@@ -257,7 +259,7 @@ def _sum_row(vals, src, r):
 def reduce_forward(op, fields, p, vals):
     d, outer, r, inner, src = fields[p], fields[p + 1], fields[p + 2], fields[p + 3], fields[p + 4]
     if op == SUM and inner == 1:
-        if r < _LANES:
+        if r < LANES:
             # Rows shorter than the lanes: _sum_row's sum (0.0, then each element in order)
             # without its lane bookkeeping per row.  The same rows: 0.70 -> 0.56 ms.
             d, src, r = _U(d), _U(src), _U(r)

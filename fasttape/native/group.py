@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.kernels.tensor import MEMBER_FIELDS
+from fasttape.kernels.tensor import LANES, MEMBER_FIELDS
 from fasttape.native.translate import UNIT_PARTIALS, forward_name, partial_name
 from fasttape.ops import OPS, OpSpec
 
@@ -210,6 +210,68 @@ def _forward(ms: list[Member], n: int, name: str) -> list[str]:
     return lines
 
 
+def _forward_sum(ms: list[Member], n: int, name: str, total: int) -> list[str]:
+    """The forward loop of a group whose last result only a sum over all of it reads: that
+    result goes to a block of stack scratch, never to ``vals``, and the sum is the
+    interpreter's (``reduce_forward``: :data:`LANES` interleaved partial sums, element ``e``
+    in lane ``e % LANES``, combined pairwise, then the last ``n % LANES`` elements in
+    order), written to ``vals[total]``."""
+    lanes = range(LANES)
+    lines = [f'define void @"{name}.fwd"(ptr noalias nocapture %v) nounwind {{', "entry:",
+             f"  %buf = alloca [{BLOCK} x double], align 32"]
+    lines += _broadcasts(ms)
+    lines += ["  br label %block", "block:",
+              "  %t = phi i64 [ 0, %entry ], [ %t.next, %summed ]",
+              *[f"  %a{j} = phi double [ 0.0, %entry ], [ %a{j}.n, %summed ]" for j in lanes],
+              f"  %rem = sub nuw nsw i64 {n}, %t",
+              f"  %short = icmp ult i64 %rem, {BLOCK}",
+              f"  %m = select i1 %short, i64 %rem, i64 {BLOCK}",
+              "  br label %loop", "loop:",
+              "  %i = phi i64 [ 0, %block ], [ %i.next, %loop ]",
+              "  %e = add nuw nsw i64 %t, %i"]
+    body = _Body(lines, "f")
+    last = body.values(ms, reverse=False)[-1]
+    lines += [f"  %pb = getelementptr inbounds [{BLOCK} x double], ptr %buf, i64 0, i64 %i",
+              f"  store double {last}, ptr %pb",
+              "  %i.next = add nuw nsw i64 %i, 1",
+              "  %more = icmp ult i64 %i.next, %m",
+              "  br i1 %more, label %loop, label %lanes.pre", "lanes.pre:",
+              f"  %m8 = and i64 %m, {-LANES}",
+              "  %any = icmp ugt i64 %m8, 0",
+              "  br i1 %any, label %lanes, label %summed", "lanes:",
+              "  %q = phi i64 [ 0, %lanes.pre ], [ %q.next, %lanes ]"]
+    lines += [f"  %l{j} = phi double [ %a{j}, %lanes.pre ], [ %l{j}.n, %lanes ]"
+              for j in lanes]
+    for j in lanes:
+        lines += [f"  %qj{j} = add nuw nsw i64 %q, {j}",
+                  f"  %pl{j} = getelementptr inbounds [{BLOCK} x double], ptr %buf, i64 0, "
+                  f"i64 %qj{j}",
+                  f"  %x{j} = load double, ptr %pl{j}",
+                  f"  %l{j}.n = fadd double %l{j}, %x{j}"]
+    lines += [f"  %q.next = add nuw nsw i64 %q, {LANES}",
+              "  %qm = icmp ult i64 %q.next, %m8",
+              "  br i1 %qm, label %lanes, label %summed", "summed:",
+              *[f"  %a{j}.n = phi double [ %a{j}, %lanes.pre ], [ %l{j}.n, %lanes ]"
+                for j in lanes],
+              f"  %t.next = add nuw nsw i64 %t, {BLOCK}",
+              f"  %again = icmp ult i64 %t.next, {n}",
+              "  br i1 %again, label %block, label %finish", "finish:",
+              "  %s01 = fadd double %a0.n, %a1.n", "  %s23 = fadd double %a2.n, %a3.n",
+              "  %s45 = fadd double %a4.n, %a5.n", "  %s67 = fadd double %a6.n, %a7.n",
+              "  %s03 = fadd double %s01, %s23", "  %s47 = fadd double %s45, %s67",
+              "  %s.0 = fadd double %s03, %s47"]
+    # The last n % LANES elements, in order: the tail of the last block, still in buf.
+    m_last = n - (n - 1) // BLOCK * BLOCK
+    for t in range(n % LANES):
+        lines += [f"  %pt{t} = getelementptr inbounds [{BLOCK} x double], ptr %buf, i64 0, "
+                  f"i64 {m_last - n % LANES + t}",
+                  f"  %y{t} = load double, ptr %pt{t}",
+                  f"  %s.{t + 1} = fadd double %s.{t}, %y{t}"]
+    lines += [f"  %pout = getelementptr inbounds double, ptr %v, i64 {total}",
+              f"  store double %s.{n % LANES}, ptr %pout", "  ret void", "}"]
+    return lines
+
+
 def _broadcasts(ms: list[Member]) -> list[str]:
     # Broadcast arguments read once, before the loop (no member writes a single slot).
     offs = sorted({a[1] for m in ms for a in m.args if a[0] == "bcast"})
@@ -220,13 +282,18 @@ def _broadcasts(ms: list[Member]) -> list[str]:
     return out
 
 
-def _reverse(ms: list[Member], n: int, name: str) -> list[str]:
+def _reverse(ms: list[Member], n: int, name: str, total: int | None) -> list[str]:
+    # With ``total``: the last member's adjoint is the sum's (adj[total]), broadcast back as
+    # reduce_reverse does (0.0 + g: the zeroed adjoint plus the one contribution).
     deferred = sorted(_deferred(ms, n), key=lambda kj: (-kj[0], kj[1]))
     lines = [f'define void @"{name}.rev"(ptr noalias nocapture readonly %v, '
              "ptr noalias nocapture %g) nounwind {", "entry:"]
     for k, j in deferred:
         lines.append(f"  %tmp{k}.{j} = alloca [{BLOCK} x double], align 32")
     lines += _broadcasts(ms)
+    if total is not None:
+        lines += [f"  %ptot = getelementptr inbounds double, ptr %g, i64 {total}",
+                  "  %gtot = load double, ptr %ptot", "  %gsum = fadd double 0.0, %gtot"]
     lines += ["  br label %block", "block:",
               "  %t = phi i64 [ 0, %entry ], [ %t.next, %flush ]",
               f"  %rem = sub nuw nsw i64 {n}, %t",
@@ -238,6 +305,8 @@ def _reverse(ms: list[Member], n: int, name: str) -> list[str]:
     body = _Body(lines, "r")
     vals = body.values(ms, reverse=True)
     acc: dict[int, str] = {k: "0.0" for k, m in enumerate(ms) if m.out < 0}
+    if total is not None:
+        acc[len(ms) - 1] = "%gsum"
     for k in range(len(ms) - 1, -1, -1):
         m = ms[k]
         g = acc.pop(k) if m.out < 0 else body.load("%g", m.out, 1)
@@ -317,12 +386,24 @@ def _pred(label: str, labels: list[str]) -> str:
     return "loop" if i == 0 else labels[i - 1]
 
 
-def group_module(fields: np.ndarray, p: int, name: str, header: str) -> str | None:
+def group_module(fields: np.ndarray, p: int, name: str, header: str,
+                 total: int | None = None) -> str | None:
     """IR text of ``@"<name>.fwd"`` and ``@"<name>.rev"`` for the group at ``fields[p]``
     (``None``: not expressible, see :func:`members`).  It calls the op library's functions,
-    which :func:`fasttape.native.machine.compile_module` appends."""
+    which :func:`fasttape.native.machine.compile_module` appends.
+
+    ``total``: the group is followed by a ``SUM`` of its last member's result over all its
+    elements into slot ``total``, and nothing else reads that result: the two instructions
+    become one loop that never stores the result (:func:`_forward_sum`).
+    """
     ms = members(fields, p)
     n = int(fields[p])
-    if ms is None or n < 1:
+    if ms is None or n < 1 or (total is not None and (ms[-1].out < 0 or n < LANES)):
         return None
-    return "\n".join([header, *_forward(ms, n, name), *_reverse(ms, n, name), ""])
+    if total is None:
+        fwd = _forward(ms, n, name)
+    else:
+        last = ms[-1]
+        ms = [*ms[:-1], Member(last.spec, -1, last.args, last.targets)]
+        fwd = _forward_sum(ms, n, name, total)
+    return "\n".join([header, *fwd, *_reverse(ms, n, name, total), ""])

@@ -130,6 +130,7 @@ def compile_module(text: str, level: int, with_library: bool = True) -> bytes:
         text = f"{text}\n{library(inline_loops=level >= 2)}\n"
     with _lock:
         mod = llvm.parse_assembly(text, _context())
+        mod.verify()  # malformed IR raises here; LLVM's passes would abort the process
         if level >= 2:
             _run(mod, tm, level)
         else:

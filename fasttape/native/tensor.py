@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,16 @@ import numpy as np
 
 from fasttape.kernels import scalar
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.tensor import ELEMENTWISE
+from fasttape.kernels.tensor import (
+    COPY,
+    ELEMENTWISE,
+    GATHER,
+    MATMUL,
+    MEMBER_FIELDS,
+    REDUCE,
+    SUM,
+    TAKE,
+)
 from fasttape.native import cache, group, machine, translate
 from fasttape.ops import table_hash
 from fasttape.tensor.tape import TensorTape
@@ -56,19 +66,87 @@ class NativeGroups:
         The group instructions that run natively.
     """
 
-    def __init__(self, objects: list[bytes], names: dict[int, str], seconds: float,
-                 from_cache: bool) -> None:
+    def __init__(self, objects: list[bytes], names: dict[int, tuple[str, int]],
+                 seconds: float, from_cache: bool) -> None:
         self._engine = machine.Engine(objects)
         self.seconds, self.from_cache = seconds, from_cache
         self.instructions = sorted(names)
-        self.runners: dict[int, tuple[Any, Any]] = {}
-        for i, name in names.items():
+        #: Groups whose loop also computes the sum that follows them (two instructions).
+        self.with_sum = sorted(i for i, (_, count) in names.items() if count == 2)
+        self.runners: dict[int, tuple[Any, Any, int]] = {}
+        for i, (name, count) in names.items():
             fwd = _FWD(self._engine.address(f"{name}.fwd"))
             rev = _REV(self._engine.address(f"{name}.rev"))
             # Bound through default arguments: each lambda keeps its own pair (and self,
             # the engine that owns the code, stays alive as long as a runner does).
             self.runners[i] = (lambda vals, f=fwd, keep=self: _call_fwd(f, vals),
-                               lambda vals, adj, r=rev, keep=self: _call_rev(r, vals, adj))
+                               lambda vals, adj, r=rev, keep=self: _call_rev(r, vals, adj),
+                               count)
+
+
+def _summed_by_next(tape: TensorTape, arrays: dict[str, np.ndarray], i: int) -> int | None:
+    """The slot of the total when instruction ``i + 1`` sums all of group ``i``'s last result
+    and nothing else reads that result (so it need never be stored); else ``None``."""
+    kinds, ops, at, fields = arrays["kinds"], arrays["ops"], arrays["at"], arrays["fields"]
+    if i + 1 >= kinds.size or kinds[i + 1] != REDUCE or ops[i + 1] != SUM:
+        return None
+    p, q = int(at[i]), int(at[i + 1])
+    n, count = int(fields[p]), int(fields[p + 2])
+    last = p + 3 + (count - 1) * MEMBER_FIELDS
+    d, inter = int(fields[last + 1]), int(fields[last + 18])
+    total, outer, r, inner, src = (int(v) for v in fields[q:q + 5])
+    if inter or (outer, r, inner, src) != (1, n, 1, d):
+        return None
+    out_off, out_shape = tape.layout()["output"]
+    if out_off < d + n and d < out_off + max(math.prod(out_shape), 1):
+        return None
+    return None if _read_elsewhere(arrays, d, d + n, {i, i + 1}) else total
+
+
+def _read_elsewhere(arrays: dict[str, np.ndarray], lo: int, hi: int, skip: set[int]) -> bool:
+    """Whether an instruction not in ``skip`` may read a slot in ``lo .. hi - 1``
+    (conservative: a gather may read anything)."""
+    kinds, at, fields = arrays["kinds"], arrays["at"], arrays["fields"]
+    f = fields
+
+    def hit(a: int, b: int) -> bool:  # the slots a .. b - 1
+        return a < hi and lo < b
+
+    for i, (kind, p) in enumerate(zip(kinds.tolist(), at.tolist(), strict=True)):
+        if i in skip:
+            continue
+        if kind == GATHER:
+            return True
+        if kind == ELEMENTWISE:
+            n, count = int(f[p]), int(f[p + 2])
+            for k in range(count):
+                r = p + 3 + k * MEMBER_FIELDS
+                for j in range(3):
+                    a, s, ta = (int(v) for v in f[r + 3 + 3 * j: r + 6 + 3 * j])
+                    if not (ta == 0 and s == 1) and hit(min(a, a + (n - 1) * s),
+                                                        max(a, a + (n - 1) * s) + 1):
+                        return True
+        elif kind == COPY:
+            n, src, nd = int(f[p + 1]), int(f[p + 2]), int(f[p + 3])
+            shape, strides = f[p + 4:p + 4 + nd].tolist(), f[p + 4 + nd:p + 4 + 2 * nd].tolist()
+            low = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s < 0)
+            high = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s > 0)
+            if n and hit(low, high + 1):
+                return True
+        elif kind == TAKE:
+            n, src = int(f[p + 1]), int(f[p + 2])
+            idx = f[p + 3:p + 3 + n]
+            if n and hit(src + int(idx.min()), src + int(idx.max()) + 1):
+                return True
+        elif kind == REDUCE:
+            outer, r, inner, src = (int(v) for v in f[p + 1:p + 5])
+            if hit(src, src + outer * r * inner):
+                return True
+        elif kind == MATMUL:
+            nb, m, k, n, a, sa, b, sb = (int(v) for v in f[p + 1:p + 9])
+            if hit(a, a + (nb - 1) * sa + m * k) or hit(b, b + (nb - 1) * sb + k * n):
+                return True
+    return False
 
 
 def _digest() -> str:
@@ -112,10 +190,13 @@ def native_tensor(tape: TensorTape, *, cache_entries: bool = True) -> TensorTape
         p = int(at[i])
         if fields[p + 2] < 2:
             continue  # a single op: the interpreter's loop is already this loop
-        text = group.group_module(fields, p, f"g{i}", "")
+        total = _summed_by_next(tape, arrays, i)
+        text = group.group_module(fields, p, f"g{i}", "", total)
+        if text is None and total is not None:
+            text, total = group.group_module(fields, p, f"g{i}", ""), None
         if text is not None:
             texts.append(text)
-            names[i] = f"g{i}"
+            names[i] = (f"g{i}", 1 if total is None else 2)
     if not names:
         return tape.with_group_runners({})
     module = header + "\n".join(texts)

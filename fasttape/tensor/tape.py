@@ -253,9 +253,11 @@ class TensorTape:
             if nb * m * k * n >= BLAS_MIN:
                 big.append(i)
         self._blas = big
-        # Elementwise groups that run as compiled loops (with_group_runners: native()).
-        self._groups: dict[int, tuple[Any, Any]] = {}
-        self._outside = big
+        # Elementwise groups that run as compiled loops (with_group_runners: native()):
+        # first instruction -> (forward, reverse, count).
+        self._groups: dict[int, tuple[Any, Any, int]] = {}
+        # (first, count) of the instructions that run outside the kernels, in order.
+        self._outside = [(i, 1) for i in big]
 
     # ----------------------------------------------------------------------- description
 
@@ -438,25 +440,38 @@ class TensorTape:
 
     # ----------------------------------------------------------------------- sweeps
 
-    def with_group_runners(self, runners: dict[int, tuple[Any, Any]]) -> TensorTape:
-        """A copy of this tape whose elementwise groups run through other code: instruction
-        ``i`` (an ``ELEMENTWISE`` group) through ``runners[i] = (forward, reverse)``, called
-        as ``forward(vals)`` and ``reverse(vals, adj)`` in place of the kernels' rules for it
+    def with_group_runners(self, runners: dict[int, tuple[Any, ...]]) -> TensorTape:
+        """A copy of this tape whose elementwise groups run through other code.
+
+        ``runners[i] = (forward, reverse)`` or ``(forward, reverse, count)``: instructions
+        ``i .. i + count - 1`` (default 1; instruction ``i`` an ``ELEMENTWISE`` group) run as
+        ``forward(vals)`` and ``reverse(vals, adj)`` in place of the kernels' rules for them
         (values, gradients, vector-Jacobian products; jvp and hvp keep the kernels').  What
         :meth:`fasttape.TensorTape.native` builds; the runners must compute what the kernels
         compute (docs/tensors.md, "Native groups")."""
         kinds = self._arrays[0]
-        for i, pair in runners.items():
+        taken = set(self._blas)
+        groups = {}
+        for i, runner in runners.items():
             if not (isinstance(i, int) and 0 <= i < kinds.size and kinds[i] == ELEMENTWISE):
                 raise ValueError(f"runner for instruction {i!r}: not an elementwise group of "
                                  f"this tape ({kinds.size} instructions)")
-            if len(pair) != 2 or not all(callable(f) for f in pair):
+            if len(runner) not in (2, 3) or not all(callable(f) for f in runner[:2]):
                 raise TypeError(f"runner for instruction {i}: expected (forward, reverse) "
-                                "callables")
+                                "callables and optionally a count")
+            count = runner[2] if len(runner) == 3 else 1
+            span = set(range(i, i + count)) if isinstance(count, int) else set()
+            if not span or i + count > kinds.size or span & taken:
+                raise ValueError(f"runner for instruction {i}: count {count!r} does not name "
+                                 f"instructions of this tape that no other runner or BLAS "
+                                 f"product takes")
+            taken |= span
+            groups[i] = (runner[0], runner[1], count)
         new = copy.copy(self)
         new._local = threading.local()
-        new._groups = dict(runners)
-        new._outside = sorted({*self._blas, *runners})
+        new._groups = groups
+        new._outside = sorted([*((i, 1) for i in self._blas),
+                               *((i, g[2]) for i, g in groups.items())])
         return new
 
     @property
@@ -470,7 +485,7 @@ class TensorTape:
             return
         kinds, ops, at, fields = self._arrays
         lo = 0
-        for i in self._outside:
+        for i, count in self._outside:
             if lo < i:
                 kernels.sweep(kinds, ops, at, fields, lo, i, vals)
             group = self._groups.get(i)
@@ -478,16 +493,16 @@ class TensorTape:
                 _blas_forward(fields, int(at[i]), vals)
             else:
                 group[0](vals)
-            lo = i + 1
+            lo = i + count
         if lo < kinds.size:
             kernels.sweep(kinds, ops, at, fields, lo, kinds.size, vals)
 
     def _reverse(self, vals: np.ndarray, adj: np.ndarray) -> None:
         kinds, ops, at, fields = self._arrays
         hi = kinds.size
-        for i in reversed(self._outside):
-            if i + 1 < hi:
-                kernels.sweep(kinds, ops, at, fields, i + 1, hi, vals, adj=adj)
+        for i, count in reversed(self._outside):
+            if i + count < hi:
+                kernels.sweep(kinds, ops, at, fields, i + count, hi, vals, adj=adj)
             group = self._groups.get(i)
             if group is None:
                 _blas_reverse(fields, int(at[i]), vals, adj)
