@@ -116,6 +116,9 @@ def api_markdown() -> str:
         "## `ft.Graph` methods and properties",
         "",
         *_members(ft.Graph, "graph"),
+        "## `ft.TensorTape` methods and properties",
+        "",
+        *_members(ft.TensorTape, "tensor_tape"),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
