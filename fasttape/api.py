@@ -24,7 +24,8 @@ from fasttape.checkpoint.segments import CheckpointedTape, checkpointed
 from fasttape.compile import compile_graph
 from fasttape.embed.cabi import cfunction
 from fasttape.embed.dot import tape_to_dot
-from fasttape.embed.numba_api import numba_kernel
+from fasttape.embed.numba_api import NumbaKernel, numba_kernel
+from fasttape.embed.tensor_abi import TensorCFunction, tensor_cfunction, tensor_numba_kernel
 from fasttape.graph import Graph
 from fasttape.native.tape import NativeTape, native
 from fasttape.native.tensor import native_tensor
@@ -203,6 +204,17 @@ class TensorTape(TensorRecord):
     def save(self, path: Any) -> None:
         """Write the tape to ``path`` (``.npz``, no pickle, atomic; docs/tape-format.md)."""
         serialize.save(self, path)
+
+    def numba_kernel(self, kind: str = "value_and_grad", *, p: Any = None) -> NumbaKernel:
+        """``(fn, arrays)`` for calling this tape inside ``@numba.njit`` code as
+        ``fn(*arrays, x, grad)`` (flat inputs); see
+        :func:`fasttape.embed.tensor_abi.tensor_numba_kernel`."""
+        return tensor_numba_kernel(self, kind, p=p)
+
+    def cfunc(self, *, reentrant: bool = False, p: Any = None) -> TensorCFunction:
+        """C function pointers for value and gradient (scalar output, flat inputs); see
+        :func:`fasttape.embed.tensor_abi.tensor_cfunction`."""
+        return tensor_cfunction(self, reentrant=reentrant, p=p)
 
     def native(self, *, cache_entries: bool = True) -> TensorTape:
         """A copy of this tape whose fused elementwise groups run as compiled, vectorized

@@ -776,11 +776,14 @@ def test_output_shape_errors() -> None:
         tape.vjp(np.ones(3), np.ones(4))
 
 
-@pytest.mark.parametrize("method", ["numba_kernel", "cfunc"])
-def test_not_yet_on_tensor_tapes(method: str) -> None:
+def test_embedding_entry_points_refuse_a_misplaced_argument() -> None:
+    # Both exist on tensor tapes (tests/test_embed_tensor.py); an array where the kind or a
+    # keyword belongs is a clear error, not a crash.
     tape = ft.compile(ft.trace(lambda x: np.sum(x), shapes=[(3,)]))
-    with pytest.raises(NotImplementedError, match=f"{method} is not available on tensor tapes"):
-        getattr(tape, method)(np.ones(3))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        tape.numba_kernel(np.ones(3))
+    with pytest.raises(TypeError):
+        tape.cfunc(np.ones(3))
 
 
 @pytest.mark.parametrize("option", [{"optimize": False}, {"grad_mode": "lean"},

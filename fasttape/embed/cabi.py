@@ -62,6 +62,8 @@ __all__ = [
     "VALUE_AND_GRAD_USER_DATA_SIGNATURE",
     "VALUE_SIGNATURE",
     "cfunction",
+    "keeping",
+    "void_ptr",
 ]
 
 #: C signature of :attr:`CFunction.value_and_grad_address` (returns 0).
@@ -86,7 +88,7 @@ _NCTX = len(_CTX)
 
 
 @intrinsic
-def _void_ptr(typingctx, address):  # type: ignore[no-untyped-def]
+def void_ptr(typingctx, address):  # type: ignore[no-untyped-def]
     """An integer address as ``void *`` (for ``numba.carray``)."""
     sig = types.voidptr(address)
 
@@ -111,8 +113,8 @@ def _joined(c, x):
     if c[_REENTRANT]:
         xp = np.empty(n_in + n_p)
     else:
-        xp = numba.carray(_void_ptr(c[_XP]), n_in + n_p, np.float64)
-    params = numba.carray(_void_ptr(c[_PARAMS]), n_p, np.float64)
+        xp = numba.carray(void_ptr(c[_XP]), n_in + n_p, np.float64)
+    params = numba.carray(void_ptr(c[_PARAMS]), n_p, np.float64)
     for i in range(n_in):
         xp[i] = x[i]
     for i in range(n_p):
@@ -127,9 +129,9 @@ def _value_and_grad_impl(user_data, xp, fp, gp):
     n_in = c[_NIN]
     n_p = c[_NPARAMS]
     n_slots = n_in + n_p + c[_NCONSTS] + c[_NOPS]
-    ops = numba.carray(_void_ptr(c[_OPS]), c[_NOPS], np.uint8)
-    consts = numba.carray(_void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
-    outputs = numba.carray(_void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
+    ops = numba.carray(void_ptr(c[_OPS]), c[_NOPS], np.uint8)
+    consts = numba.carray(void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
+    outputs = numba.carray(void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
     x = numba.carray(xp, n_in)
     grad_out = numba.carray(gp, n_in)
     grad = grad_out
@@ -138,23 +140,23 @@ def _value_and_grad_impl(user_data, xp, fp, gp):
         if c[_REENTRANT]:
             grad = np.empty(n_in + n_p)
         else:
-            grad = numba.carray(_void_ptr(c[_GP]), n_in + n_p, np.float64)
+            grad = numba.carray(void_ptr(c[_GP]), n_in + n_p, np.float64)
     n_parts = 0 if c[_LEAN] else c[_NARGS]
     if c[_REENTRANT]:
         vals = np.empty(n_slots)
         parts = np.empty(n_parts)
         adj = np.zeros(n_slots)
     else:
-        vals = numba.carray(_void_ptr(c[_VALS]), n_slots, np.float64)
-        parts = numba.carray(_void_ptr(c[_PARTS]), n_parts, np.float64)
-        adj = numba.carray(_void_ptr(c[_ADJ]), n_slots, np.float64)
+        vals = numba.carray(void_ptr(c[_VALS]), n_slots, np.float64)
+        parts = numba.carray(void_ptr(c[_PARTS]), n_parts, np.float64)
+        adj = numba.carray(void_ptr(c[_ADJ]), n_slots, np.float64)
     lean = c[_LEAN] != 0
     # args is int32 or int64 (docs/tape-format.md); a runtime branch keeps one implementation.
     if c[_ARGS64]:
-        args64 = numba.carray(_void_ptr(c[_ARGS]), c[_NARGS], np.int64)
+        args64 = numba.carray(void_ptr(c[_ARGS]), c[_NARGS], np.int64)
         fp[0] = _vg_body(ops, args64, consts, outputs, c[_WHICH], x, vals, parts, adj, grad, lean)
     else:
-        args32 = numba.carray(_void_ptr(c[_ARGS]), c[_NARGS], np.int32)
+        args32 = numba.carray(void_ptr(c[_ARGS]), c[_NARGS], np.int32)
         fp[0] = _vg_body(ops, args32, consts, outputs, c[_WHICH], x, vals, parts, adj, grad, lean)
     if n_p:
         for i in range(n_in):
@@ -170,21 +172,21 @@ def _value_impl(n, xp, user_data):
     if n != n_in:
         return np.nan
     n_slots = n_in + c[_NPARAMS] + c[_NCONSTS] + c[_NOPS]
-    ops = numba.carray(_void_ptr(c[_OPS]), c[_NOPS], np.uint8)
-    consts = numba.carray(_void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
-    outputs = numba.carray(_void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
+    ops = numba.carray(void_ptr(c[_OPS]), c[_NOPS], np.uint8)
+    consts = numba.carray(void_ptr(c[_CONSTS]), c[_NCONSTS], np.float64)
+    outputs = numba.carray(void_ptr(c[_OUTS]), c[_NOUTS], np.int64)
     x = numba.carray(xp, n_in)
     if c[_NPARAMS]:
         x = _joined(c, x)
     if c[_REENTRANT]:
         vals = np.empty(n_slots)
     else:
-        vals = numba.carray(_void_ptr(c[_VALS]), n_slots, np.float64)
+        vals = numba.carray(void_ptr(c[_VALS]), n_slots, np.float64)
     if c[_ARGS64]:
-        forward_values(ops, numba.carray(_void_ptr(c[_ARGS]), c[_NARGS], np.int64), consts, x,
+        forward_values(ops, numba.carray(void_ptr(c[_ARGS]), c[_NARGS], np.int64), consts, x,
                        vals)
     else:
-        forward_values(ops, numba.carray(_void_ptr(c[_ARGS]), c[_NARGS], np.int32), consts, x,
+        forward_values(ops, numba.carray(void_ptr(c[_ARGS]), c[_NARGS], np.int32), consts, x,
                        vals)
     return vals[outputs[c[_WHICH]]]
 
@@ -233,7 +235,7 @@ def _compile_value_and_grad(ctx_address: int) -> Any:
     target = _VG_CTX_PROTO(_value_and_grad_cfunc().address)
 
     def value_and_grad(xp, fp, gp):  # type: ignore[no-untyped-def]
-        return target(xp, fp, gp, _void_ptr(ctx_address))
+        return target(xp, fp, gp, void_ptr(ctx_address))
 
     return cfunc(_VG_SIG, cache=False)(value_and_grad)
 
@@ -357,7 +359,7 @@ class CFunction:
         """
         proto = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
                                  ctypes.c_void_p)
-        return _keeping(proto(self.value_and_grad_address), self)
+        return keeping(proto(self.value_and_grad_address), self)
 
     # ------------------------------------------------------------------ value
     @property
@@ -376,7 +378,7 @@ class CFunction:
         Pass :attr:`user_data` as the last argument.  Keeps this :class:`CFunction` alive.
         """
         proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-        return _keeping(proto(self.value_address), self)
+        return keeping(proto(self.value_address), self)
 
     def low_level_callable(self) -> Any:
         """The value as a ``scipy.LowLevelCallable`` (for ``scipy.integrate.quad``, ``nquad``).
@@ -390,7 +392,7 @@ class CFunction:
         proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_int,
                                  ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
         # LowLevelCallable keeps ``fn`` and ``user_data``; ``fn`` keeps us.
-        fn = _keeping(proto(self.value_address), self)
+        fn = keeping(proto(self.value_address), self)
         return LowLevelCallable(fn, ctypes.c_void_p(self.user_data))
 
     def __repr__(self) -> str:
@@ -400,9 +402,10 @@ class CFunction:
         )
 
 
-def _keeping(fn: Any, owner: CFunction) -> Any:
-    # A ctypes function object only knows an address: tie the owner of the code, the context
-    # and the buffers to it, so the pointer cannot outlive them.
+def keeping(fn: Any, owner: Any) -> Any:
+    """``fn`` (a ctypes function object) with ``owner`` attached: a ctypes function only knows
+    an address, so the owner of the code, the context and the buffers is tied to it and the
+    pointer cannot outlive them."""
     fn._fasttape_owner = owner
     return fn
 

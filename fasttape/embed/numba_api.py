@@ -32,7 +32,8 @@ from fasttape.kernels.jit import kernel as _kernel
 from fasttape.tape import TapeRecord as Tape
 from fasttape.tape import check_out
 
-__all__ = ["KINDS", "NumbaKernel", "numba_kernel", "vjp", "vjp_kernel"]
+__all__ = ["KINDS", "NumbaKernel", "check_buffer", "check_vector", "numba_kernel", "vjp",
+           "vjp_kernel"]
 
 
 #: The kinds of function :func:`numba_kernel` can return.
@@ -81,12 +82,12 @@ def _bad_length(name, got, expected, what):
     )
 
 
-def _check_vector(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
+def check_vector(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
     """Refuse ``arr`` unless it is a 1-D float64 array of ``n`` entries (inside jitted code)."""
 
 
-def _check_buffer(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
-    """As :func:`_check_vector`, for an array the sweep writes: it must also be writeable."""
+def check_buffer(arr, name, n, what):  # pragma: no cover - typed and compiled by Numba
+    """As :func:`check_vector`, for an array the sweep writes: it must also be writeable."""
 
 
 def _array_type_problem(arr: Any, writeable: bool) -> str | None:
@@ -118,8 +119,8 @@ def _length_check_overload(writeable: bool) -> Any:
     return typer
 
 
-overload(_check_vector, prefer_literal=True)(_length_check_overload(False))
-overload(_check_buffer, prefer_literal=True)(_length_check_overload(True))
+overload(check_vector, prefer_literal=True)(_length_check_overload(False))
+overload(check_buffer, prefer_literal=True)(_length_check_overload(True))
 
 
 @_kernel
@@ -157,10 +158,10 @@ def _check_tape(ops, args, consts, outputs, meta, takes_p):
 
 @_kernel
 def _check_work(meta, n_slots, vals, parts, adj):
-    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
-    _check_buffer(parts, "parts", meta[_NPARTS],
+    check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    check_buffer(parts, "parts", meta[_NPARTS],
                   "the tape's n_edges for a stored tape, 0 for a lean one")
-    _check_buffer(adj, "adj", n_slots, "the tape's n_slots, all zeros")
+    check_buffer(adj, "adj", n_slots, "the tape's n_slots, all zeros")
 
 
 @_kernel
@@ -177,8 +178,8 @@ def _check_grad_call(ops, args, consts, outputs, meta, vals, parts, adj, x, grad
     """Every check of a ``value_and_grad`` call (either grad mode); returns the output index."""
     n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
     return _check_which(meta)
 
 
@@ -199,8 +200,8 @@ def _value_and_grad_lean(ops, args, consts, outputs, meta, vals, parts, adj, x, 
 @_kernel
 def _value(ops, args, consts, outputs, meta, vals, x):
     n_slots = _check_tape(ops, args, consts, outputs, meta, False)
-    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     which = _check_which(meta)
     sweep.forward_values(ops, args, consts, x, vals)
     return vals[outputs[which]]
@@ -209,9 +210,9 @@ def _value(ops, args, consts, outputs, meta, vals, x):
 @_kernel
 def _values(ops, args, consts, outputs, meta, vals, x, out):
     n_slots = _check_tape(ops, args, consts, outputs, meta, False)
-    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
-    _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
+    check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
     sweep.value_kernel(ops, args, consts, outputs, x, vals, out)
 
 
@@ -249,9 +250,9 @@ def vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad):
 def _vjp(ops, args, consts, outputs, meta, vals, parts, adj, x, cot, grad):
     n_slots = _check_tape(ops, args, consts, outputs, meta, False)
     _check_work(meta, n_slots, vals, parts, adj)
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
-    _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
+    check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
     vjp_kernel(ops, args, consts, outputs, vals, parts, adj, x, cot, grad)
 
 
@@ -262,9 +263,9 @@ def _vjp(ops, args, consts, outputs, meta, vals, parts, adj, x, cot, grad):
 @_kernel
 def _join(meta, x, p, xp):
     n_lead = meta[_NIN] + meta[_NPARAMS]
-    _check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
-    _check_vector(p, "p", meta[_NPARAMS], "the tape's n_params")
-    _check_buffer(xp, "xp", n_lead, "the tape's n_inputs + n_params")
+    check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
+    check_vector(p, "p", meta[_NPARAMS], "the tape's n_params")
+    check_buffer(xp, "xp", n_lead, "the tape's n_inputs + n_params")
     n = x.shape[0]
     for i in range(n):
         xp[i] = x[i]
@@ -275,8 +276,8 @@ def _join(meta, x, p, xp):
 @_kernel
 def _check_gradients(meta, gp, grad):
     """Check ``gp`` (the joined gradient buffer) and ``grad`` (the inputs' part of it)."""
-    _check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
-    _check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
+    check_buffer(gp, "gp", meta[_NIN] + meta[_NPARAMS], "the tape's n_inputs + n_params")
+    check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
 
 
 @_kernel
@@ -320,7 +321,7 @@ def _value_and_grad_lean_p(ops, args, consts, outputs, meta, vals, parts, adj, x
 @_kernel
 def _value_p(ops, args, consts, outputs, meta, vals, xp, x, p):
     n_slots = _check_tape(ops, args, consts, outputs, meta, True)
-    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _join(meta, x, p, xp)
     which = _check_which(meta)
     sweep.forward_values(ops, args, consts, xp, vals)
@@ -330,9 +331,9 @@ def _value_p(ops, args, consts, outputs, meta, vals, xp, x, p):
 @_kernel
 def _values_p(ops, args, consts, outputs, meta, vals, xp, x, p, out):
     n_slots = _check_tape(ops, args, consts, outputs, meta, True)
-    _check_buffer(vals, "vals", n_slots, "the tape's n_slots")
+    check_buffer(vals, "vals", n_slots, "the tape's n_slots")
     _join(meta, x, p, xp)
-    _check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
+    check_buffer(out, "out", meta[_NOUTS], "the tape's n_outputs")
     sweep.value_kernel(ops, args, consts, outputs, xp, vals, out)
 
 
@@ -341,7 +342,7 @@ def _vjp_p(ops, args, consts, outputs, meta, vals, parts, adj, xp, gp, x, p, cot
     n_slots = _check_tape(ops, args, consts, outputs, meta, True)
     _check_work(meta, n_slots, vals, parts, adj)
     _join(meta, x, p, xp)
-    _check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
+    check_vector(cot, "cot", meta[_NOUTS], "the tape's n_outputs")
     _check_gradients(meta, gp, grad)
     vjp_kernel(ops, args, consts, outputs, vals, parts, adj, xp, cot, gp)
     _keep_input_grads(gp, grad)

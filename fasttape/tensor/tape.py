@@ -425,6 +425,15 @@ class TensorTape:
                                  f"an axis of length {bound}: its values must be integers in "
                                  f"-{bound}..{bound - 1}, got {float(bad)!r}")
 
+    def initial_values(self, p: Any = None) -> np.ndarray:
+        """A new value vector as a call starts it: constants in place, the parameters ``p``
+        loaded (checked as a call checks them, gather indices included), inputs zero.  What
+        embedding code (``numba_kernel``, ``cfunc``) evaluates in."""
+        vals = self._init.copy()
+        zeros = self._in_tree.unflatten([np.zeros(shape) for _, shape in self._inputs])
+        self._load_checked(tuple(zeros), p, vals)
+        return vals
+
     def _value_out(self, vals: np.ndarray) -> Any:
         off, shape, size = self._out
         if not shape:
@@ -572,13 +581,6 @@ class TensorTape:
         self._sweeps(vals, adj, off, np.ascontiguousarray(cot).reshape(-1))
         return self._grads(adj)
 
-    def _unsupported(self, what: str) -> Any:
-        raise NotImplementedError(
-            f"{what} is not available on tensor tapes yet (value, value_and_grad, grad, jvp, "
-            "vjp, jacobian, batches and files are); for now trace the function on scalars "
-            "(ft.trace(fn, n_inputs)) to use it"
-        )
-
     def jvp(self, args: Any, tangents: Any, p: Any = None) -> tuple[Any, Any]:
         """``(value, J @ tangents)``: the output and its directional derivative along
         ``tangents`` (the arguments' structure and shapes), in one forward sweep that carries
@@ -678,13 +680,6 @@ class TensorTape:
                       for j in range(len(rows[0])))
         return parts[0] if len(parts) == 1 else parts
 
-    def numba_kernel(self, *args: Any, **kwargs: Any) -> Any:
-        """Not yet on tensor tapes (NotImplementedError)."""
-        return self._unsupported("numba_kernel")
-
-    def cfunc(self, *args: Any, **kwargs: Any) -> Any:
-        """Not yet on tensor tapes (NotImplementedError)."""
-        return self._unsupported("cfunc")
 
 
 
