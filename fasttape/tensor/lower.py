@@ -1,9 +1,12 @@
 """Lowering a tensor graph to tape arrays: dead code, fusion of elementwise chains, slot layout.
 
-Three steps, each linear in the number of instructions:
+Four steps, each linear in the number of instructions:
 
 1. **Dead code.** Only instructions whose result the output needs are kept.
-2. **Fusion.** A run of consecutive elementwise instructions over the same number of elements,
+2. **Common subexpressions.** An instruction that repeats an earlier one (same kind, op and
+   fields over the same slots) is dropped and its readers read the earlier result
+   (:mod:`fasttape.tensor.cse`).
+3. **Fusion.** A run of consecutive elementwise instructions over the same number of elements,
    each reading the earlier ones' results element for element, becomes one *group* that the
    kernels run tile by tile (:data:`TILE` elements at a time): a tile passes through every
    member while it sits in the L1 cache, which is how XLA beats running one op at a time over
@@ -12,7 +15,7 @@ Three steps, each linear in the number of instructions:
    recomputes it tile by tile instead of reading it back (one more evaluation of the cheap
    elementwise chain, in exchange for never writing or reading its values or adjoints in
    memory).  Every other elementwise instruction is a group of one.
-3. **Layout.** The buffers that remain are renumbered into consecutive slots (inputs,
+4. **Layout.** The buffers that remain are renumbered into consecutive slots (inputs,
    parameters, constants, results), then the scratch tiles, and every offset field rewritten.
 
 The arrays follow docs/tape-format.md ("Tensor tapes").
@@ -27,6 +30,7 @@ import numpy as np
 
 from fasttape.kernels.tensor import COPY, ELEMENTWISE, GATHER, MEMBER_FIELDS, REDUCE, TAKE
 from fasttape.ops import OPS
+from fasttape.tensor.cse import duplicates
 from fasttape.tensor.graph import SCRATCH, TensorGraph
 
 __all__ = ["FUSE_MIN", "TILE", "Lowered", "lower"]
@@ -53,18 +57,19 @@ class Lowered:
     out_offset: int
 
 
-def _live(graph: TensorGraph) -> list[int]:
-    live = {graph.output_buffer}
+def _live(graph: TensorGraph, reads: list[tuple[int, ...]], output: int) -> list[int]:
+    live = {output}
     keep = []
     for i in range(graph.n_instructions - 1, -1, -1):
         if graph.writes[i] in live:
             keep.append(i)
-            live.update(graph.reads[i])
+            live.update(reads[i])
     keep.reverse()
     return keep
 
 
-def _groups(graph: TensorGraph, keep: list[int]) -> list[list[int]]:
+def _groups(graph: TensorGraph, keep: list[int], reads: list[tuple[int, ...]]
+            ) -> list[list[int]]:
     """Consecutive instructions in runs: fusable elementwise runs, everything else alone."""
     groups: list[list[int]] = []
     members: dict[int, int] = {}  # buffer -> offset of the member that writes it
@@ -83,15 +88,18 @@ def _groups(graph: TensorGraph, keep: list[int]) -> list[list[int]]:
         joins = bool(current) and n == n_current and n >= FUSE_MIN
         if joins:
             for j in range(arity):
-                buf = graph.reads[i][j]
-                if buf in members and (f[2 + 2 * j] != members[buf] or f[3 + 2 * j] != 1):
+                # Offsets relative to their buffers: a merged repeat's field still names the
+                # repeat's slots, read from the first one's.
+                buf = reads[i][j]
+                rel = f[2 + 2 * j] - graph.buffers[graph.reads[i][j]][0]
+                if buf in members and (rel != members[buf] or f[3 + 2 * j] != 1):
                     joins = False  # a member's result read shifted: not element for element
         if not joins:
             if current:
                 groups.append(current)
             current, members, n_current = [], {}, n
         current.append(i)
-        members[graph.writes[i]] = f[0]
+        members[graph.writes[i]] = f[0] - graph.buffers[graph.writes[i]][0]
     if current:
         groups.append(current)
     return groups
@@ -99,29 +107,34 @@ def _groups(graph: TensorGraph, keep: list[int]) -> list[list[int]]:
 
 def lower(graph: TensorGraph) -> Lowered:
     """Dead code, fusion and layout (module docstring): the arrays of the tape."""
-    keep = _live(graph)
-    groups = _groups(graph, keep)
+    # Common subexpressions: a repeated instruction's readers read the first one's buffer,
+    # and the repeat is dead code.
+    same = duplicates(graph, _live(graph, graph.reads, graph.output_buffer))
+    reads = [tuple(same.get(b, b) for b in r) for r in graph.reads]
+    output = same.get(graph.output_buffer, graph.output_buffer)
+    keep = _live(graph, reads, output)
+    groups = _groups(graph, keep, reads)
     # Intermediates: results read only by later members of their own group.
     readers: dict[int, set[int]] = {}
     group_of = {}
     for g, members in enumerate(groups):
         for i in members:
             group_of[i] = g
-            for buf in graph.reads[i]:
+            for buf in reads[i]:
                 readers.setdefault(buf, set()).add(g)
     intermediate = set()
     for g, members in enumerate(groups):
         if len(members) > 1:
             for i in members:
                 buf = graph.writes[i]
-                if buf != graph.output_buffer and readers.get(buf, set()) <= {g}:
+                if buf != output and readers.get(buf, set()) <= {g}:
                     intermediate.add(buf)
     # Layout: every buffer still used, in order, then scratch tiles.
     used = set()
     for i in keep:
         used.add(graph.writes[i])
-        used.update(graph.reads[i])
-    used.add(graph.output_buffer)
+        used.update(reads[i])
+    used.add(output)
     starts = np.array([b[0] for b in graph.buffers] or [0], dtype=np.int64)
     new_start = np.full(len(graph.buffers), -1, dtype=np.int64)
     leaf_bufs = {_buffer(starts, off) for off, _ in [*graph.inputs, *graph.params]}
@@ -130,6 +143,9 @@ def lower(graph: TensorGraph) -> Lowered:
         if (buf in used or buf in leaf_bufs) and buf not in intermediate:
             new_start[buf] = pos
             pos += size
+
+    for buf, first in same.items():  # a repeat's slots are the first one's
+        new_start[buf] = new_start[first]
 
     def where(off: int) -> int:
         buf = _buffer(starts, off)
@@ -154,7 +170,7 @@ def lower(graph: TensorGraph) -> Lowered:
                 if buf_i in intermediate:
                     scratch_of[buf_i] = pos
                     pos += tile
-                fields += _member(graph, i, where, scratch_of, intermediate)
+                fields += _member(graph, i, reads[i], where, scratch_of, intermediate)
                 if SCRATCH in graph.fields[i][8:]:
                     discard_size = max(discard_size, tile)
         elif kind == COPY:
@@ -197,7 +213,7 @@ def _buffer(starts: np.ndarray, off: int) -> int:
     return int(np.searchsorted(starts, off, side="right") - 1)
 
 
-def _member(graph: TensorGraph, i: int, where: Callable[[int], int],
+def _member(graph: TensorGraph, i: int, reads: tuple[int, ...], where: Callable[[int], int],
             scratch_of: dict[int, int], intermediate: set[int]) -> list[int]:
     """The member record of elementwise instruction ``i`` (kernels.tensor.MEMBER_FIELDS)."""
     f = graph.fields[i]
@@ -212,7 +228,7 @@ def _member(graph: TensorGraph, i: int, where: Callable[[int], int],
         if j >= spec.arity:
             rec += [0, 0, 0]
             continue
-        a, s, buf = f[2 + 2 * j], f[3 + 2 * j], graph.reads[i][j]
+        a, s, buf = f[2 + 2 * j], f[3 + 2 * j], reads[j]
         if buf in intermediate:
             rec += [scratch_of[buf], 1, 0]
         else:
@@ -221,7 +237,7 @@ def _member(graph: TensorGraph, i: int, where: Callable[[int], int],
         if j >= spec.ndiff:
             rec += [0, 0, 0]
             continue
-        b, u, buf = f[8 + 2 * j], f[9 + 2 * j], graph.reads[i][j]
+        b, u, buf = f[8 + 2 * j], f[9 + 2 * j], reads[j]
         if b == SCRATCH:
             rec += [_DISCARD, 1, 0]
         elif buf in intermediate:
