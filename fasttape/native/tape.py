@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -22,11 +22,12 @@ import numpy as np
 from fasttape.kernels import scalar
 from fasttape.kernels.jit import kernel
 from fasttape.native import cache, emit, machine, translate
+from fasttape.native.entry import native_cfunction, native_numba_kernel
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "NativeTape", "interpreted", "native",
-           "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "MachineCode", "NativeTape", "interpreted",
+           "native", "opt_level"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -51,6 +52,15 @@ def _call_value(fn: Any, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
 @kernel
 def _call_vg(fn: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int) -> float:
     return fn(x.ctypes.data, w.ctypes.data, grad.ctypes.data, which)
+
+
+class MachineCode(NamedTuple):
+    """A native tape's entry points: ``value(x, w, out)``, ``vg(x, w, grad, which) ->
+    value`` (ctypes functions taking addresses) and the work array's length ``n_work``."""
+
+    value: Any
+    vg: Any
+    n_work: int
 
 
 def interpreted(name: str, doc: str) -> property:
@@ -146,6 +156,24 @@ class NativeTape:
         self.n_pieces = lay.n_pieces
         self._n_work = emit.work_size(lay)
         self._local = threading.local()
+
+    @property
+    def machine_code(self) -> MachineCode:
+        """The compiled entry points (ctypes functions) and the work array's length, for
+        embedding (:mod:`fasttape.native.entry`); valid while this tape is alive."""
+        return MachineCode(self._value, self._vg, self._n_work)
+
+    def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None,
+                     p: Any = None) -> Any:
+        """``(fn, arrays)`` calling this machine code inside ``@numba.njit`` code as
+        ``fn(*arrays, x, grad)``; see :func:`fasttape.native.entry.native_numba_kernel`."""
+        return native_numba_kernel(self, kind, output=output, p=p)
+
+    def cfunc(self, *, output: int | None = None, reentrant: bool = False,
+              p: Any = None) -> Any:
+        """A C pointer ``int32_t value_and_grad(const double *x, double *f, double *grad)``
+        to this machine code; see :func:`fasttape.native.entry.native_cfunction`."""
+        return native_cfunction(self, output=output, reentrant=reentrant, p=p)
 
     # ------------------------------------------------------------------ shape
     n_inputs = interpreted("n_inputs", "Number of inputs (the gradient's length).")
