@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,13 +23,13 @@ import numpy as np
 
 from fasttape.kernels import scalar
 from fasttape.kernels.jit import kernel
-from fasttape.native import cache, emit, machine, translate
+from fasttape.native import cache, emit, machine, translate, workers
 from fasttape.native.entry import native_cfunction, native_numba_kernel
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "MachineCode", "NativeTape", "interpreted",
-           "native", "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES", "MachineCode",
+           "NativeTape", "interpreted", "native", "opt_level"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -98,6 +100,21 @@ def opt_level(n_instr: int) -> int:
     docs/native.md has the measurements.
     """
     return 1 if n_instr <= 20_000 else 0
+
+
+#: Pieces (forward and reverse modules) from which a tape is compiled in worker processes by
+#: default: below, starting them costs more than they save.
+PARALLEL_PIECES = 64
+
+
+def _compile_all(texts: Iterator[str], level: int, processes: int) -> Iterator[bytes]:
+    """Object code of each module text, in order: here, or with ``processes > 1`` in worker
+    processes (:mod:`fasttape.native.workers`)."""
+    if processes > 1:
+        yield from workers.compile_in_workers(texts, level, processes)
+        return
+    for text in texts:
+        yield machine.compile_module(text, level)
 
 
 def _source_digest() -> str:
@@ -305,7 +322,7 @@ class NativeTape:
 
 def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
            opt: int | None = None, cache_entries: bool = True,
-           progress: bool = False) -> NativeTape:
+           progress: bool = False, processes: int | None = None) -> NativeTape:
     """Compile ``tape`` to machine code (LLVM through llvmlite); see docs/native.md.
 
     Parameters
@@ -321,6 +338,11 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
         options and machine), and save it there after compiling.
     progress : bool
         Print the compiled pieces as they go (to stderr), for large tapes.
+    processes : int, optional
+        Worker processes that compile pieces side by side (llvmlite runs one LLVM call at a
+        time per process).  Default: one per CPU when the tape has at least
+        :data:`PARALLEL_PIECES` pieces, else none (starting a worker costs about a second).
+        ``1``: compile in this process.  Every process produces the same object code.
 
     Returns
     -------
@@ -343,10 +365,15 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
         return NativeTape(tape, lay, objects, 0.0, True)
     t = time.perf_counter()
     header = machine.header()
-    objects = []
     total = emit.n_modules(lay)
-    for n, (_, text) in enumerate(emit.piece_modules(lay, header)):
-        objects.append(machine.compile_module(text, level))
+    if processes is None:
+        processes = (os.cpu_count() or 1) if total >= PARALLEL_PIECES else 1
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a positive int (or None), got {processes!r}")
+    texts = (text for _, text in emit.piece_modules(lay, header))
+    objects = []
+    for n, obj in enumerate(_compile_all(texts, level, min(processes, total))):
+        objects.append(obj)
         if progress and (n % 50 == 49 or n == total - 1):
             print(f"\rnative: {n + 1}/{total} pieces compiled", end="", file=sys.stderr)
     if progress:
