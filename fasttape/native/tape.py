@@ -28,8 +28,9 @@ from fasttape.native.entry import native_cfunction, native_numba_kernel
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES", "MachineCode",
-           "NativeTape", "interpreted", "native", "opt_level"]
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES",
+           "PARALLEL_PIECES_OPTIMIZED", "MachineCode", "NativeTape", "interpreted", "native",
+           "opt_level"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -102,9 +103,11 @@ def opt_level(n_instr: int) -> int:
     return 1 if n_instr <= 20_000 else 0
 
 
-#: Pieces (forward and reverse modules) from which a tape is compiled in worker processes by
-#: default: below, starting them costs more than they save.
+#: Modules (a forward and a reverse one per piece) from which a tape is compiled in worker
+#: processes by default at level 0 (below, starting them, about a second, costs more than
+#: they save), and at levels 1 to 3.
 PARALLEL_PIECES = 64
+PARALLEL_PIECES_OPTIMIZED = 6
 
 
 def _compile_all(texts: Iterator[str], level: int, processes: int) -> Iterator[bytes]:
@@ -341,7 +344,8 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     processes : int, optional
         Worker processes that compile pieces side by side (llvmlite runs one LLVM call at a
         time per process).  Default: one per CPU when the tape has at least
-        :data:`PARALLEL_PIECES` pieces, else none (starting a worker costs about a second).
+        :data:`PARALLEL_PIECES` modules at level 0 or :data:`PARALLEL_PIECES_OPTIMIZED`
+        above, else none (starting a worker costs about a second).
         ``1``: compile in this process.  Every process produces the same object code.
 
     Returns
@@ -367,7 +371,10 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     header = machine.header()
     total = emit.n_modules(lay)
     if processes is None:
-        processes = (os.cpu_count() or 1) if total >= PARALLEL_PIECES else 1
+        # Level 1 and above compile slowly enough (0.1 to 2 ms an instruction) that a few
+        # pieces already pay for starting the workers; level 0 needs many.
+        enough = PARALLEL_PIECES if level == 0 else PARALLEL_PIECES_OPTIMIZED
+        processes = (os.cpu_count() or 1) if total >= enough else 1
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a positive int (or None), got {processes!r}")
     texts = (text for _, text in emit.piece_modules(lay, header))
