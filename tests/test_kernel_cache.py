@@ -155,3 +155,31 @@ def test_only_the_wrapper_calls_numba_jit():
                 if pattern.search(code) and ">>>" not in line and "``" not in line:
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.slow
+def test_a_stale_cache_index_is_a_miss_not_a_crash(tmp_path):
+    # Regression: an index that pickles a reference to a function a later version renamed
+    # (an embedding kernel reaches fasttape through an argument, outside its stamp) raised
+    # AttributeError on load.  Now it is dropped, the kernel compiles and a fresh index is
+    # written.
+    import io
+    import pickle
+
+    (tmp_path / "stale_probe.py").write_text(
+        "from fasttape.kernels.jit import kernel\n\n\n"
+        "@kernel\ndef twice(a):\n    return 2.0 * a\n\n\nprint(twice(3.0))\n")
+    cache = tmp_path / "cache"
+    env_code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import stale_probe"
+    first = _run(ROOT, cache, env_code)
+    assert first.returncode == 0 and first.stdout.strip() == "6.0", first.stderr
+    (index,) = list(cache.rglob("stale_probe.twice-*.nbi"))
+    data = index.read_bytes()
+    stream = io.BytesIO(data)
+    pickle.load(stream)  # the version, kept: the rest is what Numba unpickles next
+    index.write_bytes(data[:stream.tell()] + b"cfasttape.embed.numba_api\n_renamed_long_ago\n.")
+    second = _run(ROOT, cache, env_code)
+    assert second.returncode == 0 and second.stdout.strip() == "6.0", second.stderr
+    third = _run(ROOT, cache, env_code)  # the rewritten index loads
+    assert third.returncode == 0 and third.stdout.strip() == "6.0", third.stderr
+    assert b"_renamed_long_ago" not in index.read_bytes()

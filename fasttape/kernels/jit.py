@@ -236,6 +236,14 @@ class _LazyCache(caching.NullCache):
             self._off = True
             _warn_unwritable(err)
             return None
+        except Exception:  # any unreadable entry is a miss, never a crash
+            # A stale index (it pickles references to functions that a later version renamed,
+            # which an embedding function's stamp may not cover: it reaches fasttape through
+            # an argument) or a damaged one: drop it, so that the save after this compile
+            # writes a fresh one.
+            with contextlib.suppress(OSError, AttributeError):  # (Numba's own attribute)
+                os.remove(c._cache_file._index_path)
+            return None
 
     def save_overload(self, sig, data):  # type: ignore[no-untyped-def]
         c = self._get()
