@@ -43,7 +43,8 @@ ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
     # (tests/test_kernel_cache.py, tests/test_codegen.py) that fail if a Numba upgrade moves them.
     **{
         ("fasttape.kernels.jit", name): "Numba internal: cache locator / LLVM module / py_func"
-        for name in ("_CacheLocator", "_shared_module", "_final_module", "_pyfunc")
+        for name in ("_CacheLocator", "_shared_module", "_final_module", "_pyfunc",
+                     "_cache_file", "_index_path")
     },
     ("fasttape.trace", "_node"): "the op functions record through Graph's recording methods",
     ("fasttape.trace", "_constant_node"): "the op functions record through Graph's recording "

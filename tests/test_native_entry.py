@@ -5,11 +5,11 @@ The oracle: the native tape's own calls, which are bitwise the interpreter's (te
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 
 import fasttape as ft
+from tests.test_embed_tensor import _descend
 from tests.thread_helpers import run_threads
 
 
@@ -26,16 +26,6 @@ def with_params():
                                n_params=2)).native()
 
 
-@numba.njit
-def _steps(fn, arrays, x, grad, n, lr):
-    v = 0.0
-    for _ in range(n):
-        v = fn(*arrays, x, grad)
-        for i in range(x.size):
-            x[i] -= lr * grad[i]
-    return v
-
-
 @pytest.mark.parametrize("output", [0, 1])
 def test_numba_kernel_is_the_native_tape(two_outputs, output):
     fn, arrays = two_outputs.numba_kernel(output=output)
@@ -47,7 +37,7 @@ def test_numba_kernel_is_the_native_tape(two_outputs, output):
     np.testing.assert_array_equal(grad, g_ref)
     # in a jitted loop, the steps of the Python loop, bit for bit
     x1, x2 = x.copy(), x.copy()
-    _steps(fn, arrays, x1, grad, 10, 0.01)
+    _descend(fn, arrays, x1, grad, 10, 0.01)
     for _ in range(10):
         x2 -= 0.01 * two_outputs.grad(x2, output=output)
     np.testing.assert_array_equal(x1, x2)

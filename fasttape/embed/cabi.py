@@ -61,6 +61,7 @@ __all__ = [
     "VALUE_AND_GRAD_SIGNATURE",
     "VALUE_AND_GRAD_USER_DATA_SIGNATURE",
     "VALUE_SIGNATURE",
+    "bind_context",
     "cfunction",
     "keeping",
     "void_ptr",
@@ -227,12 +228,15 @@ _VG_CTX_PROTO = ctypes.CFUNCTYPE(
 )
 
 
-def _compile_value_and_grad(ctx_address: int) -> Any:
+def bind_context(shared_address: int, ctx_address: int) -> Any:
+    """``int32_t value_and_grad(const double *x, double *f, double *grad)`` calling the shared
+    pointer at ``shared_address`` (the same with ``void *user_data`` last) with the context
+    at ``ctx_address``: a ``cfunc`` compiled now (a fraction of a second), not cached."""
     # The context's address becomes a compile-time constant of a tiny wrapper that calls the
-    # shared, disk-cached ``_value_and_grad_cfunc`` through its address.  Calling the jitted
-    # body directly would make Numba link (and re-optimise) the whole sweep into every
-    # wrapper: seconds per tape instead of a fraction of one.
-    target = _VG_CTX_PROTO(_value_and_grad_cfunc().address)
+    # shared, disk-cached pointer through its address.  Calling the jitted body directly
+    # would make Numba link (and re-optimise) the whole sweep into every wrapper: seconds per
+    # tape instead of a fraction of one.
+    target = _VG_CTX_PROTO(shared_address)
 
     def value_and_grad(xp, fp, gp):  # type: ignore[no-untyped-def]
         return target(xp, fp, gp, void_ptr(ctx_address))
@@ -336,7 +340,7 @@ class CFunction:
         access compiles the pointer (a fraction of a second).
         """
         if self._vg is None:
-            self._vg = _compile_value_and_grad(self.user_data)
+            self._vg = bind_context(_value_and_grad_cfunc().address, self.user_data)
         return int(self._vg.address)
 
     @property

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from numba import types
 
-from fasttape.embed.cabi import keeping, void_ptr
+from fasttape.embed.cabi import bind_context, keeping, void_ptr
 from fasttape.embed.numba_api import NumbaKernel, check_buffer, check_vector
 from fasttape.kernels import tensor
 from fasttape.kernels.jit import cfunc
@@ -66,22 +66,17 @@ def _check_tape(kinds, ops, at, fields, meta, leaves):
 
 
 @_kernel
-def _load(leaves, x, vals):
+def _move(leaves, flat, vec, out):
+    # Every input leaf between the flat vector (x, grad) and its slots of vals or adj: into
+    # the slots (out False), or out of them.
     pos = 0
     for j in range(0, leaves.shape[0], 2):
         off, size = leaves[j], leaves[j + 1]
         for t in range(size):
-            vals[off + t] = x[pos + t]
-        pos += size
-
-
-@_kernel
-def _store(leaves, adj, grad):
-    pos = 0
-    for j in range(0, leaves.shape[0], 2):
-        off, size = leaves[j], leaves[j + 1]
-        for t in range(size):
-            grad[pos + t] = adj[off + t]
+            if out:
+                flat[pos + t] = vec[off + t]
+            else:
+                vec[off + t] = flat[pos + t]
         pos += size
 
 
@@ -99,16 +94,16 @@ def _value_and_grad(kinds, ops, at, fields, meta, leaves, vals, adj, x, grad):
     check_buffer(grad, "grad", meta[_NIN], "the inputs' total size")
     if meta[_OUTSIZE] != 1:
         raise ValueError("fasttape numba_kernel: value_and_grad needs a scalar output")
-    _load(leaves, x, vals)
+    _move(leaves, x, vals, False)
     tensor.value_and_grad(kinds, ops, at, fields, vals, adj, meta[_OUT])
-    _store(leaves, adj, grad)
+    _move(leaves, grad, adj, True)
     return vals[meta[_OUT]]
 
 
 @_kernel
 def _value(kinds, ops, at, fields, meta, leaves, vals, x):
     _checked(kinds, ops, at, fields, meta, leaves, vals, x)
-    _load(leaves, x, vals)
+    _move(leaves, x, vals, False)
     tensor.forward(kinds, ops, at, fields, vals)
     return vals[meta[_OUT]]
 
@@ -117,7 +112,7 @@ def _value(kinds, ops, at, fields, meta, leaves, vals, x):
 def _values(kinds, ops, at, fields, meta, leaves, vals, x, out):
     _checked(kinds, ops, at, fields, meta, leaves, vals, x)
     check_buffer(out, "out", meta[_OUTSIZE], "the output's size")
-    _load(leaves, x, vals)
+    _move(leaves, x, vals, False)
     tensor.forward(kinds, ops, at, fields, vals)
     for i in range(meta[_OUTSIZE]):
         out[i] = vals[meta[_OUT] + i]
@@ -129,9 +124,9 @@ def _vjp(kinds, ops, at, fields, meta, leaves, vals, adj, x, cot, grad):
     check_buffer(adj, "adj", meta[_NSLOTS], "the tape's n_slots")
     check_vector(cot, "cot", meta[_OUTSIZE], "the output's size")
     check_buffer(grad, "grad", meta[_NIN], "the inputs' total size")
-    _load(leaves, x, vals)
+    _move(leaves, x, vals, False)
     tensor.vjp(kinds, ops, at, fields, vals, adj, meta[_OUT], cot)
-    _store(leaves, adj, grad)
+    _move(leaves, grad, adj, True)
 
 
 _FNS = {"value_and_grad": _value_and_grad, "value": _value, "values": _values, "vjp": _vjp}
@@ -203,20 +198,15 @@ def _vg_impl(user_data, xp, fp, gp):
         adj = np.empty(c[_NSLOTS])
     x = numba.carray(xp, c[_NIN])
     grad = numba.carray(gp, c[_NIN])
-    _load(leaves, x, vals)
+    _move(leaves, x, vals, False)
     tensor.value_and_grad(kinds, ops, at, fields, vals, adj, c[_OUT])
-    _store(leaves, adj, grad)
+    _move(leaves, grad, adj, True)
     fp[0] = vals[c[_OUT]]
     return 0
 
 
-_VG_SIG = types.int32(types.CPointer(types.float64), types.CPointer(types.float64),
-                      types.CPointer(types.float64))
 _VG_CTX_SIG = types.int32(types.CPointer(types.float64), types.CPointer(types.float64),
                           types.CPointer(types.float64), types.voidptr)
-_VG_CTX_PROTO = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.POINTER(ctypes.c_double),
-                                 ctypes.POINTER(ctypes.c_double),
-                                 ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
 
 
 def _vg_entry(xp, fp, gp, user_data):  # pragma: no cover - runs as machine code
@@ -227,17 +217,6 @@ def _vg_entry(xp, fp, gp, user_data):  # pragma: no cover - runs as machine code
 def _vg_cfunc() -> Any:
     # Compiled (or loaded from the kernel cache) on first use, never at import.
     return cfunc(_VG_CTX_SIG)(_vg_entry)
-
-
-def _compile_vg(ctx_address: int) -> Any:
-    # The context's address as a constant of a tiny wrapper that calls the shared pointer
-    # (as fasttape.embed.cabi does: linking the sweep into each wrapper would cost seconds).
-    target = _VG_CTX_PROTO(_vg_cfunc().address)
-
-    def value_and_grad(xp, fp, gp):  # type: ignore[no-untyped-def]
-        return target(xp, fp, gp, void_ptr(ctx_address))
-
-    return cfunc(_VG_SIG, cache=False)(value_and_grad)
 
 
 class TensorCFunction:
@@ -285,7 +264,7 @@ class TensorCFunction:
         """Address of ``int32_t value_and_grad(const double *x, double *f, double *grad)``
         (compiled on first access, a fraction of a second)."""
         if self._vg is None:
-            self._vg = _compile_vg(self.user_data)
+            self._vg = bind_context(_vg_cfunc().address, self.user_data)
         return int(self._vg.address)
 
     @property

@@ -254,6 +254,8 @@ class _LazyCache(caching.NullCache):
         except OSError as err:  # unwritable folder: keep the compiled code in memory only
             self._off = True
             _warn_unwritable(err)
+        except Exception:  # an index that still cannot be read: keep the code in memory
+            self._off = True
 
     def flush(self) -> None:
         if self._cache is not None:

@@ -223,12 +223,7 @@ def _forward_sum(ms: list[Member], n: int, name: str, total: int) -> list[str]:
     lines += ["  br label %block", "block:",
               "  %t = phi i64 [ 0, %entry ], [ %t.next, %summed ]",
               *[f"  %a{j} = phi double [ 0.0, %entry ], [ %a{j}.n, %summed ]" for j in lanes],
-              f"  %rem = sub nuw nsw i64 {n}, %t",
-              f"  %short = icmp ult i64 %rem, {BLOCK}",
-              f"  %m = select i1 %short, i64 %rem, i64 {BLOCK}",
-              "  br label %loop", "loop:",
-              "  %i = phi i64 [ 0, %block ], [ %i.next, %loop ]",
-              "  %e = add nuw nsw i64 %t, %i"]
+              *_block_head(n)]
     body = _Body(lines, "f")
     last = body.values(ms, reverse=False)[-1]
     lines += [f"  %pb = getelementptr inbounds [{BLOCK} x double], ptr %buf, i64 0, i64 %i",
@@ -296,12 +291,7 @@ def _reverse(ms: list[Member], n: int, name: str, total: int | None) -> list[str
                   "  %gtot = load double, ptr %ptot", "  %gsum = fadd double 0.0, %gtot"]
     lines += ["  br label %block", "block:",
               "  %t = phi i64 [ 0, %entry ], [ %t.next, %flush ]",
-              f"  %rem = sub nuw nsw i64 {n}, %t",
-              f"  %short = icmp ult i64 %rem, {BLOCK}",
-              f"  %m = select i1 %short, i64 %rem, i64 {BLOCK}",
-              "  br label %loop", "loop:",
-              "  %i = phi i64 [ 0, %block ], [ %i.next, %loop ]",
-              "  %e = add nuw nsw i64 %t, %i"]
+              *_block_head(n)]
     body = _Body(lines, "r")
     vals = body.values(ms, reverse=True)
     acc: dict[int, str] = {k: "0.0" for k, m in enumerate(ms) if m.out < 0}
@@ -378,6 +368,16 @@ def _reverse(ms: list[Member], n: int, name: str, total: int | None) -> list[str
               f"  %again = icmp ult i64 %t.next, {n}",
               "  br i1 %again, label %block, label %exit", "exit:", "  ret void", "}"]
     return lines
+
+
+def _block_head(n: int) -> list[str]:
+    # The element loop of a block: %m elements (BLOCK, fewer in the last block) from %t.
+    return [f"  %rem = sub nuw nsw i64 {n}, %t",
+            f"  %short = icmp ult i64 %rem, {BLOCK}",
+            f"  %m = select i1 %short, i64 %rem, i64 {BLOCK}",
+            "  br label %loop", "loop:",
+            "  %i = phi i64 [ 0, %block ], [ %i.next, %loop ]",
+            "  %e = add nuw nsw i64 %t, %i"]
 
 
 def _pred(label: str, labels: list[str]) -> str:
