@@ -206,16 +206,6 @@ class NativeCFunction:
 
 def native_cfunction(native: Any, *, output: int | None = None, reentrant: bool = False,
                      p: Any = None) -> NativeCFunction:
-    """The C pointer of a native tape (see :class:`NativeCFunction`).
-
-    Parameters
-    ----------
-    native : NativeTape
-    output : int, optional
-        Which output; required when the tape has several.
-    reentrant : bool
-        Allocate the work array on every call, so that several threads may call at once.
-    p : array_like, optional
-        The parameters, required for a tape that has some (``set_params`` replaces them).
-    """
+    """The C pointer of a native tape (see :class:`NativeCFunction`), with the options of the
+    interpreter's :func:`fasttape.embed.cabi.cfunction` (``output``, ``reentrant``, ``p``)."""
     return NativeCFunction(native, output=output, reentrant=reentrant, p=p)

@@ -21,17 +21,8 @@ from typing import Any
 import numpy as np
 
 from fasttape.kernels import scalar
+from fasttape.kernels import tensor as kt
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.tensor import (
-    COPY,
-    ELEMENTWISE,
-    GATHER,
-    MATMUL,
-    MEMBER_FIELDS,
-    REDUCE,
-    SUM,
-    TAKE,
-)
 from fasttape.native import cache, group, machine, translate
 from fasttape.ops import table_hash
 from fasttape.tensor.tape import TensorTape
@@ -88,11 +79,11 @@ def _summed_by_next(tape: TensorTape, arrays: dict[str, np.ndarray], i: int) -> 
     """The slot of the total when instruction ``i + 1`` sums all of group ``i``'s last result
     and nothing else reads that result (so it need never be stored); else ``None``."""
     kinds, ops, at, fields = arrays["kinds"], arrays["ops"], arrays["at"], arrays["fields"]
-    if i + 1 >= kinds.size or kinds[i + 1] != REDUCE or ops[i + 1] != SUM:
+    if i + 1 >= kinds.size or kinds[i + 1] != kt.REDUCE or ops[i + 1] != kt.SUM:
         return None
     p, q = int(at[i]), int(at[i + 1])
     n, count = int(fields[p]), int(fields[p + 2])
-    last = p + 3 + (count - 1) * MEMBER_FIELDS
+    last = p + 3 + (count - 1) * kt.MEMBER_FIELDS
     d, inter = int(fields[last + 1]), int(fields[last + 18])
     total, outer, r, inner, src = (int(v) for v in fields[q:q + 5])
     if inter or (outer, r, inner, src) != (1, n, 1, d):
@@ -115,34 +106,34 @@ def _read_elsewhere(arrays: dict[str, np.ndarray], lo: int, hi: int, skip: set[i
     for i, (kind, p) in enumerate(zip(kinds.tolist(), at.tolist(), strict=True)):
         if i in skip:
             continue
-        if kind == GATHER:
+        if kind == kt.GATHER:
             return True
-        if kind == ELEMENTWISE:
+        if kind == kt.ELEMENTWISE:
             n, count = int(f[p]), int(f[p + 2])
             for k in range(count):
-                r = p + 3 + k * MEMBER_FIELDS
+                r = p + 3 + k * kt.MEMBER_FIELDS
                 for j in range(3):
                     a, s, ta = (int(v) for v in f[r + 3 + 3 * j: r + 6 + 3 * j])
                     if not (ta == 0 and s == 1) and hit(min(a, a + (n - 1) * s),
                                                         max(a, a + (n - 1) * s) + 1):
                         return True
-        elif kind == COPY:
+        elif kind == kt.COPY:
             n, src, nd = int(f[p + 1]), int(f[p + 2]), int(f[p + 3])
             shape, strides = f[p + 4:p + 4 + nd].tolist(), f[p + 4 + nd:p + 4 + 2 * nd].tolist()
             low = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s < 0)
             high = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s > 0)
             if n and hit(low, high + 1):
                 return True
-        elif kind == TAKE:
+        elif kind == kt.TAKE:
             n, src = int(f[p + 1]), int(f[p + 2])
             idx = f[p + 3:p + 3 + n]
             if n and hit(src + int(idx.min()), src + int(idx.max()) + 1):
                 return True
-        elif kind == REDUCE:
+        elif kind == kt.REDUCE:
             outer, r, inner, src = (int(v) for v in f[p + 1:p + 5])
             if hit(src, src + outer * r * inner):
                 return True
-        elif kind == MATMUL:
+        elif kind == kt.MATMUL:
             nb, m, k, n, a, sa, b, sb = (int(v) for v in f[p + 1:p + 9])
             if hit(a, a + (nb - 1) * sa + m * k) or hit(b, b + (nb - 1) * sb + k * n):
                 return True
@@ -186,7 +177,7 @@ def native_tensor(tape: TensorTape, *, cache_entries: bool = True) -> TensorTape
     kinds, at, fields = arrays["kinds"], arrays["at"], arrays["fields"]
     header = machine.header()
     texts, names = [], {}
-    for i in np.flatnonzero(kinds == ELEMENTWISE).tolist():
+    for i in np.flatnonzero(kinds == kt.ELEMENTWISE).tolist():
         p = int(at[i])
         if fields[p + 2] < 2:
             continue  # a single op: the interpreter's loop is already this loop
