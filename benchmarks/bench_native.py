@@ -34,6 +34,9 @@ if _ROOT not in sys.path:  # run as a script from a checkout without installing
     sys.path.insert(0, _ROOT)
 
 from fasttape.bench import families  # noqa: E402
+from fasttape.bench.cases import Case, replay_fn  # noqa: E402
+from fasttape.bench.peers.base import Unsupported  # noqa: E402
+from fasttape.bench.peers.ddx_peer import DdxPeer  # noqa: E402
 from fasttape.native import native  # noqa: E402
 
 
@@ -58,8 +61,28 @@ def _median_time(fn: Any, repeat: int) -> float:
     return float(np.median(times))
 
 
-def row(family: str, n: int, opt: int | None, repeat: int) -> str:
-    """One table row (see the module docstring)."""
+def ddx_cells(family: str, n: int, tape: Any, x: np.ndarray, repeat: int,
+              folder: str) -> str:
+    """`` ddx compile s | ddx vg us |``: ddx-ad's LLVM backend on the same graph (replayed op
+    for op from the tape), compiled at its default options into a fresh cache folder; its
+    gradient checked against the tape's first."""
+    peer = DdxPeer(compile_options={"cache_dir": folder})
+    if peer.available() is not None:
+        return " not installed | - |"
+    try:
+        built = peer.build(Case(family, n, tape, x, replay_fn(tape), "arrays", 0.0, 0.0))
+    except Unsupported as exc:
+        return f" {exc} | - |"
+    v, g = built.value_and_grad(x)
+    v0, g0 = tape.value_and_grad(x)
+    if not (np.isclose(v, v0, rtol=1e-9) and np.allclose(g, g0, rtol=1e-9, atol=1e-12)):
+        return f" {built.compile_s:.2f} | disagrees |"
+    t = _median_time(lambda: built.value_and_grad(x), repeat)
+    return f" {built.compile_s:.2f} | {t * 1e6:.1f} |"
+
+
+def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = None) -> str:
+    """One table row (see the module docstring); with ``ddx`` (a folder), ddx-ad's columns."""
     tape, x = _tape(family, n)
     nt = native(tape, opt=opt)
     t = time.perf_counter()
@@ -74,9 +97,10 @@ def row(family: str, n: int, opt: int | None, repeat: int) -> str:
     m = len(tape.ops)
     # Calls of value_and_grad after which compiling has paid for itself (tiering's rule).
     even = f"{nt.compile_seconds / (ti - tn):.0f}" if tn < ti else "never"
+    extra = "" if ddx is None else ddx_cells(family, n, tape, x, repeat, ddx)
     return (f"| {family} | {m} | {nt.n_pieces} | {nt.compile_seconds:.2f} | "
             f"{1e6 * nt.compile_seconds / m:.0f} | {load:.3f} | {tn * 1e6:.1f} | "
-            f"{ti * 1e6:.1f} | {tn / ti:.2f} | {even} | {'yes' if same else 'NO'} |")
+            f"{ti * 1e6:.1f} | {tn / ti:.2f} | {even} | {'yes' if same else 'NO'} |{extra}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,22 +109,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--families", default="random_local,rosenbrock")
     ap.add_argument("--opt", type=int, default=None, help="LLVM level 0-3 (default: by size)")
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--ddx", action="store_true",
+                    help="add ddx-ad's LLVM compile time and compiled value+gradient")
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print("| family | instructions | pieces | compile s | compile us/instr | cached load s | "
-          "native vg us | interpreter vg us | ratio | break-even calls | bitwise |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory() as folder:
+    head = ("| family | instructions | pieces | compile s | compile us/instr | cached load s | "
+            "native vg us | interpreter vg us | ratio | break-even calls | bitwise |")
+    print(head + (" ddx compile s | ddx vg us |" if args.ddx else ""))
+    print("| --- " * (11 + 2 * args.ddx) + "|")
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as ddx:
         os.environ["FASTTAPE_CACHE_DIR"] = folder
         for family in args.families.split(","):
             for n in sizes:
-                print(row(family, n, args.opt, args.repeat), flush=True)
+                print(row(family, n, args.opt, args.repeat, ddx if args.ddx else None),
+                      flush=True)
 
 
 def bench_native_smoke() -> None:
     """A tiny run of everything (``python -m pytest benchmarks``)."""
-    main(["--sizes", "200", "--families", "random_local", "--repeat", "2"])
+    main(["--sizes", "200", "--families", "random_local", "--repeat", "2", "--ddx"])
 
 
 if __name__ == "__main__":

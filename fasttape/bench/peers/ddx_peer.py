@@ -20,7 +20,17 @@ __all__ = ["DdxPeer"]
 
 
 class DdxPeer(ScalarGraphPeer, name="ddx", module="ddx", dist="ddx-ad"):
-    """ddx-ad (import name ``ddx``)."""
+    """ddx-ad (import name ``ddx``).
+
+    ``DdxPeer(compile_options={...})``: the same graph compiled by ddx's LLVM backend
+    (``equation.compile(**options)``, ``Backend.COMPILE``), its compile time reported as the
+    build's ``compile_s``; what ``benchmarks/bench_native.py --ddx`` compares native code
+    with.  Not in :data:`fasttape.bench.peers.PEERS`: compiling a large graph takes ddx
+    minutes.
+    """
+
+    def __init__(self, compile_options: dict[str, Any] | None = None) -> None:
+        self.compile_options = compile_options
 
     def build(self, case: Case) -> Built:
         import ddx
@@ -31,6 +41,10 @@ class DdxPeer(ScalarGraphPeer, name="ddx", module="ddx", dist="ddx-ad"):
             # no single function: how a ddx user writes them
             "softplus": lambda a: ddx.max(a, 0.0) + ddx.log(1.0 + ddx.exp(-abs(a))),
             "sigmoid": lambda a: 1.0 / (1.0 + ddx.exp(-a)),
+            # fasttape's fused ops, in a replayed tape (the table's formulas)
+            "sqdiff": lambda a, b: (a - b) * (a - b),
+            "fmac": lambda a, b, c: a * c + b,
+            "powi": lambda a, n: a ** n,  # n: the tape's constant, a float
         })
         n = case.tape.n_inputs
         fn = case.fn
@@ -41,6 +55,10 @@ class DdxPeer(ScalarGraphPeer, name="ddx", module="ddx", dist="ddx-ad"):
         t0 = time.perf_counter()
         eq = ddx.equation(model)
         t1 = time.perf_counter()
+        compile_s = 0.0
+        if self.compile_options is not None:
+            eq.compile(**self.compile_options)
+            compile_s = time.perf_counter() - t1
 
         def value(x: np.ndarray) -> float:
             return float(eq.evaluate(x))
@@ -49,4 +67,4 @@ class DdxPeer(ScalarGraphPeer, name="ddx", module="ddx", dist="ddx-ad"):
             v, g = eq.jacobian(x)
             return float(v), np.asarray(g).ravel()
 
-        return Built(value, value_and_grad, t1 - t0, 0.0, "scalar")
+        return Built(value, value_and_grad, t1 - t0, compile_s, "scalar")
