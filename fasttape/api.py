@@ -252,7 +252,8 @@ def compile(
         simplification, common subexpressions, slot reuse); ``False`` only drops dead code
         (the behaviour before the passes existed); a list names the passes to run, from
         ``fasttape.passes.PASS_NAMES`` (``[]``: every node becomes an instruction).  Values
-        are bitwise those of the unoptimised tape; see docs/passes.md.
+        are bitwise those of the unoptimised tape; see docs/passes.md.  A tensor graph takes
+        ``True`` (common subexpressions and fusion) or ``False`` (neither).
     finite_math : bool
         Opt in to simplifications that are exact only when every value is finite and the
         sign of zero does not matter (``x - x -> 0``, ``x * 0 -> 0``, ``x + 0.0 -> x``).
@@ -272,12 +273,16 @@ def compile(
         ``value`` / ``value_and_grad`` / ``grad`` / ``stats``, plus ``report``).
     """
     if isinstance(graph, TensorGraph):
-        if (grad_mode, optimize, finite_math, memory_limit) != ("stored", True, False, None):
+        if (grad_mode, finite_math, memory_limit) != ("stored", False, None):
             raise NotImplementedError(
-                "grad_mode, optimize, finite_math and memory_limit apply to scalar graphs; a "
-                "tensor graph compiles with the defaults (docs/tensors.md lists what tensor "
+                "grad_mode, finite_math and memory_limit apply to scalar graphs; a tensor "
+                "graph takes optimize=True or False only (docs/tensors.md lists what tensor "
                 "tapes support)")
-        return compile_tensor_graph(graph, tape_class=TensorTape)
+        if not isinstance(optimize, bool):
+            raise NotImplementedError(
+                f"a tensor graph takes optimize=True (common subexpressions and fusion) or "
+                f"False (neither); a list of passes applies to scalar graphs, got {optimize!r}")
+        return compile_tensor_graph(graph, tape_class=TensorTape, optimize=optimize)
     tape = compile_graph(graph, grad_mode=grad_mode, optimize=optimize, finite_math=finite_math,
                          tape_class=Tape)
     if memory_limit is not None:

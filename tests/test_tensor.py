@@ -786,12 +786,29 @@ def test_embedding_entry_points_refuse_a_misplaced_argument() -> None:
         tape.cfunc(np.ones(3))
 
 
-@pytest.mark.parametrize("option", [{"optimize": False}, {"grad_mode": "lean"},
+@pytest.mark.parametrize("option", [{"optimize": ["cse"]}, {"grad_mode": "lean"},
                                     {"finite_math": True}, {"memory_limit": 1 << 20}])
 def test_compile_options_on_a_tensor_graph(option: dict) -> None:
     g = ft.trace(lambda x: np.sum(x), shapes=[(3,)])
-    with pytest.raises(NotImplementedError, match="apply to scalar graphs"):
+    with pytest.raises(NotImplementedError, match="scalar graphs"):
         ft.compile(g, **option)
+
+
+def test_a_tensor_graph_compiled_without_optimizing() -> None:
+    # optimize=False: one instruction per traced op (no merged repeats, no fused groups),
+    # bitwise the same values; gradients to rounding (fusion recomputes, same formulas).
+    def fn(x):
+        return np.sum(np.tanh(x) * np.exp(np.tanh(x)) + (x[1:] - x[:-1] ** 2).sum())
+
+    g = ft.trace(fn, shapes=[(5000,)])
+    fast, plain = ft.compile(g), ft.compile(g, optimize=False)
+    assert plain.op_names().count("tanh") == 2 and fast.op_names().count("tanh") == 1
+    assert plain.n_instructions == plain.n_ops > fast.n_instructions
+    x = np.linspace(-1.0, 1.0, 5000)
+    v1, g1 = fast.value_and_grad(x)
+    v2, g2 = plain.value_and_grad(x)
+    assert v1 == pytest.approx(v2, rel=1e-15)
+    np.testing.assert_allclose(g1, g2, rtol=1e-13, atol=1e-13)
 
 
 def test_graph_extended_from_another_thread() -> None:

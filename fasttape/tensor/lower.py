@@ -68,7 +68,7 @@ def _live(graph: TensorGraph, reads: list[tuple[int, ...]], output: int) -> list
     return keep
 
 
-def _groups(graph: TensorGraph, keep: list[int], reads: list[tuple[int, ...]]
+def _groups(graph: TensorGraph, keep: list[int], reads: list[tuple[int, ...]], fuse: bool
             ) -> list[list[int]]:
     """Consecutive instructions in runs: fusable elementwise runs, everything else alone."""
     groups: list[list[int]] = []
@@ -85,7 +85,7 @@ def _groups(graph: TensorGraph, keep: list[int], reads: list[tuple[int, ...]]
             continue
         n = f[1]
         arity = OPS[graph.ops[i]].arity
-        joins = bool(current) and n == n_current and n >= FUSE_MIN
+        joins = fuse and bool(current) and n == n_current and n >= FUSE_MIN
         if joins:
             for j in range(arity):
                 # Offsets relative to their buffers: a merged repeat's field still names the
@@ -105,15 +105,17 @@ def _groups(graph: TensorGraph, keep: list[int], reads: list[tuple[int, ...]]
     return groups
 
 
-def lower(graph: TensorGraph) -> Lowered:
-    """Dead code, fusion and layout (module docstring): the arrays of the tape."""
+def lower(graph: TensorGraph, optimize: bool = True) -> Lowered:
+    """Dead code, common subexpressions, fusion and layout (module docstring): the arrays of
+    the tape.  ``optimize=False``: dead code and layout only (one instruction per traced op,
+    nothing merged or fused), as ``ft.compile(graph, optimize=False)`` asks."""
     # Common subexpressions: a repeated instruction's readers read the first one's buffer,
     # and the repeat is dead code.
-    same = duplicates(graph, _live(graph, graph.reads, graph.output_buffer))
+    same = duplicates(graph, _live(graph, graph.reads, graph.output_buffer)) if optimize else {}
     reads = [tuple(same.get(b, b) for b in r) for r in graph.reads]
     output = same.get(graph.output_buffer, graph.output_buffer)
     keep = _live(graph, reads, output)
-    groups = _groups(graph, keep, reads)
+    groups = _groups(graph, keep, reads, optimize)
     # Intermediates: results read only by later members of their own group.
     readers: dict[int, set[int]] = {}
     group_of = {}

@@ -45,15 +45,16 @@ _FIXED = {ELEMENTWISE: 3, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11, GATHER: 5}
 BLAS_MIN = 32**3
 
 
-def compile_tensor_graph(graph: TensorGraph, tape_class: type[TensorTape] | None = None
-                         ) -> TensorTape:
-    """The tape of ``graph``: dead code dropped, elementwise chains fused, slots renumbered
+def compile_tensor_graph(graph: TensorGraph, tape_class: type[TensorTape] | None = None,
+                         optimize: bool = True) -> TensorTape:
+    """The tape of ``graph``: dead code dropped, repeated instructions merged, elementwise
+    chains fused (not with ``optimize=False``), slots renumbered
     (:mod:`fasttape.tensor.lower`), then validated."""
     if not isinstance(graph, TensorGraph):
         raise TypeError(f"expected a TensorGraph, got {type(graph).__name__}")
     if graph.output_buffer < 0:
         raise ValueError("the tensor graph has no output: trace it with ft.trace(fn, shapes=)")
-    low = lower(graph)
+    low = lower(graph, optimize)
     return (tape_class or TensorTape)(low.kinds, low.ops, low.at, low.fields, low.init, low.inputs,
                       low.params, graph.in_tree, graph.param_tree, low.out_offset,
                       graph.output_shape, index_checks=sorted(graph.index_checks.items()))
