@@ -233,7 +233,8 @@ def compile(
     """Flatten ``graph`` into a :class:`Tape` (``ft.compile``).
 
     A graph traced on tensors (``ft.trace(fn, shapes=...)``, docs/tensors.md) becomes a
-    :class:`~fasttape.tensor.tape.TensorTape`; the options below are for scalar graphs.
+    :class:`~fasttape.tensor.tape.TensorTape`; of the options below it takes ``optimize``
+    (``True`` or ``False``), the others are for scalar graphs.
 
     Only nodes that some output depends on become instructions.  All inputs are kept (in order),
     so the tape takes the same ``x`` as the graph; unreachable inputs get gradient 0.
