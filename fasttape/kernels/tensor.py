@@ -374,26 +374,50 @@ def _matmul_fields(fields, p):
 
 
 @kernel(inline=True)
-def _axpy(out, o, x, src, s, n):
-    # out[o : o + n] += x * src[s : s + n]: one row of a product (vectorizes).
-    for j in range(n):
-        out[o + j] += x * src[s + j]
+def _rows_times(out, o, left, la, lr, ls, right, rb, rows, red, n, clear):
+    # out[o + r*n + j] = (0.0 if clear else itself) + sum over s = 0 .. red-1, in order, of
+    # left[la + r*lr + s*ls] * right[rb + s*n + j]: a product's rows, eight columns at a time
+    # in registers (the row of ``out`` is read and written once, not once per s: ``out`` and
+    # the operands are one array, so LLVM cannot keep it in registers itself).  Each element
+    # adds its terms in the order of s, as a scaled-row loop would: bitwise the same.
+    eight = _U(8)
+    for r in range(rows):
+        orow, lrow = o + r * n, la + r * lr
+        j0 = _U(0)
+        while j0 + eight <= n:
+            w = orow + j0
+            if clear:
+                c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
+            else:
+                c0, c1, c2, c3 = out[w], out[w + _U(1)], out[w + _U(2)], out[w + _U(3)]
+                c4, c5, c6, c7 = out[w + _U(4)], out[w + _U(5)], out[w + _U(6)], out[w + _U(7)]
+            for s in range(red):
+                x = left[lrow + s * ls]
+                q = rb + s * n + j0
+                c0 += x * right[q]
+                c1 += x * right[q + _U(1)]
+                c2 += x * right[q + _U(2)]
+                c3 += x * right[q + _U(3)]
+                c4 += x * right[q + _U(4)]
+                c5 += x * right[q + _U(5)]
+                c6 += x * right[q + _U(6)]
+                c7 += x * right[q + _U(7)]
+            out[w], out[w + _U(1)], out[w + _U(2)], out[w + _U(3)] = c0, c1, c2, c3
+            out[w + _U(4)], out[w + _U(5)], out[w + _U(6)], out[w + _U(7)] = c4, c5, c6, c7
+            j0 += eight
+        for j in range(j0, n):
+            c = 0.0 if clear else out[orow + j]
+            for s in range(red):
+                c += left[lrow + s * ls] * right[rb + s * n + j]
+            out[orow + j] = c
 
 
 @kernel(inline=True)
 def _matmul_into(fields, p, va, vb, out, clear):
-    # out[C] = va[A] @ vb[B] (clear) or += (not clear), over the batch: ikj order, the inner
-    # loop a scaled row added to a row (vectorizes).
+    # out[C] = va[A] @ vb[B] (clear) or += (not clear), over the batch.
     d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
-        at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
-        for i in range(m):
-            row = ct + i * n
-            if clear:
-                for j in range(n):
-                    out[row + j] = 0.0
-            for q in range(k):
-                _axpy(out, row, va[at + i * k + q], vb, bt + q * n, n)
+        _rows_times(out, d + t * m * n, va, a + t * sa, k, _U(1), vb, b + t * sb, m, k, n, clear)
 
 
 @kernel(inline=True)
@@ -413,10 +437,9 @@ def matmul_reverse_into(fields, p, va, vb, g, out):
         for i in range(m if fields[p + 9] else _U(0)):
             for q in range(k):
                 out[at + i * k + q] += _sum_products(g, ct + i * n, vb, bt + q * n, n)
-        # dB[q, :] += A[i, q] * dC[i, :]: a scaled row added to a row (vectorizes).
-        for i in range(m if fields[p + 10] else _U(0)):
-            for q in range(k):
-                _axpy(out, bt + q * n, va[at + i * k + q], g, ct + i * n, n)
+        # dB[q, :] += sum_i A[i, q] * dC[i, :], i in order: the rows of A.T @ dC.
+        if fields[p + 10]:
+            _rows_times(out, bt, va, at, _U(1), k, g, ct, k, m, n, False)
 
 
 @kernel(inline=True)
