@@ -433,13 +433,62 @@ def matmul_reverse_into(fields, p, va, vb, g, out):
     d, nb, m, k, n, a, sa, b, sb = _matmul_fields(fields, p)
     for t in range(nb):
         at, bt, ct = a + t * sa, b + t * sb, d + t * m * n
-        # dA[i, q] += sum_j dC[i, j] * B[q, j]: a dot product of two contiguous rows.
+        # dA[i, q] += sum_j dC[i, j] * B[q, j]: a dot product of two contiguous rows, four
+        # values of q at a time (each row of dC read once for four rows of B).
+        four = _U(4)
         for i in range(m if fields[p + 9] else _U(0)):
-            for q in range(k):
-                out[at + i * k + q] += _sum_products(g, ct + i * n, vb, bt + q * n, n)
+            q = _U(0)
+            while q + four <= k:
+                r0, r1, r2, r3 = _four_sums_of_products(g, ct + i * n, vb, bt + q * n, n)
+                o = at + i * k + q
+                out[o] += r0
+                out[o + _U(1)] += r1
+                out[o + _U(2)] += r2
+                out[o + _U(3)] += r3
+                q += four
+            for q2 in range(q, k):
+                out[at + i * k + q2] += _sum_products(g, ct + i * n, vb, bt + q2 * n, n)
         # dB[q, :] += sum_i A[i, q] * dC[i, :], i in order: the rows of A.T @ dC.
         if fields[p + 10]:
             _rows_times(out, bt, va, at, _U(1), k, g, ct, k, m, n, False)
+
+
+@kernel(inline=True)
+def _four_sums_of_products(u, i, v, j, n):
+    # _sum_products of the row at i with the four rows at j, j + n, j + 2n, j + 3n: each sum
+    # in its own four partial sums, combined and finished exactly as _sum_products does.
+    four = _U(4)
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0.0
+    c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = 0.0
+    j1, j2, j3 = j + n, j + n + n, j + n + n + n
+    for blk in range(n // four):
+        t = blk * four
+        x0, x1, x2, x3 = u[i + t], u[i + t + _U(1)], u[i + t + _U(2)], u[i + t + _U(3)]
+        a0 += x0 * v[j + t]
+        a1 += x1 * v[j + t + _U(1)]
+        a2 += x2 * v[j + t + _U(2)]
+        a3 += x3 * v[j + t + _U(3)]
+        b0 += x0 * v[j1 + t]
+        b1 += x1 * v[j1 + t + _U(1)]
+        b2 += x2 * v[j1 + t + _U(2)]
+        b3 += x3 * v[j1 + t + _U(3)]
+        c0 += x0 * v[j2 + t]
+        c1 += x1 * v[j2 + t + _U(1)]
+        c2 += x2 * v[j2 + t + _U(2)]
+        c3 += x3 * v[j2 + t + _U(3)]
+        d0 += x0 * v[j3 + t]
+        d1 += x1 * v[j3 + t + _U(1)]
+        d2 += x2 * v[j3 + t + _U(2)]
+        d3 += x3 * v[j3 + t + _U(3)]
+    ra, rb = (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+    rc, rd = (c0 + c1) + (c2 + c3), (d0 + d1) + (d2 + d3)
+    for t in range(n - n % four, n):
+        x = u[i + t]
+        ra += x * v[j + t]
+        rb += x * v[j1 + t]
+        rc += x * v[j2 + t]
+        rd += x * v[j3 + t]
+    return ra, rb, rc, rd
 
 
 @kernel(inline=True)
