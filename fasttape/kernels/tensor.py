@@ -454,6 +454,13 @@ def matmul_reverse_into(fields, p, va, vb, g, out):
 
 
 @kernel(inline=True)
+def _lanes(s0, s1, s2, s3, x0, x1, x2, x3, v, j):
+    # Four partial sums of a dot product, each advanced by one term (x_l * v[j + l]).
+    return (s0 + x0 * v[j], s1 + x1 * v[j + _U(1)], s2 + x2 * v[j + _U(2)],
+            s3 + x3 * v[j + _U(3)])
+
+
+@kernel(inline=True)
 def _four_sums_of_products(u, i, v, j, n):
     # _sum_products of the row at i with the four rows at j, j + n, j + 2n, j + 3n: each sum
     # in its own four partial sums, combined and finished exactly as _sum_products does.
@@ -464,22 +471,10 @@ def _four_sums_of_products(u, i, v, j, n):
     for blk in range(n // four):
         t = blk * four
         x0, x1, x2, x3 = u[i + t], u[i + t + _U(1)], u[i + t + _U(2)], u[i + t + _U(3)]
-        a0 += x0 * v[j + t]
-        a1 += x1 * v[j + t + _U(1)]
-        a2 += x2 * v[j + t + _U(2)]
-        a3 += x3 * v[j + t + _U(3)]
-        b0 += x0 * v[j1 + t]
-        b1 += x1 * v[j1 + t + _U(1)]
-        b2 += x2 * v[j1 + t + _U(2)]
-        b3 += x3 * v[j1 + t + _U(3)]
-        c0 += x0 * v[j2 + t]
-        c1 += x1 * v[j2 + t + _U(1)]
-        c2 += x2 * v[j2 + t + _U(2)]
-        c3 += x3 * v[j2 + t + _U(3)]
-        d0 += x0 * v[j3 + t]
-        d1 += x1 * v[j3 + t + _U(1)]
-        d2 += x2 * v[j3 + t + _U(2)]
-        d3 += x3 * v[j3 + t + _U(3)]
+        a0, a1, a2, a3 = _lanes(a0, a1, a2, a3, x0, x1, x2, x3, v, j + t)
+        b0, b1, b2, b3 = _lanes(b0, b1, b2, b3, x0, x1, x2, x3, v, j1 + t)
+        c0, c1, c2, c3 = _lanes(c0, c1, c2, c3, x0, x1, x2, x3, v, j2 + t)
+        d0, d1, d2, d3 = _lanes(d0, d1, d2, d3, x0, x1, x2, x3, v, j3 + t)
     ra, rb = (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
     rc, rd = (c0 + c1) + (c2 + c3), (d0 + d1) + (d2 + d3)
     for t in range(n - n % four, n):
