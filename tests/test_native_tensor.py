@@ -270,14 +270,23 @@ def test_a_group_and_the_sum_after_it_are_one_loop(n: int) -> None:
     np.testing.assert_array_equal(g1, g2)
 
 
-@pytest.mark.parametrize("other", ["max", "second sum", "output"])
+@pytest.mark.parametrize("other", ["max", "second sum", "output", "matmul", "take",
+                                   "reshaped product"])
 def test_a_summed_result_read_elsewhere_is_still_stored(other: str) -> None:
+    # Every kind that can read the summed result keeps it stored (reads_slots): a fused sum
+    # would leave them reading a range never written.
     def fn(x):
         t = np.sin(x) * x + 1.0
         if other == "max":
             return np.sum(t) + np.max(t)
         if other == "second sum":
             return np.sum(t) * np.sum(t[::2])
+        if other == "matmul":
+            return np.sum(t) + t @ np.linspace(0.0, 1.0, N)
+        if other == "take":
+            return np.sum(t) + np.sum(t[[3, 0, N - 1, 3]])
+        if other == "reshaped product":
+            return np.sum(t) + np.sum(t[:N - N % 5].reshape(-1, 5) @ np.ones((5, 2)))
         return t
 
     tape = ft.compile(ft.trace(fn, shapes=[(N,)]))

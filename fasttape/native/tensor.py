@@ -25,7 +25,7 @@ from fasttape.kernels import tensor as kt
 from fasttape.kernels.jit import kernel
 from fasttape.native import cache, group, machine, translate
 from fasttape.ops import table_hash
-from fasttape.tensor.tape import TensorTape
+from fasttape.tensor.tape import TensorTape, reads_slots
 
 __all__ = ["NativeGroups", "native_tensor"]
 
@@ -91,53 +91,7 @@ def _summed_by_next(tape: TensorTape, arrays: dict[str, np.ndarray], i: int) -> 
     out_off, out_shape = tape.layout()["output"]
     if out_off < d + n and d < out_off + max(math.prod(out_shape), 1):
         return None
-    return None if _read_elsewhere(arrays, d, d + n, {i, i + 1}) else total
-
-
-def _read_elsewhere(arrays: dict[str, np.ndarray], lo: int, hi: int, skip: set[int]) -> bool:
-    """Whether an instruction not in ``skip`` may read a slot in ``lo .. hi - 1``
-    (conservative: a gather may read anything)."""
-    kinds, at, fields = arrays["kinds"], arrays["at"], arrays["fields"]
-    f = fields
-
-    def hit(a: int, b: int) -> bool:  # the slots a .. b - 1
-        return a < hi and lo < b
-
-    for i, (kind, p) in enumerate(zip(kinds.tolist(), at.tolist(), strict=True)):
-        if i in skip:
-            continue
-        if kind == kt.GATHER:
-            return True
-        if kind == kt.ELEMENTWISE:
-            n, count = int(f[p]), int(f[p + 2])
-            for k in range(count):
-                r = p + 3 + k * kt.MEMBER_FIELDS
-                for j in range(3):
-                    a, s, ta = (int(v) for v in f[r + 3 + 3 * j: r + 6 + 3 * j])
-                    if not (ta == 0 and s == 1) and hit(min(a, a + (n - 1) * s),
-                                                        max(a, a + (n - 1) * s) + 1):
-                        return True
-        elif kind == kt.COPY:
-            n, src, nd = int(f[p + 1]), int(f[p + 2]), int(f[p + 3])
-            shape, strides = f[p + 4:p + 4 + nd].tolist(), f[p + 4 + nd:p + 4 + 2 * nd].tolist()
-            low = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s < 0)
-            high = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s > 0)
-            if n and hit(low, high + 1):
-                return True
-        elif kind == kt.TAKE:
-            n, src = int(f[p + 1]), int(f[p + 2])
-            idx = f[p + 3:p + 3 + n]
-            if n and hit(src + int(idx.min()), src + int(idx.max()) + 1):
-                return True
-        elif kind == kt.REDUCE:
-            outer, r, inner, src = (int(v) for v in f[p + 1:p + 5])
-            if hit(src, src + outer * r * inner):
-                return True
-        elif kind == kt.MATMUL:
-            nb, m, k, n, a, sa, b, sb = (int(v) for v in f[p + 1:p + 9])
-            if hit(a, a + (nb - 1) * sa + m * k) or hit(b, b + (nb - 1) * sb + k * n):
-                return True
-    return False
+    return None if reads_slots(arrays, d, d + n, {i, i + 1}) else total
 
 
 def _digest() -> str:

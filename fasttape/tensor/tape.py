@@ -33,7 +33,7 @@ from fasttape.tensor.graph import TensorGraph
 from fasttape.tensor.lower import lower
 from fasttape.tensor.tree import TreeDef, as_leaf
 
-__all__ = ["TensorTape", "compile_tensor_graph"]
+__all__ = ["TensorTape", "compile_tensor_graph", "reads_slots", "validate"]
 
 _FIXED = {ELEMENTWISE: 3, COPY: 4, TAKE: 3, REDUCE: 5, MATMUL: 11, GATHER: 5}
 
@@ -151,6 +151,53 @@ def validate(kinds: np.ndarray, ops: np.ndarray, at: np.ndarray, fields: np.ndar
                 if k:
                     inside(i, a, a + (nb - 1) * sa + m * k - 1, "operand a")
                     inside(i, b, b + (nb - 1) * sb + k * n_ - 1, "operand b")
+
+
+def reads_slots(arrays: dict[str, np.ndarray], lo: int, hi: int, skip: set[int]) -> bool:
+    """Whether an instruction of the tape ``arrays`` (:meth:`TensorTape.to_arrays`) not in
+    ``skip`` may read a slot in ``lo .. hi - 1`` (conservative: a gather may read anything).
+    The read ranges of each kind, next to :func:`validate`'s checks of the same layout."""
+    kinds, at, fields = arrays["kinds"], arrays["at"], arrays["fields"]
+    f = fields
+
+    def hit(a: int, b: int) -> bool:  # the slots a .. b - 1
+        return a < hi and lo < b
+
+    for i, (kind, p) in enumerate(zip(kinds.tolist(), at.tolist(), strict=True)):
+        if i in skip:
+            continue
+        if kind == GATHER:
+            return True
+        if kind == ELEMENTWISE:
+            n, count = int(f[p]), int(f[p + 2])
+            for k in range(count):
+                r = p + 3 + k * MEMBER_FIELDS
+                for j in range(3):
+                    a, s, ta = (int(v) for v in f[r + 3 + 3 * j: r + 6 + 3 * j])
+                    if not (ta == 0 and s == 1) and hit(min(a, a + (n - 1) * s),
+                                                        max(a, a + (n - 1) * s) + 1):
+                        return True
+        elif kind == COPY:
+            n, src, nd = int(f[p + 1]), int(f[p + 2]), int(f[p + 3])
+            shape, strides = f[p + 4:p + 4 + nd].tolist(), f[p + 4 + nd:p + 4 + 2 * nd].tolist()
+            low = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s < 0)
+            high = src + sum((d - 1) * s for d, s in zip(shape, strides, strict=True) if s > 0)
+            if n and hit(low, high + 1):
+                return True
+        elif kind == TAKE:
+            n, src = int(f[p + 1]), int(f[p + 2])
+            idx = f[p + 3:p + 3 + n]
+            if n and hit(src + int(idx.min()), src + int(idx.max()) + 1):
+                return True
+        elif kind == REDUCE:
+            outer, r, inner, src = (int(v) for v in f[p + 1:p + 5])
+            if hit(src, src + outer * r * inner):
+                return True
+        elif kind == MATMUL:
+            nb, m, k, n, a, sa, b, sb = (int(v) for v in f[p + 1:p + 9])
+            if hit(a, a + (nb - 1) * sa + m * k) or hit(b, b + (nb - 1) * sb + k * n):
+                return True
+    return False
 
 
 def _validate_group(f: list[int], p: int, i: int, bad: Any, inside: Any) -> None:
