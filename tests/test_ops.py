@@ -280,3 +280,63 @@ def test_softmax_with_a_stopped_shift_has_the_same_gradient():
         for k in range(4):
             np.testing.assert_allclose(stopped.grad(z, output=k), plain.grad(z, output=k),
                                        rtol=1e-12, atol=1e-15)
+
+
+def _repeated(tape: ft.Tape, copies: int) -> ft.Tape:
+    """``tape``'s instructions ``copies`` times over (each copy reads only the inputs and the
+    constants), the outputs those of the last copy."""
+    outputs = tape.outputs + (copies - 1) * len(tape.ops)
+    return ft.Tape.from_arrays(np.tile(tape.ops, copies), np.tile(tape.args, copies),
+                               tape.consts, outputs, tape.n_inputs)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_stored_reverse_reads_only_partials_its_forward_stored(large):
+    # The single-point reverse sweep of a small tape reads every partial from ``parts``, the
+    # unit ones (+-1) included, so the forward sweep must store them all on every call; a
+    # large tape's reads only the others.  With ``parts`` poisoned (NaN, or 7.0)
+    # the gradient must still be the lean mode's, which recomputes each partial, bit for bit.
+    from fasttape import kernels
+    from fasttape.kernels.sweep import ALL_PARTIALS_MAX_EDGES
+    from tests.test_native import every_op_tape
+
+    small = every_op_tape()
+    tape = _repeated(small, ALL_PARTIALS_MAX_EDGES // len(small.args) + 1) if large else small
+    assert (len(tape.args) >= ALL_PARTIALS_MAX_EDGES) == large
+    lean = tape.with_grad_mode("lean")
+    rng = np.random.default_rng(3)
+    n_slots = tape.n_inputs + len(tape.consts) + len(tape.ops)
+    for x in [rng.uniform(-3, 3, 3), np.array([0.0, -0.0, 1e-310]), np.array([-1.0, 2.0, 0.5])]:
+        for which in range(tape.n_outputs):
+            for poison in (np.nan, 7.0):
+                parts = np.full(len(tape.args), poison)
+                vals, adj, grad = np.empty(n_slots), np.zeros(n_slots), np.empty(3)
+                v = kernels.value_and_grad_kernel(tape.ops, tape.args, tape.consts,
+                                                  tape.outputs, which, x, vals, parts, adj, grad)
+                v1, g1 = lean.value_and_grad(x, output=which)
+                assert np.array_equal(np.float64(v).view(np.int64), np.float64(v1).view(np.int64)) \
+                    or (np.isnan(v) and np.isnan(v1))
+                same_bits = grad.view(np.int64) == g1.view(np.int64)
+                assert np.all(same_bits | (np.isnan(grad) & np.isnan(g1))), \
+                    (OPS[int(tape.ops[tape.outputs[which] - n_slots + len(tape.ops)])].name,
+                     x, grad, g1)
+                assert not adj.any(), "the adjoint buffer must be clean again"
+
+
+def test_stored_reverse_with_subnormal_adjoints_is_the_lean_modes():
+    # A small tape's reverse_stored multiplies subnormal adjoints by unit partials (+-1), the
+    # lean mode adds or subtracts them: the gradient must not change by a bit.  Here every
+    # adjoint below the last product is subnormal.
+    def f(v):
+        u = ft.sin(v[0]) + v[1]
+        w = (u - ft.cos(v[2]) * v[0]) * u
+        return -(w + v[3]) * 1e-310 + ft.exp(v[3]) * 0.0 + ft.sin(v[1]) * 1e-300
+
+    tape = ft.compile(ft.trace(f, 4))
+    lean = tape.with_grad_mode("lean")
+    for x in ([0.3, -1.2, 2.0, 0.5], [1.0, 1.0, 1.0, 1.0], [-0.0, 0.0, 3.0, -2.0]):
+        v0, g0 = tape.value_and_grad(x)
+        v1, g1 = lean.value_and_grad(x)
+        assert np.float64(v0).view(np.int64) == np.float64(v1).view(np.int64)
+        assert np.array_equal(g0.view(np.int64), g1.view(np.int64)), (x, g0, g1)
+        assert any(0 < abs(g) < 2.2250738585072014e-308 for g in g0), g0  # the case is met

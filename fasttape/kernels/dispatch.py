@@ -14,8 +14,8 @@ its compile folder the same way.  ``python -m fasttape.kernels.codegen --show`` 
 Every function is inlined by Numba into the sweep that calls it, so a sweep compiles to one
 loop around one switch.  The forms, by caller:
 
-- single-point sweeps (``sweep.py``): ``value``, ``value_store_partials``, ``partials``,
-  ``unit_adjoint``;
+- single-point sweeps (``sweep.py``): ``value``, ``value_store_partials``,
+  ``value_store_all_partials``, ``partials``, ``unit_adjoint``;
 - tangents and second order (``tangent.py``, ``sparsity.py``): ``value_and_partials``,
   ``partials``, ``partials_and_second``;
 - batches, a row of points per slot (``batch.py``): ``value_rows``,
@@ -113,6 +113,7 @@ NDIFF = _generated.NDIFF
 
 value = _generated.value
 value_store_partials = _generated.value_store_partials
+value_store_all_partials = _generated.value_store_all_partials
 value_and_partials = _generated.value_and_partials
 partials = _generated.partials
 partials_and_second = _generated.partials_and_second
@@ -144,6 +145,7 @@ __all__ = [
     "value",
     "value_and_partials",
     "value_rows",
+    "value_store_all_partials",
     "value_store_partials",
     "value_store_partials_rows",
 ]

@@ -23,13 +23,15 @@ from fasttape.kernels.dispatch import (
     partials,
     unit_adjoint,
     value,
+    value_store_all_partials,
     value_store_partials,
 )
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.memhint import prefetch, prefetch_write
-from fasttape.kernels.scalar import accumulate
+from fasttape.kernels.scalar import accumulate, add_product
 
 __all__ = [
+    "ALL_PARTIALS_MAX_EDGES",
     "PREFETCH_ARGS",
     "PREFETCH_MIN_SLOTS",
     "forward_partials",
@@ -37,6 +39,7 @@ __all__ = [
     "load_inputs",
     "reverse_lean",
     "reverse_stored",
+    "stores_unit_partials",
     "value_and_grad_kernel",
     "value_and_grad_lean_kernel",
     "value_and_grad_plan_kernel",
@@ -49,6 +52,17 @@ __all__ = [
 #: instructions.  On random-uniform at 1e6 instructions, 16 and 64 gave the same gain and
 #: 256 a little less (docs/tape-format.md, "Memory access").
 PREFETCH_ARGS = 32
+
+#: Tapes with fewer argument positions than this store their unit partials (+-1) too, so that
+#: the reverse sweep reads every edge alike, without a branch on the op: the mispredicted
+#: jump costs more than the extra store and load, 1.05-1.4x the value-and-gradient speed on
+#: random graphs, Rosenbrock, Lennard-Jones and autograd-west of 1e3 to 6e4 instructions
+#: (A/B).  Above it the memory costs more on the structured families (0.93-0.99x at 1e5-1e6
+#: instructions), though not on random graphs.
+ALL_PARTIALS_MAX_EDGES = 1 << 17
+
+#: The smallest positive normal float64: below it an adjoint is subnormal (reverse_stored).
+SMALLEST_NORMAL = 2.2250738585072014e-308
 
 #: Slots from which the reverse sweeps prefetch: below it the adjoints (8 bytes each) fit in
 #: L2 and the prefetches only cost instructions (random-local at 1e3: 2-4%).
@@ -128,19 +142,38 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
         k = k_next
 
 
+@kernel(inline=True)
+def stores_unit_partials(args):  # pragma: no cover (jitted)
+    """Whether the stored-mode sweeps of a tape with argument array ``args`` store and read
+    its unit partials (:data:`ALL_PARTIALS_MAX_EDGES`); :func:`forward_partials` and
+    :func:`reverse_stored` both ask, so a pair of them always agrees."""
+    return args.shape[0] < ALL_PARTIALS_MAX_EDGES
+
+
 @kernel
 def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma: no cover
     """As :func:`forward_values`, also storing the partial derivative of every
-    differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1),
-    which the reverse sweeps know (:func:`fasttape.kernels.forms.unit_partials`)."""
+    differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1)
+    on large tapes (:func:`stores_unit_partials`), which the reverse sweep knows
+    (:func:`fasttape.kernels.forms.unit_partials`)."""
     n_pre = load_inputs(consts, xin, vals)
     k = 0
-    for i in range(ops.shape[0]):
-        op = ops[i]
-        x = vals[args[k]]
-        f, k_next = value_store_partials(op, x, vals, args, k, parts)
-        _store_result(vals, dest, n_pre, i, f)
-        k = k_next
+    # Two loops, not one with the test inside: LLVM does not unswitch a loop around two
+    # switches, and the test alone cost 3-10% (A/B).
+    if stores_unit_partials(args):
+        for i in range(ops.shape[0]):
+            op = ops[i]
+            x = vals[args[k]]
+            f, k_next = value_store_all_partials(op, x, vals, args, k, parts)
+            _store_result(vals, dest, n_pre, i, f)
+            k = k_next
+    else:
+        for i in range(ops.shape[0]):
+            op = ops[i]
+            x = vals[args[k]]
+            f, k_next = value_store_partials(op, x, vals, args, k, parts)
+            _store_result(vals, dest, n_pre, i, f)
+            k = k_next
 
 
 # ------------------------------------------------------------------------------- reverse
@@ -150,11 +183,17 @@ def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma:
 def reverse_stored(ops, args, parts, adj, n_pre, dest=None):  # pragma: no cover (jitted)
     """Reverse sweep over partials stored by :func:`forward_partials`.
 
-    Each differentiable edge adds ``adjoint * partial`` to its parent; ops whose partials are
-    the constants +-1 add or subtract the adjoint without reading them.  ``adj`` must hold the
-    seed on entry and zeros elsewhere; on exit the instruction slots are zero again and the
-    slots below ``n_pre`` hold the input and constant adjoints.  A zero adjoint contributes
-    nothing (see docs/derivatives.md).
+    Each differentiable edge adds ``adjoint * partial`` to its parent; a zero adjoint or
+    partial contributes nothing (see docs/derivatives.md).  On a small tape
+    (:func:`stores_unit_partials`) every edge is read alike, a unit partial (+-1) too, as one
+    select (:func:`~fasttape.kernels.scalar.add_product`) with no branch on the op (the
+    reverse sweep of a random 4,000-instruction tape went from 23 to 9 us); on a large one
+    ops whose partials are +-1 add or subtract the adjoint without reading them.  Both are
+    bitwise the same (``g * 1.0`` and ``g * -1.0`` are exact).  From the first subnormal
+    adjoint on, a small tape's sweep adds as a large one's, which spares a unit product the
+    x86 microcode assist.  ``adj`` must hold the seed on entry and zeros elsewhere; on exit
+    the instruction slots are zero again and the slots below ``n_pre`` hold the input and
+    constant adjoints.
     """
     if dest is None:
         far = adj.shape[0] >= PREFETCH_MIN_SLOTS
@@ -162,31 +201,90 @@ def reverse_stored(ops, args, parts, adj, n_pre, dest=None):  # pragma: no cover
         # A plan's work vector is small and mostly local: prefetches would only cost (3-5% on
         # lennard-jones and rosenbrock at 1e6).
         far = False
+    if stores_unit_partials(args):
+        _reverse_all(ops, args, parts, adj, n_pre, dest, far)
+    else:
+        _reverse_nonunit(ops, args, parts, adj, n_pre, dest, far)
+
+
+@kernel(inline=True)
+def _slot(dest, n_pre, i):  # pragma: no cover (jitted)
+    """Instruction ``i``'s slot: ``n_pre + i``, or ``dest[i]`` with a slot-reuse plan."""
+    if dest is None:
+        return n_pre + i
+    return dest[i]
+
+
+@kernel(inline=True)
+def _reverse_head(ops, args, adj, n_pre, dest, far, i, k):  # pragma: no cover (jitted)
+    """Step :func:`reverse_stored` back to instruction ``i`` (``k``: the argument position
+    past it): its op, argument position and adjoint, read and zeroed; prefetches ahead."""
+    op = ops[i]
+    k -= ARITY[op]
+    # The slots of the argument PREFETCH_ARGS positions further along, and of the next
+    # one: about one instruction's worth per instruction (the mean arity is near 2).
+    q = k - PREFETCH_ARGS
+    if far and q >= 0:
+        prefetch_write(adj, args[q])
+        prefetch_write(adj, args[q + 1])
+    s = _slot(dest, n_pre, i)
+    g = adj[s]
+    adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call
+    return op, k, g
+
+
+@kernel(inline=True)
+def _reverse_all(ops, args, parts, adj, n_pre, dest, far):  # pragma: no cover (jitted)
+    # Every partial stored: one select per edge, no branch on the op.  Once an adjoint is
+    # subnormal (the residue of a cancelling sum can stay so for the rest of the sweep:
+    # docs/derivatives.md, "stop_gradient"), the rest goes through accumulate, which adds a
+    # unit partial's adjoint without the product that x86 charges a microcode assist for
+    # (autograd-west at 6e4 instructions: 0.90x the old sweep without this, 1.06x with it).
+    # The test is a loop exit after the updates: as an if/else around them, or before them,
+    # it made LLVM branch instead of select, and the loop 10-20% slower than the old one.
+    k = args.shape[0]
+    last = -1
+    for i in range(ops.shape[0] - 1, -1, -1):
+        op, k, g = _reverse_head(ops, args, adj, n_pre, dest, far, i, k)
+        if g == 0.0:
+            continue
+        nd = NDIFF[op]
+        if nd >= 1:
+            a0 = args[k]
+            adj[a0] = add_product(adj[a0], g, parts[k])
+            if nd >= 2:
+                a1 = args[k + 1]
+                adj[a1] = add_product(adj[a1], g, parts[k + 1])
+        if abs(g) < SMALLEST_NORMAL:
+            last = i
+            break
+    for i in range(last - 1, -1, -1):
+        op, k, g = _reverse_head(ops, args, adj, n_pre, dest, far, i, k)
+        if g == 0.0:
+            continue
+        _accumulate_edges(adj, args, parts, k, g, NDIFF[op])
+
+
+@kernel(inline=True)
+def _accumulate_edges(adj, args, parts, k, g, nd):  # pragma: no cover (jitted)
+    # The ``nd`` differentiable edges of the instruction at ``k``, each by accumulate.
+    if nd >= 1:
+        accumulate(adj, args[k], g, parts[k])
+        if nd >= 2:
+            accumulate(adj, args[k + 1], g, parts[k + 1])
+
+
+@kernel(inline=True)
+def _reverse_nonunit(ops, args, parts, adj, n_pre, dest, far):  # pragma: no cover (jitted)
+    # Unit partials not stored: ops with one add or subtract the adjoint (unit_adjoint).
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
-        op = ops[i]
-        k -= ARITY[op]
-        if dest is None:
-            s = n_pre + i
-        else:
-            s = dest[i]
-        # The slots of the argument PREFETCH_ARGS positions further along, and of the next
-        # one: about one instruction's worth per instruction (the mean arity is near 2).
-        q = k - PREFETCH_ARGS
-        if far and q >= 0:
-            prefetch_write(adj, args[q])
-            prefetch_write(adj, args[q + 1])
-        g = adj[s]
-        adj[s] = 0.0  # read-then-zero: the buffer is clean for the next call
+        op, k, g = _reverse_head(ops, args, adj, n_pre, dest, far, i, k)
         if g == 0.0:
             continue
         if unit_adjoint(op, args, parts, k, g, adj):
             continue
-        nd = NDIFF[op]
-        if nd >= 1:
-            accumulate(adj, args[k], g, parts[k])
-            if nd >= 2:
-                accumulate(adj, args[k + 1], g, parts[k + 1])
+        _accumulate_edges(adj, args, parts, k, g, NDIFF[op])
 
 
 @kernel
