@@ -290,14 +290,20 @@ def _repeated(tape: ft.Tape, copies: int) -> ft.Tape:
                                tape.consts, outputs, tape.n_inputs)
 
 
-@pytest.mark.parametrize("large", [False, True])
-def test_stored_reverse_reads_only_partials_its_forward_stored(large):
-    # The single-point reverse sweep of a small tape reads every partial from ``parts``, the
-    # unit ones (+-1) included, so the forward sweep must store them all on every call; a
-    # large tape's reads only the others.  With ``parts`` poisoned (NaN, or 7.0)
-    # the gradient must still be the lean mode's, which recomputes each partial, bit for bit.
-    from fasttape import kernels
-    from fasttape.kernels.sweep import ALL_PARTIALS_MAX_EDGES
+@pytest.mark.parametrize("planned", [False, True])
+@pytest.mark.parametrize("large", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_stored_reverse_reads_only_partials_its_forward_stored(large, planned):
+    # The single-point reverse sweep reads every partial from ``parts``, the unit ones (+-1)
+    # included, so the forward sweep must store them all on every call; a large tape with a
+    # slot-reuse plan (here the identity plan, dest[i] = n_pre + i) reads only the others.
+    # With ``parts`` poisoned (NaN, or 7.0) the gradient must still be the lean mode's, which
+    # recomputes each partial, bit for bit.
+    from fasttape.kernels.forms import unit_partials
+    from fasttape.kernels.sweep import (
+        ALL_PARTIALS_MAX_EDGES,
+        forward_partials,
+        reverse_stored,
+    )
     from tests.test_native import every_op_tape
 
     small = every_op_tape()
@@ -305,28 +311,36 @@ def test_stored_reverse_reads_only_partials_its_forward_stored(large):
     assert (len(tape.args) >= ALL_PARTIALS_MAX_EDGES) == large
     lean = tape.with_grad_mode("lean")
     rng = np.random.default_rng(3)
-    n_slots = tape.n_inputs + len(tape.consts) + len(tape.ops)
+    n_pre = tape.n_inputs + len(tape.consts)
+    n_slots = n_pre + len(tape.ops)
+    dest = np.arange(n_pre, n_slots) if planned else None
+    # Every output on the small tape; on the large one (a sweep costs milliseconds) the
+    # outputs of ops with a unit partial and every 7th other.
+    ops = [OPS[int(tape.ops[o - n_pre])] for o in tape.outputs]
+    outputs = [j for j, spec in enumerate(ops) if not large or j % 7 == 0
+               or unit_partials(spec)]
     for x in [rng.uniform(-3, 3, 3), np.array([0.0, -0.0, 1e-310]), np.array([-1.0, 2.0, 0.5])]:
-        for which in range(tape.n_outputs):
+        for which in outputs:
             for poison in (np.nan, 7.0):
                 parts = np.full(len(tape.args), poison)
-                vals, adj, grad = np.empty(n_slots), np.zeros(n_slots), np.empty(3)
-                v = kernels.value_and_grad_kernel(tape.ops, tape.args, tape.consts,
-                                                  tape.outputs, which, x, vals, parts, adj, grad)
+                vals, adj = np.empty(n_slots), np.zeros(n_slots)
+                forward_partials(tape.ops, tape.args, tape.consts, x, vals, parts, dest)
+                adj[tape.outputs[which]] = 1.0
+                reverse_stored(tape.ops, tape.args, parts, adj, n_pre, dest)
                 v1, g1 = lean.value_and_grad(x, output=which)
+                v, grad = vals[tape.outputs[which]], adj[:3]
                 assert np.array_equal(np.float64(v).view(np.int64), np.float64(v1).view(np.int64)) \
                     or (np.isnan(v) and np.isnan(v1))
                 same_bits = grad.view(np.int64) == g1.view(np.int64)
                 assert np.all(same_bits | (np.isnan(grad) & np.isnan(g1))), \
-                    (OPS[int(tape.ops[tape.outputs[which] - n_slots + len(tape.ops)])].name,
-                     x, grad, g1)
-                assert not adj.any(), "the adjoint buffer must be clean again"
+                    (OPS[int(tape.ops[tape.outputs[which] - n_pre])].name, x, grad, g1)
+                assert not adj[n_pre:].any(), "the instruction adjoints must be clean again"
 
 
 def test_stored_reverse_with_subnormal_adjoints_is_the_lean_modes():
-    # A small tape's reverse_stored multiplies subnormal adjoints by unit partials (+-1), the
-    # lean mode adds or subtracts them: the gradient must not change by a bit.  Here every
-    # adjoint below the last product is subnormal.
+    # The stored mode's reverse sweep multiplies adjoints by unit partials (+-1) up to the
+    # first subnormal one, then adds or subtracts them, as the lean mode does: the gradient
+    # must not change by a bit.  Here every adjoint below the last product is subnormal.
     def f(v):
         u = ft.sin(v[0]) + v[1]
         w = (u - ft.cos(v[2]) * v[0]) * u

@@ -32,13 +32,13 @@ def unit_partials(spec: OpSpec) -> bool:
     """Whether ``spec`` has a partial that is the literal 1.0 or -1.0 (add, sub, neg, fmac's
     second argument, ...).
 
-    The stored-mode sweeps of large tapes and of batches never store such a partial, and their
-    reverse sweeps add or subtract the adjoint itself instead of reading the partial and
-    multiplying: bitwise the same (a product by +-1 is exact), one store, one load and one
-    product fewer per edge, and no microcode assist when the adjoint is subnormal (x86 charges
-    about 150 cycles for a product with a subnormal operand, none for a sum).  The
-    single-point sweeps of small tapes store them too (``value_store_all_partials``), where
-    the branch on the op costs more than the memory (fasttape/kernels/sweep.py).
+    The stored-mode sweeps of batches and of large tapes with a slot-reuse plan never store
+    such a partial, and their reverse sweeps add or subtract the adjoint itself instead of
+    reading the partial and multiplying: bitwise the same (a product by +-1 is exact), one
+    store, one load and one product fewer per edge, and no microcode assist when the adjoint
+    is subnormal (x86 charges about 150 cycles for a product with a subnormal operand, none
+    for a sum).  The other single-point sweeps store them too (``value_store_all_partials``),
+    where the branch on the op costs more than the memory (fasttape/kernels/sweep.py).
     """
     return any(d in UNIT for d in spec.partials)
 

@@ -53,12 +53,14 @@ __all__ = [
 #: 256 a little less (docs/tape-format.md, "Memory access").
 PREFETCH_ARGS = 32
 
-#: Tapes with fewer argument positions than this store their unit partials (+-1) too, so that
-#: the reverse sweep reads every edge alike, without a branch on the op: the mispredicted
-#: jump costs more than the extra store and load, 1.05-1.4x the value-and-gradient speed on
-#: random graphs, Rosenbrock, Lennard-Jones and autograd-west of 1e3 to 6e4 instructions
-#: (A/B).  Above it the memory costs more on the structured families (0.93-0.99x at 1e5-1e6
-#: instructions), though not on random graphs.
+#: The stored-mode sweeps store a tape's unit partials (+-1) too, so that the reverse sweep
+#: reads every edge alike, without a branch on the op, unless the tape runs with a slot-reuse
+#: plan and has at least this many argument positions.  The mispredicted jump costs more than
+#: the extra store and load: 1.03-1.25x the value-and-gradient speed on random graphs of 1e3
+#: to 1e6 instructions and on Rosenbrock, Lennard-Jones and autograd-west of 1e3 to 6e4 (A/B).
+#: A plan keeps the values and adjoints in cache, so on large planned tapes the partials are
+#: most of the memory traffic: with them, autograd-west and Lennard-Jones at 1e5 instructions
+#: (1.7e5 and 2e5 positions) ran at 0.97-0.98x, Lennard-Jones at 1e6 at 0.95-0.96x.
 ALL_PARTIALS_MAX_EDGES = 1 << 17
 
 #: The smallest positive normal float64: below it an adjoint is subnormal (reverse_stored).
@@ -143,10 +145,12 @@ def forward_values(ops, args, consts, xin, vals, dest=None):  # pragma: no cover
 
 
 @kernel(inline=True)
-def stores_unit_partials(args):  # pragma: no cover (jitted)
-    """Whether the stored-mode sweeps of a tape with argument array ``args`` store and read
-    its unit partials (:data:`ALL_PARTIALS_MAX_EDGES`); :func:`forward_partials` and
-    :func:`reverse_stored` both ask, so a pair of them always agrees."""
+def stores_unit_partials(args, dest):  # pragma: no cover (jitted)
+    """Whether the stored-mode sweeps of a tape with argument array ``args`` (and slot-reuse
+    plan ``dest``, or None) store and read its unit partials (:data:`ALL_PARTIALS_MAX_EDGES`);
+    :func:`forward_partials` and :func:`reverse_stored` both ask, so a pair always agrees."""
+    if dest is None:
+        return True
     return args.shape[0] < ALL_PARTIALS_MAX_EDGES
 
 
@@ -154,13 +158,13 @@ def stores_unit_partials(args):  # pragma: no cover (jitted)
 def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma: no cover
     """As :func:`forward_values`, also storing the partial derivative of every
     differentiable edge (``parts[e]`` parallel to ``args[e]``), except the unit ones (+-1)
-    on large tapes (:func:`stores_unit_partials`), which the reverse sweep knows
+    on large tapes with a plan (:func:`stores_unit_partials`), which the reverse sweep knows
     (:func:`fasttape.kernels.forms.unit_partials`)."""
     n_pre = load_inputs(consts, xin, vals)
     k = 0
     # Two loops, not one with the test inside: LLVM does not unswitch a loop around two
     # switches, and the test alone cost 3-10% (A/B).
-    if stores_unit_partials(args):
+    if stores_unit_partials(args, dest):
         for i in range(ops.shape[0]):
             op = ops[i]
             x = vals[args[k]]
@@ -184,14 +188,14 @@ def reverse_stored(ops, args, parts, adj, n_pre, dest=None):  # pragma: no cover
     """Reverse sweep over partials stored by :func:`forward_partials`.
 
     Each differentiable edge adds ``adjoint * partial`` to its parent; a zero adjoint or
-    partial contributes nothing (see docs/derivatives.md).  On a small tape
-    (:func:`stores_unit_partials`) every edge is read alike, a unit partial (+-1) too, as one
-    select (:func:`~fasttape.kernels.scalar.add_product`) with no branch on the op (the
-    reverse sweep of a random 4,000-instruction tape went from 23 to 9 us); on a large one
-    ops whose partials are +-1 add or subtract the adjoint without reading them.  Both are
-    bitwise the same (``g * 1.0`` and ``g * -1.0`` are exact).  From the first subnormal
-    adjoint on, a small tape's sweep adds as a large one's, which spares a unit product the
-    x86 microcode assist.  ``adj`` must hold the seed on entry and zeros elsewhere; on exit
+    partial contributes nothing (see docs/derivatives.md).  Every edge is read alike, a unit
+    partial (+-1) too, as one select (:func:`~fasttape.kernels.scalar.add_product`) with no
+    branch on the op (the reverse sweep of a random 4,000-instruction tape went from 23 to
+    9 us), except on a large tape with a plan (:func:`stores_unit_partials`), where ops whose
+    partials are +-1 add or subtract the adjoint without reading them.  Both are bitwise the
+    same (``g * 1.0`` and ``g * -1.0`` are exact).  From the first subnormal adjoint on, the
+    first kind of sweep adds as the second, which spares a unit product the x86 microcode
+    assist.  ``adj`` must hold the seed on entry and zeros elsewhere; on exit
     the instruction slots are zero again and the slots below ``n_pre`` hold the input and
     constant adjoints.
     """
@@ -201,7 +205,7 @@ def reverse_stored(ops, args, parts, adj, n_pre, dest=None):  # pragma: no cover
         # A plan's work vector is small and mostly local: prefetches would only cost (3-5% on
         # lennard-jones and rosenbrock at 1e6).
         far = False
-    if stores_unit_partials(args):
+    if stores_unit_partials(args, dest):
         _reverse_all(ops, args, parts, adj, n_pre, dest, far)
     else:
         _reverse_nonunit(ops, args, parts, adj, n_pre, dest, far)
