@@ -365,3 +365,28 @@ def test_tiering_refuses_bad_options(bad, match):
         _small().native(**bad)
     with pytest.raises(TypeError, match="progress"):
         _small().native(tier_after=1, progress=True)
+
+
+@pytest.mark.parametrize("opt", [0, 1, 2])
+def test_powi_written_out_is_bitwise_the_interpreters(opt):
+    # The pieces write a constant powi (and its partial) out as its loop's multiplications up
+    # to |n| = POWI_UNROLL_MAX, and call the library above: both bitwise the interpreter's.
+    from fasttape.native.emit import POWI_UNROLL_MAX
+
+    powi = next(op.code for op in OPS if op.name == "powi")
+    mul = next(op.code for op in OPS if op.name == "mul")
+    exps = [-POWI_UNROLL_MAX - 1, -POWI_UNROLL_MAX, -7, -6, -2, -1, 0, 1, 2, 3, 5, 6, 13,
+            POWI_UNROLL_MAX, POWI_UNROLL_MAX + 1]
+    n_in = 2
+    ops, args = [], []
+    for j in range(len(exps)):  # x0 ** e, then (x0 * x1) ** e: a computed base
+        ops += [powi, mul, powi]
+        args += [0, n_in + j, 0, 1, n_in + len(exps) + 3 * j + 1, n_in + j]
+    n_pre = n_in + len(exps)
+    outputs = list(range(n_pre, n_pre + len(ops)))
+    tape = ft.Tape.from_arrays(ops, args, [float(e) for e in exps], outputs, n_in)
+    nt = native(tape, opt=opt, cache_entries=False)
+    for x in [(1.1, 0.7), (-0.9999, 1.0001), (1.5, -0.5), (-2.5, 3.0), (0.0, -1.0),
+              (-0.0, 2.0), (math.inf, 0.5), (-math.inf, -0.5), (math.nan, 1.0), (1e-310, 1.0),
+              (1e200, 1e-200), (-1.0, 1.0)]:
+        assert_same(tape, nt, np.array(x))

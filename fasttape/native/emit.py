@@ -205,6 +205,49 @@ def _block(lay: Layout, lines: list[str], n: int) -> None:
         lines.append(f"b{n}:")
 
 
+#: Largest ``|n|`` of a ``powi`` whose multiplications the pieces write out (see _powi).
+POWI_UNROLL_MAX = 64
+
+_ONE = _imm(1.0)
+_POWI_OP = next(op for op in OPS if op.name == "powi")
+
+
+def _powi_exponent(lay: Layout, a: np.ndarray) -> int | None:
+    """The constant integral exponent of a ``powi`` with arguments ``a`` when its
+    multiplications are written out (``|n| <= POWI_UNROLL_MAX``), else None."""
+    p = int(a[1])
+    if not lay.n_lead <= p < lay.n_pre:
+        return None
+    y = float(lay.consts[p - lay.n_lead])
+    return int(y) if abs(y) <= POWI_UNROLL_MAX else None
+
+
+def _powi(lines: list[str], x: str, n: int, tag: str) -> str:
+    """Write ``x ** n`` as the multiplications of :func:`fasttape.kernels.scalar.powi`'s
+    loop for this ``n``, in its order (so bitwise its result); returns the result's operand.
+
+    A call keeps the loop (levels 0 and 1 never inline it, :func:`fasttape.native.machine.
+    library`), and a call clobbers every vector register, so the values live across it are
+    spilled: written out, Lennard-Jones' ``r ** -6`` costs a few multiplications instead.
+    """
+    m = -n if n < 0 else n
+    acc, base, step = _ONE, x, 0
+    while m > 0:
+        if m & 1:
+            step += 1
+            lines.append(f"  %{tag}a{step} = fmul double {acc}, {base}")
+            acc = f"%{tag}a{step}"
+        m >>= 1
+        if m > 0:  # the loop's last squaring is never read
+            step += 1
+            lines.append(f"  %{tag}b{step} = fmul double {base}, {base}")
+            base = f"%{tag}b{step}"
+    if n < 0:
+        lines.append(f"  %{tag}r = fdiv double {_ONE}, {acc}")
+        return f"%{tag}r"
+    return acc
+
+
 def _forward(lay: Layout, k: int) -> str:
     lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
     lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
@@ -215,14 +258,18 @@ def _forward(lay: Layout, k: int) -> str:
         refs.age()
         _block(lay, lines, i - lo)
         spec = OPS[ops[i]]
-        fn = forward_name(spec)
         a = args[starts[i]: starts[i + 1]]
-        operands = ", ".join(f"double {refs.value(int(s))}" for s in a)
         s = n_pre + i
-        lines.append(f'  %v{s} = call double @"{fn}"({operands})')
+        n = _powi_exponent(lay, a) if spec is _POWI_OP else None
+        if n is not None:
+            v = _powi(lines, refs.value(int(a[0])), n, f"w{s}")
+        else:
+            operands = ", ".join(f"double {refs.value(int(v))}" for v in a)
+            v = f"%v{s}"
+            lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')
         lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
-        lines.append(f"  store double %v{s}, ptr %q{s}")
-        refs.define(s, f"%v{s}")
+        lines.append(f"  store double {v}, ptr %q{s}")
+        refs.define(s, v)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 
@@ -298,10 +345,15 @@ def _reverse(lay: Layout, k: int) -> str:
                     lines.append(f"  %t{count} = {op} double {cur}, {g}")
                     lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
             else:
-                if operands is None:
-                    operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
-                fn = partial_name(spec, j)
-                lines.append(f'  %d{count} = call double @"{fn}"({operands})')
+                n = _powi_exponent(lay, np.asarray(a)) if spec is _POWI_OP else None
+                if n is not None:  # dpowi: n * x ** (n - 1), exactly 0 for n = 0
+                    r = _powi(lines, refs.value(a[0]), n - 1, f"e{count}") if n else "0.0"
+                    lines.append(f"  %d{count} = fmul double {_imm(float(n))}, {r}")
+                else:
+                    if operands is None:
+                        operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
+                    fn = partial_name(spec, j)
+                    lines.append(f'  %d{count} = call double @"{fn}"({operands})')
                 lines.append(f"  %m{count} = fmul double {g}, %d{count}")
                 lines.append(f"  %t{count} = fadd double {cur}, %m{count}")
                 lines.append(f"  %z{count} = fcmp une double %d{count}, 0.0")
