@@ -353,4 +353,15 @@ def test_stored_reverse_with_subnormal_adjoints_is_the_lean_modes():
         v1, g1 = lean.value_and_grad(x)
         assert np.float64(v0).view(np.int64) == np.float64(v1).view(np.int64)
         assert np.array_equal(g0.view(np.int64), g1.view(np.int64)), (x, g0, g1)
-        assert any(0 < abs(g) < 2.2250738585072014e-308 for g in g0), g0  # the case is met
+        assert any(0 < abs(g) < np.finfo(np.float64).tiny for g in g0), g0  # the case is met
+
+
+def test_tape_format_states_the_unit_partials_threshold():
+    # docs/tape-format.md tells users which tapes store their unit partials; the number it
+    # gives must be the kernel's.
+    from pathlib import Path
+
+    from fasttape.kernels.sweep import ALL_PARTIALS_MAX_EDGES
+
+    text = " ".join((Path(__file__).parents[1] / "docs" / "tape-format.md").read_text().split())
+    assert f"`fasttape.kernels.sweep.ALL_PARTIALS_MAX_EDGES` ({ALL_PARTIALS_MAX_EDGES:,})" in text

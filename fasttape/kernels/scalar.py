@@ -10,6 +10,10 @@ import math
 
 from fasttape.kernels.jit import kernel
 
+#: The smallest positive normal float64.  Below it a number is subnormal: a product with it
+#: costs an x86 microcode assist, and one that lands there has lost precision.
+SMALLEST_NORMAL = 2.2250738585072014e-308
+
 # What the generated dispatch module imports (codegen reads this list).
 __all__ = ["accumulate", "add_product", "dmin", "dpow_exp", "dpowc", "dpowi", "fmax", "fmin",
            "powi", "safe_div", "sigmoid", "sign", "softplus"]

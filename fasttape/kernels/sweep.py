@@ -28,7 +28,7 @@ from fasttape.kernels.dispatch import (
 )
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.memhint import prefetch, prefetch_write
-from fasttape.kernels.scalar import accumulate, add_product
+from fasttape.kernels.scalar import SMALLEST_NORMAL, accumulate, add_product
 
 __all__ = [
     "ALL_PARTIALS_MAX_EDGES",
@@ -62,9 +62,6 @@ PREFETCH_ARGS = 32
 #: most of the memory traffic: with them, autograd-west and Lennard-Jones at 1e5 instructions
 #: (1.7e5 and 2e5 positions) ran at 0.97-0.98x, Lennard-Jones at 1e6 at 0.95-0.96x.
 ALL_PARTIALS_MAX_EDGES = 1 << 17
-
-#: The smallest positive normal float64: below it an adjoint is subnormal (reverse_stored).
-SMALLEST_NORMAL = 2.2250738585072014e-308
 
 #: Slots from which the reverse sweeps prefetch: below it the adjoints (8 bytes each) fit in
 #: L2 and the prefetches only cost instructions (random-local at 1e3: 2-4%).
@@ -161,23 +158,25 @@ def forward_partials(ops, args, consts, xin, vals, parts, dest=None):  # pragma:
     on large tapes with a plan (:func:`stores_unit_partials`), which the reverse sweep knows
     (:func:`fasttape.kernels.forms.unit_partials`)."""
     n_pre = load_inputs(consts, xin, vals)
-    k = 0
     # Two loops, not one with the test inside: LLVM does not unswitch a loop around two
     # switches, and the test alone cost 3-10% (A/B).
     if stores_unit_partials(args, dest):
-        for i in range(ops.shape[0]):
-            op = ops[i]
-            x = vals[args[k]]
-            f, k_next = value_store_all_partials(op, x, vals, args, k, parts)
-            _store_result(vals, dest, n_pre, i, f)
-            k = k_next
+        _forward_loop(value_store_all_partials, ops, args, vals, parts, dest, n_pre)
     else:
-        for i in range(ops.shape[0]):
-            op = ops[i]
-            x = vals[args[k]]
-            f, k_next = value_store_partials(op, x, vals, args, k, parts)
-            _store_result(vals, dest, n_pre, i, f)
-            k = k_next
+        _forward_loop(value_store_partials, ops, args, vals, parts, dest, n_pre)
+
+
+@kernel(inline=True)
+def _forward_loop(store, ops, args, vals, parts, dest, n_pre):  # pragma: no cover (jitted)
+    # The forward sweep with ``store`` (a generated form, inlined as a call to a global
+    # would be) computing each result and storing its partials.
+    k = 0
+    for i in range(ops.shape[0]):
+        op = ops[i]
+        x = vals[args[k]]
+        f, k_next = store(op, x, vals, args, k, parts)
+        _store_result(vals, dest, n_pre, i, f)
+        k = k_next
 
 
 # ------------------------------------------------------------------------------- reverse

@@ -64,7 +64,7 @@ from fasttape.kernels.dispatch import (
     elementwise_value,
 )
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.scalar import fmax, fmin
+from fasttape.kernels.scalar import SMALLEST_NORMAL, fmax, fmin
 
 __all__ = [
     "COPY",
@@ -103,8 +103,6 @@ REDUCE_NAMES = ("sum", "prod", "max", "min")
 #: Partial sums of a row sum (``_sum_row``): element ``t`` of a row goes to lane ``t % LANES``.
 LANES = 8
 _U = np.uint64
-# The smallest normal double: below it a product has lost precision (or is 0).
-_TINY = 2.2250738585072014e-308
 
 
 # ------------------------------------------------------------------------------ copy
@@ -348,7 +346,7 @@ def reduce_reverse(op, fields, p, vals, adj):
                     f = vals[d + o * inner + j]
                     # prod / x_t is exact to an ulp only while the product is a normal number:
                     # an underflowed, subnormal or overflowed product takes the others' product.
-                    if _TINY <= abs(f) < math.inf:
+                    if SMALLEST_NORMAL <= abs(f) < math.inf:
                         for t in range(r):
                             adj[at + t * inner] += g * (f / vals[at + t * inner])
                     else:
@@ -583,7 +581,7 @@ def reduce_tangent(op, fields, p, vals, tan):
                 for t in range(r):
                     s += tan[at + t * inner]
             elif op == PROD:
-                exact = _TINY <= abs(f) < math.inf  # as in reduce_reverse
+                exact = SMALLEST_NORMAL <= abs(f) < math.inf  # as in reduce_reverse
                 for t in range(r):
                     dt = tan[at + t * inner]
                     if dt != 0.0:

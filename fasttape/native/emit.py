@@ -226,9 +226,10 @@ def _powi(lines: list[str], x: str, n: int, tag: str) -> str:
     """Write ``x ** n`` as the multiplications of :func:`fasttape.kernels.scalar.powi`'s
     loop for this ``n``, in its order (so bitwise its result); returns the result's operand.
 
-    A call keeps the loop (levels 0 and 1 never inline it, :func:`fasttape.native.machine.
-    library`), and a call clobbers every vector register, so the values live across it are
-    spilled: written out, Lennard-Jones' ``r ** -6`` costs a few multiplications instead.
+    A call keeps the loop (levels 0 and 1 never inline it:
+    :func:`fasttape.native.machine.library`), and a call clobbers every vector register, so
+    the values live across it are spilled; written out, Lennard-Jones' ``s ** 3`` is three
+    multiplications (the first by 1.0, as the loop's).
     """
     m = -n if n < 0 else n
     acc, base, step = _ONE, x, 0
