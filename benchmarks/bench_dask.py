@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/bench_dask.py [--instructions 1e4] [--points 1e6] [--rows 2048]
-                                    [--workers 1,2] [--repeat 3] [--tasks 200]
-                                    [--cold-cache] [--json PATH]
+                                    [--workers 1,2] [--saturation default,inf]
+                                    [--repeat 3] [--tasks 200] [--cold-cache] [--json PATH]
 
 The workload is the summed value and gradient (``fasttape.dask.sum_value_and_grad``, what a
 loss over data or a Monte Carlo mean needs) of ``random_local(--instructions)`` (100 inputs)
@@ -16,7 +16,10 @@ values and gradients and sums them, so none holds all points or all gradients:
   threads=2)`` (Numba's threads); the reference of the issue's target;
 - ``dask threads``: the same graph as the cluster's, on Dask's threaded scheduler (2 threads);
 - ``cluster W x 1``: a ``distributed.LocalCluster`` of W worker processes of one thread each,
-  for each W of ``--workers``.
+  for each W of ``--workers`` and each scheduler setting of ``--saturation``
+  (``distributed.scheduler.worker-saturation``: ``default`` keeps Dask's configured value,
+  1.1 unless changed; ``inf`` sends every ready task to the workers at once, see
+  docs/distributed.md).
 
 The clusters are started first; then every variant runs once untimed (kernels loaded, tape
 shipped) and ``--repeat`` times round robin, so that load drifting in from other processes
@@ -91,10 +94,15 @@ def local_sum(tape: Any, n_points: int, rows: int, threads: int) -> tuple[float,
     return total, grad
 
 
-def start_cluster(stack: contextlib.ExitStack, tape: Any, workers: int,
+def start_cluster(stack: contextlib.ExitStack, tape: Any, workers: int, saturation: str,
                   cold_cache: bool) -> tuple[Any, dict[str, Any]]:
     """A LocalCluster of ``workers`` x 1 thread (closed with ``stack``) and its first-task
-    times: a one-point computation on the fresh workers, then again."""
+    times: a one-point computation on the fresh workers, then again.
+
+    ``saturation`` is ``"default"`` or a value for ``distributed.scheduler.worker-saturation``,
+    which the scheduler (in this process) reads when it starts.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     import fasttape.dask as fd
@@ -102,12 +110,16 @@ def start_cluster(stack: contextlib.ExitStack, tape: Any, workers: int,
     env = {"PYTHONPATH": str(_ROOT)}
     if cold_cache:
         env["FASTTAPE_CACHE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory())
-    cluster = stack.enter_context(LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-        silence_logs=logging.ERROR, env=env))
+    config = ({} if saturation == "default"
+              else {"distributed.scheduler.worker-saturation": float(saturation)})
+    with dask.config.set(config):
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=logging.ERROR, env=env))
     client = stack.enter_context(Client(cluster, set_as_default=False))
     client.wait_for_workers(workers)
-    res: dict[str, Any] = {"workers": workers}
+    res: dict[str, Any] = {"workers": workers, "saturation": saturation,
+                           "name": f"{workers}{saturation}"}
     one = fd.sum_value_and_grad(tape, dask_points(1, 1, tape.n_inputs))
     for name in ("first_task_s", "second_task_s"):
         t0 = time.perf_counter()
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=float, default=1e6)
     p.add_argument("--rows", type=int, default=2048, help="points per task")
     p.add_argument("--workers", default="1,2")
+    p.add_argument("--saturation", default="default,inf",
+                   help="scheduler worker-saturation settings, each with every --workers")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--tasks", type=int, default=200, help="one-point tasks for the overhead")
     p.add_argument("--cold-cache", action="store_true",
@@ -144,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     # Dask's own share of the overhead: the same chunks summed by NumPy, no tape.
     noop = dask_points(a.tasks, 1, tape.n_inputs).sum(axis=0)
     with contextlib.ExitStack() as stack:
-        clusters = [start_cluster(stack, tape, int(w), a.cold_cache)
-                    for w in a.workers.split(",")]
+        clusters = [start_cluster(stack, tape, int(w), s, a.cold_cache)
+                    for s in a.saturation.split(",") for w in a.workers.split(",")]
         print("clusters started", file=sys.stderr, flush=True)
         runs: dict[str, Any] = {
             # t_point: one point on one thread, from a local batch of one task's size.
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": lambda: dask.compute(*graph, scheduler="threads", num_workers=2),
         }
         for client, r in clusters:
-            w = r["workers"]
+            w = r["name"]
             runs[f"cluster{w}"] = lambda c=client: c.compute(graph, sync=True)
             runs[f"tiny{w}"] = lambda c=client: c.compute(tiny, sync=True)
             runs[f"one{w}"] = lambda c=client: c.compute(one, sync=True)
@@ -175,17 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     assert np.allclose(threaded[0], lv, rtol=1e-9) and np.allclose(threaded[1], lg, rtol=1e-9)
     results = []
     for _, r in clusters:
-        w = r["workers"]
-        got = out[f"cluster{w}"]
+        w, k = r["workers"], r["name"]
+        got = out[f"cluster{k}"]
         assert np.array_equal(got[1], threaded[1]), "cluster != threaded scheduler"
         # Worker time per task beyond its one point; the fixed latency of a computation
         # (the one-task run) is not per task.
-        r["overhead_s"] = max(0.0, w * (best[f"tiny{w}"] - best[f"one{w}"]) / (a.tasks - 1)
+        r["overhead_s"] = max(0.0, w * (best[f"tiny{k}"] - best[f"one{k}"]) / (a.tasks - 1)
                               - t_point)
-        r["dask_overhead_s"] = max(0.0, w * (best[f"noop{w}"] - best[f"one{w}"])
+        r["dask_overhead_s"] = max(0.0, w * (best[f"noop{k}"] - best[f"one{k}"])
                                    / (a.tasks - 1))
-        r["seconds"] = best[f"cluster{w}"]
-        r["second_task_s"] = min(r["second_task_s"], best[f"one{w}"])
+        r["seconds"] = best[f"cluster{k}"]
+        r["second_task_s"] = min(r["second_task_s"], best[f"one{k}"])
         results.append(r)
 
     t_local, t_threads = best["local"], best["threads"]
@@ -207,14 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         rate = n_points / r["seconds"]
         model = min(w, cores) * rows / (rows * t_point + o)
         r.update(points_per_s=rate, model_points_per_s=model)
-        print(f"| cluster {w} x 1 | {r['seconds']:.2f} | {rate:,.0f} | {rate / local_rate:.0%} "
-              f"| {model:,.0f} | {model / rate:.2f} |")
+        print(f"| cluster {w} x 1{_label(r)} | {r['seconds']:.2f} | {rate:,.0f} | "
+              f"{rate / local_rate:.0%} | {model:,.0f} | {model / rate:.2f} |")
     print("\n| cluster | first task on a fresh worker | next task | per-task overhead o | "
           "of which Dask alone | o / task at these rows |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         o = r["overhead_s"]
-        print(f"| {r['workers']} x 1 | {r['first_task_s']:.2f} s | "
+        print(f"| {r['workers']} x 1{_label(r)} | {r['first_task_s']:.2f} s | "
               f"{r['second_task_s'] * 1e3:.0f} ms | {o * 1e3:.2f} ms | "
               f"{r['dask_overhead_s'] * 1e3:.2f} ms | {o / (rows * t_point + o):.2%} |")
     if a.json:
@@ -222,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
                   "clusters": results, "rows": rows, "points": n_points, "load": load}
         atomic_write_text(a.json, json.dumps(result, indent=1))
     return 0
+
+
+def _label(r: dict[str, Any]) -> str:
+    """A cluster's scheduler setting, as the tables show it."""
+    s = r["saturation"]
+    return "" if s == "default" else f", saturation {s}"
 
 
 def bench_dask_smoke() -> None:
