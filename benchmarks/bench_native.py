@@ -7,8 +7,9 @@ Usage::
 
 Families: ``random_local``, ``random_uniform``, ``rosenbrock``, ``lennard_jones``, ``chain``
 (:mod:`fasttape.bench.families`).  Prints one Markdown table row per family and size:
-instructions, pieces, compile seconds and microseconds per instruction, loading the same
-object code from the disk cache, and
+instructions, pieces (with the LLVM levels they were compiled at: ``--opt``, else
+:func:`fasttape.native.piece_levels`), compile seconds and microseconds per instruction,
+loading the same object code from the disk cache, and
 ``value_and_grad`` of the native tape and of the interpreter (median of ``R`` alternating
 rounds), with their ratio, the calls after which compiling has paid for itself (compile time
 over the time saved per call), and whether both gave bitwise the same value and gradient.  The
@@ -98,7 +99,8 @@ def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = Non
     # Calls of value_and_grad after which compiling has paid for itself (tiering's rule).
     even = f"{nt.compile_seconds / (ti - tn):.0f}" if tn < ti else "never"
     extra = "" if ddx is None else ddx_cells(family, n, tape, x, repeat, ddx)
-    return (f"| {family} | {m} | {nt.n_pieces} | {nt.compile_seconds:.2f} | "
+    levels = "/".join(str(v) for v in sorted(set(nt.levels)))
+    return (f"| {family} | {m} | {nt.n_pieces} ({levels}) | {nt.compile_seconds:.2f} | "
             f"{1e6 * nt.compile_seconds / m:.0f} | {load:.3f} | {tn * 1e6:.1f} | "
             f"{ti * 1e6:.1f} | {tn / ti:.2f} | {even} | {'yes' if same else 'NO'} |{extra}")
 
@@ -107,15 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1e3,1e4,1e5", help="instruction counts, comma-separated")
     ap.add_argument("--families", default="random_local,rosenbrock")
-    ap.add_argument("--opt", type=int, default=None, help="LLVM level 0-3 (default: by size)")
+    ap.add_argument("--opt", type=int, default=None,
+                    help="LLVM level 0-3 (default: per piece, by size and libm calls)")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--ddx", action="store_true",
                     help="add ddx-ad's LLVM compile time and compiled value+gradient")
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    head = ("| family | instructions | pieces | compile s | compile us/instr | cached load s | "
-            "native vg us | interpreter vg us | ratio | break-even calls | bitwise |")
+    head = ("| family | instructions | pieces (levels) | compile s | compile us/instr | "
+            "cached load s | native vg us | interpreter vg us | ratio | break-even calls | "
+            "bitwise |")
     print(head + (" ddx compile s | ddx vg us |" if args.ddx else ""))
     print("| --- " * (11 + 2 * args.ddx) + "|")
     with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as ddx:

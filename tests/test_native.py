@@ -271,6 +271,57 @@ def test_the_key_covers_content_and_options():
     assert native(a).from_cache
 
 
+# ---------------------------------------------------------------------- levels
+def test_libm_ops_are_the_ops_whose_formulas_call_libm():
+    from fasttape.native.translate import libm_ops
+
+    names = {OPS[c].name for c in libm_ops()}
+    # Directly (sin, exp, pow through **) and through helpers (sigmoid, softplus).
+    assert {"sin", "cos", "exp", "log", "tanh", "atan2", "pow", "powc", "sigmoid",
+            "softplus", "erf"} <= names
+    # Arithmetic, intrinsics (sqrt, floor, abs) and powi's loop of multiplications.
+    assert not names & {"add", "mul", "div", "square", "sqrt", "floor", "abs", "powi",
+                        "fmac", "where", "maximum"}
+
+
+def _mixed_tape(n_sin: int, n_mul: int) -> ft.Tape:
+    """``n_sin`` chained sines, then ``n_mul`` chained products: two kinds of pieces."""
+    ops = [OPS_BY["sin"]] * n_sin + [OPS_BY["mul"]] * n_mul
+    args = [0] + [1 + i for i in range(n_sin - 1)]
+    for i in range(n_mul):
+        args += [n_sin + i, 0]  # slot of the previous result, times the input
+    return ft.Tape.from_arrays(ops=ops, args=args, consts=[], n_inputs=1,
+                               outputs=[n_sin + n_mul])
+
+
+def test_piece_levels_follow_the_share_of_libm_calls():
+    piece_levels = native_tape.piece_levels
+    share = native_tape.LIBM_SHARE_LEVEL0
+    tape = _mixed_tape(300, 700)
+    assert piece_levels(tape.ops, 100) == (0, 0, 0) + (1,) * 7
+    # A piece with a mixed share: level 0 from the threshold up.
+    k = math.ceil(share * 100)
+    assert piece_levels(_mixed_tape(k, 100 - k).ops, 100) == (0,)
+    assert piece_levels(_mixed_tape(k - 1, 101 - k).ops, 100) == (1,)
+    # Above opt_level's size limit, every piece is at level 0; an empty tape has no piece.
+    big = np.full(20_001, OPS_BY["mul"])
+    assert set(piece_levels(big, 2000)) == {0} and len(piece_levels(big, 2000)) == 11
+    assert piece_levels(np.zeros(0, np.int64)) == ()
+
+
+def test_native_compiles_each_piece_at_its_level():
+    tape = _mixed_tape(30, 70)
+    nt = native(tape, piece_size=10, cache_entries=False)
+    assert nt.levels == (0, 0, 0) + (1,) * 7
+    assert_same(tape, nt, np.array([0.7]))
+    # An explicit opt applies to every piece, and is another cache entry than the default.
+    one = native(tape, piece_size=10, opt=1)
+    assert one.levels == (1,) * 10 and not one.from_cache
+    assert not native(tape, piece_size=10).from_cache
+    assert native(tape, piece_size=10).from_cache
+    assert_same(tape, one, np.array([-0.3]))
+
+
 # ---------------------------------------------------------------------- big tapes
 @pytest.mark.slow
 def test_a_big_tape_runs_on_a_default_thread_stack():

@@ -27,13 +27,13 @@ def test_pieces_compiled_in_workers_give_the_same_code():
 def test_a_worker_returns_the_object_code_of_this_process():
     text = machine.header() + 'define double @"f"(double %x) {\n  ret double %x\n}\n'
     here = machine.compile_module(text, 1, with_library=False)
-    (there,) = list(workers.compile_in_workers(iter([text]), 1, 1))
+    (there,) = list(workers.compile_in_workers(iter([(text, 1)]), 1))
     assert here == there
 
 
 def test_a_worker_error_is_raised_here():
     with pytest.raises(RuntimeError, match="native compile worker failed"):
-        list(workers.compile_in_workers(iter(["this is not LLVM IR"]), 0, 1))
+        list(workers.compile_in_workers(iter([("this is not LLVM IR", 0)]), 1))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])

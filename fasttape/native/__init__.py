@@ -9,7 +9,14 @@ disk cache), :mod:`~fasttape.native.tape` (the user-facing object) and
 :mod:`~fasttape.native.tier` (compiling in the background once a tape is hot).
 """
 
-from fasttape.native.tape import DEFAULT_PIECE_SIZE, NativeTape, native, opt_level
+from fasttape.native.tape import (
+    DEFAULT_PIECE_SIZE,
+    NativeTape,
+    native,
+    opt_level,
+    piece_levels,
+)
 from fasttape.native.tier import TieredTape, tiered
 
-__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "TieredTape", "native", "opt_level", "tiered"]
+__all__ = ["DEFAULT_PIECE_SIZE", "NativeTape", "TieredTape", "native", "opt_level",
+           "piece_levels", "tiered"]

@@ -29,8 +29,8 @@ from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
 __all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES",
-           "PARALLEL_PIECES_OPTIMIZED", "MachineCode", "NativeTape", "interpreted", "native",
-           "opt_level"]
+           "PARALLEL_PIECES_OPTIMIZED", "LIBM_SHARE_LEVEL0", "MachineCode", "NativeTape",
+           "interpreted", "native", "opt_level", "piece_levels"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -103,6 +103,36 @@ def opt_level(n_instr: int) -> int:
     return 1 if n_instr <= 20_000 else 0
 
 
+#: Share of a piece's instructions that call libm (:func:`fasttape.native.translate.libm_ops`)
+#: from which :func:`piece_levels` compiles the piece at level 0 even in a small tape.
+LIBM_SHARE_LEVEL0 = 0.2
+
+
+def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple[int, ...]:
+    """The default LLVM optimization level of each piece of a tape with op codes ``ops``.
+
+    :func:`opt_level` by the tape's size; then, in a tape small enough for level 1, level 0
+    for every piece in which at least :data:`LIBM_SHARE_LEVEL0` of the instructions call
+    libm (``sin``, ``exp``, ``tanh`` ...).  Such a piece's time goes to the calls, around
+    which level 1 has little to schedule (a call clobbers every vector register), so level
+    0's code is about as fast, for 2-3x less compile time: at 10,000 instructions, random
+    graphs (35% libm) ran at 0.20x the interpreter's time at level 0 against 0.18x at level
+    1, for 0.49 s of compiling against 1.57 s, while Rosenbrock and Lennard-Jones (no libm)
+    need level 1 (0.57x and 0.54x; level 0 gave 1.19x and 1.03x).  docs/native.md has the
+    measurements.  The forward and the reverse module of a piece get the same level.
+    """
+    n = len(ops)
+    size = int(piece_size)
+    if opt_level(n) == 0:
+        return (0,) * -(-n // size)
+    calls = np.zeros(max(int(np.max(ops, initial=0)) + 1, 1), dtype=bool)
+    codes = [c for c in translate.libm_ops() if c < len(calls)]
+    calls[codes] = True
+    hit = calls[np.asarray(ops, dtype=np.int64)]
+    return tuple(0 if hit[k:k + size].mean() >= LIBM_SHARE_LEVEL0 else 1
+                 for k in range(0, n, size))
+
+
 #: Modules (a forward and a reverse one per piece) from which a tape is compiled in worker
 #: processes by default at level 0 (below, starting them, about a second, costs more than
 #: they save), and at levels 1 to 3.
@@ -110,13 +140,13 @@ PARALLEL_PIECES = 64
 PARALLEL_PIECES_OPTIMIZED = 6
 
 
-def _compile_all(texts: Iterator[str], level: int, processes: int) -> Iterator[bytes]:
-    """Object code of each module text, in order: here, or with ``processes > 1`` in worker
-    processes (:mod:`fasttape.native.workers`)."""
+def _compile_all(jobs: Iterator[tuple[str, int]], processes: int) -> Iterator[bytes]:
+    """Object code of each ``(module text, level)``, in order: here, or with
+    ``processes > 1`` in worker processes (:mod:`fasttape.native.workers`)."""
     if processes > 1:
-        yield from workers.compile_in_workers(texts, level, processes)
+        yield from workers.compile_in_workers(jobs, processes)
         return
-    for text in texts:
+    for text, level in jobs:
         yield machine.compile_module(text, level)
 
 
@@ -128,7 +158,7 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def _key(arrays: dict[str, Any], piece_size: int, levels: tuple[int, int]) -> str:
+def _key(arrays: dict[str, Any], piece_size: int, levels: tuple[int, ...]) -> str:
     h = hashlib.sha256()
     for name in ("ops", "args", "consts", "outputs"):
         a = np.ascontiguousarray(arrays[name])
@@ -159,10 +189,12 @@ class NativeTape:
         Whether the object code came from the disk cache.
     n_pieces : int
         Pieces the tape was cut into (each compiled twice: forward and reverse).
+    levels : tuple of int
+        The LLVM optimization level of each piece (:func:`piece_levels` by default).
     """
 
     def __init__(self, tape: TapeRecord, lay: emit.Layout, objects: list[bytes],
-                 compile_seconds: float, from_cache: bool) -> None:
+                 compile_seconds: float, from_cache: bool, levels: tuple[int, ...]) -> None:
         t = time.perf_counter()
         self._engine = machine.Engine(objects)
         self._value = _VALUE(self._engine.address(f"ft.value.{lay.tag}"))
@@ -174,6 +206,7 @@ class NativeTape:
         self.compile_seconds = compile_seconds
         self.from_cache = from_cache
         self.n_pieces = lay.n_pieces
+        self.levels = levels
         self._n_work = emit.work_size(lay)
         self._local = threading.local()
 
@@ -335,7 +368,8 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     piece_size : int
         Instructions per compiled piece (bounds the compile time and stack of each).
     opt : int, optional
-        LLVM optimization level 0-3 of every piece; default :func:`opt_level`.
+        LLVM optimization level 0-3 of every piece; default by piece,
+        :func:`piece_levels` (by the tape's size and each piece's share of libm calls).
     cache_entries : bool
         Load the object code from the disk cache when an entry matches (tape content, build
         options and machine), and save it there after compiling.
@@ -357,29 +391,32 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
         raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
     arrays = tape.to_arrays()
     n_instr = len(arrays["ops"])
-    level = opt_level(n_instr) if opt is None else opt
-    if isinstance(level, bool) or level not in (0, 1, 2, 3):
+    if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
         raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
-    key = _key(arrays, int(piece_size), (level, 1))
+    levels = (piece_levels(arrays["ops"], int(piece_size)) if opt is None
+              else (int(opt),) * -(-n_instr // int(piece_size)))
+    key = _key(arrays, int(piece_size), (*levels, 1))
     lay = emit.Layout(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
                       int(arrays["n_inputs"]), int(arrays["n_inputs"] + arrays["n_params"]),
                       int(piece_size), key[:16])
     objects = cache.load(key) if cache_entries else None
     if objects is not None:
-        return NativeTape(tape, lay, objects, 0.0, True)
+        return NativeTape(tape, lay, objects, 0.0, True, levels)
     t = time.perf_counter()
     header = machine.header()
     total = emit.n_modules(lay)
     if processes is None:
         # Level 1 and above compile slowly enough (0.1 to 2 ms an instruction) that a few
         # pieces already pay for starting the workers; level 0 needs many.
-        enough = PARALLEL_PIECES if level == 0 else PARALLEL_PIECES_OPTIMIZED
+        enough = PARALLEL_PIECES if max(levels, default=0) == 0 else PARALLEL_PIECES_OPTIMIZED
         processes = (os.cpu_count() or 1) if total >= enough else 1
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a positive int (or None), got {processes!r}")
-    texts = (text for _, text in emit.piece_modules(lay, header))
+    # piece_modules yields the forward modules of pieces 0 .. P-1, then their reverse ones.
+    jobs = ((text, levels[m % lay.n_pieces])
+            for m, (_, text) in enumerate(emit.piece_modules(lay, header)))
     objects = []
-    for n, obj in enumerate(_compile_all(texts, level, min(processes, total))):
+    for n, obj in enumerate(_compile_all(jobs, min(processes, total))):
         objects.append(obj)
         if progress and (n % 50 == 49 or n == total - 1):
             print(f"\rnative: {n + 1}/{total} pieces compiled", end="", file=sys.stderr)
@@ -390,4 +427,4 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     seconds = time.perf_counter() - t
     if cache_entries:
         cache.save(key, objects)
-    return NativeTape(tape, lay, objects, seconds, False)
+    return NativeTape(tape, lay, objects, seconds, False, levels)

@@ -52,6 +52,7 @@ __all__ = [
     "LIBM_FUNCTIONS",
     "UNIT_PARTIALS",
     "forward_name",
+    "libm_ops",
     "libm_symbols",
     "op_library",
     "partial_name",
@@ -136,6 +137,7 @@ class _Library:
         self.module = ir.Module(name="fasttape-ops")
         self.helpers: dict[str, ir.Function] = {}
         self.loops: set[str] = set()  # functions with a loop, themselves or in a helper
+        self.libm: set[str] = set()  # functions that call libm, themselves or in a helper
 
     def declare(self, name: str, n_args: int, readnone: bool = True) -> ir.Function:
         """A libm (or intrinsic) declaration ``double name(double, ...)``."""
@@ -368,6 +370,8 @@ class _Translator:
         fn = self.lib.helper(name)
         if fn.name in self.lib.loops:
             self.lib.loops.add(self.fn.name)
+        if fn.name in self.lib.libm:
+            self.lib.libm.add(self.fn.name)
         return self.b.call(fn, [self.as_double(a) for a in args])
 
     def intrinsic(self, name: str, args: list[ir.Value]) -> ir.Value:
@@ -379,6 +383,7 @@ class _Translator:
         if len(args) != n:
             raise NotImplementedError(f"{name} takes {n} arguments, got {len(args)}")
         fn = self.lib.declare(_LIBM_PREFIX + name, n)
+        self.lib.libm.add(self.fn.name)
         return self.b.call(fn, [self.as_double(a) for a in args])
 
     def binop(self, op: ast.operator, a: ir.Value, c: ir.Value) -> ir.Value:
@@ -435,14 +440,8 @@ class _Translator:
 
 
 @functools.cache
-def op_library() -> tuple[str, frozenset[str]]:
-    """LLVM IR text of every op's forward and partial functions and the helpers they call.
-
-    The functions are external here, so that :mod:`fasttape.native.machine` can optimize the
-    library once and keep them all; it then makes them internal for the pieces, where each is
-    always inlined.  Unit partials (the literal ``1.0`` / ``-1.0``) get no function: the
-    reverse sweep adds or subtracts the adjoint itself, as the interpreter's does.
-    """
+def _library() -> _Library:
+    """Every op's forward and partial functions, translated once per process."""
     lib = _Library()
     for spec in OPS:
         names = ["x", "y", "z"][: spec.arity]
@@ -450,4 +449,33 @@ def op_library() -> tuple[str, frozenset[str]]:
         for j, expr in enumerate(spec.partials):
             if expr not in UNIT_PARTIALS:
                 lib.formula(partial_name(spec, j), [*names, "f"], expr)
+    return lib
+
+
+@functools.cache
+def op_library() -> tuple[str, frozenset[str]]:
+    """LLVM IR text of every op's forward and partial functions and the helpers they call,
+    and the names of those functions that loop (themselves or in a helper).
+
+    The functions are external here, so that :mod:`fasttape.native.machine` can optimize the
+    library once and keep them all; it then makes them internal for the pieces, where each is
+    always inlined.  Unit partials (the literal ``1.0`` / ``-1.0``) get no function: the
+    reverse sweep adds or subtracts the adjoint itself, as the interpreter's does.
+    """
+    lib = _library()
     return str(lib.module), frozenset(lib.loops)
+
+
+@functools.cache
+def libm_ops() -> frozenset[int]:
+    """Op codes whose forward function or a partial calls libm (``sin``, ``exp``, ``x ** y``
+    ...), directly or in a helper: the ops whose native code is dominated by a call.
+
+    Derived from the translation itself, so a new op row is classified without a list to
+    keep.  :func:`fasttape.native.tape.piece_levels` picks optimization levels from it.
+    """
+    lib = _library()
+    return frozenset(
+        code for code, spec in enumerate(OPS)
+        if forward_name(spec) in lib.libm
+        or any(partial_name(spec, j) in lib.libm for j in range(len(spec.partials))))

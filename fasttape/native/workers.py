@@ -90,15 +90,16 @@ class _Worker:
             self.proc.wait()
 
 
-def compile_in_workers(texts: Iterator[str], level: int, processes: int) -> Iterator[bytes]:
-    """Object code of each module text, in order, compiled by ``processes`` workers; at most
-    two texts per worker in flight, so a large tape's texts are never all in memory."""
+def compile_in_workers(jobs: Iterator[tuple[str, int]], processes: int) -> Iterator[bytes]:
+    """Object code of each ``(module text, level)``, in order, compiled by ``processes``
+    workers; at most two texts per worker in flight, so a large tape's texts are never all
+    in memory."""
     idle: queue.Queue[_Worker] = queue.Queue()
     workers = [_Worker() for _ in range(processes)]
     for w in workers:
         idle.put(w)
 
-    def run(text: str) -> bytes:
+    def run(text: str, level: int) -> bytes:
         w = idle.get()
         try:
             return w.compile(text, level)
@@ -108,8 +109,8 @@ def compile_in_workers(texts: Iterator[str], level: int, processes: int) -> Iter
     try:
         with ThreadPoolExecutor(processes) as pool:
             window: deque[Future[bytes]] = deque()
-            for text in texts:
-                window.append(pool.submit(run, text))
+            for text, level in jobs:
+                window.append(pool.submit(run, text, level))
                 if len(window) >= 2 * processes:
                     yield window.popleft().result()
             while window:
