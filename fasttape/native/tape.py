@@ -91,7 +91,8 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def opt_level(n_instr: int) -> int:
-    """LLVM optimization level of the pieces of a tape of ``n_instr`` instructions.
+    """LLVM optimization level of the pieces of a tape of ``n_instr`` instructions, by size
+    alone (:func:`piece_levels`, the default, also compiles pieces of libm calls at 0).
 
     Every level gives bitwise the same results (no fast-math, no contraction): the level only
     trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
