@@ -307,6 +307,9 @@ def test_piece_levels_follow_the_share_of_libm_calls():
     big = np.full(20_001, OPS_BY["mul"])
     assert set(piece_levels(big, 2000)) == {0} and len(piece_levels(big, 2000)) == 11
     assert piece_levels(np.zeros(0, np.int64)) == ()
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="piece_size must be a positive int"):
+            piece_levels(tape.ops, bad)
 
 
 def test_native_compiles_each_piece_at_its_level():

@@ -122,6 +122,9 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple
     need level 1 (0.57x and 0.54x; level 0 gave 1.19x and 1.03x).  docs/native.md has the
     measurements.  The forward and the reverse module of a piece get the same level.
     """
+    if isinstance(piece_size, bool) or not isinstance(piece_size, (int, np.integer)) \
+            or piece_size < 1:
+        raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
     n = len(ops)
     size = int(piece_size)
     if opt_level(n) == 0:
