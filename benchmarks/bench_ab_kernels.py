@@ -23,6 +23,9 @@ Cases, comma-separated:
     has a plan (``fasttape.passes.reuse``).
 ``hvp:<family>:<nodes>``
     one-point value, gradient and 4 Hessian-vector products (the tangent kernels).
+``vjp:<family>:<nodes>``
+    one-point ``tape.vjp`` with one random weight per output, through the kernel it calls:
+    ``vjp_driver``, or, in a revision without it, ``cotangent_driver`` with one direction.
 ``tensor:<family>:<size>``
     a tensor tape's ``value_and_grad`` kernel (``kernels/tensor.py``) on a ``-vec`` family of
     ``fasttape bench`` at that size (variables, atoms or samples); every product through
@@ -177,6 +180,26 @@ def hvp_case(family: str, nodes: float, k: int) -> tuple[str, ft.Tape, Callable[
     return f"hvp {family} ({len(t.ops):,} instr., {k} directions)", t, run
 
 
+def vjp_case(family: str, nodes: float) -> tuple[str, ft.Tape, Callable[[dict], Any]]:
+    """A one-point vector-Jacobian product runner ``run(modules) -> (values, vjp)``."""
+    case = build_case(family, int(nodes))
+    t, x = case.tape, case.x
+    w = np.random.default_rng(0).standard_normal(t.n_outputs)
+    vals, out, res = np.empty(t.n_slots), np.empty(t.n_outputs), np.empty(t.n_inputs)
+    parts, adj, adj1 = np.empty(t.n_edges), np.zeros(t.n_slots), np.zeros((t.n_slots, 1))
+
+    def run(mods: dict) -> Any:
+        k = mods["tangent"]
+        if hasattr(k, "vjp_driver"):
+            k.vjp_driver(t.ops, t.args, t.consts, t.outputs, x, w, vals, parts, adj, out, res)
+        else:
+            k.cotangent_driver(t.ops, t.args, t.consts, t.outputs, x, w.reshape(-1, 1), False,
+                               vals, adj1, out, res.reshape(-1, 1))
+        return out.copy(), res.copy()
+
+    return f"vjp {family} ({len(t.ops):,} instr., {t.n_outputs} outputs)", t, run
+
+
 def tensor_case(family: str, size: float) -> tuple[str, int, Callable[[dict], Any]]:
     """A tensor tape's value_and_grad kernel ``run(modules) -> (values, adjoints)`` through
     the tape's public arrays, and its element count (the unit of the figures)."""
@@ -240,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                                            ns.repeat, 1)
                     rows.append((label + (", flushed" if flush else ", IEEE"), "ns/instr/point",
                                  a, b, per, same))
-            elif parts[0] in ("single", "hvp") and len(parts) == 3:
-                make = single_case if parts[0] == "single" else (
-                    lambda f, n: hvp_case(f, n, 4))
+            elif parts[0] in ("single", "hvp", "vjp") and len(parts) == 3:
+                make = {"single": single_case, "vjp": vjp_case,
+                        "hvp": lambda f, n: hvp_case(f, n, 4)}[parts[0]]
                 label, tape, run1 = make(parts[1], float(parts[2]))
                 calls = max(1, 4_000_000 // len(tape.ops))  # about 0.1 s per sample
                 a, b, same = alternate(lambda r=run1: r(old), lambda r=run1: r(NEW),
@@ -258,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, "ns/slot", a, b, 1e9 / n_slots, same))
             else:
                 p.error(f"bad case {spec!r}: batch:<family>[:<nodes>], single:<family>:<nodes>, "
-                        "hvp:<family>:<nodes> or tensor:<family>:<size>")
+                        "hvp:<family>:<nodes>, vjp:<family>:<nodes> or tensor:<family>:<size>")
     print(f"# kernels of {ns.rev} (old) vs the work tree (new); {ns.repeat} rounds, alternating")
     print("| case | unit | old best | new best | old median | new median | old/new | bitwise |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -241,14 +241,13 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
             [r[1] for r in res], len(xb), (tape.n_inputs,))
     xin = _point(tape, x)
     win = _vector(w, m, "w", "vjp", "one weight per output")
-    adj = _buf(tape, "adj", (tape.n_slots, 1), zero=True)
     out = np.empty(m)
-    res = np.empty((tape.n_inputs, 1))
-    _k.cotangent_driver(
-        tape.ops, tape.args, tape.consts, tape.outputs, xin, win.reshape(-1, 1), False,
-        _vals(tape), adj, out, res,
-    )
-    return _result(out, m), res[:, 0].copy()
+    res = np.empty(tape.n_inputs)
+    parts = _buf(tape, "vjp_parts", (len(tape.args),))
+    adj = _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
+    _k.vjp_driver(tape.ops, tape.args, tape.consts, tape.outputs, xin, win, _vals(tape),
+                  parts, adj, out, res)
+    return _result(out, m), res
 
 
 def jacobian(

@@ -16,6 +16,9 @@ Kernels.
 ``reverse_vec``
     reverse sweep with ``K`` cotangents ``adj[s, d]`` (vector-Jacobian products), partials
     recomputed from the values.
+``vjp_driver``
+    one cotangent (a vector-Jacobian product): the gradient's stored sweeps
+    (:mod:`fasttape.kernels.sweep`) with every output seeded by its weight.
 ``reverse_hvp``
     forward-over-reverse: the gradient adjoint ``adj[s]`` (one per slot, shared by every
     direction) and its ``K`` tangents ``adjdot[s, d]``, using the table's second partials
@@ -48,7 +51,7 @@ from fasttape.kernels.dispatch import (
     value_and_partials,
 )
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.sweep import forward_values, load_inputs
+from fasttape.kernels.sweep import forward_partials, forward_values, load_inputs, reverse_stored
 
 __all__ = [
     "cotangent_driver",
@@ -59,6 +62,7 @@ __all__ = [
     "reverse_step",
     "reverse_vec",
     "tangent_driver",
+    "vjp_driver",
 ]
 
 
@@ -375,6 +379,33 @@ def cotangent_driver(ops, args, consts, outputs, xin, w, identity, vals, adj, ou
                     res[i, d] = adj[i, d]
         for i in range(n_pre):
             _clear_row(adj, i)
+
+
+@kernel
+def vjp_driver(ops, args, consts, outputs, xin, w, vals, parts, adj, out, res):
+    # pragma: no cover (jitted)
+    """Outputs into ``out`` and ``sum_j w[j] * grad(output j)`` into ``res``.
+
+    One cotangent, so the gradient's stored sweeps serve (partials stored in the forward
+    sweep, read by the reverse one): about 1.4x faster than :func:`cotangent_driver` with
+    ``K = 1``, whose reverse sweep recomputes every partial and runs a direction loop per
+    edge (docs/derivatives.md).  Each
+    output's adjoint is seeded with its weight (``adj[outputs[j]] += w[j]``, so repeated
+    outputs add); then the reverse sweep applies exactly :func:`reverse_vec`'s rules and
+    order, so the result is bitwise the same.  ``parts`` has ``len(args)`` entries; ``adj``
+    (shape ``(n_slots,)``) must be zero on entry and is zero again on exit.
+    """
+    forward_partials(ops, args, consts, xin, vals, parts)
+    n_in = xin.shape[0]
+    n_pre = n_in + consts.shape[0]
+    for j in range(outputs.shape[0]):
+        out[j] = vals[outputs[j]]
+        adj[outputs[j]] += w[j]
+    reverse_stored(ops, args, parts, adj, n_pre)
+    for i in range(n_in):
+        res[i] = adj[i]
+    for i in range(n_pre):
+        adj[i] = 0.0
 
 
 @kernel
