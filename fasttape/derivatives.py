@@ -243,7 +243,8 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
     win = _vector(w, m, "w", "vjp", "one weight per output")
     out = np.empty(m)
     res = np.empty(tape.n_inputs)
-    parts = _buf(tape, "vjp_parts", (len(tape.args),))
+    # A lean tape's vjp stores no partials either (its memory is what lean mode is for).
+    parts = None if tape.grad_mode == "lean" else _buf(tape, "vjp_parts", (len(tape.args),))
     adj = _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
     _k.vjp_driver(tape.ops, tape.args, tape.consts, tape.outputs, xin, win, _vals(tape),
                   parts, adj, out, res)

@@ -34,6 +34,7 @@ __all__ = [
     "ALL_PARTIALS_MAX_EDGES",
     "PREFETCH_ARGS",
     "PREFETCH_MIN_SLOTS",
+    "collect_grad",
     "forward_partials",
     "forward_values",
     "load_inputs",

@@ -51,7 +51,14 @@ from fasttape.kernels.dispatch import (
     value_and_partials,
 )
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.sweep import forward_partials, forward_values, load_inputs, reverse_stored
+from fasttape.kernels.sweep import (
+    collect_grad,
+    forward_partials,
+    forward_values,
+    load_inputs,
+    reverse_lean,
+    reverse_stored,
+)
 
 __all__ = [
     "cotangent_driver",
@@ -392,20 +399,24 @@ def vjp_driver(ops, args, consts, outputs, xin, w, vals, parts, adj, out, res):
     edge (docs/derivatives.md).  Each
     output's adjoint is seeded with its weight (``adj[outputs[j]] += w[j]``, so repeated
     outputs add); then the reverse sweep applies exactly :func:`reverse_vec`'s rules and
-    order, so the result is bitwise the same.  ``parts`` has ``len(args)`` entries; ``adj``
-    (shape ``(n_slots,)``) must be zero on entry and is zero again on exit.
+    order, so the result is bitwise the same.  ``parts`` has ``len(args)`` entries, or is
+    None for a lean tape (partials recomputed, no per-edge memory, as its gradient does);
+    ``adj`` (shape ``(n_slots,)``) must be zero on entry and is zero again on exit.
     """
-    forward_partials(ops, args, consts, xin, vals, parts)
+    if parts is None:
+        forward_values(ops, args, consts, xin, vals)
+    else:
+        forward_partials(ops, args, consts, xin, vals, parts)
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
     for j in range(outputs.shape[0]):
         out[j] = vals[outputs[j]]
         adj[outputs[j]] += w[j]
-    reverse_stored(ops, args, parts, adj, n_pre)
-    for i in range(n_in):
-        res[i] = adj[i]
-    for i in range(n_pre):
-        adj[i] = 0.0
+    if parts is None:
+        reverse_lean(ops, args, vals, adj, n_pre)
+    else:
+        reverse_stored(ops, args, parts, adj, n_pre)
+    collect_grad(adj, n_in, n_pre, res)
 
 
 @kernel
