@@ -12,7 +12,10 @@ It prints, for ``random_local(nodes, window=100, n_inputs=100)``:
 - the Jacobian of a 100-output tape (m = n = 100) in vector mode against one sweep per
   direction (``chunk=1``), forward and reverse (target: vector >= 3x faster);
 - the Hessian for n = 100 and n = 1000 inputs, and for a dense Hessian (every input interacts),
-  in vector mode against ``chunk=1`` (target: >= 3x faster at n = 100).
+  in vector mode against ``chunk=1`` (target: >= 3x faster at n = 100);
+- batches of 4,000 points of ``random_local(300, n_inputs=5)`` and ``random_local(3000,
+  n_inputs=20)``: jvp, vjp and hvp on the batch (one kernel looping over the points) against
+  a Python loop of single-point calls.
 
 Each figure is the median over ``--repeat`` rounds of the best of a few calls; within a
 round the compared calls run back to back, so the ratios are taken under the same load.  No
@@ -41,6 +44,11 @@ from fasttape.bench.timing import median_times  # noqa: E402
 def _rounds(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     """Median seconds per call over ``repeat`` interleaved rounds, each sample >= 50 ms."""
     return median_times(fns, repeat, min_sample=0.05)
+
+
+def _each(fn: Callable[..., object], xs: np.ndarray, vs: np.ndarray) -> list[object]:
+    """``fn`` called point by point from Python: what a batch call replaces."""
+    return [fn(x, v) for x, v in zip(xs, vs, strict=True)]
 
 
 def _multi_output(tape: ft.Tape, m: int) -> ft.Tape:
@@ -131,6 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     }, args.repeat)
     _line("one sweep pair per direction / vector", t, "one", "vec", "(target >= 3x)")
     _line("vector Hessian / value_and_grad", t, "vec", "vg")
+
+    for nodes, n_in in ((300, 5), (3000, 20)):
+        bt = random_local(nodes, window=100, n_inputs=n_in, seed=3)
+        rng = np.random.default_rng(3)
+        xb = rng.uniform(0.1, 0.9, (4000, n_in))
+        vb = rng.standard_normal((4000, n_in))
+        wb = rng.standard_normal((4000, bt.n_outputs))
+        print(f"batches of 4,000 points, random_local({nodes}, n_inputs={n_in})")
+        t = _rounds({
+            "jvp": lambda bt=bt, xb=xb, vb=vb: bt.jvp(xb, vb),
+            "jvp_1": lambda bt=bt, xb=xb, vb=vb: _each(bt.jvp, xb, vb),
+            "vjp": lambda bt=bt, xb=xb, wb=wb: bt.vjp(xb, wb),
+            "vjp_1": lambda bt=bt, xb=xb, wb=wb: _each(bt.vjp, xb, wb),
+            "hvp": lambda bt=bt, xb=xb, vb=vb: bt.hvp(xb, vb),
+            "hvp_1": lambda bt=bt, xb=xb, vb=vb: _each(bt.hvp, xb, vb),
+        }, args.repeat)
+        for op in ("jvp", "vjp", "hvp"):
+            _line(f"{op}: loop of single points / batch", t, f"{op}_1", op)
     return 0
 
 

@@ -94,6 +94,22 @@ def _rows(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> list[np
     return [one] * b
 
 
+def _row_block(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> np.ndarray:
+    """Per-point vectors for a batch of ``b`` points, ``v`` of shape (n,) or (b, n), as one
+    C-contiguous float64 array of shape (b, n), checked as a whole (as :func:`_rows`)."""
+    if np.ndim(v) == 2:
+        arr = np.asarray(v)
+        if arr.shape != (b, n):
+            raise ValueError(
+                f"{what}: with a batch of {b} points, {name} must have shape ({n},) or "
+                f"({b}, {n}); got shape {arr.shape}"
+            )
+        return np.ascontiguousarray(real_array(arr, f"{what}: {name}", traced_hint=False),
+                                    dtype=np.float64)
+    one = _vector(v, n, name, what, size_of)
+    return np.ascontiguousarray(np.broadcast_to(one, (b, n)))
+
+
 def _stack(results: list[Any], b: int, shape: tuple[int, ...]) -> np.ndarray:
     """Stack per-point results (floats or arrays of ``shape``) into shape (b, *shape)."""
     out = np.empty((b, *shape))
@@ -187,17 +203,16 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
     if joined is not None:
         full, xp = joined
         return jvp(full, xp, _pad(v, xp, tape.n_inputs, tape.n_params, "v", "jvp"))
+    m = tape.n_outputs
     xb = _batch(tape, x, "jvp")
     if xb is not None:
-        res = [jvp(tape, xi, vi) for xi, vi in zip(
-            xb, _rows(v, len(xb), tape.n_inputs, "v", "jvp", "one entry per input"),
-            strict=True)]
-        shape = () if tape.n_outputs == 1 else (tape.n_outputs,)
-        return _stack([r[0] for r in res], len(xb), shape), _stack(
-            [r[1] for r in res], len(xb), shape)
+        vb = _row_block(v, len(xb), tape.n_inputs, "v", "jvp", "one entry per input")
+        out, outdot = np.empty((len(xb), m)), np.empty((len(xb), m))
+        _k.jvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, xb, vb, _vals(tape),
+                    _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
+        return (out[:, 0].copy(), outdot[:, 0].copy()) if m == 1 else (out, outdot)
     xin = _point(tape, x)
     vin = _vector(v, tape.n_inputs, "v", "jvp", "one entry per input")
-    m = tape.n_outputs
     tan = _buf(tape, "tan", (tape.n_slots, 1))
     out = np.empty(m)
     outdot = np.empty((m, 1))
@@ -232,20 +247,20 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
         val, g = vjp(full, xp, w)
         return val, g[..., : tape.n_inputs].copy()
     m = tape.n_outputs
+    # A lean tape's vjp stores no partials either (its memory is what lean mode is for).
+    parts = None if tape.grad_mode == "lean" else _buf(tape, "vjp_parts", (len(tape.args),))
+    adj = _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
     xb = _batch(tape, x, "vjp")
     if xb is not None:
-        res = [vjp(tape, xi, wi) for xi, wi in zip(
-            xb, _rows(w, len(xb), m, "w", "vjp", "one weight per output"), strict=True)]
-        shape = () if m == 1 else (m,)
-        return _stack([r[0] for r in res], len(xb), shape), _stack(
-            [r[1] for r in res], len(xb), (tape.n_inputs,))
+        wb = _row_block(w, len(xb), m, "w", "vjp", "one weight per output")
+        out, res = np.empty((len(xb), m)), np.empty((len(xb), tape.n_inputs))
+        _k.vjp_rows(tape.ops, tape.args, tape.consts, tape.outputs, xb, wb, _vals(tape),
+                    parts, adj, out, res)
+        return (out[:, 0].copy() if m == 1 else out), res
     xin = _point(tape, x)
     win = _vector(w, m, "w", "vjp", "one weight per output")
     out = np.empty(m)
     res = np.empty(tape.n_inputs)
-    # A lean tape's vjp stores no partials either (its memory is what lean mode is for).
-    parts = None if tape.grad_mode == "lean" else _buf(tape, "vjp_parts", (len(tape.args),))
-    adj = _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
     _k.vjp_driver(tape.ops, tape.args, tape.consts, tape.outputs, xin, win, _vals(tape),
                   parts, adj, out, res)
     return _result(out, m), res
@@ -380,9 +395,12 @@ def hvp(
     xb = _batch(tape, x, "hvp")
     if xb is not None:
         which = tape.output_index(output)
-        rows = _rows(v, len(xb), tape.n_inputs, "v", "hvp", "one entry per input")
-        return _stack([value_grad_hvp(tape, xi, vi, output=which)[2]
-                       for xi, vi in zip(xb, rows, strict=True)], len(xb), (tape.n_inputs,))
+        vb = _row_block(v, len(xb), tape.n_inputs, "v", "hvp", "one entry per input")
+        tan, adj, adjdot = _hvp_buffers(tape, 1)
+        out = np.empty((len(xb), tape.n_inputs))
+        _k.hvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, which, xb, vb,
+                    _vals(tape), tan, adj, adjdot, np.empty(tape.n_inputs), out)
+        return out
     return value_grad_hvp(tape, x, v, output=output)[2]
 
 

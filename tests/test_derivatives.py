@@ -91,6 +91,17 @@ def test_vjp_is_bitwise_the_vector_reverse_sweep(case, data):
     assert np.array_equal(bits(val), bits(out))
     # The work arrays are clean again: a second call gives the same bits.
     assert np.array_equal(bits(tape.vjp(x, w)[1]), bits(vj))
+    # A batch runs the same kernel on each row (in one loop): the same bits, row by row.
+    xb = np.stack([np.asarray(x, float), np.asarray(x, float)[::-1].copy()])
+    wb = np.stack([w, -w])
+    vb_val, vb = tape.vjp(xb, wb)
+    for i in range(2):
+        val_i, vj_i = tape.vjp(xb[i], wb[i])
+        assert np.array_equal(bits(vb[i]), bits(vj_i)) and np.array_equal(bits(vb_val[i]),
+                                                                          bits(val_i))
+        assert np.array_equal(bits(tape.jvp(xb, xb)[1][i]), bits(tape.jvp(xb[i], xb[i])[1]))
+        if tape.n_outputs == 1:
+            assert np.array_equal(bits(tape.hvp(xb, xb)[i]), bits(tape.hvp(xb[i], xb[i])))
 
 
 _SINGLE: dict = {}

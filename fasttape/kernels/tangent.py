@@ -65,11 +65,14 @@ __all__ = [
     "evaluate_instruction",
     "forward_tangent",
     "hvp_driver",
+    "hvp_rows",
+    "jvp_rows",
     "reverse_hvp",
     "reverse_step",
     "reverse_vec",
     "tangent_driver",
     "vjp_driver",
+    "vjp_rows",
 ]
 
 
@@ -420,6 +423,30 @@ def vjp_driver(ops, args, consts, outputs, xin, w, vals, parts, adj, out, res):
 
 
 @kernel
+def jvp_rows(ops, args, consts, outputs, X, V, vals, tan, out, outdot):
+    # pragma: no cover (jitted)
+    """One JVP per row of a batch: :func:`tangent_driver` at ``X[b]`` along ``V[b]``, the
+    values into ``out[b]`` and the tangents into ``outdot[b]`` (shapes ``(B, n_inputs)`` and
+    ``(B, n_outputs)``), so the results are bitwise those of single-point calls.  ``tan`` has
+    shape ``(n_slots, 1)``.  One loop here instead of one Python call per row."""
+    n = X.shape[1]
+    m = outputs.shape[0]
+    for b in range(X.shape[0]):
+        tangent_driver(ops, args, consts, outputs, X[b], V[b].reshape((n, 1)), False, vals,
+                       tan, out[b], outdot[b].reshape((m, 1)))
+
+
+@kernel
+def vjp_rows(ops, args, consts, outputs, X, W, vals, parts, adj, out, res):
+    # pragma: no cover (jitted)
+    """One VJP per row of a batch: :func:`vjp_driver` at ``X[b]`` with the weights ``W[b]``,
+    the values into ``out[b]`` and the products into ``res[b]``; bitwise single-point calls.
+    The buffers are :func:`vjp_driver`'s, shared by the rows (``adj`` is clean after each)."""
+    for b in range(X.shape[0]):
+        vjp_driver(ops, args, consts, outputs, X[b], W[b], vals, parts, adj, out[b], res[b])
+
+
+@kernel
 def hvp_driver(ops, args, consts, outputs, which, xin, xdot, identity, vals, tan, adj, adjdot,
                grad, res):
     """Value, gradient and Hessian-vector products of output ``which`` (forward-over-reverse).
@@ -459,3 +486,15 @@ def hvp_driver(ops, args, consts, outputs, which, xin, xdot, identity, vals, tan
                     res[i, j] = c
                     res[j, i] = c
     return vals[outputs[which]]
+
+
+@kernel
+def hvp_rows(ops, args, consts, outputs, which, X, V, vals, tan, adj, adjdot, grad, out):
+    # pragma: no cover (jitted)
+    """One Hessian-vector product per row of a batch: :func:`hvp_driver` at ``X[b]`` along
+    ``V[b]`` into ``out[b]`` (shape ``(B, n_inputs)``), bitwise single-point calls; ``tan``
+    and ``adjdot`` have shape ``(n_slots, 1)``, ``grad`` ``(n_inputs,)`` (overwritten)."""
+    n = X.shape[1]
+    for b in range(X.shape[0]):
+        hvp_driver(ops, args, consts, outputs, which, X[b], V[b].reshape((n, 1)), False, vals,
+                   tan, adj, adjdot, grad, out[b].reshape((n, 1)))
