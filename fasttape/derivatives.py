@@ -62,8 +62,9 @@ _BUFFER_BYTES = 64 * 2**20
 
 # ------------------------------------------------------------------ validation
 def _point(tape: TapeRecord, x: Any) -> np.ndarray:
-    """``x`` as one point (validated by the tape, same errors as ``Tape.value``)."""
-    return tape.as_input(x)
+    """``x`` as one point (validated by the tape, same errors as ``Tape.value``), writable
+    (see :func:`_vector`)."""
+    return _writable(tape.as_input(x))
 
 
 def _batch(tape: TapeRecord, x: Any, what: str) -> np.ndarray | None:
@@ -95,8 +96,12 @@ def _rows(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> list[np
 
 
 def _row_block(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> np.ndarray:
-    """Per-point vectors for a batch of ``b`` points, ``v`` of shape (n,) or (b, n), as one
-    C-contiguous float64 array of shape (b, n), checked as a whole (as :func:`_rows`)."""
+    """Per-point vectors for a batch of ``b`` points, ``v`` of shape (n,) or (b, n), as a new
+    C-contiguous float64 array of shape (b, n), checked as a whole (as :func:`_rows`).
+
+    Always a writable copy: the row kernels are compiled for writable arrays (a read-only
+    one, a dask block say, would be another compilation, or refused where a driver's other
+    branch writes its directions)."""
     if np.ndim(v) == 2:
         arr = np.asarray(v)
         if arr.shape != (b, n):
@@ -104,10 +109,14 @@ def _row_block(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> np
                 f"{what}: with a batch of {b} points, {name} must have shape ({n},) or "
                 f"({b}, {n}); got shape {arr.shape}"
             )
-        return np.ascontiguousarray(real_array(arr, f"{what}: {name}", traced_hint=False),
-                                    dtype=np.float64)
-    one = _vector(v, n, name, what, size_of)
-    return np.ascontiguousarray(np.broadcast_to(one, (b, n)))
+        return np.array(real_array(arr, f"{what}: {name}", traced_hint=False),
+                        dtype=np.float64, order="C")
+    return np.tile(_vector(v, n, name, what, size_of), (b, 1))
+
+
+def _writable(xb: np.ndarray) -> np.ndarray:
+    """A batch the row kernels take: ``xb`` itself, or a copy if it is read-only."""
+    return xb if xb.flags.writeable else xb.copy()
 
 
 def _stack(results: list[Any], b: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -125,7 +134,9 @@ def _vector(v: Any, n: int, name: str, what: str, size_of: str) -> np.ndarray:
         raise ValueError(
             f"{what}: {name} must have shape ({n},) ({size_of}); got shape {arr.shape}"
         )
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    # Writable, like the kernels' other arrays: a read-only one (a dask block, a broadcast)
+    # would type the drivers' direction arguments read-only, which their other branches write.
+    return _writable(np.ascontiguousarray(arr, dtype=np.float64))
 
 
 def _chunk(chunk: Any, n_dirs: int, n_slots: int, buffers: int) -> int:
@@ -208,7 +219,8 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
     if xb is not None:
         vb = _row_block(v, len(xb), tape.n_inputs, "v", "jvp", "one entry per input")
         out, outdot = np.empty((len(xb), m)), np.empty((len(xb), m))
-        _k.jvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, xb, vb, _vals(tape),
+        _k.jvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), vb,
+                    _vals(tape),
                     _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
         return (out[:, 0].copy(), outdot[:, 0].copy()) if m == 1 else (out, outdot)
     xin = _point(tape, x)
@@ -254,8 +266,8 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
     if xb is not None:
         wb = _row_block(w, len(xb), m, "w", "vjp", "one weight per output")
         out, res = np.empty((len(xb), m)), np.empty((len(xb), tape.n_inputs))
-        _k.vjp_rows(tape.ops, tape.args, tape.consts, tape.outputs, xb, wb, _vals(tape),
-                    parts, adj, out, res)
+        _k.vjp_rows(tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), wb,
+                    _vals(tape), parts, adj, out, res)
         return (out[:, 0].copy() if m == 1 else out), res
     xin = _point(tape, x)
     win = _vector(w, m, "w", "vjp", "one weight per output")
@@ -398,8 +410,8 @@ def hvp(
         vb = _row_block(v, len(xb), tape.n_inputs, "v", "hvp", "one entry per input")
         tan, adj, adjdot = _hvp_buffers(tape, 1)
         out = np.empty((len(xb), tape.n_inputs))
-        _k.hvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, which, xb, vb,
-                    _vals(tape), tan, adj, adjdot, np.empty(tape.n_inputs), out)
+        _k.hvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, which, _writable(xb),
+                    vb, _vals(tape), tan, adj, adjdot, np.empty(tape.n_inputs), out)
         return out
     return value_grad_hvp(tape, x, v, output=output)[2]
 

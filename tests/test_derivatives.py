@@ -380,6 +380,32 @@ def test_batches_are_the_stacked_single_point_results(tape2):
         tape2.hessian(xb)
 
 
+def test_read_only_arrays_are_accepted_everywhere(tape2):
+    # Regression: a read-only direction (a dask block, a broadcast view) typed the tangent
+    # driver's directions read-only, and Numba refused to compile it (the branch that seeds
+    # unit directions writes them): jvp raised a TypingError instead of answering.
+    def frozen(a):
+        a = np.array(a, dtype=float)
+        a.flags.writeable = False
+        return a
+
+    x, v, w = frozen([0.3, -0.4]), frozen([1.0, 2.0]), frozen([1.0, -1.0])
+    xb, vb, wb = frozen([[0.3, -0.4], [0.1, 0.2]]), frozen([[1.0, 2.0], [0.5, -1.0]]), \
+        frozen([[1.0, -1.0], [2.0, 0.0]])
+    wx, wv, ww = x.copy(), v.copy(), w.copy()
+    assert np.array_equal(tape2.jvp(x, v)[1], tape2.jvp(wx, wv)[1])
+    assert np.array_equal(tape2.vjp(x, w)[1], tape2.vjp(wx, ww)[1])
+    assert np.array_equal(tape2.hvp(x, v, output=0), tape2.hvp(wx, wv, output=0))
+    assert np.array_equal(tape2.jacobian(x), tape2.jacobian(wx))
+    assert np.array_equal(tape2.hessian(x, output=1), tape2.hessian(wx, output=1))
+    for i in range(2):
+        assert np.array_equal(tape2.jvp(xb, vb)[1][i], tape2.jvp(xb[i].copy(), vb[i].copy())[1])
+        assert np.array_equal(tape2.vjp(xb, wb)[1][i], tape2.vjp(xb[i].copy(), wb[i].copy())[1])
+        assert np.array_equal(tape2.vjp(xb, w)[1][i], tape2.vjp(xb[i].copy(), ww)[1])
+        assert np.array_equal(tape2.hvp(xb, v, output=1)[i],
+                              tape2.hvp(xb[i].copy(), wv, output=1))
+
+
 def test_directions_and_cotangents_are_validated(tape2):
     with pytest.raises(ValueError, match=r"jvp: v must have shape \(2,\).*got shape \(3,\)"):
         tape2.jvp([1.0, 2.0], [1.0, 2.0, 3.0])
