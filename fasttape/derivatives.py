@@ -81,23 +81,9 @@ def _batch(tape: TapeRecord, x: Any, what: str) -> np.ndarray | None:
         raise type(exc)(f"{what}: {exc}") from None
 
 
-def _rows(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> list[np.ndarray]:
-    """Per-point vectors for a batch of ``b`` points: ``v`` of shape (n,) or (b, n)."""
-    if np.ndim(v) == 2:
-        arr = np.asarray(v)
-        if arr.shape != (b, n):
-            raise ValueError(
-                f"{what}: with a batch of {b} points, {name} must have shape ({n},) or "
-                f"({b}, {n}); got shape {arr.shape}"
-            )
-        return [_vector(row, n, name, what, size_of) for row in arr]
-    one = _vector(v, n, name, what, size_of)
-    return [one] * b
-
-
 def _row_block(v: Any, b: int, n: int, name: str, what: str, size_of: str) -> np.ndarray:
     """Per-point vectors for a batch of ``b`` points, ``v`` of shape (n,) or (b, n), as a new
-    C-contiguous float64 array of shape (b, n), checked as a whole (as :func:`_rows`).
+    C-contiguous float64 array of shape (b, n), checked as a whole.
 
     Always a writable copy: the row kernels are compiled for writable arrays (a read-only
     one, a dask block say, would be another compilation, or refused where a driver's other
@@ -181,10 +167,8 @@ def _params_call(tape: TapeRecord, x: Any, p: Any) -> tuple[TapeRecord, np.ndarr
 def _pad(v: Any, xp: np.ndarray, n: int, k: int, name: str, what: str) -> np.ndarray:
     """A direction ``v`` over the inputs, checked, with ``k`` zero parameter entries added."""
     if xp.ndim == 2:
-        rows = _rows(v, xp.shape[0], n, name, what, "one entry per input")
         out = np.zeros((xp.shape[0], n + k))
-        for i, r in enumerate(rows):
-            out[i, :n] = r
+        out[:, :n] = _row_block(v, xp.shape[0], n, name, what, "one entry per input")
         return out
     out = np.zeros(n + k)
     out[:n] = _vector(v, n, name, what, "one entry per input")
