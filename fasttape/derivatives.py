@@ -204,8 +204,7 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
         vb = _row_block(v, len(xb), tape.n_inputs, "v", "jvp", "one entry per input")
         out, outdot = np.empty((len(xb), m)), np.empty((len(xb), m))
         _k.jvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), vb,
-                    _vals(tape),
-                    _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
+                    _vals(tape), _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
         return (out[:, 0].copy(), outdot[:, 0].copy()) if m == 1 else (out, outdot)
     xin = _point(tape, x)
     vin = _vector(v, tape.n_inputs, "v", "jvp", "one entry per input")

@@ -399,10 +399,11 @@ def vjp_driver(ops, args, consts, outputs, xin, w, vals, parts, adj, out, res):
     One cotangent, so the gradient's stored sweeps serve (partials stored in the forward
     sweep, read by the reverse one): about 1.4x faster than :func:`cotangent_driver` with
     ``K = 1``, whose reverse sweep recomputes every partial and runs a direction loop per
-    edge (docs/derivatives.md).  Each
-    output's adjoint is seeded with its weight (``adj[outputs[j]] += w[j]``, so repeated
-    outputs add); then the reverse sweep applies exactly :func:`reverse_vec`'s rules and
-    order, so the result is bitwise the same.  ``parts`` has ``len(args)`` entries, or is
+    edge (docs/derivatives.md); and the sweeps are the gradient's compiled ones, so after a
+    first ``value_and_grad`` the first call compiles little.  Each output's adjoint is
+    seeded with its weight (``adj[outputs[j]] += w[j]``, so repeated outputs add); then the
+    reverse sweep applies exactly :func:`reverse_vec`'s rules and order, so the result is
+    bitwise the same.  ``parts`` has ``len(args)`` entries, or is
     None for a lean tape (partials recomputed, no per-edge memory, as its gradient does);
     ``adj`` (shape ``(n_slots,)``) must be zero on entry and is zero again on exit.
     """

@@ -104,6 +104,19 @@ def opt_level(n_instr: int) -> int:
     return 1 if n_instr <= 20_000 else 0
 
 
+def _piece_size(piece_size: Any) -> int:
+    """``piece_size`` checked (a positive int), as an int."""
+    if isinstance(piece_size, bool) or not isinstance(piece_size, (int, np.integer)) \
+            or piece_size < 1:
+        raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
+    return int(piece_size)
+
+
+def _n_pieces(n_instr: int, piece_size: int) -> int:
+    """Pieces of a tape of ``n_instr`` instructions (as ``emit.Layout`` cuts it)."""
+    return -(-n_instr // piece_size)
+
+
 #: Share of a piece's instructions that call libm (:func:`fasttape.native.translate.libm_ops`)
 #: from which :func:`piece_levels` compiles the piece at level 0 even in a small tape.
 LIBM_SHARE_LEVEL0 = 0.2
@@ -122,13 +135,10 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple
     need level 1 (0.57x and 0.54x; level 0 gave 1.19x and 1.03x).  docs/native.md has the
     measurements.  The forward and the reverse module of a piece get the same level.
     """
-    if isinstance(piece_size, bool) or not isinstance(piece_size, (int, np.integer)) \
-            or piece_size < 1:
-        raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
+    size = _piece_size(piece_size)
     n = len(ops)
-    size = int(piece_size)
     if opt_level(n) == 0:
-        return (0,) * -(-n // size)
+        return (0,) * _n_pieces(n, size)
     calls = np.zeros(max(int(np.max(ops, initial=0)) + 1, 1), dtype=bool)
     codes = [c for c in translate.libm_ops() if c < len(calls)]
     calls[codes] = True
@@ -390,19 +400,17 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     -------
     NativeTape
     """
-    if isinstance(piece_size, bool) or not isinstance(piece_size, (int, np.integer)) \
-            or piece_size < 1:
-        raise ValueError(f"piece_size must be a positive int, got {piece_size!r}")
+    piece_size = _piece_size(piece_size)
     arrays = tape.to_arrays()
     n_instr = len(arrays["ops"])
     if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
         raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
-    levels = (piece_levels(arrays["ops"], int(piece_size)) if opt is None
-              else (int(opt),) * -(-n_instr // int(piece_size)))
-    key = _key(arrays, int(piece_size), (*levels, 1))
+    levels = (piece_levels(arrays["ops"], piece_size) if opt is None
+              else (int(opt),) * _n_pieces(n_instr, piece_size))
+    key = _key(arrays, piece_size, (*levels, 1))
     lay = emit.Layout(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
                       int(arrays["n_inputs"]), int(arrays["n_inputs"] + arrays["n_params"]),
-                      int(piece_size), key[:16])
+                      piece_size, key[:16])
     objects = cache.load(key) if cache_entries else None
     if objects is not None:
         return NativeTape(tape, lay, objects, 0.0, True, levels)
