@@ -37,7 +37,8 @@ import numpy as np
 from fasttape.native.translate import UNIT_PARTIALS, forward_name, partial_name
 from fasttape.ops import OPS
 
-__all__ = ["Layout", "driver_module", "n_modules", "piece_modules", "work_size"]
+__all__ = ["Layout", "driver_module", "n_modules", "n_pieces", "piece_modules",
+           "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -90,7 +91,7 @@ class Layout:
         self.n_slots = self.n_pre + self.n_instr
         arity = _ARITY[self.ops]
         self.starts = np.concatenate(([0], np.cumsum(arity)))
-        self.n_pieces = -(-self.n_instr // self.piece_size)
+        self.n_pieces = n_pieces(self.n_instr, self.piece_size)
         # last_piece[p]: the highest piece whose reverse sweep adds into slot p's adjoint
         # (-1 if none).  Reverse pieces run from the highest down, so piece k starts p's
         # adjoint from w when a higher piece touched it (or p is seeded as an output).
@@ -128,6 +129,11 @@ class Layout:
 
     def rev_name(self, k: int) -> str:
         return f"ft.rev.{self.tag}.{k}"
+
+
+def n_pieces(n_instr: int, piece_size: int) -> int:
+    """How many pieces a tape of ``n_instr`` instructions is cut into."""
+    return -(-n_instr // piece_size)
 
 
 def work_size(lay: Layout) -> int:

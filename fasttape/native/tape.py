@@ -112,11 +112,6 @@ def _piece_size(piece_size: Any) -> int:
     return int(piece_size)
 
 
-def _n_pieces(n_instr: int, piece_size: int) -> int:
-    """Pieces of a tape of ``n_instr`` instructions (as ``emit.Layout`` cuts it)."""
-    return -(-n_instr // piece_size)
-
-
 #: Share of a piece's instructions that call libm (:func:`fasttape.native.translate.libm_ops`)
 #: from which :func:`piece_levels` compiles the piece at level 0 even in a small tape.
 LIBM_SHARE_LEVEL0 = 0.2
@@ -138,7 +133,7 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple
     size = _piece_size(piece_size)
     n = len(ops)
     if opt_level(n) == 0:
-        return (0,) * _n_pieces(n, size)
+        return (0,) * emit.n_pieces(n, size)
     calls = np.zeros(max(int(np.max(ops, initial=0)) + 1, 1), dtype=bool)
     codes = [c for c in translate.libm_ops() if c < len(calls)]
     calls[codes] = True
@@ -406,7 +401,7 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
         raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
     levels = (piece_levels(arrays["ops"], piece_size) if opt is None
-              else (int(opt),) * _n_pieces(n_instr, piece_size))
+              else (int(opt),) * emit.n_pieces(n_instr, piece_size))
     key = _key(arrays, piece_size, (*levels, 1))
     lay = emit.Layout(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
                       int(arrays["n_inputs"]), int(arrays["n_inputs"] + arrays["n_params"]),
