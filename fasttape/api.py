@@ -135,12 +135,13 @@ class Tape(TapeRecord):
         return sparse.SparseJacobian(self)
 
     def sparse_hessian_plan(
-        self, output: int | None = None, *, w: Any = None, coloring: str = "star"
+        self, output: int | None = None, *, w: Any = None, coloring: str = "star",
+        prune: bool = True,
     ) -> sparse.SparseHessian:
         """A reusable :class:`fasttape.sparse.SparseHessian` of one output or of the weighted
-        sum ``w @ outputs``: pattern and coloring (``"star"`` or ``"distance2"``) once, then
-        ``plan(x)`` per point."""
-        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring)
+        sum ``w @ outputs``: pattern, coloring (``"star"`` or ``"distance2"``) and pruning
+        (``prune``) once, then ``plan(x)`` per point."""
+        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring, prune=prune)
 
     def sparse_jacobian(self, x: Any, p: Any = None) -> Any:
         """The Jacobian at ``x`` as a ``scipy.sparse.csr_matrix`` by coloring; builds a plan

@@ -28,10 +28,12 @@ conservative: its pattern is the union of both branches whatever ``c`` selects.
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 import numpy as np
 
+from fasttape.kernels import activity as _ka
 from fasttape.kernels import sparsity as _ks
 from fasttape.kernels.tangent import tangent_driver
 from fasttape.ops import OPS
@@ -61,6 +63,20 @@ def _scipy_sparse() -> Any:
             "(pip install 'fasttape[scipy]' or pip install scipy)"
         ) from None
     return sp
+
+
+def _reads_values(op: Any) -> bool:
+    """Whether ``op``'s partials or second partials read a value: its result ``f``, a
+    differentiable argument, or a non-differentiable one that is not a constant slot
+    (``where``'s condition).  ``mulc``'s ``y`` (a constant) and ``add``'s ``1.0`` read none."""
+    names = ("x", "y", "z")[: op.arity]
+    fixed = set(names[op.ndiff :]) if op.param == "const" else set()
+    read = {"f", *names} - fixed
+    for expr in (*op.partials, *op.second):
+        if any(isinstance(node, ast.Name) and node.id in read
+               for node in ast.walk(ast.parse(expr, mode="eval"))):
+            return True
+    return False
 
 
 def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,6 +134,26 @@ def _weights(tape: TapeRecord, output: int | None, w: Any) -> np.ndarray:
     return np.ascontiguousarray(wv)
 
 
+def _live(tape: TapeRecord, wv: np.ndarray) -> np.ndarray:
+    """The slots that reach an output of nonzero weight through differentiable edges."""
+    arity, ndiff, _ = _op_tables()
+    live = np.zeros(tape.n_slots, np.bool_)
+    live[tape.outputs[wv != 0.0]] = True
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    _ks.reaching(tape.ops, tape.args, arity, ndiff, n_pre, live)
+    return live
+
+
+def hessian_activity(tape: TapeRecord, w: np.ndarray) -> np.ndarray:
+    """The flags of the pruned Hessian sweeps (:mod:`fasttape.kernels.activity`) for the
+    weights ``w`` (checked, one per output): uint8 per slot."""
+    arity, ndiff, nonlin = _op_tables()
+    valdep = np.array([_reads_values(op) for op in OPS], np.bool_)
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    return _ka.hessian_activity(tape.ops, tape.args, arity, ndiff, nonlin, valdep, n_pre,
+                                _live(tape, w))
+
+
 def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None) -> Any:
     """The structural sparsity pattern of a Hessian, ``(n_inputs, n_inputs)``, symmetric.
 
@@ -142,9 +178,7 @@ def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None)
     n = tape.n_inputs
     n_pre = n + tape.n_params + tape.n_consts
     start, length, idx = _ks.index_sets(tape.ops, tape.args, arity, ndiff, n, n_pre)
-    live = np.zeros(tape.n_slots, np.bool_)
-    live[tape.outputs[wv != 0.0]] = True
-    _ks.reaching(tape.ops, tape.args, arity, ndiff, n_pre, live)
+    live = _live(tape, wv)
     rows, cols = _ks.hessian_pairs(tape.ops, tape.args, arity, nonlin, n_pre, live, start,
                                    length, idx)
     indptr, indices = _ks.symmetric_csr(rows, cols, n)
@@ -363,6 +397,13 @@ class SparseHessian(_Plan):
         with nonzero weight; a call may pass other weights, zero wherever these are zero.
     coloring : {"star", "distance2"}, optional
         See the attribute below.
+    prune : bool, optional
+        Skip the parts of the sweeps that cannot change the Hessian (default): values,
+        tangents and adjoints that no second partial reaches, found once from the op table
+        (:mod:`fasttape.kernels.activity`).  The entries are bitwise the same either way;
+        where most of the graph is linear (the constraints of an optimal-control problem)
+        an evaluation costs a fraction of the full sweeps.  ``prune=False`` runs the full
+        sweeps (for comparison).
 
     Attributes
     ----------
@@ -378,13 +419,17 @@ class SparseHessian(_Plan):
     """
 
     def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None,
-                 coloring: str = "star") -> None:
+                 coloring: str = "star", prune: bool = True) -> None:
         if coloring not in HESSIAN_COLORINGS:
             raise ValueError(f"coloring must be one of {HESSIAN_COLORINGS}, got {coloring!r}")
+        if not isinstance(prune, (bool, np.bool_)):
+            raise TypeError(f"prune must be True or False, got {prune!r}")
         self.tape = tape
         self.coloring = coloring
         self.w = _weights(tape, output, w)
         self.pattern = hessian_sparsity(tape, w=self.w)
+        # The pruning flags hold for any call weights: those are zero wherever self.w is.
+        self._active = hessian_activity(tape, self.w) if prune else None
         if coloring == "star":
             self.colors, self.n_colors = star_color(self.pattern)
         else:
@@ -443,7 +488,7 @@ class SparseHessian(_Plan):
             tan = _buf(full, "htan1", (full.n_slots,))
             adjdot = _buf(full, "hadjdot1", (full.n_slots,), zero=True)
             _ks.weighted_hvp1(full.ops, full.args, full.consts, full.outputs, wv, xin, seed,
-                              vals, tan, adj, adjdot, comp.reshape(-1))
+                              vals, tan, adj, adjdot, comp.reshape(-1), self._active)
             return
         for c0, seed in blocks:
             kk = seed.shape[1]
@@ -452,7 +497,7 @@ class SparseHessian(_Plan):
             # One block (up to 32 colors): the sweep writes the compressed matrix itself.
             res = comp if len(blocks) == 1 else np.empty((full.n_inputs, kk))
             _ks.weighted_hvp(full.ops, full.args, full.consts, full.outputs, wv, xin, seed,
-                             vals, tan, adj, adjdot, res)
+                             vals, tan, adj, adjdot, res, self._active)
             if len(blocks) > 1:
                 comp[:, c0 : c0 + kk] = res
 

@@ -281,6 +281,54 @@ def test_random_patterns_cover_dense_derivatives(case, rnd):
             np.testing.assert_allclose(hgot[ok], hess[ok], rtol=1e-12, atol=1e-300)
 
 
+@settings(max_examples=200, deadline=None)
+@given(random_tapes(), st.randoms(use_true_random=False))
+def test_pruned_hessian_sweeps_are_bitwise_the_full_ones(case, rnd):
+    """Activity pruning (kernels/activity.py) skips only exact zeros and unused values: at
+    any point (NaN, inf and signed zeros included) and any weights (zeros included), on
+    both sweep kinds (one color, several), the entries are bitwise the full sweeps'."""
+    tape, x = case
+    m = tape.n_outputs
+    w = np.array([rnd.choice([0.0, -0.0, 1.0, rnd.uniform(-2.0, 2.0)]) for _ in range(m)])
+    w[rnd.randrange(m)] = rnd.uniform(0.5, 2.0)  # at least one output weighted
+    for coloring in sparse.HESSIAN_COLORINGS:
+        full = tape.sparse_hessian_plan(w=w, coloring=coloring, prune=False)
+        pruned = tape.sparse_hessian_plan(w=w, coloring=coloring)
+        points = (x, [rnd.uniform(-3.0, 3.0) for _ in x])
+        # All full sweeps first: the shared work arrays then hold another point's values, so
+        # a value the pruned sweeps need but skipped would show.
+        wants = [full(point, values_only=True) for point in points]
+        for point, want in zip(points, wants, strict=True):
+            got = pruned(point, values_only=True)
+            assert got.tobytes() == want.tobytes(), (coloring, w, point, tape.listing())
+            # Other weights with the same zeros: the flags hold for them too.
+            w2 = np.where(w != 0.0, w * 1.5 - 0.25, 0.0)
+            assert (pruned(point, w=w2, values_only=True).tobytes()
+                    == full(point, w=w2, values_only=True).tobytes())
+
+
+def test_pruning_skips_the_linear_part():
+    """On a mostly linear tape the flags leave most instructions out of every sweep."""
+    n = 50
+
+    def fn(x):
+        lin = [x[i + 1] - 2.0 * x[i] + 0.5 * x[i - 1] for i in range(1, n - 1)]
+        return ft.sum(v * 0.25 for v in lin) + ft.sin(x[0]) * x[1]
+
+    tape = ft.compile(ft.trace(fn, n))
+    flags = sparse.hessian_activity(tape, np.ones(1))
+    from fasttape.kernels.activity import ADJ, TAN, VAL
+
+    ins = flags[tape.n_inputs + tape.n_consts :]
+    n_rev = np.count_nonzero(ins & (ADJ | TAN))
+    n_val = np.count_nonzero(ins & VAL)
+    assert n_rev <= 4 and n_val <= 2, (n_rev, n_val, tape.listing())
+    x = np.random.default_rng(2).normal(size=n)
+    want = tape.hessian(x)
+    got = tape.sparse_hessian_plan()(x).toarray()
+    np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------------- bad input
 def test_bad_inputs_give_clear_errors():
     tape = ft.compile(ft.trace(lambda x: [x[0] * x[1], x[1] + x[2]], 3))

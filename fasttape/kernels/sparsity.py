@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fasttape.kernels.activity import forward_skipped, reverse_skipped, wants_adjoint
 from fasttape.kernels.dispatch import NDIFF, partials_and_second
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.sweep import load_inputs
@@ -310,21 +311,23 @@ def _seed_weights(outputs, w, adj):  # pragma: no cover (jitted)
 
 
 @kernel
-def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res):
-    # pragma: no cover (jitted)
+def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res,
+                 active):  # pragma: no cover (jitted)
     """``sum_j w[j] * H_j(x) @ xdot``: one tangent sweep and one forward-over-reverse sweep.
 
     As ``tangent.hvp_driver`` with ``identity=False``, but the reverse sweep is seeded with
     the weights (``adj[outputs[j]] += w[j]``, zero weights skipped) instead of one unit
     output: the Hessian of a Lagrangian in one sweep pair.  ``adj`` and ``adjdot`` must be
     zero on entry and are zero again on exit; ``res`` has shape ``(n_inputs, K)``.
+    ``active``: :func:`fasttape.kernels.activity.hessian_activity`'s flags (the pruned
+    sweeps, bitwise the same ``res``), or None.
     """
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
     nk = tan.shape[1]
-    forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+    forward_tangent(ops, args, consts, xin, xdot, vals, tan, active)
     _seed_weights(outputs, w, adj)
-    reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre)
+    reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active)
     for i in range(n_in):
         for d in range(nk):
             res[i, d] = adjdot[i, d]
@@ -335,7 +338,8 @@ def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdo
 
 
 @kernel
-def forward_tangent1(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cover (jitted)
+def forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active):
+    # pragma: no cover (jitted)
     """:func:`fasttape.kernels.tangent.forward_tangent` for one direction, ``xdot`` and
     ``tan`` 1-D: the same products in the same order (bitwise its column), without the
     direction loops, whose overhead at ``K = 1`` makes the general sweep 1.5-2x slower."""
@@ -347,6 +351,10 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cov
         tan[i] = 0.0
     k = 0
     for i in range(ops.shape[0]):
+        skipped, k_next = forward_skipped(ops, args, vals, active, n_pre, i, k)
+        if skipped:
+            k = k_next
+            continue
         s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             tan[s] = 0.0
@@ -362,7 +370,7 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cov
 
 
 @kernel
-def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (jitted)
+def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active):  # pragma: no cover
     """:func:`fasttape.kernels.tangent.reverse_hvp` for one direction, ``tan`` and
     ``adjdot`` 1-D: per element the same terms in the same order (``gd * p0``,
     ``g * h00 * t0``, ``g * h01 * t1``, then the same for the second argument), so bitwise
@@ -370,6 +378,8 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover 
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
+        if reverse_skipped(ops, args, vals, adj, active, op, s, k, g):
+            continue
         gd = adjdot[s]
         adjdot[s] = 0.0
         nd = NDIFF[op]
@@ -379,7 +389,7 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover 
         a0 = args[k]
         t0 = tan[a0]
         live = g != 0.0
-        if live and p0 != 0.0:
+        if live and p0 != 0.0 and wants_adjoint(active, a0):
             adj[a0] += g * p0
         u = adjdot[a0]
         u = u + gd * p0 if (p0 != 0.0 and gd != 0.0) else u
@@ -391,7 +401,7 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover 
         t1 = tan[a1]
         u = u + (g * h01) * t1 if (live and h01 != 0.0 and t1 != 0.0) else u
         adjdot[a0] = u  # written before a1 is read: a0 == a1 (x * x) adds up in order
-        if live and p1 != 0.0:
+        if live and p1 != 0.0 and wants_adjoint(active, a1):
             adj[a1] += g * p1
         v = adjdot[a1]
         v = v + gd * p1 if (p1 != 0.0 and gd != 0.0) else v
@@ -401,15 +411,15 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover 
 
 
 @kernel
-def weighted_hvp1(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res):
-    # pragma: no cover (jitted)
+def weighted_hvp1(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res,
+                  active):  # pragma: no cover (jitted)
     """:func:`weighted_hvp` for one direction (``xdot``, ``tan``, ``adjdot``, ``res`` 1-D):
     a compressed Hessian of one color (a diagonal Hessian, say) at about half the cost."""
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
-    forward_tangent1(ops, args, consts, xin, xdot, vals, tan)
+    forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active)
     _seed_weights(outputs, w, adj)
-    reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre)
+    reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active)
     for i in range(n_in):
         res[i] = adjdot[i]
     for i in range(n_pre):

@@ -43,6 +43,7 @@ signed zeros exactly as the scalar ``if``.
 
 from __future__ import annotations
 
+from fasttape.kernels.activity import forward_skipped, reverse_skipped, wants_adjoint
 from fasttape.kernels.dispatch import (
     ARITY,
     NDIFF,
@@ -115,13 +116,16 @@ def evaluate_instruction(ops, args, vals, n_pre, i, k):  # pragma: no cover (jit
 
 
 @kernel
-def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cover (jitted)
+def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
+    # pragma: no cover (jitted)
     """Forward sweep with ``K = tan.shape[1]`` tangent directions.
 
     ``vals`` (shape ``(n_slots,)``) receives every slot's value and ``tan`` (shape
     ``(n_slots, K)``) its derivative along each input direction ``xdot[:, d]``
     (``xdot`` has shape ``(n_inputs, K)``; constants have tangent 0).  A zero tangent
     or a zero partial contributes nothing (module docstring).  No bounds checks.
+    ``active``: the flags of :func:`fasttape.kernels.activity.hessian_activity` (only the
+    ``TAN`` slots get tangents, only the ``VAL`` slots values), or None for every slot.
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
@@ -133,6 +137,10 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan):  # pragma: no cove
         _clear_row(tan, i)
     k = 0
     for i in range(ops.shape[0]):
+        skipped, k_next = forward_skipped(ops, args, vals, active, n_pre, i, k)
+        if skipped:
+            k = k_next
+            continue
         s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             _clear_row(tan, s)
@@ -245,7 +253,8 @@ def reverse_step(ops, adj, n_pre, i, k):  # pragma: no cover (jitted)
 
 
 @kernel
-def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (jitted)
+def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
+    # pragma: no cover (jitted)
     """Forward-over-reverse sweep: adjoints ``adj`` and their ``K`` tangents ``adjdot``.
 
     ``vals`` and ``tan`` come from :func:`forward_tangent`.  ``adj`` (shape
@@ -255,11 +264,15 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
     products).  For an edge ``s -> a_j`` with partial ``p_j`` and second partials
     ``h_jl``: ``adj[a_j] += g * p_j`` and
     ``adjdot[a_j, d] += gd * p_j + sum_l g * h_jl * tan[a_l, d]``, skipping every
-    product with an exactly-zero factor.
+    product with an exactly-zero factor.  ``active`` (see :func:`forward_tangent`): only
+    ``TAN | ADJ`` instructions are visited and only ``ADJ`` slots get adjoints (so the
+    gradient is not left below ``n_pre``), or None for every slot.
     """
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
+        if reverse_skipped(ops, args, vals, adj, active, op, s, k, g):
+            continue
         if g == 0.0 and not _any_nonzero(adjdot, s):
             continue  # nothing flows: the rows are already clean
         nd = NDIFF[op]
@@ -270,7 +283,7 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
         a0 = args[k]
         q0 = p0 != 0.0
         if g != 0.0:
-            if q0:
+            if q0 and wants_adjoint(active, a0):
                 adj[a0] += g * p0
             c00 = g * h00
             c01 = g * h01
@@ -291,7 +304,7 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre):  # pragma: no cover (
         if nd == 2:
             a1 = args[k + 1]
             q1 = p1 != 0.0
-            if g != 0.0 and q1:
+            if g != 0.0 and q1 and wants_adjoint(active, a1):
                 adj[a1] += g * p1
             r01 = h01 != 0.0 and g != 0.0
             r11 = h11 != 0.0 and g != 0.0

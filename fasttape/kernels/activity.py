@@ -1,0 +1,175 @@
+"""Activity analysis for the Hessian sweeps: which slots a weighted Hessian needs at all.
+
+A forward-over-reverse sweep (:func:`fasttape.kernels.tangent.reverse_hvp`) computes, for
+every slot, a value, a tangent, an adjoint and an adjoint tangent.  Most of them are known to
+be exactly zero or unused before any number is seen, from the op table alone:
+
+``ADJ`` (adjoints)
+    The adjoint of a slot matters only where it meets a second partial: at a *nonlinear*
+    instruction (an op with a structurally nonzero second partial, the table's ``second``)
+    that reaches a weighted output.  Its adjoint needs the adjoints of everything downstream,
+    so ``ADJ`` is the nonlinear instructions and their descendants (differentiable edges,
+    outputs of nonzero weight only).
+``TAN`` (tangents and adjoint tangents)
+    Second-order terms read the tangents of a nonlinear instruction's differentiable
+    arguments, and an adjoint tangent is nonzero only on those arguments and their ancestors
+    (it starts at zero on the outputs and grows only through second partials).  ``TAN`` is
+    that ancestor set; tangents elsewhere are computed by nobody.
+``VAL`` (values)
+    A value is needed to compute a tangent (``TAN``), or a partial that depends on values
+    (``valdep``: ``mul``'s ``y``, ``exp``'s ``f``; not ``add``'s ``1.0`` nor ``mulc``'s
+    constant), and then so are the values of all its arguments.
+
+The pruned sweeps skip every instruction outside ``ADJ | TAN`` in the reverse sweep and every
+instruction outside ``VAL`` in the forward one, and write adjoints only into ``ADJ`` slots.
+On the slots they keep they perform the same operations in the same order as the full
+sweeps, whose skipped terms are exact zeros (a zero factor contributes nothing: the zero rules
+of :mod:`fasttape.kernels.tangent`), so the results are bitwise the full sweeps' (tested).
+In an optimal-control NLP most of the graph is linear (the collocation equations), and the
+Lagrangian's Hessian then costs a fraction of a gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fasttape.kernels.dispatch import ARITY, NDIFF, partials, value
+from fasttape.kernels.jit import kernel
+from fasttape.kernels.scalar import accumulate
+
+__all__ = [
+    "ADJ",
+    "NONLIN",
+    "TAN",
+    "VAL",
+    "forward_skipped",
+    "hessian_activity",
+    "reverse_skipped",
+    "wants_adjoint",
+]
+
+#: Flag: the slot's value is computed in the forward sweep.
+VAL = 1
+#: Flag: the slot's tangent and adjoint tangent are computed.
+TAN = 2
+#: Flag: the slot's adjoint is accumulated.
+ADJ = 4
+#: Flag: an ``ADJ`` instruction with a structurally nonzero second partial.
+NONLIN = 8
+
+
+@kernel
+def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
+    # pragma: no cover (jitted)
+    """The flags (``VAL | TAN | ADJ``, uint8 per slot) of a weighted Hessian's sweeps.
+
+    Parameters
+    ----------
+    ops, args : ndarray
+        The tape (instruction ``i`` writes slot ``n_pre + i``).
+    arity, ndiff : ndarray of int64, one per op
+        From the op table.
+    nonlin : ndarray of bool, shape (n_ops, 3)
+        ``nonlin[op, e]``: second partial ``e`` of ``op`` is structurally nonzero.
+    valdep : ndarray of bool, one per op
+        The op's partials or second partials read a value (an argument or its result).
+    n_pre : int
+        Inputs, parameters and constants: the slots before the first instruction.
+    live : ndarray of bool, shape (n_slots,)
+        Slots that reach an output of nonzero weight through differentiable edges.
+    """
+    n_instr = ops.shape[0]
+    flags = np.zeros(n_pre + n_instr, np.uint8)
+    # ADJ: live nonlinear instructions and their live descendants (one forward pass).
+    k = 0
+    for i in range(n_instr):
+        op = ops[i]
+        s = n_pre + i
+        if live[s]:
+            hot = False
+            for e in range(3):
+                hot = hot or nonlin[op, e]
+            for j in range(ndiff[op]):
+                hot = hot or (flags[args[k + j]] & ADJ) != 0
+            if hot:
+                flags[s] |= ADJ
+            for e in range(3):
+                if nonlin[op, e]:
+                    flags[s] |= NONLIN
+        k += arity[op]
+    # TAN and VAL in one backward pass: a slot's flags are final once its consumers, all
+    # later in the tape, have been visited.
+    for i in range(n_instr - 1, -1, -1):
+        op = ops[i]
+        s = n_pre + i
+        k -= arity[op]
+        fl = flags[s]
+        nonlinear = False
+        for e in range(3):
+            nonlinear = nonlinear or nonlin[op, e]
+        if (fl & TAN) or (nonlinear and (fl & ADJ)):
+            for j in range(ndiff[op]):
+                flags[args[k + j]] |= TAN
+        if (fl & TAN) or ((fl & ADJ) and valdep[op]):
+            fl |= VAL
+            flags[s] = fl
+        if fl & VAL:
+            for j in range(arity[op]):
+                flags[args[k + j]] |= VAL
+    return flags
+
+
+@kernel(inline=True)
+def forward_skipped(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
+    """The start of a pruned forward tangent sweep's step ``i`` (argument position ``k``).
+
+    Returns ``(skipped, k_next)``: ``skipped`` is False for a ``TAN`` instruction (the caller
+    evaluates it with its tangents), or for every instruction when ``active`` is None (no
+    pruning: Numba compiles the test away); otherwise the instruction's value is computed if
+    it is ``VAL``, nothing is done if not, and ``k_next`` is the next argument position.
+    """
+    if active is None:
+        return False, k
+    fl = active[n_pre + i]
+    if fl & TAN:
+        return False, k
+    op = ops[i]
+    if fl & VAL:
+        f, k_next = value(op, vals[args[k]], vals, args, k)
+        vals[n_pre + i] = f
+        return True, k_next
+    return True, k + ARITY[op]
+
+
+@kernel(inline=True)
+def wants_adjoint(active, slot):  # pragma: no cover (jitted)
+    """Whether a pruned reverse sweep accumulates the adjoint of ``slot`` (always, unpruned)."""
+    return active is None or (active[slot] & ADJ) != 0
+
+
+@kernel(inline=True)
+def reverse_skipped(ops, args, vals, adj, active, op, s, k, g):  # pragma: no cover (jitted)
+    """Whether a pruned reverse sweep is done with instruction ``s`` (never, unpruned).
+
+    An instruction outside ``TAN | ADJ`` is skipped.  A linear ``ADJ`` instruction outside
+    ``TAN`` has no adjoint tangent and no second partial: only its adjoint flows, with the
+    first partials alone (the lean gradient's step, the same products), done here.
+    """
+    if active is None:
+        return False
+    fl = active[s]
+    if (fl & (TAN | ADJ)) == 0:
+        return True
+    if (fl & (TAN | NONLIN)) != 0:
+        return False
+    nd = NDIFF[op]
+    if g != 0.0 and nd >= 1:
+        p0, p1 = partials(op, vals, args, k, s)
+        a0 = args[k]
+        if (active[a0] & ADJ) != 0:
+            accumulate(adj, a0, g, p0)
+        if nd >= 2:
+            a1 = args[k + 1]
+            if (active[a1] & ADJ) != 0:
+                accumulate(adj, a1, g, p1)
+    return True
