@@ -129,10 +129,10 @@ class Tape(TapeRecord):
         ``w``) as a ``scipy.sparse.csr_matrix``; see :func:`fasttape.sparse.hessian_sparsity`."""
         return sparse.hessian_sparsity(self, output=output, w=w)
 
-    def sparse_jacobian_plan(self) -> sparse.SparseJacobian:
-        """A reusable :class:`fasttape.sparse.SparseJacobian`: pattern and coloring once,
-        then ``plan(x)`` per point."""
-        return sparse.SparseJacobian(self)
+    def sparse_jacobian_plan(self, *, prune: bool = True) -> sparse.SparseJacobian:
+        """A reusable :class:`fasttape.sparse.SparseJacobian`: pattern, coloring and the
+        point-independent rows (``prune``) once, then ``plan(x)`` per point."""
+        return sparse.SparseJacobian(self, prune=prune)
 
     def sparse_hessian_plan(
         self, output: int | None = None, *, w: Any = None, coloring: str = "star",

@@ -154,6 +154,16 @@ def hessian_activity(tape: TapeRecord, w: np.ndarray) -> np.ndarray:
                                 _live(tape, w))
 
 
+def jacobian_activity(tape: TapeRecord) -> np.ndarray:
+    """The flags of the pruned Jacobian sweep (:func:`fasttape.kernels.activity.
+    jacobian_activity`): uint8 per slot."""
+    arity, ndiff, _ = _op_tables()
+    valdep = np.array([_reads_values(op) for op in OPS], np.bool_)
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    return _ka.jacobian_activity(tape.ops, tape.args, arity, ndiff, valdep, n_pre,
+                                 _live(tape, np.ones(tape.n_outputs)))
+
+
 def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None) -> Any:
     """The structural sparsity pattern of a Hessian, ``(n_inputs, n_inputs)``, symmetric.
 
@@ -319,6 +329,12 @@ class SparseJacobian(_Plan):
     Parameters
     ----------
     tape : Tape
+    prune : bool, optional
+        Compute once, when the plan is made, every output row whose entries are the same at
+        every point (all partials on its paths constant: the linear equations of a
+        collocation scheme), and per evaluation only the tangents and values the other rows
+        need (:mod:`fasttape.kernels.activity`).  Default True; the entries are bitwise the
+        same either way.
 
     Attributes
     ----------
@@ -327,16 +343,33 @@ class SparseJacobian(_Plan):
     colors, n_colors
         The column coloring (:func:`color_columns`): ``ceil(n_colors / 32)`` tangent sweeps
         per evaluation.
+    prune : bool
+        Whether evaluations skip what does not depend on the point (the constructor's
+        ``prune``).
     """
 
-    def __init__(self, tape: TapeRecord) -> None:
+    def __init__(self, tape: TapeRecord, prune: bool = True) -> None:
+        if not isinstance(prune, (bool, np.bool_)):
+            raise TypeError(f"prune must be True or False, got {prune!r}")
         self.tape = tape
+        self.prune = bool(prune)
         self.pattern = jacobian_sparsity(tape)
         self.colors, self.n_colors = color_columns(self.pattern)
         # Entry (i, j) is read at row i, column colors[j] of the compressed matrix.
         coo = self.pattern.tocoo()
         self._ia = coo.row.astype(np.int64) * self.n_colors + self.colors[coo.col]
         self._ib = np.full(len(self._ia), -1, np.int64)
+        self._active = None
+        if prune:
+            flags = jacobian_activity(tape)
+            # The fixed rows' entries, from one full sweep at any point (here zero: their
+            # tangents read no value, so NaNs elsewhere cannot reach them).
+            fixed = np.flatnonzero(flags[tape.outputs] & _ka.FIXED)
+            comp = self.compressed(np.zeros(tape.n_inputs),
+                                   None if not tape.n_params else np.zeros(tape.n_params))
+            self._fixed_rows = fixed
+            self._fixed_comp = np.ascontiguousarray(comp[fixed])
+            self._active = flags
 
     def __repr__(self) -> str:
         m, n = self.pattern.shape
@@ -364,9 +397,11 @@ class SparseJacobian(_Plan):
             # One block (up to 32 colors): the sweep writes the compressed matrix itself.
             res = comp if len(blocks) == 1 else np.empty((m, kk))
             tangent_driver(full.ops, full.args, full.consts, full.outputs, xin, seed, False,
-                           vals, tan, out, res)
+                           vals, tan, out, res, self._active)
             if len(blocks) > 1:
                 comp[:, c0 : c0 + kk] = res
+        if self._active is not None:
+            comp[self._fixed_rows] = self._fixed_comp
 
     def __call__(self, x: Any, *, p: Any = None, out: Any = None,
                  values_only: bool = False) -> Any:

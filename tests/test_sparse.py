@@ -307,6 +307,46 @@ def test_pruned_hessian_sweeps_are_bitwise_the_full_ones(case, rnd):
                     == full(point, w=w2, values_only=True).tobytes())
 
 
+@settings(max_examples=200, deadline=None)
+@given(random_tapes(), st.randoms(use_true_random=False))
+def test_pruned_jacobian_is_bitwise_the_full_sweep(case, rnd):
+    """The fixed rows (computed once) and the pruned sweep give bitwise the full sweep's
+    entries at any point: the full sweep runs first, so a value the pruned sweep skipped
+    but needed would be read stale and show."""
+    tape, x = case
+    full = tape.sparse_jacobian_plan(prune=False)
+    pruned = tape.sparse_jacobian_plan()
+    points = (x, [rnd.uniform(-3.0, 3.0) for _ in x], [0.0] * len(x))
+    wants = [full(point, values_only=True) for point in points]
+    for point, want in zip(points, wants, strict=True):
+        if 0 < pruned.n_colors <= sparse.MAX_COLORS_PER_SWEEP:
+            # Poison the tangents left by the full sweep (the plans' shared work array):
+            # a row the pruned sweep neither computes nor restores would show.
+            tape.work_array("sparse", "jtan", (tape.n_slots, pruned.n_colors)).fill(np.nan)
+        got = pruned(point, values_only=True)
+        assert got.tobytes() == want.tobytes(), (point, tape.listing())
+
+
+def test_pruned_jacobian_fixed_rows():
+    """Linear rows are fixed (computed once); rows through a nonlinear op are not, and
+    their values follow the point."""
+    n = 20
+
+    def fn(x):
+        return [*(x[i + 1] - 0.5 * x[i] for i in range(n - 1)), ft.sin(x[0]) * x[1]]
+
+    tape = ft.compile(ft.trace(fn, n))
+    flags = sparse.jacobian_activity(tape)
+    from fasttape.kernels.activity import FIXED
+
+    fixed = flags[tape.outputs] & FIXED != 0
+    assert fixed[:-1].all() and not fixed[-1]
+    plan = tape.sparse_jacobian_plan()
+    for seed in range(3):
+        x = np.random.default_rng(seed).normal(size=n)
+        np.testing.assert_array_equal(plan(x).toarray(), tape.jacobian(x, mode="forward"))
+
+
 def test_pruning_skips_the_linear_part():
     """On a mostly linear tape the flags leave most instructions out of every sweep."""
     n = 50

@@ -39,11 +39,14 @@ from fasttape.kernels.scalar import accumulate
 
 __all__ = [
     "ADJ",
+    "FIXED",
     "NONLIN",
     "TAN",
     "VAL",
+    "constant_partials",
     "forward_skipped",
     "hessian_activity",
+    "jacobian_activity",
     "reverse_skipped",
     "wants_adjoint",
 ]
@@ -56,6 +59,8 @@ TAN = 2
 ADJ = 4
 #: Flag: an ``ADJ`` instruction with a structurally nonzero second partial.
 NONLIN = 8
+#: Flag (Jacobians): the slot's tangent does not depend on the point.
+FIXED = 16
 
 
 @kernel
@@ -119,6 +124,51 @@ def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
     return flags
 
 
+@kernel
+def jacobian_activity(ops, args, arity, ndiff, valdep, n_pre, live):
+    # pragma: no cover (jitted)
+    """The flags (``VAL | TAN | FIXED``, uint8 per slot) of a Jacobian's tangent sweep.
+
+    ``FIXED``: the slot's tangents are the same at every point: every partial on every path
+    from the inputs is a constant (``add``, ``sub``, ``mulc``: ops that are not
+    ``valdep``), so an output row that is ``FIXED`` is computed once per plan.  ``TAN``: the
+    live slots that are not ``FIXED`` and the arguments they read tangents from (the
+    ``FIXED`` ones included).  ``VAL``: the ``TAN`` instructions whose partials read values
+    and, recursively, everything those values are computed from.  Arguments as in
+    :func:`hessian_activity`; ``live`` marks the slots that reach an output.
+    """
+    n_instr = ops.shape[0]
+    flags = np.zeros(n_pre + n_instr, np.uint8)
+    for s in range(n_pre):
+        flags[s] = FIXED
+    k = 0
+    for i in range(n_instr):
+        op = ops[i]
+        fixed = not valdep[op]
+        for j in range(ndiff[op]):
+            fixed = fixed and (flags[args[k + j]] & FIXED) != 0
+        if fixed:
+            flags[n_pre + i] = FIXED
+        k += arity[op]
+    for i in range(n_instr - 1, -1, -1):
+        op = ops[i]
+        s = n_pre + i
+        k -= arity[op]
+        fl = flags[s]
+        if live[s] and (fl & FIXED) == 0:
+            fl |= TAN
+        if fl & TAN:
+            for j in range(ndiff[op]):
+                flags[args[k + j]] |= TAN
+            if valdep[op]:
+                fl |= VAL
+        flags[s] = fl
+        if fl & VAL:
+            for j in range(arity[op]):
+                flags[args[k + j]] |= VAL
+    return flags
+
+
 @kernel(inline=True)
 def forward_skipped(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
     """The start of a pruned forward tangent sweep's step ``i`` (argument position ``k``).
@@ -139,6 +189,20 @@ def forward_skipped(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (
         vals[n_pre + i] = f
         return True, k_next
     return True, k + ARITY[op]
+
+
+@kernel(inline=True)
+def constant_partials(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
+    """``(done, s, nd, p0, p1, k_next)`` of a ``TAN`` instruction without ``VAL`` (its
+    partials are constants: no value is computed); ``done`` is False otherwise and for
+    every instruction when ``active`` is None (the caller evaluates it)."""
+    op = ops[i]
+    s = n_pre + i
+    nd = NDIFF[op]
+    if active is None or (active[s] & VAL) != 0 or nd == 0:
+        return False, s, nd, 0.0, 0.0, k
+    p0, p1 = partials(op, vals, args, k, s)
+    return True, s, nd, p0, p1, k + ARITY[op]
 
 
 @kernel(inline=True)

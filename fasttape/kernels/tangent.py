@@ -43,7 +43,12 @@ signed zeros exactly as the scalar ``if``.
 
 from __future__ import annotations
 
-from fasttape.kernels.activity import forward_skipped, reverse_skipped, wants_adjoint
+from fasttape.kernels.activity import (
+    constant_partials,
+    forward_skipped,
+    reverse_skipped,
+    wants_adjoint,
+)
 from fasttape.kernels.dispatch import (
     ARITY,
     NDIFF,
@@ -141,7 +146,9 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
         if skipped:
             k = k_next
             continue
-        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
+        done, s, nd, p0, p1, k_next = constant_partials(ops, args, vals, active, n_pre, i, k)
+        if not done:
+            s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             _clear_row(tan, s)
         elif nd == 1:
@@ -334,19 +341,21 @@ def _identity_block(xdot, j0):
 
 
 @kernel
-def tangent_driver(ops, args, consts, outputs, xin, xdot, identity, vals, tan, out, res):
+def tangent_driver(ops, args, consts, outputs, xin, xdot, identity, vals, tan, out, res,
+                   active=None):  # pragma: no cover (jitted)
     """Forward mode: outputs into ``out`` and output tangents into ``res``.
 
     ``identity=False``: one sweep along the ``K`` columns of ``xdot`` (shape
     ``(n_inputs, K)``), ``res`` has shape ``(m, K)`` (JVPs).  ``identity=True``: the Jacobian,
     ``K = tan.shape[1]`` unit directions per sweep (``xdot`` is overwritten), ``res`` has
-    shape ``(m, n_inputs)``.
+    shape ``(m, n_inputs)``.  ``active``: :func:`fasttape.kernels.activity.jacobian_activity`'s
+    flags (then only the ``TAN`` rows of ``res`` are computed, and ``out`` is not), or None.
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
     m = outputs.shape[0]
     if not identity:
-        forward_tangent(ops, args, consts, xin, xdot, vals, tan)
+        forward_tangent(ops, args, consts, xin, xdot, vals, tan, active)
         for j in range(m):
             for d in range(nk):
                 res[j, d] = tan[outputs[j], d]
