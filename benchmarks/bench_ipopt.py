@@ -66,14 +66,17 @@ class _Timed(ipopt.Callbacks):
 
     def __init__(self, *args: Any) -> None:
         self.times = {"f": 0.0, "g": 0.0, "grad_f": 0.0, "jac_g": 0.0, "hess_l": 0.0}
+        self.calls = {}
         super().__init__(*args)  # its warm-up calls count as build time, not evaluations
         self.times = dict.fromkeys(self.times, 0.0)
+        self.calls: dict[str, int] = {}
         self.iterations = 0
 
     def _time(self, key: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
         res = fn(*args)
         self.times[key] += time.perf_counter() - t0
+        self.calls[key] = self.calls.get(key, 0) + 1
         return res
 
     def objective(self, x: np.ndarray) -> float:
@@ -96,6 +99,10 @@ class _Timed(ipopt.Callbacks):
         return True
 
 
+# The derivative callbacks, as CasADi's stats name them (without the "nlp_" prefix).
+_DERIVS = ("grad_f", "jac_g", "hess_l")
+
+
 def run_fasttape(n_intervals: int) -> dict[str, Any]:
     import cyipopt
 
@@ -115,7 +122,8 @@ def run_fasttape(n_intervals: int) -> dict[str, Any]:
     total = time.perf_counter() - t0
     return {"build": build, "iterations": cb.iterations, "evals": sum(cb.times.values()),
             "derivs": cb.times["grad_f"] + cb.times["jac_g"] + cb.times["hess_l"],
-            "total": total, "obj": info["obj_val"], "status": info["status"]}
+            "total": total, "obj": info["obj_val"], "status": info["status"],
+            "per_call": {k: (cb.calls.get(k, 0), cb.times[k]) for k in _DERIVS}}
 
 
 def run_casadi(n_intervals: int) -> dict[str, Any] | None:
@@ -148,7 +156,40 @@ def run_casadi(n_intervals: int) -> dict[str, Any] | None:
                                                   "nlp_hess_l")}
     return {"build": build, "iterations": st["iter_count"], "evals": sum(ev.values()),
             "derivs": ev["nlp_grad_f"] + ev["nlp_jac_g"] + ev["nlp_hess_l"], "total": total,
-            "obj": float(sol["f"]), "status": st["return_status"]}
+            "obj": float(sol["f"]), "status": st["return_status"],
+            "per_call": {k: (int(st.get(f"n_call_nlp_{k}", 0)), ev[f"nlp_{k}"])
+                         for k in _DERIVS}}
+
+
+def ab_pruning(n_intervals: int, repeat: int = 15) -> None:
+    """Per-call time of the sparse plans with and without activity pruning (``prune=``),
+    alternating in one process at one point: the A/B behind docs/sparse.md's figures."""
+    from fasttape.sparse import SparseHessian, SparseJacobian
+
+    obj, con = problem(ft, n_intervals)
+    n = 3 * (n_intervals + 1)
+    f = ft.compile(ft.trace(obj, n))
+    c = ft.compile(ft.trace(con, n))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=n)
+    lam = rng.normal(size=c.n_outputs)
+    cases = {
+        "constraint Jacobian": lambda prune: (SparseJacobian(c, prune=prune), (x,), {}),
+        "constraint Hessian (w @ c)": lambda prune: (
+            SparseHessian(c, w=np.ones(c.n_outputs), prune=prune), (x,), {"w": lam}),
+        "objective Hessian": lambda prune: (SparseHessian(f, prune=prune), (x,), {}),
+    }
+    print(f"  isolated per call, ms (median of {repeat}): full sweeps / pruned (speed-up)")
+    for name, make in cases.items():
+        plans = [make(prune) for prune in (False, True)]
+        times: list[list[float]] = [[], []]
+        for _ in range(repeat):
+            for j, (plan, args, kw) in enumerate(plans):
+                t0 = time.perf_counter()
+                plan(*args, values_only=True, **kw)
+                times[j].append(time.perf_counter() - t0)
+        full, pruned = (1e3 * float(np.median(t)) for t in times)
+        print(f"  {name:<27} {full:7.3f} / {pruned:7.3f}  ({full / pruned:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {name:<9} {r['build']:8.3f} {r['iterations']:6d} {r['evals']:8.3f} "
               f"{r['derivs']:9.3f} {r['total']:8.3f}  {r['obj']:.8f} ({r['status']})")
+    # CasADi's jac_g and grad_f also return g and f; fasttape's callbacks return only the
+    # derivatives (IPOPT asks for g and f separately).
+    print("  per call, ms (calls):  " + "  ".join(f"{k:>14}" for k in _DERIVS))
+    for name, r in rows.items():
+        if r is not None:
+            cells = [f"{1e3 * t / max(c, 1):8.3f} ({c:2d})" for c, t in r["per_call"].values()]
+            print(f"  {name:<21} " + "  ".join(f"{c:>14}" for c in cells))
+    ab_pruning(args.N)
     return 0
 
 
