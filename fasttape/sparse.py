@@ -360,15 +360,19 @@ class SparseJacobian(_Plan):
         self._ia = coo.row.astype(np.int64) * self.n_colors + self.colors[coo.col]
         self._ib = np.full(len(self._ia), -1, np.int64)
         self._active = None
+        self._fixed_rows: np.ndarray | None = None  # output rows copied, not swept
         if prune:
             flags = jacobian_activity(tape)
             # The fixed rows' entries, from one full sweep at any point (here zero: their
-            # tangents read no value, so NaNs elsewhere cannot reach them).
+            # tangents read no value, so NaNs elsewhere cannot reach them).  Full by flags
+            # that keep every slot rather than by active=None: the same compiled sweep as
+            # the pruned calls (a second specialization cost 4 s on a cold first call).
+            self._active = np.full_like(flags, _ka.VAL | _ka.TAN)
             fixed = np.flatnonzero(flags[tape.outputs] & _ka.FIXED)
             comp = self.compressed(np.zeros(tape.n_inputs),
                                    None if not tape.n_params else np.zeros(tape.n_params))
-            self._fixed_rows = fixed
             self._fixed_comp = np.ascontiguousarray(comp[fixed])
+            self._fixed_rows = fixed
             self._active = flags
 
     def __repr__(self) -> str:
@@ -400,7 +404,7 @@ class SparseJacobian(_Plan):
                            vals, tan, out, res, self._active)
             if len(blocks) > 1:
                 comp[:, c0 : c0 + kk] = res
-        if self._active is not None:
+        if self._fixed_rows is not None:
             comp[self._fixed_rows] = self._fixed_comp
 
     def __call__(self, x: Any, *, p: Any = None, out: Any = None,

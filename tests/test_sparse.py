@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape import sparse
+from fasttape.ops import OP_BY_NAME
 from tests.test_random_graphs import random_tapes
 
 sp = pytest.importorskip("scipy.sparse")
@@ -281,8 +282,41 @@ def test_random_patterns_cover_dense_derivatives(case, rnd):
             np.testing.assert_allclose(hgot[ok], hess[ok], rtol=1e-12, atol=1e-300)
 
 
+_TAIL_OPS = ("add", "sub", "minimum", "maximum", "mulc", "fmac")
+
+
+@st.composite
+def tapes_with_linear_tails(draw):
+    """A random tape (:func:`random_tapes`) whose outputs are then combined by a few linear
+    instructions (``add``, ``sub``, ``mulc``, ``fmac``, ``minimum``, ``maximum``): the
+    instructions a pruned Hessian sweep visits for their adjoints alone."""
+    tape, x = draw(random_tapes())
+    a = tape.to_arrays()
+    ops, args = list(a["ops"]), list(a["args"])
+    n_pre = tape.n_inputs + tape.n_consts
+    n_slots = n_pre + len(ops)
+    outs = []
+    for _ in range(draw(st.integers(1, 6))):
+        op = OP_BY_NAME[draw(st.sampled_from(_TAIL_OPS))]
+        pick = st.integers(0, n_slots - 1)
+        const = st.integers(tape.n_inputs, n_pre - 1)  # a constant slot (exponents first)
+        if op.name == "mulc":
+            new = [draw(pick), draw(const)]
+        elif op.name == "fmac":
+            new = [draw(pick), draw(pick), draw(const)]
+        else:
+            new = [draw(pick), draw(pick)]
+        ops.append(op.code)
+        args.extend(new)
+        outs.append(n_slots)
+        n_slots += 1
+    outputs = [*draw(st.lists(st.sampled_from(list(a["outputs"])), max_size=2)), *outs]
+    return ft.Tape.from_arrays(np.array(ops, np.uint8), np.array(args, np.int32),
+                               a["consts"], outputs, tape.n_inputs), x
+
+
 @settings(max_examples=200, deadline=None)
-@given(random_tapes(), st.randoms(use_true_random=False))
+@given(st.one_of(random_tapes(), tapes_with_linear_tails()), st.randoms(use_true_random=False))
 def test_pruned_hessian_sweeps_are_bitwise_the_full_ones(case, rnd):
     """Activity pruning (kernels/activity.py) skips only exact zeros and unused values: at
     any point (NaN, inf and signed zeros included) and any weights (zeros included), on
@@ -308,7 +342,7 @@ def test_pruned_hessian_sweeps_are_bitwise_the_full_ones(case, rnd):
 
 
 @settings(max_examples=200, deadline=None)
-@given(random_tapes(), st.randoms(use_true_random=False))
+@given(st.one_of(random_tapes(), tapes_with_linear_tails()), st.randoms(use_true_random=False))
 def test_pruned_jacobian_is_bitwise_the_full_sweep(case, rnd):
     """The fixed rows (computed once) and the pruned sweep give bitwise the full sweep's
     entries at any point: the full sweep runs first, so a value the pruned sweep skipped

@@ -33,21 +33,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from fasttape.kernels.dispatch import ARITY, NDIFF, partials, value
 from fasttape.kernels.jit import kernel
-from fasttape.kernels.scalar import accumulate
 
 __all__ = [
     "ADJ",
+    "ADJOINT",
     "FIXED",
     "NONLIN",
+    "SKIP",
     "TAN",
+    "TANGENT",
     "VAL",
-    "constant_partials",
-    "forward_skipped",
+    "VALUE",
+    "forward_mode",
     "hessian_activity",
     "jacobian_activity",
-    "reverse_skipped",
+    "reverse_mode",
     "wants_adjoint",
 ]
 
@@ -61,6 +62,12 @@ ADJ = 4
 NONLIN = 8
 #: Flag (Jacobians): the slot's tangent does not depend on the point.
 FIXED = 16
+
+# What a pruned sweep does with an instruction (forward_mode, reverse_mode).
+SKIP = 0
+VALUE = 1
+ADJOINT = 1
+TANGENT = 2
 
 
 @kernel
@@ -170,70 +177,42 @@ def jacobian_activity(ops, args, arity, ndiff, valdep, n_pre, live):
 
 
 @kernel(inline=True)
-def forward_skipped(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
-    """The start of a pruned forward tangent sweep's step ``i`` (argument position ``k``).
+def forward_mode(active, slot):  # pragma: no cover (jitted)
+    """What a pruned forward tangent sweep does with ``slot``'s instruction: ``SKIP``,
+    ``VALUE`` (evaluate it, no tangent) or ``TANGENT`` (evaluate it and its tangents, the
+    only answer when ``active`` is None: Numba compiles the test away).
 
-    Returns ``(skipped, k_next)``: ``skipped`` is False for a ``TAN`` instruction (the caller
-    evaluates it with its tangents), or for every instruction when ``active`` is None (no
-    pruning: Numba compiles the test away); otherwise the instruction's value is computed if
-    it is ``VAL``, nothing is done if not, and ``k_next`` is the next argument position.
+    A ``TAN`` instruction without ``VAL`` (a constant-partial op whose value nobody reads)
+    is evaluated all the same: its value is cheap and unused, and one evaluation site keeps
+    the sweep's compiled body (and its first-call compile time) as it was.
     """
     if active is None:
-        return False, k
-    fl = active[n_pre + i]
+        return TANGENT
+    fl = active[slot]
     if fl & TAN:
-        return False, k
-    op = ops[i]
+        return TANGENT
     if fl & VAL:
-        f, k_next = value(op, vals[args[k]], vals, args, k)
-        vals[n_pre + i] = f
-        return True, k_next
-    return True, k + ARITY[op]
+        return VALUE
+    return SKIP
 
 
 @kernel(inline=True)
-def constant_partials(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
-    """``(done, s, nd, p0, p1, k_next)`` of a ``TAN`` instruction without ``VAL`` (its
-    partials are constants: no value is computed); ``done`` is False otherwise and for
-    every instruction when ``active`` is None (the caller evaluates it)."""
-    op = ops[i]
-    s = n_pre + i
-    nd = NDIFF[op]
-    if active is None or (active[s] & VAL) != 0 or nd == 0:
-        return False, s, nd, 0.0, 0.0, k
-    p0, p1 = partials(op, vals, args, k, s)
-    return True, s, nd, p0, p1, k + ARITY[op]
+def reverse_mode(active, slot):  # pragma: no cover (jitted)
+    """What a pruned reverse (forward-over-reverse) sweep does with ``slot``'s instruction:
+    ``SKIP`` (outside ``TAN | ADJ``), ``ADJOINT`` (a linear ``ADJ`` instruction outside
+    ``TAN``: it has no adjoint tangent and no second partial, only its adjoint flows) or
+    ``TANGENT`` (everything; always when ``active`` is None)."""
+    if active is None:
+        return TANGENT
+    fl = active[slot]
+    if (fl & (TAN | ADJ)) == 0:
+        return SKIP
+    if (fl & (TAN | NONLIN)) == 0:
+        return ADJOINT
+    return TANGENT
 
 
 @kernel(inline=True)
 def wants_adjoint(active, slot):  # pragma: no cover (jitted)
     """Whether a pruned reverse sweep accumulates the adjoint of ``slot`` (always, unpruned)."""
     return active is None or (active[slot] & ADJ) != 0
-
-
-@kernel(inline=True)
-def reverse_skipped(ops, args, vals, adj, active, op, s, k, g):  # pragma: no cover (jitted)
-    """Whether a pruned reverse sweep is done with instruction ``s`` (never, unpruned).
-
-    An instruction outside ``TAN | ADJ`` is skipped.  A linear ``ADJ`` instruction outside
-    ``TAN`` has no adjoint tangent and no second partial: only its adjoint flows, with the
-    first partials alone (the lean gradient's step, the same products), done here.
-    """
-    if active is None:
-        return False
-    fl = active[s]
-    if (fl & (TAN | ADJ)) == 0:
-        return True
-    if (fl & (TAN | NONLIN)) != 0:
-        return False
-    nd = NDIFF[op]
-    if g != 0.0 and nd >= 1:
-        p0, p1 = partials(op, vals, args, k, s)
-        a0 = args[k]
-        if (active[a0] & ADJ) != 0:
-            accumulate(adj, a0, g, p0)
-        if nd >= 2:
-            a1 = args[k + 1]
-            if (active[a1] & ADJ) != 0:
-                accumulate(adj, a1, g, p1)
-    return True

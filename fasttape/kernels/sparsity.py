@@ -20,11 +20,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from fasttape.kernels.activity import forward_skipped, reverse_skipped, wants_adjoint
-from fasttape.kernels.dispatch import NDIFF, partials_and_second
+from fasttape.kernels.activity import (
+    ADJOINT,
+    SKIP,
+    VALUE,
+    forward_mode,
+    reverse_mode,
+    wants_adjoint,
+)
+from fasttape.kernels.dispatch import ARITY, NDIFF, partials_and_second
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.sweep import load_inputs
 from fasttape.kernels.tangent import (
+    adjoint_step,
     evaluate_instruction,
     forward_tangent,
     reverse_hvp,
@@ -351,11 +359,14 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active):
         tan[i] = 0.0
     k = 0
     for i in range(ops.shape[0]):
-        skipped, k_next = forward_skipped(ops, args, vals, active, n_pre, i, k)
-        if skipped:
-            k = k_next
+        mode = forward_mode(active, n_pre + i)
+        if mode == SKIP:
+            k += ARITY[ops[i]]
             continue
         s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
+        if mode == VALUE:
+            k = k_next
+            continue
         if nd == 0:
             tan[s] = 0.0
         elif nd == 1:
@@ -378,7 +389,8 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active):  # pragma: n
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
-        if reverse_skipped(ops, args, vals, adj, active, op, s, k, g):
+        mode = reverse_mode(active, s)
+        if mode == SKIP:
             continue
         gd = adjdot[s]
         adjdot[s] = 0.0
@@ -386,6 +398,9 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active):  # pragma: n
         if (g == 0.0 and gd == 0.0) or nd == 0:
             continue  # nothing flows
         p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
+        if mode == ADJOINT:  # g != 0 (gd is 0 outside TAN); no second partial
+            adjoint_step(adj, active, args, k, nd, g, p0, p1)
+            continue
         a0 = args[k]
         t0 = tan[a0]
         live = g != 0.0

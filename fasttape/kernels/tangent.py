@@ -44,9 +44,11 @@ signed zeros exactly as the scalar ``if``.
 from __future__ import annotations
 
 from fasttape.kernels.activity import (
-    constant_partials,
-    forward_skipped,
-    reverse_skipped,
+    ADJOINT,
+    SKIP,
+    VALUE,
+    forward_mode,
+    reverse_mode,
     wants_adjoint,
 )
 from fasttape.kernels.dispatch import (
@@ -67,6 +69,7 @@ from fasttape.kernels.sweep import (
 )
 
 __all__ = [
+    "adjoint_step",
     "cotangent_driver",
     "evaluate_instruction",
     "forward_tangent",
@@ -142,13 +145,14 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
         _clear_row(tan, i)
     k = 0
     for i in range(ops.shape[0]):
-        skipped, k_next = forward_skipped(ops, args, vals, active, n_pre, i, k)
-        if skipped:
+        mode = forward_mode(active, n_pre + i)
+        if mode == SKIP:
+            k += ARITY[ops[i]]
+            continue
+        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
+        if mode == VALUE:
             k = k_next
             continue
-        done, s, nd, p0, p1, k_next = constant_partials(ops, args, vals, active, n_pre, i, k)
-        if not done:
-            s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
         if nd == 0:
             _clear_row(tan, s)
         elif nd == 1:
@@ -259,6 +263,20 @@ def reverse_step(ops, adj, n_pre, i, k):  # pragma: no cover (jitted)
     return op, s, k - ARITY[op], g
 
 
+@kernel(inline=True)
+def adjoint_step(adj, active, args, k, nd, g, p0, p1):  # pragma: no cover (jitted)
+    """The adjoint updates of a forward-over-reverse step, and nothing else (a linear
+    instruction outside ``TAN`` in a pruned sweep): the same products, in the same order,
+    under the same zero rules as the full step."""
+    a0 = args[k]
+    if p0 != 0.0 and wants_adjoint(active, a0):
+        adj[a0] += g * p0
+    if nd == 2:
+        a1 = args[k + 1]
+        if p1 != 0.0 and wants_adjoint(active, a1):
+            adj[a1] += g * p1
+
+
 @kernel
 def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
     # pragma: no cover (jitted)
@@ -278,9 +296,10 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
     k = args.shape[0]
     for i in range(ops.shape[0] - 1, -1, -1):
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
-        if reverse_skipped(ops, args, vals, adj, active, op, s, k, g):
+        mode = reverse_mode(active, s)
+        if mode == SKIP:
             continue
-        if g == 0.0 and not _any_nonzero(adjdot, s):
+        if g == 0.0 and (mode == ADJOINT or not _any_nonzero(adjdot, s)):
             continue  # nothing flows: the rows are already clean
         nd = NDIFF[op]
         if nd == 0:
@@ -289,6 +308,9 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
         p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
         a0 = args[k]
         q0 = p0 != 0.0
+        if mode == ADJOINT:  # g != 0 here; no adjoint tangent, no second partial
+            adjoint_step(adj, active, args, k, nd, g, p0, p1)
+            continue
         if g != 0.0:
             if q0 and wants_adjoint(active, a0):
                 adj[a0] += g * p0
