@@ -15,7 +15,7 @@ It prints, for ``random_local(nodes, window=100, n_inputs=100)``:
   in vector mode against ``chunk=1`` (target: >= 3x faster at n = 100);
 - batches of 4,000 points of ``random_local(300, n_inputs=5)`` and ``random_local(3000,
   n_inputs=20)``: jvp, vjp and hvp on the batch (one kernel looping over the points) against
-  a Python loop of single-point calls.
+  a Python loop of single-point calls, and the batch on one thread against all of Numba's.
 
 Each figure is the median over ``--repeat`` rounds of the best of a few calls; within a
 round the compared calls run back to back, so the ratios are taken under the same load.  No
@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 
 _ROOT = str(Path(__file__).resolve().parents[1])
@@ -154,9 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             "vjp_1": lambda bt=bt, xb=xb, wb=wb: _each(bt.vjp, xb, wb),
             "hvp": lambda bt=bt, xb=xb, vb=vb: bt.hvp(xb, vb),
             "hvp_1": lambda bt=bt, xb=xb, vb=vb: _each(bt.hvp, xb, vb),
+            "jvp_t1": lambda bt=bt, xb=xb, vb=vb: bt.jvp(xb, vb, threads=1),
+            "vjp_t1": lambda bt=bt, xb=xb, wb=wb: bt.vjp(xb, wb, threads=1),
+            "hvp_t1": lambda bt=bt, xb=xb, vb=vb: bt.hvp(xb, vb, threads=1),
         }, args.repeat)
         for op in ("jvp", "vjp", "hvp"):
             _line(f"{op}: loop of single points / batch", t, f"{op}_1", op)
+        for op in ("jvp", "vjp", "hvp"):
+            _line(f"{op}: batch on 1 thread / on {numba.get_num_threads()}", t, f"{op}_t1", op)
     return 0
 
 

@@ -90,13 +90,16 @@ class Tape(TapeRecord):
     # Thin wrappers: the implementations and their docs live in fasttape/derivatives.py.
     # A tape with parameters takes p in each (positionally too, as scipy's args=(p,) passes
     # it; docs/tape-format.md); no derivative is taken with respect to them.
-    def jvp(self, x: Any, v: Any, p: Any = None) -> tuple[Any, Any]:
-        """Outputs and ``J(x) @ v`` by one tangent sweep; see :func:`fasttape.derivatives.jvp`."""
-        return derivatives.jvp(self, x, v, p=p)
+    def jvp(self, x: Any, v: Any, p: Any = None, *, threads: Any = None) -> tuple[Any, Any]:
+        """Outputs and ``J(x) @ v`` by one tangent sweep (a batch on ``threads`` threads);
+        see :func:`fasttape.derivatives.jvp`."""
+        return derivatives.jvp(self, x, v, p=p, threads=threads)
 
-    def vjp(self, x: Any, w: Any, p: Any = None) -> tuple[Any, np.ndarray]:
-        """Outputs and ``w @ J(x)`` by one reverse sweep; see :func:`fasttape.derivatives.vjp`."""
-        return derivatives.vjp(self, x, w, p=p)
+    def vjp(self, x: Any, w: Any, p: Any = None, *,
+            threads: Any = None) -> tuple[Any, np.ndarray]:
+        """Outputs and ``w @ J(x)`` by one reverse sweep (a batch on ``threads`` threads);
+        see :func:`fasttape.derivatives.vjp`."""
+        return derivatives.vjp(self, x, w, p=p, threads=threads)
 
     def jacobian(
         self, x: Any, p: Any = None, *, mode: str = "auto", chunk: int | None = None
@@ -105,10 +108,12 @@ class Tape(TapeRecord):
         :func:`fasttape.derivatives.jacobian`."""
         return derivatives.jacobian(self, x, mode=mode, chunk=chunk, p=p)
 
-    def hvp(self, x: Any, v: Any, p: Any = None, *, output: int | None = None) -> np.ndarray:
+    def hvp(self, x: Any, v: Any, p: Any = None, *, output: int | None = None,
+            threads: Any = None) -> np.ndarray:
         """Hessian of one output times ``v`` (forward-over-reverse), usable as scipy's
-        ``hessp=tape.hvp``; see :func:`fasttape.derivatives.hvp`."""
-        return derivatives.hvp(self, x, v, output=output, p=p)
+        ``hessp=tape.hvp`` (a batch on ``threads`` threads); see
+        :func:`fasttape.derivatives.hvp`."""
+        return derivatives.hvp(self, x, v, output=output, p=p, threads=threads)
 
     def hessian(
         self, x: Any, p: Any = None, *, output: int | None = None, chunk: int | None = None

@@ -18,9 +18,11 @@ so for example the unselected branch of a ``where`` cannot poison a Jacobian or 
 
 Batched points: every function also takes a batch ``x`` of shape ``(B, n_inputs)`` (as
 ``Tape.value`` does) and then returns the single-point results stacked along a new first
-axis.  This is a plain loop over the rows, one kernel call per point (the batch kernels of
-:mod:`fasttape.batch` are not used yet); the per-point direction or cotangent may be given
-once (shape ``(n,)``) or per row (shape ``(B, n)``).
+axis; the per-point direction or cotangent may be given once (shape ``(n,)``) or per row
+(shape ``(B, n)``).  ``jvp``, ``vjp`` and ``hvp`` loop over the rows inside one kernel, on
+``threads`` threads (:mod:`fasttape.kernels.parallel_rows`; default all of Numba's, one
+when the batch is small), each row bitwise the single-point call; ``jacobian`` and
+``hessian`` call the single-point kernels per row.
 
 Parameters: on a tape with ``n_params > 0`` every function takes ``p=`` (as ``Tape.value``
 does; ``x`` and ``p`` may each be one row or a batch).  The work runs on
@@ -39,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.batch import as_batch
+from fasttape.batch import as_batch, launch, plan
+from fasttape.kernels import parallel_rows as _kp
 from fasttape.kernels import tangent as _k
 from fasttape.tape import TapeRecord
 from fasttape.validate import real_array
@@ -151,6 +154,23 @@ def _vals(tape: TapeRecord) -> np.ndarray:
     return _buf(tape, "vals", (tape.n_slots,))
 
 
+def _row_threads(tape: TapeRecord, n_rows: int, threads: Any) -> tuple[int, int]:
+    """``(threads, block)`` for a batch of ``n_rows`` derivative rows: ``threads`` checked
+    and sized to the work as for batch values (:func:`fasttape.batch.plan`: one thread for
+    a small batch), and blocks of about a quarter of a thread's share, handed out
+    dynamically so that a slow row does not hold up the others."""
+    t, _, _ = plan(tape, True, n_rows, threads, 1)
+    t = max(1, min(t, n_rows))
+    return t, max(1, n_rows // (4 * t))
+
+
+def _thread_bufs(tape: TapeRecord, t: int, shapes: dict[str, tuple[int, ...]],
+                 zero: tuple[str, ...] = ()) -> list[np.ndarray]:
+    """One work array per name with a leading axis of ``t`` (one set per worker thread)."""
+    return [_buf(tape, f"rows_{name}", (t, *shape), zero=name in zero)
+            for name, shape in shapes.items()]
+
+
 def _result(arr: np.ndarray, m: int) -> Any:
     return float(arr[0]) if m == 1 else arr.copy()
 
@@ -175,7 +195,8 @@ def _pad(v: Any, xp: np.ndarray, n: int, k: int, name: str, what: str) -> np.nda
     return out
 
 
-def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
+def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None,
+        threads: Any = None) -> tuple[Any, Any]:
     """Outputs at ``x`` and their directional derivatives along ``v`` (one tangent sweep).
 
     Parameters
@@ -185,6 +206,9 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
         One point or a batch (see the module docstring).
     v : array_like of float, shape (n_inputs,) or, for a batch, (B, n_inputs)
         The input direction.
+    threads : int, optional
+        Threads for a batch (default: Numba's thread count, one for a small batch); the
+        results do not depend on it.
 
     Returns
     -------
@@ -197,15 +221,23 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
     joined = _params_call(tape, x, p)
     if joined is not None:
         full, xp = joined
-        return jvp(full, xp, _pad(v, xp, tape.n_inputs, tape.n_params, "v", "jvp"))
+        return jvp(full, xp, _pad(v, xp, tape.n_inputs, tape.n_params, "v", "jvp"),
+                   threads=threads)
     m = tape.n_outputs
     xb = _batch(tape, x, "jvp")
     if xb is not None:
         vb = _row_block(v, len(xb), tape.n_inputs, "v", "jvp", "one entry per input")
         out, outdot = np.empty((len(xb), m)), np.empty((len(xb), m))
-        _k.jvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), vb,
-                    _vals(tape), _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
+        t, block = _row_threads(tape, len(xb), threads)
+        a = (tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), vb)
+        if t == 1:
+            _k.jvp_rows(*a, _vals(tape), _buf(tape, "tan", (tape.n_slots, 1)), out, outdot)
+        else:
+            vals, tan = _thread_bufs(tape, t, {"vals": (tape.n_slots,),
+                                               "tan": (tape.n_slots, 1)})
+            launch(t, _kp.jvp_rows_parallel, *a, vals, tan, out, outdot, block)
         return (out[:, 0].copy(), outdot[:, 0].copy()) if m == 1 else (out, outdot)
+    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
     xin = _point(tape, x)
     vin = _vector(v, tape.n_inputs, "v", "jvp", "one entry per input")
     tan = _buf(tape, "tan", (tape.n_slots, 1))
@@ -219,7 +251,8 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None) -> tuple[Any, Any]:
 
 
 # ------------------------------------------------------------------ reverse mode
-def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.ndarray]:
+def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None,
+        threads: Any = None) -> tuple[Any, np.ndarray]:
     """Outputs at ``x`` and ``w @ J(x)``: reverse mode with a cotangent over the outputs.
 
     Parameters
@@ -228,6 +261,8 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
     x : array_like of float, shape (n_inputs,) or (B, n_inputs)
     w : array_like of float, shape (n_outputs,) or, for a batch, (B, n_outputs)
         The cotangent: one weight per output (outputs may repeat; their weights add).
+    threads : int, optional
+        Threads for a batch, as for :func:`jvp`.
 
     Returns
     -------
@@ -239,7 +274,7 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
     joined = _params_call(tape, x, p)
     if joined is not None:
         full, xp = joined
-        val, g = vjp(full, xp, w)
+        val, g = vjp(full, xp, w, threads=threads)
         return val, g[..., : tape.n_inputs].copy()
     m = tape.n_outputs
     # A lean tape's vjp stores no partials either (its memory is what lean mode is for).
@@ -249,9 +284,19 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None) -> tuple[Any, np.nda
     if xb is not None:
         wb = _row_block(w, len(xb), m, "w", "vjp", "one weight per output")
         out, res = np.empty((len(xb), m)), np.empty((len(xb), tape.n_inputs))
-        _k.vjp_rows(tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), wb,
-                    _vals(tape), parts, adj, out, res)
+        t, block = _row_threads(tape, len(xb), threads)
+        a = (tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), wb)
+        if t == 1:
+            _k.vjp_rows(*a, _vals(tape), parts, adj, out, res)
+        else:
+            shapes = {"vals": (tape.n_slots,), "adj": (tape.n_slots,)}
+            if parts is not None:
+                shapes["parts"] = (len(tape.args),)
+            vals, tadj, *tparts = _thread_bufs(tape, t, shapes, zero=("adj",))
+            launch(t, _kp.vjp_rows_parallel, *a, vals, tparts[0] if tparts else None, tadj,
+                   out, res, block)
         return (out[:, 0].copy() if m == 1 else out), res
+    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
     xin = _point(tape, x)
     win = _vector(w, m, "w", "vjp", "one weight per output")
     out = np.empty(m)
@@ -361,7 +406,8 @@ def _hvp_buffers(tape: TapeRecord, kk: int) -> tuple[np.ndarray, ...]:
 
 
 def hvp(
-    tape: TapeRecord, x: Any, v: Any, *, output: int | None = None, p: Any = None
+    tape: TapeRecord, x: Any, v: Any, *, output: int | None = None, p: Any = None,
+    threads: Any = None
 ) -> np.ndarray:
     """Hessian of one output at ``x`` times ``v``, by forward-over-reverse (no differences).
 
@@ -376,6 +422,8 @@ def hvp(
     v : array_like of float, shape (n_inputs,) or, for a batch, (B, n_inputs)
     output : int, optional
         Which output; required when the tape has several (as for :meth:`Tape.grad`).
+    threads : int, optional
+        Threads for a batch, as for :func:`jvp`.
 
     Returns
     -------
@@ -386,16 +434,25 @@ def hvp(
     if joined is not None:
         full, xp = joined
         vp = _pad(v, xp, tape.n_inputs, tape.n_params, "v", "hvp")
-        return hvp(full, xp, vp, output=output)[..., : tape.n_inputs].copy()
+        return hvp(full, xp, vp, output=output, threads=threads)[..., : tape.n_inputs].copy()
     xb = _batch(tape, x, "hvp")
     if xb is not None:
         which = tape.output_index(output)
         vb = _row_block(v, len(xb), tape.n_inputs, "v", "hvp", "one entry per input")
-        tan, adj, adjdot = _hvp_buffers(tape, 1)
         out = np.empty((len(xb), tape.n_inputs))
-        _k.hvp_rows(tape.ops, tape.args, tape.consts, tape.outputs, which, _writable(xb),
-                    vb, _vals(tape), tan, adj, adjdot, np.empty(tape.n_inputs), out)
+        t, block = _row_threads(tape, len(xb), threads)
+        a = (tape.ops, tape.args, tape.consts, tape.outputs, which, _writable(xb), vb)
+        if t == 1:
+            tan, adj, adjdot = _hvp_buffers(tape, 1)
+            _k.hvp_rows(*a, _vals(tape), tan, adj, adjdot, np.empty(tape.n_inputs), out)
+        else:
+            n_slots = tape.n_slots
+            bufs = _thread_bufs(tape, t, {"vals": (n_slots,), "tan": (n_slots, 1),
+                                          "adj": (n_slots,), "adjdot": (n_slots, 1),
+                                          "grad": (tape.n_inputs,)}, zero=("adj", "adjdot"))
+            launch(t, _kp.hvp_rows_parallel, *a, *bufs, out, block)
         return out
+    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
     return value_grad_hvp(tape, x, v, output=output)[2]
 
 

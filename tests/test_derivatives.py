@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -378,6 +379,57 @@ def test_batches_are_the_stacked_single_point_results(tape2):
         tape2.vjp(xb, np.ones((5, 3)))
     with pytest.raises(ValueError, match="pass output=k"):
         tape2.hessian(xb)
+
+
+@pytest.mark.parametrize("grad_mode", ["stored", "lean"])
+def test_threaded_batches_are_bitwise_the_single_point_calls(grad_mode):
+    """jvp/vjp/hvp batches on two threads (kernels/parallel_rows.py): every row bitwise the
+    single-point call and the one-thread batch; a batch too small to pay for threads, a
+    tape with parameters and a lean tape (vjp without stored partials) included."""
+    n = 12
+
+    def fn(x):
+        return [ft.sum(ft.sin(x[i] * x[(i + 1) % n]) + ft.exp(-x[i] ** 2) for i in range(n)),
+                ft.sum(x[i] * x[i] for i in range(n))]
+
+    tape = ft.compile(ft.trace(fn, n), grad_mode=grad_mode)
+    rng = np.random.default_rng(3)
+    B = 2 + 100_000 // tape.n_instructions  # past the parallel threshold (batch.py)
+    X, V, W = rng.normal(size=(B, n)), rng.normal(size=(B, n)), rng.normal(size=(B, 2))
+    two = min(2, numba.config.NUMBA_NUM_THREADS)  # NUMBA_NUM_THREADS caps the threads
+    for threads in (1, two):
+        vals, tans = tape.jvp(X, V, threads=threads)
+        outs, res = tape.vjp(X, W, threads=threads)
+        hv = tape.hvp(X, V, output=0, threads=threads)
+        for b in (0, B // 2, B - 1):
+            v1, t1 = tape.jvp(X[b], V[b])
+            assert vals[b].tobytes() == v1.tobytes() and tans[b].tobytes() == t1.tobytes()
+            o1, r1 = tape.vjp(X[b], W[b])
+            assert outs[b].tobytes() == o1.tobytes() and res[b].tobytes() == r1.tobytes()
+            assert hv[b].tobytes() == tape.hvp(X[b], V[b], output=0).tobytes()
+        if threads == 1:
+            want = (tans, res, hv)
+        else:
+            assert [a.tobytes() for a in (tans, res, hv)] == [a.tobytes() for a in want]
+    small = tape.hvp(X[:3], V[:3], output=1, threads=two)  # too little work: one thread
+    assert small.tobytes() == tape.hvp(X[:3], V[:3], output=1, threads=1).tobytes()
+    with pytest.raises(ValueError, match="threads=0 is out of range"):
+        tape.jvp(X, V, threads=0)
+    with pytest.raises(TypeError, match="threads must be an int or None"):
+        tape.vjp(X[0], W[0], threads="2")
+    with pytest.raises(ValueError, match="threads=0 is out of range"):
+        tape.hvp(X[0], V[0], output=0, threads=0)
+    # Parameters: the work runs on params_as_inputs(), threads passed through.
+    tp = ft.compile(ft.trace(lambda x, p: ft.sum(ft.sin(x[i] * p[i]) for i in range(n)),
+                             n, n_params=n), grad_mode=grad_mode)
+    P = rng.normal(size=(B, n))
+    for threads in (1, two):
+        got = (tp.jvp(X, V, p=P, threads=threads)[1], tp.vjp(X, W[:, :1], p=P,
+               threads=threads)[1], tp.hvp(X, V, p=P, threads=threads))
+        if threads == 1:
+            want_p = got
+        else:
+            assert [a.tobytes() for a in got] == [a.tobytes() for a in want_p]
 
 
 def test_read_only_arrays_are_accepted_everywhere(tape2):
