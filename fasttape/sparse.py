@@ -279,6 +279,12 @@ def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False
     return tape.work_array("sparse", name, shape, zero)
 
 
+def _check_prune(prune: Any) -> bool:
+    if not isinstance(prune, (bool, np.bool_)):
+        raise TypeError(f"prune must be True or False, got {prune!r}")
+    return bool(prune)
+
+
 class _Plan:
     """Shared parts of the two plans: the point (and parameters) check and ``out=``."""
 
@@ -349,10 +355,8 @@ class SparseJacobian(_Plan):
     """
 
     def __init__(self, tape: TapeRecord, prune: bool = True) -> None:
-        if not isinstance(prune, (bool, np.bool_)):
-            raise TypeError(f"prune must be True or False, got {prune!r}")
         self.tape = tape
-        self.prune = bool(prune)
+        self.prune = _check_prune(prune)
         self.pattern = jacobian_sparsity(tape)
         self.colors, self.n_colors = color_columns(self.pattern)
         # Entry (i, j) is read at row i, column colors[j] of the compressed matrix.
@@ -455,15 +459,16 @@ class SparseHessian(_Plan):
         of its two rows determines it.  "distance2" (:func:`color_columns`): every column
         alone in each of its rows, both ``H[i, j]`` and ``H[j, i]`` read directly and
         combined as the dense ``hessian`` does (bitwise its values on the tests' problems).
+    prune : bool
+        Whether evaluations run the pruned sweeps (the constructor's ``prune``).
     """
 
     def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None,
                  coloring: str = "star", prune: bool = True) -> None:
         if coloring not in HESSIAN_COLORINGS:
             raise ValueError(f"coloring must be one of {HESSIAN_COLORINGS}, got {coloring!r}")
-        if not isinstance(prune, (bool, np.bool_)):
-            raise TypeError(f"prune must be True or False, got {prune!r}")
         self.tape = tape
+        self.prune = _check_prune(prune)
         self.coloring = coloring
         self.w = _weights(tape, output, w)
         self.pattern = hessian_sparsity(tape, w=self.w)

@@ -381,6 +381,31 @@ def test_pruned_jacobian_fixed_rows():
         np.testing.assert_array_equal(plan(x).toarray(), tape.jacobian(x, mode="forward"))
 
 
+def test_pruned_plans_with_parameters_and_bad_prune():
+    """Parameters are inputs of the evaluated tape (params_as_inputs): the flags, computed
+    on the tape itself, line up with its slots; a non-bool prune is refused."""
+    n = 6
+
+    def fn(x, p):
+        return [x[i + 1] * p[i] - ft.sin(x[i]) + 2.0 * x[i] for i in range(n - 1)]
+
+    tape = ft.compile(ft.trace(fn, n, n_params=n))
+    rng = np.random.default_rng(5)
+    x, p = rng.normal(size=n), rng.normal(size=n)
+    w = rng.normal(size=n - 1)
+    jac = [tape.sparse_jacobian_plan(prune=q)(x, p=p, values_only=True) for q in (True, False)]
+    assert jac[0].tobytes() == jac[1].tobytes()
+    hes = [tape.sparse_hessian_plan(w=np.ones(n - 1), prune=q)(x, p=p, w=w, values_only=True)
+           for q in (True, False)]
+    assert hes[0].tobytes() == hes[1].tobytes()
+    np.testing.assert_allclose(tape.sparse_jacobian_plan()(x, p=p).toarray(),
+                               tape.jacobian(x, p=p), rtol=1e-15)
+    with pytest.raises(TypeError, match="prune must be True or False"):
+        tape.sparse_jacobian_plan(prune="yes")
+    with pytest.raises(TypeError, match="prune must be True or False"):
+        sparse.SparseHessian(tape, w=np.ones(n - 1), prune=1)
+
+
 def test_pruning_skips_the_linear_part():
     """On a mostly linear tape the flags leave most instructions out of every sweep."""
     n = 50

@@ -1,4 +1,4 @@
-"""Activity analysis for the Hessian sweeps: which slots a weighted Hessian needs at all.
+"""Activity analysis for sparse derivatives: which slots a Hessian or a Jacobian needs at all.
 
 A forward-over-reverse sweep (:func:`fasttape.kernels.tangent.reverse_hvp`) computes, for
 every slot, a value, a tangent, an adjoint and an adjoint tangent.  Most of them are known to
@@ -26,7 +26,11 @@ On the slots they keep they perform the same operations in the same order as the
 sweeps, whose skipped terms are exact zeros (a zero factor contributes nothing: the zero rules
 of :mod:`fasttape.kernels.tangent`), so the results are bitwise the full sweeps' (tested).
 In an optimal-control NLP most of the graph is linear (the collocation equations), and the
-Lagrangian's Hessian then costs a fraction of a gradient.
+Lagrangian's Hessian then costs a fraction of the full sweeps.
+
+A Jacobian's tangent sweep has its own flags (:func:`jacobian_activity`): rows whose partials
+are all constant are ``FIXED`` (computed once per plan), and only the tangents and values the
+other rows need are computed per call.
 """
 
 from __future__ import annotations
@@ -98,16 +102,14 @@ def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
         op = ops[i]
         s = n_pre + i
         if live[s]:
-            hot = False
-            for e in range(3):
-                hot = hot or nonlin[op, e]
+            nonlinear = nonlin[op, 0] or nonlin[op, 1] or nonlin[op, 2]
+            hot = nonlinear
             for j in range(ndiff[op]):
                 hot = hot or (flags[args[k + j]] & ADJ) != 0
             if hot:
                 flags[s] |= ADJ
-            for e in range(3):
-                if nonlin[op, e]:
-                    flags[s] |= NONLIN
+            if nonlinear:
+                flags[s] |= NONLIN
         k += arity[op]
     # TAN and VAL in one backward pass: a slot's flags are final once its consumers, all
     # later in the tape, have been visited.
@@ -116,10 +118,7 @@ def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
         s = n_pre + i
         k -= arity[op]
         fl = flags[s]
-        nonlinear = False
-        for e in range(3):
-            nonlinear = nonlinear or nonlin[op, e]
-        if (fl & TAN) or (nonlinear and (fl & ADJ)):
+        if fl & (TAN | NONLIN):
             for j in range(ndiff[op]):
                 flags[args[k + j]] |= TAN
         if (fl & TAN) or ((fl & ADJ) and valdep[op]):
