@@ -23,17 +23,16 @@ import numpy as np
 from fasttape.kernels.activity import (
     ADJOINT,
     SKIP,
-    VALUE,
-    forward_mode,
+    TANGENT,
     reverse_mode,
     wants_adjoint,
 )
-from fasttape.kernels.dispatch import ARITY, NDIFF, partials_and_second
+from fasttape.kernels.dispatch import NDIFF, partials_and_second
 from fasttape.kernels.jit import kernel
 from fasttape.kernels.sweep import load_inputs
 from fasttape.kernels.tangent import (
     adjoint_step,
-    evaluate_instruction,
+    evaluate_active,
     forward_tangent,
     reverse_hvp,
     reverse_step,
@@ -359,12 +358,8 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active):
         tan[i] = 0.0
     k = 0
     for i in range(ops.shape[0]):
-        mode = forward_mode(active, n_pre + i)
-        if mode == SKIP:
-            k += ARITY[ops[i]]
-            continue
-        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
-        if mode == VALUE:
+        mode, s, nd, p0, p1, k_next = evaluate_active(ops, args, vals, active, n_pre, i, k)
+        if mode != TANGENT:
             k = k_next
             continue
         if nd == 0:

@@ -46,7 +46,7 @@ from __future__ import annotations
 from fasttape.kernels.activity import (
     ADJOINT,
     SKIP,
-    VALUE,
+    TANGENT,
     forward_mode,
     reverse_mode,
     wants_adjoint,
@@ -71,6 +71,7 @@ from fasttape.kernels.sweep import (
 __all__ = [
     "adjoint_step",
     "cotangent_driver",
+    "evaluate_active",
     "evaluate_instruction",
     "forward_tangent",
     "hvp_driver",
@@ -123,6 +124,22 @@ def evaluate_instruction(ops, args, vals, n_pre, i, k):  # pragma: no cover (jit
     return s, NDIFF[op], p0, p1, k + ARITY[op]
 
 
+@kernel(inline=True)
+def evaluate_active(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (jitted)
+    """Step ``i`` of a forward tangent sweep, pruned by ``active`` (or not: None).
+
+    Returns ``(mode, s, nd, p0, p1, k_next)``: the :func:`fasttape.kernels.activity.
+    forward_mode` of the instruction, then :func:`evaluate_instruction`'s answer (the
+    instruction evaluated unless the mode is ``SKIP``); the caller computes tangents only
+    when the mode is ``TANGENT``.
+    """
+    mode = forward_mode(active, n_pre + i)
+    if mode == SKIP:
+        return mode, n_pre + i, 0, 0.0, 0.0, k + ARITY[ops[i]]
+    s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
+    return mode, s, nd, p0, p1, k_next
+
+
 @kernel
 def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
     # pragma: no cover (jitted)
@@ -145,12 +162,8 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
         _clear_row(tan, i)
     k = 0
     for i in range(ops.shape[0]):
-        mode = forward_mode(active, n_pre + i)
-        if mode == SKIP:
-            k += ARITY[ops[i]]
-            continue
-        s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
-        if mode == VALUE:
+        mode, s, nd, p0, p1, k_next = evaluate_active(ops, args, vals, active, n_pre, i, k)
+        if mode != TANGENT:
             k = k_next
             continue
         if nd == 0:
