@@ -44,7 +44,7 @@ import numpy as np
 from fasttape.batch import as_batch, launch, plan
 from fasttape.kernels import parallel_rows as _kp
 from fasttape.kernels import tangent as _k
-from fasttape.tape import TapeRecord
+from fasttape.tape import TapeRecord, resolve_threads
 from fasttape.validate import real_array
 
 __all__ = ["jvp", "vjp", "jacobian", "hvp", "hessian", "JACOBIAN_MODES", "MAX_CHUNK"]
@@ -237,7 +237,7 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None,
                                                "tan": (tape.n_slots, 1)})
             launch(t, _kp.jvp_rows_parallel, *a, vals, tan, out, outdot, block)
         return (out[:, 0].copy(), outdot[:, 0].copy()) if m == 1 else (out, outdot)
-    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
+    resolve_threads(threads)  # a bad ``threads`` is an error for one point too
     xin = _point(tape, x)
     vin = _vector(v, tape.n_inputs, "v", "jvp", "one entry per input")
     tan = _buf(tape, "tan", (tape.n_slots, 1))
@@ -251,6 +251,12 @@ def jvp(tape: TapeRecord, x: Any, v: Any, *, p: Any = None,
 
 
 # ------------------------------------------------------------------ reverse mode
+def _vjp_buffers(tape: TapeRecord, lean: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """``parts`` (None for a lean tape) and ``adj`` (zero) of the single-thread VJP."""
+    parts = None if lean else _buf(tape, "vjp_parts", (len(tape.args),))
+    return parts, _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
+
+
 def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None,
         threads: Any = None) -> tuple[Any, np.ndarray]:
     """Outputs at ``x`` and ``w @ J(x)``: reverse mode with a cotangent over the outputs.
@@ -278,8 +284,7 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None,
         return val, g[..., : tape.n_inputs].copy()
     m = tape.n_outputs
     # A lean tape's vjp stores no partials either (its memory is what lean mode is for).
-    parts = None if tape.grad_mode == "lean" else _buf(tape, "vjp_parts", (len(tape.args),))
-    adj = _buf(tape, "vjp_adj", (tape.n_slots,), zero=True)
+    lean = tape.grad_mode == "lean"
     xb = _batch(tape, x, "vjp")
     if xb is not None:
         wb = _row_block(w, len(xb), m, "w", "vjp", "one weight per output")
@@ -287,22 +292,22 @@ def vjp(tape: TapeRecord, x: Any, w: Any, *, p: Any = None,
         t, block = _row_threads(tape, len(xb), threads)
         a = (tape.ops, tape.args, tape.consts, tape.outputs, _writable(xb), wb)
         if t == 1:
-            _k.vjp_rows(*a, _vals(tape), parts, adj, out, res)
+            _k.vjp_rows(*a, _vals(tape), *_vjp_buffers(tape, lean), out, res)
         else:
             shapes = {"vals": (tape.n_slots,), "adj": (tape.n_slots,)}
-            if parts is not None:
+            if not lean:
                 shapes["parts"] = (len(tape.args),)
             vals, tadj, *tparts = _thread_bufs(tape, t, shapes, zero=("adj",))
             launch(t, _kp.vjp_rows_parallel, *a, vals, tparts[0] if tparts else None, tadj,
                    out, res, block)
         return (out[:, 0].copy() if m == 1 else out), res
-    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
+    resolve_threads(threads)  # a bad ``threads`` is an error for one point too
     xin = _point(tape, x)
     win = _vector(w, m, "w", "vjp", "one weight per output")
     out = np.empty(m)
     res = np.empty(tape.n_inputs)
     _k.vjp_driver(tape.ops, tape.args, tape.consts, tape.outputs, xin, win, _vals(tape),
-                  parts, adj, out, res)
+                  *_vjp_buffers(tape, lean), out, res)
     return _result(out, m), res
 
 
@@ -452,7 +457,7 @@ def hvp(
                                           "grad": (tape.n_inputs,)}, zero=("adj", "adjdot"))
             launch(t, _kp.hvp_rows_parallel, *a, *bufs, out, block)
         return out
-    plan(tape, True, 1, threads, 1)  # a bad ``threads`` is an error for one point too
+    resolve_threads(threads)  # a bad ``threads`` is an error for one point too
     return value_grad_hvp(tape, x, v, output=output)[2]
 
 

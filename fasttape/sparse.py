@@ -79,6 +79,11 @@ def _reads_values(op: Any) -> bool:
     return False
 
 
+def _valdep() -> np.ndarray:
+    """:func:`_reads_values` of every op, indexed by op code."""
+    return np.array([_reads_values(op) for op in OPS], np.bool_)
+
+
 def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``arity``, ``ndiff`` and ``nonlin[op, e]`` (second partial ``e`` structurally nonzero),
     all read from the op table's rows."""
@@ -148,9 +153,8 @@ def hessian_activity(tape: TapeRecord, w: np.ndarray) -> np.ndarray:
     """The flags of the pruned Hessian sweeps (:mod:`fasttape.kernels.activity`) for the
     weights ``w`` (checked, one per output): uint8 per slot."""
     arity, ndiff, nonlin = _op_tables()
-    valdep = np.array([_reads_values(op) for op in OPS], np.bool_)
     n_pre = tape.n_inputs + tape.n_params + tape.n_consts
-    return _ka.hessian_activity(tape.ops, tape.args, arity, ndiff, nonlin, valdep, n_pre,
+    return _ka.hessian_activity(tape.ops, tape.args, arity, ndiff, nonlin, _valdep(), n_pre,
                                 _live(tape, w))
 
 
@@ -158,9 +162,8 @@ def jacobian_activity(tape: TapeRecord) -> np.ndarray:
     """The flags of the pruned Jacobian sweep (:func:`fasttape.kernels.activity.
     jacobian_activity`): uint8 per slot."""
     arity, ndiff, _ = _op_tables()
-    valdep = np.array([_reads_values(op) for op in OPS], np.bool_)
     n_pre = tape.n_inputs + tape.n_params + tape.n_consts
-    return _ka.jacobian_activity(tape.ops, tape.args, arity, ndiff, valdep, n_pre,
+    return _ka.jacobian_activity(tape.ops, tape.args, arity, ndiff, _valdep(), n_pre,
                                  _live(tape, np.ones(tape.n_outputs)))
 
 

@@ -74,6 +74,13 @@ ADJOINT = 1
 TANGENT = 2
 
 
+@kernel(inline=True)
+def _mark(flags, args, k, n, bit):  # pragma: no cover (jitted)
+    """Set ``bit`` on the first ``n`` arguments (from ``args[k]``) of an instruction."""
+    for j in range(n):
+        flags[args[k + j]] |= bit
+
+
 @kernel
 def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
     # pragma: no cover (jitted)
@@ -119,14 +126,12 @@ def hessian_activity(ops, args, arity, ndiff, nonlin, valdep, n_pre, live):
         k -= arity[op]
         fl = flags[s]
         if fl & (TAN | NONLIN):
-            for j in range(ndiff[op]):
-                flags[args[k + j]] |= TAN
+            _mark(flags, args, k, ndiff[op], TAN)
         if (fl & TAN) or ((fl & ADJ) and valdep[op]):
             fl |= VAL
             flags[s] = fl
         if fl & VAL:
-            for j in range(arity[op]):
-                flags[args[k + j]] |= VAL
+            _mark(flags, args, k, arity[op], VAL)
     return flags
 
 
@@ -164,14 +169,12 @@ def jacobian_activity(ops, args, arity, ndiff, valdep, n_pre, live):
         if live[s] and (fl & FIXED) == 0:
             fl |= TAN
         if fl & TAN:
-            for j in range(ndiff[op]):
-                flags[args[k + j]] |= TAN
+            _mark(flags, args, k, ndiff[op], TAN)
             if valdep[op]:
                 fl |= VAL
         flags[s] = fl
         if fl & VAL:
-            for j in range(arity[op]):
-                flags[args[k + j]] |= VAL
+            _mark(flags, args, k, arity[op], VAL)
     return flags
 
 

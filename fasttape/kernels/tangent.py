@@ -149,8 +149,9 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
     ``(n_slots, K)``) its derivative along each input direction ``xdot[:, d]``
     (``xdot`` has shape ``(n_inputs, K)``; constants have tangent 0).  A zero tangent
     or a zero partial contributes nothing (module docstring).  No bounds checks.
-    ``active``: the flags of :func:`fasttape.kernels.activity.hessian_activity` (only the
-    ``TAN`` slots get tangents, only the ``VAL`` slots values), or None for every slot.
+    ``active``: the flags of :func:`fasttape.kernels.activity.hessian_activity` or
+    :func:`~fasttape.kernels.activity.jacobian_activity` (only the ``TAN`` slots get
+    tangents, only the ``VAL | TAN`` slots are evaluated), or None for every slot.
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
