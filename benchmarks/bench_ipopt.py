@@ -162,7 +162,8 @@ def run_casadi(n_intervals: int) -> dict[str, Any] | None:
 
 
 def ab_pruning(n_intervals: int, repeat: int = 15) -> None:
-    """Per-call time of the sparse plans with and without activity pruning (``prune=``),
+    """Per-call time of the sparse plans: full sweeps (``prune=False``), pruned sweeps
+    (``preaccumulate=False``) and the default (pruned, linear region preaccumulated),
     alternating in one process at one point: the A/B behind docs/sparse.md's figures."""
     from fasttape.sparse import SparseHessian, SparseJacobian
 
@@ -173,23 +174,26 @@ def ab_pruning(n_intervals: int, repeat: int = 15) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=n)
     lam = rng.normal(size=c.n_outputs)
+    modes = ({"prune": False}, {"preaccumulate": False}, {})
     cases = {
-        "constraint Jacobian": lambda prune: (SparseJacobian(c, prune=prune), (x,), {}),
-        "constraint Hessian (w @ c)": lambda prune: (
-            SparseHessian(c, w=np.ones(c.n_outputs), prune=prune), (x,), {"w": lam}),
-        "objective Hessian": lambda prune: (SparseHessian(f, prune=prune), (x,), {}),
+        "constraint Jacobian": lambda kw: (SparseJacobian(c, **kw), {}),
+        "constraint Hessian (w @ c)": lambda kw: (
+            SparseHessian(c, w=np.ones(c.n_outputs), **kw), {"w": lam}),
+        "objective Hessian": lambda kw: (SparseHessian(f, **kw), {}),
     }
-    print(f"  isolated per call, ms (median of {repeat}): full sweeps / pruned (speed-up)")
+    print(f"  isolated per call, ms (median of {repeat}, alternating): full sweeps / pruned "
+          "/ preaccumulated (speed-up over full)")
     for name, make in cases.items():
-        plans = [make(prune) for prune in (False, True)]
-        times: list[list[float]] = [[], []]
+        plans = [make(kw) for kw in modes]
+        times: list[list[float]] = [[] for _ in plans]
         for _ in range(repeat):
-            for j, (plan, args, kw) in enumerate(plans):
+            for j, (plan, kw) in enumerate(plans):
                 t0 = time.perf_counter()
-                plan(*args, values_only=True, **kw)
+                plan(x, values_only=True, **kw)
                 times[j].append(time.perf_counter() - t0)
-        full, pruned = (1e3 * float(np.median(t)) for t in times)
-        print(f"  {name:<27} {full:7.3f} / {pruned:7.3f}  ({full / pruned:.2f}x)")
+        full, pruned, pre = (1e3 * float(np.median(t)) for t in times)
+        print(f"  {name:<27} {full:7.3f} / {pruned:7.3f} / {pre:7.3f}  "
+              f"({full / pruned:.2f}x, {full / pre:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,32 +134,38 @@ class Tape(TapeRecord):
         ``w``) as a ``scipy.sparse.csr_matrix``; see :func:`fasttape.sparse.hessian_sparsity`."""
         return sparse.hessian_sparsity(self, output=output, w=w)
 
-    def sparse_jacobian_plan(self, *, prune: bool = True) -> sparse.SparseJacobian:
-        """A reusable :class:`fasttape.sparse.SparseJacobian`: pattern, coloring and the
-        point-independent rows (``prune``) once, then ``plan(x)`` per point."""
-        return sparse.SparseJacobian(self, prune=prune)
+    def sparse_jacobian_plan(self, *, prune: bool = True,
+                             preaccumulate: bool = True) -> sparse.SparseJacobian:
+        """A reusable :class:`fasttape.sparse.SparseJacobian`: pattern, coloring, the
+        point-independent rows (``prune``) and the linear region's matrix
+        (``preaccumulate``) once, then ``plan(x)`` per point."""
+        return sparse.SparseJacobian(self, prune=prune, preaccumulate=preaccumulate)
 
     def sparse_hessian_plan(
         self, output: int | None = None, *, w: Any = None, coloring: str = "star",
-        prune: bool = True,
+        prune: bool = True, preaccumulate: bool = True,
     ) -> sparse.SparseHessian:
         """A reusable :class:`fasttape.sparse.SparseHessian` of one output or of the weighted
-        sum ``w @ outputs``: pattern, coloring (``"star"`` or ``"distance2"``) and pruning
-        (``prune``) once, then ``plan(x)`` per point."""
-        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring, prune=prune)
+        sum ``w @ outputs``: pattern, coloring (``"star"`` or ``"distance2"``), pruning
+        (``prune``) and the linear region's matrix (``preaccumulate``) once, then
+        ``plan(x)`` per point."""
+        return sparse.SparseHessian(self, output=output, w=w, coloring=coloring, prune=prune,
+                                    preaccumulate=preaccumulate)
 
     def sparse_jacobian(self, x: Any, p: Any = None) -> Any:
         """The Jacobian at ``x`` as a ``scipy.sparse.csr_matrix`` by coloring; builds a plan
-        each call (keep :meth:`sparse_jacobian_plan` for repeated calls)."""
-        return sparse.SparseJacobian(self)(x, p=p)
+        each call (keep :meth:`sparse_jacobian_plan` for repeated calls; for one call its
+        linear region is swept, not preaccumulated)."""
+        return sparse.SparseJacobian(self, preaccumulate=False)(x, p=p)
 
     def sparse_hessian(
         self, x: Any, p: Any = None, *, output: int | None = None, w: Any = None
     ) -> Any:
         """The Hessian of one output (or of ``w @ outputs``) at ``x`` as a
         ``scipy.sparse.csr_matrix`` by coloring; builds a plan each call (keep
-        :meth:`sparse_hessian_plan` for repeated calls)."""
-        return sparse.SparseHessian(self, output=output, w=w)(x, p=p)
+        :meth:`sparse_hessian_plan` for repeated calls; for one call its linear region is
+        swept, not preaccumulated)."""
+        return sparse.SparseHessian(self, output=output, w=w, preaccumulate=False)(x, p=p)
 
     def explain(self, x: Any, output: int | None = None, *, p: Any = None) -> Any:
         """Where a non-finite value or gradient at ``x`` came from; see

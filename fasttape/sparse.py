@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from fasttape.kernels import activity as _ka
+from fasttape.kernels import entries as _ke
 from fasttape.kernels import sparsity as _ks
-from fasttape.kernels.tangent import tangent_driver
+from fasttape.kernels.tangent import cotangent_driver, tangent_driver
+from fasttape.linear_region import region_reads, region_tape
 from fasttape.ops import OPS
 from fasttape.tape import TapeRecord, check_out
 
@@ -167,6 +169,242 @@ def jacobian_activity(tape: TapeRecord) -> np.ndarray:
                                  _live(tape, np.ones(tape.n_outputs)))
 
 
+_NO_SEEDS = (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
+             np.empty(0))
+
+
+def _sweep_steps(tape: TapeRecord, flags: np.ndarray, forward: int, reverse: int,
+                 seeds: tuple[np.ndarray, ...] = _NO_SEEDS) -> tuple[np.ndarray, ...]:
+    """What the pruned sweeps take (``active``, :mod:`fasttape.kernels.activity`): the
+    ``flags``, the instructions whose flags meet ``forward`` (the forward sweep's steps) and
+    ``reverse`` (the reverse sweep's), each with its argument position, and the ``seeds``
+    matrix (rows of slots, pointers, output indices, coefficients)."""
+    arity = _op_tables()[0][tape.ops]
+    start = np.zeros(len(arity), np.int64)
+    np.cumsum(arity[:-1], out=start[1:])
+    own = flags[tape.n_inputs + tape.n_params + tape.n_consts :]
+    fwd = np.flatnonzero(own & forward).astype(np.int64)
+    rev = np.flatnonzero(own & reverse).astype(np.int64)
+    return (flags, fwd, start[fwd], rev, start[rev] + arity[rev], *seeds)
+
+
+def _output_seeds(tape: TapeRecord, flags: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The plain seeds of a weighted reverse sweep as a seed matrix: each ``ADJ`` output slot
+    gets its outputs' weights with coefficient 1, in output order (an output listed twice
+    adds up, as ``_ks._seed_weights`` adds them)."""
+    outs = tape.outputs.astype(np.int64)
+    js = np.flatnonzero(flags[outs] & _ka.ADJ)
+    order = js[np.argsort(outs[js], kind="stable")]
+    rows, first = np.unique(outs[order], return_index=True)
+    ptr = np.append(first, len(order)).astype(np.int64)
+    return rows.astype(np.int64), ptr, order.astype(np.int64), np.ones(len(order))
+
+
+#: A linear region is preaccumulated only when its Jacobian takes at most this many colors
+#: (``ceil(colors / 32)`` sweeps of the region, once per plan) and has at most
+#: :data:`PREACCUMULATE_MAX_FILL` times as many entries as the region has instructions
+#: (beyond that, seeding from the matrix would cost more than sweeping the region).
+PREACCUMULATE_MAX_COLORS = 128
+PREACCUMULATE_MAX_FILL = 2.0
+
+
+def _linear_jacobian(sub: TapeRecord) -> Any:
+    """The Jacobian of a tape of constant-partial ops (the same at every point), as a CSR
+    matrix with sorted indices and no stored zeros; None when it is too costly to keep
+    (:data:`PREACCUMULATE_MAX_COLORS`, :data:`PREACCUMULATE_MAX_FILL`).
+
+    Forward sweeps over its column colors or reverse sweeps over its row colors, whichever
+    are fewer (a sum of many terms is one row: one reverse sweep).
+    """
+    sp = _scipy_sparse()
+    pattern = jacobian_sparsity(sub)
+    if pattern.nnz > PREACCUMULATE_MAX_FILL * max(len(sub.ops), 1):
+        return None
+    col_colors, n_col = color_columns(pattern)
+    row_colors, n_row = color_columns(pattern.T)
+    if min(n_col, n_row) > PREACCUMULATE_MAX_COLORS:
+        return None
+    m, n = pattern.shape
+    coo = pattern.tocoo()
+    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    data = np.empty(len(rows))
+    x0 = np.zeros(n)
+    vals, out = np.empty(sub.n_slots), np.empty(m)
+    if n_col <= n_row:
+        for c0, seed in _seed_blocks(col_colors, n_col, n):
+            kk = seed.shape[1]
+            res = np.empty((m, kk))
+            tangent_driver(sub.ops, sub.args, sub.consts, sub.outputs, x0, seed, False, vals,
+                           np.empty((sub.n_slots, kk)), out, res)
+            sel = (col_colors[cols] >= c0) & (col_colors[cols] < c0 + kk)
+            data[sel] = res[rows[sel], col_colors[cols[sel]] - c0]
+    else:
+        for c0, seed in _seed_blocks(row_colors, n_row, m):
+            kk = seed.shape[1]
+            res = np.empty((n, kk))
+            cotangent_driver(sub.ops, sub.args, sub.consts, sub.outputs, x0, seed, False, vals,
+                             np.zeros((sub.n_slots, kk)), out, res)
+            sel = (row_colors[rows] >= c0) & (row_colors[rows] < c0 + kk)
+            data[sel] = res[cols[sel], row_colors[rows[sel]] - c0]
+    jac = sp.csr_matrix((data, (rows, cols)), shape=(m, n))
+    jac.eliminate_zeros()
+    jac.sort_indices()
+    return jac
+
+
+def _preaccumulated_seeds(tape: TapeRecord, flags: np.ndarray
+                          ) -> tuple[np.ndarray, tuple[np.ndarray, ...]] | None:
+    """The linear region of a weighted Hessian's reverse sweep, preaccumulated.
+
+    The region is the ``ADJ`` instructions outside ``TAN | NONLIN`` (those whose adjoint
+    only flows on, with constant partials: the sweep's ``ADJOINT`` mode).  Their consumers
+    are all in the region, so the adjoints they pass to the slots they read are a fixed
+    linear function of the weights: ``adj[b] = sum_j C[b, j] * w[j]``, ``C`` the transposed
+    Jacobian of :func:`fasttape.linear_region.region_tape`.  Returns the flags with the
+    region cleared from ``ADJ`` (the reverse sweep then skips it) and ``C`` as seeds, or
+    None when the region is empty, holds an op whose partials read values, or its matrix is
+    too costly (:func:`_linear_jacobian`).
+    """
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    own = flags[n_pre:]
+    region = ((own & _ka.ADJ) != 0) & ((own & (_ka.TAN | _ka.NONLIN)) == 0)
+    if not region.any() or _valdep()[tape.ops[region]].any():
+        return None
+    core = (flags & _ka.ADJ) != 0
+    core[n_pre:] &= ~region
+    boundary = np.zeros(tape.n_slots, np.bool_)
+    boundary[tape.outputs] = True
+    boundary |= region_reads(tape, region)
+    boundary &= core
+    sub, slots = region_tape(tape, region, boundary)
+    jac = _linear_jacobian(sub)
+    if jac is None:
+        return None
+    ct = jac.T.tocsr()  # row b: the outputs whose weights reach boundary slot b
+    ct.sort_indices()
+    # Rows without entries dropped: the entries of the others stay contiguous, in order.
+    keep = np.flatnonzero(np.diff(ct.indptr))
+    ptr = np.append(ct.indptr[keep], ct.nnz).astype(np.int64)
+    seeds = (slots[keep], ptr, ct.indices.astype(np.int64), ct.data.astype(np.float64))
+    cleared = flags.copy()
+    cleared[n_pre:][region] &= np.uint8(0xFF ^ _ka.ADJ)
+    return cleared, seeds
+
+
+def _entry_program(tape: TapeRecord, pattern: Any, sweep_steps: int, n_colors: int
+                   ) -> tuple[tuple[np.ndarray, ...], int, tuple[np.ndarray, ...]] | None:
+    """What a preaccumulated Jacobian runs (:mod:`fasttape.kernels.entries`): the core's
+    forward steps (``active``), the length of ``G`` and the program; None when there is no
+    linear region to preaccumulate, its matrix is too costly (:func:`_linear_jacobian`), or
+    the program would do more work than the pruned tangent sweep (``sweep_steps`` steps of
+    ``n_colors`` directions).
+
+    The core is the live instructions whose partials read values and everything their
+    tangents are computed from; every other live instruction (constant partials) is in the
+    region, whose outputs are then a fixed linear function ``C`` of the core slots and inputs
+    it reads (:func:`fasttape.linear_region.region_tape`).
+    """
+    arity, ndiff, _ = _op_tables()
+    valdep = _valdep()
+    n_in = tape.n_inputs + tape.n_params
+    n_pre = n_in + tape.n_consts
+    live = _live(tape, np.ones(tape.n_outputs))
+    wanted = np.zeros_like(live)  # the core's ends: live instructions whose partials read values
+    wanted[n_pre:] = live[n_pre:] & valdep[tape.ops]
+    flags = _ka.jacobian_activity(tape.ops, tape.args, arity, ndiff, valdep, n_pre, wanted)
+    core = (flags & _ka.TAN) != 0
+    region = live[n_pre:] & ~core[n_pre:]
+    if not region.any():
+        return None
+    boundary = np.zeros(tape.n_slots, np.bool_)
+    boundary[tape.outputs] = True
+    boundary |= region_reads(tape, region)
+    core[:n_in] = True  # inputs (and parameters, which have no entries) too
+    boundary &= core
+    sub, slots = region_tape(tape, region, boundary)
+    jac = _linear_jacobian(sub)
+    if jac is None:
+        return None
+    start, length, idx = _sets(tape)
+    gstart, n_grad = _gradient_layout(tape, flags, start, length)
+    active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, 0)
+    eptr, target, source, arg = _ke.gradient_edges(
+        tape.ops, tape.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
+        length, idx, gstart)
+    tptr, tsource, tcoef = _ke.entry_terms(
+        jac.indptr.astype(np.int64), slots[jac.indices], jac.data.astype(np.float64), start,
+        length, idx, gstart, pattern.indptr.astype(np.int64), pattern.indices)
+    if len(target) + len(tsource) > 2 * sweep_steps * max(n_colors, 1) + pattern.nnz:
+        return None
+    # Terms on an input's own entry (always 1) are constants: summed once, here, into each
+    # entry's base (the collocation equations' entries are nothing else).
+    entry = np.repeat(np.arange(pattern.nnz), np.diff(tptr))
+    fixed = tsource < tape.n_inputs
+    base = np.bincount(entry[fixed], tcoef[fixed], minlength=pattern.nnz)
+    tptr = np.zeros(pattern.nnz + 1, np.int64)
+    np.cumsum(np.bincount(entry[~fixed], minlength=pattern.nnz), out=tptr[1:])
+    gbeg, glen = _step_entries(tape, flags, active[1], gstart, length)
+    return active, n_grad, (gbeg, glen, eptr, target, source, arg, base, tptr,
+                            tsource[~fixed], tcoef[~fixed])
+
+
+def _gradient_layout(tape: TapeRecord, flags: np.ndarray, start: np.ndarray,
+                     length: np.ndarray) -> tuple[np.ndarray, int]:
+    """Where each slot's entries of ``G`` start (:mod:`fasttape.kernels.entries`): one entry
+    per input first, then each ``TAN`` instruction's, in tape order (``-1``: none); and the
+    length of ``G``."""
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    gstart = np.full(tape.n_slots, -1, np.int64)
+    gstart[: tape.n_inputs] = np.arange(tape.n_inputs)
+    own = n_pre + np.flatnonzero(flags[n_pre:] & _ka.TAN)
+    lens = length[own]
+    gstart[own] = tape.n_inputs + np.cumsum(lens) - lens
+    return gstart, tape.n_inputs + int(lens.sum())
+
+
+def _step_entries(tape: TapeRecord, flags: np.ndarray, steps: np.ndarray, gstart: np.ndarray,
+                  length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each forward step's own entries of ``G`` lie (none for a step without ``TAN``)."""
+    slot = tape.n_inputs + tape.n_params + tape.n_consts + steps
+    tangent = (flags[slot] & _ka.TAN) != 0
+    return np.where(tangent, gstart[slot], 0), np.where(tangent, length[slot], 0)
+
+
+def _hessian_program(tape: TapeRecord, flags: np.ndarray, seeds: tuple[np.ndarray, ...],
+                     pattern: Any, n_colors: int) -> tuple[Any, ...] | None:
+    """What a preaccumulated Hessian runs (:func:`fasttape.kernels.entries.hessian_entries`):
+    ``(active, len(G), len(coef), program)``, or None when the program would do more work
+    than the pruned sweeps (their steps times ``n_colors`` directions)."""
+    sp = _scipy_sparse()
+    _, ndiff, nonlin = _op_tables()
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    start, length, idx = _sets(tape)
+    gstart, n_grad = _gradient_layout(tape, flags, start, length)
+    active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, _ka.ADJ, seeds)
+    eptr, target, source, arg = _ke.gradient_edges(
+        tape.ops, tape.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
+        length, idx, gstart)
+    low = sp.tril(pattern, format="csr")
+    low.sort_indices()
+    hbase, tptr, tc, ta, tb = _ke.hessian_terms(
+        tape.ops, tape.args, nonlin, flags[n_pre:], _ka.NONLIN, active[3], active[4], start,
+        length, idx, gstart, low.indptr.astype(np.int64), low.indices)
+    sweeps = len(active[1]) + len(active[3])
+    if len(target) + len(ta) > 2 * sweeps * max(n_colors, 1) + pattern.nnz:
+        return None
+    n = pattern.shape[0]
+    coo = pattern.tocoo()
+    key = coo.row.astype(np.int64) * n + coo.col  # ascending: the CSR order
+    lc = low.tocoo()
+    lower = np.searchsorted(key, lc.row.astype(np.int64) * n + lc.col)
+    upper = np.flatnonzero(coo.row < coo.col)
+    partner = np.searchsorted(key, coo.col[upper].astype(np.int64) * n + coo.row[upper])
+    gbeg, glen = _step_entries(tape, flags, active[1], gstart, length)
+    program = (gbeg, glen, eptr, target, source, arg, hbase, tptr, tc, ta, tb,
+               lower.astype(np.int64), upper.astype(np.int64), partner.astype(np.int64))
+    return active, n_grad, 3 * int((hbase >= 0).sum()), program
+
+
 def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None) -> Any:
     """The structural sparsity pattern of a Hessian, ``(n_inputs, n_inputs)``, symmetric.
 
@@ -282,10 +520,10 @@ def _buf(tape: TapeRecord, name: str, shape: tuple[int, ...], zero: bool = False
     return tape.work_array("sparse", name, shape, zero)
 
 
-def _check_prune(prune: Any) -> bool:
-    if not isinstance(prune, (bool, np.bool_)):
-        raise TypeError(f"prune must be True or False, got {prune!r}")
-    return bool(prune)
+def _check_flag(value: Any, name: str = "prune") -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 class _Plan:
@@ -344,6 +582,14 @@ class SparseJacobian(_Plan):
         collocation scheme), and per evaluation only the tangents and values the other rows
         need (:mod:`fasttape.kernels.activity`).  Default True; the entries are bitwise the
         same either way.
+    preaccumulate : bool, optional
+        With ``prune``: compute once, as a matrix, how the instructions with constant
+        partials between the nonlinear ones and the outputs (the collocation equations
+        around an optimal-control problem's dynamics) combine the tangents they read, and
+        per evaluation sweep only the instructions whose partials read values (and what
+        their tangents need), then apply the matrix (:mod:`fasttape.linear_region`).
+        Default True.  The sums over the region's paths are formed in another order, so
+        entries agree with ``preaccumulate=False`` (bitwise the full sweep) to rounding.
 
     Attributes
     ----------
@@ -355,11 +601,18 @@ class SparseJacobian(_Plan):
     prune : bool
         Whether evaluations skip what does not depend on the point (the constructor's
         ``prune``).
+    preaccumulated : bool
+        Whether a linear region was preaccumulated (``preaccumulate`` asked for it, the tape
+        has one, and its matrix was cheap enough).
     """
 
-    def __init__(self, tape: TapeRecord, prune: bool = True) -> None:
+    def __init__(self, tape: TapeRecord, prune: bool = True,
+                 preaccumulate: bool = True) -> None:
         self.tape = tape
-        self.prune = _check_prune(prune)
+        self.prune = _check_flag(prune)
+        preaccumulate = _check_flag(preaccumulate, "preaccumulate")
+        self.preaccumulated = False
+        self._program: Any = None  # (active, len(G), program) of a preaccumulated plan
         self.pattern = jacobian_sparsity(tape)
         self.colors, self.n_colors = color_columns(self.pattern)
         # Entry (i, j) is read at row i, column colors[j] of the compressed matrix.
@@ -374,13 +627,18 @@ class SparseJacobian(_Plan):
             # tangents read no value, so NaNs elsewhere cannot reach them).  Full by flags
             # that keep every slot rather than by active=None: the same compiled sweep as
             # the pruned calls (a second specialization cost 4 s on a cold first call).
-            self._active = np.full_like(flags, _ka.VAL | _ka.TAN)
+            every = _ka.VAL | _ka.TAN
+            self._active = _sweep_steps(tape, np.full_like(flags, every), every, 0)
             fixed = np.flatnonzero(flags[tape.outputs] & _ka.FIXED)
             comp = self.compressed(np.zeros(tape.n_inputs),
                                    None if not tape.n_params else np.zeros(tape.n_params))
             self._fixed_comp = np.ascontiguousarray(comp[fixed])
             self._fixed_rows = fixed
-            self._active = flags
+            self._active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, 0)
+            if preaccumulate:
+                self._program = _entry_program(tape, self.pattern, len(self._active[1]),
+                                               self.n_colors)
+                self.preaccumulated = self._program is not None
 
     def __repr__(self) -> str:
         m, n = self.pattern.shape
@@ -424,6 +682,14 @@ class SparseJacobian(_Plan):
         """
         data = self._data(out)  # checked before any sweep runs
         full, xin = self._point(x, p)
+        if self._program is not None:
+            active, n_grad, program = self._program
+            grad = _buf(full, "pgrad", (n_grad,))
+            grad[: self.tape.n_inputs] = 1.0
+            _ke.jacobian_entries(full.ops, full.args, full.consts, xin,
+                                 _buf(full, "vals", (full.n_slots,)), active, grad, program,
+                                 data)
+            return self._finish(data, values_only)
         comp = _buf(full, "jcomp", (full.n_outputs, self.n_colors))
         self._compress(full, xin, comp)
         _ks.recover(comp.reshape(-1), self._ia, self._ib, data)
@@ -450,6 +716,14 @@ class SparseHessian(_Plan):
         where most of the graph is linear (the constraints of an optimal-control problem)
         an evaluation costs a fraction of the full sweeps.  ``prune=False`` runs the full
         sweeps (for comparison).
+    preaccumulate : bool, optional
+        With ``prune``: when the instructions whose adjoint only flows on (constant partials,
+        downstream of every nonlinear instruction: the collocation equations of an
+        optimal-control problem) form a region whose Jacobian is cheap to keep, compute it
+        once, as a matrix, and seed the nonlinear instructions from it instead of sweeping
+        the region at every call (:mod:`fasttape.linear_region`).  Default True.  The sums
+        over the region's paths are then formed in another order, so entries agree with
+        ``preaccumulate=False`` (bitwise the full sweeps) to rounding, not bit for bit.
 
     Attributes
     ----------
@@ -464,23 +738,46 @@ class SparseHessian(_Plan):
         combined as the dense ``hessian`` does (bitwise its values on the tests' problems).
     prune : bool
         Whether evaluations run the pruned sweeps (the constructor's ``prune``).
+    preaccumulated : bool
+        Whether a linear region was preaccumulated (``preaccumulate`` asked for it, the tape
+        has one, and its matrix was cheap enough).
     """
 
     def __init__(self, tape: TapeRecord, output: int | None = None, w: Any = None,
-                 coloring: str = "star", prune: bool = True) -> None:
+                 coloring: str = "star", prune: bool = True,
+                 preaccumulate: bool = True) -> None:
+        preaccumulate = _check_flag(preaccumulate, "preaccumulate")
         if coloring not in HESSIAN_COLORINGS:
             raise ValueError(f"coloring must be one of {HESSIAN_COLORINGS}, got {coloring!r}")
         self.tape = tape
-        self.prune = _check_prune(prune)
+        self.prune = _check_flag(prune)
         self.coloring = coloring
         self.w = _weights(tape, output, w)
         self.pattern = hessian_sparsity(tape, w=self.w)
         # The pruning flags hold for any call weights: those are zero wherever self.w is.
-        self._active = hessian_activity(tape, self.w) if prune else None
+        self._active = None
+        self.preaccumulated = False
+        self._program: Any = None  # (active, len(G), len(coef), program) when preaccumulated
+        if prune:
+            flags = hessian_activity(tape, self.w)
+            seeds = None
+            if preaccumulate:
+                found = _preaccumulated_seeds(tape, flags)
+                if found is not None:
+                    flags, seeds = found
+                    self.preaccumulated = True
+            if seeds is None:
+                seeds = _output_seeds(tape, flags)
+            self._active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, _ka.TAN | _ka.ADJ,
+                                        seeds)
         if coloring == "star":
             self.colors, self.n_colors = star_color(self.pattern)
         else:
             self.colors, self.n_colors = color_columns(self.pattern)
+        if prune and preaccumulate:
+            self._program = _hessian_program(tape, self._active[0], self._active[5:],
+                                             self.pattern, self.n_colors)
+            self.preaccumulated |= self._program is not None
         # Where each entry is read in the flattened compressed matrix (see _ks.recover).
         nc = self.n_colors
         if coloring == "star":
@@ -553,13 +850,24 @@ class SparseHessian(_Plan):
         """The Hessian at ``x`` as a ``scipy.sparse.csr_matrix`` with :attr:`pattern`'s
         structure, exactly symmetric.
 
-        ``H[i, j]`` and ``H[j, i]`` are read from different compressed columns and can differ
-        in the last bits; where they do, both become ``0.5 * a + 0.5 * b`` (as
-        ``tape.hessian``).  ``values_only`` and ``out=`` as :meth:`SparseJacobian.__call__`.
+        A preaccumulated plan computes each entry of the lower triangle once and copies it
+        to the upper.  The sweeps read ``H[i, j]`` and ``H[j, i]`` from different compressed
+        columns, which can differ in the last bits; where they do, both become
+        ``0.5 * a + 0.5 * b`` (as ``tape.hessian``).  ``values_only`` and ``out=`` as
+        :meth:`SparseJacobian.__call__`.
         """
         data = self._data(out)  # checked before any sweep runs
         wv = self._call_weights(w)
         full, xin = self._point(x, p)
+        if self._program is not None:
+            active, n_grad, n_coef, program = self._program
+            grad = _buf(full, "hgrad", (n_grad,))
+            grad[: self.tape.n_inputs] = 1.0
+            _ke.hessian_entries(full.ops, full.args, full.consts, xin, wv,
+                                _buf(full, "vals", (full.n_slots,)),
+                                _buf(full, "adj", (full.n_slots,), zero=True), active, grad,
+                                _buf(full, "hcoef", (n_coef,)), program, data)
+            return self._finish(data, values_only)
         comp = _buf(full, "hcomp", (full.n_inputs, self.n_colors))
         self._compress(full, xin, wv, comp)
         _ks.recover(comp.reshape(-1), self._ia, self._ib, data)

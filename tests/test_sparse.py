@@ -169,19 +169,23 @@ def test_compressed_values_match_dense(fn):
     n = 40
     tape = ft.compile(ft.trace(fn, n))
     x = np.random.default_rng(1).uniform(-1.0, 1.0, n)
-    plan = tape.sparse_hessian_plan(coloring="distance2")
+    # The sweeps (preaccumulate=False) give bitwise the dense Hessian's and Jacobian's
+    # entries; the preaccumulated plans (the default) agree to rounding.
+    plan = tape.sparse_hessian_plan(coloring="distance2", preaccumulate=False)
     check_distance2(plan.pattern, plan.colors)
     h = plan(x)
     assert isinstance(h, sp.csr_matrix)
     np.testing.assert_array_equal(h.toarray(), tape.hessian(x))
-    star = tape.sparse_hessian_plan()
+    star = tape.sparse_hessian_plan(preaccumulate=False)
     check_star(star.pattern, star.colors, brute=True)
-    hs = star(x).toarray()
-    np.testing.assert_array_equal(hs, hs.T)
-    np.testing.assert_allclose(hs, tape.hessian(x), rtol=1e-14, atol=1e-15)
-    jac = tape.sparse_jacobian_plan()
+    for hs in (star(x).toarray(), tape.sparse_hessian_plan()(x).toarray()):
+        np.testing.assert_array_equal(hs, hs.T)
+        np.testing.assert_allclose(hs, tape.hessian(x), rtol=1e-14, atol=1e-15)
+    jac = tape.sparse_jacobian_plan(preaccumulate=False)
     check_distance2(jac.pattern, jac.colors)
     np.testing.assert_array_equal(jac(x).toarray(), tape.jacobian(x, mode="forward"))
+    np.testing.assert_allclose(tape.sparse_jacobian_plan()(x).toarray(),
+                               tape.jacobian(x, mode="forward"), rtol=1e-14, atol=1e-15)
 
 
 @pytest.mark.parametrize("fn", [
@@ -194,7 +198,7 @@ def test_one_color_sweeps_match_the_general_ones_bitwise(fn):
     (no direction loops): bitwise the HVP of the general sweeps along the same seed."""
     n = 30
     tape = ft.compile(ft.trace(fn, n))
-    plan = tape.sparse_hessian_plan()
+    plan = tape.sparse_hessian_plan(preaccumulate=False)
     assert plan.n_colors == 1
     x = np.random.default_rng(4).uniform(-2.0, 2.0, n)
     x[3] = 0.0  # where's kink and zero tangents' rules
@@ -202,6 +206,7 @@ def test_one_color_sweeps_match_the_general_ones_bitwise(fn):
     want = tape.hvp(x, np.ones(n))
     assert got.tobytes() == want.tobytes()
     np.testing.assert_array_equal(plan(x).diagonal(), want)
+    np.testing.assert_allclose(tape.sparse_hessian_plan()(x).diagonal(), want, rtol=1e-14)
 
 
 def test_banded_colors_bounded():
@@ -327,7 +332,7 @@ def test_pruned_hessian_sweeps_are_bitwise_the_full_ones(case, rnd):
     w[rnd.randrange(m)] = rnd.uniform(0.5, 2.0)  # at least one output weighted
     for coloring in sparse.HESSIAN_COLORINGS:
         full = tape.sparse_hessian_plan(w=w, coloring=coloring, prune=False)
-        pruned = tape.sparse_hessian_plan(w=w, coloring=coloring)
+        pruned = tape.sparse_hessian_plan(w=w, coloring=coloring, preaccumulate=False)
         points = (x, [rnd.uniform(-3.0, 3.0) for _ in x])
         # All full sweeps first: the shared work arrays then hold another point's values, so
         # a value the pruned sweeps need but skipped would show.
@@ -349,7 +354,7 @@ def test_pruned_jacobian_is_bitwise_the_full_sweep(case, rnd):
     but needed would be read stale and show."""
     tape, x = case
     full = tape.sparse_jacobian_plan(prune=False)
-    pruned = tape.sparse_jacobian_plan()
+    pruned = tape.sparse_jacobian_plan(preaccumulate=False)
     points = (x, [rnd.uniform(-3.0, 3.0) for _ in x], [0.0] * len(x))
     wants = [full(point, values_only=True) for point in points]
     for point, want in zip(points, wants, strict=True):
@@ -359,6 +364,149 @@ def test_pruned_jacobian_is_bitwise_the_full_sweep(case, rnd):
             tape.work_array("sparse", "jtan", (tape.n_slots, pruned.n_colors)).fill(np.nan)
         got = pruned(point, values_only=True)
         assert got.tobytes() == want.tobytes(), (point, tape.listing())
+
+
+def _assert_close_where_finite(got, want, context):
+    """Entries agree to rounding (the preaccumulated sums are formed in another order)
+    wherever the full sweeps' entry is finite; the scale is the largest such entry."""
+    ok = np.isfinite(want) & np.isfinite(got) & (np.abs(want) < 1e100)
+    scale = max(1.0, float(np.max(np.abs(want[ok]), initial=0.0)))
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=1e-11 * scale,
+                               err_msg=str(context))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(random_tapes(), tapes_with_linear_tails()), st.randoms(use_true_random=False))
+def test_preaccumulated_plans_agree_with_the_full_sweeps(case, rnd):
+    """Preaccumulated plans (the default: the linear region's matrix, the entries programs of
+    kernels/entries.py) give the full sweeps' entries to rounding, at points after the full
+    sweeps ran (a value they skipped but needed would be read stale), with other weights."""
+    tape, x = case
+    m = tape.n_outputs
+    w = np.array([rnd.choice([0.0, 1.0, rnd.uniform(-2.0, 2.0)]) for _ in range(m)])
+    w[rnd.randrange(m)] = rnd.uniform(0.5, 2.0)
+    points = (np.asarray(x, float), np.array([rnd.uniform(-3.0, 3.0) for _ in x]))
+    if not np.isfinite(points[0]).all():
+        points = points[1:]
+    jfull, jpre = tape.sparse_jacobian_plan(prune=False), tape.sparse_jacobian_plan()
+    hfull = tape.sparse_hessian_plan(w=w, prune=False)
+    hpre = tape.sparse_hessian_plan(w=w)
+    w2 = np.where(w != 0.0, w * 1.5 - 0.25, 0.0)
+    for point in points:
+        want = [jfull(point, values_only=True), hfull(point, values_only=True),
+                hfull(point, w=w2, values_only=True)]
+        got = [jpre(point, values_only=True), hpre(point, values_only=True),
+               hpre(point, w=w2, values_only=True)]
+        # Where a partial on the way is infinite (log at an exact 0, say) the two orders of
+        # the sums can meet inf - inf differently; at a point where every derivative of
+        # the full sweeps is finite, every entry must agree.
+        generic = all(np.isfinite(v).all() for v in want)
+        for g, v in zip(got, want, strict=True):
+            if generic:
+                assert np.isfinite(g).all(), (point, tape.listing())
+            _assert_close_where_finite(g, v, (point, tape.listing()))
+        h = hpre(point).toarray()
+        assert h.tobytes() == np.ascontiguousarray(h.T).tobytes()  # exactly symmetric
+
+
+def collocation(n_intervals):
+    """The pendulum collocation problem of benchmarks/bench_ipopt.py, smaller: objective
+    and constraints over x = [pos, vel, u] (the collocation equations are the linear
+    region, sin and the squares the core)."""
+    big_n, h = n_intervals, 1.0 / n_intervals
+
+    def split(x):
+        return x[: big_n + 1], x[big_n + 1 : 2 * big_n + 2], x[2 * big_n + 2 :]
+
+    def objective(x):
+        _, _, u = split(x)
+        return ft.sum(0.5 * h * (u[k] * u[k] + u[k + 1] * u[k + 1]) for k in range(big_n))
+
+    def constraints(x):
+        pos, vel, u = split(x)
+        acc = [u[k] - 10.0 * ft.sin(pos[k]) - 0.5 * vel[k] * vel[k] for k in range(big_n + 1)]
+        c = []
+        for k in range(big_n):
+            c.append(pos[k + 1] - pos[k] - 0.5 * h * (vel[k] + vel[k + 1]))
+            c.append(vel[k + 1] - vel[k] - 0.5 * h * (acc[k] + acc[k + 1]))
+        return [*c, pos[0], vel[0], pos[big_n] - 3.0, vel[big_n]]
+
+    return objective, constraints, 3 * (big_n + 1)
+
+
+def test_preaccumulated_collocation_plans():
+    """On a collocation problem the linear region is preaccumulated in both plans, whose
+    entries match the dense Jacobian and Lagrangian Hessian; the sweeps are bitwise the
+    full ones; a bad preaccumulate is refused."""
+    objective, constraints, n = collocation(30)
+    c = ft.compile(ft.trace(constraints, n))
+    f = ft.compile(ft.trace(objective, n))
+    rng = np.random.default_rng(7)
+    x, lam = rng.uniform(-2.0, 2.0, n), rng.uniform(-3.0, 3.0, c.n_outputs)
+    jac = c.sparse_jacobian_plan()
+    assert jac.preaccumulated and not c.sparse_jacobian_plan(preaccumulate=False).preaccumulated
+    np.testing.assert_allclose(jac(x).toarray(), c.jacobian(x), rtol=1e-13, atol=1e-14)
+    hes = c.sparse_hessian_plan(w=np.ones(c.n_outputs))
+    assert hes.preaccumulated
+    dense = sum(lam[j] * c.hessian(x, output=j) for j in range(c.n_outputs))
+    np.testing.assert_allclose(hes(x, w=lam).toarray(), dense, rtol=1e-12, atol=1e-13)
+    hf = f.sparse_hessian_plan()
+    assert hf.preaccumulated
+    np.testing.assert_allclose(hf(x).toarray(), f.hessian(x), rtol=1e-13, atol=1e-14)
+    # The sweeps without the matrix are bitwise the full ones.
+    assert (c.sparse_hessian_plan(w=np.ones(c.n_outputs), preaccumulate=False)(
+        x, w=lam, values_only=True).tobytes() == c.sparse_hessian_plan(
+        w=np.ones(c.n_outputs), prune=False)(x, w=lam, values_only=True).tobytes())
+    with pytest.raises(TypeError, match="preaccumulate must be True or False"):
+        c.sparse_jacobian_plan(preaccumulate="yes")
+    with pytest.raises(TypeError, match="preaccumulate must be True or False"):
+        sparse.SparseHessian(f, preaccumulate=None)
+
+
+def test_preaccumulated_outputs_inside_the_core():
+    """An output computed by a nonlinear instruction (in the core, next to a linear region)
+    is seeded through the region's matrix as the identity (``a``: the region does not read
+    it); one the region reads gets both its own weight and the region's (``b``)."""
+
+    def fn(x):
+        a = ft.sin(x[0]) * x[1]
+        b = ft.exp(x[1] * x[2])
+        return [a, b, 2.0 * b - x[0], 3.0 * (b + b) - x[2]]
+
+    tape = ft.compile(ft.trace(fn, 3))
+    x = np.array([0.3, -0.7, 1.1])
+    w = np.array([1.5, -0.5, 2.0, 0.25])
+    plan = tape.sparse_hessian_plan(w=np.ones(4))
+    assert plan.preaccumulated
+    dense = sum(w[j] * tape.hessian(x, output=j) for j in range(4))
+    np.testing.assert_allclose(plan(x, w=w).toarray(), dense, rtol=1e-13, atol=1e-14)
+    jac = tape.sparse_jacobian_plan()
+    assert jac.preaccumulated
+    np.testing.assert_allclose(jac(x).toarray(), tape.jacobian(x), rtol=1e-13, atol=1e-14)
+
+
+def test_preaccumulated_plans_with_parameters():
+    """Parameters are inputs of the sweeps without columns: the programs give the swept
+    entries at every p."""
+    n = 12
+
+    def fn(x, p):
+        return [*(x[i + 1] - p[0] * x[i] + 0.25 * ft.sin(x[i] * p[1]) for i in range(n - 1)),
+                ft.exp(x[0]) * p[0] + x[n - 1]]
+
+    tape = ft.compile(ft.trace(fn, n, n_params=2))
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x, p = rng.uniform(-1.0, 1.0, n), rng.uniform(0.5, 2.0, 2)
+        w = rng.uniform(-1.0, 1.0, n)
+        for q in (True, False):
+            jac = tape.sparse_jacobian_plan(preaccumulate=q)
+            np.testing.assert_allclose(jac(x, p=p).toarray(), tape.jacobian(x, p=p),
+                                       rtol=1e-13, atol=1e-14)
+            hes = tape.sparse_hessian_plan(w=np.ones(n), preaccumulate=q)
+            dense = sum(w[j] * tape.hessian(x, p=p, output=j) for j in range(n))
+            np.testing.assert_allclose(hes(x, w=w, p=p).toarray(), dense, rtol=1e-12,
+                                       atol=1e-13)
 
 
 def test_pruned_jacobian_fixed_rows():
@@ -393,9 +541,11 @@ def test_pruned_plans_with_parameters_and_bad_prune():
     rng = np.random.default_rng(5)
     x, p = rng.normal(size=n), rng.normal(size=n)
     w = rng.normal(size=n - 1)
-    jac = [tape.sparse_jacobian_plan(prune=q)(x, p=p, values_only=True) for q in (True, False)]
+    jac = [tape.sparse_jacobian_plan(prune=q, preaccumulate=False)(x, p=p, values_only=True)
+           for q in (True, False)]
     assert jac[0].tobytes() == jac[1].tobytes()
-    hes = [tape.sparse_hessian_plan(w=np.ones(n - 1), prune=q)(x, p=p, w=w, values_only=True)
+    hes = [tape.sparse_hessian_plan(w=np.ones(n - 1), prune=q, preaccumulate=False)(
+        x, p=p, w=w, values_only=True)
            for q in (True, False)]
     assert hes[0].tobytes() == hes[1].tobytes()
     np.testing.assert_allclose(tape.sparse_jacobian_plan()(x, p=p).toarray(),

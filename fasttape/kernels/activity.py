@@ -31,6 +31,28 @@ Lagrangian's Hessian then costs a fraction of the full sweeps.
 A Jacobian's tangent sweep has its own flags (:func:`jacobian_activity`): rows whose partials
 are all constant are ``FIXED`` (computed once per plan), and only the tangents and values the
 other rows need are computed per call.
+
+What the pruned sweeps take (``active``) is a tuple built once per plan by
+:mod:`fasttape.sparse`:
+
+``active[0]``
+    the flags, one ``uint8`` per slot;
+``active[1]``, ``active[2]``
+    the forward sweep's steps: the instructions it evaluates, in tape order, and the
+    position of each one's first argument in ``args`` (so a sweep visits only those, not
+    every instruction to test its flags);
+``active[3]``, ``active[4]``
+    the reverse sweep's steps, in tape order, and the position just past each one's last
+    argument;
+``active[5]`` .. ``active[8]``
+    a Hessian's reverse seeds, a sparse matrix by rows (slots ``active[5]``, row pointers
+    ``active[6]``, output indices ``active[7]``, coefficients ``active[8]``):
+    ``adj[active[5][r]] += active[8][p] * w[active[7][p]]`` in order, zero weights skipped
+    (:func:`seed_adjoints`).  With one unit coefficient per weighted output this is the
+    plain seeding, bit for bit; with the linear region after the nonlinear instructions
+    preaccumulated (:class:`fasttape.sparse.SparseHessian`'s ``preaccumulate``,
+    :mod:`fasttape.linear_region`) it is that region's transposed Jacobian, and the reverse
+    steps leave the region out.  A Jacobian's sweep has none.
 """
 
 from __future__ import annotations
@@ -49,11 +71,17 @@ __all__ = [
     "TANGENT",
     "VAL",
     "VALUE",
+    "forward_at",
+    "forward_count",
     "forward_mode",
     "hessian_activity",
     "jacobian_activity",
+    "reverse_at",
+    "reverse_count",
     "reverse_mode",
+    "seed_adjoints",
     "wants_adjoint",
+    "wants_first",
 ]
 
 #: Flag: the slot's value is computed in the forward sweep.
@@ -190,7 +218,7 @@ def forward_mode(active, slot):  # pragma: no cover (jitted)
     """
     if active is None:
         return TANGENT
-    fl = active[slot]
+    fl = active[0][slot]
     if fl & TAN:
         return TANGENT
     if fl & VAL:
@@ -206,7 +234,7 @@ def reverse_mode(active, slot):  # pragma: no cover (jitted)
     ``TANGENT`` (everything; always when ``active`` is None)."""
     if active is None:
         return TANGENT
-    fl = active[slot]
+    fl = active[0][slot]
     if (fl & (TAN | ADJ)) == 0:
         return SKIP
     if (fl & (TAN | NONLIN)) == 0:
@@ -217,4 +245,69 @@ def reverse_mode(active, slot):  # pragma: no cover (jitted)
 @kernel(inline=True)
 def wants_adjoint(active, slot):  # pragma: no cover (jitted)
     """Whether a pruned reverse sweep accumulates the adjoint of ``slot`` (always, unpruned)."""
-    return active is None or (active[slot] & ADJ) != 0
+    return active is None or (active[0][slot] & ADJ) != 0
+
+
+@kernel(inline=True)
+def wants_first(active, args, k, nd, g):  # pragma: no cover (jitted)
+    """Whether a reverse step with adjoint ``g`` passes it to one of its ``nd``
+    differentiable arguments (from ``args[k]``): then it needs its first partials (so does a
+    step with a nonzero adjoint tangent, which the caller knows)."""
+    if g == 0.0:
+        return False
+    if wants_adjoint(active, args[k]):
+        return True
+    return nd == 2 and wants_adjoint(active, args[k + 1])
+
+
+@kernel(inline=True)
+def forward_count(ops, active):  # pragma: no cover (jitted)
+    """How many steps a forward sweep takes: every instruction, or the listed ones."""
+    if active is None:
+        return ops.shape[0]
+    return active[1].shape[0]
+
+
+@kernel(inline=True)
+def forward_at(active, t, k):  # pragma: no cover (jitted)
+    """``(i, k)``: the instruction of forward step ``t`` and its first argument's position.
+
+    Without ``active`` step ``t`` is instruction ``t`` and ``k`` (the running position the
+    caller advances) is returned as it came.
+    """
+    if active is None:
+        return t, k
+    return active[1][t], active[2][t]
+
+
+@kernel(inline=True)
+def reverse_count(ops, active):  # pragma: no cover (jitted)
+    """How many steps a reverse sweep takes: every instruction, or the listed ones."""
+    if active is None:
+        return ops.shape[0]
+    return active[3].shape[0]
+
+
+@kernel(inline=True)
+def reverse_at(active, t, k):  # pragma: no cover (jitted)
+    """``(i, k)``: the instruction of reverse step ``t`` and the position just past its last
+    argument (without ``active``: ``t`` and the caller's running position ``k``)."""
+    if active is None:
+        return t, k
+    return active[3][t], active[4][t]
+
+
+@kernel(inline=True)
+def seed_adjoints(active, w, adj):  # pragma: no cover (jitted)
+    """Seed a pruned reverse sweep: ``adj[slot] += c * w[j]`` for each term of each row of
+    ``active``'s seed matrix, in order, terms of zero weight skipped (module docstring)."""
+    rows = active[5]
+    ptr = active[6]
+    cols = active[7]
+    coef = active[8]
+    for r in range(rows.shape[0]):
+        s = rows[r]
+        for p in range(ptr[r], ptr[r + 1]):
+            wj = w[cols[p]]
+            if wj != 0.0:
+                adj[s] += coef[p] * wj

@@ -13,6 +13,7 @@ goes.  ``python -m fasttape.kernels.codegen --show`` prints it.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -150,6 +151,21 @@ def _returned_partials(spec: OpSpec) -> str:
     return _pad(list(spec.partials), 2)
 
 
+def _calls(exprs: Iterable[str]) -> bool:
+    """Whether any of the formulas ``exprs`` calls a function (``math.cos``, ``dpowc``): a
+    partial worth skipping where no one reads it."""
+    return any(isinstance(node, ast.Call)
+               for e in exprs for node in ast.walk(ast.parse(e, mode="eval")))
+
+
+def _first_partials(spec: OpSpec) -> tuple[list[str], str]:
+    """The lines that compute the first partials as ``p0, p1`` only where ``first`` is true
+    (when a formula calls a function; else nothing), and what to return for them."""
+    if not _calls(spec.partials):
+        return [], _returned_partials(spec)
+    return ["p0 = p1 = 0.0", "if first:", f"    p0, p1 = {_returned_partials(spec)}"], "p0, p1"
+
+
 def _load_all(spec: OpSpec, exprs: Iterable[str]) -> list[str]:
     # The reverse forms load every argument, and the result ``f`` only if ``exprs`` use it.
     return _load(spec, 0, "vals[s]" if _uses_f(exprs) else "")
@@ -182,13 +198,15 @@ def _value_store_all_partials(spec: OpSpec) -> list[str]:
             f"return f, k + {spec.arity}"]
 
 
-@_form("value_and_partials(op, x, vals, args, k)",
-       "``(f, p0, p1)``: the result and its partials (0.0 where the op has none).",
+@_form("value_and_partials(op, x, vals, args, k, first)",
+       "``(f, p0, p1)``: the result and its partials (0.0 where the op has none; also where "
+       "``first`` is false and computing them calls a function).",
        _any_op, ["return np.nan, 0.0, 0.0"])
 def _value_and_partials(spec: OpSpec) -> list[str]:
-    if not _uses_f(spec.partials):
-        return [*_load(spec, 1), f"return {spec.forward}, {_returned_partials(spec)}"]
-    return [*_load(spec, 1), f"f = {spec.forward}", f"return f, {_returned_partials(spec)}"]
+    lines, parts = _first_partials(spec)
+    if not lines and not _uses_f(spec.partials):
+        return [*_load(spec, 1), f"return {spec.forward}, {parts}"]
+    return [*_load(spec, 1), f"f = {spec.forward}", *lines, f"return f, {parts}"]
 
 
 @_form("partials(op, vals, args, k, s)",
@@ -198,8 +216,9 @@ def _partials(spec: OpSpec) -> list[str]:
     return [*_load_all(spec, spec.partials), f"return {_returned_partials(spec)}"]
 
 
-@_form("partials_and_second(op, vals, args, k, s, g)",
-       "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``.",
+@_form("partials_and_second(op, vals, args, k, s, g, first)",
+       "``(p0, p1, h00, h01, h11)``; the second partials only where the adjoint ``g != 0``, "
+       "the first ones (where computing them calls a function) only where ``first``.",
        _differentiable, ["return 0.0, 0.0, 0.0, 0.0, 0.0"])
 def _partials_and_second(spec: OpSpec) -> list[str]:
     out = _load_all(spec, [*spec.partials, *spec.second])
@@ -208,7 +227,8 @@ def _partials_and_second(spec: OpSpec) -> list[str]:
         out += [f"{' = '.join(second)} = 0.0", "if g != 0.0:",
                 *[f"    {line}" for line in _assign(list(second), list(second.values()))]]
     hs = ", ".join(h if h in second else "0.0" for h in _H)
-    return [*out, f"return {_returned_partials(spec)}, {hs}"]
+    lines, parts = _first_partials(spec)
+    return [*out, *lines, f"return {parts}, {hs}"]
 
 
 @_form("unit_adjoint(op, args, parts, k, g, adj)",

@@ -24,8 +24,14 @@ from fasttape.kernels.activity import (
     ADJOINT,
     SKIP,
     TANGENT,
+    forward_at,
+    forward_count,
+    reverse_at,
+    reverse_count,
     reverse_mode,
+    seed_adjoints,
     wants_adjoint,
+    wants_first,
 )
 from fasttape.kernels.dispatch import NDIFF, partials_and_second
 from fasttape.kernels.jit import kernel
@@ -171,7 +177,7 @@ def reaching(ops, args, arity, ndiff, n_pre, seeds):  # pragma: no cover (jitted
 
 
 @kernel(inline=True)
-def _pair_args(e):  # pragma: no cover (jitted)
+def pair_args(e):  # pragma: no cover (jitted)
     """Second partial number ``e`` -> its argument pair, in the table's order: one argument:
     ``(0, 0)``; two: ``(0, 0), (0, 1), (1, 1)``."""
     return (0 if e < 2 else 1), (0 if e == 0 else 1)
@@ -201,7 +207,7 @@ def hessian_pairs(ops, args, arity, nonlin, n_pre, live, start, length, idx):
         if live[n_pre + i]:
             for e in range(3):
                 if nonlin[op, e]:
-                    ja, jb = _pair_args(e)
+                    ja, jb = pair_args(e)
                     a = args[k + ja]
                     b = args[k + jb]
                     pair_a[n_pairs] = a
@@ -317,6 +323,16 @@ def _seed_weights(outputs, w, adj):  # pragma: no cover (jitted)
             adj[outputs[j]] += w[j]
 
 
+@kernel(inline=True)
+def _seed(outputs, w, adj, active):  # pragma: no cover (jitted)
+    """Seed a weighted HVP's reverse sweep: every weighted output (:func:`_seed_weights`),
+    or the pruned sweep's seed matrix (:func:`fasttape.kernels.activity.seed_adjoints`)."""
+    if active is None:
+        _seed_weights(outputs, w, adj)
+    else:
+        seed_adjoints(active, w, adj)
+
+
 @kernel
 def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdot, res,
                  active):  # pragma: no cover (jitted)
@@ -326,14 +342,14 @@ def weighted_hvp(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjdo
     the weights (``adj[outputs[j]] += w[j]``, zero weights skipped) instead of one unit
     output: the Hessian of a Lagrangian in one sweep pair.  ``adj`` and ``adjdot`` must be
     zero on entry and are zero again on exit; ``res`` has shape ``(n_inputs, K)``.
-    ``active``: :func:`fasttape.kernels.activity.hessian_activity`'s flags (the pruned
-    sweeps, bitwise the same ``res``), or None.
+    ``active``: the pruned sweeps' steps, flags and seeds (:mod:`fasttape.kernels.activity`;
+    bitwise the same ``res`` with the plain seeds), or None.
     """
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
     nk = tan.shape[1]
     forward_tangent(ops, args, consts, xin, xdot, vals, tan, active)
-    _seed_weights(outputs, w, adj)
+    _seed(outputs, w, adj, active)
     reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active)
     for i in range(n_in):
         for d in range(nk):
@@ -357,7 +373,8 @@ def forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active):
     for i in range(n_in, n_pre):
         tan[i] = 0.0
     k = 0
-    for i in range(ops.shape[0]):
+    for t in range(forward_count(ops, active)):
+        i, k = forward_at(active, t, k)
         mode, s, nd, p0, p1, k_next = evaluate_active(ops, args, vals, active, n_pre, i, k)
         if mode != TANGENT:
             k = k_next
@@ -382,7 +399,8 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active):  # pragma: n
     ``g * h00 * t0``, ``g * h01 * t1``, then the same for the second argument), so bitwise
     its column; about 2x faster than the general sweep at ``K = 1``."""
     k = args.shape[0]
-    for i in range(ops.shape[0] - 1, -1, -1):
+    for t in range(reverse_count(ops, active) - 1, -1, -1):
+        i, k = reverse_at(active, t, k)
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
         mode = reverse_mode(active, s)
         if mode == SKIP:
@@ -392,7 +410,8 @@ def reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active):  # pragma: n
         nd = NDIFF[op]
         if (g == 0.0 and gd == 0.0) or nd == 0:
             continue  # nothing flows
-        p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
+        p0, p1, h00, h01, h11 = partials_and_second(
+            op, vals, args, k, s, g, gd != 0.0 or wants_first(active, args, k, nd, g))
         if mode == ADJOINT:  # g != 0 (gd is 0 outside TAN); no second partial
             adjoint_step(adj, active, args, k, nd, g, p0, p1)
             continue
@@ -428,7 +447,7 @@ def weighted_hvp1(ops, args, consts, outputs, w, xin, xdot, vals, tan, adj, adjd
     n_in = xin.shape[0]
     n_pre = n_in + consts.shape[0]
     forward_tangent1(ops, args, consts, xin, xdot, vals, tan, active)
-    _seed_weights(outputs, w, adj)
+    _seed(outputs, w, adj, active)
     reverse_hvp1(ops, args, vals, tan, adj, adjdot, n_pre, active)
     for i in range(n_in):
         res[i] = adjdot[i]
@@ -503,6 +522,16 @@ def recover(comp, ia, ib, data):  # pragma: no cover (jitted)
             a = comp[pa]
             b = comp[pb]
             data[e] = a if a == b else 0.5 * a + 0.5 * b
+
+
+@kernel
+def scatter_add(out, pos, src, idx, scale):  # pragma: no cover (jitted)
+    """``out[pos[e]] += scale * src[idx[e]]`` for every ``e`` in order (``scale == 1``: the
+    value itself), without the temporaries of NumPy's fancy indexing: assembling a sum of
+    sparse matrices with different patterns (the IPOPT bridge's Lagrangian Hessian)."""
+    for e in range(pos.shape[0]):
+        v = src[idx[e]]
+        out[pos[e]] += v if scale == 1.0 else scale * v
 
 
 @kernel

@@ -47,9 +47,14 @@ from fasttape.kernels.activity import (
     ADJOINT,
     SKIP,
     TANGENT,
+    forward_at,
+    forward_count,
     forward_mode,
+    reverse_at,
+    reverse_count,
     reverse_mode,
     wants_adjoint,
+    wants_first,
 )
 from fasttape.kernels.dispatch import (
     ARITY,
@@ -103,12 +108,13 @@ def _clear_row(rows, s):  # pragma: no cover (jitted)
 
 
 @kernel(inline=True)
-def evaluate_instruction(ops, args, vals, n_pre, i, k):  # pragma: no cover (jitted)
+def evaluate_instruction(ops, args, vals, n_pre, i, k, first):  # pragma: no cover (jitted)
     """Evaluate instruction ``i`` (arguments from ``args[k]``) into its slot ``n_pre + i``.
 
     The step every forward tangent sweep starts an instruction with (:func:`forward_tangent`
     and the one-direction sweep of :mod:`fasttape.kernels.sparsity`): the value and the
-    partials come from one dispatch.
+    partials come from one dispatch.  ``first``: whether the partials are wanted (false: a
+    partial that calls a function, ``sin``'s ``cos``, is not computed and reads 0.0).
 
     Returns
     -------
@@ -119,7 +125,7 @@ def evaluate_instruction(ops, args, vals, n_pre, i, k):  # pragma: no cover (jit
     op = ops[i]
     s = n_pre + i
     x = vals[args[k]]
-    f, p0, p1 = value_and_partials(op, x, vals, args, k)
+    f, p0, p1 = value_and_partials(op, x, vals, args, k, first)
     vals[s] = f
     return s, NDIFF[op], p0, p1, k + ARITY[op]
 
@@ -131,12 +137,14 @@ def evaluate_active(ops, args, vals, active, n_pre, i, k):  # pragma: no cover (
     Returns ``(mode, s, nd, p0, p1, k_next)``: the :func:`fasttape.kernels.activity.
     forward_mode` of the instruction, then :func:`evaluate_instruction`'s answer (the
     instruction evaluated unless the mode is ``SKIP``); the caller computes tangents only
-    when the mode is ``TANGENT``.
+    when the mode is ``TANGENT`` (the only mode that reads the partials: they are computed
+    for it alone).
     """
     mode = forward_mode(active, n_pre + i)
     if mode == SKIP:
         return mode, n_pre + i, 0, 0.0, 0.0, k + ARITY[ops[i]]
-    s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k)
+    s, nd, p0, p1, k_next = evaluate_instruction(ops, args, vals, n_pre, i, k,
+                                                  mode == TANGENT)
     return mode, s, nd, p0, p1, k_next
 
 
@@ -149,9 +157,9 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
     ``(n_slots, K)``) its derivative along each input direction ``xdot[:, d]``
     (``xdot`` has shape ``(n_inputs, K)``; constants have tangent 0).  A zero tangent
     or a zero partial contributes nothing (module docstring).  No bounds checks.
-    ``active``: the flags of :func:`fasttape.kernels.activity.hessian_activity` or
-    :func:`~fasttape.kernels.activity.jacobian_activity` (only the ``TAN`` slots get
-    tangents, only the ``VAL | TAN`` slots are evaluated), or None for every slot.
+    ``active``: a pruned sweep's steps and flags (:mod:`fasttape.kernels.activity`: only
+    the listed instructions are evaluated, and only the ``TAN`` ones get tangents), or None
+    for every slot.
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
@@ -162,7 +170,8 @@ def forward_tangent(ops, args, consts, xin, xdot, vals, tan, active=None):
     for i in range(n_in, n_pre):
         _clear_row(tan, i)
     k = 0
-    for i in range(ops.shape[0]):
+    for t in range(forward_count(ops, active)):
+        i, k = forward_at(active, t, k)
         mode, s, nd, p0, p1, k_next = evaluate_active(ops, args, vals, active, n_pre, i, k)
         if mode != TANGENT:
             k = k_next
@@ -308,7 +317,8 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
     gradient is not left below ``n_pre``), or None for every slot.
     """
     k = args.shape[0]
-    for i in range(ops.shape[0] - 1, -1, -1):
+    for t in range(reverse_count(ops, active) - 1, -1, -1):
+        i, k = reverse_at(active, t, k)
         op, s, k, g = reverse_step(ops, adj, n_pre, i, k)
         mode = reverse_mode(active, s)
         if mode == SKIP:
@@ -319,7 +329,11 @@ def reverse_hvp(ops, args, vals, tan, adj, adjdot, n_pre, active=None):
         if nd == 0:
             _clear_row(adjdot, s)
             continue
-        p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g)
+        # The first partials are read where the adjoint reaches an argument or the adjoint
+        # tangents move (g == 0 here means they do).
+        first = g == 0.0 or wants_first(active, args, k, nd, g) or (
+            mode == TANGENT and _any_nonzero(adjdot, s))
+        p0, p1, h00, h01, h11 = partials_and_second(op, vals, args, k, s, g, first)
         a0 = args[k]
         q0 = p0 != 0.0
         if mode == ADJOINT:  # g != 0 here; no adjoint tangent, no second partial
@@ -384,8 +398,9 @@ def tangent_driver(ops, args, consts, outputs, xin, xdot, identity, vals, tan, o
     ``identity=False``: one sweep along the ``K`` columns of ``xdot`` (shape
     ``(n_inputs, K)``), ``res`` has shape ``(m, K)`` (JVPs).  ``identity=True``: the Jacobian,
     ``K = tan.shape[1]`` unit directions per sweep (``xdot`` is overwritten), ``res`` has
-    shape ``(m, n_inputs)``.  ``active``: :func:`fasttape.kernels.activity.jacobian_activity`'s
-    flags (then only the ``TAN`` rows of ``res`` are computed, and ``out`` is not), or None.
+    shape ``(m, n_inputs)``.  ``active``: a pruned sweep's steps and flags
+    (:mod:`fasttape.kernels.activity`; then only the rows of ``res`` whose outputs are
+    ``TAN`` are computed, and ``out`` is not), or None.
     """
     n_in = xin.shape[0]
     nk = tan.shape[1]
