@@ -73,8 +73,10 @@ def hessian_row(name: str, fn: Callable[[list], object], n: int, x: np.ndarray,
     (_, k), t_col = _once(lambda: sparse.star_color(pat))
     (_, k2), t_col2 = _once(lambda: sparse.color_columns(pat))
     plan = tape.sparse_hessian_plan()  # star coloring
+    swept = tape.sparse_hessian_plan(preaccumulate=False)  # the A/B: sweeps, no matrix
     out = np.empty(plan.nnz)
     t = median_times({"hess": lambda: plan(x, out=out, values_only=True),
+                      "swept": lambda: swept(x, out=out, values_only=True),
                       "grad": lambda: tape.value_and_grad(x)}, repeat, min_sample=0.05)
     sweeps = k / 32 + 1
     print(f"Hessian {name}, n = {n:,} ({tape.n_instructions:,} instructions): trace + "
@@ -83,6 +85,8 @@ def hessian_row(name: str, fn: Callable[[list], object], n: int, x: np.ndarray,
     print(f"  evaluation {t['hess'] * 1e3:.1f} ms, gradient {t['grad'] * 1e3:.1f} ms: "
           f"{t['hess'] / (sweeps * t['grad']):.2f}x of colors/32 + 1 = {sweeps:.2f} gradients "
           f"(target <= 3x)")
+    print(f"  preaccumulated: {plan.preaccumulated}; the pruned sweeps (preaccumulate=False) "
+          f"{t['swept'] * 1e3:.1f} ms ({t['swept'] / t['hess']:.2f}x the plan's time)")
     return {"pattern": t_pat, "coloring": t_col, "colors": k, "eval": t["hess"],
             "grad": t["grad"]}
 
@@ -107,13 +111,17 @@ def run(n: int, repeat: int, families: tuple[str, ...] = tuple(HESSIAN_FAMILIES)
     jpat, t_pat = _once(vec.jacobian_sparsity)
     (_, k), t_col = _once(lambda: sparse.color_columns(jpat))
     jplan = vec.sparse_jacobian_plan()
+    jswept = vec.sparse_jacobian_plan(preaccumulate=False)
     out = np.empty(jplan.nnz)
     w = np.ones(vec.n_outputs)
     t = median_times({"jac": lambda: jplan(x, out=out, values_only=True),
+                      "swept": lambda: jswept(x, out=out, values_only=True),
                       "vjp": lambda: vec.vjp(x, w)}, repeat, min_sample=0.05)
     print(f"Jacobian, {vec.n_outputs:,} x {n:,}: trace + compile {t_build:.2f} s, pattern "
           f"{t_pat:.3f} s, coloring {t_col:.3f} s ({jplan.nnz:,} nonzeros, {k} colors)")
-    print(f"  evaluation {t['jac'] * 1e3:.1f} ms, one vjp {t['vjp'] * 1e3:.1f} ms")
+    print(f"  evaluation {t['jac'] * 1e3:.1f} ms, one vjp {t['vjp'] * 1e3:.1f} ms; "
+          f"preaccumulated: {jplan.preaccumulated}; the pruned sweep {t['swept'] * 1e3:.1f} ms "
+          f"({t['swept'] / t['jac']:.2f}x the plan's time)")
     figures.update(jac_pattern=t_pat, jac_coloring=t_col, jac_colors=k, jac_eval=t["jac"])
     return figures
 

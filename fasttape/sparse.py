@@ -684,7 +684,7 @@ class SparseJacobian(_Plan):
         full, xin = self._point(x, p)
         if self._program is not None:
             active, n_grad, program = self._program
-            grad = _buf(full, "pgrad", (n_grad,))
+            grad = _buf(full, f"jgrad{n_grad}", (n_grad,))
             grad[: self.tape.n_inputs] = 1.0
             _ke.jacobian_entries(full.ops, full.args, full.consts, xin,
                                  _buf(full, "vals", (full.n_slots,)), active, grad, program,
@@ -753,6 +753,7 @@ class SparseHessian(_Plan):
         self.prune = _check_flag(prune)
         self.coloring = coloring
         self.w = _weights(tape, output, w)
+        self._every_output = bool(np.all(self.w != 0.0))
         self.pattern = hessian_sparsity(tape, w=self.w)
         # The pruning flags hold for any call weights: those are zero wherever self.w is.
         self._active = None
@@ -801,6 +802,8 @@ class SparseHessian(_Plan):
         if w is None:
             return self.w
         wv = _weights(self.tape, None, w)
+        if self._every_output:  # no weight can fall outside the pattern
+            return wv
         bad = np.flatnonzero((wv != 0.0) & (self.w == 0.0))
         if len(bad):
             raise ValueError(
@@ -861,12 +864,14 @@ class SparseHessian(_Plan):
         full, xin = self._point(x, p)
         if self._program is not None:
             active, n_grad, n_coef, program = self._program
-            grad = _buf(full, "hgrad", (n_grad,))
+            # Named by size: two plans on one tape (an objective's, a Lagrangian's) keep
+            # their own arrays instead of reallocating them at every call.
+            grad = _buf(full, f"hgrad{n_grad}", (n_grad,))
             grad[: self.tape.n_inputs] = 1.0
             _ke.hessian_entries(full.ops, full.args, full.consts, xin, wv,
                                 _buf(full, "vals", (full.n_slots,)),
                                 _buf(full, "adj", (full.n_slots,), zero=True), active, grad,
-                                _buf(full, "hcoef", (n_coef,)), program, data)
+                                _buf(full, f"hcoef{n_coef}", (n_coef,)), program, data)
             return self._finish(data, values_only)
         comp = _buf(full, "hcomp", (full.n_inputs, self.n_colors))
         self._compress(full, xin, wv, comp)
