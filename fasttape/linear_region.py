@@ -23,14 +23,14 @@ import numpy as np
 from fasttape.ops import OPS
 from fasttape.tape import TapeRecord
 
-__all__ = ["region_reads", "region_tape"]
+__all__ = ["core_tape", "region_reads", "region_tape"]
 
 _ARITY = np.array([op.arity for op in OPS], np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], np.int64)
 
 
 def region_tape(tape: TapeRecord, region: np.ndarray, boundary: np.ndarray
-                ) -> tuple[TapeRecord, np.ndarray]:
+                ) -> tuple[TapeRecord, np.ndarray, np.ndarray]:
     """The instructions ``region`` of ``tape`` as a tape of their own.
 
     Parameters
@@ -55,6 +55,9 @@ def region_tape(tape: TapeRecord, region: np.ndarray, boundary: np.ndarray
         neither in the region nor on the boundary).
     slots : ndarray of int64
         The boundary slots (``sub``'s input ``b`` is ``tape``'s slot ``slots[b]``).
+    where : ndarray of int64, shape (n_slots,)
+        The slot of ``sub`` that each slot of ``tape`` became (the zero constant for those
+        left out).
     """
     n_in = tape.n_inputs + tape.n_params
     n_pre = n_in + tape.n_consts
@@ -80,7 +83,25 @@ def region_tape(tape: TapeRecord, region: np.ndarray, boundary: np.ndarray
     consts = np.append(tape.consts, 0.0)
     outputs = where[tape.outputs]
     sub = TapeRecord.from_trusted_arrays(tape.ops[keep].copy(), args, consts, outputs, n_b)
-    return sub, slots
+    return sub, slots, where
+
+
+def core_tape(tape: TapeRecord, keep: np.ndarray) -> tuple[TapeRecord, np.ndarray]:
+    """The instructions ``keep`` (bool, one per instruction) of ``tape`` as a compact tape:
+    the same inputs, parameters and constants in the same slots, then one ``0.0`` constant
+    (what an argument outside ``keep`` reads), then the kept instructions in order.
+
+    What the sparse plans' entry programs run (:mod:`fasttape.kernels.entries`): their
+    steps are a fraction of the tape, spread over it, and on a compact tape their values,
+    adjoints and arguments stay in a few contiguous megabytes instead of the whole tape's.
+    Returns the tape and ``where`` (:func:`region_tape`'s).
+    """
+    n_in = tape.n_inputs + tape.n_params
+    boundary = np.zeros(tape.n_slots, np.bool_)
+    boundary[:n_in] = True
+    sub, _, where = region_tape(tape, keep, boundary)
+    return TapeRecord.from_trusted_arrays(sub.ops, sub.args, sub.consts, sub.outputs,
+                                          tape.n_inputs, n_params=tape.n_params), where
 
 
 def region_reads(tape: TapeRecord, region: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ from fasttape.kernels import activity as _ka
 from fasttape.kernels import entries as _ke
 from fasttape.kernels import sparsity as _ks
 from fasttape.kernels.tangent import cotangent_driver, tangent_driver
-from fasttape.linear_region import region_reads, region_tape
+from fasttape.linear_region import core_tape, region_reads, region_tape
 from fasttape.ops import OPS
 from fasttape.tape import TapeRecord, check_out
 
@@ -276,7 +276,7 @@ def _preaccumulated_seeds(tape: TapeRecord, flags: np.ndarray
     boundary[tape.outputs] = True
     boundary |= region_reads(tape, region)
     boundary &= core
-    sub, slots = region_tape(tape, region, boundary)
+    sub, slots, _ = region_tape(tape, region, boundary)
     jac = _linear_jacobian(sub)
     if jac is None:
         return None
@@ -292,12 +292,12 @@ def _preaccumulated_seeds(tape: TapeRecord, flags: np.ndarray
 
 
 def _entry_program(tape: TapeRecord, pattern: Any, sweep_steps: int, n_colors: int
-                   ) -> tuple[tuple[np.ndarray, ...], int, tuple[np.ndarray, ...]] | None:
-    """What a preaccumulated Jacobian runs (:mod:`fasttape.kernels.entries`): the core's
-    forward steps (``active``), the length of ``G`` and the program; None when there is no
-    linear region to preaccumulate, its matrix is too costly (:func:`_linear_jacobian`), or
-    the program would do more work than the pruned tangent sweep (``sweep_steps`` steps of
-    ``n_colors`` directions).
+                   ) -> tuple[Any, ...] | None:
+    """What a preaccumulated Jacobian runs (:mod:`fasttape.kernels.entries`): the core as a
+    compact tape, its forward steps (``active``), the length of ``G`` and the program; None
+    when there is no linear region to preaccumulate, its matrix is too costly
+    (:func:`_linear_jacobian`), or the program would do more work than the pruned tangent
+    sweep (``sweep_steps`` steps of ``n_colors`` directions).
 
     The core is the live instructions whose partials read values and everything their
     tangents are computed from; every other live instruction (constant partials) is in the
@@ -312,28 +312,30 @@ def _entry_program(tape: TapeRecord, pattern: Any, sweep_steps: int, n_colors: i
     wanted = np.zeros_like(live)  # the core's ends: live instructions whose partials read values
     wanted[n_pre:] = live[n_pre:] & valdep[tape.ops]
     flags = _ka.jacobian_activity(tape.ops, tape.args, arity, ndiff, valdep, n_pre, wanted)
-    core = (flags & _ka.TAN) != 0
-    region = live[n_pre:] & ~core[n_pre:]
+    in_core = (flags & _ka.TAN) != 0
+    region = live[n_pre:] & ~in_core[n_pre:]
     if not region.any():
         return None
     boundary = np.zeros(tape.n_slots, np.bool_)
     boundary[tape.outputs] = True
     boundary |= region_reads(tape, region)
-    core[:n_in] = True  # inputs (and parameters, which have no entries) too
-    boundary &= core
-    sub, slots = region_tape(tape, region, boundary)
+    in_core[:n_in] = True  # inputs (and parameters, which have no entries) too
+    boundary &= in_core
+    sub, slots, _ = region_tape(tape, region, boundary)
     jac = _linear_jacobian(sub)
     if jac is None:
         return None
-    start, length, idx = _sets(tape)
-    gstart, n_grad = _gradient_layout(tape, flags, start, length)
-    active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, 0)
+    core, flags, _, where = _compact(tape, flags, _ka.VAL | _ka.TAN)
+    n_pre = core.n_inputs + core.n_params + core.n_consts
+    start, length, idx = _sets(core)
+    gstart, n_grad = _gradient_layout(core, flags, start, length)
+    active = _sweep_steps(core, flags, _ka.VAL | _ka.TAN, 0)
     eptr, target, source, arg = _ke.gradient_edges(
-        tape.ops, tape.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
+        core.ops, core.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
         length, idx, gstart)
     tptr, tsource, tcoef = _ke.entry_terms(
-        jac.indptr.astype(np.int64), slots[jac.indices], jac.data.astype(np.float64), start,
-        length, idx, gstart, pattern.indptr.astype(np.int64), pattern.indices)
+        jac.indptr.astype(np.int64), where[slots[jac.indices]], jac.data.astype(np.float64),
+        start, length, idx, gstart, pattern.indptr.astype(np.int64), pattern.indices)
     if len(target) + len(tsource) > 2 * sweep_steps * max(n_colors, 1) + pattern.nnz:
         return None
     # Terms on an input's own entry (always 1) are constants: summed once, here, into each
@@ -343,9 +345,25 @@ def _entry_program(tape: TapeRecord, pattern: Any, sweep_steps: int, n_colors: i
     base = np.bincount(entry[fixed], tcoef[fixed], minlength=pattern.nnz)
     tptr = np.zeros(pattern.nnz + 1, np.int64)
     np.cumsum(np.bincount(entry[~fixed], minlength=pattern.nnz), out=tptr[1:])
-    gbeg, glen = _step_entries(tape, flags, active[1], gstart, length)
-    return active, n_grad, (gbeg, glen, eptr, target, source, arg, base, tptr,
-                            tsource[~fixed], tcoef[~fixed])
+    gbeg, glen = _step_entries(core, flags, active[1], gstart, length)
+    return core, active, n_grad, (gbeg, glen, eptr, target, source, arg, base, tptr,
+                                  tsource[~fixed], tcoef[~fixed], tape.n_inputs)
+
+
+def _compact(tape: TapeRecord, flags: np.ndarray, mask: int,
+             seeds: tuple[np.ndarray, ...] | None = None) -> tuple[Any, ...]:
+    """The instructions whose flags meet ``mask`` as a compact tape
+    (:func:`fasttape.linear_region.core_tape`), with their flags, the rows of ``seeds``
+    moved to its slots, and ``where``."""
+    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
+    keep = (flags[n_pre:] & mask) != 0
+    core, where = core_tape(tape, keep)
+    moved = np.zeros(core.n_slots, np.uint8)
+    moved[:n_pre] = flags[:n_pre]
+    moved[n_pre + 1 :] = flags[n_pre:][keep]  # after the added zero constant
+    if seeds is not None:
+        seeds = (where[seeds[0]], *seeds[1:])
+    return core, moved, seeds, where
 
 
 def _gradient_layout(tape: TapeRecord, flags: np.ndarray, start: np.ndarray,
@@ -373,21 +391,23 @@ def _step_entries(tape: TapeRecord, flags: np.ndarray, steps: np.ndarray, gstart
 def _hessian_program(tape: TapeRecord, flags: np.ndarray, seeds: tuple[np.ndarray, ...],
                      pattern: Any, n_colors: int) -> tuple[Any, ...] | None:
     """What a preaccumulated Hessian runs (:func:`fasttape.kernels.entries.hessian_entries`):
-    ``(active, len(G), len(coef), program)``, or None when the program would do more work
-    than the pruned sweeps (their steps times ``n_colors`` directions)."""
+    ``(core, active, len(G), len(coef), program)``, the core a compact tape of the
+    instructions its passes visit, or None when the program would do more work than the
+    pruned sweeps (their steps times ``n_colors`` directions)."""
     sp = _scipy_sparse()
     _, ndiff, nonlin = _op_tables()
-    n_pre = tape.n_inputs + tape.n_params + tape.n_consts
-    start, length, idx = _sets(tape)
-    gstart, n_grad = _gradient_layout(tape, flags, start, length)
-    active = _sweep_steps(tape, flags, _ka.VAL | _ka.TAN, _ka.ADJ, seeds)
+    core, flags, seeds, _ = _compact(tape, flags, _ka.VAL | _ka.TAN | _ka.ADJ, seeds)
+    n_pre = core.n_inputs + core.n_params + core.n_consts
+    start, length, idx = _sets(core)
+    gstart, n_grad = _gradient_layout(core, flags, start, length)
+    active = _sweep_steps(core, flags, _ka.VAL | _ka.TAN, _ka.ADJ, seeds)
     eptr, target, source, arg = _ke.gradient_edges(
-        tape.ops, tape.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
+        core.ops, core.args, ndiff, flags, active[1], active[2], _ka.TAN, n_pre, start,
         length, idx, gstart)
     low = sp.tril(pattern, format="csr")
     low.sort_indices()
     hbase, tptr, tc, ta, tb = _ke.hessian_terms(
-        tape.ops, tape.args, nonlin, flags[n_pre:], _ka.NONLIN, active[3], active[4], start,
+        core.ops, core.args, nonlin, flags[n_pre:], _ka.NONLIN, active[3], active[4], start,
         length, idx, gstart, low.indptr.astype(np.int64), low.indices)
     sweeps = len(active[1]) + len(active[3])
     if len(target) + len(ta) > 2 * sweeps * max(n_colors, 1) + pattern.nnz:
@@ -399,10 +419,11 @@ def _hessian_program(tape: TapeRecord, flags: np.ndarray, seeds: tuple[np.ndarra
     lower = np.searchsorted(key, lc.row.astype(np.int64) * n + lc.col)
     upper = np.flatnonzero(coo.row < coo.col)
     partner = np.searchsorted(key, coo.col[upper].astype(np.int64) * n + coo.row[upper])
-    gbeg, glen = _step_entries(tape, flags, active[1], gstart, length)
+    gbeg, glen = _step_entries(core, flags, active[1], gstart, length)
     program = (gbeg, glen, eptr, target, source, arg, hbase, tptr, tc, ta, tb,
-               lower.astype(np.int64), upper.astype(np.int64), partner.astype(np.int64))
-    return active, n_grad, 3 * int((hbase >= 0).sum()), program
+               lower.astype(np.int64), upper.astype(np.int64), partner.astype(np.int64),
+               tape.n_inputs)
+    return core, active, n_grad, 3 * int((hbase >= 0).sum()), program
 
 
 def hessian_sparsity(tape: TapeRecord, output: int | None = None, w: Any = None) -> Any:
@@ -612,7 +633,7 @@ class SparseJacobian(_Plan):
         self.prune = _check_flag(prune)
         preaccumulate = _check_flag(preaccumulate, "preaccumulate")
         self.preaccumulated = False
-        self._program: Any = None  # (active, len(G), program) of a preaccumulated plan
+        self._program: Any = None  # (core, active, len(G), program) when preaccumulated
         self.pattern = jacobian_sparsity(tape)
         self.colors, self.n_colors = color_columns(self.pattern)
         # Entry (i, j) is read at row i, column colors[j] of the compressed matrix.
@@ -683,12 +704,11 @@ class SparseJacobian(_Plan):
         data = self._data(out)  # checked before any sweep runs
         full, xin = self._point(x, p)
         if self._program is not None:
-            active, n_grad, program = self._program
+            core, active, n_grad, program = self._program
             grad = _buf(full, f"jgrad{n_grad}", (n_grad,))
-            grad[: self.tape.n_inputs] = 1.0
-            _ke.jacobian_entries(full.ops, full.args, full.consts, xin,
-                                 _buf(full, "vals", (full.n_slots,)), active, grad, program,
-                                 data)
+            _ke.jacobian_entries(core.ops, core.args, core.consts, xin,
+                                 _buf(full, f"jvals{core.n_slots}", (core.n_slots,)), active,
+                                 grad, program, data)
             return self._finish(data, values_only)
         comp = _buf(full, "jcomp", (full.n_outputs, self.n_colors))
         self._compress(full, xin, comp)
@@ -758,7 +778,7 @@ class SparseHessian(_Plan):
         # The pruning flags hold for any call weights: those are zero wherever self.w is.
         self._active = None
         self.preaccumulated = False
-        self._program: Any = None  # (active, len(G), len(coef), program) when preaccumulated
+        self._program: Any = None  # (core, active, len(G), len(coef), program) if preaccumulated
         if prune:
             flags = hessian_activity(tape, self.w)
             seeds = None
@@ -863,14 +883,14 @@ class SparseHessian(_Plan):
         wv = self._call_weights(w)
         full, xin = self._point(x, p)
         if self._program is not None:
-            active, n_grad, n_coef, program = self._program
+            core, active, n_grad, n_coef, program = self._program
             # Named by size: two plans on one tape (an objective's, a Lagrangian's) keep
             # their own arrays instead of reallocating them at every call.
             grad = _buf(full, f"hgrad{n_grad}", (n_grad,))
-            grad[: self.tape.n_inputs] = 1.0
-            _ke.hessian_entries(full.ops, full.args, full.consts, xin, wv,
-                                _buf(full, "vals", (full.n_slots,)),
-                                _buf(full, "adj", (full.n_slots,), zero=True), active, grad,
+            n = core.n_slots
+            _ke.hessian_entries(core.ops, core.args, core.consts, xin, wv,
+                                _buf(full, f"hvals{n}", (n,)),
+                                _buf(full, f"hadj{n}", (n,), zero=True), active, grad,
                                 _buf(full, f"hcoef{n_coef}", (n_coef,)), program, data)
             return self._finish(data, values_only)
         comp = _buf(full, "hcomp", (full.n_inputs, self.n_colors))

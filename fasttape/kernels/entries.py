@@ -150,11 +150,18 @@ def entry_terms(cptr, cslot, ccoef, start, length, idx, gstart, pptr, pidx):
 
 
 @kernel(inline=True)
+def _entry(grad, e, n_in):  # pragma: no cover (jitted)
+    """Entry ``e`` of ``G``: an input's own entry (the first ``n_in``) is 1, never stored, so
+    a call writes only the entries of the steps it runs."""
+    return 1.0 if e < n_in else grad[e]
+
+
+@kernel(inline=True)
 def forward_gradients(ops, args, consts, xin, vals, active, grad, gbeg, glen, eptr, target,
-                      source, arg):  # pragma: no cover (jitted)
+                      source, arg, n_in):  # pragma: no cover (jitted)
     """Step 1 (module docstring): the forward steps of ``active`` evaluated into ``vals``,
     and the entries of ``grad`` (``G``) of each ``TAN`` step cleared, then filled by its
-    edges.  Returns ``n_pre``."""
+    edges (the first ``n_in`` entries, the inputs', are 1).  Returns ``n_pre``."""
     n_pre = load_inputs(consts, xin, vals)
     k = 0
     for t in range(forward_count(ops, active)):
@@ -166,7 +173,7 @@ def forward_gradients(ops, args, consts, xin, vals, active, grad, gbeg, glen, ep
             grad[e] = 0.0
         for e in range(eptr[t], eptr[t + 1]):
             p = p0 if arg[e] == 0 else p1
-            g = grad[source[e]]
+            g = _entry(grad, source[e], n_in)
             if p != 0.0 and g != 0.0:
                 grad[target[e]] += p * g
     return n_pre
@@ -259,14 +266,14 @@ def hessian_entries(ops, args, consts, xin, w, vals, adj, active, grad, coef, pr
     ``coef[hbase[t] + e] = adj_s * h_e``; then each lower entry sums its terms and the upper
     ones copy them (exactly symmetric).  ``adj`` must be zero on entry and is on exit.
     ``program``: ``(gbeg, glen, eptr, target, source, arg, hbase, tptr, tc, ta, tb, low,
-    upper, partner)``: those of :func:`gradient_edges` and :func:`hessian_terms`, the full
-    positions ``low`` of the lower entries, and each upper entry ``upper[u]`` with its
-    mirror ``partner[u]``.
+    upper, partner, n_in)``: those of :func:`gradient_edges` and :func:`hessian_terms`, the
+    full positions ``low`` of the lower entries, each upper entry ``upper[u]`` with its
+    mirror ``partner[u]``, and the number of inputs' entries of ``G`` (read as 1).
     """
-    gbeg, glen, eptr, target, source, arg, hbase, tptr, tc, ta, tb, low, upper, partner = \
-        program
+    (gbeg, glen, eptr, target, source, arg, hbase, tptr, tc, ta, tb, low, upper, partner,
+     n_in) = program
     n_pre = forward_gradients(ops, args, consts, xin, vals, active, grad, gbeg, glen, eptr,
-                              target, source, arg)
+                              target, source, arg, n_in)
     seed_adjoints(active, w, adj)
     k = args.shape[0]
     for t in range(reverse_count(ops, active) - 1, -1, -1):
@@ -291,8 +298,8 @@ def hessian_entries(ops, args, consts, xin, w, vals, adj, active, grad, coef, pr
         acc = 0.0
         for r in range(tptr[q], tptr[q + 1]):
             c = coef[tc[r]]
-            ga = grad[ta[r]]
-            gb = grad[tb[r]]
+            ga = _entry(grad, ta[r], n_in)
+            gb = _entry(grad, tb[r], n_in)
             if c != 0.0 and ga != 0.0 and gb != 0.0:
                 acc += c * ga * gb
         data[low[q]] = acc
@@ -306,19 +313,19 @@ def jacobian_entries(ops, args, consts, xin, vals, active, grad, program, data):
     """The Jacobian's entries at ``xin`` into ``data`` (the pattern's CSR order).
 
     ``active``: the core's forward steps and flags (:mod:`fasttape.kernels.activity`);
-    ``grad``: ``G`` (its input entries already 1.0); ``program``: ``(gbeg, glen, eptr,
-    target, source, arg, base, tptr, tsource, tcoef)``: where each step's own entries lie
-    (cleared before its edges add into them), the edges of :func:`gradient_edges`, each
-    entry's constant part (the sum of its terms on inputs' own entries, which are always
-    1), and its other terms (:func:`entry_terms`).
+    ``grad``: ``G``; ``program``: ``(gbeg, glen, eptr, target, source, arg, base, tptr,
+    tsource, tcoef, n_in)``: where each step's own entries lie (cleared before its edges add
+    into them), the edges of :func:`gradient_edges`, each entry's constant part (the sum of
+    its terms on inputs' own entries, which are always 1), its other terms
+    (:func:`entry_terms`), and the number of inputs' entries (read as 1, never stored).
     """
-    gbeg, glen, eptr, target, source, arg, base, tptr, tsource, tcoef = program
+    gbeg, glen, eptr, target, source, arg, base, tptr, tsource, tcoef, n_in = program
     forward_gradients(ops, args, consts, xin, vals, active, grad, gbeg, glen, eptr, target,
-                      source, arg)
+                      source, arg, n_in)
     for q in range(data.shape[0]):
         acc = base[q]
         for r in range(tptr[q], tptr[q + 1]):
-            g = grad[tsource[r]]
+            g = _entry(grad, tsource[r], n_in)
             if g != 0.0:
                 acc += tcoef[r] * g
         data[q] = acc
