@@ -601,8 +601,8 @@ class SparseJacobian(_Plan):
         Compute once, when the plan is made, every output row whose entries are the same at
         every point (all partials on its paths constant: the linear equations of a
         collocation scheme), and per evaluation only the tangents and values the other rows
-        need (:mod:`fasttape.kernels.activity`).  Default True; the entries are bitwise the
-        same either way.
+        need (:mod:`fasttape.kernels.activity`).  Default True; with
+        ``preaccumulate=False`` the entries are bitwise the same either way.
     preaccumulate : bool, optional
         With ``prune``: compute once, as a matrix, how the instructions with constant
         partials between the nonlinear ones and the outputs (the collocation equations
@@ -732,8 +732,8 @@ class SparseHessian(_Plan):
     prune : bool, optional
         Skip the parts of the sweeps that cannot change the Hessian (default): values,
         tangents and adjoints that no second partial reaches, found once from the op table
-        (:mod:`fasttape.kernels.activity`).  The entries are bitwise the same either way;
-        where most of the graph is linear (the constraints of an optimal-control problem)
+        (:mod:`fasttape.kernels.activity`).  With ``preaccumulate=False`` the entries are
+        bitwise the same either way; where most of the graph is linear (the constraints of an optimal-control problem)
         an evaluation costs a fraction of the full sweeps.  ``prune=False`` runs the full
         sweeps (for comparison).
     preaccumulate : bool, optional
