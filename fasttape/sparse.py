@@ -733,9 +733,9 @@ class SparseHessian(_Plan):
         Skip the parts of the sweeps that cannot change the Hessian (default): values,
         tangents and adjoints that no second partial reaches, found once from the op table
         (:mod:`fasttape.kernels.activity`).  With ``preaccumulate=False`` the entries are
-        bitwise the same either way; where most of the graph is linear (the constraints of an optimal-control problem)
-        an evaluation costs a fraction of the full sweeps.  ``prune=False`` runs the full
-        sweeps (for comparison).
+        bitwise the same either way; where most of the graph is linear (the constraints of
+        an optimal-control problem) an evaluation costs a fraction of the full sweeps.
+        ``prune=False`` runs the full sweeps (for comparison).
     preaccumulate : bool, optional
         With ``prune``: when the instructions whose adjoint only flows on (constant partials,
         downstream of every nonlinear instruction: the collocation equations of an
