@@ -29,6 +29,7 @@ conservative: its pattern is the union of both branches whatever ``c`` selects.
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Any
 
 import numpy as np
@@ -81,14 +82,23 @@ def _reads_values(op: Any) -> bool:
     return False
 
 
+def _frozen(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
+
+
+@functools.cache
 def _valdep() -> np.ndarray:
-    """:func:`_reads_values` of every op, indexed by op code."""
-    return np.array([_reads_values(op) for op in OPS], np.bool_)
+    """:func:`_reads_values` of every op, indexed by op code (read-only; the table is fixed
+    once imported, so it is parsed once, not at every plan)."""
+    return _frozen(np.array([_reads_values(op) for op in OPS], np.bool_))[0]
 
 
-def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@functools.cache
+def _op_tables() -> tuple[np.ndarray, ...]:
     """``arity``, ``ndiff`` and ``nonlin[op, e]`` (second partial ``e`` structurally nonzero),
-    all read from the op table's rows."""
+    all read from the op table's rows (read-only, built once)."""
     n = len(OPS)
     # The kernels handle up to two differentiable arguments (three second partials); an op
     # with more must extend them, so say so instead of computing a wrong pattern.
@@ -101,7 +111,7 @@ def _op_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for op in OPS:
         for e, expr in enumerate(op.second):
             nonlin[op.code, e] = expr.strip() != "0.0"
-    return arity, ndiff, nonlin
+    return _frozen(arity, ndiff, nonlin)
 
 
 def _sets(tape: TapeRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,25 +237,26 @@ def _linear_jacobian(sub: TapeRecord) -> Any:
     m, n = pattern.shape
     coo = pattern.tocoo()
     rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    data = np.empty(len(rows))
     x0 = np.zeros(n)
     vals, out = np.empty(sub.n_slots), np.empty(m)
-    if n_col <= n_row:
-        for c0, seed in _seed_blocks(col_colors, n_col, n):
-            kk = seed.shape[1]
-            res = np.empty((m, kk))
+    if n_col <= n_row:  # forward: seeds over the columns, entry (r, c) at res[r, color[c]]
+        colors, n_colors, seeded, other, n_res = col_colors, n_col, cols, rows, m
+
+        def sweep(seed: np.ndarray, res: np.ndarray) -> None:
             tangent_driver(sub.ops, sub.args, sub.consts, sub.outputs, x0, seed, False, vals,
-                           np.empty((sub.n_slots, kk)), out, res)
-            sel = (col_colors[cols] >= c0) & (col_colors[cols] < c0 + kk)
-            data[sel] = res[rows[sel], col_colors[cols[sel]] - c0]
-    else:
-        for c0, seed in _seed_blocks(row_colors, n_row, m):
-            kk = seed.shape[1]
-            res = np.empty((n, kk))
+                           np.empty((sub.n_slots, seed.shape[1])), out, res)
+    else:  # reverse: seeds over the rows, entry (r, c) at res[c, color[r]]
+        colors, n_colors, seeded, other, n_res = row_colors, n_row, rows, cols, n
+
+        def sweep(seed: np.ndarray, res: np.ndarray) -> None:
             cotangent_driver(sub.ops, sub.args, sub.consts, sub.outputs, x0, seed, False, vals,
-                             np.zeros((sub.n_slots, kk)), out, res)
-            sel = (row_colors[rows] >= c0) & (row_colors[rows] < c0 + kk)
-            data[sel] = res[cols[sel], row_colors[rows[sel]] - c0]
+                             np.zeros((sub.n_slots, seed.shape[1])), out, res)
+    data = np.empty(len(rows))
+    for c0, seed in _seed_blocks(colors, n_colors, len(colors)):
+        res = np.empty((n_res, seed.shape[1]))
+        sweep(seed, res)
+        sel = (colors[seeded] >= c0) & (colors[seeded] < c0 + seed.shape[1])
+        data[sel] = res[other[sel], colors[seeded[sel]] - c0]
     jac = sp.csr_matrix((data, (rows, cols)), shape=(m, n))
     jac.eliminate_zeros()
     jac.sort_indices()

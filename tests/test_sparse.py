@@ -410,28 +410,15 @@ def test_preaccumulated_plans_agree_with_the_full_sweeps(case, rnd):
 
 
 def collocation(n_intervals):
-    """The pendulum collocation problem of benchmarks/bench_ipopt.py, smaller: objective
-    and constraints over x = [pos, vel, u] (the collocation equations are the linear
-    region, sin and the squares the core)."""
-    big_n, h = n_intervals, 1.0 / n_intervals
+    """The pendulum collocation problem of benchmarks/bench_ipopt.py (its own function, over
+    fasttape's namespace): objective, constraints and the number of variables.  The
+    collocation equations are the linear region, sin and the squares the core."""
+    import runpy
+    from pathlib import Path
 
-    def split(x):
-        return x[: big_n + 1], x[big_n + 1 : 2 * big_n + 2], x[2 * big_n + 2 :]
-
-    def objective(x):
-        _, _, u = split(x)
-        return ft.sum(0.5 * h * (u[k] * u[k] + u[k + 1] * u[k + 1]) for k in range(big_n))
-
-    def constraints(x):
-        pos, vel, u = split(x)
-        acc = [u[k] - 10.0 * ft.sin(pos[k]) - 0.5 * vel[k] * vel[k] for k in range(big_n + 1)]
-        c = []
-        for k in range(big_n):
-            c.append(pos[k + 1] - pos[k] - 0.5 * h * (vel[k] + vel[k + 1]))
-            c.append(vel[k + 1] - vel[k] - 0.5 * h * (acc[k] + acc[k + 1]))
-        return [*c, pos[0], vel[0], pos[big_n] - 3.0, vel[big_n]]
-
-    return objective, constraints, 3 * (big_n + 1)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ipopt.py"
+    objective, constraints = runpy.run_path(str(path))["problem"](ft, n_intervals)
+    return objective, constraints, 3 * (n_intervals + 1)
 
 
 def test_preaccumulated_collocation_plans():
@@ -483,6 +470,27 @@ def test_preaccumulated_outputs_inside_the_core():
     jac = tape.sparse_jacobian_plan()
     assert jac.preaccumulated
     np.testing.assert_allclose(jac(x).toarray(), tape.jacobian(x), rtol=1e-13, atol=1e-14)
+
+
+def test_preaccumulation_declined_when_costly(monkeypatch):
+    """Past the matrix limits a plan keeps the sweeps for the region: the Jacobian is then
+    bitwise the pruned sweep, and the Hessian's entries program runs with the plain seeds
+    (its reverse pass carries the region's adjoints), still agreeing with the dense one."""
+    objective, constraints, n = collocation(12)
+    c = ft.compile(ft.trace(constraints, n))
+    x, lam = np.linspace(-1.0, 1.0, n), np.linspace(0.5, -0.5, c.n_outputs)
+    monkeypatch.setattr(sparse, "PREACCUMULATE_MAX_COLORS", 0)
+    jac = c.sparse_jacobian_plan()
+    assert not jac.preaccumulated
+    assert (jac(x, values_only=True).tobytes()
+            == c.sparse_jacobian_plan(preaccumulate=False)(x, values_only=True).tobytes())
+    hes = c.sparse_hessian_plan(w=np.ones(c.n_outputs))
+    assert hes.preaccumulated  # the entries program, not the region's matrix
+    dense = sum(lam[j] * c.hessian(x, output=j) for j in range(c.n_outputs))
+    np.testing.assert_allclose(hes(x, w=lam).toarray(), dense, rtol=1e-12, atol=1e-13)
+    monkeypatch.setattr(sparse, "PREACCUMULATE_MAX_COLORS", 128)
+    monkeypatch.setattr(sparse, "PREACCUMULATE_MAX_FILL", 0.0)
+    assert not c.sparse_jacobian_plan().preaccumulated
 
 
 def test_preaccumulated_plans_with_parameters():
