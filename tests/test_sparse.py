@@ -476,7 +476,7 @@ def test_preaccumulation_declined_when_costly(monkeypatch):
     """Past the matrix limits a plan keeps the sweeps for the region: the Jacobian is then
     bitwise the pruned sweep, and the Hessian's entries program runs with the plain seeds
     (its reverse pass carries the region's adjoints), still agreeing with the dense one."""
-    objective, constraints, n = collocation(12)
+    _, constraints, n = collocation(12)
     c = ft.compile(ft.trace(constraints, n))
     x, lam = np.linspace(-1.0, 1.0, n), np.linspace(0.5, -0.5, c.n_outputs)
     monkeypatch.setattr(sparse, "PREACCUMULATE_MAX_COLORS", 0)
