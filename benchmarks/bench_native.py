@@ -3,14 +3,14 @@
 Usage::
 
     python benchmarks/bench_native.py [--sizes 1e3,1e4,1e5] [--families random_local,rosenbrock]
-                                      [--opt O] [--repeat R]
+                                      [--opt O] [--repeat R] [--no-loops] [--ddx]
 
 Families: ``random_local``, ``random_uniform``, ``rosenbrock``, ``lennard_jones``, ``chain``
 (:mod:`fasttape.bench.families`).  Prints one Markdown table row per family and size:
-instructions, pieces (with the LLVM levels they were compiled at: ``--opt``, else
-:func:`fasttape.native.piece_levels`), compile seconds and microseconds per instruction,
-loading the same object code from the disk cache, and
-``value_and_grad`` of the native tape and of the interpreter (median of ``R`` alternating
+instructions, pieces (how many of them are loops, :mod:`fasttape.native.loops`, and the
+LLVM levels they were compiled at: ``--opt``, else :func:`fasttape.native.piece_levels`),
+compile seconds and microseconds per instruction, loading the same object code from the disk
+cache, and ``value_and_grad`` of the native tape and of the interpreter (median of ``R`` alternating
 rounds), with their ratio, the calls after which compiling has paid for itself (compile time
 over the time saved per call), and whether both gave bitwise the same value and gradient.  The
 cache lives in a temporary folder, so nothing is reused between runs.  Nothing here asserts a
@@ -82,12 +82,13 @@ def ddx_cells(family: str, n: int, tape: Any, x: np.ndarray, repeat: int,
     return f" {built.compile_s:.2f} | {t * 1e6:.1f} |"
 
 
-def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = None) -> str:
+def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = None,
+        loops: bool = True) -> str:
     """One table row (see the module docstring); with ``ddx`` (a folder), ddx-ad's columns."""
     tape, x = _tape(family, n)
-    nt = native(tape, opt=opt)
+    nt = native(tape, opt=opt, loops=loops)
     t = time.perf_counter()
-    again = native(tape, opt=opt)  # from the cache written just now
+    again = native(tape, opt=opt, loops=loops)  # from the cache written just now
     load = time.perf_counter() - t
     v0, g0 = tape.value_and_grad(x)
     v1, g1 = nt.value_and_grad(x)
@@ -100,7 +101,8 @@ def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = Non
     even = f"{nt.compile_seconds / (ti - tn):.0f}" if tn < ti else "never"
     extra = "" if ddx is None else ddx_cells(family, n, tape, x, repeat, ddx)
     levels = "/".join(str(v) for v in sorted(set(nt.levels)))
-    return (f"| {family} | {m} | {nt.n_pieces} ({levels}) | {nt.compile_seconds:.2f} | "
+    return (f"| {family} | {m} | {nt.n_pieces} ({nt.n_loops}; {levels}) | "
+            f"{nt.compile_seconds:.2f} | "
             f"{1e6 * nt.compile_seconds / m:.0f} | {load:.3f} | {tn * 1e6:.1f} | "
             f"{ti * 1e6:.1f} | {tn / ti:.2f} | {even} | {'yes' if same else 'NO'} |{extra}")
 
@@ -112,12 +114,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--opt", type=int, default=None,
                     help="LLVM level 0-3 (default: per piece, by size and libm calls)")
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-loops", action="store_true",
+                    help="straight-line code only (no loop pieces), for an A/B")
     ap.add_argument("--ddx", action="store_true",
                     help="add ddx-ad's LLVM compile time and compiled value+gradient")
     args = ap.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    head = ("| family | instructions | pieces (levels) | compile s | compile us/instr | "
+    head = ("| family | instructions | pieces (loops; levels) | compile s | compile us/instr | "
             "cached load s | native vg us | interpreter vg us | ratio | break-even calls | "
             "bitwise |")
     print(head + (" ddx compile s | ddx vg us |" if args.ddx else ""))
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["FASTTAPE_CACHE_DIR"] = folder
         for family in args.families.split(","):
             for n in sizes:
-                print(row(family, n, args.opt, args.repeat, ddx if args.ddx else None),
-                      flush=True)
+                print(row(family, n, args.opt, args.repeat, ddx if args.ddx else None,
+                          not args.no_loops), flush=True)
 
 
 def bench_native_smoke() -> None:

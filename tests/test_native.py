@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 import fasttape as ft
 from fasttape.bench import families
-from fasttape.native import NativeTape, cache, native
+from fasttape.native import NativeTape, cache, emit, native
 from fasttape.native import tape as native_tape
 from fasttape.ops import OPS
-from tests.test_random_graphs import random_tapes
+from tests.test_random_graphs import EXPONENTS, FLOATS, random_tapes
 
 OPS_BY = {op.name: op.code for op in OPS}
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, math.inf, -math.inf, math.nan, 1e-310, 1e300]
@@ -267,8 +267,16 @@ def test_the_key_covers_content_and_options():
     b = ft.compile(ft.trace(lambda v: v[0] * 3.0 + v[1], 2))
     native(a)
     assert not native(b).from_cache  # another constant: another entry
-    assert not native(a, piece_size=1).from_cache  # other options: another entry
+    assert not native(a, opt=0).from_cache  # another level: another entry
+    # Options that leave the code as it is share its entry: one instruction is one piece
+    # whatever the piece size.
+    assert native(a, piece_size=1).from_cache
     assert native(a).from_cache
+    # The cut is in the key: the same tape as loops or as straight-line code.
+    c = periodic_tape(period=2, reps=40)
+    assert native(c).n_loops == 1
+    assert not native(c, loops=False).from_cache
+    assert native(c).from_cache
 
 
 # ---------------------------------------------------------------------- levels
@@ -314,15 +322,21 @@ def test_piece_levels_follow_the_share_of_libm_calls():
 
 def test_native_compiles_each_piece_at_its_level():
     tape = _mixed_tape(30, 70)
-    nt = native(tape, piece_size=10, cache_entries=False)
+    nt = native(tape, piece_size=10, loops=False, cache_entries=False)
     assert nt.levels == (0, 0, 0) + (1,) * 7
     assert_same(tape, nt, np.array([0.7]))
     # An explicit opt applies to every piece, and is another cache entry than the default.
-    one = native(tape, piece_size=10, opt=1)
+    one = native(tape, piece_size=10, loops=False, opt=1)
     assert one.levels == (1,) * 10 and not one.from_cache
-    assert not native(tape, piece_size=10).from_cache
-    assert native(tape, piece_size=10).from_cache
+    assert not native(tape, piece_size=10, loops=False).from_cache
+    assert native(tape, piece_size=10, loops=False).from_cache
     assert_same(tape, one, np.array([-0.3]))
+    # With loops, the 70 products are one loop piece, at LOOP_LEVEL; the 30 sines (too few
+    # for a loop) stay straight-line pieces.
+    looped = native(tape, piece_size=10, cache_entries=False)
+    assert looped.pieces[-1] == emit.Piece(30, 100, 1)
+    assert looped.levels == (0, 0, 0, native_tape.LOOP_LEVEL)
+    assert_same(tape, looped, np.array([0.7]))
 
 
 # ---------------------------------------------------------------------- big tapes
@@ -425,9 +439,9 @@ def test_tiering_refuses_bad_options(bad, match):
 def test_powi_written_out_is_bitwise_the_interpreters(opt):
     # The pieces write a constant powi (and its partial) out as its loop's multiplications up
     # to |n| = POWI_UNROLL_MAX, and call the library above: both bitwise the interpreter's.
-    # emit._powi restates the loop of kernels/scalar.powi (the library gets it by translation),
+    # irtext.powi restates the loop of kernels/scalar.powi (the library gets it by translation),
     # so every exponent it writes is checked, and the first ones past it.
-    from fasttape.native.emit import POWI_UNROLL_MAX
+    from fasttape.native.irtext import POWI_UNROLL_MAX
 
     powi = next(op.code for op in OPS if op.name == "powi")
     mul = next(op.code for op in OPS if op.name == "mul")
@@ -445,3 +459,189 @@ def test_powi_written_out_is_bitwise_the_interpreters(opt):
               (-0.0, 2.0), (math.inf, 0.5), (-math.inf, -0.5), (math.nan, 1.0), (1e-310, 1.0),
               (1e200, 1e-200), (-1.0, 1.0)]:
         assert_same(tape, nt, np.array(x))
+
+
+# ---------------------------------------------------------------------- loops
+# Periodic runs of a tape compile to loops (fasttape/native/loops.py): one body of
+# ``period`` instructions whose argument slots move by a fixed step at each repetition.  The
+# tapes below are built to hit every way a loop's adjoints can meet: arguments shared by
+# every repetition (step 0: sums), the previous repetition's results (a recurrence), steps
+# that differ from the period (an argument that is another instruction's result at one
+# repetition only), results read in the same repetition, moving inputs and parameters,
+# constants, outputs inside the loop, and instructions no output reaches.
+
+_ARG_KINDS = ["input", "input_moving", "param", "prefix", "own", "previous", "odd", "const"]
+
+
+@st.composite
+def periodic_tapes(draw, max_period: int = 4):
+    """``(tape, x, p)``: a random prefix, one periodic run (long enough to be a loop), a
+    random suffix; ``x`` and ``p`` a point."""
+    period = draw(st.integers(1, max_period))
+    reps = -(-32 // period) + draw(st.integers(0, 6))
+    n_in = reps + draw(st.integers(1, 4))
+    n_par = draw(st.integers(0, 2))
+    n_lead = n_in + n_par
+    consts = EXPONENTS + draw(st.lists(FLOATS, min_size=1, max_size=3))
+    n_pre = n_lead + len(consts)
+    ops: list[int] = []
+    args: list[int] = []
+
+    def const_arg(spec):
+        if spec.name == "powi":
+            return n_lead + draw(st.integers(0, len(EXPONENTS) - 1))
+        return draw(st.integers(n_lead, n_pre - 1))
+
+    n_prefix = draw(st.integers(period, period + 4))
+    for i in range(n_prefix):
+        spec = draw(st.sampled_from(OPS))
+        for j in range(spec.arity):
+            if spec.param == "const" and j >= spec.ndiff:
+                args.append(const_arg(spec))
+            else:
+                args.append(draw(st.integers(0, n_pre + i - 1)))
+        ops.append(spec.code)
+    s0 = n_pre + n_prefix
+    body = []  # per body instruction: (code, [(base, step)])
+    for q in range(period):
+        spec = draw(st.sampled_from(OPS))
+        operands = []
+        for j in range(spec.arity):
+            if spec.param == "const" and j >= spec.ndiff:
+                operands.append((const_arg(spec), 0))
+                continue
+            kind = draw(st.sampled_from(_ARG_KINDS))
+            if kind == "input":
+                operands.append((draw(st.integers(0, n_in - 1)), 0))
+            elif kind == "input_moving":
+                step = draw(st.sampled_from([1, -1]))
+                base = draw(st.integers(0, n_in - reps)) if step > 0 else \
+                    draw(st.integers(reps - 1, n_in - 1))
+                operands.append((base, step))
+            elif kind == "param" and n_par:
+                operands.append((draw(st.integers(n_in, n_lead - 1)), 0))
+            elif kind == "prefix":
+                operands.append((draw(st.integers(n_pre, s0 - 1)), 0))
+            elif kind == "own" and q:
+                operands.append((s0 + draw(st.integers(0, q - 1)), period))
+            elif kind == "previous":
+                operands.append((s0 + draw(st.integers(0, period - 1)) - period, period))
+            elif kind == "odd":
+                step = draw(st.integers(0, period))
+                operands.append((draw(st.integers(n_pre, s0 + q - 1)), step))
+            else:
+                operands.append((draw(st.integers(n_lead, n_pre - 1)), 0))
+        body.append((spec.code, operands))
+    for r in range(reps):
+        for code, operands in body:
+            ops.append(code)
+            args += [b + r * d for b, d in operands]
+    # A consumer: a sum of one body instruction's results over all repetitions or a random
+    # subset (so that the loop's adjoints are written by a later piece for some repetitions
+    # or all of them).
+    q_sum = draw(st.integers(0, period - 1))
+    picked = draw(st.sampled_from(["none", "all", "some"]))
+    for r in range(reps):
+        if picked == "all" or (picked == "some" and draw(st.booleans())):
+            ops.append(OPS_BY["add"])
+            args += [n_pre + len(ops) - 2, s0 + r * period + q_sum]
+    if draw(st.booleans()):  # every input's adjoint written before the loop's sweep
+        for i in range(n_in):
+            ops.append(OPS_BY["add"])
+            args += [n_pre + len(ops) - 2, i]
+    for _ in range(draw(st.integers(0, 3))):
+        slot = n_pre + len(ops)
+        ops.append(OPS_BY["add"])
+        args += [slot - 1, draw(st.integers(0, slot - 1))]
+    n_slots = n_pre + len(ops)
+    outputs = [n_slots - 1, *draw(st.lists(st.integers(0, n_slots - 1), max_size=3))]
+    x = np.array(draw(st.lists(FLOATS, min_size=n_in, max_size=n_in)))
+    p = np.array(draw(st.lists(FLOATS, min_size=n_par, max_size=n_par))) if n_par else None
+    tape = ft.Tape.from_arrays(ops, args, consts, outputs, n_in, n_params=n_par)
+    return tape, x, p
+
+
+def periodic_tape(period: int, reps: int) -> ft.Tape:
+    """``period`` instructions repeated ``reps`` times over moving inputs, summed."""
+    n_in = reps + 1
+    ops, args = [], []
+    for r in range(reps):
+        ops += [OPS_BY["mul"], OPS_BY["sin"]][:period] + [OPS_BY["add"]] * (period - 2)
+        slot = n_in + len(ops) - period
+        body = [[r, r + 1], [slot]] + [[slot + 1, slot]] * (period - 2)
+        for a in body[:period]:
+            args += a
+    return ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+
+
+@settings(max_examples=80, deadline=None)
+@given(periodic_tapes(), st.sampled_from([0, 1, 2]))
+def test_loops_are_bitwise_the_interpreter(case, opt):
+    tape, x, p = case
+    nt = native(tape, opt=opt, cache_entries=False)
+    assert nt.n_loops >= 1, nt.pieces
+    assert_same(tape, nt, x, p)
+    # Twice: the work array is not cleared between calls, so stale adjoints would show.
+    assert_same(tape, nt, x[::-1].copy(), p)
+
+
+@settings(max_examples=20, deadline=None)
+@given(periodic_tapes(), st.sampled_from([1, 5]))
+def test_loops_between_small_straight_pieces(case, piece_size):
+    tape, x, p = case
+    nt = native(tape, piece_size=piece_size, opt=0, cache_entries=False)
+    assert_same(tape, nt, x, p)
+    assert_same(tape, native(tape, loops=False, opt=0, cache_entries=False), x, p)
+
+
+@pytest.mark.parametrize("moving_first", [True, False])
+@pytest.mark.parametrize("inputs_summed", [True, False])
+def test_a_moving_and_a_shared_argument_meet_in_one_repetition(moving_first, inputs_summed):
+    # mul(x[r], x[3]): at r = 3 both arguments are x[3], whose adjoint then gets both
+    # contributions in the interpreter's order.  With every input summed after the loop,
+    # each x[r]'s adjoint is written before the loop's sweep, so a register holding it
+    # across the repetition would lose the other argument's update (a mutation that
+    # allowed that passed every hypothesis example).
+    reps, n_in = 40, 41
+    ops, args = [], []
+    for r in range(reps):
+        ops.append(OPS_BY["mul"])
+        args += [r, 3] if moving_first else [3, r]
+    ops.append(OPS_BY["add"])
+    args += [n_in, n_in + 1]
+    for r in range(2, reps):
+        ops.append(OPS_BY["add"])
+        args += [n_in + len(ops) - 2, n_in + r]
+    if inputs_summed:
+        for i in range(n_in):
+            ops.append(OPS_BY["add"])
+            args += [n_in + len(ops) - 2, i]
+    tape = ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+    nt = native(tape, cache_entries=False)
+    assert nt.pieces[0].period == 1 and nt.pieces[0].hi == reps
+    assert_same(tape, nt, np.linspace(0.5, 1.5, n_in))
+
+
+@pytest.mark.parametrize("step", [1, -1])
+def test_a_run_whose_argument_crosses_from_the_point_to_the_work_array(step):
+    # No constants, so slot n_in follows slot n_in - 1: an argument moving by +1 from the
+    # inputs into the instructions' slots (or by -1 back from them into the inputs) is one
+    # affine sequence in the tape but two arrays in native code (x and w); a loop must end
+    # where the sequence changes arrays (it would read x past its end otherwise).
+    n_in = 12
+    ops, args = [], []
+    for i in range(50):  # a prefix, so that the downward run starts inside w
+        ops.append(OPS_BY["neg"])
+        args.append(i % n_in)
+    for r in range(80):  # sin(slot r), or sin(slot n_in + 49 - r) down to slot 0
+        ops.append(OPS_BY["sin"])
+        args.append(r if step > 0 else max(n_in + 49 - r, 0))
+    ops.append(OPS_BY["add"])
+    args += [n_in + 50, n_in + 129]
+    tape = ft.Tape.from_arrays(ops, args, [], list(range(n_in, n_in + 131)), n_in)
+    nt = native(tape, cache_entries=False)
+    assert nt.n_loops
+    for piece in nt.pieces:
+        if piece.period:  # instruction i < 130 has one argument, args[i]
+            assert (args[piece.lo] < n_in) == (args[piece.hi - 1] < n_in), nt.pieces
+    assert_same(tape, nt, np.linspace(0.1, 1.2, n_in))

@@ -274,17 +274,18 @@ def _native(case: Case, fns: dict[str, Callable[[], Any]], settings: Settings,
             say: Callable[[str], None]) -> dict[str, Any]:
     """The :data:`NATIVE_SYSTEM` row of ``case`` without its timings; adds the native calls
     to ``fns`` (timed with fasttape's, in alternation) when the tape compiled."""
-    from fasttape.native import native, piece_levels  # LLVM only when asked for
+    from fasttape.native import native  # LLVM only when asked for
 
     tape, x, n = case.tape, case.x, case.n_nodes
     if len(tape.ops) > settings.native_max:
         return _row(case, NATIVE_SYSTEM, "LLVM",
                     f"skipped (over {settings.native_max:,} instructions: compile time)")
     say(f"{case.family} {n:,}: fasttape-native (compiling)")
-    levels = sorted(set(piece_levels(tape.ops)))
-    code = f"LLVM level {'/'.join(map(str, levels))}"
+    code = "LLVM"
     try:
         nt = native(tape, cache_entries=False)  # always compiled: compile_s is the point
+        code = (f"LLVM level {'/'.join(map(str, sorted(set(nt.levels))))}, "
+                f"{nt.n_loops} loops in {nt.n_pieces} pieces")
         t0 = time.perf_counter()
         v, g = nt.value_and_grad(x)
         first = time.perf_counter() - t0

@@ -28,25 +28,51 @@ Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from fasttape.native.translate import UNIT_PARTIALS, forward_name, partial_name
+from fasttape.native import loops
+from fasttape.native.irtext import accumulate, imm, partial, powi, powi_exponent
+from fasttape.native.translate import UNIT_PARTIALS, forward_name
 from fasttape.ops import OPS
 
-__all__ = ["Layout", "driver_module", "n_modules", "n_pieces", "piece_modules",
-           "work_size"]
+__all__ = ["LOOPS_PER_MODULE", "Layout", "Piece", "cut", "driver_module", "n_modules",
+           "n_pieces", "piece_modules", "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
 
 
-def _imm(v: float) -> str:
-    """A float64 immediate in LLVM's exact hexadecimal form."""
-    return f"0x{struct.unpack('<Q', struct.pack('<d', v))[0]:016X}"
+@dataclass(frozen=True)
+class Piece:
+    """Instructions ``lo`` to ``hi - 1`` of a tape, compiled as one forward and one reverse
+    function: straight-line code (``period`` 0), or a loop whose body is the first
+    ``period`` of them (:mod:`fasttape.native.loops`)."""
+
+    lo: int
+    hi: int
+    period: int = 0
+
+
+def cut(ops: np.ndarray, args: np.ndarray, n_lead: int, n_pre: int, piece_size: int,
+        find_loops: bool = True) -> tuple[Piece, ...]:
+    """The pieces of a tape: its periodic runs as loops (:func:`fasttape.native.loops.find`,
+    with ``find_loops``), every other stretch cut into straight-line pieces of at most
+    ``piece_size`` instructions."""
+    ops = np.asarray(ops, dtype=np.int64)
+    args = np.asarray(args, dtype=np.int64)
+    n = len(ops)
+    found = loops.find(ops, args, n_lead, n_pre) if find_loops else []
+    pieces: list[Piece] = []
+    at = 0
+    for lo, hi, period in [*found, (n, n, 0)]:
+        pieces += [Piece(k, min(k + piece_size, lo)) for k in range(at, lo, piece_size)]
+        if hi > lo:
+            pieces.append(Piece(lo, hi, period))
+        at = hi
+    return tuple(pieces)
 
 
 @dataclass
@@ -61,8 +87,8 @@ class Layout:
         Inputs, which get a gradient.
     n_lead : int
         Inputs and parameters: the length of the point ``x`` the entry points take.
-    piece_size : int
-        Instructions per piece.
+    pieces : tuple of Piece
+        The tape cut into pieces (:func:`cut`).
     tag : str
         Makes the symbol names of this tape unique in the process.
     window : int
@@ -78,7 +104,7 @@ class Layout:
     outputs: np.ndarray
     n_inputs: int
     n_lead: int
-    piece_size: int
+    pieces: tuple[Piece, ...]
     tag: str
     window: int = 256
     block: int = 16
@@ -91,7 +117,11 @@ class Layout:
         self.n_slots = self.n_pre + self.n_instr
         arity = _ARITY[self.ops]
         self.starts = np.concatenate(([0], np.cumsum(arity)))
-        self.n_pieces = n_pieces(self.n_instr, self.piece_size)
+        self.n_pieces = len(self.pieces)
+        # piece_of[i]: the piece that instruction i is in.
+        self.piece_of = np.zeros(self.n_instr, dtype=np.int64)
+        for k, piece in enumerate(self.pieces):
+            self.piece_of[piece.lo: piece.hi] = k
         # last_piece[p]: the highest piece whose reverse sweep adds into slot p's adjoint
         # (-1 if none).  Reverse pieces run from the highest down, so piece k starts p's
         # adjoint from w when a higher piece touched it (or p is seeded as an output).
@@ -100,16 +130,22 @@ class Layout:
         self.last_piece = np.full(self.n_slots, -1, dtype=np.int64)
         nd = _NDIFF[self.ops]
         live = self._live(nd)
+        # needed[i]: whether an output's value depends on instruction i (through any
+        # argument); the forward pieces compute no other (dead code: no output can tell).
+        self.needed = self._live(_ARITY[self.ops])
         for j in range(int(nd.max(initial=0))):
             rows = np.nonzero((nd > j) & live)[0]
             parents = self.args[self.starts[rows] + j]
-            np.maximum.at(self.last_piece, parents, rows // self.piece_size)
+            np.maximum.at(self.last_piece, parents, self.piece_of[rows])
         self.output_slots = {int(s) for s in self.outputs}
-        self.const_bits = [_imm(float(c)) for c in self.consts]
+        self.is_output = np.zeros(self.n_slots, dtype=bool)
+        self.is_output[np.asarray(self.outputs, dtype=np.int64)] = True
+        self.const_list = [float(c) for c in self.consts]
+        self.const_bits = [imm(c) for c in self.const_list]
 
     def _live(self, nd: np.ndarray) -> np.ndarray:
-        """Per instruction: whether an output's adjoint can reach it (an output itself, or a
-        differentiable argument of a live instruction)."""
+        """Per instruction: whether an output's adjoint can reach it (an output itself, or one
+        of the first ``nd`` arguments, the differentiable ones, of a live instruction)."""
         reach = [False] * self.n_slots
         for s in self.outputs.tolist():
             reach[s] = True
@@ -211,52 +247,13 @@ def _block(lay: Layout, lines: list[str], n: int) -> None:
         lines.append(f"b{n}:")
 
 
-#: Largest ``|n|`` of a ``powi`` whose multiplications the pieces write out (see _powi).
-POWI_UNROLL_MAX = 64
-
-_ONE = _imm(1.0)
-_POWI_OP = next(op for op in OPS if op.name == "powi")
-
-
-def _powi_exponent(lay: Layout, a: np.ndarray) -> int | None:
-    """The constant integral exponent of a ``powi`` with arguments ``a`` when its
-    multiplications are written out (``|n| <= POWI_UNROLL_MAX``), else None."""
-    p = int(a[1])
-    if not lay.n_lead <= p < lay.n_pre:
-        return None
-    y = float(lay.consts[p - lay.n_lead])
-    return int(y) if abs(y) <= POWI_UNROLL_MAX else None
-
-
-def _powi(lines: list[str], x: str, n: int, tag: str) -> str:
-    """Write ``x ** n`` as the multiplications of :func:`fasttape.kernels.scalar.powi`'s
-    loop for this ``n``, in its order (so bitwise its result); returns the result's operand.
-
-    A call keeps the loop (levels 0 and 1 never inline it:
-    :func:`fasttape.native.machine.library`), and a call clobbers every vector register, so
-    the values live across it are spilled; written out, Lennard-Jones' ``s ** 3`` is three
-    multiplications (the first by 1.0, as the loop's).
-    """
-    m = -n if n < 0 else n
-    acc, base, step = _ONE, x, 0
-    while m > 0:
-        if m & 1:
-            step += 1
-            lines.append(f"  %{tag}a{step} = fmul double {acc}, {base}")
-            acc = f"%{tag}a{step}"
-        m >>= 1
-        if m > 0:  # the loop's last squaring is never read
-            step += 1
-            lines.append(f"  %{tag}b{step} = fmul double {base}, {base}")
-            base = f"%{tag}b{step}"
-    if n < 0:
-        lines.append(f"  %{tag}r = fdiv double {_ONE}, {acc}")
-        return f"%{tag}r"
-    return acc
+def _exponent(lay: Layout, spec: object, a: np.ndarray) -> int | None:
+    """A written-out ``powi``'s exponent (:func:`fasttape.native.irtext.powi_exponent`)."""
+    return powi_exponent(spec, int(a[1]), lay.n_lead, lay.const_list) if len(a) > 1 else None
 
 
 def _forward(lay: Layout, k: int) -> str:
-    lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
+    lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, lay.window)
@@ -264,12 +261,14 @@ def _forward(lay: Layout, k: int) -> str:
     for i in range(lo, hi):
         refs.age()
         _block(lay, lines, i - lo)
+        if not lay.needed[i]:
+            continue  # no output depends on it, nor on anything that reads its slot
         spec = OPS[ops[i]]
         a = args[starts[i]: starts[i + 1]]
         s = n_pre + i
-        n = _powi_exponent(lay, a) if spec is _POWI_OP else None
+        n = _exponent(lay, spec, a)
         if n is not None:
-            v = _powi(lines, refs.value(int(a[0])), n, f"w{s}")
+            v = powi(lines, refs.value(int(a[0])), n, f"w{s}")
         else:
             operands = ", ".join(f"double {refs.value(int(v))}" for v in a)
             v = f"%v{s}"
@@ -282,7 +281,7 @@ def _forward(lay: Layout, k: int) -> str:
 
 
 def _reverse(lay: Layout, k: int) -> str:
-    lo, hi = k * lay.piece_size, min((k + 1) * lay.piece_size, lay.n_instr)
+    lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, lay.window)
@@ -340,33 +339,14 @@ def _reverse(lay: Layout, k: int) -> str:
                 continue  # a parameter's or constant's adjoint is never read
             cur = current(p)
             count += 1
-            new = f"%n{count}"
-            unit = UNIT_PARTIALS.get(expr)
-            if unit is not None:
-                op = "fadd" if unit > 0 else "fsub"
-                if cur == "0.0":
-                    # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select
-                    # would pick the same bits.
-                    lines.append(f"  {new} = {op} double 0.0, {g}")
-                else:
-                    lines.append(f"  %t{count} = {op} double {cur}, {g}")
-                    lines.append(f"  {new} = select i1 %g{s}, double %t{count}, double {cur}")
-            else:
-                n = _powi_exponent(lay, np.asarray(a)) if spec is _POWI_OP else None
-                if n is not None:  # dpowi: n * x ** (n - 1), exactly 0 for n = 0
-                    r = _powi(lines, refs.value(a[0]), n - 1, f"e{count}") if n else "0.0"
-                    lines.append(f"  %d{count} = fmul double {_imm(float(n))}, {r}")
-                else:
-                    if operands is None:
-                        operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
-                    fn = partial_name(spec, j)
-                    lines.append(f'  %d{count} = call double @"{fn}"({operands})')
-                lines.append(f"  %m{count} = fmul double {g}, %d{count}")
-                lines.append(f"  %t{count} = fadd double {cur}, %m{count}")
-                lines.append(f"  %z{count} = fcmp une double %d{count}, 0.0")
-                lines.append(f"  %u{count} = select i1 %z{count}, double %t{count}, "
-                             f"double {cur}")
-                lines.append(f"  {new} = select i1 %g{s}, double %u{count}, double {cur}")
+            d = None
+            if expr not in UNIT_PARTIALS:
+                n = _exponent(lay, spec, np.asarray(a))
+                if n is None and operands is None:
+                    operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
+                x0 = refs.value(a[0]) if n is not None else ""
+                d = partial(lines, spec, j, operands or "", n, x0, str(count))
+            new = accumulate(lines, expr, g, f"%g{s}", cur, str(count), d)
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
     # (A spilled one that was not updated again is in w already.)
@@ -376,19 +356,45 @@ def _reverse(lay: Layout, k: int) -> str:
     return "\n".join(lines)
 
 
-def piece_modules(lay: Layout, header: str) -> Iterator[tuple[str, str]]:
-    """``(name, IR text)`` of every piece module, forward pieces first, made one at a time
-    (the text of a whole large tape would not fit in memory twice).  The text calls the op
-    library's functions, which :func:`fasttape.native.machine.compile_module` appends."""
-    for k in range(lay.n_pieces):
-        yield lay.fwd_name(k), "\n".join([header, _forward(lay, k), ""])
-    for k in range(lay.n_pieces):
-        yield lay.rev_name(k), "\n".join([header, _reverse(lay, k), ""])
+#: Loop pieces whose functions share one module: a module's fixed cost (parsing the op
+#: library, the passes' and the code generator's setup: about 10 ms) is then paid once for
+#: many loop bodies, each a few dozen instructions.
+LOOPS_PER_MODULE = 64
+
+
+def _module_plan(lay: Layout) -> list[tuple[str, list[int]]]:
+    """Each module as ``(kind, pieces)``: ``fwd`` or ``rev`` of one straight-line piece,
+    ``loops`` for both functions of up to :data:`LOOPS_PER_MODULE` loop pieces."""
+    straight = [k for k, p in enumerate(lay.pieces) if not p.period]
+    looped = [k for k, p in enumerate(lay.pieces) if p.period]
+    return ([("fwd", [k]) for k in straight] + [("rev", [k]) for k in straight]
+            + [("loops", looped[m: m + LOOPS_PER_MODULE])
+               for m in range(0, len(looped), LOOPS_PER_MODULE)])
+
+
+def piece_modules(lay: Layout, header: str,
+                  levels: tuple[int, ...]) -> Iterator[tuple[str, int]]:
+    """``(IR text, level)`` of every piece module, made one at a time (the text of a whole
+    large tape would not fit in memory twice): the straight-line pieces' forward modules,
+    their reverse modules, then the loop pieces' functions in shared modules
+    (:data:`LOOPS_PER_MODULE`), each module at the highest of its pieces' ``levels``.  The
+    text calls the op library's functions, which
+    :func:`fasttape.native.machine.compile_module` appends."""
+    for kind, ks in _module_plan(lay):
+        if kind == "fwd":
+            texts = [_forward(lay, ks[0])]
+        elif kind == "rev":
+            texts = [_reverse(lay, ks[0])]
+        else:
+            texts = [loops.MEMSET]
+            for k in ks:
+                texts += [loops.forward(lay, k), loops.reverse(lay, k)]
+        yield "\n".join([header, *texts, ""]), max(levels[k] for k in ks)
 
 
 def n_modules(lay: Layout) -> int:
     """How many modules :func:`piece_modules` yields."""
-    return 2 * lay.n_pieces
+    return len(_module_plan(lay))
 
 
 def driver_module(lay: Layout, header: str) -> str:

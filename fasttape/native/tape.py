@@ -22,8 +22,9 @@ import numba
 import numpy as np
 
 from fasttape.kernels import scalar
-from fasttape.kernels.jit import kernel
-from fasttape.native import cache, emit, machine, translate, workers
+from fasttape.native import cache, emit, irtext, machine, translate, workers
+from fasttape.native import loops as loop_pieces
+from fasttape.native.call import call_value, call_vg
 from fasttape.native.entry import native_cfunction, native_numba_kernel
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
@@ -43,19 +44,6 @@ _VALUEB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void
                            ctypes.c_int64)
 _VGB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
-
-@kernel
-def _call_value(fn: Any, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
-    # Calling through Numba costs a third of a ctypes call from Python, which pays about a
-    # microsecond for each array's address (``a.ctypes.data``).  ``fn`` is an argument (its
-    # address is read at each call), so one compiled trampoline serves every tape.
-    fn(x.ctypes.data, w.ctypes.data, out.ctypes.data)
-
-
-@kernel
-def _call_vg(fn: Any, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int) -> float:
-    return fn(x.ctypes.data, w.ctypes.data, grad.ctypes.data, which)
-
 
 class MachineCode(NamedTuple):
     """A native tape's entry points: ``value(x, w, out)``, ``vg(x, w, grad, which) ->
@@ -112,15 +100,24 @@ def _piece_size(piece_size: Any) -> int:
     return int(piece_size)
 
 
+#: LLVM optimization level of a loop piece (:mod:`fasttape.native.loops`): its body is
+#: at most :data:`fasttape.native.loops.MAX_PERIOD` instructions, which compile in
+#: milliseconds at any level.
+LOOP_LEVEL = 1
+
 #: Share of a piece's instructions that call libm (:func:`fasttape.native.translate.libm_ops`)
 #: from which :func:`piece_levels` compiles the piece at level 0 even in a small tape.
 LIBM_SHARE_LEVEL0 = 0.2
 
 
-def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple[int, ...]:
+def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
+                 pieces: tuple[emit.Piece, ...] | None = None) -> tuple[int, ...]:
     """The default LLVM optimization level of each piece of a tape with op codes ``ops``.
 
-    :func:`opt_level` by the tape's size; then, in a tape small enough for level 1, level 0
+    ``pieces`` is the tape cut into pieces (:func:`fasttape.native.emit.cut`; default: cut
+    into straight-line pieces of ``piece_size`` only).  A loop piece gets
+    :data:`LOOP_LEVEL`.  The straight-line pieces get :func:`opt_level` by how many
+    instructions they hold together; then, in a tape small enough for level 1, level 0
     for every piece in which at least :data:`LIBM_SHARE_LEVEL0` of the instructions call
     libm (``sin``, ``exp``, ``tanh`` ...).  Such a piece's time goes to the calls, around
     which level 1 has little to schedule (a call clobbers every vector register), so level
@@ -132,14 +129,17 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE) -> tuple
     """
     size = _piece_size(piece_size)
     n = len(ops)
-    if opt_level(n) == 0:
-        return (0,) * emit.n_pieces(n, size)
+    if pieces is None:
+        pieces = tuple(emit.Piece(k, min(k + size, n)) for k in range(0, n, size))
+    straight = sum(p.hi - p.lo for p in pieces if not p.period)
     calls = np.zeros(max(int(np.max(ops, initial=0)) + 1, 1), dtype=bool)
     codes = [c for c in translate.libm_ops() if c < len(calls)]
     calls[codes] = True
     hit = calls[np.asarray(ops, dtype=np.int64)]
-    return tuple(0 if hit[k:k + size].mean() >= LIBM_SHARE_LEVEL0 else 1
-                 for k in range(0, n, size))
+    if opt_level(straight) == 0:
+        return tuple(LOOP_LEVEL if p.period else 0 for p in pieces)
+    return tuple(LOOP_LEVEL if p.period else
+                 0 if hit[p.lo:p.hi].mean() >= LIBM_SHARE_LEVEL0 else 1 for p in pieces)
 
 
 #: Modules (a forward and a reverse one per piece) from which a tape is compiled in worker
@@ -162,18 +162,21 @@ def _compile_all(jobs: Iterator[tuple[str, int]], processes: int) -> Iterator[by
 def _source_digest() -> str:
     """Digest of everything besides the tape that decides the generated code."""
     h = hashlib.sha256(table_hash().encode())
-    for module in (scalar, emit, translate, machine, sys.modules[__name__]):
+    for module in (scalar, emit, irtext, loop_pieces, translate, machine,
+                   sys.modules[__name__]):
         h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()
 
 
-def _key(arrays: dict[str, Any], piece_size: int, levels: tuple[int, ...]) -> str:
+def _key(arrays: dict[str, Any], pieces: tuple[emit.Piece, ...],
+         levels: tuple[int, ...]) -> str:
     h = hashlib.sha256()
     for name in ("ops", "args", "consts", "outputs"):
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
-    h.update(f"n:{arrays['n_inputs']}:{arrays['n_params']}:{piece_size}:{levels}".encode())
+    h.update(f"n:{arrays['n_inputs']}:{arrays['n_params']}:{levels}".encode())
+    h.update(np.array([(p.lo, p.hi, p.period) for p in pieces], dtype=np.int64).tobytes())
     h.update(_source_digest().encode())
     h.update(machine.machine_key().encode())
     return h.hexdigest()[:40]
@@ -198,6 +201,10 @@ class NativeTape:
         Whether the object code came from the disk cache.
     n_pieces : int
         Pieces the tape was cut into (each compiled twice: forward and reverse).
+    pieces : tuple of fasttape.native.emit.Piece
+        The pieces, in order: ``(lo, hi, period)``, ``period`` 0 for straight-line code.
+    n_loops : int
+        How many of the pieces are loops (:mod:`fasttape.native.loops`).
     levels : tuple of int
         The LLVM optimization level of each piece (:func:`piece_levels` by default).
     """
@@ -206,8 +213,10 @@ class NativeTape:
                  compile_seconds: float, from_cache: bool, levels: tuple[int, ...]) -> None:
         t = time.perf_counter()
         self._engine = machine.Engine(objects)
-        self._value = _VALUE(self._engine.address(f"ft.value.{lay.tag}"))
-        self._vg = _VG(self._engine.address(f"ft.vg.{lay.tag}"))
+        self._value_address = self._engine.address(f"ft.value.{lay.tag}")
+        self._vg_address = self._engine.address(f"ft.vg.{lay.tag}")
+        self._value = _VALUE(self._value_address)
+        self._vg = _VG(self._vg_address)
         self._valueb = _VALUEB(self._engine.address(f"ft.valueb.{lay.tag}"))
         self._vgb = _VGB(self._engine.address(f"ft.vgb.{lay.tag}"))
         self.load_seconds = time.perf_counter() - t
@@ -215,8 +224,12 @@ class NativeTape:
         self.compile_seconds = compile_seconds
         self.from_cache = from_cache
         self.n_pieces = lay.n_pieces
+        self.pieces = lay.pieces
+        self.n_loops = sum(1 for piece in lay.pieces if piece.period)
         self.levels = levels
         self._n_work = emit.work_size(lay)
+        self._n_inputs = tape.n_inputs
+        self._one_output = tape.n_outputs == 1
         self._local = threading.local()
 
     @property
@@ -244,8 +257,9 @@ class NativeTape:
     def __repr__(self) -> str:
         how = "loaded from the cache" if self.from_cache else \
             f"compiled in {self.compile_seconds:.2f} s"
+        loops = f" ({self.n_loops} loops)" if self.n_loops else ""
         return (f"<fasttape.NativeTape: {self.tape.n_inputs} inputs, "
-                f"{len(self.tape.ops)} instructions in {self.n_pieces} pieces, {how}>")
+                f"{len(self.tape.ops)} instructions in {self.n_pieces} pieces{loops}, {how}>")
 
     # ------------------------------------------------------------------ calls
     def _work(self) -> np.ndarray:
@@ -323,7 +337,7 @@ class NativeTape:
 
     def _value_one(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         res = np.empty(self.n_outputs) if out is None else out
-        _call_value(self._value, xin, self._work(), res)  # check_out: C-contiguous float64
+        call_value(self._value_address, xin, self._work(), res)  # check_out: C-contiguous float64
         return res
 
     def value_and_grad(self, x: Any, p: Any = None, *, output: int | None = None,
@@ -332,8 +346,9 @@ class NativeTape:
         """Value of one output and its gradient, as :meth:`fasttape.Tape.value_and_grad`
         (bitwise the same); a batch ``x`` is split over ``threads`` as in :meth:`value`."""
         xin = self._point(x, p)
-        which = self.tape.output_index(output)
-        n = self.n_inputs
+        # output_index, without its call for the common case (a call costs 0.1 us here).
+        which = 0 if output is None and self._one_output else self.tape.output_index(output)
+        n = self._n_inputs
         if xin.ndim == 2:
             xin = np.ascontiguousarray(xin)
             b = xin.shape[0]
@@ -355,7 +370,7 @@ class NativeTape:
 
     def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
-        return _call_vg(self._vg, xin, self._work(), grad, which)
+        return call_vg(self._vg_address, xin, self._work(), grad, which)
 
     def grad(self, x: Any, p: Any = None, *, output: int | None = None,
              out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -366,7 +381,7 @@ class NativeTape:
 
 
 def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
-           opt: int | None = None, cache_entries: bool = True,
+           opt: int | None = None, loops: bool = True, cache_entries: bool = True,
            progress: bool = False, processes: int | None = None) -> NativeTape:
     """Compile ``tape`` to machine code (LLVM through llvmlite); see docs/native.md.
 
@@ -379,6 +394,9 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     opt : int, optional
         LLVM optimization level 0-3 of every piece; default by piece,
         :func:`piece_levels` (by the tape's size and each piece's share of libm calls).
+    loops : bool
+        Compile the tape's periodic runs as loops (:mod:`fasttape.native.loops`); false:
+        straight-line code throughout.
     cache_entries : bool
         Load the object code from the disk cache when an entry matches (tape content, build
         options and machine), and save it there after compiling.
@@ -397,15 +415,18 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     """
     piece_size = _piece_size(piece_size)
     arrays = tape.to_arrays()
-    n_instr = len(arrays["ops"])
     if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
         raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
-    levels = (piece_levels(arrays["ops"], piece_size) if opt is None
-              else (int(opt),) * emit.n_pieces(n_instr, piece_size))
-    key = _key(arrays, piece_size, (*levels, 1))
+    if not isinstance(loops, (bool, np.bool_)):
+        raise TypeError(f"loops must be True or False, got {loops!r}")
+    n_lead = int(arrays["n_inputs"] + arrays["n_params"])
+    pieces = emit.cut(arrays["ops"], arrays["args"], n_lead, n_lead + len(arrays["consts"]),
+                      piece_size, bool(loops))
+    levels = (piece_levels(arrays["ops"], piece_size, pieces) if opt is None
+              else (int(opt),) * len(pieces))
+    key = _key(arrays, pieces, (*levels, 1))
     lay = emit.Layout(arrays["ops"], arrays["args"], arrays["consts"], arrays["outputs"],
-                      int(arrays["n_inputs"]), int(arrays["n_inputs"] + arrays["n_params"]),
-                      piece_size, key[:16])
+                      int(arrays["n_inputs"]), n_lead, pieces, key[:16])
     objects = cache.load(key) if cache_entries else None
     if objects is not None:
         return NativeTape(tape, lay, objects, 0.0, True, levels)
@@ -414,14 +435,17 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     total = emit.n_modules(lay)
     if processes is None:
         # Level 1 and above compile slowly enough (0.1 to 2 ms an instruction) that a few
-        # pieces already pay for starting the workers; level 0 needs many.
-        enough = PARALLEL_PIECES if max(levels, default=0) == 0 else PARALLEL_PIECES_OPTIMIZED
-        processes = (os.cpu_count() or 1) if total >= enough else 1
+        # pieces already pay for starting the workers; level 0 needs many.  Loop pieces
+        # compile in milliseconds: only the straight-line code counts, in full pieces.
+        straight = [(p.hi - p.lo, v) for p, v in zip(pieces, levels, strict=True)
+                    if not p.period]
+        enough = (PARALLEL_PIECES if max((v for _, v in straight), default=0) == 0
+                  else PARALLEL_PIECES_OPTIMIZED)
+        work = 2 * sum(m for m, _ in straight) / piece_size
+        processes = (os.cpu_count() or 1) if work >= enough else 1
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a positive int (or None), got {processes!r}")
-    # piece_modules yields the forward modules of pieces 0 .. P-1, then their reverse ones.
-    jobs = ((text, levels[m % lay.n_pieces])
-            for m, (_, text) in enumerate(emit.piece_modules(lay, header)))
+    jobs = emit.piece_modules(lay, header, levels)
     objects = []
     for n, obj in enumerate(_compile_all(jobs, min(processes, total))):
         objects.append(obj)

@@ -1,0 +1,111 @@
+"""IR text shared by the straight-line pieces (:mod:`fasttape.native.emit`) and the loop
+pieces (:mod:`fasttape.native.loops`): immediates, ``powi`` written out, and one adjoint
+update, the interpreter's rule for moving an adjoint along an edge."""
+
+from __future__ import annotations
+
+import struct
+
+from fasttape.native.translate import UNIT_PARTIALS, partial_name
+from fasttape.ops import OPS, OpSpec
+
+__all__ = ["POWI_OP", "POWI_UNROLL_MAX", "accumulate", "imm", "partial", "powi",
+           "powi_exponent"]
+
+#: Largest ``|n|`` of a ``powi`` whose multiplications the pieces write out (see powi).
+POWI_UNROLL_MAX = 64
+
+POWI_OP = next(op for op in OPS if op.name == "powi")
+
+
+def imm(v: float) -> str:
+    """A float64 immediate in LLVM's exact hexadecimal form."""
+    return f"0x{struct.unpack('<Q', struct.pack('<d', v))[0]:016X}"
+
+
+_ONE = imm(1.0)
+
+
+def powi_exponent(spec: OpSpec, exponent_slot: int, n_lead: int, consts: list[float]) -> int | None:
+    """The constant integral exponent of a ``powi`` whose second argument is slot
+    ``exponent_slot``, when its multiplications are written out (a constant with
+    ``|n| <= POWI_UNROLL_MAX``); None for any other op or exponent."""
+    if spec is not POWI_OP or not n_lead <= exponent_slot < n_lead + len(consts):
+        return None
+    y = float(consts[exponent_slot - n_lead])
+    return int(y) if abs(y) <= POWI_UNROLL_MAX else None
+
+
+def powi(lines: list[str], x: str, n: int, tag: str) -> str:
+    """Write ``x ** n`` as the multiplications of :func:`fasttape.kernels.scalar.powi`'s
+    loop for this ``n``, in its order (so bitwise its result); returns the result's operand.
+
+    A call keeps the loop (levels 0 and 1 never inline it:
+    :func:`fasttape.native.machine.library`), and a call clobbers every vector register, so
+    the values live across it are spilled; written out, Lennard-Jones' ``s ** 3`` is three
+    multiplications (the first by 1.0, as the loop's).
+    """
+    m = -n if n < 0 else n
+    acc, base, step = _ONE, x, 0
+    while m > 0:
+        if m & 1:
+            step += 1
+            lines.append(f"  %{tag}a{step} = fmul double {acc}, {base}")
+            acc = f"%{tag}a{step}"
+        m >>= 1
+        if m > 0:  # the loop's last squaring is never read
+            step += 1
+            lines.append(f"  %{tag}b{step} = fmul double {base}, {base}")
+            base = f"%{tag}b{step}"
+    if n < 0:
+        lines.append(f"  %{tag}r = fdiv double {_ONE}, {acc}")
+        return f"%{tag}r"
+    return acc
+
+
+def partial(lines: list[str], spec: OpSpec, j: int, operands: str, exponent: int | None,
+            x: str, tag: str) -> str:
+    """Emit partial ``j`` of ``spec`` (not a unit partial); returns its operand.
+
+    ``operands`` is the call's argument list (the arguments' values, then the result's);
+    ``exponent`` a written-out ``powi``'s (:func:`powi_exponent`), whose partial
+    ``n * x ** (n - 1)`` (exactly 0 for ``n = 0``) is written out too, ``x`` its base.
+    """
+    if exponent is not None:
+        n = exponent
+        r = powi(lines, x, n - 1, f"e{tag}") if n else "0.0"
+        lines.append(f"  %d{tag} = fmul double {imm(float(n))}, {r}")
+    else:
+        lines.append(f'  %d{tag} = call double @"{partial_name(spec, j)}"({operands})')
+    return f"%d{tag}"
+
+
+def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag: str,
+               d: str | None) -> str:
+    """Emit one adjoint update of the interpreter's reverse sweep; returns the new adjoint.
+
+    ``cur`` is the argument's adjoint so far (``"0.0"`` where nothing reached it yet), ``g``
+    the instruction's adjoint and ``nonzero`` the ``i1`` of ``g != 0``.  A unit partial
+    (``expr`` in :data:`fasttape.native.translate.UNIT_PARTIALS`) adds or subtracts ``g``;
+    any other adds ``g * d`` unless ``d`` is zero (never ``0 * inf``); nothing moves where
+    ``g`` is zero.  Each condition is a ``select`` on one compare (an ``and`` of two compares
+    would be lowered with a branch that splits the basic block).
+    """
+    new = f"%n{tag}"
+    unit = UNIT_PARTIALS.get(expr)
+    if unit is not None:
+        op = "fadd" if unit > 0 else "fsub"
+        if cur == "0.0":
+            # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select would pick
+            # the same bits.
+            lines.append(f"  {new} = {op} double 0.0, {g}")
+        else:
+            lines.append(f"  %t{tag} = {op} double {cur}, {g}")
+            lines.append(f"  {new} = select i1 {nonzero}, double %t{tag}, double {cur}")
+        return new
+    lines.append(f"  %m{tag} = fmul double {g}, {d}")
+    lines.append(f"  %t{tag} = fadd double {cur}, %m{tag}")
+    lines.append(f"  %z{tag} = fcmp une double {d}, 0.0")
+    lines.append(f"  %u{tag} = select i1 %z{tag}, double %t{tag}, double {cur}")
+    lines.append(f"  {new} = select i1 {nonzero}, double %u{tag}, double {cur}")
+    return new

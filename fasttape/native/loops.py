@@ -1,0 +1,452 @@
+"""Periodic runs of a tape as LLVM loops: one body, compiled once, run for every repetition.
+
+Structured tapes repeat themselves.  After the default passes, Rosenbrock's tape is runs of
+``square, rsubc`` pairs and of ``add``s (a pairwise sum), Lennard-Jones' runs of ``sqdiff``
+and of ``rdivc, powi, fmac`` triples, an MLP's runs of 16 or 32 ops: 99.6% to 99.9% of their
+instructions.  A *periodic run* is ``reps`` repetitions of a body of ``period`` instructions
+in which repetition ``r`` is the body with every argument slot moved by ``r`` times a fixed
+step (``base + r * step``; ``step`` 0 for a constant, a shared value or a sum's running total).
+Such a run becomes one forward and one reverse function holding a loop over ``r``: the code is
+the body's, whatever ``reps`` is, so it compiles in milliseconds and runs from the CPU's
+smallest caches, where straight-line code of the same instructions would stream megabytes of
+machine code through them (:mod:`fasttape.native.emit`).
+
+**Bitwise.** The loops run the instructions in the tape's order (forward) and in reverse
+order (reverse), each with the interpreter's formula and adjoint rule
+(:func:`fasttape.native.irtext.accumulate`), so they compute what the straight-line code
+and the interpreter compute, bit for bit.  Every adjoint update is a load, the update and a
+store to the work array, in the interpreter's order: two arguments that name the same slot
+at some repetitions (a shared value, a sum, arguments whose steps differ) then see each
+other's updates exactly as in the interpreter, which no register allocation decided at
+emit time could guarantee.  Values produced earlier in the same repetition stay in registers
+(a value never changes once stored).
+
+**Adjoints in memory.** The straight-line pieces keep adjoints in registers and store only
+what another piece reads, so the work array never needs clearing.  A loop reads every
+adjoint it touches from the work array, so its reverse function first zeroes, in place, those
+that no higher piece has written (and that are not seeded as an output): in runs with one
+stride (:func:`affine_runs`), a ``memset`` where the stride is 1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fasttape.native.irtext import accumulate, partial, powi, powi_exponent
+from fasttape.native.translate import UNIT_PARTIALS, forward_name
+from fasttape.ops import OPS
+
+if TYPE_CHECKING:
+    from fasttape.native.emit import Layout
+
+__all__ = ["MAX_PERIOD", "MEMSET", "MIN_INSTRUCTIONS", "MIN_REPS", "affine_runs", "find", "forward",
+           "reverse"]
+
+#: Longest body searched for.
+MAX_PERIOD = 32
+#: Fewest repetitions, and fewest instructions, of a run compiled as a loop (a shorter run
+#: stays in straight-line code, where its values and adjoints stay in registers).
+MIN_REPS = 4
+MIN_INSTRUCTIONS = 32
+
+#: The declaration a module holding loop functions needs (their zeroing prologues).
+MEMSET = "declare void @llvm.memset.p0.i64(ptr nocapture writeonly, i8, i64, i1 immarg)"
+
+_ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
+_NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
+
+
+def _arg_matrix(ops: np.ndarray, args: np.ndarray) -> np.ndarray:
+    """``A[i, j]``: argument ``j`` of instruction ``i``, -1 past its arity."""
+    arity = _ARITY[ops]
+    starts = np.concatenate(([0], np.cumsum(arity)))[:-1]
+    width = int(arity.max(initial=0))
+    a = np.full((len(ops), max(width, 1)), -1, dtype=np.int64)
+    for j in range(width):
+        rows = np.nonzero(arity > j)[0]
+        a[rows, j] = args[starts[rows] + j]
+    return a
+
+
+def _run_lengths(ok: np.ndarray) -> np.ndarray:
+    """``L[j]``: how many consecutive entries of ``ok`` from ``j`` on are true."""
+    n = len(ok)
+    idx = np.arange(n, dtype=np.int64)
+    nxt = np.where(ok, n, idx)  # index of the first false entry at or after j
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    return nxt - idx
+
+
+def find(ops: np.ndarray, args: np.ndarray, n_lead: int, n_pre: int,
+         max_period: int = MAX_PERIOD) -> list[tuple[int, int, int]]:
+    """The periodic runs of a tape compiled as loops: ``(lo, hi, period)``, in order.
+
+    Linear in the tape for each period up to ``max_period`` (vectorized), then greedy from
+    the front: at each instruction, the period whose run covers most instructions (the
+    shortest among equals), if it has at least :data:`MIN_REPS` repetitions and
+    :data:`MIN_INSTRUCTIONS` instructions.  An argument moving through constants (a
+    different constant at each repetition) or across the border between the point ``x`` and
+    the work array ends the run where it would.
+    """
+    ops = np.asarray(ops, dtype=np.int64)
+    args = np.asarray(args, dtype=np.int64)
+    n = len(ops)
+    if n < MIN_INSTRUCTIONS:
+        return []
+    a = _arg_matrix(ops, args)
+    const = (a >= n_lead) & (a < n_pre)
+    best = np.zeros(n, dtype=np.int64)  # instructions covered by the best run from i
+    best_period = np.zeros(n, dtype=np.int64)
+    for period in range(1, max_period + 1):
+        m = n - 2 * period
+        if m <= 0:
+            break
+        d = a[period:] - a[:-period]
+        ok = (ops[:m] == ops[period: period + m]) & (ops[:m] == ops[2 * period:])
+        ok &= (d[:m] == d[period: period + m]).all(axis=1)
+        ok &= ~(const[:m] & (d[:m] != 0)).any(axis=1)
+        reps = (_run_lengths(ok) + 2 * period) // period
+        cover = np.where(ok & (reps >= MIN_REPS), reps * period, 0)
+        cover[cover < MIN_INSTRUCTIONS] = 0
+        better = cover > best[:m]
+        best[:m][better] = cover[better]
+        best_period[:m][better] = period
+    found = []
+    candidates = np.nonzero(best)[0]
+    at = 0
+    while True:
+        k = int(np.searchsorted(candidates, at))
+        if k == len(candidates):
+            return found
+        lo = int(candidates[k])
+        period = int(best_period[lo])
+        reps = _within_regions(a, lo, period, int(best[lo]) // period, n_lead, n_pre)
+        if reps >= MIN_REPS and reps * period >= MIN_INSTRUCTIONS:
+            found.append((lo, lo + reps * period, period))
+            at = lo + reps * period
+        else:
+            at = lo + 1
+
+
+def _within_regions(a: np.ndarray, lo: int, period: int, reps: int, n_lead: int,
+                    n_pre: int) -> int:
+    """``reps`` cut where an argument would leave its region: the point ``x`` (below
+    ``n_lead``) or the work array (from ``n_pre``; constants never move)."""
+    base = a[lo: lo + period]
+    step = a[lo + period: lo + 2 * period] - base
+    for b, d in zip(base.ravel().tolist(), step.ravel().tolist(), strict=True):
+        if d == 0 or b < 0:
+            continue
+        if b < n_lead:
+            room = (n_lead - 1 - b) // d if d > 0 else b // -d
+        else:
+            room = (b - n_pre) // -d if d < 0 else reps
+        reps = min(reps, room + 1)
+    return reps
+
+
+def affine_runs(slots: np.ndarray) -> list[tuple[int, int, int]]:
+    """Sorted distinct ``slots`` as ``(first, stride, count)`` runs that cover them (a slot
+    may be in two runs)."""
+    z = np.asarray(slots, dtype=np.int64)
+    if len(z) < 2:
+        return [(int(v), 1, 1) for v in z]
+    d = np.diff(z)
+    change = np.nonzero(d[1:] != d[:-1])[0] + 1
+    firsts = np.concatenate(([0], change))
+    lasts = np.concatenate((change, [len(d)]))
+    return [(int(z[f]), int(d[f]), int(e - f + 1)) for f, e in zip(firsts, lasts, strict=True)]
+
+
+class _Body:
+    """Operands of one repetition ``%r`` of a loop piece: offsets computed once per step."""
+
+    def __init__(self, lay: Layout, k: int, lines: list[str]) -> None:
+        piece = lay.pieces[k]
+        self.lay, self.lines, self.lo, self.period = lay, lines, piece.lo, piece.period
+        self.offsets: dict[tuple[int, int], str] = {}
+        self.loads: dict[tuple[str, int, int], str] = {}
+        # operands[q]: (base, step) of each argument of body instruction q
+        self.operands = []
+        for q in range(self.period):
+            i, later = piece.lo + q, piece.lo + self.period + q
+            a0 = lay.args[lay.starts[i]: lay.starts[i + 1]].tolist()
+            a1 = lay.args[lay.starts[later]: lay.starts[later + 1]].tolist()
+            self.operands.append([(b, c - b) for b, c in zip(a0, a1, strict=True)])
+
+    def index(self, base: int, step: int) -> str:
+        """``base + r * step`` as an ``i64`` operand."""
+        if step == 0:
+            return str(base)
+        name = self.offsets.get((base, step))
+        if name is None:
+            name = f"%o{len(self.offsets)}"
+            self.lines.append(f"  {name}.m = mul i64 %r, {step}")
+            self.lines.append(f"  {name} = add i64 {name}.m, {base}")
+            self.offsets[(base, step)] = name
+        return name
+
+    def address(self, array: str, base: int, step: int) -> str:
+        name = f"%p{len(self.loads)}.{len(self.offsets)}.{len(self.lines)}"
+        self.lines.append(f"  {name} = getelementptr inbounds double, ptr {array}, "
+                          f"i64 {self.index(base, step)}")
+        return name
+
+    def load(self, array: str, base: int, step: int) -> str:
+        """A value of ``array`` at ``base + r * step``, loaded once per repetition."""
+        name = self.loads.get((array, base, step))
+        if name is None:
+            p = self.address(array, base, step)
+            name = f"%l{len(self.loads)}"
+            self.lines.append(f"  {name} = load double, ptr {p}")
+            self.loads[(array, base, step)] = name
+        return name
+
+    def value(self, base: int, step: int, own: dict[int, str]) -> str:
+        """The value of an argument: an immediate, a register of this repetition, or a
+        load from ``x`` or ``w``."""
+        lay = self.lay
+        if lay.n_lead <= base < lay.n_pre:
+            return lay.const_bits[base - lay.n_lead]
+        q = base - lay.n_pre - self.lo
+        if step == self.period and q in own:
+            return own[q]
+        return self.load("%x" if base < lay.n_lead else "%w", base, step)
+
+    def result(self, q: int) -> tuple[int, int]:
+        """``(base, step)`` of body instruction ``q``'s own slot."""
+        return self.lay.n_pre + self.lo + q, self.period
+
+
+def _loop(lay: Layout, name: str, first: int, last: int, prologue: list[str],
+          body: list[str]) -> str:
+    """A function looping ``%r`` from ``first`` to ``last`` (either direction)."""
+    step, cond = (1, "sle") if last >= first else (-1, "sge")
+    return "\n".join([
+        f'define void @"{name}"(ptr noalias nocapture readonly %x, '
+        "ptr noalias nocapture %w) nounwind {",
+        "entry:",
+        *prologue,
+        "  br label %start",
+        "start:",
+        "  br label %body",
+        "body:",
+        f"  %r = phi i64 [ {first}, %start ], [ %rn, %body ]",
+        *body,
+        f"  %rn = add i64 %r, {step}",
+        f"  %more = icmp {cond} i64 %rn, {last}",
+        "  br i1 %more, label %body, label %done",
+        "done:",
+        "  ret void",
+        "}",
+    ])
+
+
+def forward(lay: Layout, k: int) -> str:
+    """The forward function of loop piece ``k``: the body's values, stored to ``w``."""
+    piece = lay.pieces[k]
+    lines: list[str] = []
+    body = _Body(lay, k, lines)
+    own: dict[int, str] = {}
+    for q in range(piece.period):
+        spec = OPS[lay.ops[piece.lo + q]]
+        operands = body.operands[q]
+        n = (powi_exponent(spec, operands[1][0], lay.n_lead, lay.const_list)
+             if len(operands) > 1 else None)
+        if n is not None:
+            v = powi(lines, body.value(*operands[0], own), n, f"w{q}.")
+        else:
+            vals = ", ".join(f"double {body.value(b, d, own)}" for b, d in operands)
+            v = f"%v{q}"
+            lines.append(f'  {v} = call double @"{forward_name(spec)}"({vals})')
+        p = body.address("%w", *body.result(q))
+        lines.append(f"  store double {v}, ptr {p}")
+        own[q] = v
+    reps = (piece.hi - piece.lo) // piece.period
+    return _loop(lay, lay.fwd_name(k), 0, reps - 1, [], lines)
+
+
+#: Most runs of zeroed slots per sequence written as their own loops or ``memset``\ s;
+#: a sequence broken into more is zeroed from a constant array of its slots.
+MAX_ZERO_RUNS = 8
+
+
+class _Adjoints:
+    """Where loop piece ``k`` keeps each adjoint it touches, decided per *sequence*: the
+    slots ``base + r * step`` of one argument (or one result) of the body over the
+    repetitions ``r``.
+
+    - ``reg``: a sequence no other sequence meets (no slot in common, ``step`` not 0) and
+      that no higher piece or output seed wrote: its adjoint starts at 0.0 in a register at
+      each repetition, is updated there, and (an argument's) stored once at the end of the
+      repetition.
+    - ``held``: the same, but every slot already written (by a higher piece or a seed): it
+      is loaded at its first use in the repetition instead.
+    - ``mem``: every other (slots shared with another sequence or across repetitions, or
+      written for some repetitions and not others): every update loads, updates and stores,
+      in the interpreter's order; the prologue first zeroes its slots that nothing wrote.
+    """
+
+    def __init__(self, lay: Layout, k: int, body: _Body) -> None:
+        piece = lay.pieces[k]
+        self.reps = (piece.hi - piece.lo) // piece.period
+        r = np.arange(self.reps, dtype=np.int64)
+        self.results = {body.result(q) for q in range(piece.period)}
+        keys = sorted(self.results)
+        for q in range(piece.period):
+            nd = OPS[lay.ops[piece.lo + q]].ndiff
+            keys += [(b, d) for b, d in body.operands[q][:nd]
+                     if not lay.n_inputs <= b < lay.n_pre]
+        self.keys = list(dict.fromkeys(keys))
+        slots = [b + r * d for b, d in self.keys]
+        seeded = [lay.is_output[z] | (lay.last_piece[z] > k) for z in slots]
+        # Sequences that share a slot with another one, or with themselves (step 0).
+        clash = np.array([d == 0 and self.reps > 1 for _, d in self.keys])
+        if len(self.keys) > 1:
+            flat = np.concatenate(slots)
+            ids = np.repeat(np.arange(len(self.keys)), self.reps)
+            order = np.argsort(flat, kind="stable")
+            same = np.nonzero(flat[order][1:] == flat[order][:-1])[0]
+            clash[ids[order][same]] = True
+            clash[ids[order][same + 1]] = True
+        self.kind: dict[tuple[int, int], str] = {}
+        self.zero: list[tuple[int, int, np.ndarray]] = []  # (base, step, unseeded mask)
+        for key, c, sd in zip(self.keys, clash.tolist(), seeded, strict=True):
+            if not c and not sd.any():
+                self.kind[key] = "reg"
+            elif not c and sd.all():
+                self.kind[key] = "held"
+            else:
+                self.kind[key] = "mem"
+                if not sd.all():
+                    self.zero.append((*key, ~sd))
+
+
+def _zeroing(lay: Layout, k: int, adjs: _Adjoints) -> tuple[list[str], list[str]]:
+    """The prologue that zeroes the ``mem`` sequences' slots that nothing wrote, and the
+    constant arrays it reads (see :data:`MAX_ZERO_RUNS`)."""
+    lines: list[str] = []
+    globals_: list[str] = []
+
+    def strided(m: str, first: int, stride: int, count: int) -> None:
+        at = lay.n_slots + first
+        if count == 1 or stride == 0:
+            lines.append(f"  %y{m} = getelementptr inbounds double, ptr %w, i64 {at}")
+            lines.append(f"  store double 0.0, ptr %y{m}")
+        elif stride == 1:
+            lines.append(f"  %y{m} = getelementptr inbounds double, ptr %w, i64 {at}")
+            lines.append(f"  call void @llvm.memset.p0.i64(ptr %y{m}, i8 0, i64 {8 * count}, "
+                         "i1 false)")
+        else:
+            lines.extend(_counted(m, count, [
+                f"  %yo{m}.m = mul i64 %yi{m}, {stride}",
+                f"  %yo{m} = add i64 %yo{m}.m, {at}",
+                f"  %y{m} = getelementptr inbounds double, ptr %w, i64 %yo{m}",
+                f"  store double 0.0, ptr %y{m}",
+            ]))
+
+    for n, (base, step, mask) in enumerate(adjs.zero):
+        idx = np.nonzero(mask)[0]
+        cut = np.nonzero(np.diff(idx) != 1)[0] + 1
+        runs = np.split(idx, cut)
+        if len(runs) <= MAX_ZERO_RUNS:
+            for m, run in enumerate(runs):
+                first = base + int(run[0]) * step
+                if step < 0:  # the same slots, upwards
+                    first, step_up = base + int(run[-1]) * step, -step
+                else:
+                    step_up = step
+                strided(f"{n}.{m}", first, step_up, len(run))
+            continue
+        table = f'@"zero.{lay.tag}.{k}.{n}"'
+        slots = (lay.n_slots + base + idx * step).tolist()
+        globals_.append(f"{table} = private unnamed_addr constant [{len(slots)} x i64] "
+                        f"[{', '.join(f'i64 {v}' for v in slots)}]")
+        lines += _counted(f"{n}", len(slots), [
+            f"  %yq{n} = getelementptr inbounds i64, ptr {table}, i64 %yi{n}",
+            f"  %yo{n} = load i64, ptr %yq{n}",
+            f"  %y{n} = getelementptr inbounds double, ptr %w, i64 %yo{n}",
+            f"  store double 0.0, ptr %y{n}",
+        ])
+    return lines, globals_
+
+
+def _counted(m: str, count: int, body: list[str]) -> list[str]:
+    """A loop of ``body`` with ``%yi{m}`` from 0 to ``count - 1``, in blocks of its own."""
+    return [
+        f"  br label %yp{m}",
+        f"yp{m}:",
+        f"  br label %yl{m}",
+        f"yl{m}:",
+        f"  %yi{m} = phi i64 [ 0, %yp{m} ], [ %yn{m}, %yl{m} ]",
+        *body,
+        f"  %yn{m} = add i64 %yi{m}, 1",
+        f"  %yc{m} = icmp slt i64 %yn{m}, {count}",
+        f"  br i1 %yc{m}, label %yl{m}, label %yd{m}",
+        f"yd{m}:",
+    ]
+
+
+def reverse(lay: Layout, k: int) -> str:
+    """The reverse function of loop piece ``k``: repetitions last to first, each body's
+    instructions last to first, each adjoint where :class:`_Adjoints` keeps it."""
+    piece = lay.pieces[k]
+    lines: list[str] = []
+    body = _Body(lay, k, lines)
+    adjs = _Adjoints(lay, k, body)
+    held: dict[tuple[int, int], str] = {}  # sequence -> register, this repetition
+    count = 0
+
+    def current(key: tuple[int, int]) -> tuple[str, str | None]:
+        """The adjoint so far and, for a ``mem`` sequence, its address."""
+        kind = adjs.kind[key]
+        if kind != "mem" and key in held:
+            return held[key], None
+        if kind == "reg":
+            return "0.0", None
+        pa = body.address("%w", lay.n_slots + key[0], key[1])
+        name = f"%c{len(lines)}"
+        lines.append(f"  {name} = load double, ptr {pa}")
+        return name, (pa if kind == "mem" else None)
+
+    for q in range(piece.period - 1, -1, -1):
+        spec = OPS[lay.ops[piece.lo + q]]
+        operands = body.operands[q]
+        targets = [j for j in range(spec.ndiff)
+                   if not lay.n_inputs <= operands[j][0] < lay.n_pre]
+        res = body.result(q)
+        if not targets:
+            held.pop(res, None)
+            continue
+        g, _ = current(res)
+        held.pop(res, None)
+        lines.append(f"  %gz{q} = fcmp une double {g}, 0.0")
+        vals = None
+        n = (powi_exponent(spec, operands[1][0], lay.n_lead, lay.const_list)
+             if len(operands) > 1 else None)
+        for j in targets:
+            key = operands[j]
+            expr = spec.partials[j]
+            count += 1
+            dj = None
+            if expr not in UNIT_PARTIALS:
+                if n is None and vals is None:
+                    vals = ", ".join(f"double {body.value(vb, vd, {})}"
+                                     for vb, vd in [*operands, res])
+                x0 = body.value(*operands[0], {}) if n is not None else ""
+                dj = partial(lines, spec, j, vals or "", n, x0, f"{q}.{count}")
+            cur, pa = current(key)
+            new = accumulate(lines, expr, g, f"%gz{q}", cur, f"{q}.{count}", dj)
+            if pa is not None:
+                lines.append(f"  store double {new}, ptr {pa}")
+            else:
+                held[key] = new
+    # The arguments' adjoints kept in registers go to w once per repetition.
+    for key, name in held.items():
+        if key not in adjs.results:
+            pa = body.address("%w", lay.n_slots + key[0], key[1])
+            lines.append(f"  store double {name}, ptr {pa}")
+    prologue, tables = _zeroing(lay, k, adjs)
+    return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue, lines)])
