@@ -583,6 +583,11 @@ def test_loops_are_bitwise_the_interpreter(case, opt):
     assert_same(tape, nt, x, p)
     # Twice: the work array is not cleared between calls, so stale adjoints would show.
     assert_same(tape, nt, x[::-1].copy(), p)
+    # A batch runs the same entry points row by row (in parallel where it pays).
+    xs = np.stack([x, x[::-1], np.roll(x, 1)])
+    v0, g0 = tape.value_and_grad(xs, p, output=0)
+    v1, g1 = nt.value_and_grad(xs, p, output=0)
+    assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1))
 
 
 @settings(max_examples=20, deadline=None)

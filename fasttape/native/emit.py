@@ -1,14 +1,16 @@
-"""Straight-line LLVM IR for one tape: forward and reverse pieces, and the two entry points.
+"""LLVM IR for one tape: its pieces (straight-line ones here), and the entry points.
 
-The tape (docs/tape-format.md) is cut into *pieces* of at most ``piece_size`` consecutive
-instructions.  Each piece becomes two LLVM functions, compiled as modules of their own (their
-compile time is bounded, so the tape's is linear in its length):
+The tape (docs/tape-format.md) is cut into *pieces* (:func:`cut`): its periodic runs become
+loop pieces (:mod:`fasttape.native.loops`), every other stretch straight-line pieces of at
+most ``piece_size`` consecutive instructions.  Each piece becomes two LLVM functions, a
+straight-line piece's each compiled as a module of its own, loop pieces' functions many to a
+module (their compile time is bounded, so the tape's is linear in its length):
 
 - ``fwd`` evaluates the piece's instructions in order, each op's forward function inlined
   (:mod:`fasttape.native.translate`), arguments in SSA registers when the piece computed them,
   constants as immediates, inputs loaded from ``x``, values of earlier pieces loaded from the
   work array ``w``; every result is stored to ``w[slot]`` (the reverse pieces and the later
-  pieces read it there).
+  pieces read it there).  An instruction that no output depends on is not computed.
 - ``rev`` walks the piece's instructions last to first and moves each adjoint to its
   arguments exactly as the interpreter's reverse sweep does (fasttape/kernels/sweep.py): an
   adjoint that is zero moves nothing (``g == 0: continue``), a unit partial adds or subtracts the
@@ -16,7 +18,8 @@ compile time is bounded, so the tape's is linear in its length):
   it is zero (``accumulate``: never ``0 * inf``).  Adjoints live in registers inside the piece;
   one that another piece still updates or reads goes through ``w[n_slots + slot]``.  Which
   adjoints those are is known from the tape alone, so the work array never needs clearing: an
-  adjoint is loaded only where an earlier-run piece or the seed stored it.
+  adjoint is loaded only where an earlier-run piece or the seed stored it (a loop piece
+  zeroes the adjoints it reads that nothing stored).
 
 The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
 ``valueb`` and ``vgb`` call those over the rows of a batch.
