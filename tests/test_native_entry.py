@@ -117,3 +117,24 @@ def test_reentrant_cfunc_from_threads(with_params):
 
     run_threads(work, 4)
     assert len(ok) == 800 and all(ok)
+
+
+def test_embedding_a_tape_compiled_to_loops():
+    # Rosenbrock is nearly all loops (fasttape/native/loops.py): the embedding routes call
+    # the same entry points, so they give the native tape's bits.
+    from fasttape.bench import families
+
+    tape = families.rosenbrock(300)
+    nt = tape.native()
+    assert nt.n_loops > 0
+    x = families.rosenbrock_point(300)
+    v_ref, g_ref = tape.value_and_grad(x)
+    fn, arrays = nt.numba_kernel()
+    grad = np.empty(300)
+    assert fn(*arrays, x, grad) == v_ref
+    np.testing.assert_array_equal(grad, g_ref)
+    cf = nt.cfunc()
+    f, g = np.zeros(1), np.zeros(300)
+    assert cf.value_and_grad_ctypes(x.ctypes.data, f.ctypes.data, g.ctypes.data) == 0
+    assert f[0] == v_ref
+    np.testing.assert_array_equal(g, g_ref)
