@@ -650,3 +650,29 @@ def test_a_run_whose_argument_crosses_from_the_point_to_the_work_array(step):
         if piece.period:  # instruction i < 130 has one argument, args[i]
             assert (args[piece.lo] < n_in) == (args[piece.hi - 1] < n_in), nt.pieces
     assert_same(tape, nt, np.linspace(0.1, 1.2, n_in))
+
+
+@pytest.mark.parametrize("shared", ["first", "none", "middle"])
+def test_a_recurrence_carried_in_a_register(shared):
+    # y[r] = sin(y[r - 1]) * s: the adjoint of y[r - 1] (the argument) becomes the adjoint of
+    # the next repetition's result, carried in a register from one repetition to the next
+    # when nothing else in the loop can name those slots.  With s = y[-1] (the slot before
+    # the loop, which the recurrence's last update writes after the loop) or s = y[20] (a
+    # slot inside the recurrence), another argument meets it and the loop must keep those
+    # adjoints in the work array (a mutation that carried them anyway passed the hypothesis
+    # examples).
+    n_in, reps = 2, 60
+    ops, args = [OPS_BY["sin"]], [0]
+    y0 = n_in  # the slot of y[-1]
+    for r in range(reps):
+        ops += [OPS_BY["sin"], OPS_BY["mul"]]
+        prev = y0 + 2 * r  # y[r - 1]
+        s = {"first": y0, "none": 1, "middle": y0 + 2 * 20}[shared]
+        if shared == "middle" and r <= 20:
+            s = 1  # y[20] does not exist yet
+        args += [prev, prev + 1, s]
+    tape = ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+    nt = native(tape, cache_entries=False)
+    assert any(p.period == 2 for p in nt.pieces), nt.pieces
+    for x in ([0.3, 0.9], [1.1, -0.7], [0.0, 2.0]):
+        assert_same(tape, nt, np.array(x))

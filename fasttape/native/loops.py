@@ -168,6 +168,7 @@ class _Body:
         self.lay, self.lines, self.lo, self.period = lay, lines, piece.lo, piece.period
         self.offsets: dict[tuple[int, int], str] = {}
         self.loads: dict[tuple[str, int, int], str] = {}
+        self.carried: set[int] = set()  # body instructions whose previous value is a phi
         # operands[q]: (base, step) of each argument of body instruction q
         self.operands = []
         for q in range(self.period):
@@ -204,16 +205,35 @@ class _Body:
             self.loads[(array, base, step)] = name
         return name
 
-    def value(self, base: int, step: int, own: dict[int, str]) -> str:
-        """The value of an argument: an immediate, a register of this repetition, or a
-        load from ``x`` or ``w``."""
+    def value(self, base: int, step: int, own: dict[int, str] | None) -> str:
+        """The value of an argument: an immediate, a register of this repetition (``own``:
+        body instruction -> its value), the previous repetition's value of a body
+        instruction (with ``own``: a ``phi``, see :meth:`carry_phis`), or a load from ``x``
+        or ``w``."""
         lay = self.lay
         if lay.n_lead <= base < lay.n_pre:
             return lay.const_bits[base - lay.n_lead]
         q = base - lay.n_pre - self.lo
-        if step == self.period and q in own:
-            return own[q]
+        if own is not None and step == self.period:
+            if q in own:
+                return own[q]
+            if -self.period <= q < 0:  # the previous repetition's
+                self.carried.add(q + self.period)
+                return f"%vc{q + self.period}"
         return self.load("%x" if base < lay.n_lead else "%w", base, step)
+
+    def carry_phis(self, own: dict[int, str], prologue: list[str]) -> list[str]:
+        """The ``phi`` instructions of the previous repetition's values (:meth:`value`):
+        at the first repetition, the slot before the loop, loaded in ``prologue``."""
+        phis = []
+        for q in sorted(self.carried):
+            slot = self.lay.n_pre + self.lo + q - self.period
+            array = "%x" if slot < self.lay.n_lead else "%w"
+            prologue.append(f"  %vi{q}.p = getelementptr inbounds double, ptr {array}, "
+                            f"i64 {slot}")
+            prologue.append(f"  %vi{q} = load double, ptr %vi{q}.p")
+            phis.append(f"  %vc{q} = phi double [ %vi{q}, %start ], [ {own[q]}, %body ]")
+        return phis
 
     def result(self, q: int) -> tuple[int, int]:
         """``(base, step)`` of body instruction ``q``'s own slot."""
@@ -221,8 +241,10 @@ class _Body:
 
 
 def _loop(lay: Layout, name: str, first: int, last: int, prologue: list[str],
-          body: list[str]) -> str:
-    """A function looping ``%r`` from ``first`` to ``last`` (either direction)."""
+          body: list[str], phis: list[str] = (), epilogue: list[str] = ()) -> str:
+    """A function looping ``%r`` from ``first`` to ``last`` (either direction); ``phis``
+    (carried from one repetition to the next) start the body, ``epilogue`` runs after the
+    loop."""
     step, cond = (1, "sle") if last >= first else (-1, "sge")
     return "\n".join([
         f'define void @"{name}"(ptr noalias nocapture readonly %x, '
@@ -234,11 +256,13 @@ def _loop(lay: Layout, name: str, first: int, last: int, prologue: list[str],
         "  br label %body",
         "body:",
         f"  %r = phi i64 [ {first}, %start ], [ %rn, %body ]",
+        *phis,
         *body,
         f"  %rn = add i64 %r, {step}",
         f"  %more = icmp {cond} i64 %rn, {last}",
         "  br i1 %more, label %body, label %done",
         "done:",
+        *epilogue,
         "  ret void",
         "}",
     ])
@@ -265,7 +289,9 @@ def forward(lay: Layout, k: int) -> str:
         lines.append(f"  store double {v}, ptr {p}")
         own[q] = v
     reps = (piece.hi - piece.lo) // piece.period
-    return _loop(lay, lay.fwd_name(k), 0, reps - 1, [], lines)
+    prologue: list[str] = []
+    phis = body.carry_phis(own, prologue)
+    return _loop(lay, lay.fwd_name(k), 0, reps - 1, prologue, lines, phis)
 
 
 #: Most runs of zeroed slots per sequence written as their own loops or ``memset``\ s;
@@ -284,6 +310,11 @@ class _Adjoints:
       repetition.
     - ``held``: the same, but every slot already written (by a higher piece or a seed): it
       is loaded at its first use in the repetition instead.
+    - ``carry``: a recurrence, result ``q``'s sequence and the argument sequence that is
+      result ``q`` of the previous repetition, which no other sequence meets and nothing wrote
+      (but the last repetition's result): the argument's adjoint, accumulated from 0.0 in a
+      register, is carried by a ``phi`` into the next repetition as result ``q``'s, and the
+      last one (the slot before the loop) is stored after the loop.
     - ``mem``: every other (slots shared with another sequence or across repetitions, or
       written for some repetitions and not others): every update loads, updates and stores,
       in the interpreter's order; the prologue first zeroes its slots that nothing wrote.
@@ -302,19 +333,42 @@ class _Adjoints:
         self.keys = list(dict.fromkeys(keys))
         slots = [b + r * d for b, d in self.keys]
         seeded = [lay.is_output[z] | (lay.last_piece[z] > k) for z in slots]
-        # Sequences that share a slot with another one, or with themselves (step 0).
+        # Sequences that share a slot with another one (partners), or with themselves
+        # (step 0).  Three sharing one slot are each a partner of one of the others.
+        partners: list[set[int]] = [set() for _ in self.keys]
         clash = np.array([d == 0 and self.reps > 1 for _, d in self.keys])
         if len(self.keys) > 1:
             flat = np.concatenate(slots)
             ids = np.repeat(np.arange(len(self.keys)), self.reps)
             order = np.argsort(flat, kind="stable")
             same = np.nonzero(flat[order][1:] == flat[order][:-1])[0]
-            clash[ids[order][same]] = True
-            clash[ids[order][same + 1]] = True
+            pairs = np.stack([ids[order][same], ids[order][same + 1]], axis=1)
+            clash[pairs.ravel()] = True
+            for a, b in np.unique(pairs, axis=0).tolist():
+                if a != b:
+                    partners[a].add(b)
+                    partners[b].add(a)
+        index = {key: n for n, key in enumerate(self.keys)}
+        # Recurrences: result q's adjoint at repetition r - 1 is argument sequence A's at
+        # repetition r, and no other sequence meets either (a chain, a running sum).
+        self.carry: dict[int, tuple[tuple[int, int], bool]] = {}  # q -> (A, last seeded)
+        for q in range(piece.period):
+            res = body.result(q)
+            arg = (res[0] - piece.period, piece.period)
+            n_res, n_arg = index[res], index.get(arg)
+            if n_arg is None or partners[n_res] != {n_arg} or partners[n_arg] != {n_res}:
+                continue
+            if seeded[n_res][:-1].any() or seeded[n_arg][0]:
+                continue
+            self.carry[q] = (arg, bool(seeded[n_res][-1]))
+            clash[[n_res, n_arg]] = False
+        carried = {body.result(q) for q in self.carry} | {a for a, _ in self.carry.values()}
         self.kind: dict[tuple[int, int], str] = {}
         self.zero: list[tuple[int, int, np.ndarray]] = []  # (base, step, unseeded mask)
         for key, c, sd in zip(self.keys, clash.tolist(), seeded, strict=True):
-            if not c and not sd.any():
+            if key in carried:
+                self.kind[key] = "carry"
+            elif not c and not sd.any():
                 self.kind[key] = "reg"
             elif not c and sd.all():
                 self.kind[key] = "held"
@@ -399,12 +453,16 @@ def reverse(lay: Layout, k: int) -> str:
     held: dict[tuple[int, int], str] = {}  # sequence -> register, this repetition
     count = 0
 
+    carry_res = {body.result(q): q for q in adjs.carry}
+    for key, q in carry_res.items():
+        held[key] = f"%ac{q}"  # the phi carrying the previous repetition's argument
+
     def current(key: tuple[int, int]) -> tuple[str, str | None]:
         """The adjoint so far and, for a ``mem`` sequence, its address."""
         kind = adjs.kind[key]
         if kind != "mem" and key in held:
             return held[key], None
-        if kind == "reg":
+        if kind in ("reg", "carry"):
             return "0.0", None
         pa = body.address("%w", lay.n_slots + key[0], key[1])
         name = f"%c{len(lines)}"
@@ -433,9 +491,9 @@ def reverse(lay: Layout, k: int) -> str:
             dj = None
             if expr not in UNIT_PARTIALS:
                 if n is None and vals is None:
-                    vals = ", ".join(f"double {body.value(vb, vd, {})}"
+                    vals = ", ".join(f"double {body.value(vb, vd, None)}"
                                      for vb, vd in [*operands, res])
-                x0 = body.value(*operands[0], {}) if n is not None else ""
+                x0 = body.value(*operands[0], None) if n is not None else ""
                 dj = partial(lines, spec, j, vals or "", n, x0, f"{q}.{count}")
             cur, pa = current(key)
             new = accumulate(lines, expr, g, f"%gz{q}", cur, f"{q}.{count}", dj)
@@ -443,10 +501,26 @@ def reverse(lay: Layout, k: int) -> str:
                 lines.append(f"  store double {new}, ptr {pa}")
             else:
                 held[key] = new
-    # The arguments' adjoints kept in registers go to w once per repetition.
+    # The arguments' adjoints kept in registers go to w once per repetition, but a
+    # recurrence's, which the next repetition takes over.
     for key, name in held.items():
-        if key not in adjs.results:
+        if key not in adjs.results and adjs.kind[key] != "carry":
             pa = body.address("%w", lay.n_slots + key[0], key[1])
             lines.append(f"  store double {name}, ptr {pa}")
     prologue, tables = _zeroing(lay, k, adjs)
-    return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue, lines)])
+    phis, epilogue = [], []
+    for q, (arg, seeded_last) in sorted(adjs.carry.items()):
+        res = body.result(q)
+        first = "0.0"
+        if seeded_last:  # the last repetition's result: written by a higher piece or seeded
+            at = lay.n_slots + res[0] + (adjs.reps - 1) * res[1]
+            prologue.append(f"  %ai{q}.p = getelementptr inbounds double, ptr %w, i64 {at}")
+            prologue.append(f"  %ai{q} = load double, ptr %ai{q}.p")
+            first = f"%ai{q}"
+        last = held.get(arg, "0.0")
+        phis.append(f"  %ac{q} = phi double [ {first}, %start ], [ {last}, %body ]")
+        epilogue.append(f"  %ae{q}.p = getelementptr inbounds double, ptr %w, i64 "
+                        f"{lay.n_slots + arg[0]}")
+        epilogue.append(f"  store double {last}, ptr %ae{q}.p")
+    return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue, lines,
+                                     phis, epilogue)])
