@@ -676,3 +676,22 @@ def test_a_recurrence_carried_in_a_register(shared):
     assert any(p.period == 2 for p in nt.pieces), nt.pieces
     for x in ([0.3, 0.9], [1.1, -0.7], [0.0, 2.0]):
         assert_same(tape, nt, np.array(x))
+
+
+def test_points_of_every_kind_take_the_same_path_to_the_same_bits():
+    # value_and_grad has a fast path for a C-contiguous float64 vector on a one-output tape
+    # without parameters; every other point is converted first, to the same bits.
+    tape = ft.compile(ft.trace(lambda v: ft.sin(v[0]) * v[1] + v[2] ** 2, 3))
+    nt = native(tape, cache_entries=False)
+    base = np.array([0.5, -1.25, 2.0])
+    v0, g0 = tape.value_and_grad(base)
+    strided = np.zeros(6)
+    strided[::2] = base
+    for x in (base, strided[::2], base.astype(np.float32), base.tolist(),
+              np.asfortranarray(base), base.reshape(1, 3)[0]):
+        v1, g1 = nt.value_and_grad(x)
+        assert np.array_equal(bits(v0), bits(v1)) and np.array_equal(bits(g0), bits(g1)), x
+    with pytest.raises(ValueError, match="3 inputs"):
+        nt.value_and_grad(np.zeros(4))
+    out = np.empty(3)
+    assert nt.value_and_grad(base, out=out)[1] is out
