@@ -187,7 +187,7 @@ class Tape(TapeRecord):
 
     def native(self, *, tier_after: int | None = None,
                **options: Any) -> NativeTape | TieredTape:
-        """This tape compiled to straight-line machine code (LLVM): ``value``,
+        """This tape compiled to machine code (LLVM: loops and straight-line code): ``value``,
         ``value_and_grad`` and ``grad`` bitwise this tape's, faster once compiled; see
         :func:`fasttape.native.tape.native` (options) and docs/native.md.
 

@@ -183,6 +183,9 @@ def test_bad_arguments_are_refused():
         native(tape, piece_size=0)
     with pytest.raises(ValueError, match="opt must be"):
         native(tape, opt=7)
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match="loops must be True or False"):
+            native(tape, loops=bad)
     nt = tape.native()
     with pytest.raises(ValueError, match="2 inputs"):
         nt.value([1.0, 2.0, 3.0])
@@ -433,6 +436,17 @@ def test_tiering_refuses_bad_options(bad, match):
         _small().native(**bad)
     with pytest.raises(TypeError, match="progress"):
         _small().native(tier_after=1, progress=True)
+    with pytest.raises(TypeError, match="loops must be True or False"):
+        _small().native(tier_after=1, loops="no")
+
+
+def test_tiering_passes_the_options_on():
+    # The background compile gets native()'s options: loops=False, straight-line code only.
+    tape = periodic_tape(period=2, reps=40)
+    hot = tape.native(tier_after=0, loops=False, check=False)
+    assert hot.wait(60) and hot.native.n_loops == 0 and hot.native.n_pieces == 1
+    looped = tape.native(tier_after=0, check=False)
+    assert looped.wait(60) and looped.native.n_loops == 1
 
 
 @pytest.mark.parametrize("opt", [0, 1, 2])
@@ -679,8 +693,8 @@ def test_a_recurrence_carried_in_a_register(shared):
 
 
 def test_points_of_every_kind_take_the_same_path_to_the_same_bits():
-    # value_and_grad has a fast path for a C-contiguous float64 vector on a one-output tape
-    # without parameters; every other point is converted first, to the same bits.
+    # value_and_grad hands a C-contiguous float64 vector to the machine code as it is;
+    # every other point is converted first, to the same bits.
     tape = ft.compile(ft.trace(lambda v: ft.sin(v[0]) * v[1] + v[2] ** 2, 3))
     nt = native(tape, cache_entries=False)
     base = np.array([0.5, -1.25, 2.0])
@@ -695,3 +709,20 @@ def test_points_of_every_kind_take_the_same_path_to_the_same_bits():
         nt.value_and_grad(np.zeros(4))
     out = np.empty(3)
     assert nt.value_and_grad(base, out=out)[1] is out
+
+
+def test_dead_code_is_not_compiled():
+    # %4 = sin(x0) reaches no output: the forward piece computes neither it nor %5 = exp(%4)
+    # (whose only reader is dead too); the output %6 = x0 * x1 and its gradient are the
+    # interpreter's.
+    from fasttape.native import machine
+
+    tape = ft.Tape.from_arrays([OPS_BY["sin"], OPS_BY["exp"], OPS_BY["mul"]],
+                               [0, 2, 0, 1], [], [4], 2)
+    a = tape.to_arrays()
+    pieces = emit.cut(a["ops"], a["args"], 2, 2, 100)
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 2, 2, pieces, "dead")
+    assert lay.needed.tolist() == [False, False, True]
+    forward = next(iter(emit.piece_modules(lay, machine.header(), (0,))))[0]
+    assert "ft.f.mul" in forward and "ft.f.sin" not in forward and "ft.f.exp" not in forward
+    assert_same(tape, native(tape, cache_entries=False), np.array([0.3, -2.0]))

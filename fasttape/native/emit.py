@@ -42,7 +42,7 @@ from fasttape.native.translate import UNIT_PARTIALS, forward_name
 from fasttape.ops import OPS
 
 __all__ = ["LOOPS_PER_MODULE", "Layout", "Piece", "cut", "driver_module", "n_modules",
-           "n_pieces", "piece_modules", "work_size"]
+           "piece_modules", "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -170,11 +170,6 @@ class Layout:
         return f"ft.rev.{self.tag}.{k}"
 
 
-def n_pieces(n_instr: int, piece_size: int) -> int:
-    """How many pieces a tape of ``n_instr`` instructions is cut into."""
-    return -(-n_instr // piece_size)
-
-
 def work_size(lay: Layout) -> int:
     """Entries of the work array ``w``."""
     return 2 * lay.n_slots + len(lay.outputs)
@@ -250,11 +245,6 @@ def _block(lay: Layout, lines: list[str], n: int) -> None:
         lines.append(f"b{n}:")
 
 
-def _exponent(lay: Layout, spec: object, a: np.ndarray) -> int | None:
-    """A written-out ``powi``'s exponent (:func:`fasttape.native.irtext.powi_exponent`)."""
-    return powi_exponent(spec, int(a[1]), lay.n_lead, lay.const_list) if len(a) > 1 else None
-
-
 def _forward(lay: Layout, k: int) -> str:
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
@@ -269,7 +259,7 @@ def _forward(lay: Layout, k: int) -> str:
         spec = OPS[ops[i]]
         a = args[starts[i]: starts[i + 1]]
         s = n_pre + i
-        n = _exponent(lay, spec, a)
+        n = powi_exponent(spec, a, lay.n_lead, lay.const_list)
         if n is not None:
             v = powi(lines, refs.value(int(a[0])), n, f"w{s}")
         else:
@@ -344,7 +334,7 @@ def _reverse(lay: Layout, k: int) -> str:
             count += 1
             d = None
             if expr not in UNIT_PARTIALS:
-                n = _exponent(lay, spec, np.asarray(a))
+                n = powi_exponent(spec, a, lay.n_lead, lay.const_list)
                 if n is None and operands is None:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 x0 = refs.value(a[0]) if n is not None else ""

@@ -5,6 +5,7 @@ update, the interpreter's rule for moving an adjoint along an edge."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from fasttape.native.translate import UNIT_PARTIALS, partial_name
 from fasttape.ops import OPS, OpSpec
@@ -26,13 +27,17 @@ def imm(v: float) -> str:
 _ONE = imm(1.0)
 
 
-def powi_exponent(spec: OpSpec, exponent_slot: int, n_lead: int, consts: list[float]) -> int | None:
-    """The constant integral exponent of a ``powi`` whose second argument is slot
-    ``exponent_slot``, when its multiplications are written out (a constant with
-    ``|n| <= POWI_UNROLL_MAX``); None for any other op or exponent."""
-    if spec is not POWI_OP or not n_lead <= exponent_slot < n_lead + len(consts):
+def powi_exponent(spec: OpSpec, args: Sequence[int], n_lead: int,
+                  consts: list[float]) -> int | None:
+    """The constant integral exponent of an instruction of op ``spec`` with argument slots
+    ``args``, when it is a ``powi`` whose multiplications are written out (its exponent a
+    constant with ``|n| <= POWI_UNROLL_MAX``); None for any other op or exponent."""
+    if spec is not POWI_OP:
         return None
-    y = float(consts[exponent_slot - n_lead])
+    slot = int(args[1])
+    if not n_lead <= slot < n_lead + len(consts):
+        return None
+    y = float(consts[slot - n_lead])
     return int(y) if abs(y) <= POWI_UNROLL_MAX else None
 
 

@@ -14,18 +14,19 @@ machine code through them (:mod:`fasttape.native.emit`).
 **Bitwise.** The loops run the instructions in the tape's order (forward) and in reverse
 order (reverse), each with the interpreter's formula and adjoint rule
 (:func:`fasttape.native.irtext.accumulate`), so they compute what the straight-line code
-and the interpreter compute, bit for bit.  Every adjoint update is a load, the update and a
-store to the work array, in the interpreter's order: two arguments that name the same slot
-at some repetitions (a shared value, a sum, arguments whose steps differ) then see each
-other's updates exactly as in the interpreter, which no register allocation decided at
-emit time could guarantee.  Values produced earlier in the same repetition stay in registers
-(a value never changes once stored).
+and the interpreter compute, bit for bit.  Values produced in the same repetition, or by the
+previous repetition's instruction of a recurrence, stay in registers (a value never changes
+once stored).  Each adjoint goes where its accesses allow (:class:`_Adjoints`): a register
+when nothing else in the loop can name its slot, else the work array, every update a load,
+the update and a store in the interpreter's order, so that two arguments naming one slot at
+some repetitions (a shared value, a sum, arguments whose steps differ) see each other's
+updates exactly as in the interpreter.
 
 **Adjoints in memory.** The straight-line pieces keep adjoints in registers and store only
-what another piece reads, so the work array never needs clearing.  A loop reads every
-adjoint it touches from the work array, so its reverse function first zeroes, in place, those
-that no higher piece has written (and that are not seeded as an output): in runs with one
-stride (:func:`affine_runs`), a ``memset`` where the stride is 1.
+what another piece reads, so the work array never needs clearing.  A loop that reads an
+adjoint from the work array first zeroes it, in place, if no higher piece has written it
+(and it is not seeded as an output): a ``memset``, a strided loop, or a loop over a constant
+table of the slots (:data:`MAX_ZERO_RUNS`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from fasttape.ops import OPS
 if TYPE_CHECKING:
     from fasttape.native.emit import Layout
 
-__all__ = ["MAX_PERIOD", "MEMSET", "MIN_INSTRUCTIONS", "MIN_REPS", "affine_runs", "find", "forward",
+__all__ = ["MAX_PERIOD", "MEMSET", "MIN_INSTRUCTIONS", "MIN_REPS", "find", "forward",
            "reverse"]
 
 #: Longest body searched for.
@@ -145,19 +146,6 @@ def _within_regions(a: np.ndarray, lo: int, period: int, reps: int, n_lead: int,
             room = (b - n_pre) // -d if d < 0 else reps
         reps = min(reps, room + 1)
     return reps
-
-
-def affine_runs(slots: np.ndarray) -> list[tuple[int, int, int]]:
-    """Sorted distinct ``slots`` as ``(first, stride, count)`` runs that cover them (a slot
-    may be in two runs)."""
-    z = np.asarray(slots, dtype=np.int64)
-    if len(z) < 2:
-        return [(int(v), 1, 1) for v in z]
-    d = np.diff(z)
-    change = np.nonzero(d[1:] != d[:-1])[0] + 1
-    firsts = np.concatenate(([0], change))
-    lasts = np.concatenate((change, [len(d)]))
-    return [(int(z[f]), int(d[f]), int(e - f + 1)) for f, e in zip(firsts, lasts, strict=True)]
 
 
 class _Body:
@@ -277,8 +265,7 @@ def forward(lay: Layout, k: int) -> str:
     for q in range(piece.period):
         spec = OPS[lay.ops[piece.lo + q]]
         operands = body.operands[q]
-        n = (powi_exponent(spec, operands[1][0], lay.n_lead, lay.const_list)
-             if len(operands) > 1 else None)
+        n = powi_exponent(spec, [b for b, _ in operands], lay.n_lead, lay.const_list)
         if n is not None:
             v = powi(lines, body.value(*operands[0], own), n, f"w{q}.")
         else:
@@ -482,8 +469,7 @@ def reverse(lay: Layout, k: int) -> str:
         held.pop(res, None)
         lines.append(f"  %gz{q} = fcmp une double {g}, 0.0")
         vals = None
-        n = (powi_exponent(spec, operands[1][0], lay.n_lead, lay.const_list)
-             if len(operands) > 1 else None)
+        n = powi_exponent(spec, [b for b, _ in operands], lay.n_lead, lay.const_list)
         for j in targets:
             key = operands[j]
             expr = spec.partials[j]

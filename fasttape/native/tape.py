@@ -31,7 +31,7 @@ from fasttape.tape import TapeRecord, check_out, resolve_threads
 
 __all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES",
            "PARALLEL_PIECES_OPTIMIZED", "LIBM_SHARE_LEVEL0", "MachineCode", "NativeTape",
-           "interpreted", "native", "opt_level", "piece_levels"]
+           "check_options", "interpreted", "native", "opt_level", "piece_levels"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
 #: thousand (docs/native.md), and a piece's stack frame stays small (a few KiB).
@@ -237,7 +237,6 @@ class NativeTape:
         self._n_work = emit.work_size(lay)
         self._n_inputs = tape.n_inputs
         self._one_output = tape.n_outputs == 1
-        self._plain = self._one_output and not tape.n_params
         self._local = threading.local()
 
     @property
@@ -352,15 +351,6 @@ class NativeTape:
                        threads: int | None = None) -> tuple[Any, np.ndarray]:
         """Value of one output and its gradient, as :meth:`fasttape.Tape.value_and_grad`
         (bitwise the same); a batch ``x`` is split over ``threads`` as in :meth:`value`."""
-        if (type(x) is np.ndarray and self._plain and p is None and output is None
-                and out is None and threads is None and x.ndim == 1
-                and x.dtype == np.float64 and x.shape[0] == self._n_inputs
-                and x.flags.c_contiguous):
-            # The common call (one point, one output, no parameters) checks nothing else
-            # (the tests of _plain_point, inline: a call costs 0.06 us of a 2 us call on a
-            # 1,000-instruction tape, which the other checks and calls here cost 0.3 us).
-            grad = np.empty(self._n_inputs)
-            return call_vg(self._vg_address, x, self._work(), grad, 0), grad
         xin = self._point(x, p)
         which = 0 if output is None and self._one_output else self.tape.output_index(output)
         n = self._n_inputs
@@ -393,6 +383,17 @@ class NativeTape:
         return self.value_and_grad(x, p, output=output, out=out, threads=threads)[1]
 
     __call__ = value
+
+
+def check_options(*, piece_size: Any = DEFAULT_PIECE_SIZE, opt: Any = None,
+                  loops: Any = True) -> None:
+    """Raise ``ValueError`` / ``TypeError`` for a bad option of :func:`native` (the one check,
+    also run by :func:`fasttape.native.tier.tiered` before its compile starts)."""
+    _piece_size(piece_size)
+    if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
+        raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
+    if not isinstance(loops, (bool, np.bool_)):
+        raise TypeError(f"loops must be True or False, got {loops!r}")
 
 
 def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
@@ -428,12 +429,9 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     -------
     NativeTape
     """
-    piece_size = _piece_size(piece_size)
+    check_options(piece_size=piece_size, opt=opt, loops=loops)
+    piece_size = int(piece_size)
     arrays = tape.to_arrays()
-    if opt is not None and (isinstance(opt, bool) or opt not in (0, 1, 2, 3)):
-        raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
-    if not isinstance(loops, (bool, np.bool_)):
-        raise TypeError(f"loops must be True or False, got {loops!r}")
     n_lead = int(arrays["n_inputs"] + arrays["n_params"])
     pieces = emit.cut(arrays["ops"], arrays["args"], n_lead, n_lead + len(arrays["consts"]),
                       piece_size, bool(loops))

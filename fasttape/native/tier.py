@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fasttape.native.tape import NativeTape, interpreted, native
+from fasttape.native.tape import NativeTape, check_options, interpreted, native
 from fasttape.tape import TapeRecord
 
 __all__ = ["TieredTape", "tiered"]
@@ -181,8 +181,8 @@ def tiered(tape: TapeRecord, tier_after: int, *, check: bool = True,
         Switch only if the native tape is faster at the last point a call evaluated (timed
         in the background thread); False: switch as soon as it is compiled.
     **options
-        ``piece_size``, ``opt``, ``cache_entries`` (``progress`` is refused: the compile is
-        in the background).
+        ``piece_size``, ``opt``, ``loops``, ``cache_entries`` (``progress`` is refused: the
+        compile is in the background).
 
     Returns
     -------
@@ -192,17 +192,10 @@ def tiered(tape: TapeRecord, tier_after: int, *, check: bool = True,
             or tier_after < 0:
         raise ValueError(f"tier_after must be an int >= 0 (calls before compiling), "
                          f"got {tier_after!r}")
-    unknown = set(options) - {"piece_size", "opt", "cache_entries"}
+    unknown = set(options) - {"piece_size", "opt", "loops", "cache_entries"}
     if unknown:
         raise TypeError(f"tiered() got unexpected options {sorted(unknown)}: it takes "
-                        "piece_size, opt and cache_entries")
+                        "piece_size, opt, loops and cache_entries")
     # Check the options now (a bad one would otherwise fail only in the background thread).
-    if "piece_size" in options:
-        ps = options["piece_size"]
-        if isinstance(ps, bool) or not isinstance(ps, (int, np.integer)) or ps < 1:
-            raise ValueError(f"piece_size must be a positive int, got {ps!r}")
-    if options.get("opt") is not None:
-        opt = options["opt"]
-        if isinstance(opt, bool) or opt not in (0, 1, 2, 3):
-            raise ValueError(f"opt must be 0, 1, 2 or 3 (or None for the default), got {opt!r}")
+    check_options(**{k: v for k, v in options.items() if k != "cache_entries"})
     return TieredTape(tape, int(tier_after), options, check=bool(check))
