@@ -726,3 +726,135 @@ def test_dead_code_is_not_compiled():
     forward = next(iter(emit.piece_modules(lay, machine.header(), (0,))))[0]
     assert "ft.f.mul" in forward and "ft.f.sin" not in forward and "ft.f.exp" not in forward
     assert_same(tape, native(tape, cache_entries=False), np.array([0.3, -2.0]))
+
+
+# ---------------------------------------------------------------------- stored partials
+# sin and cos compute their partial with the value, in one sincos call, and store it for the
+# reverse sweep (fasttape/native/translate.py: stored_partials; emit.py's work array layout).
+
+
+def test_the_paired_call_is_bitwise_the_separate_calls():
+    # glibc's sin, cos and sincos share one implementation: the fused functions rely on it,
+    # so it is checked here on this machine's libm, over every range reduction path.
+    import ctypes
+    import ctypes.util
+
+    from fasttape.native.translate import libm_symbols
+
+    addr = libm_symbols()
+    one = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_double)
+    sin, cos = one(addr["ft.libm.sin"]), one(addr["ft.libm.cos"])
+    pair = ctypes.CFUNCTYPE(None, ctypes.c_double, ctypes.POINTER(ctypes.c_double),
+                            ctypes.POINTER(ctypes.c_double))(addr["ft.libm.sincos"])
+    rng = np.random.default_rng(7)
+    xs = [*SPECIAL, 5e-324, -1e-310, 1e22, -1e22, 2.0 ** 1000, 1e308, math.pi / 2,
+          math.pi, 3 * math.pi / 2, 1e5 * math.pi, *rng.uniform(-10, 10, 300),
+          *(np.sign(rng.uniform(-1, 1, 300)) * 10.0 ** rng.uniform(-320, 308, 300))]
+    s, c = ctypes.c_double(), ctypes.c_double()
+    for x in xs:
+        pair(float(x), ctypes.byref(s), ctypes.byref(c))
+        assert np.array_equal(bits([s.value, c.value]), bits([sin(x), cos(x)])), x
+
+
+def test_sin_and_cos_store_their_partial_in_the_forward_sweep():
+    from fasttape.native import machine
+    from fasttape.native.translate import stored_partials
+
+    assert {op.name for op in OPS if stored_partials(op)} == {"sin", "cos"}
+    # %5 = sin(x0), %6 = cos(x1), %7 = %5 * %6 (the output), %8 = sin(x2) (dead)
+    tape = ft.Tape.from_arrays([OPS_BY["sin"], OPS_BY["cos"], OPS_BY["mul"], OPS_BY["sin"]],
+                               [0, 1, 3, 4, 2], [], [5], 3)
+    a = tape.to_arrays()
+    pieces = emit.cut(a["ops"], a["args"], 3, 3, 100)
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, pieces, "sp")
+    assert lay.part_at.tolist() == [2 * 7 + 1, 2 * 7 + 3, -1, -1]
+    assert emit.work_size(lay) == 2 * 7 + 1 + 4 + 1  # and the check (irtext.Check)
+    texts = {}
+    for text, _ in emit.piece_modules(lay, machine.header(), (0,)):
+        texts[text.split('define void @"ft.')[1].split(".")[0]] = text
+    assert "ft.fp.sin" in texts["fwd"] and "ft.fp.cos" in texts["fwd"]
+    assert "ft.fp." not in texts["val"] and "ft.f.sin" in texts["val"]
+    assert "ft.d0.sin" not in texts["rev"] and "ft.d0.cos" not in texts["rev"]
+    nt = native(tape, cache_entries=False)
+    # [1e-310, 1e-310, ...]: x1's adjoint 0.0 + sin(x0) * -sin(x1) underflows to -0 in the
+    # product, +0 after the sum (an FMA of the two would keep -0).
+    for x in [np.array([0.3, -2.0, 1.0]), np.array([1e-310, 1e-310, 1.0]),
+              *(np.array(v) for v in
+                                          np.random.default_rng(3).choice(SPECIAL, (40, 3)))]:
+        assert_same(tape, nt, x)
+
+
+@pytest.mark.parametrize("opt", [0, 1])
+def test_sin_and_cos_in_a_loop_store_their_partial(opt):
+    # A loop whose body is sin(x_r), cos(x_r) * previous and a sum: the stored partials of
+    # repetition r at part_at[lo + q] + 2 r.
+    n_in, reps = 40, 38
+    ops, args = [], []
+    for r in range(reps):
+        s0 = n_in + len(ops)
+        ops += [OPS_BY["sin"], OPS_BY["cos"], OPS_BY["mul"], OPS_BY["add"]]
+        args += [r, r + 1, s0, s0 + 1, s0 + 2, s0 - 1 if r else 0]
+    tape = ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+    nt = native(tape, opt=opt, cache_entries=False)
+    assert nt.n_loops == 1
+    rng = np.random.default_rng(5)
+    for x in [rng.uniform(-3, 3, n_in), rng.choice(SPECIAL, n_in), np.zeros(n_in)]:
+        assert_same(tape, nt, x)
+
+
+# ---------------------------------------------------------------------- fast and safe sweeps
+# The reverse pieces run without the zero rules, summing their products in a NaN check; where
+# a product is NaN, the entry point runs the safe pieces (the rules) from the seeds again
+# (fasttape/native/irtext.py: Check).
+
+
+def test_a_failed_check_runs_the_safe_sweep():
+    # %3 = sqrt(x0) (partial inf at 0), %4 = %3 * x1, %5 = %4 + x2: at x0 = x1 = 0 the fast
+    # sweep meets 0 * inf, where the interpreter's rule moves nothing.
+    from fasttape.native import machine
+
+    tape = ft.Tape.from_arrays([OPS_BY["sqrt"], OPS_BY["mul"], OPS_BY["add"]],
+                               [0, 3, 1, 4, 2], [], [5], 3)
+    # piece_size 1: three pieces, so the check adds up over functions.
+    nt = native(tape, piece_size=1, cache_entries=False)
+    fn, arrays = nt.numba_kernel()
+    a = tape.to_arrays()
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, nt.pieces, "c")
+    w = arrays[2]
+    grad = np.empty(3)
+    for x, failed in [((0.0, 0.0, 1.0), True), ((4.0, 0.0, 1.0), False),
+                      ((0.0, 2.0, 1.0), False), ((math.inf, 0.0, 1.0), False),
+                      ((math.nan, 1.0, 1.0), True), ((2.0, 3.0, 1.0), False)]:
+        x = np.array(x)
+        assert_same(tape, nt, x)
+        v = fn(*arrays, x, grad)
+        v0, g0 = tape.value_and_grad(x)
+        assert np.array_equal(bits([v, *grad]), bits([v0, *g0])), x
+        assert np.isnan(w[lay.check_at]) == failed, (x, w[lay.check_at])
+    texts = {}
+    for text, level in emit.piece_modules(lay, machine.header(), (1, 1, 1)):
+        name = text.split('define void @"ft.')[1].split(".")[0]
+        texts.setdefault(name, []).append((text, level))
+    # The rules (selects) only in the safe pieces of sqrt and mul, compiled at level 0.
+    assert all("select" not in t for t, _ in texts["rev"])
+    assert [("select" in t, level) for t, level in texts["safe"]] == \
+        [(True, 0), (True, 0), (False, 0)]
+
+
+def test_a_failed_check_in_a_loop_runs_the_safe_sweep():
+    # Repetition r: sqrt(x_r) * x_{r+1}, summed: a zero x_{r+1} after a zero x_r is 0 * inf.
+    n_in, reps = 40, 38
+    ops, args = [], []
+    for r in range(reps):
+        s0 = n_in + len(ops)
+        ops += [OPS_BY["sqrt"], OPS_BY["mul"], OPS_BY["add"]]
+        args += [r, s0, r + 1, s0 + 1, s0 - 1 if r else 0]
+    tape = ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+    nt = native(tape, cache_entries=False)
+    assert nt.n_loops == 1
+    x = np.random.default_rng(2).uniform(0.5, 2.0, n_in)
+    assert_same(tape, nt, x)
+    x[17:19] = 0.0
+    assert_same(tape, nt, x)
+    x[17:19] = [math.inf, 0.0]
+    assert_same(tape, nt, x)

@@ -26,7 +26,12 @@ The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` cal
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
-``w[2 n_slots : 2 n_slots + n_outputs]`` the output values of the last ``vg`` call.
+``w[2 n_slots : 2 n_slots + n_outputs]`` the output values of the last ``vg`` call, then the
+*stored partials* (``Layout.part_at``): an instruction of an op with
+:func:`fasttape.native.translate.stored_partials` (``sin``, ``cos``) that the reverse sweep
+reaches calls the op's fused function in the forward sweep, one ``sincos`` for the value and
+the partial, which stores the partial there; the reverse sweep loads it instead of calling
+``cos`` again.
 """
 
 from __future__ import annotations
@@ -37,15 +42,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from fasttape.native import loops
-from fasttape.native.irtext import accumulate, imm, partial, powi, powi_exponent
-from fasttape.native.translate import UNIT_PARTIALS, forward_name
+from fasttape.native.irtext import (Check, accumulate, imm, partial, powi, powi_exponent,
+                                    stored)
+from fasttape.native.translate import (UNIT_PARTIALS, forward_name, fused_name, fused_width,
+                                       stored_partials)
 from fasttape.ops import OPS
 
-__all__ = ["LOOPS_PER_MODULE", "Layout", "Piece", "cut", "driver_module", "n_modules",
-           "piece_modules", "work_size"]
+__all__ = ["LOOPS_PER_MODULE", "SHAPES", "Layout", "Piece", "Shape", "cut", "driver_module",
+           "n_modules", "piece_modules", "shape", "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
+_FUSED_WIDTH = np.array([fused_width(op) for op in OPS], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -94,11 +102,6 @@ class Layout:
         The tape cut into pieces (:func:`cut`).
     tag : str
         Makes the symbol names of this tape unique in the process.
-    window : int
-        Instructions after which an unused register is dropped and its value (or adjoint)
-        reloaded from the work array at its next use (bounded live ranges, see ``_Refs``).
-    block : int
-        Instructions per basic block (see ``_block``).
     """
 
     ops: np.ndarray
@@ -109,8 +112,6 @@ class Layout:
     n_lead: int
     pieces: tuple[Piece, ...]
     tag: str
-    window: int = 256
-    block: int = 16
 
     def __post_init__(self) -> None:
         self.ops = np.asarray(self.ops, dtype=np.int64)
@@ -132,7 +133,7 @@ class Layout:
         # others): a skipped instruction stores nothing, so a lower piece must not load from it.
         self.last_piece = np.full(self.n_slots, -1, dtype=np.int64)
         nd = _NDIFF[self.ops]
-        live = self._live(nd)
+        live = self.live = self._live(nd)
         # needed[i]: whether an output's value depends on instruction i (through any
         # argument); the forward pieces compute no other (dead code: no output can tell).
         self.needed = self._live(_ARITY[self.ops])
@@ -145,6 +146,34 @@ class Layout:
         self.is_output[np.asarray(self.outputs, dtype=np.int64)] = True
         self.const_list = [float(c) for c in self.consts]
         self.const_bits = [imm(c) for c in self.const_list]
+        self._place_partials()
+
+    def _place_partials(self) -> None:
+        """``part_at[i]``: where instruction ``i``'s stored partials start in ``w`` (-1: it
+        has none); ``n_work`` the work array's length with them.  A straight-line piece
+        stores them for the instructions its reverse sweep reaches, one after another; a loop
+        piece for every repetition of each such body instruction, repetition ``r`` at
+        ``part_at[lo + q] + r * width`` (its loops address them so)."""
+        width = _FUSED_WIDTH[self.ops]
+        self.part_at = np.full(self.n_instr, -1, dtype=np.int64)
+        at = 2 * self.n_slots + len(self.outputs)
+        for piece in self.pieces:
+            if piece.period:
+                reps = (piece.hi - piece.lo) // piece.period
+                for q in range(piece.period):
+                    wq = int(width[piece.lo + q])
+                    if wq:
+                        self.part_at[piece.lo + q: piece.hi: piece.period] = \
+                            at + wq * np.arange(reps)
+                        at += wq * reps
+            else:
+                rows = np.nonzero((width[piece.lo: piece.hi] > 0)
+                                  & self.live[piece.lo: piece.hi])[0] + piece.lo
+                starts = at + np.concatenate(([0], np.cumsum(width[rows])[:-1]))
+                self.part_at[rows] = starts.astype(np.int64)
+                at += int(width[rows].sum())
+        self.check_at = at  # the fast reverse sweep's NaN check (irtext.Check)
+        self.n_work = at + 1
 
     def _live(self, nd: np.ndarray) -> np.ndarray:
         """Per instruction: whether an output's adjoint can reach it (an output itself, or one
@@ -166,13 +195,27 @@ class Layout:
     def fwd_name(self, k: int) -> str:
         return f"ft.fwd.{self.tag}.{k}"
 
-    def rev_name(self, k: int) -> str:
-        return f"ft.rev.{self.tag}.{k}"
+    def has_stored(self, k: int) -> bool:
+        """Whether piece ``k`` stores partials (``part_at``): its forward function for
+        ``value`` is then another, which stores none (:meth:`val_name`)."""
+        piece = self.pieces[k]
+        return bool((self.part_at[piece.lo: piece.hi] >= 0).any())
+
+    def val_name(self, k: int) -> str:
+        """The forward function of piece ``k`` that ``value`` calls: without the stored
+        partials (a ``sincos`` is slower than the ``sin`` alone) where the piece has some."""
+        return f"ft.val.{self.tag}.{k}" if self.has_stored(k) else self.fwd_name(k)
+
+    def rev_name(self, k: int, fast: bool = True) -> str:
+        """The fast reverse function of piece ``k`` (:class:`fasttape.native.irtext.Check`),
+        or with ``fast`` false the safe one, which the entry point runs when the fast
+        sweep's check fails."""
+        return f"ft.{'rev' if fast else 'safe'}.{self.tag}.{k}"
 
 
 def work_size(lay: Layout) -> int:
     """Entries of the work array ``w``."""
-    return 2 * lay.n_slots + len(lay.outputs)
+    return lay.n_work
 
 
 class _Refs:
@@ -232,28 +275,64 @@ class _Refs:
         return old
 
 
-def _block(lay: Layout, lines: list[str], n: int) -> None:
-    """Start a new basic block before the ``n``-th instruction of a piece, every ``lay.block``.
+@dataclass(frozen=True)
+class Shape:
+    """How a straight-line piece's code is laid out for the LLVM level it is compiled at.
 
-    LLVM's instruction selector and schedulers work on one basic block at a time and are
-    superlinear in its length (ten times slower per instruction on a 2,000-instruction block
-    than on 16-instruction blocks); the unconditional branches cost nothing at run time (the
-    blocks are laid out in order and the branches removed).
+    ``window``: instructions after which a value's register is dropped and the value
+    reloaded from the work array at its next use (bounded live ranges, see ``_Refs``);
+    ``adj_window`` the same for an adjoint (stored to ``w`` when dropped); ``block``:
+    instructions per basic block (see ``_block``).
     """
-    if n and n % lay.block == 0:
+
+    window: int
+    adj_window: int
+    block: int
+
+
+#: The shape by level, 0 and (the second) 1 and above.  Level 1 selects instructions
+#: one basic block at a time in time superlinear in its length (ten times slower per
+#: instruction on a 2,000-instruction block than on 16-instruction ones) and allocates
+#: registers across blocks; level 0 selects in linear time but spills every register
+#: live across a block boundary or a call to the stack, so there a value is reloaded from
+#: ``w`` (where it is anyway) after one instruction, and blocks are long.  On random graphs
+#: of 10,000 instructions at level 0 that made ``value`` 1.3x and ``value_and_grad`` 1.3x
+#: faster than the level-1 shape (docs/native.md).
+SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=256, adj_window=256,
+                                                              block=16))
+
+
+def shape(level: int) -> Shape:
+    """The :class:`Shape` of a piece compiled at LLVM level ``level``."""
+    return SHAPES[min(level, 1)]
+
+
+def _block(lines: list[str], n: int, block: int) -> None:
+    """Start a new basic block before the ``n``-th instruction of a piece, every ``block``.
+
+    LLVM's instruction selector and schedulers work on one basic block at a time (see
+    :data:`SHAPES`); the unconditional branches cost nothing at run time (the blocks are laid
+    out in order and the branches removed).
+    """
+    if n and n % block == 0:
         lines.append(f"  br label %b{n}")
         lines.append(f"b{n}:")
 
 
-def _forward(lay: Layout, k: int) -> str:
+def _forward(lay: Layout, k: int, level: int, stored: bool = True) -> str:
+    """The forward function of straight-line piece ``k`` for LLVM level ``level``;
+    ``stored``: with the stored partials (for ``vg``), else without
+    (:meth:`Layout.val_name`)."""
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
-    lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
+    sh = shape(level)
+    name = lay.fwd_name(k) if stored else lay.val_name(k)
+    lines = [f'define void @"{name}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines, lay.window)
+    refs = _Refs(lay, lines, sh.window)
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
     for i in range(lo, hi):
         refs.age()
-        _block(lay, lines, i - lo)
+        _block(lines, i - lo, sh.block)
         if not lay.needed[i]:
             continue  # no output depends on it, nor on anything that reads its slot
         spec = OPS[ops[i]]
@@ -265,7 +344,13 @@ def _forward(lay: Layout, k: int) -> str:
         else:
             operands = ", ".join(f"double {refs.value(int(v))}" for v in a)
             v = f"%v{s}"
-            lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')
+            if stored and lay.part_at[i] >= 0:
+                lines.append(f"  %t{s} = getelementptr inbounds double, ptr %w, "
+                             f"i64 {lay.part_at[i]}")
+                lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
+                             f"ptr %t{s})")
+            else:
+                lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')
         lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
         lines.append(f"  store double {v}, ptr %q{s}")
         refs.define(s, v)
@@ -273,11 +358,15 @@ def _forward(lay: Layout, k: int) -> str:
     return "\n".join(lines)
 
 
-def _reverse(lay: Layout, k: int) -> str:
+def _reverse(lay: Layout, k: int, level: int, fast: bool = True) -> str:
+    """The reverse function of straight-line piece ``k`` for LLVM level ``level``: the fast
+    sweep, or with ``fast`` false the safe one (:meth:`Layout.rev_name`)."""
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
-    lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
+    sh = shape(level)
+    check = Check("") if fast else None
+    lines = [f'define void @"{lay.rev_name(k, fast)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
-    refs = _Refs(lay, lines, lay.window)
+    refs = _Refs(lay, lines, sh.window)
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
     adj: dict[int, str] = {}  # slot -> register holding its adjoint so far
     touched: dict[int, int] = {}  # slot -> clock of its adjoint's last update
@@ -304,11 +393,11 @@ def _reverse(lay: Layout, k: int) -> str:
 
     for i in range(hi - 1, lo - 1, -1):
         refs.age()
-        _block(lay, lines, hi - 1 - i)
-        if refs.clock % max(1, lay.window // 4) == 0:
+        _block(lines, hi - 1 - i, sh.block)
+        if refs.clock % max(1, sh.adj_window // 4) == 0:
             # Adjoints not updated for a window's length go to w (bounded live ranges, as
             # for the values in _Refs): their next update or their instruction reloads them.
-            for p in [p for p, t in touched.items() if t < refs.clock - lay.window]:
+            for p in [p for p, t in touched.items() if t < refs.clock - sh.adj_window]:
                 del touched[p]
                 name = adj.pop(p)
                 if name != "0.0":
@@ -324,7 +413,8 @@ def _reverse(lay: Layout, k: int) -> str:
         if not spec.ndiff:
             continue
         a = [int(v) for v in args[starts[i]: starts[i + 1]]]
-        lines.append(f"  %g{s} = fcmp une double {g}, 0.0")
+        if not fast:
+            lines.append(f"  %g{s} = fcmp une double {g}, 0.0")
         operands: str | None = None
         for j, expr in enumerate(spec.partials):
             p = a[j]
@@ -333,18 +423,23 @@ def _reverse(lay: Layout, k: int) -> str:
             cur = current(p)
             count += 1
             d = None
-            if expr not in UNIT_PARTIALS:
+            if lay.part_at[i] >= 0 and j in stored_partials(spec):
+                d = stored(lines, "%w", str(lay.part_at[i] + stored_partials(spec).index(j)),
+                           str(count))
+            elif expr not in UNIT_PARTIALS:
                 n = powi_exponent(spec, a, lay.n_lead, lay.const_list)
                 if n is None and operands is None:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 x0 = refs.value(a[0]) if n is not None else ""
                 d = partial(lines, spec, j, operands or "", n, x0, str(count))
-            new = accumulate(lines, expr, g, f"%g{s}", cur, str(count), d)
+            new = accumulate(lines, expr, g, f"%g{s}", cur, str(count), d, check)
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
     # (A spilled one that was not updated again is in w already.)
     for p, name in sorted(adj.items()):
         store(p, name, "a")
+    if check is not None:
+        check.store(lines, lay.check_at)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 
@@ -356,11 +451,15 @@ LOOPS_PER_MODULE = 64
 
 
 def _module_plan(lay: Layout) -> list[tuple[str, list[int]]]:
-    """Each module as ``(kind, pieces)``: ``fwd`` or ``rev`` of one straight-line piece,
-    ``loops`` for both functions of up to :data:`LOOPS_PER_MODULE` loop pieces."""
+    """Each module as ``(kind, pieces)``: ``fwd``, ``val`` (:meth:`Layout.val_name`) or
+    ``rev`` of one straight-line piece, ``loops`` for the functions of up to
+    :data:`LOOPS_PER_MODULE` loop pieces."""
     straight = [k for k, p in enumerate(lay.pieces) if not p.period]
     looped = [k for k, p in enumerate(lay.pieces) if p.period]
-    return ([("fwd", [k]) for k in straight] + [("rev", [k]) for k in straight]
+    return ([("fwd", [k]) for k in straight]
+            + [("val", [k]) for k in straight if lay.has_stored(k)]
+            + [("rev", [k]) for k in straight]
+            + [("safe", [k]) for k in straight]
             + [("loops", looped[m: m + LOOPS_PER_MODULE])
                for m in range(0, len(looped), LOOPS_PER_MODULE)])
 
@@ -374,15 +473,25 @@ def piece_modules(lay: Layout, header: str,
     text calls the op library's functions, which
     :func:`fasttape.native.machine.compile_module` appends."""
     for kind, ks in _module_plan(lay):
+        level = max(levels[k] for k in ks)
         if kind == "fwd":
-            texts = [_forward(lay, ks[0])]
+            texts = [_forward(lay, ks[0], level)]
+        elif kind == "val":
+            texts = [_forward(lay, ks[0], level, stored=False)]
         elif kind == "rev":
-            texts = [_reverse(lay, ks[0])]
+            texts = [_reverse(lay, ks[0], level)]
+        elif kind == "safe":
+            # Run only when a fast sweep's check fails: compiled fast, at level 0.
+            level = 0
+            texts = [_reverse(lay, ks[0], level, fast=False)]
         else:
             texts = [loops.MEMSET]
             for k in ks:
-                texts += [loops.forward(lay, k), loops.reverse(lay, k)]
-        yield "\n".join([header, *texts, ""]), max(levels[k] for k in ks)
+                texts += [loops.forward(lay, k), loops.reverse(lay, k),
+                          loops.reverse(lay, k, fast=False)]
+                if lay.has_stored(k):
+                    texts.append(loops.forward(lay, k, stored=False))
+        yield "\n".join([header, *texts, ""]), level
 
 
 def n_modules(lay: Layout) -> int:
@@ -397,12 +506,17 @@ def driver_module(lay: Layout, header: str) -> str:
     for k in range(lay.n_pieces):
         decl.append(f'declare void @"{lay.fwd_name(k)}"(ptr, ptr) nounwind')
         decl.append(f'declare void @"{lay.rev_name(k)}"(ptr, ptr) nounwind')
+        decl.append(f'declare void @"{lay.rev_name(k, False)}"(ptr, ptr) nounwind')
+        if lay.has_stored(k):
+            decl.append(f'declare void @"{lay.val_name(k)}"(ptr, ptr) nounwind')
     fwd_calls = [f'  call void @"{lay.fwd_name(k)}"(ptr %x, ptr %w)'
+                 for k in range(lay.n_pieces)]
+    val_calls = [f'  call void @"{lay.val_name(k)}"(ptr %x, ptr %w)'
                  for k in range(lay.n_pieces)]
 
     # value(x, w, out)
     lines = [f'define void @"ft.value.{lay.tag}"(ptr %x, ptr %w, ptr %out) nounwind {{',
-             "entry:", *fwd_calls]
+             "entry:", *val_calls]
     refs = _Refs(lay, lines, 1 << 62)
     for j, s in enumerate(lay.outputs):
         v = refs.value(int(s))
@@ -419,21 +533,21 @@ def driver_module(lay: Layout, header: str) -> str:
         v = refs.value(int(s))
         lines.append(f"  %ov{j} = getelementptr inbounds double, ptr %w, i64 {base + j}")
         lines.append(f"  store double {v}, ptr %ov{j}")
-    # Seeds: 1.0 for the slot of output `which`, 0.0 for every other output slot.
-    for s in sorted(lay.output_slots):
-        hits = [f"%e{s}.{j}" for j, o in enumerate(lay.outputs) if int(o) == s]
-        for name, j in zip(hits, [j for j, o in enumerate(lay.outputs) if int(o) == s],
-                           strict=True):
-            lines.append(f"  {name} = icmp eq i64 %which, {j}")
-        cond = hits[0]
-        for n, h in enumerate(hits[1:]):
-            lines.append(f"  %eo{s}.{n} = or i1 {cond}, {h}")
-            cond = f"%eo{s}.{n}"
-        lines.append(f"  %sd{s} = select i1 {cond}, double 1.0, double 0.0")
-        lines.append(f"  %ps{s} = getelementptr inbounds double, ptr %w, i64 {n_slots + s}")
-        lines.append(f"  store double %sd{s}, ptr %ps{s}")
+    # The fast sweep (irtext.Check), then the safe one from the seeds again if its check
+    # is NaN.
+    lines.append(f"  %ckp = getelementptr inbounds double, ptr %w, i64 {lay.check_at}")
+    lines.append("  store double 0.0, ptr %ckp")
+    _seeds(lay, lines, "f")
     lines += [f'  call void @"{lay.rev_name(k)}"(ptr %x, ptr %w)'
               for k in range(lay.n_pieces - 1, -1, -1)]
+    lines.append("  %ck = load double, ptr %ckp")
+    lines.append("  %ckbad = fcmp uno double %ck, 0.0")
+    lines.append("  br i1 %ckbad, label %safe, label %gradient")
+    lines.append("safe:")
+    _seeds(lay, lines, "s")
+    lines += [f'  call void @"{lay.rev_name(k, False)}"(ptr %x, ptr %w)'
+              for k in range(lay.n_pieces - 1, -1, -1)]
+    lines += ["  br label %gradient", "gradient:"]
     for i in range(lay.n_inputs):
         lines.append(f"  %pg{i} = getelementptr inbounds double, ptr %grad, i64 {i}")
         if lay.seeded(i, -1):
@@ -448,6 +562,23 @@ def driver_module(lay: Layout, header: str) -> str:
     lines += ["  ret double %r", "}"]
     lines += _batch_loops(lay)
     return "\n".join([header, *decl, *lines, ""])
+
+
+def _seeds(lay: Layout, lines: list[str], tag: str) -> None:
+    """Store the seeds: 1.0 for the slot of output ``%which``, 0.0 for every other output
+    slot (``tag`` keeps the names of two copies apart)."""
+    for s in sorted(lay.output_slots):
+        js = [j for j, o in enumerate(lay.outputs) if int(o) == s]
+        for j in js:
+            lines.append(f"  %e{tag}{s}.{j} = icmp eq i64 %which, {j}")
+        cond = f"%e{tag}{s}.{js[0]}"
+        for n, j in enumerate(js[1:]):
+            lines.append(f"  %eo{tag}{s}.{n} = or i1 {cond}, %e{tag}{s}.{j}")
+            cond = f"%eo{tag}{s}.{n}"
+        lines.append(f"  %sd{tag}{s} = select i1 {cond}, double 1.0, double 0.0")
+        lines.append(f"  %ps{tag}{s} = getelementptr inbounds double, ptr %w, "
+                     f"i64 {lay.n_slots + s}")
+        lines.append(f"  store double %sd{tag}{s}, ptr %ps{tag}{s}")
 
 
 def _batch_loops(lay: Layout) -> list[str]:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from fasttape.native.translate import UNIT_PARTIALS, partial_name
 from fasttape.ops import OPS, OpSpec
 
-__all__ = ["POWI_OP", "POWI_UNROLL_MAX", "accumulate", "imm", "partial", "powi",
-           "powi_exponent"]
+__all__ = ["POWI_OP", "POWI_UNROLL_MAX", "Check", "accumulate", "imm", "partial", "powi",
+           "powi_exponent", "stored"]
 
 #: Largest ``|n|`` of a ``powi`` whose multiplications the pieces write out (see powi).
 POWI_UNROLL_MAX = 64
@@ -85,8 +85,59 @@ def partial(lines: list[str], spec: OpSpec, j: int, operands: str, exponent: int
     return f"%d{tag}"
 
 
+def stored(lines: list[str], base: str, index: str, tag: str) -> str:
+    """Load a stored partial (fasttape/native/emit.py's work array layout) from
+    ``base[index]``; returns its operand."""
+    lines.append(f"  %dp{tag} = getelementptr inbounds double, ptr {base}, i64 {index}")
+    lines.append(f"  %d{tag} = load double, ptr %dp{tag}")
+    return f"%d{tag}"
+
+
+class Check:
+    """The NaN check of a *fast* reverse sweep (:func:`accumulate` with ``check``).
+
+    A fast sweep drops the interpreter's zero rules and adds every ``g * d``.  That changes a
+    result only where the rules skip a product that is NaN: ``0 * inf``, or a NaN with a zero
+    (a zero product added to an adjoint changes nothing, an adjoint never being ``-0``).  So
+    the sweep sums its products here, in ``LANES`` independent sums (off the adjoints'
+    critical path); the entry point adds the sums of every piece in ``w`` and, when the total
+    is NaN, runs the *safe* sweep (the rules, bitwise the interpreter) from the seeds again.
+    An infinite product or an overflowing sum only costs that second sweep.
+
+    ``start``: the lanes' first operands (``0.0``, or a loop's ``phi`` names).
+    """
+
+    LANES = 4
+
+    def __init__(self, tag: str, start: list[str] | None = None) -> None:
+        self.tag = tag
+        self.start = start or ["0.0"] * self.LANES
+        self.lanes = list(self.start)
+        self.count = 0
+
+    def add(self, lines: list[str], product: str) -> None:
+        """Add ``product`` to the next lane."""
+        lane = self.count % self.LANES
+        name = f"%ck{self.tag}.{self.count}"
+        lines.append(f"  {name} = fadd double {self.lanes[lane]}, {product}")
+        self.lanes[lane] = name
+        self.count += 1
+
+    def store(self, lines: list[str], index: int) -> None:
+        """Add the lanes to ``w[index]`` (nothing where no product was added)."""
+        if not self.count:
+            return
+        lines.append(f"  %ckp{self.tag} = getelementptr inbounds double, ptr %w, i64 {index}")
+        total = f"%ckw{self.tag}"
+        lines.append(f"  {total} = load double, ptr %ckp{self.tag}")
+        for lane, name in enumerate(self.lanes):
+            lines.append(f"  %cks{self.tag}.{lane} = fadd double {total}, {name}")
+            total = f"%cks{self.tag}.{lane}"
+        lines.append(f"  store double {total}, ptr %ckp{self.tag}")
+
+
 def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag: str,
-               d: str | None) -> str:
+               d: str | None, check: Check | None = None) -> str:
     """Emit one adjoint update of the interpreter's reverse sweep; returns the new adjoint.
 
     ``cur`` is the argument's adjoint so far (``"0.0"`` where nothing reached it yet), ``g``
@@ -94,7 +145,9 @@ def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag:
     (``expr`` in :data:`fasttape.native.translate.UNIT_PARTIALS`) adds or subtracts ``g``;
     any other adds ``g * d`` unless ``d`` is zero (never ``0 * inf``); nothing moves where
     ``g`` is zero.  Each condition is a ``select`` on one compare (an ``and`` of two compares
-    would be lowered with a branch that splits the basic block).
+    would be lowered with a branch that splits the basic block).  With ``check``, the fast
+    sweep's update instead (:class:`Check`): no conditions, the product added to ``check``
+    (``nonzero`` unused).
     """
     new = f"%n{tag}"
     unit = UNIT_PARTIALS.get(expr)
@@ -104,11 +157,17 @@ def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag:
             # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select would pick
             # the same bits.
             lines.append(f"  {new} = {op} double 0.0, {g}")
+        elif check is not None:
+            lines.append(f"  {new} = {op} double {cur}, {g}")
         else:
             lines.append(f"  %t{tag} = {op} double {cur}, {g}")
             lines.append(f"  {new} = select i1 {nonzero}, double %t{tag}, double {cur}")
         return new
     lines.append(f"  %m{tag} = fmul double {g}, {d}")
+    if check is not None:
+        lines.append(f"  {new} = fadd double {cur}, %m{tag}")
+        check.add(lines, f"%m{tag}")
+        return new
     lines.append(f"  %t{tag} = fadd double {cur}, %m{tag}")
     lines.append(f"  %z{tag} = fcmp une double {d}, 0.0")
     lines.append(f"  %u{tag} = select i1 %z{tag}, double %t{tag}, double {cur}")

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fasttape.native.irtext import accumulate, partial, powi, powi_exponent
-from fasttape.native.translate import UNIT_PARTIALS, forward_name
+from fasttape.native.irtext import Check, accumulate, partial, powi, powi_exponent
+from fasttape.native.translate import (UNIT_PARTIALS, forward_name, fused_name, fused_width,
+                                       stored_partials)
 from fasttape.ops import OPS
 
 if TYPE_CHECKING:
@@ -256,8 +257,10 @@ def _loop(lay: Layout, name: str, first: int, last: int, prologue: list[str],
     ])
 
 
-def forward(lay: Layout, k: int) -> str:
-    """The forward function of loop piece ``k``: the body's values, stored to ``w``."""
+def forward(lay: Layout, k: int, stored: bool = True) -> str:
+    """The forward function of loop piece ``k``: the body's values, stored to ``w``;
+    ``stored``: with the stored partials (for ``vg``), else without (for ``value``, its
+    ``Layout.val_name``)."""
     piece = lay.pieces[k]
     lines: list[str] = []
     body = _Body(lay, k, lines)
@@ -271,14 +274,20 @@ def forward(lay: Layout, k: int) -> str:
         else:
             vals = ", ".join(f"double {body.value(b, d, own)}" for b, d in operands)
             v = f"%v{q}"
-            lines.append(f'  {v} = call double @"{forward_name(spec)}"({vals})')
+            at = int(lay.part_at[piece.lo + q])
+            if stored and at >= 0:  # the stored partials of repetition r at at + r * width
+                t = body.address("%w", at, fused_width(spec))
+                lines.append(f'  {v} = call double @"{fused_name(spec)}"({vals}, ptr {t})')
+            else:
+                lines.append(f'  {v} = call double @"{forward_name(spec)}"({vals})')
         p = body.address("%w", *body.result(q))
         lines.append(f"  store double {v}, ptr {p}")
         own[q] = v
     reps = (piece.hi - piece.lo) // piece.period
     prologue: list[str] = []
     phis = body.carry_phis(own, prologue)
-    return _loop(lay, lay.fwd_name(k), 0, reps - 1, prologue, lines, phis)
+    name = lay.fwd_name(k) if stored else lay.val_name(k)
+    return _loop(lay, name, 0, reps - 1, prologue, lines, phis)
 
 
 #: Most runs of zeroed slots per sequence written as their own loops or ``memset``\ s;
@@ -430,10 +439,13 @@ def _counted(m: str, count: int, body: list[str]) -> list[str]:
     ]
 
 
-def reverse(lay: Layout, k: int) -> str:
+def reverse(lay: Layout, k: int, fast: bool = True) -> str:
     """The reverse function of loop piece ``k``: repetitions last to first, each body's
-    instructions last to first, each adjoint where :class:`_Adjoints` keeps it."""
+    instructions last to first, each adjoint where :class:`_Adjoints` keeps it; the fast
+    sweep, its check's lanes carried from one repetition to the next, or with ``fast`` false
+    the safe one (``Layout.rev_name``)."""
     piece = lay.pieces[k]
+    check = Check("L", [f"%ckin{lane}" for lane in range(Check.LANES)]) if fast else None
     lines: list[str] = []
     body = _Body(lay, k, lines)
     adjs = _Adjoints(lay, k, body)
@@ -467,7 +479,8 @@ def reverse(lay: Layout, k: int) -> str:
             continue
         g, _ = current(res)
         held.pop(res, None)
-        lines.append(f"  %gz{q} = fcmp une double {g}, 0.0")
+        if not fast:
+            lines.append(f"  %gz{q} = fcmp une double {g}, 0.0")
         vals = None
         n = powi_exponent(spec, [b for b, _ in operands], lay.n_lead, lay.const_list)
         for j in targets:
@@ -475,14 +488,17 @@ def reverse(lay: Layout, k: int) -> str:
             expr = spec.partials[j]
             count += 1
             dj = None
-            if expr not in UNIT_PARTIALS:
+            at = int(lay.part_at[piece.lo + q])
+            if at >= 0 and j in stored_partials(spec):
+                dj = body.load("%w", at + stored_partials(spec).index(j), fused_width(spec))
+            elif expr not in UNIT_PARTIALS:
                 if n is None and vals is None:
                     vals = ", ".join(f"double {body.value(vb, vd, None)}"
                                      for vb, vd in [*operands, res])
                 x0 = body.value(*operands[0], None) if n is not None else ""
                 dj = partial(lines, spec, j, vals or "", n, x0, f"{q}.{count}")
             cur, pa = current(key)
-            new = accumulate(lines, expr, g, f"%gz{q}", cur, f"{q}.{count}", dj)
+            new = accumulate(lines, expr, g, f"%gz{q}", cur, f"{q}.{count}", dj, check)
             if pa is not None:
                 lines.append(f"  store double {new}, ptr {pa}")
             else:
@@ -508,5 +524,9 @@ def reverse(lay: Layout, k: int) -> str:
         epilogue.append(f"  %ae{q}.p = getelementptr inbounds double, ptr %w, i64 "
                         f"{lay.n_slots + arg[0]}")
         epilogue.append(f"  store double {last}, ptr %ae{q}.p")
-    return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue, lines,
-                                     phis, epilogue)])
+    if check is not None and check.count:
+        phis += [f"  {start} = phi double [ 0.0, %start ], [ {lane}, %body ]"
+                 for start, lane in zip(check.start, check.lanes, strict=True)]
+        check.store(epilogue, lay.check_at)
+    return "\n".join([*tables, _loop(lay, lay.rev_name(k, fast), adjs.reps - 1, 0, prologue,
+                                     lines, phis, epilogue)])

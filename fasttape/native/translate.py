@@ -52,10 +52,13 @@ __all__ = [
     "LIBM_FUNCTIONS",
     "UNIT_PARTIALS",
     "forward_name",
+    "fused_name",
+    "fused_width",
     "libm_ops",
     "libm_symbols",
     "op_library",
     "partial_name",
+    "stored_partials",
 ]
 
 DOUBLE = ir.DoubleType()
@@ -102,6 +105,56 @@ def partial_name(spec: OpSpec, j: int) -> str:
     return f"ft.d{j}.{spec.name}"
 
 
+def fused_name(spec: OpSpec) -> str:
+    """The LLVM name of ``spec``'s fused function ``(x[, y[, z]], t) -> f``: its forward
+    value, with the partials :func:`stored_partials` names stored to ``t[0], t[1], ...``."""
+    return f"ft.fp.{spec.name}"
+
+
+#: The pairs of libm functions that one libm call computes together, as the pair's names
+#: and the call's: ``sincos(x, &s, &c)`` (glibc's ``sin``, ``cos`` and ``sincos`` share one
+#: implementation, so its two results are bitwise the separate calls').
+_PAIRED = {("sin", "cos"): "sincos"}
+
+
+def _paired_calls(tree: ast.AST) -> set[tuple[str, str]]:
+    """``(function, parameter)`` of every ``math.sin(p)`` / ``math.cos(p)`` call in ``tree``
+    whose argument is a bare parameter (so one call at a function's entry computes it)."""
+    names = {n for pair in _PAIRED for n in pair}
+    return {(node.func.attr, node.args[0].id) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "math"
+            and node.func.attr in names and len(node.args) == 1
+            and isinstance(node.args[0], ast.Name) and node.args[0].id in ("x", "y", "z")}
+
+
+@functools.cache
+def stored_partials(spec: OpSpec) -> tuple[int, ...]:
+    """The partials of ``spec`` that the native tier computes in the forward sweep, in one
+    libm call with the value (:func:`fused_name`), and stores for the reverse sweep: each
+    partial that calls the other function of a pair of :data:`_PAIRED` on the argument on
+    which the forward formula calls the first (``sin``'s ``cos(x)``, ``cos``'s
+    ``-sin(x)``).  Derived from the formulas: empty for every other op.
+    """
+    forward = _paired_calls(ast.parse(spec.forward, mode="eval"))
+    out = []
+    for j, expr in enumerate(spec.partials):
+        if expr in UNIT_PARTIALS:
+            continue
+        calls = _paired_calls(ast.parse(expr, mode="eval"))
+        if any(((a, p) in forward and (b, p) in calls) or ((b, p) in forward and (a, p) in calls)
+               for a, b in _PAIRED for _, p in calls):
+            out.append(j)
+    return tuple(out)
+
+
+def fused_width(spec: OpSpec) -> int:
+    """Work-array entries one instruction of ``spec`` with stored partials takes: the
+    partials, and at least the two results of the paired call (0 without stored partials)."""
+    n = len(stored_partials(spec))
+    return max(n, 2) if n else 0
+
+
 @functools.cache
 def _helper_sources() -> dict[str, ast.FunctionDef]:
     """The helper functions' syntax trees: kernels/scalar.py's and :func:`np_cbrt`."""
@@ -124,7 +177,7 @@ def libm_symbols() -> dict[str, int]:
     path = ctypes.util.find_library("m")
     lib = ctypes.CDLL(path) if path else ctypes.CDLL(None)
     out = {}
-    for name in LIBM_FUNCTIONS:
+    for name in [*LIBM_FUNCTIONS, *_PAIRED.values()]:
         fn = getattr(lib, name)
         out[_LIBM_PREFIX + name] = ctypes.cast(fn, ctypes.c_void_p).value
     return out
@@ -177,6 +230,48 @@ class _Library:
         tree = ast.parse(expr, mode="eval").body
         _Translator(self, fn, params).body([ast.Return(value=tree)])
 
+    def fused(self, spec: OpSpec, params: list[str]) -> None:
+        """``spec``'s fused function (:func:`fused_name`): each pair of paired calls
+        (``sin(p)``, ``cos(p)``) becomes one call at the entry, writing its two results to
+        ``t[0]`` and ``t[1]``; the forward formula and the stored partials then read them,
+        and the partials overwrite ``t[0], t[1], ...``."""
+        stored = stored_partials(spec)
+        trees = [ast.parse(spec.forward, mode="eval").body,
+                 *(ast.parse(spec.partials[j], mode="eval").body for j in stored)]
+        ptr = ir.PointerType(DOUBLE)
+        fn = ir.Function(self.module, ir.FunctionType(DOUBLE, [DOUBLE] * len(params) + [ptr]),
+                         fused_name(spec))
+        fn.attributes.add("alwaysinline")
+        fn.attributes.add("nounwind")
+        for arg, p in zip(fn.args, [*params, "t"], strict=True):
+            arg.name = p
+        tr = _Translator(self, fn, [*params, "t"])
+        b, t = tr.b, fn.args[-1]
+        calls = set().union(*(_paired_calls(tree) for tree in trees))
+        for pair, call in _PAIRED.items():
+            for p in sorted({p for n, p in calls if n in pair}):
+                out = [b.gep(t, [ir.Constant(I64, k)], inbounds=True) for k in range(2)]
+                b.call(self.declare_paired(call), [tr.load_local(p), *out])
+                for n, o in zip(pair, out, strict=True):
+                    tr.shared[(n, p)] = b.load(o)
+        self.libm.add(fn.name)
+        f = tr.as_double(tr.expr(trees[0]))
+        tr.store_local("f", f)
+        for k, tree in enumerate(trees[1:]):
+            b.store(tr.as_double(tr.expr(tree)), b.gep(t, [ir.Constant(I64, k)], inbounds=True))
+        b.store(f, tr.result)
+        b.branch(tr.exit)
+
+    def declare_paired(self, name: str) -> ir.Function:
+        """The declaration ``void name(double, double *, double *)`` of a paired call."""
+        full = _LIBM_PREFIX + name
+        if full in self.module.globals:
+            return self.module.globals[full]
+        ptr = ir.PointerType(DOUBLE)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [DOUBLE, ptr, ptr]), full)
+        fn.attributes.add("nounwind")
+        return fn
+
 
 class _Translator:
     """Translates one function body (a list of statements) into ``fn``."""
@@ -190,6 +285,8 @@ class _Translator:
         self.exit = fn.append_basic_block("exit")
         self.b = ir.IRBuilder(body)
         self.locals: dict[str, ir.AllocaInstr] = {}
+        # (libm function, parameter) -> its value, computed by a paired call (Library.fused)
+        self.shared: dict[tuple[str, str], ir.Value] = {}
         # Every alloca goes into the entry block, before its branch (what mem2reg promotes).
         self.alloca_builder.position_before(self.alloca_builder.branch(body))
         self.result = self.alloca_builder.alloca(DOUBLE, name="result")
@@ -336,8 +433,13 @@ class _Translator:
         b = self.b
         if e.keywords:
             raise NotImplementedError(f"keyword arguments in {ast.unparse(e)!r}")
-        args = [self.expr(a) for a in e.args]
         f = e.func
+        if isinstance(f, ast.Attribute) and len(e.args) == 1 \
+                and isinstance(e.args[0], ast.Name):
+            shared = self.shared.get((f.attr, e.args[0].id))
+            if shared is not None:
+                return shared
+        args = [self.expr(a) for a in e.args]
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
                 and f.value.id in ("math", "np"):
             name = f.attr
@@ -449,6 +551,8 @@ def _library() -> _Library:
         for j, expr in enumerate(spec.partials):
             if expr not in UNIT_PARTIALS:
                 lib.formula(partial_name(spec, j), [*names, "f"], expr)
+        if stored_partials(spec):
+            lib.fused(spec, names)
     return lib
 
 
