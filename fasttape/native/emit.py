@@ -42,10 +42,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fasttape.native import loops
-from fasttape.native.irtext import (Check, accumulate, imm, partial, powi, powi_exponent,
-                                    stored)
-from fasttape.native.translate import (UNIT_PARTIALS, forward_name, fused_name, fused_width,
-                                       stored_partials)
+from fasttape.native.irtext import Check, accumulate, imm, partial, powi, powi_exponent, stored
+from fasttape.native.translate import (
+    UNIT_PARTIALS,
+    forward_name,
+    fused_name,
+    fused_width,
+    stored_partials,
+)
 from fasttape.ops import OPS
 
 __all__ = ["LOOPS_PER_MODULE", "SHAPES", "Layout", "Piece", "Shape", "cut", "driver_module",

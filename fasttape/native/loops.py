@@ -36,8 +36,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fasttape.native.irtext import Check, accumulate, partial, powi, powi_exponent
-from fasttape.native.translate import (UNIT_PARTIALS, forward_name, fused_name, fused_width,
-                                       stored_partials)
+from fasttape.native.translate import (
+    UNIT_PARTIALS,
+    forward_name,
+    fused_name,
+    fused_width,
+    stored_partials,
+)
 from fasttape.ops import OPS
 
 if TYPE_CHECKING:
