@@ -858,3 +858,19 @@ def test_a_failed_check_in_a_loop_runs_the_safe_sweep():
     assert_same(tape, nt, x)
     x[17:19] = [math.inf, 0.0]
     assert_same(tape, nt, x)
+
+
+def test_a_fast_sweeps_negative_zeros_become_the_interpreters_positive_ones():
+    # %3 = sin(x0), %4 = %3 * x1, %5 = -x2, %6 = %4 + %5: at x1 = -0 the fast sweep's
+    # adjoint of %3 is 1 * -0 = -0 and x0's -0 * cos(x0) = -0, and -(+0) for x2 at a zero
+    # seed; the interpreter's rules leave +0 (no adjoint of theirs is ever -0).
+    tape = ft.Tape.from_arrays([OPS_BY["sin"], OPS_BY["mul"], OPS_BY["neg"], OPS_BY["add"]],
+                               [0, 3, 1, 2, 4, 5], [], [6, 3], 3)
+    for piece_size in (1, 100):
+        nt = native(tape, piece_size=piece_size, cache_entries=False)
+        for x in [(0.5, -0.0, 1.0), (-0.0, -0.0, -0.0), (0.5, 2.0, 0.0)]:
+            assert_same(tape, nt, np.array(x))
+        g = nt.value_and_grad(np.array([0.5, -0.0, 1.0]), output=0)[1]
+        assert np.signbit(g).tolist() == [False, False, True]  # +0, sin(0.5), -1
+        g = nt.value_and_grad(np.array([0.5, -0.0, 1.0]), output=1)[1]
+        assert np.signbit(g).tolist() == [False, False, False]

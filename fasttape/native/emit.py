@@ -557,7 +557,9 @@ def driver_module(lay: Layout, header: str) -> str:
         if lay.seeded(i, -1):
             lines.append(f"  %ag{i} = getelementptr inbounds double, ptr %w, i64 {n_slots + i}")
             lines.append(f"  %vg{i} = load double, ptr %ag{i}")
-            lines.append(f"  store double %vg{i}, ptr %pg{i}")
+            # -0 to +0 (a fast sweep's zeros may carry either sign: irtext.Check)
+            lines.append(f"  %vz{i} = fadd double %vg{i}, 0.0")
+            lines.append(f"  store double %vz{i}, ptr %pg{i}")
         else:
             lines.append(f"  store double 0.0, ptr %pg{i}")
     lines.append(f"  %wi = add i64 %which, {base}")

@@ -96,13 +96,18 @@ def stored(lines: list[str], base: str, index: str, tag: str) -> str:
 class Check:
     """The NaN check of a *fast* reverse sweep (:func:`accumulate` with ``check``).
 
-    A fast sweep drops the interpreter's zero rules and adds every ``g * d``.  That changes a
-    result only where the rules skip a product that is NaN: ``0 * inf``, or a NaN with a zero
-    (a zero product added to an adjoint changes nothing, an adjoint never being ``-0``).  So
-    the sweep sums its products here, in ``LANES`` independent sums (off the adjoints'
-    critical path); the entry point adds the sums of every piece in ``w`` and, when the total
-    is NaN, runs the *safe* sweep (the rules, bitwise the interpreter) from the seeds again.
-    An infinite product or an overflowing sum only costs that second sweep.
+    A fast sweep drops the interpreter's zero rules and adds every ``g * d``; an adjoint's
+    first update is the product itself (``g`` itself for a unit partial, ``-g`` for a
+    negative one), not ``0.0 +`` it.  The interpreter's adjoints start at ``+0`` and are
+    only ever added to, so none is ever ``-0``.  The fast sweep's adjoints differ from them
+    only in the sign of a zero, where a zero product (``g`` or ``d`` zero) met a zero
+    adjoint, unless a product is NaN where the rules skip it: ``0 * inf``, or a NaN with a
+    zero.  The entry point adds ``0.0`` to each gradient entry, which turns ``-0`` into
+    ``+0`` and changes nothing else; and the sweep sums its products here, in ``LANES``
+    independent sums (off the adjoints' critical path).  The entry point adds the sums of
+    every piece in ``w`` and, when the total is NaN, runs the *safe* sweep (the rules,
+    bitwise the interpreter) from the seeds again.  An infinite product or an overflowing
+    sum only costs that second sweep.
 
     ``start``: the lanes' first operands (``0.0``, or a loop's ``phi`` names).
     """
@@ -146,14 +151,18 @@ def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag:
     any other adds ``g * d`` unless ``d`` is zero (never ``0 * inf``); nothing moves where
     ``g`` is zero.  Each condition is a ``select`` on one compare (an ``and`` of two compares
     would be lowered with a branch that splits the basic block).  With ``check``, the fast
-    sweep's update instead (:class:`Check`): no conditions, the product added to ``check``
-    (``nonzero`` unused).
+    sweep's update instead (:class:`Check`): no conditions, no ``0.0 +`` on a first update,
+    the product added to ``check`` (``nonzero`` unused).
     """
     new = f"%n{tag}"
     unit = UNIT_PARTIALS.get(expr)
     if unit is not None:
         op = "fadd" if unit > 0 else "fsub"
-        if cur == "0.0":
+        if cur == "0.0" and check is not None:
+            if unit > 0:
+                return g
+            lines.append(f"  {new} = fneg double {g}")
+        elif cur == "0.0":
             # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select would pick
             # the same bits.
             lines.append(f"  {new} = {op} double 0.0, {g}")
@@ -165,8 +174,10 @@ def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag:
         return new
     lines.append(f"  %m{tag} = fmul double {g}, {d}")
     if check is not None:
-        lines.append(f"  {new} = fadd double {cur}, %m{tag}")
         check.add(lines, f"%m{tag}")
+        if cur == "0.0":
+            return f"%m{tag}"
+        lines.append(f"  {new} = fadd double {cur}, %m{tag}")
         return new
     lines.append(f"  %t{tag} = fadd double {cur}, %m{tag}")
     lines.append(f"  %z{tag} = fcmp une double {d}, 0.0")
