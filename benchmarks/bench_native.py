@@ -41,7 +41,8 @@ from fasttape.bench.peers.ddx_peer import DdxPeer  # noqa: E402
 from fasttape.native import native  # noqa: E402
 
 
-def _tape(family: str, n: int) -> tuple[Any, np.ndarray]:
+def tape_and_point(family: str, n: int) -> tuple[Any, np.ndarray]:
+    """The family's tape of about ``n`` instructions and a point to evaluate it at."""
     if family == "rosenbrock":
         n_vars = families.structured_size("rosenbrock", n)
         return families.rosenbrock(n_vars), families.rosenbrock_point(n_vars)
@@ -85,7 +86,7 @@ def ddx_cells(family: str, n: int, tape: Any, x: np.ndarray, repeat: int,
 def row(family: str, n: int, opt: int | None, repeat: int, ddx: str | None = None,
         loops: bool = True) -> str:
     """One table row (see the module docstring); with ``ddx`` (a folder), ddx-ad's columns."""
-    tape, x = _tape(family, n)
+    tape, x = tape_and_point(family, n)
     nt = native(tape, opt=opt, loops=loops)
     t = time.perf_counter()
     again = native(tape, opt=opt, loops=loops)  # from the cache written just now

@@ -2,24 +2,34 @@
 
 The tape (docs/tape-format.md) is cut into *pieces* (:func:`cut`): its periodic runs become
 loop pieces (:mod:`fasttape.native.loops`), every other stretch straight-line pieces of at
-most ``piece_size`` consecutive instructions.  Each piece becomes two LLVM functions, a
-straight-line piece's each compiled as a module of its own, loop pieces' functions many to a
-module (their compile time is bounded, so the tape's is linear in its length):
+most ``piece_size`` consecutive instructions.  Each piece becomes up to four LLVM functions,
+a straight-line piece's each compiled as a module of its own, loop pieces' functions many to
+a module (their compile time is bounded, so the tape's is linear in its length):
 
 - ``fwd`` evaluates the piece's instructions in order, each op's forward function inlined
-  (:mod:`fasttape.native.translate`), arguments in SSA registers when the piece computed them,
-  constants as immediates, inputs loaded from ``x``, values of earlier pieces loaded from the
-  work array ``w``; every result is stored to ``w[slot]`` (the reverse pieces and the later
-  pieces read it there).  An instruction that no output depends on is not computed.
+  (:mod:`fasttape.native.translate`), arguments in SSA registers when the piece computed them
+  (for as long as the level's :class:`Shape` allows), constants as immediates, inputs loaded
+  from ``x``, values of earlier pieces loaded from the work array ``w``; every result is
+  stored to ``w[slot]`` (the reverse pieces and the later pieces read it there).  An
+  instruction that no output depends on is not computed.  ``sin`` and ``cos`` (the ops with
+  :func:`fasttape.native.translate.stored_partials`) that the reverse sweep reaches compute
+  their value and partial in one ``sincos`` call and store the partial too.
+- ``val``: the same without the stored partials (``sincos`` takes longer than ``sin``
+  alone), for ``value``; only where the piece stores partials (:meth:`Layout.val_name`).
 - ``rev`` walks the piece's instructions last to first and moves each adjoint to its
-  arguments exactly as the interpreter's reverse sweep does (fasttape/kernels/sweep.py): an
-  adjoint that is zero moves nothing (``g == 0: continue``), a unit partial adds or subtracts the
-  adjoint, any other partial is recomputed from the stored values and added as ``g * d`` unless
-  it is zero (``accumulate``: never ``0 * inf``).  Adjoints live in registers inside the piece;
-  one that another piece still updates or reads goes through ``w[n_slots + slot]``.  Which
-  adjoints those are is known from the tape alone, so the work array never needs clearing: an
-  adjoint is loaded only where an earlier-run piece or the seed stored it (a loop piece
-  zeroes the adjoints it reads that nothing stored).
+  arguments, a unit partial adding or subtracting the adjoint, any other partial recomputed
+  from the stored values (or loaded, when stored) and added as ``g * d``: the *fast* sweep,
+  without the zero rules of the interpreter's reverse sweep (fasttape/kernels/sweep.py:
+  a zero adjoint moves nothing, a zero partial adds nothing, so never ``0 * inf``), its
+  products summed in a NaN check (:class:`fasttape.native.irtext.Check`, which says why that
+  gives the interpreter's bits whenever the check passes).
+- ``safe``: the sweep with the zero rules, bitwise the interpreter's, compiled at level 0;
+  ``vg`` runs it, from the seeds again, only when the fast sweep's check fails.
+
+Adjoints live in registers inside a piece; one that another piece still updates or reads
+goes through ``w[n_slots + slot]``.  Which adjoints those are is known from the tape alone,
+so the work array never needs clearing: an adjoint is loaded only where an earlier-run piece
+or the seed stored it (a loop piece zeroes the adjoints it reads that nothing stored).
 
 The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
 ``valueb`` and ``vgb`` call those over the rows of a batch.
@@ -27,11 +37,8 @@ Everything is plain text: the per-instruction work is string formatting, linear 
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
 ``w[2 n_slots : 2 n_slots + n_outputs]`` the output values of the last ``vg`` call, then the
-*stored partials* (``Layout.part_at``): an instruction of an op with
-:func:`fasttape.native.translate.stored_partials` (``sin``, ``cos``) that the reverse sweep
-reaches calls the op's fused function in the forward sweep, one ``sincos`` for the value and
-the partial, which stores the partial there; the reverse sweep loads it instead of calling
-``cos`` again.
+stored partials (``Layout.part_at``: from there, per instruction that stores some), then one
+entry for the fast sweep's check (``Layout.check_at``).
 """
 
 from __future__ import annotations
@@ -299,9 +306,10 @@ class Shape:
 #: instruction on a 2,000-instruction block than on 16-instruction ones) and allocates
 #: registers across blocks; level 0 selects in linear time but spills every register
 #: live across a block boundary or a call to the stack, so there a value is reloaded from
-#: ``w`` (where it is anyway) after one instruction, and blocks are long.  On random graphs
-#: of 10,000 instructions at level 0 that made ``value`` 1.3x and ``value_and_grad`` 1.3x
-#: faster than the level-1 shape (docs/native.md).
+#: ``w`` (where it is anyway) after one instruction, and blocks are long.  Against the
+#: level-1 shape at level 0, A/B in one process: ``value_and_grad`` 27.8 against 37.5 us on
+#: random_local at 10,000 instructions (15.7 against 16.4 on random_uniform, 365 against
+#: 408 us on random_local at 100,000), for 20% more compile time.
 SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=256, adj_window=256,
                                                               block=16))
 
