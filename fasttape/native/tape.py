@@ -128,11 +128,12 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
     for every piece in which at least :data:`LIBM_SHARE_LEVEL0` of the instructions call
     libm (``sin``, ``exp``, ``tanh`` ...).  Such a piece's time goes to the calls, around
     which level 1 has little to schedule (a call clobbers every vector register), so level
-    0's code is about as fast, for 2-3x less compile time: at 10,000 instructions, random
-    graphs (35% libm) ran at 0.20x the interpreter's time at level 0 against 0.18x at level
-    1, for 0.49 s of compiling against 1.57 s, while Rosenbrock and Lennard-Jones (no libm)
-    need level 1 (0.57x and 0.54x; level 0 gave 1.19x and 1.03x).  docs/native.md has the
-    measurements.  The forward and the reverse module of a piece get the same level.
+    0's code is nearly as fast, for half the compile time: at 10,000 instructions, random
+    graphs (35% libm) took 28.9 us at level 0 against 26.2 us at level 1, for 0.82 s of
+    compiling against 1.66 s, while Rosenbrock and Lennard-Jones (no libm) need level 1
+    (18.6 and 19.1 us; level 0 gave 28.4 and 28.8 us).  docs/native.md has the measurements.
+    The modules of a piece get its level, but the safe reverse sweep's (level 0: it runs
+    only when the fast sweep's check fails, :mod:`fasttape.native.emit`).
     """
     size = _piece_size(piece_size)
     n = len(ops)
