@@ -237,6 +237,8 @@ class NativeTape:
         self.levels = levels
         self._n_work = emit.work_size(lay)
         self._n_inputs = tape.n_inputs
+        self._n_outputs = tape.n_outputs
+        self._has_params = tape.n_params > 0
         self._one_output = tape.n_outputs == 1
         self._local = threading.local()
 
@@ -279,9 +281,9 @@ class NativeTape:
 
     def _point(self, x: Any, p: Any) -> np.ndarray:
         tape = self.tape
-        if p is not None or tape.n_params:
+        if p is not None or self._has_params:
             return tape.join_params(x, p)
-        if _plain_point(x, tape.n_inputs):
+        if _plain_point(x, self._n_inputs):
             return x
         xin = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
         if xin.ndim not in (1, 2) or xin.shape[-1] != tape.n_inputs:
@@ -319,7 +321,7 @@ class NativeTape:
         parameters, as for :meth:`fasttape.Tape.value`.
         """
         xin = self._point(x, p)
-        m = self.n_outputs
+        m = self._n_outputs
         if xin.ndim == 2:
             xin = np.ascontiguousarray(xin)
             res = np.empty((xin.shape[0], m))
@@ -343,7 +345,7 @@ class NativeTape:
         return float(res[0]) if m == 1 else res
 
     def _value_one(self, xin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        res = np.empty(self.n_outputs) if out is None else out
+        res = np.empty(self._n_outputs) if out is None else out
         call_value(self._value_address, xin, self._work(), res)  # check_out: C-contiguous float64
         return res
 
