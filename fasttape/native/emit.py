@@ -2,7 +2,7 @@
 
 The tape (docs/tape-format.md) is cut into *pieces* (:func:`cut`): its periodic runs become
 loop pieces (:mod:`fasttape.native.loops`), every other stretch straight-line pieces of at
-most ``piece_size`` consecutive instructions.  Each piece becomes up to four LLVM functions,
+most ``piece_size`` consecutive instructions.  Each piece becomes three or four LLVM functions,
 a straight-line piece's each compiled as a module of its own, loop pieces' functions many to
 a module (their compile time is bounded, so the tape's is linear in its length):
 
@@ -13,9 +13,9 @@ a module (their compile time is bounded, so the tape's is linear in its length):
   stored to ``w[slot]`` (the reverse pieces and the later pieces read it there).  An
   instruction that no output depends on is not computed.  ``sin`` and ``cos`` (the ops with
   :func:`fasttape.native.translate.stored_partials`) that the reverse sweep reaches compute
-  their value and partial in one ``sincos`` call and store the partial too.
-- ``val``: the same without the stored partials (``sincos`` takes longer than ``sin``
-  alone), for ``value``; only where the piece stores partials (:meth:`Layout.val_name`).
+  their value and partial in one ``sincos`` call and store the partial too.  ``value``
+  runs the same function (a loop piece that stores partials has a second one for ``value``,
+  without them: :meth:`Layout.separate_value`).
 - ``rev`` walks the piece's instructions last to first and moves each adjoint to its
   arguments, a unit partial adding or subtracting the adjoint, any other partial recomputed
   from the stored values (or loaded, when stored) and added as ``g * d``: the *fast* sweep,
@@ -206,16 +206,19 @@ class Layout:
     def fwd_name(self, k: int) -> str:
         return f"ft.fwd.{self.tag}.{k}"
 
-    def has_stored(self, k: int) -> bool:
-        """Whether piece ``k`` stores partials (``part_at``): its forward function for
-        ``value`` is then another, which stores none (:meth:`val_name`)."""
+    def separate_value(self, k: int) -> bool:
+        """Whether ``value`` calls a forward function of its own for piece ``k``, one that
+        stores no partials (:meth:`val_name`): for a loop piece that stores some (a
+        ``sincos`` takes longer than a ``sin`` alone: a chain of ``sin`` 109 against 84 us
+        at 10,000 instructions).  A straight-line piece's ``value`` runs its ``fwd``
+        function: a second forward module would add a quarter to the random graphs'
+        compile time, for 7 to 9% of their ``value`` time at 100,000 instructions."""
         piece = self.pieces[k]
-        return bool((self.part_at[piece.lo: piece.hi] >= 0).any())
+        return bool(piece.period) and bool((self.part_at[piece.lo: piece.hi] >= 0).any())
 
     def val_name(self, k: int) -> str:
-        """The forward function of piece ``k`` that ``value`` calls: without the stored
-        partials (a ``sincos`` is slower than the ``sin`` alone) where the piece has some."""
-        return f"ft.val.{self.tag}.{k}" if self.has_stored(k) else self.fwd_name(k)
+        """The forward function of piece ``k`` that ``value`` calls (:meth:`separate_value`)."""
+        return f"ft.val.{self.tag}.{k}" if self.separate_value(k) else self.fwd_name(k)
 
     def rev_name(self, k: int, fast: bool = True) -> str:
         """The fast reverse function of piece ``k`` (:class:`fasttape.native.irtext.Check`),
@@ -331,14 +334,11 @@ def _block(lines: list[str], n: int, block: int) -> None:
         lines.append(f"b{n}:")
 
 
-def _forward(lay: Layout, k: int, level: int, stored: bool = True) -> str:
-    """The forward function of straight-line piece ``k`` for LLVM level ``level``;
-    ``stored``: with the stored partials (for ``vg``), else without
-    (:meth:`Layout.val_name`)."""
+def _forward(lay: Layout, k: int, level: int) -> str:
+    """The forward function of straight-line piece ``k`` for LLVM level ``level``."""
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     sh = shape(level)
-    name = lay.fwd_name(k) if stored else lay.val_name(k)
-    lines = [f'define void @"{name}"(ptr noalias nocapture readonly %x, '
+    lines = [f'define void @"{lay.fwd_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, sh.window)
     ops, args, starts, n_pre = lay.ops, lay.args, lay.starts, lay.n_pre
@@ -356,7 +356,7 @@ def _forward(lay: Layout, k: int, level: int, stored: bool = True) -> str:
         else:
             operands = ", ".join(f"double {refs.value(int(v))}" for v in a)
             v = f"%v{s}"
-            if stored and lay.part_at[i] >= 0:
+            if lay.part_at[i] >= 0:
                 lines.append(f"  %t{s} = getelementptr inbounds double, ptr %w, "
                              f"i64 {lay.part_at[i]}")
                 lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
@@ -463,13 +463,11 @@ LOOPS_PER_MODULE = 64
 
 
 def _module_plan(lay: Layout) -> list[tuple[str, list[int]]]:
-    """Each module as ``(kind, pieces)``: ``fwd``, ``val`` (:meth:`Layout.val_name`) or
-    ``rev`` of one straight-line piece, ``loops`` for the functions of up to
-    :data:`LOOPS_PER_MODULE` loop pieces."""
+    """Each module as ``(kind, pieces)``: ``fwd``, ``rev`` or ``safe`` of one straight-line
+    piece, ``loops`` for the functions of up to :data:`LOOPS_PER_MODULE` loop pieces."""
     straight = [k for k, p in enumerate(lay.pieces) if not p.period]
     looped = [k for k, p in enumerate(lay.pieces) if p.period]
     return ([("fwd", [k]) for k in straight]
-            + [("val", [k]) for k in straight if lay.has_stored(k)]
             + [("rev", [k]) for k in straight]
             + [("safe", [k]) for k in straight]
             + [("loops", looped[m: m + LOOPS_PER_MODULE])
@@ -488,8 +486,6 @@ def piece_modules(lay: Layout, header: str,
         level = max(levels[k] for k in ks)
         if kind == "fwd":
             texts = [_forward(lay, ks[0], level)]
-        elif kind == "val":
-            texts = [_forward(lay, ks[0], level, stored=False)]
         elif kind == "rev":
             texts = [_reverse(lay, ks[0], level)]
         elif kind == "safe":
@@ -501,7 +497,7 @@ def piece_modules(lay: Layout, header: str,
             for k in ks:
                 texts += [loops.forward(lay, k), loops.reverse(lay, k),
                           loops.reverse(lay, k, fast=False)]
-                if lay.has_stored(k):
+                if lay.separate_value(k):
                     texts.append(loops.forward(lay, k, stored=False))
         yield "\n".join([header, *texts, ""]), level
 
@@ -519,7 +515,7 @@ def driver_module(lay: Layout, header: str) -> str:
         decl.append(f'declare void @"{lay.fwd_name(k)}"(ptr, ptr) nounwind')
         decl.append(f'declare void @"{lay.rev_name(k)}"(ptr, ptr) nounwind')
         decl.append(f'declare void @"{lay.rev_name(k, False)}"(ptr, ptr) nounwind')
-        if lay.has_stored(k):
+        if lay.separate_value(k):
             decl.append(f'declare void @"{lay.val_name(k)}"(ptr, ptr) nounwind')
     fwd_calls = [f'  call void @"{lay.fwd_name(k)}"(ptr %x, ptr %w)'
                  for k in range(lay.n_pieces)]
