@@ -826,7 +826,8 @@ def test_a_failed_check_runs_the_safe_sweep():
     fn, arrays = nt.numba_kernel()
     a = tape.to_arrays()
     lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, nt.pieces, "c")
-    w = arrays[2]
+    w = arrays[2]  # numba_kernel's arrays: (entry point, meta, work array, point buffer)
+    assert w.shape == (emit.work_size(lay),)
     grad = np.empty(3)
     for x, failed in [((0.0, 0.0, 1.0), True), ((4.0, 0.0, 1.0), False),
                       ((0.0, 2.0, 1.0), False), ((math.inf, 0.0, 1.0), False),

@@ -206,6 +206,14 @@ class Layout:
     def fwd_name(self, k: int) -> str:
         return f"ft.fwd.{self.tag}.{k}"
 
+    def stored_at(self, i: int, j: int) -> int | None:
+        """Where in ``w`` instruction ``i``'s partial ``j`` is stored (:meth:`_place_partials`;
+        in a loop piece, repetition 0's: repetition ``r``'s is ``r * width`` further), or None
+        when it is not stored."""
+        at = int(self.part_at[i])
+        stored = stored_partials(OPS[int(self.ops[i])])
+        return at + stored.index(j) if at >= 0 and j in stored else None
+
     def separate_value(self, k: int) -> bool:
         """Whether ``value`` calls a forward function of its own for piece ``k``, one that
         stores no partials (:meth:`val_name`): for a loop piece that stores some (a
@@ -435,9 +443,9 @@ def _reverse(lay: Layout, k: int, level: int, fast: bool = True) -> str:
             cur = current(p)
             count += 1
             d = None
-            if lay.part_at[i] >= 0 and j in stored_partials(spec):
-                d = stored(lines, "%w", str(lay.part_at[i] + stored_partials(spec).index(j)),
-                           str(count))
+            at = lay.stored_at(i, j)
+            if at is not None:
+                d = stored(lines, "%w", str(at), str(count))
             elif expr not in UNIT_PARTIALS:
                 n = powi_exponent(spec, a, lay.n_lead, lay.const_list)
                 if n is None and operands is None:

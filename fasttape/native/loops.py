@@ -41,7 +41,6 @@ from fasttape.native.translate import (
     forward_name,
     fused_name,
     fused_width,
-    stored_partials,
 )
 from fasttape.ops import OPS
 
@@ -493,9 +492,9 @@ def reverse(lay: Layout, k: int, fast: bool = True) -> str:
             expr = spec.partials[j]
             count += 1
             dj = None
-            at = int(lay.part_at[piece.lo + q])
-            if at >= 0 and j in stored_partials(spec):
-                dj = body.load("%w", at + stored_partials(spec).index(j), fused_width(spec))
+            at = lay.stored_at(piece.lo + q, j)
+            if at is not None:
+                dj = body.load("%w", at, fused_width(spec))
             elif expr not in UNIT_PARTIALS:
                 if n is None and vals is None:
                     vals = ", ".join(f"double {body.value(vb, vd, None)}"

@@ -434,10 +434,10 @@ class _Translator:
         if e.keywords:
             raise NotImplementedError(f"keyword arguments in {ast.unparse(e)!r}")
         f = e.func
-        if isinstance(f, ast.Attribute) and len(e.args) == 1 \
-                and isinstance(e.args[0], ast.Name):
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
+                and f.value.id == "math" and len(e.args) == 1 and isinstance(e.args[0], ast.Name):
             shared = self.shared.get((f.attr, e.args[0].id))
-            if shared is not None:
+            if shared is not None:  # computed by the paired call at the entry (fused)
                 return shared
         args = [self.expr(a) for a in e.args]
         if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
