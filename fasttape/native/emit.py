@@ -318,9 +318,10 @@ class Shape:
 #: registers across blocks; level 0 selects in linear time but spills every register
 #: live across a block boundary or a call to the stack, so there a value is reloaded from
 #: ``w`` (where it is anyway) after one instruction, and blocks are long.  Against the
-#: level-1 shape at level 0, A/B in one process: ``value_and_grad`` 27.8 against 37.5 us on
-#: random_local at 10,000 instructions (15.7 against 16.4 on random_uniform, 365 against
-#: 408 us on random_local at 100,000), for 20% more compile time.
+#: level-1 shape at level 0 (``python benchmarks/bench_ab_native.py --choices shape``):
+#: ``value_and_grad`` 27.6 against 37.9 us on random_local at 10,000 instructions (15.6
+#: against 16.8 on random_uniform; 367 against 414 us on random_local at 100,000), for
+#: about 10% more compile time.
 SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=256, adj_window=256,
                                                               block=16))
 
