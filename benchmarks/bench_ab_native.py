@@ -9,8 +9,9 @@ alternating rounds (median of ``--repeat`` rounds of 41 calls each); both must g
 interpreter's bits.
 
 ``fast``
-    the fast reverse sweeps (``fasttape.native.irtext.Check``) against sweeps with the
-    interpreter's zero rules in the same pieces.
+    the reverse sweeps without the interpreter's zero rules (``fasttape.native.irtext.Check``)
+    against sweeps with the rules as selects, written here (the tier compiled both, before it
+    let the interpreter take the points where the check fails).
 ``stored``
     ``sin``'s and ``cos``'s partials stored by one ``sincos`` in the forward sweep
     (``Layout.part_at``) against ``cos`` and ``sin`` called again in the reverse sweep.
@@ -39,6 +40,7 @@ if _ROOT not in sys.path:  # run as a script from a checkout without installing
 from bench_native import tape_and_point  # noqa: E402
 
 from fasttape.native import emit, irtext, loops, native  # noqa: E402
+from fasttape.native.translate import UNIT_PARTIALS  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -49,15 +51,32 @@ def _without(choice: str) -> Iterator[None]:
         # id(lines) -> (lines, the compares emitted): the list is kept so its id is not reused
         emitted: dict[int, tuple[list[str], set[str]]] = {}
 
-        def rules(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag: str,
-                  d: str | None, check: Any = None) -> str:
-            # The safe update, under the fast function's name; the fast function emits no
-            # compare of g, so the first update of each instruction adds it.
+        def rules(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str | None,
+                  check: Any) -> str:
+            # The interpreter's rules (fasttape/kernels/sweep.py) as selects: nothing moves
+            # where g is zero, nothing is added where d is; products never reach the check.
+            if g == "0.0":
+                return cur
             done = emitted.setdefault(id(lines), (lines, set()))[1]
-            if check is not None and nonzero not in done:
+            nonzero = f"%nz.{g[1:]}"
+            if nonzero not in done:
                 lines.append(f"  {nonzero} = fcmp une double {g}, 0.0")
                 done.add(nonzero)
-            return keep(lines, expr, g, nonzero, cur, tag, d, None)
+            new, unit = f"%n{tag}", UNIT_PARTIALS.get(expr)
+            if unit is not None:
+                op = "fadd" if unit > 0 else "fsub"
+                if cur == "0.0":  # 0.0 + g or 0.0 - g: what the select would pick
+                    lines.append(f"  {new} = {op} double 0.0, {g}")
+                    return new
+                lines.append(f"  %t{tag} = {op} double {cur}, {g}")
+                lines.append(f"  {new} = select i1 {nonzero}, double %t{tag}, double {cur}")
+                return new
+            lines.append(f"  %m{tag} = fmul double {g}, {d}")
+            lines.append(f"  %t{tag} = fadd double {cur}, %m{tag}")
+            lines.append(f"  %z{tag} = fcmp une double {d}, 0.0")
+            lines.append(f"  %u{tag} = select i1 %z{tag}, double %t{tag}, double {cur}")
+            lines.append(f"  {new} = select i1 {nonzero}, double %u{tag}, double {cur}")
+            return new
 
         emit.accumulate = loops.accumulate = rules
         try:

@@ -774,8 +774,7 @@ def test_sin_and_cos_store_their_partial_in_the_forward_sweep():
         texts[text.split('define void @"ft.')[1].split(".")[0]] = text
     assert "ft.fp.sin" in texts["fwd"] and "ft.fp.cos" in texts["fwd"]
     assert "ft.d0.sin" not in texts["rev"] and "ft.d0.cos" not in texts["rev"]
-    assert "ft.d0.sin" not in texts["safe"]  # the safe sweep loads them too
-    assert set(texts) == {"fwd", "rev", "safe"}  # value runs fwd (Layout.separate_value)
+    assert set(texts) == {"fwd", "rev"}  # value runs fwd (Layout.separate_value)
     nt = native(tape, cache_entries=False)
     # [1e-310, 1e-310, ...]: x1's adjoint 0.0 + sin(x0) * -sin(x1) underflows to -0 in the
     # product, +0 after the sum (an FMA of the two would keep -0).
@@ -808,47 +807,72 @@ def test_sin_and_cos_in_a_loop_store_their_partial(opt):
         assert_same(tape, nt, x)
 
 
-# ---------------------------------------------------------------------- fast and safe sweeps
+# ---------------------------------------------------------------------- the NaN check
 # The reverse pieces run without the zero rules, summing their products in a NaN check; where
-# a product is NaN, the entry point runs the safe pieces (the rules) from the seeds again
+# a product is NaN, every route evaluates that point on the interpreter instead
 # (fasttape/native/irtext.py: Check).
 
+#: %4 = sqrt(x0) (partial inf at 0), %5 = %4 * x1, %6 = %5 + x2 * p0: at x0 = x1 = 0 the
+#: sweep meets 0 * inf, where the interpreter's rule moves nothing.  (point, check fails)
+_CHECKED = [((0.0, 0.0, 1.0), True), ((4.0, 0.0, 1.0), False), ((0.0, 2.0, 1.0), False),
+            ((math.inf, 0.0, 1.0), False), ((math.nan, 1.0, 1.0), True),
+            ((2.0, 3.0, 1.0), False), ((0.0, -0.0, -2.0), True)]
 
-def test_a_failed_check_runs_the_safe_sweep():
-    # %3 = sqrt(x0) (partial inf at 0), %4 = %3 * x1, %5 = %4 + x2: at x0 = x1 = 0 the fast
-    # sweep meets 0 * inf, where the interpreter's rule moves nothing.
+
+def _checked_tape():
+    return ft.Tape.from_arrays([OPS_BY["sqrt"], OPS_BY["mul"], OPS_BY["mul"], OPS_BY["add"]],
+                               [0, 4, 1, 2, 3, 5, 6], [], [7], 3, n_params=1)
+
+
+def test_a_failed_check_falls_back_to_the_interpreter():
     from fasttape.native import machine
 
-    tape = ft.Tape.from_arrays([OPS_BY["sqrt"], OPS_BY["mul"], OPS_BY["add"]],
-                               [0, 3, 1, 4, 2], [], [5], 3)
-    # piece_size 1: three pieces, so the check adds up over functions.
+    tape = _checked_tape()
+    p = np.array([1.5])
+    # piece_size 1: one piece per instruction, so the check adds up over functions.
     nt = native(tape, piece_size=1, cache_entries=False)
-    fn, arrays = nt.numba_kernel()
+    fn, arrays = nt.numba_kernel(p=p)
     a = tape.to_arrays()
-    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, nt.pieces, "c")
-    w = arrays[2]  # numba_kernel's arrays: (entry point, meta, work array, point buffer)
-    assert w.shape == (emit.work_size(lay),)
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 4, nt.pieces, "c")
+    code = nt.machine_code
+    assert code.check_at == lay.check_at and code.n_work == emit.work_size(lay)
+    w = arrays[2]  # numba_kernel's arrays: (entry point, meta, work array, ...)
+    assert w.shape == (code.n_work,)
+    cf = nt.cfunc(p=p)
+    cfr = nt.cfunc(p=p, reentrant=True)
     grad = np.empty(3)
-    for x, failed in [((0.0, 0.0, 1.0), True), ((4.0, 0.0, 1.0), False),
-                      ((0.0, 2.0, 1.0), False), ((math.inf, 0.0, 1.0), False),
-                      ((math.nan, 1.0, 1.0), True), ((2.0, 3.0, 1.0), False)]:
+    for x, failed in _CHECKED:
         x = np.array(x)
-        assert_same(tape, nt, x)
+        assert_same(tape, nt, x, p)
+        v0, g0 = tape.value_and_grad(x, p)
+        ref = bits([v0, *g0])
         v = fn(*arrays, x, grad)
-        v0, g0 = tape.value_and_grad(x)
-        assert np.array_equal(bits([v, *grad]), bits([v0, *g0])), x
-        assert np.isnan(w[lay.check_at]) == failed, (x, w[lay.check_at])
-    texts = {}
-    for text, level in emit.piece_modules(lay, machine.header(), (1, 1, 1)):
-        name = text.split('define void @"ft.')[1].split(".")[0]
-        texts.setdefault(name, []).append((text, level))
-    # The rules (selects) only in the safe pieces of sqrt and mul, compiled at level 0.
-    assert all("select" not in t for t, _ in texts["rev"])
-    assert [("select" in t, level) for t, level in texts["safe"]] == \
-        [(True, 0), (True, 0), (False, 0)]
+        assert np.array_equal(bits([v, *grad]), ref), x
+        assert np.isnan(w[code.check_at]) == failed, (x, w[code.check_at])
+        # a strided x and grad (copied to and from consecutive buffers)
+        xs, gs = np.repeat(x, 2)[::2], np.empty(6)[::2]
+        assert np.array_equal(bits([fn(*arrays, xs, gs), *gs]), ref), x
+        for c in (cf, cfr):
+            f, g = np.empty(1), np.empty(3)
+            assert c.value_and_grad_ctypes(x.ctypes.data, f.ctypes.data, g.ctypes.data) == 0
+            assert np.array_equal(bits([f[0], *g]), ref), x
+    # Batches: failing rows first, last, in a run and alone, over one and two threads.
+    rows = np.array([x for x, _ in _CHECKED] * 3)
+    vals0 = [tape.value_and_grad(r, p) for r in rows]
+    for threads in (1, 2):
+        vals, g = nt.value_and_grad(rows, p, threads=threads)
+        assert np.array_equal(bits(vals), bits([v for v, _ in vals0]))
+        assert np.array_equal(bits(g), bits(np.array([g for _, g in vals0])))
+    # No rules (selects) in any piece, and no second reverse sweep.
+    for level in (0, 1):
+        kinds = []
+        for text, _ in emit.piece_modules(lay, machine.header(), (level,) * lay.n_pieces):
+            kinds.append(text.split('define void @"ft.')[1].split(".")[0])
+            assert "select" not in text
+        assert sorted(set(kinds)) == ["fwd", "rev"]
 
 
-def test_a_failed_check_in_a_loop_runs_the_safe_sweep():
+def test_a_failed_check_in_a_loop_falls_back_to_the_interpreter():
     # Repetition r: sqrt(x_r) * x_{r+1}, summed: a zero x_{r+1} after a zero x_r is 0 * inf.
     n_in, reps = 40, 38
     ops, args = [], []
@@ -860,15 +884,26 @@ def test_a_failed_check_in_a_loop_runs_the_safe_sweep():
     nt = native(tape, cache_entries=False)
     assert nt.n_loops == 1
     x = np.random.default_rng(2).uniform(0.5, 2.0, n_in)
+    fn, arrays = nt.numba_kernel()
     assert_same(tape, nt, x)
     x[17:19] = 0.0
+    grad = np.empty(n_in)
+    v0, g0 = tape.value_and_grad(x)
+    assert np.array_equal(bits([fn(*arrays, x, grad), *grad]), bits([v0, *g0]))
+    assert np.isnan(arrays[2][nt.machine_code.check_at])
+    # Strided views of x and grad, a negative stride too (regression: the machine code read
+    # and wrote consecutive doubles from their first entry's address).
+    for xs in (np.repeat(x, 2)[::2], x[::-1].copy()[::-1]):
+        gs = np.zeros(2 * n_in)
+        assert np.array_equal(bits([fn(*arrays, xs, gs[::-2]), *gs[::-2]]), bits([v0, *g0]))
+        assert not gs[0::2].any()  # nothing written between the entries
     assert_same(tape, nt, x)
     x[17:19] = [math.inf, 0.0]
     assert_same(tape, nt, x)
 
 
-def test_a_fast_sweeps_negative_zeros_become_the_interpreters_positive_ones():
-    # %3 = sin(x0), %4 = %3 * x1, %5 = -x2, %6 = %4 + %5: at x1 = -0 the fast sweep's
+def test_the_sweeps_negative_zeros_become_the_interpreters_positive_ones():
+    # %3 = sin(x0), %4 = %3 * x1, %5 = -x2, %6 = %4 + %5: at x1 = -0 the sweep's
     # adjoint of %3 is 1 * -0 = -0 and x0's -0 * cos(x0) = -0, and -(+0) for x2 at a zero
     # seed; the interpreter's rules leave +0 (no adjoint of theirs is ever -0).
     tape = ft.Tape.from_arrays([OPS_BY["sin"], OPS_BY["mul"], OPS_BY["neg"], OPS_BY["add"]],

@@ -2,7 +2,7 @@
 
 The tape (docs/tape-format.md) is cut into *pieces* (:func:`cut`): its periodic runs become
 loop pieces (:mod:`fasttape.native.loops`), every other stretch straight-line pieces of at
-most ``piece_size`` consecutive instructions.  Each piece becomes three or four LLVM functions,
+most ``piece_size`` consecutive instructions.  Each piece becomes two or three LLVM functions,
 a straight-line piece's each compiled as a module of its own, loop pieces' functions many to
 a module (their compile time is bounded, so the tape's is linear in its length):
 
@@ -18,13 +18,12 @@ a module (their compile time is bounded, so the tape's is linear in its length):
   without them: :meth:`Layout.separate_value`).
 - ``rev`` walks the piece's instructions last to first and moves each adjoint to its
   arguments, a unit partial adding or subtracting the adjoint, any other partial recomputed
-  from the stored values (or loaded, when stored) and added as ``g * d``: the *fast* sweep,
-  without the zero rules of the interpreter's reverse sweep (fasttape/kernels/sweep.py:
-  a zero adjoint moves nothing, a zero partial adds nothing, so never ``0 * inf``), its
-  products summed in a NaN check (:class:`fasttape.native.irtext.Check`, which says why that
-  gives the interpreter's bits whenever the check passes).
-- ``safe``: the sweep with the zero rules, bitwise the interpreter's, compiled at level 0;
-  ``vg`` runs it, from the seeds again, only when the fast sweep's check fails.
+  from the stored values (or loaded, when stored) and added as ``g * d``, without the zero
+  rules of the interpreter's reverse sweep (fasttape/kernels/sweep.py: a zero adjoint moves
+  nothing, a zero partial adds nothing, so never ``0 * inf``), its products summed in a NaN
+  check (:class:`fasttape.native.irtext.Check`, which says why that gives the interpreter's
+  bits whenever the check passes).  Where it fails, the caller evaluates the point on the
+  interpreter instead.
 
 Adjoints live in registers inside a piece; one that another piece still updates or reads
 goes through ``w[n_slots + slot]``.  Which adjoints those are is known from the tape alone,
@@ -32,13 +31,15 @@ so the work array never needs clearing: an adjoint is loaded only where an earli
 or the seed stored it (a loop piece zeroes the adjoints it reads that nothing stored).
 
 The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
-``valueb`` and ``vgb`` call those over the rows of a batch.
+``valueb`` and ``vgb`` call those over the rows of a batch.  After ``vg``, ``w[check_at]``
+is the check: NaN means ``grad`` is not the interpreter's, and the point must be evaluated
+again on the interpreter.
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
 ``w[2 n_slots : 2 n_slots + n_outputs]`` the output values of the last ``vg`` call, then the
 stored partials (``Layout.part_at``: from there, per instruction that stores some), then one
-entry for the fast sweep's check (``Layout.check_at``).
+entry for the reverse sweep's check (``Layout.check_at``).
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class Layout:
                 starts = at + np.concatenate(([0], np.cumsum(width[rows])[:-1]))
                 self.part_at[rows] = starts.astype(np.int64)
                 at += int(width[rows].sum())
-        self.check_at = at  # the fast reverse sweep's NaN check (irtext.Check)
+        self.check_at = at  # the reverse sweep's NaN check (irtext.Check)
         self.n_work = at + 1
 
     def _live(self, nd: np.ndarray) -> np.ndarray:
@@ -228,11 +229,8 @@ class Layout:
         """The forward function of piece ``k`` that ``value`` calls (:meth:`separate_value`)."""
         return f"ft.val.{self.tag}.{k}" if self.separate_value(k) else self.fwd_name(k)
 
-    def rev_name(self, k: int, fast: bool = True) -> str:
-        """The fast reverse function of piece ``k`` (:class:`fasttape.native.irtext.Check`),
-        or with ``fast`` false the safe one, which the entry point runs when the fast
-        sweep's check fails."""
-        return f"ft.{'rev' if fast else 'safe'}.{self.tag}.{k}"
+    def rev_name(self, k: int) -> str:
+        return f"ft.rev.{self.tag}.{k}"
 
 
 def work_size(lay: Layout) -> int:
@@ -379,13 +377,12 @@ def _forward(lay: Layout, k: int, level: int) -> str:
     return "\n".join(lines)
 
 
-def _reverse(lay: Layout, k: int, level: int, fast: bool = True) -> str:
-    """The reverse function of straight-line piece ``k`` for LLVM level ``level``: the fast
-    sweep, or with ``fast`` false the safe one (:meth:`Layout.rev_name`)."""
+def _reverse(lay: Layout, k: int, level: int) -> str:
+    """The reverse function of straight-line piece ``k`` for LLVM level ``level``."""
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     sh = shape(level)
-    check = Check("") if fast else None
-    lines = [f'define void @"{lay.rev_name(k, fast)}"(ptr noalias nocapture readonly %x, '
+    check = Check("")
+    lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, sh.window)
     ops, args, starts, n_pre, n_slots = lay.ops, lay.args, lay.starts, lay.n_pre, lay.n_slots
@@ -434,8 +431,6 @@ def _reverse(lay: Layout, k: int, level: int, fast: bool = True) -> str:
         if not spec.ndiff:
             continue
         a = [int(v) for v in args[starts[i]: starts[i + 1]]]
-        if not fast:
-            lines.append(f"  %g{s} = fcmp une double {g}, 0.0")
         operands: str | None = None
         for j, expr in enumerate(spec.partials):
             p = a[j]
@@ -453,14 +448,13 @@ def _reverse(lay: Layout, k: int, level: int, fast: bool = True) -> str:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 x0 = refs.value(a[0]) if n is not None else ""
                 d = partial(lines, spec, j, operands or "", n, x0, str(count))
-            new = accumulate(lines, expr, g, f"%g{s}", cur, str(count), d, check)
+            new = accumulate(lines, expr, g, cur, str(count), d, check)
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
     # (A spilled one that was not updated again is in w already.)
     for p, name in sorted(adj.items()):
         store(p, name, "a")
-    if check is not None:
-        check.store(lines, lay.check_at)
+    check.store(lines, lay.check_at)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 
@@ -472,13 +466,12 @@ LOOPS_PER_MODULE = 64
 
 
 def _module_plan(lay: Layout) -> list[tuple[str, list[int]]]:
-    """Each module as ``(kind, pieces)``: ``fwd``, ``rev`` or ``safe`` of one straight-line
-    piece, ``loops`` for the functions of up to :data:`LOOPS_PER_MODULE` loop pieces."""
+    """Each module as ``(kind, pieces)``: ``fwd`` or ``rev`` of one straight-line piece,
+    ``loops`` for the functions of up to :data:`LOOPS_PER_MODULE` loop pieces."""
     straight = [k for k, p in enumerate(lay.pieces) if not p.period]
     looped = [k for k, p in enumerate(lay.pieces) if p.period]
     return ([("fwd", [k]) for k in straight]
             + [("rev", [k]) for k in straight]
-            + [("safe", [k]) for k in straight]
             + [("loops", looped[m: m + LOOPS_PER_MODULE])
                for m in range(0, len(looped), LOOPS_PER_MODULE)])
 
@@ -497,15 +490,10 @@ def piece_modules(lay: Layout, header: str,
             texts = [_forward(lay, ks[0], level)]
         elif kind == "rev":
             texts = [_reverse(lay, ks[0], level)]
-        elif kind == "safe":
-            # Run only when a fast sweep's check fails: compiled fast, at level 0.
-            level = 0
-            texts = [_reverse(lay, ks[0], level, fast=False)]
         else:
             texts = [loops.MEMSET]
             for k in ks:
-                texts += [loops.forward(lay, k), loops.reverse(lay, k),
-                          loops.reverse(lay, k, fast=False)]
+                texts += [loops.forward(lay, k), loops.reverse(lay, k)]
                 if lay.separate_value(k):
                     texts.append(loops.forward(lay, k, stored=False))
         yield "\n".join([header, *texts, ""]), level
@@ -523,7 +511,6 @@ def driver_module(lay: Layout, header: str) -> str:
     for k in range(lay.n_pieces):
         decl.append(f'declare void @"{lay.fwd_name(k)}"(ptr, ptr) nounwind')
         decl.append(f'declare void @"{lay.rev_name(k)}"(ptr, ptr) nounwind')
-        decl.append(f'declare void @"{lay.rev_name(k, False)}"(ptr, ptr) nounwind')
         if lay.separate_value(k):
             decl.append(f'declare void @"{lay.val_name(k)}"(ptr, ptr) nounwind')
     fwd_calls = [f'  call void @"{lay.fwd_name(k)}"(ptr %x, ptr %w)'
@@ -550,27 +537,19 @@ def driver_module(lay: Layout, header: str) -> str:
         v = refs.value(int(s))
         lines.append(f"  %ov{j} = getelementptr inbounds double, ptr %w, i64 {base + j}")
         lines.append(f"  store double {v}, ptr %ov{j}")
-    # The fast sweep (irtext.Check), then the safe one from the seeds again if its check
-    # is NaN.
+    # The reverse sweep sums its products into w[check_at] (irtext.Check); the caller reads
+    # it.
     lines.append(f"  %ckp = getelementptr inbounds double, ptr %w, i64 {lay.check_at}")
     lines.append("  store double 0.0, ptr %ckp")
-    _seeds(lay, lines, "f")
+    _seeds(lay, lines)
     lines += [f'  call void @"{lay.rev_name(k)}"(ptr %x, ptr %w)'
               for k in range(lay.n_pieces - 1, -1, -1)]
-    lines.append("  %ck = load double, ptr %ckp")
-    lines.append("  %ckbad = fcmp uno double %ck, 0.0")
-    lines.append("  br i1 %ckbad, label %safe, label %gradient")
-    lines.append("safe:")
-    _seeds(lay, lines, "s")
-    lines += [f'  call void @"{lay.rev_name(k, False)}"(ptr %x, ptr %w)'
-              for k in range(lay.n_pieces - 1, -1, -1)]
-    lines += ["  br label %gradient", "gradient:"]
     for i in range(lay.n_inputs):
         lines.append(f"  %pg{i} = getelementptr inbounds double, ptr %grad, i64 {i}")
         if lay.seeded(i, -1):
             lines.append(f"  %ag{i} = getelementptr inbounds double, ptr %w, i64 {n_slots + i}")
             lines.append(f"  %vg{i} = load double, ptr %ag{i}")
-            # -0 to +0 (a fast sweep's zeros may carry either sign: irtext.Check)
+            # -0 to +0 (the sweep's zeros may carry either sign: irtext.Check)
             lines.append(f"  %vz{i} = fadd double %vg{i}, 0.0")
             lines.append(f"  store double %vz{i}, ptr %pg{i}")
         else:
@@ -583,59 +562,71 @@ def driver_module(lay: Layout, header: str) -> str:
     return "\n".join([header, *decl, *lines, ""])
 
 
-def _seeds(lay: Layout, lines: list[str], tag: str) -> None:
+def _seeds(lay: Layout, lines: list[str]) -> None:
     """Store the seeds: 1.0 for the slot of output ``%which``, 0.0 for every other output
-    slot (``tag`` keeps the names of two copies apart)."""
+    slot."""
     for s in sorted(lay.output_slots):
         js = [j for j, o in enumerate(lay.outputs) if int(o) == s]
         for j in js:
-            lines.append(f"  %e{tag}{s}.{j} = icmp eq i64 %which, {j}")
-        cond = f"%e{tag}{s}.{js[0]}"
+            lines.append(f"  %e{s}.{j} = icmp eq i64 %which, {j}")
+        cond = f"%e{s}.{js[0]}"
         for n, j in enumerate(js[1:]):
-            lines.append(f"  %eo{tag}{s}.{n} = or i1 {cond}, %e{tag}{s}.{j}")
-            cond = f"%eo{tag}{s}.{n}"
-        lines.append(f"  %sd{tag}{s} = select i1 {cond}, double 1.0, double 0.0")
-        lines.append(f"  %ps{tag}{s} = getelementptr inbounds double, ptr %w, "
+            lines.append(f"  %eo{s}.{n} = or i1 {cond}, %e{s}.{j}")
+            cond = f"%eo{s}.{n}"
+        lines.append(f"  %sd{s} = select i1 {cond}, double 1.0, double 0.0")
+        lines.append(f"  %ps{s} = getelementptr inbounds double, ptr %w, "
                      f"i64 {lay.n_slots + s}")
-        lines.append(f"  store double %sd{tag}{s}, ptr %ps{tag}{s}")
+        lines.append(f"  store double %sd{s}, ptr %ps{s}")
 
 
 def _batch_loops(lay: Layout) -> list[str]:
-    """``valueb(x, w, out, n)`` and ``vgb(x, w, grad, which, vals, n)``: the single-point
-    entry points over ``n`` consecutive rows of ``x`` (one call per chunk of a batch, so the
-    caller's thread holds no lock while the rows run)."""
+    """``valueb(x, w, out, n)`` and ``vgb(x, w, grad, which, vals, n) -> rows``: the
+    single-point entry points over ``n`` consecutive rows of ``x`` (one call per chunk of a
+    batch, so the caller's thread holds no lock while the rows run).  ``vgb`` stops at the
+    first row whose check fails (:class:`fasttape.native.irtext.Check`) and returns its
+    index (``n`` when none does): the caller evaluates that row on the interpreter and calls
+    again from the next."""
     tag, lead, n_in, m = lay.tag, lay.n_lead, lay.n_inputs, len(lay.outputs)
 
-    def loop(name: str, params: str, body: list[str]) -> list[str]:
+    def loop(ret: str, name: str, params: str, body: list[str]) -> list[str]:
+        # ``body`` ends in a branch to %next, or to %done with the row's index.
+        done = "  ret void" if ret == "void" else "  %rows = phi i64 [ 0, %entry ], " \
+            "[ %i, %row ], [ %n, %next ]\n  ret i64 %rows"
         return [
-            f'define void @"{name}"({params}, i64 %n) nounwind {{',
+            f'define {ret} @"{name}"({params}, i64 %n) nounwind {{',
             "entry:",
             "  %empty = icmp sle i64 %n, 0",
             "  br i1 %empty, label %done, label %row",
             "row:",
-            "  %i = phi i64 [ 0, %entry ], [ %next, %row ]",
+            "  %i = phi i64 [ 0, %entry ], [ %i1, %next ]",
             f"  %xo = mul i64 %i, {lead}",
             "  %xi = getelementptr inbounds double, ptr %x, i64 %xo",
             *body,
-            "  %next = add i64 %i, 1",
-            "  %more = icmp slt i64 %next, %n",
+            "next:",
+            "  %i1 = add i64 %i, 1",
+            "  %more = icmp slt i64 %i1, %n",
             "  br i1 %more, label %row, label %done",
             "done:",
-            "  ret void",
+            done,
             "}",
         ]
 
     return [
-        *loop(f"ft.valueb.{tag}", "ptr %x, ptr %w, ptr %out", [
+        *loop("void", f"ft.valueb.{tag}", "ptr %x, ptr %w, ptr %out", [
             f"  %oo = mul i64 %i, {m}",
             "  %oi = getelementptr inbounds double, ptr %out, i64 %oo",
             f'  call void @"ft.value.{tag}"(ptr %xi, ptr %w, ptr %oi)',
+            "  br label %next",
         ]),
-        *loop(f"ft.vgb.{tag}", "ptr %x, ptr %w, ptr %grad, i64 %which, ptr %vals", [
+        *loop("i64", f"ft.vgb.{tag}", "ptr %x, ptr %w, ptr %grad, i64 %which, ptr %vals", [
             f"  %go = mul i64 %i, {n_in}",
             "  %gi = getelementptr inbounds double, ptr %grad, i64 %go",
             f'  %v = call double @"ft.vg.{tag}"(ptr %xi, ptr %w, ptr %gi, i64 %which)',
             "  %vi = getelementptr inbounds double, ptr %vals, i64 %i",
             "  store double %v, ptr %vi",
+            f"  %ckp = getelementptr inbounds double, ptr %w, i64 {lay.check_at}",
+            "  %ck = load double, ptr %ckp",
+            "  %ckbad = fcmp uno double %ck, 0.0",
+            "  br i1 %ckbad, label %done, label %next",
         ]),
     ]

@@ -6,12 +6,19 @@ shapes of the interpreter's (:mod:`fasttape.embed.numba_api`, :mod:`fasttape.emb
 
 - ``fn, arrays = native.numba_kernel()``, then ``fn(*arrays, x, grad)`` in a jitted loop.
   ``arrays`` carries the entry point (a ctypes function: Numba calls its address), the work
-  array and a read-only record of the counts; ``fn`` checks every array's length (and the
-  work array's address) before the call, so a wrong one raises ``ValueError`` instead of
-  writing out of bounds.
+  array, a read-only record of the counts and, for ``value_and_grad``, the fallback below
+  and its one-value buffer; ``fn`` checks every array's length (and the work array's
+  address) before the call, so a wrong one raises ``ValueError`` instead of writing out of
+  bounds.  A strided ``x``, ``grad`` or ``out`` is copied to or from a contiguous buffer (the
+  machine code reads and writes consecutive doubles).
 - ``cf = native.cfunc()``: ``int32_t value_and_grad(const double *x, double *f, double
   *grad)`` at ``cf.value_and_grad_address``, a tiny Numba ``cfunc`` with the entry point, the
   work array and the output baked in (compiled per call of ``cfunc()``, about 0.1 s).
+
+Where the machine code's NaN check fails (a product ``0 * inf`` or NaN in the reverse sweep,
+:class:`fasttape.native.irtext.Check`), both evaluate that point again on the interpreter,
+through its C pointer (:mod:`fasttape.embed.cabi`, a context this module owns), so every
+result is the interpreter's.
 
 Parameters are joined to ``x`` in a buffer these objects own (``p=`` when they are made;
 ``set_params`` on the C one).  Both share one work array per object: one thread at a time,
@@ -29,7 +36,7 @@ import numba
 import numpy as np
 from numba import types
 
-from fasttape.embed.cabi import keeping, void_ptr
+from fasttape.embed.cabi import CFunction, cfunction, keeping, void_ptr
 from fasttape.embed.numba_api import NumbaKernel, check_buffer, check_vector
 from fasttape.kernels.jit import cfunc
 from fasttape.kernels.jit import kernel as _kernel
@@ -39,8 +46,21 @@ __all__ = ["NATIVE_KINDS", "NativeCFunction", "native_cfunction", "native_numba_
 #: The kinds of :func:`native_numba_kernel`.
 NATIVE_KINDS = ("value_and_grad", "value", "values")
 
-_META = ("n_inputs", "n_params", "n_outputs", "which", "n_work", "work_address")
-_NIN, _NP, _NOUT, _WHICH, _NWORK, _AWORK = range(len(_META))
+_META = ("n_inputs", "n_params", "n_outputs", "which", "n_work", "work_address", "check_at",
+         "fallback_context")
+_NIN, _NP, _NOUT, _WHICH, _NWORK, _AWORK, _CHECK, _FBCTX = range(len(_META))
+
+#: ``int32_t f(const double *x, double *f, double *grad, void *user_data)``: the
+#: interpreter's shared C pointer (:attr:`fasttape.embed.cabi.CFunction.
+#: value_and_grad_user_data_address`), as the fallback of a failed check.
+_FALLBACK = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p)
+
+
+def _fallback(interpreted: CFunction) -> Any:
+    """The interpreter's shared ``value_and_grad`` pointer as a ctypes function, keeping
+    ``interpreted`` (whose context it is called with) alive."""
+    return keeping(_FALLBACK(interpreted.value_and_grad_user_data_address), interpreted)
 
 
 @_kernel
@@ -55,7 +75,7 @@ def _checked(meta, w, xp, x):
                          "native.numba_kernel(); pass its arrays unchanged")
     check_vector(x, "x", meta[_NIN], "the tape's n_inputs")
     if meta[_NP] == 0:
-        return x
+        return x if x.strides[0] == 8 else np.ascontiguousarray(x)
     check_buffer(xp, "xp", meta[_NIN] + meta[_NP], "n_inputs + n_params")
     for i in range(meta[_NIN]):
         xp[i] = x[i]
@@ -63,17 +83,35 @@ def _checked(meta, w, xp, x):
 
 
 @_kernel
-def _value_and_grad(fn, meta, w, xp, x, grad):
+def _contiguous(a):
+    # ``a`` itself, or a new buffer of its length where its entries are not consecutive.
+    return a if a.strides[0] == 8 else np.empty(a.shape[0])
+
+
+@_kernel
+def _value_and_grad(fn, meta, w, xp, fallback, f, x, grad):
     point = _checked(meta, w, xp, x)
     check_buffer(grad, "grad", meta[_NIN], "the tape's n_inputs")
-    return fn(point.ctypes.data, w.ctypes.data, grad.ctypes.data, meta[_WHICH])
+    check_buffer(f, "f", 1, "one value")
+    g = _contiguous(grad)
+    v = fn(point.ctypes.data, w.ctypes.data, g.ctypes.data, meta[_WHICH])
+    if np.isnan(w[meta[_CHECK]]):  # on the interpreter (the module docstring)
+        # point: x first (its parameters, if any, the fallback joins itself).
+        fallback(point.ctypes.data, f.ctypes.data, g.ctypes.data, meta[_FBCTX])
+        v = f[0]
+    if grad.strides[0] != 8:
+        grad[:] = g
+    return v
 
 
 @_kernel
 def _values(fn, meta, w, xp, x, out):
     point = _checked(meta, w, xp, x)
     check_buffer(out, "out", meta[_NOUT], "the tape's n_outputs")
-    fn(point.ctypes.data, w.ctypes.data, out.ctypes.data)
+    o = _contiguous(out)
+    fn(point.ctypes.data, w.ctypes.data, o.ctypes.data)
+    if out.strides[0] != 8:
+        out[:] = o
 
 
 @_kernel
@@ -116,11 +154,14 @@ def native_numba_kernel(native: Any, kind: str = "value_and_grad", *,
     which = 0 if kind == "values" and output is None else tape.output_index(output)
     w = np.zeros(code.n_work)
     xp = _point_buffer(native, p)
+    interpreted = cfunction(tape, output=which, p=p) if kind == "value_and_grad" else None
     meta = np.array([tape.n_inputs, tape.n_params, tape.n_outputs, which, code.n_work,
-                     w.ctypes.data], dtype=np.int64)
+                     w.ctypes.data, code.check_at,
+                     0 if interpreted is None else interpreted.user_data], dtype=np.int64)
     meta.flags.writeable = False
-    if kind == "value_and_grad":
-        return NumbaKernel(_value_and_grad, (code.vg, meta, w, xp))
+    if interpreted is not None:
+        return NumbaKernel(_value_and_grad, (code.vg, meta, w, xp, _fallback(interpreted),
+                                             np.empty(1)))
     if kind == "values":
         return NumbaKernel(_values, (code.value, meta, w, xp))
     return NumbaKernel(_value, (code.value, meta, w, xp, np.empty(tape.n_outputs)))
@@ -133,7 +174,7 @@ _VG_SIG = types.int32(types.CPointer(types.float64), types.CPointer(types.float6
 
 
 def _compile(vg: Any, n_in: int, n_p: int, n_work: int, which: int, work: int, xp: int,
-             reentrant: bool) -> Any:
+             reentrant: bool, check_at: int, fallback: Any, context: int) -> Any:
     # Everything but the three pointers is a compile-time constant of this wrapper.
     n_lead = n_in + n_p
 
@@ -152,6 +193,9 @@ def _compile(vg: Any, n_in: int, n_p: int, n_work: int, which: int, work: int, x
             x = joined
         grad = numba.carray(gptr, n_in)
         fptr[0] = vg(x.ctypes.data, w.ctypes.data, grad.ctypes.data, which)
+        if np.isnan(w[check_at]):  # on the interpreter (the module docstring)
+            return fallback(numba.carray(xptr, n_in).ctypes.data,
+                            numba.carray(fptr, 1).ctypes.data, grad.ctypes.data, context)
         return 0
 
     return cfunc(_VG_SIG, cache=False)(value_and_grad)
@@ -174,8 +218,12 @@ class NativeCFunction:
         self._reentrant = bool(reentrant)
         self._w = np.zeros(code.n_work)
         self._xp = _point_buffer(native, p)
+        self._interpreted = cfunction(tape, output=self._output, reentrant=self._reentrant,
+                                      p=p)
+        self._fallback = _fallback(self._interpreted)
         self._fn = _compile(code.vg, tape.n_inputs, tape.n_params, code.n_work, self._output,
-                            self._w.ctypes.data, self._xp.ctypes.data, self._reentrant)
+                            self._w.ctypes.data, self._xp.ctypes.data, self._reentrant,
+                            code.check_at, self._fallback, self._interpreted.user_data)
 
     native = property(operator.attrgetter("_native"), doc="The native tape it runs.")
     output = property(operator.attrgetter("_output"), doc="The output it evaluates.")
@@ -185,6 +233,7 @@ class NativeCFunction:
     def set_params(self, p: Any) -> None:
         """New parameters for the next calls (checked); not synchronised with running calls."""
         self._xp[:] = _point_buffer(self._native, p)
+        self._interpreted.set_params(p)
 
     @property
     def value_and_grad_address(self) -> int:

@@ -94,20 +94,21 @@ def stored(lines: list[str], base: str, index: str, tag: str) -> str:
 
 
 class Check:
-    """The NaN check of a *fast* reverse sweep (:func:`accumulate` with ``check``).
+    """The NaN check of a reverse sweep (:func:`accumulate`).
 
-    A fast sweep drops the interpreter's zero rules and adds every ``g * d``; an adjoint's
-    first update is the product itself (``g`` itself for a unit partial, ``-g`` for a
-    negative one), not ``0.0 +`` it.  The interpreter's adjoints start at ``+0`` and are
-    only ever added to, so none is ever ``-0``.  The fast sweep's adjoints differ from them
-    only in the sign of a zero, where a zero product (``g`` or ``d`` zero) met a zero
-    adjoint, unless a product is NaN where the rules skip it: ``0 * inf``, or a NaN with a
-    zero.  The entry point adds ``0.0`` to each gradient entry, which turns ``-0`` into
-    ``+0`` and changes nothing else; and the sweep sums its products here, in ``LANES``
-    independent sums (off the adjoints' critical path).  The entry point adds the sums of
-    every piece in ``w`` and, when the total is NaN, runs the *safe* sweep (the rules,
-    bitwise the interpreter) from the seeds again.  An infinite product or an overflowing
-    sum only costs that second sweep.
+    The native reverse sweep drops the interpreter's zero rules (fasttape/kernels/sweep.py:
+    a zero adjoint moves nothing, a zero partial adds nothing) and adds every ``g * d``; an
+    adjoint's first update is the product itself (``g`` itself for a unit partial, ``-g``
+    for a negative one), not ``0.0 +`` it.  The interpreter's adjoints start at ``+0`` and
+    are only ever added to, so none is ever ``-0``.  The native sweep's adjoints differ
+    from them only in the sign of a zero, where a zero product (``g`` or ``d`` zero) met a
+    zero adjoint, unless a product is NaN where the rules skip it: ``0 * inf``, or a NaN
+    with a zero.  The entry point adds ``0.0`` to each gradient entry, which turns ``-0``
+    into ``+0`` and changes nothing else; and the sweep sums its products here, in
+    ``LANES`` independent sums (off the adjoints' critical path), added into ``w``.  When
+    the total is NaN, the caller evaluates that point again on the interpreter
+    (:mod:`fasttape.native.tape`, :mod:`fasttape.native.entry`); an infinite product or an
+    overflowing sum only costs that second evaluation.
 
     ``start``: the lanes' first operands (``0.0``, or a loop's ``phi`` names).
     """
@@ -141,46 +142,31 @@ class Check:
         lines.append(f"  store double {total}, ptr %ckp{self.tag}")
 
 
-def accumulate(lines: list[str], expr: str, g: str, nonzero: str, cur: str, tag: str,
-               d: str | None, check: Check | None = None) -> str:
-    """Emit one adjoint update of the interpreter's reverse sweep; returns the new adjoint.
+def accumulate(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str | None,
+               check: Check) -> str:
+    """Emit one adjoint update of the reverse sweep; returns the new adjoint.
 
     ``cur`` is the argument's adjoint so far (``"0.0"`` where nothing reached it yet), ``g``
-    the instruction's adjoint and ``nonzero`` the ``i1`` of ``g != 0``.  A unit partial
-    (``expr`` in :data:`fasttape.native.translate.UNIT_PARTIALS`) adds or subtracts ``g``;
-    any other adds ``g * d`` unless ``d`` is zero (never ``0 * inf``); nothing moves where
-    ``g`` is zero.  Each condition is a ``select`` on one compare (an ``and`` of two compares
-    would be lowered with a branch that splits the basic block).  With ``check``, the fast
-    sweep's update instead (:class:`Check`): no conditions, no ``0.0 +`` on a first update,
-    the product added to ``check`` (``nonzero`` unused).
+    the instruction's adjoint.  A unit partial (``expr`` in
+    :data:`fasttape.native.translate.UNIT_PARTIALS`) adds or subtracts ``g``; any other adds
+    ``g * d`` (``d``: the partial's operand) and adds the product to ``check``.  No
+    condition, and no ``0.0 +`` on a first update (:class:`Check` says why that is the
+    interpreter's result whenever the check passes).
     """
     new = f"%n{tag}"
     unit = UNIT_PARTIALS.get(expr)
     if unit is not None:
-        op = "fadd" if unit > 0 else "fsub"
-        if cur == "0.0" and check is not None:
+        if cur == "0.0":
             if unit > 0:
                 return g
             lines.append(f"  {new} = fneg double {g}")
-        elif cur == "0.0":
-            # 0.0 + g and 0.0 - g are 0.0 (not -0.0) for a zero g: the select would pick
-            # the same bits.
-            lines.append(f"  {new} = {op} double 0.0, {g}")
-        elif check is not None:
-            lines.append(f"  {new} = {op} double {cur}, {g}")
         else:
-            lines.append(f"  %t{tag} = {op} double {cur}, {g}")
-            lines.append(f"  {new} = select i1 {nonzero}, double %t{tag}, double {cur}")
+            op = "fadd" if unit > 0 else "fsub"
+            lines.append(f"  {new} = {op} double {cur}, {g}")
         return new
     lines.append(f"  %m{tag} = fmul double {g}, {d}")
-    if check is not None:
-        check.add(lines, f"%m{tag}")
-        if cur == "0.0":
-            return f"%m{tag}"
-        lines.append(f"  {new} = fadd double {cur}, %m{tag}")
-        return new
-    lines.append(f"  %t{tag} = fadd double {cur}, %m{tag}")
-    lines.append(f"  %z{tag} = fcmp une double {d}, 0.0")
-    lines.append(f"  %u{tag} = select i1 %z{tag}, double %t{tag}, double {cur}")
-    lines.append(f"  {new} = select i1 {nonzero}, double %u{tag}, double {cur}")
+    check.add(lines, f"%m{tag}")
+    if cur == "0.0":
+        return f"%m{tag}"
+    lines.append(f"  {new} = fadd double {cur}, %m{tag}")
     return new

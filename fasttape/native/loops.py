@@ -443,13 +443,13 @@ def _counted(m: str, count: int, body: list[str]) -> list[str]:
     ]
 
 
-def reverse(lay: Layout, k: int, fast: bool = True) -> str:
+def reverse(lay: Layout, k: int) -> str:
     """The reverse function of loop piece ``k``: repetitions last to first, each body's
-    instructions last to first, each adjoint where :class:`_Adjoints` keeps it; the fast
-    sweep, its check's lanes carried from one repetition to the next, or with ``fast`` false
-    the safe one (``Layout.rev_name``)."""
+    instructions last to first, each adjoint where :class:`_Adjoints` keeps it, the NaN
+    check's lanes (:class:`fasttape.native.irtext.Check`) carried from one repetition to
+    the next."""
     piece = lay.pieces[k]
-    check = Check("L", [f"%ckin{lane}" for lane in range(Check.LANES)]) if fast else None
+    check = Check("L", [f"%ckin{lane}" for lane in range(Check.LANES)])
     lines: list[str] = []
     body = _Body(lay, k, lines)
     adjs = _Adjoints(lay, k, body)
@@ -483,8 +483,6 @@ def reverse(lay: Layout, k: int, fast: bool = True) -> str:
             continue
         g, _ = current(res)
         held.pop(res, None)
-        if not fast:
-            lines.append(f"  %gz{q} = fcmp une double {g}, 0.0")
         vals = None
         n = powi_exponent(spec, [b for b, _ in operands], lay.n_lead, lay.const_list)
         for j in targets:
@@ -502,7 +500,7 @@ def reverse(lay: Layout, k: int, fast: bool = True) -> str:
                 x0 = body.value(*operands[0], None) if n is not None else ""
                 dj = partial(lines, spec, j, vals or "", n, x0, f"{q}.{count}")
             cur, pa = current(key)
-            new = accumulate(lines, expr, g, f"%gz{q}", cur, f"{q}.{count}", dj, check)
+            new = accumulate(lines, expr, g, cur, f"{q}.{count}", dj, check)
             if pa is not None:
                 lines.append(f"  store double {new}, ptr {pa}")
             else:
@@ -528,9 +526,9 @@ def reverse(lay: Layout, k: int, fast: bool = True) -> str:
         epilogue.append(f"  %ae{q}.p = getelementptr inbounds double, ptr %w, i64 "
                         f"{lay.n_slots + arg[0]}")
         epilogue.append(f"  store double {last}, ptr %ae{q}.p")
-    if check is not None and check.count:
+    if check.count:
         phis += [f"  {start} = phi double [ 0.0, %start ], [ {lane}, %body ]"
                  for start, lane in zip(check.start, check.lanes, strict=True)]
         check.store(epilogue, lay.check_at)
-    return "\n".join([*tables, _loop(lay, lay.rev_name(k, fast), adjs.reps - 1, 0, prologue,
+    return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue,
                                      lines, phis, epilogue)])

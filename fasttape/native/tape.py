@@ -42,7 +42,7 @@ _VG = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p, ctypes
                        ctypes.c_int64)
 _VALUEB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_int64)
-_VGB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+_VGB = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
 
 def _plain_point(x: Any, n: int) -> bool:
@@ -54,11 +54,16 @@ def _plain_point(x: Any, n: int) -> bool:
 
 class MachineCode(NamedTuple):
     """A native tape's entry points: ``value(x, w, out)``, ``vg(x, w, grad, which) ->
-    value`` (ctypes functions taking addresses) and the work array's length ``n_work``."""
+    value`` (ctypes functions taking addresses), the work array's length ``n_work``, and
+    ``check_at``: after ``vg``, ``w[check_at]`` is NaN where the machine code's gradient is
+    not the interpreter's (a product ``0 * inf`` or NaN, :class:`fasttape.native.irtext.Check`);
+    evaluate that point on the interpreter instead, as :class:`NativeTape` and
+    :mod:`fasttape.native.entry` do."""
 
     value: Any
     vg: Any
     n_work: int
+    check_at: int
 
 
 def interpreted(name: str, doc: str) -> property:
@@ -132,8 +137,6 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
     graphs (35% libm) took 28.9 us at level 0 against 26.2 us at level 1, for 0.82 s of
     compiling against 1.66 s, while Rosenbrock and Lennard-Jones (no libm) need level 1
     (18.6 and 19.1 us; level 0 gave 28.4 and 28.8 us).  docs/native.md has the measurements.
-    The modules of a piece get its level, but the safe reverse sweep's (level 0: it runs
-    only when the fast sweep's check fails, :mod:`fasttape.native.emit`).
     """
     size = _piece_size(piece_size)
     n = len(ops)
@@ -236,6 +239,7 @@ class NativeTape:
         self.n_loops = sum(1 for piece in lay.pieces if piece.period)
         self.levels = levels
         self._n_work = emit.work_size(lay)
+        self._check_at = lay.check_at
         self._n_inputs = tape.n_inputs
         self._n_outputs = tape.n_outputs
         self._has_params = tape.n_params > 0
@@ -246,7 +250,7 @@ class NativeTape:
     def machine_code(self) -> MachineCode:
         """The compiled entry points (ctypes functions) and the work array's length, for
         embedding (:mod:`fasttape.native.entry`); valid while this tape is alive."""
-        return MachineCode(self._value, self._vg, self._n_work)
+        return MachineCode(self._value, self._vg, self._n_work, self._check_at)
 
     def numba_kernel(self, kind: str = "value_and_grad", *, output: int | None = None,
                      p: Any = None) -> Any:
@@ -366,8 +370,14 @@ class NativeTape:
             xs, gs = xin.strides[0], 8 * n
 
             def run(lo: int, hi: int) -> None:
-                self._vgb(xin.ctypes.data + lo * xs, self._work().ctypes.data,
-                          g.ctypes.data + lo * gs, which, vals.ctypes.data + 8 * lo, hi - lo)
+                w = self._work()
+                while lo < hi:
+                    lo += self._vgb(xin.ctypes.data + lo * xs, w.ctypes.data,
+                                    g.ctypes.data + lo * gs, which, vals.ctypes.data + 8 * lo,
+                                    hi - lo)
+                    if lo < hi:  # row lo's check failed (emit._batch_loops)
+                        vals[lo] = self._interpreted(xin[lo], which, g[lo])
+                        lo += 1
 
             self._chunks(b, threads, run)
             return vals, g
@@ -378,7 +388,20 @@ class NativeTape:
 
     def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
-        return call_vg(self._vg_address, xin, self._work(), grad, which)
+        w = self._work()
+        v = call_vg(self._vg_address, xin, w, grad, which, self._check_at)
+        if v != v and w[self._check_at] != w[self._check_at]:
+            return self._interpreted(xin, which, grad)
+        return v
+
+    def _interpreted(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
+        """``value_and_grad`` of the point ``xin`` (inputs and parameters joined) on the
+        interpreter, into ``grad``: for a point where the machine code's check failed
+        (:class:`fasttape.native.irtext.Check`), rare enough that the interpreter's speed
+        does not matter, and bitwise what the machine code would give where it passes."""
+        n = self._n_inputs
+        p = xin[n:] if self._has_params else None
+        return self.tape.value_and_grad(xin[:n], p, output=which, out=grad)[0]
 
     def grad(self, x: Any, p: Any = None, *, output: int | None = None,
              out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
