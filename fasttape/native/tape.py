@@ -133,10 +133,10 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
     for every piece in which at least :data:`LIBM_SHARE_LEVEL0` of the instructions call
     libm (``sin``, ``exp``, ``tanh`` ...).  Such a piece's time goes to the calls, around
     which level 1 has little to schedule (a call clobbers every vector register), so level
-    0's code is nearly as fast, for half the compile time: at 10,000 instructions, random
-    graphs (35% libm) took 28.9 us at level 0 against 26.2 us at level 1, for 0.82 s of
-    compiling against 1.66 s, while Rosenbrock and Lennard-Jones (no libm) need level 1
-    (18.6 and 19.1 us; level 0 gave 28.4 and 28.8 us).  docs/native.md has the measurements.
+    0's code is nearly as fast, for a fraction of the compile time: at 10,000 instructions,
+    random graphs (35% libm) took 28.3 us at level 0 against 26.4 us at level 1, for 0.44 s
+    of compiling against 1.59 s, while Rosenbrock and Lennard-Jones (no libm) need level 1
+    (17.5 and 18.1 us; level 0 gave 27.3 and 27.6 us).  docs/native.md has the measurements.
     """
     size = _piece_size(piece_size)
     n = len(ops)
