@@ -115,10 +115,8 @@ def compile_module(text: str, level: int, with_library: bool = True) -> bytes:
     """Object code of one IR module.
 
     ``level`` 0 and 1 only inline the (already optimized) op library: the pieces are
-    straight-line code the emitter wrote with nothing left to simplify, and a pass like
-    instcombine would merge the two selects of an adjoint update into one select on an
-    ``and`` of two compares, which x86 can only lower with a branch, splitting the block
-    (quadratic in the block's length).  Code generation uses LLVM's fast instruction
+    straight-line code the emitter wrote with nothing left to simplify, and every pass
+    costs compile time in proportion to the tape.  Code generation uses LLVM's fast instruction
     selector and register allocator at 0, its optimizing ones at 1.  2 and 3 run LLVM's
     standard pipeline of that level, which unrolls ``powi``'s loop for its constant
     exponent (levels 0 and 1 call it: :func:`library`); they merge the emitter's basic blocks
