@@ -68,12 +68,7 @@ def call_value(address: int, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> N
 
 
 @kernel
-def call_vg(address: int, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int,
-            check_at: int) -> float:
-    """Run the entry point ``vg`` at ``address`` (C-contiguous float64 arrays); its value, or
-    NaN where the check ``w[check_at]`` failed (:class:`fasttape.native.irtext.Check`), so
-    a caller reads ``w`` only after a NaN."""
-    v = _vg_at(address, x, w, grad, which)
-    if np.isnan(w[check_at]):
-        return np.nan
-    return v
+def call_vg(address: int, x: np.ndarray, w: np.ndarray, grad: np.ndarray, which: int) -> float:
+    """Run the entry point ``vg`` at ``address`` (C-contiguous float64 arrays); its value
+    (NaN where its check failed: :mod:`fasttape.native.emit`)."""
+    return _vg_at(address, x, w, grad, which)

@@ -33,7 +33,8 @@ or the seed stored it (a loop piece zeroes the adjoints it reads that nothing st
 The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
 ``valueb`` and ``vgb`` call those over the rows of a batch.  After ``vg``, ``w[check_at]``
 is the check: NaN means ``grad`` is not the interpreter's, and the point must be evaluated
-again on the interpreter.
+again on the interpreter; ``vg`` then returns NaN too (a caller reads ``w`` only after a
+NaN value).
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
@@ -557,7 +558,11 @@ def driver_module(lay: Layout, header: str) -> str:
     lines.append(f"  %wi = add i64 %which, {base}")
     lines.append("  %pr = getelementptr inbounds double, ptr %w, i64 %wi")
     lines.append("  %r = load double, ptr %pr")
-    lines += ["  ret double %r", "}"]
+    # NaN where the check failed, so that a caller reads w[check_at] only after a NaN.
+    lines.append("  %ck = load double, ptr %ckp")
+    lines.append("  %ckbad = fcmp uno double %ck, 0.0")
+    lines.append("  %rc = select i1 %ckbad, double 0x7FF8000000000000, double %r")
+    lines += ["  ret double %rc", "}"]
     lines += _batch_loops(lay)
     return "\n".join([header, *decl, *lines, ""])
 

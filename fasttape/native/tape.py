@@ -56,9 +56,9 @@ class MachineCode(NamedTuple):
     """A native tape's entry points: ``value(x, w, out)``, ``vg(x, w, grad, which) ->
     value`` (ctypes functions taking addresses), the work array's length ``n_work``, and
     ``check_at``: after ``vg``, ``w[check_at]`` is NaN where the machine code's gradient is
-    not the interpreter's (a product ``0 * inf`` or NaN, :class:`fasttape.native.irtext.Check`);
-    evaluate that point on the interpreter instead, as :class:`NativeTape` and
-    :mod:`fasttape.native.entry` do."""
+    not the interpreter's (a product ``0 * inf`` or NaN, :class:`fasttape.native.irtext.Check`),
+    and ``vg`` then returns NaN; evaluate that point on the interpreter instead, as
+    :class:`NativeTape` and :mod:`fasttape.native.entry` do."""
 
     value: Any
     vg: Any
@@ -389,8 +389,8 @@ class NativeTape:
     def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
         w = self._work()
-        v = call_vg(self._vg_address, xin, w, grad, which, self._check_at)
-        if v != v and w[self._check_at] != w[self._check_at]:
+        v = call_vg(self._vg_address, xin, w, grad, which)
+        if v != v and w[self._check_at] != w[self._check_at]:  # NaN: maybe a failed check
             return self._interpreted(xin, which, grad)
         return v
 
