@@ -1,6 +1,6 @@
 """The native tier's choices, each against its absence, timed in turn in one process.
 
-    python benchmarks/bench_ab_native.py [--choices fast,stored,shape]
+    python benchmarks/bench_ab_native.py [--choices fast,stored,shared,shape]
                                          [--families random_local,chain] [--sizes 1e4]
 
 Each choice compiles the same tape twice, with the choice and with it switched off for that
@@ -9,12 +9,16 @@ alternating rounds (median of ``--repeat`` rounds of 41 calls each); both must g
 interpreter's bits.
 
 ``fast``
-    the reverse sweeps without the interpreter's zero rules (``fasttape.native.irtext.Check``)
-    against sweeps with the rules as selects, written here (the tier compiled both, before it
-    let the interpreter take the points where the check fails).
+    the reverse sweeps without the interpreter's zero rules
+    (``fasttape.native.irtext.accumulate``) against sweeps with the rules as selects, written
+    here (the tier compiled both, before it let the interpreter take the points where the
+    check fails).
 ``stored``
     ``sin``'s and ``cos``'s partials stored by one ``sincos`` in the forward sweep
     (``Layout.part_at``) against ``cos`` and ``sin`` called again in the reverse sweep.
+``shared``
+    an instruction that repeats an earlier one reading its value (``Layout.value_at``)
+    against computing it again.
 ``shape``
     the level-0 :class:`fasttape.native.emit.Shape` against level 1's, at level 0.
 
@@ -51,10 +55,10 @@ def _without(choice: str) -> Iterator[None]:
         # id(lines) -> (lines, the compares emitted): the list is kept so its id is not reused
         emitted: dict[int, tuple[list[str], set[str]]] = {}
 
-        def rules(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str | None,
-                  check: Any) -> str:
+        def rules(lines: list[str], expr: str, g: str, cur: str, tag: str,
+                  d: str | None) -> str:
             # The interpreter's rules (fasttape/kernels/sweep.py) as selects: nothing moves
-            # where g is zero, nothing is added where d is; products never reach the check.
+            # where g is zero, nothing is added where d is.
             if g == "0.0":
                 return cur
             done = emitted.setdefault(id(lines), (lines, set()))[1]
@@ -95,6 +99,17 @@ def _without(choice: str) -> Iterator[None]:
             yield
         finally:
             emit.Layout.__post_init__ = keep_init  # type: ignore[method-assign]
+    elif choice == "shared":
+        keep_share = emit.Layout._share_values
+
+        def computed_twice(self: emit.Layout) -> np.ndarray:
+            return np.arange(self.n_slots, dtype=np.int64)
+
+        emit.Layout._share_values = computed_twice  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            emit.Layout._share_values = keep_share  # type: ignore[method-assign]
     elif choice == "shape":
         keep_shapes = emit.SHAPES
         emit.SHAPES = (keep_shapes[1], keep_shapes[1])
@@ -103,7 +118,7 @@ def _without(choice: str) -> Iterator[None]:
         finally:
             emit.SHAPES = keep_shapes
     else:
-        raise ValueError(f"unknown choice {choice!r}: fast, stored or shape")
+        raise ValueError(f"unknown choice {choice!r}: fast, stored, shared or shape")
 
 
 def _median_vg(nt: Any, x: np.ndarray) -> float:
@@ -142,7 +157,7 @@ def row(choice: str, family: str, n: int, repeat: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--choices", default="fast,stored,shape")
+    ap.add_argument("--choices", default="fast,stored,shared,shape")
     ap.add_argument("--families", default="random_local,random_uniform,chain")
     ap.add_argument("--sizes", default="1e4")
     ap.add_argument("--repeat", type=int, default=5)

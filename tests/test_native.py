@@ -768,7 +768,7 @@ def test_sin_and_cos_store_their_partial_in_the_forward_sweep():
     pieces = emit.cut(a["ops"], a["args"], 3, 3, 100)
     lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, pieces, "sp")
     assert lay.part_at.tolist() == [2 * 7 + 1, 2 * 7 + 3, -1, -1]
-    assert emit.work_size(lay) == 2 * 7 + 1 + 4 + 1  # and the check (irtext.Check)
+    assert emit.work_size(lay) == 2 * 7 + 1 + 4 + 1  # and the check (emit.driver_module)
     texts = {}
     for text, _ in emit.piece_modules(lay, machine.header(), (0,)):
         texts[text.split('define void @"ft.')[1].split(".")[0]] = text
@@ -808,9 +808,9 @@ def test_sin_and_cos_in_a_loop_store_their_partial(opt):
 
 
 # ---------------------------------------------------------------------- the NaN check
-# The reverse pieces run without the zero rules, summing their products in a NaN check; where
-# a product is NaN, every route evaluates that point on the interpreter instead
-# (fasttape/native/irtext.py: Check).
+# The reverse pieces run without the zero rules; where a gradient entry comes out NaN (as a
+# 0 * inf makes it), every route evaluates that point on the interpreter instead
+# (fasttape/native/irtext.py: accumulate).
 
 #: %4 = sqrt(x0) (partial inf at 0), %5 = %4 * x1, %6 = %5 + x2 * p0: at x0 = x1 = 0 the
 #: sweep meets 0 * inf, where the interpreter's rule moves nothing.  (point, check fails)
@@ -872,6 +872,27 @@ def test_a_failed_check_falls_back_to_the_interpreter():
         assert sorted(set(kinds)) == ["fwd", "rev"]
 
 
+def test_a_nan_that_reaches_no_gradient_entry_passes_the_check():
+    # %2 = stop_gradient(x0), %3 = sqrt(%2), %4 = %3 * x1: at x0 = x1 = 0 the sweep's
+    # adjoint of %2 is 0 * inf = NaN, but stop_gradient moves it nowhere, so the gradient is
+    # the interpreter's (rules or not) and the machine code's result stands: the check looks
+    # at the gradient (irtext.accumulate), not at every product.
+    tape = ft.Tape.from_arrays(
+        [OPS_BY["stop_gradient"], OPS_BY["sqrt"], OPS_BY["mul"]], [0, 2, 3, 1], [], [4], 2)
+    for piece_size in (1, 100):
+        nt = native(tape, piece_size=piece_size, cache_entries=False)
+        fn, arrays = nt.numba_kernel()
+        for x in [(0.0, 0.0), (4.0, 0.0), (0.0, 2.0), (math.nan, 1.0)]:
+            x = np.array(x)
+            assert_same(tape, nt, x)
+            grad = np.empty(2)
+            v = fn(*arrays, x, grad)
+            v0, g0 = tape.value_and_grad(x)
+            assert np.array_equal(bits([v, *grad]), bits([v0, *g0]))
+            # NaN only where a gradient entry is: x1's, sqrt(NaN) at x0 = NaN
+            assert np.isnan(arrays[2][nt.machine_code.check_at]) == math.isnan(x[0])
+
+
 def test_a_failed_check_in_a_loop_falls_back_to_the_interpreter():
     # Repetition r: sqrt(x_r) * x_{r+1}, summed: a zero x_{r+1} after a zero x_r is 0 * inf.
     n_in, reps = 40, 38
@@ -916,3 +937,75 @@ def test_the_sweeps_negative_zeros_become_the_interpreters_positive_ones():
         assert np.signbit(g).tolist() == [False, False, True]  # +0, sin(0.5), -1
         g = nt.value_and_grad(np.array([0.5, -0.0, 1.0]), output=1)[1]
         assert np.signbit(g).tolist() == [False, False, False]
+
+
+# ---------------------------------------------------------------------- shared values
+# An instruction that repeats an earlier one (same op, arguments of the same values) reads
+# that one's value instead of computing it again (emit.Layout.value_at); its adjoint still
+# moves along its own edges.
+
+
+def _repeating_tape():
+    x0, x1, x2 = 0, 1, 2
+    rows = [
+        ("sin", [x0]),  # 3
+        ("sin", [x0]),  # 4: repeats 3 (stored partials: sincos)
+        ("mul", [3, 4]),  # 5
+        ("mul", [4, 3]),  # 6: repeats 5 (its arguments' values are 5's)
+        ("tanh", [x1]),  # 7: reaches the output through lt only (no adjoint)
+        ("lt", [7, x2]),  # 8
+        ("tanh", [x1]),  # 9: repeats 7, and has an adjoint
+        ("cos", [x2]),  # 10: no adjoint (stop_gradient), so partials stored for 12
+        ("stop_gradient", [10]),  # 11
+        ("cos", [x2]),  # 12: repeats 10, reads the partial stored there
+        ("mul", [4, 3]),  # 13: repeats 5 too
+        ("add", [5, 6]),  # 14
+        ("mul", [14, 8]),  # 15
+        ("add", [15, 9]),  # 16
+        ("add", [16, 11]),  # 17
+        ("add", [17, 12]),  # 18
+        ("add", [18, 13]),  # 19
+    ]
+    ops = [OPS_BY[name] for name, _ in rows]
+    args = [a for _, row in rows for a in row]
+    return ft.Tape.from_arrays(ops, args, [], [19, 4, 12], 3)
+
+
+def test_repeated_instructions_share_one_value():
+    tape = _repeating_tape()
+    a = tape.to_arrays()
+    pieces = emit.cut(a["ops"], a["args"], 3, 3, 100)
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 3, 3, pieces, "r")
+    shared = {s: int(v) for s, v in enumerate(lay.value_at) if v != s}
+    assert shared == {4: 3, 6: 5, 9: 7, 12: 10, 13: 5}
+    assert lay.part_at[12 - 3] == lay.part_at[10 - 3] >= 0  # stored by 10, read by 12
+    assert int(lay.computed.sum()) == int(lay.needed.sum()) - 5
+    text = "".join(t for t, _ in emit.piece_modules(lay, "", (0,) * lay.n_pieces))
+    assert text.count("@\"ft.fp.sin\"(") == 1 and text.count("@\"ft.fp.cos\"(") == 1
+    rng = np.random.default_rng(4)
+    for piece_size in (1, 3, 100):  # the repeats in the first one's piece, or in later ones
+        nt = native(tape, piece_size=piece_size, cache_entries=False)
+        for x in [rng.uniform(-2, 2, 3), rng.choice(SPECIAL, 3), np.zeros(3), [0.5, 0.7, 0.7]]:
+            assert_same(tape, nt, np.array(x, dtype=float))
+
+
+def test_a_value_a_loop_reads_is_not_shared():
+    # %40 = tanh(x0), %41 = tanh(x0); then a loop whose first repetition reads %41 (the slot
+    # before the loop, as every repetition reads the one before it): %41 keeps its value.
+    n_in, reps = 40, 30
+    ops, args = [OPS_BY["tanh"], OPS_BY["tanh"]], [0, 0]
+    for r in range(reps):
+        s0 = n_in + len(ops)
+        ops += [OPS_BY["sqrt"], OPS_BY["mul"], OPS_BY["add"]]
+        args += [r + 1, s0, r + 2, s0 + 1, s0 - 1]
+    ops.append(OPS_BY["add"])  # and %40 to the output, so that it is computed
+    args += [n_in + len(ops) - 2, n_in]
+    tape = ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
+    nt = native(tape, cache_entries=False)
+    assert nt.n_loops == 1
+    a = tape.to_arrays()
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], n_in, n_in, nt.pieces,
+                      "q")
+    assert lay.value_at[n_in + 1] == n_in + 1
+    x = np.random.default_rng(3).uniform(0.5, 2.0, n_in)
+    assert_same(tape, nt, x)

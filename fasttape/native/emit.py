@@ -20,10 +20,9 @@ a module (their compile time is bounded, so the tape's is linear in its length):
   arguments, a unit partial adding or subtracting the adjoint, any other partial recomputed
   from the stored values (or loaded, when stored) and added as ``g * d``, without the zero
   rules of the interpreter's reverse sweep (fasttape/kernels/sweep.py: a zero adjoint moves
-  nothing, a zero partial adds nothing, so never ``0 * inf``), its products summed in a NaN
-  check (:class:`fasttape.native.irtext.Check`, which says why that gives the interpreter's
-  bits whenever the check passes).  Where it fails, the caller evaluates the point on the
-  interpreter instead.
+  nothing, a zero partial adds nothing, so never ``0 * inf``).  That gives the interpreter's
+  gradient bits unless a gradient entry comes out NaN (:func:`fasttape.native.irtext.accumulate`
+  says why): the check, after which the caller evaluates the point on the interpreter.
 
 Adjoints live in registers inside a piece; one that another piece still updates or reads
 goes through ``w[n_slots + slot]``.  Which adjoints those are is known from the tape alone,
@@ -32,15 +31,15 @@ or the seed stored it (a loop piece zeroes the adjoints it reads that nothing st
 
 The entry points ``value(x, w, out)`` and ``vg(x, w, grad, which) -> value`` call the pieces;
 ``valueb`` and ``vgb`` call those over the rows of a batch.  After ``vg``, ``w[check_at]``
-is the check: NaN means ``grad`` is not the interpreter's, and the point must be evaluated
-again on the interpreter; ``vg`` then returns NaN too (a caller reads ``w`` only after a
-NaN value).
+is the check: NaN (a NaN gradient entry) means ``grad`` may not be the interpreter's, and the
+point must be evaluated again on the interpreter; ``vg`` then returns NaN too (a caller
+reads ``w`` only after a NaN value).
 Everything is plain text: the per-instruction work is string formatting, linear in the tape.
 
 Work array layout (float64): ``w[0 : n_slots]`` values, ``w[n_slots : 2 n_slots]`` adjoints,
 ``w[2 n_slots : 2 n_slots + n_outputs]`` the output values of the last ``vg`` call, then the
 stored partials (``Layout.part_at``: from there, per instruction that stores some), then one
-entry for the reverse sweep's check (``Layout.check_at``).
+entry for the check (``Layout.check_at``).
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fasttape.native import loops
-from fasttape.native.irtext import Check, accumulate, imm, partial, powi, powi_exponent, stored
+from fasttape.native.irtext import accumulate, imm, partial, powi, powi_exponent, stored
 from fasttape.native.translate import (
     UNIT_PARTIALS,
     forward_name,
@@ -150,6 +149,11 @@ class Layout:
         # needed[i]: whether an output's value depends on instruction i (through any
         # argument); the forward pieces compute no other (dead code: no output can tell).
         self.needed = self._live(_ARITY[self.ops])
+        self.value_at = self._share_values()
+        # computed[i]: whether the forward pieces compute instruction i (needed, and its value
+        # not another instruction's: value_at)
+        self.computed = self.needed & (self.value_at[self.n_pre:] == self.n_pre
+                                       + np.arange(self.n_instr))
         for j in range(int(nd.max(initial=0))):
             rows = np.nonzero((nd > j) & live)[0]
             parents = self.args[self.starts[rows] + j]
@@ -161,14 +165,50 @@ class Layout:
         self.const_bits = [imm(c) for c in self.const_list]
         self._place_partials()
 
+    def _share_values(self) -> np.ndarray:
+        """``value_at[s]``: the slot whose ``w`` entry holds slot ``s``'s value: ``s`` itself,
+        or, for an instruction of a straight-line piece that repeats an earlier needed one
+        (the same op on arguments of the same values), that one's slot.  The forward pieces
+        compute each value once (a ``tanh`` computed twice costs a libm call), and read it
+        there; bitwise the same, as an op is a function of its arguments.  The reverse
+        pieces still move each instruction's adjoint along its own edges, as the
+        interpreter does (merging the two would change the order of the adjoints' sums).
+        A slot that a loop piece reads keeps its value (loops address ``w`` themselves)."""
+        n_pre, n = self.n_pre, self.n_instr
+        value_at = list(range(self.n_slots))
+        looped = np.zeros(n, dtype=bool)
+        for piece in self.pieces:
+            if piece.period:
+                looped[piece.lo: piece.hi] = True
+        keep = looped.copy()  # instructions whose own slot holds their value
+        read = self.args[np.repeat(looped, np.diff(self.starts))]
+        keep[read[read >= n_pre] - n_pre] = True
+        ops, args, starts = self.ops.tolist(), self.args.tolist(), self.starts.tolist()
+        size = self.n_slots
+        first: dict[int, int] = {}  # the op and its arguments' value slots, as one int
+        for i in np.nonzero(self.needed)[0].tolist():
+            key = ops[i]
+            for a in args[starts[i]: starts[i + 1]]:
+                key = key * size + value_at[a]
+            s = first.setdefault(key, n_pre + i)
+            if s != n_pre + i and not keep[i]:
+                value_at[n_pre + i] = s
+        return np.array(value_at, dtype=np.int64)
+
     def _place_partials(self) -> None:
         """``part_at[i]``: where instruction ``i``'s stored partials start in ``w`` (-1: it
         has none); ``n_work`` the work array's length with them.  A straight-line piece
-        stores them for the instructions its reverse sweep reaches, one after another; a loop
-        piece for every repetition of each such body instruction, repetition ``r`` at
-        ``part_at[lo + q] + r * width`` (its loops address them so)."""
+        stores them for the instructions its reverse sweep reaches, one after another, and
+        for those whose value such an instruction shares (``value_at``, which then reads
+        them there); a loop piece for every repetition of each such body instruction,
+        repetition ``r`` at ``part_at[lo + q] + r * width`` (its loops address them so)."""
         width = _FUSED_WIDTH[self.ops]
         self.part_at = np.full(self.n_instr, -1, dtype=np.int64)
+        own = self.n_pre + np.arange(self.n_instr)
+        shared = np.nonzero(self.value_at[self.n_pre:] != own)[0]
+        wanted = self.live.copy()
+        wanted[self.value_at[self.n_pre + shared[self.live[shared]]] - self.n_pre] = True
+        wanted[shared] = False
         at = 2 * self.n_slots + len(self.outputs)
         for piece in self.pieces:
             if piece.period:
@@ -181,11 +221,12 @@ class Layout:
                         at += wq * reps
             else:
                 rows = np.nonzero((width[piece.lo: piece.hi] > 0)
-                                  & self.live[piece.lo: piece.hi])[0] + piece.lo
+                                  & wanted[piece.lo: piece.hi])[0] + piece.lo
                 starts = at + np.concatenate(([0], np.cumsum(width[rows])[:-1]))
                 self.part_at[rows] = starts.astype(np.int64)
                 at += int(width[rows].sum())
-        self.check_at = at  # the reverse sweep's NaN check (irtext.Check)
+        self.part_at[shared] = self.part_at[self.value_at[self.n_pre + shared] - self.n_pre]
+        self.check_at = at  # the check: NaN after vg where a gradient entry is NaN
         self.n_work = at + 1
 
     def _live(self, nd: np.ndarray) -> np.ndarray:
@@ -266,6 +307,7 @@ class _Refs:
         lay = self.lay
         if lay.n_lead <= s < lay.n_pre:
             return lay.const_bits[s - lay.n_lead]
+        s = int(lay.value_at[s])
         name = self.names.get(s)
         if name is None:
             self.count += 1
@@ -353,8 +395,8 @@ def _forward(lay: Layout, k: int, level: int) -> str:
     for i in range(lo, hi):
         refs.age()
         _block(lines, i - lo, sh.block)
-        if not lay.needed[i]:
-            continue  # no output depends on it, nor on anything that reads its slot
+        if not lay.computed[i]:
+            continue  # no output depends on it, or its value is another's (value_at)
         spec = OPS[ops[i]]
         a = args[starts[i]: starts[i + 1]]
         s = n_pre + i
@@ -382,7 +424,6 @@ def _reverse(lay: Layout, k: int, level: int) -> str:
     """The reverse function of straight-line piece ``k`` for LLVM level ``level``."""
     lo, hi = lay.pieces[k].lo, lay.pieces[k].hi
     sh = shape(level)
-    check = Check("")
     lines = [f'define void @"{lay.rev_name(k)}"(ptr noalias nocapture readonly %x, '
              "ptr noalias nocapture %w) nounwind {", "entry:"]
     refs = _Refs(lay, lines, sh.window)
@@ -449,13 +490,12 @@ def _reverse(lay: Layout, k: int, level: int) -> str:
                     operands = ", ".join(f"double {refs.value(v)}" for v in [*a, s])
                 x0 = refs.value(a[0]) if n is not None else ""
                 d = partial(lines, spec, j, operands or "", n, x0, str(count))
-            new = accumulate(lines, expr, g, cur, str(count), d, check)
+            new = accumulate(lines, expr, g, cur, str(count), d)
             adj[p] = new
     # Adjoints of slots made before this piece: the lower pieces (or the gradient) read them.
     # (A spilled one that was not updated again is in w already.)
     for p, name in sorted(adj.items()):
         store(p, name, "a")
-    check.store(lines, lay.check_at)
     lines += ["  ret void", "}"]
     return "\n".join(lines)
 
@@ -538,30 +578,32 @@ def driver_module(lay: Layout, header: str) -> str:
         v = refs.value(int(s))
         lines.append(f"  %ov{j} = getelementptr inbounds double, ptr %w, i64 {base + j}")
         lines.append(f"  store double {v}, ptr %ov{j}")
-    # The reverse sweep sums its products into w[check_at] (irtext.Check); the caller reads
-    # it.
-    lines.append(f"  %ckp = getelementptr inbounds double, ptr %w, i64 {lay.check_at}")
-    lines.append("  store double 0.0, ptr %ckp")
     _seeds(lay, lines)
     lines += [f'  call void @"{lay.rev_name(k)}"(ptr %x, ptr %w)'
               for k in range(lay.n_pieces - 1, -1, -1)]
+    bad = "false"  # whether a gradient entry is NaN: the check (irtext.accumulate)
     for i in range(lay.n_inputs):
         lines.append(f"  %pg{i} = getelementptr inbounds double, ptr %grad, i64 {i}")
         if lay.seeded(i, -1):
             lines.append(f"  %ag{i} = getelementptr inbounds double, ptr %w, i64 {n_slots + i}")
             lines.append(f"  %vg{i} = load double, ptr %ag{i}")
-            # -0 to +0 (the sweep's zeros may carry either sign: irtext.Check)
+            # -0 to +0 (the sweep's zeros may carry either sign: irtext.accumulate)
             lines.append(f"  %vz{i} = fadd double %vg{i}, 0.0")
             lines.append(f"  store double %vz{i}, ptr %pg{i}")
+            lines.append(f"  %nan{i} = fcmp uno double %vz{i}, 0.0")
+            lines.append(f"  %bad{i} = or i1 {bad}, %nan{i}")
+            bad = f"%bad{i}"
         else:
             lines.append(f"  store double 0.0, ptr %pg{i}")
     lines.append(f"  %wi = add i64 %which, {base}")
     lines.append("  %pr = getelementptr inbounds double, ptr %w, i64 %wi")
     lines.append("  %r = load double, ptr %pr")
-    # NaN where the check failed, so that a caller reads w[check_at] only after a NaN.
-    lines.append("  %ck = load double, ptr %ckp")
-    lines.append("  %ckbad = fcmp uno double %ck, 0.0")
-    lines.append("  %rc = select i1 %ckbad, double 0x7FF8000000000000, double %r")
+    # w[check_at] and the value are NaN where the check failed, so that a caller reads
+    # w[check_at] only after a NaN value.
+    lines.append(f"  %ckp = getelementptr inbounds double, ptr %w, i64 {lay.check_at}")
+    lines.append(f"  %ck = select i1 {bad}, double 0x7FF8000000000000, double 0.0")
+    lines.append("  store double %ck, ptr %ckp")
+    lines.append(f"  %rc = select i1 {bad}, double 0x7FF8000000000000, double %r")
     lines += ["  ret double %rc", "}"]
     lines += _batch_loops(lay)
     return "\n".join([header, *decl, *lines, ""])
@@ -588,7 +630,7 @@ def _batch_loops(lay: Layout) -> list[str]:
     """``valueb(x, w, out, n)`` and ``vgb(x, w, grad, which, vals, n) -> rows``: the
     single-point entry points over ``n`` consecutive rows of ``x`` (one call per chunk of a
     batch, so the caller's thread holds no lock while the rows run).  ``vgb`` stops at the
-    first row whose check fails (:class:`fasttape.native.irtext.Check`) and returns its
+    first row whose check fails (:func:`driver_module`) and returns its
     index (``n`` when none does): the caller evaluates that row on the interpreter and calls
     again from the next."""
     tag, lead, n_in, m = lay.tag, lay.n_lead, lay.n_inputs, len(lay.outputs)

@@ -15,11 +15,12 @@ shapes of the interpreter's (:mod:`fasttape.embed.numba_api`, :mod:`fasttape.emb
   *grad)`` at ``cf.value_and_grad_address``, a tiny Numba ``cfunc`` with the entry point, the
   work array and the output baked in (compiled per call of ``cfunc()``, 0.1 to 0.2 s).
 
-Where the machine code's NaN check fails (a product ``0 * inf`` or NaN in the reverse sweep,
-:class:`fasttape.native.irtext.Check`), both evaluate that point again on the interpreter,
-through its C pointer (:mod:`fasttape.embed.cabi`, a context this module owns), so every
-result is the interpreter's.  That pointer is compiled once per process, or loaded from
-Numba's cache (about 20 ms), by the first ``numba_kernel()`` or ``cfunc()``.
+Where the machine code's check fails (a NaN gradient entry, which a ``0 * inf`` in the
+reverse sweep gives: :func:`fasttape.native.irtext.accumulate`), both evaluate that point
+again on the interpreter, through its C pointer (:mod:`fasttape.embed.cabi`, a context this
+module owns), so every result is the interpreter's.  That pointer is compiled once per
+process, or loaded from Numba's cache (about 20 ms), by the first ``numba_kernel()`` or
+``cfunc()``.
 
 Parameters are joined to ``x`` in a buffer these objects own (``p=`` when they are made;
 ``set_params`` on the C one).  Both share one work array per object: one thread at a time,

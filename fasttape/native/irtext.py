@@ -1,6 +1,6 @@
 """IR text shared by the straight-line pieces (:mod:`fasttape.native.emit`) and the loop
 pieces (:mod:`fasttape.native.loops`): immediates, ``powi`` written out, and one adjoint
-update, the interpreter's rule for moving an adjoint along an edge."""
+update (:func:`accumulate`, which says why the native sweeps need no zero rules)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from fasttape.native.translate import UNIT_PARTIALS, partial_name
 from fasttape.ops import OPS, OpSpec
 
-__all__ = ["POWI_OP", "POWI_UNROLL_MAX", "Check", "accumulate", "imm", "partial", "powi",
+__all__ = ["POWI_OP", "POWI_UNROLL_MAX", "accumulate", "imm", "partial", "powi",
            "powi_exponent", "stored"]
 
 #: Largest ``|n|`` of a ``powi`` whose multiplications the pieces write out (see powi).
@@ -93,65 +93,29 @@ def stored(lines: list[str], base: str, index: str, tag: str) -> str:
     return f"%d{tag}"
 
 
-class Check:
-    """The NaN check of a reverse sweep (:func:`accumulate`).
-
-    The native reverse sweep drops the interpreter's zero rules (fasttape/kernels/sweep.py:
-    a zero adjoint moves nothing, a zero partial adds nothing) and adds every ``g * d``; an
-    adjoint's first update is the product itself (``g`` itself for a unit partial, ``-g``
-    for a negative one), not ``0.0 +`` it.  The interpreter's adjoints start at ``+0`` and
-    are only ever added to, so none is ever ``-0``.  The native sweep's adjoints differ
-    from them only in the sign of a zero, where a zero product (``g`` or ``d`` zero) met a
-    zero adjoint, unless a product is NaN where the rules skip it: ``0 * inf``, or a NaN
-    with a zero.  The entry point adds ``0.0`` to each gradient entry, which turns ``-0``
-    into ``+0`` and changes nothing else; and the sweep sums its products here, in
-    ``LANES`` independent sums (off the adjoints' critical path), added into ``w``.  When
-    the total is NaN, the caller evaluates that point again on the interpreter
-    (:mod:`fasttape.native.tape`, :mod:`fasttape.native.entry`); an infinite product or an
-    overflowing sum only costs that second evaluation.
-
-    ``start``: the lanes' first operands (``0.0``, or a loop's ``phi`` names).
-    """
-
-    LANES = 4
-
-    def __init__(self, tag: str, start: list[str] | None = None) -> None:
-        self.tag = tag
-        self.start = start or ["0.0"] * self.LANES
-        self.lanes = list(self.start)
-        self.count = 0
-
-    def add(self, lines: list[str], product: str) -> None:
-        """Add ``product`` to the next lane."""
-        lane = self.count % self.LANES
-        name = f"%ck{self.tag}.{self.count}"
-        lines.append(f"  {name} = fadd double {self.lanes[lane]}, {product}")
-        self.lanes[lane] = name
-        self.count += 1
-
-    def store(self, lines: list[str], index: int) -> None:
-        """Add the lanes to ``w[index]`` (nothing where no product was added)."""
-        if not self.count:
-            return
-        lines.append(f"  %ckp{self.tag} = getelementptr inbounds double, ptr %w, i64 {index}")
-        total = f"%ckw{self.tag}"
-        lines.append(f"  {total} = load double, ptr %ckp{self.tag}")
-        for lane, name in enumerate(self.lanes):
-            lines.append(f"  %cks{self.tag}.{lane} = fadd double {total}, {name}")
-            total = f"%cks{self.tag}.{lane}"
-        lines.append(f"  store double {total}, ptr %ckp{self.tag}")
-
-
-def accumulate(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str | None,
-               check: Check) -> str:
+def accumulate(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str | None) -> str:
     """Emit one adjoint update of the reverse sweep; returns the new adjoint.
 
     ``cur`` is the argument's adjoint so far (``"0.0"`` where nothing reached it yet), ``g``
     the instruction's adjoint.  A unit partial (``expr`` in
     :data:`fasttape.native.translate.UNIT_PARTIALS`) adds or subtracts ``g``; any other adds
-    ``g * d`` (``d``: the partial's operand) and adds the product to ``check``.  No
-    condition, and no ``0.0 +`` on a first update (:class:`Check` says why that is the
-    interpreter's result whenever the check passes).
+    ``g * d`` (``d``: the partial's operand).
+
+    No condition: the native sweeps drop the interpreter's zero rules
+    (fasttape/kernels/sweep.py: a zero adjoint moves nothing, a zero partial adds nothing),
+    and an adjoint's first update is the product itself (``g`` for a unit partial,
+    ``0.0 - g`` for a negative one), not ``0.0 +`` it.  The interpreter's adjoints start at
+    ``+0`` and are only ever added to, so none is ever ``-0``; the native ones differ from
+    them only in the sign of a zero (where a zero product met a zero adjoint), until a
+    product is NaN where the rules skip it (``0 * inf``, or a NaN with a zero).  A NaN
+    adjoint makes every adjoint it reaches NaN (``NaN * 0`` is NaN), and an adjoint reaches
+    no gradient entry but through the instructions it moves along.  So the gradient, with
+    ``0.0`` added to each entry (``-0`` to ``+0``, nothing else changed), is bitwise the
+    interpreter's unless an entry is NaN: the entry point's check
+    (:func:`fasttape.native.emit.driver_module`), after which the caller evaluates that
+    point again on the interpreter (:mod:`fasttape.native.tape`,
+    :mod:`fasttape.native.entry`).  A NaN that the interpreter's gradient has too only costs
+    that second evaluation.
     """
     new = f"%n{tag}"
     unit = UNIT_PARTIALS.get(expr)
@@ -159,13 +123,14 @@ def accumulate(lines: list[str], expr: str, g: str, cur: str, tag: str, d: str |
         if cur == "0.0":
             if unit > 0:
                 return g
-            lines.append(f"  {new} = fneg double {g}")
+            # 0.0 - g, not fneg: -g but for a zero's sign (allowed above), and level 0
+            # selects fneg through an integer register (four instructions).
+            lines.append(f"  {new} = fsub double 0.0, {g}")
         else:
             op = "fadd" if unit > 0 else "fsub"
             lines.append(f"  {new} = {op} double {cur}, {g}")
         return new
     lines.append(f"  %m{tag} = fmul double {g}, {d}")
-    check.add(lines, f"%m{tag}")
     if cur == "0.0":
         return f"%m{tag}"
     lines.append(f"  {new} = fadd double {cur}, %m{tag}")

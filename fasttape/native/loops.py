@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fasttape.native.irtext import Check, accumulate, partial, powi, powi_exponent
+from fasttape.native.irtext import accumulate, partial, powi, powi_exponent
 from fasttape.native.translate import (
     UNIT_PARTIALS,
     forward_name,
@@ -445,11 +445,8 @@ def _counted(m: str, count: int, body: list[str]) -> list[str]:
 
 def reverse(lay: Layout, k: int) -> str:
     """The reverse function of loop piece ``k``: repetitions last to first, each body's
-    instructions last to first, each adjoint where :class:`_Adjoints` keeps it, the NaN
-    check's lanes (:class:`fasttape.native.irtext.Check`) carried from one repetition to
-    the next."""
+    instructions last to first, each adjoint where :class:`_Adjoints` keeps it."""
     piece = lay.pieces[k]
-    check = Check("L", [f"%ckin{lane}" for lane in range(Check.LANES)])
     lines: list[str] = []
     body = _Body(lay, k, lines)
     adjs = _Adjoints(lay, k, body)
@@ -500,7 +497,7 @@ def reverse(lay: Layout, k: int) -> str:
                 x0 = body.value(*operands[0], None) if n is not None else ""
                 dj = partial(lines, spec, j, vals or "", n, x0, f"{q}.{count}")
             cur, pa = current(key)
-            new = accumulate(lines, expr, g, cur, f"{q}.{count}", dj, check)
+            new = accumulate(lines, expr, g, cur, f"{q}.{count}", dj)
             if pa is not None:
                 lines.append(f"  store double {new}, ptr {pa}")
             else:
@@ -526,9 +523,5 @@ def reverse(lay: Layout, k: int) -> str:
         epilogue.append(f"  %ae{q}.p = getelementptr inbounds double, ptr %w, i64 "
                         f"{lay.n_slots + arg[0]}")
         epilogue.append(f"  store double {last}, ptr %ae{q}.p")
-    if check.count:
-        phis += [f"  {start} = phi double [ 0.0, %start ], [ {lane}, %body ]"
-                 for start, lane in zip(check.start, check.lanes, strict=True)]
-        check.store(epilogue, lay.check_at)
     return "\n".join([*tables, _loop(lay, lay.rev_name(k), adjs.reps - 1, 0, prologue,
                                      lines, phis, epilogue)])

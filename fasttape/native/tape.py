@@ -55,8 +55,8 @@ def _plain_point(x: Any, n: int) -> bool:
 class MachineCode(NamedTuple):
     """A native tape's entry points: ``value(x, w, out)``, ``vg(x, w, grad, which) ->
     value`` (ctypes functions taking addresses), the work array's length ``n_work``, and
-    ``check_at``: after ``vg``, ``w[check_at]`` is NaN where the machine code's gradient is
-    not the interpreter's (a product ``0 * inf`` or NaN, :class:`fasttape.native.irtext.Check`),
+    ``check_at``: after ``vg``, ``w[check_at]`` is NaN where the machine code's gradient may
+    not be the interpreter's (an entry is NaN, :func:`fasttape.native.irtext.accumulate`),
     and ``vg`` then returns NaN; evaluate that point on the interpreter instead, as
     :class:`NativeTape` and :mod:`fasttape.native.entry` do."""
 
@@ -396,9 +396,10 @@ class NativeTape:
 
     def _interpreted(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         """``value_and_grad`` of the point ``xin`` (inputs and parameters joined) on the
-        interpreter, into ``grad``: for a point where the machine code's check failed
-        (:class:`fasttape.native.irtext.Check`), rare enough that the interpreter's speed
-        does not matter, and bitwise what the machine code would give where it passes."""
+        interpreter, into ``grad``: for a point where the machine code's check failed (a NaN
+        gradient entry: :func:`fasttape.native.irtext.accumulate`), rare enough that the
+        interpreter's speed does not matter, and bitwise what the machine code would give
+        where it passes."""
         n = self._n_inputs
         p = xin[n:] if self._has_params else None
         return self.tape.value_and_grad(xin[:n], p, output=which, out=grad)[0]
