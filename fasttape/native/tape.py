@@ -45,6 +45,10 @@ _VALUEB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void
 _VGB = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                         ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
 
+_FLOAT64 = np.dtype(np.float64)
+_ONE_STRIDE = (8,)
+
+
 def _plain_point(x: Any, n: int) -> bool:
     """Whether ``x`` is one point the machine code can read as it is: a C-contiguous float64
     vector of length ``n``."""
@@ -244,6 +248,9 @@ class NativeTape:
         self._n_outputs = tape.n_outputs
         self._has_params = tape.n_params > 0
         self._one_output = tape.n_outputs == 1
+        # value_and_grad's shortest path: x a point as it is, no parameters, one output
+        self._plain_shape = (tape.n_inputs,) if self._one_output and not self._has_params \
+            else None
         self._local = threading.local()
 
     @property
@@ -358,6 +365,13 @@ class NativeTape:
                        threads: int | None = None) -> tuple[Any, np.ndarray]:
         """Value of one output and its gradient, as :meth:`fasttape.Tape.value_and_grad`
         (bitwise the same); a batch ``x`` is split over ``threads`` as in :meth:`value`."""
+        if (type(x) is np.ndarray and x.dtype is _FLOAT64 and x.shape == self._plain_shape
+                and x.strides == _ONE_STRIDE and p is None and output is None and out is None
+                and threads is None):
+            # The common call, checked in a quarter of the time of the general path below
+            # (1.0 against 1.5 us a call on a tiny tape): a C-contiguous float64 point.
+            grad = np.empty(self._n_inputs)
+            return self._vg_one(x, 0, grad), grad
         xin = self._point(x, p)
         which = 0 if output is None and self._one_output else self.tape.output_index(output)
         n = self._n_inputs
@@ -388,7 +402,10 @@ class NativeTape:
 
     def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
-        w = self._work()
+        try:
+            w = self._local.w
+        except AttributeError:
+            w = self._work()
         v = call_vg(self._vg_address, xin, w, grad, which)
         if v != v and w[self._check_at] != w[self._check_at]:  # NaN: maybe a failed check
             return self._interpreted(xin, which, grad)
