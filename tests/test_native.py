@@ -283,18 +283,6 @@ def test_the_key_covers_content_and_options():
 
 
 # ---------------------------------------------------------------------- levels
-def test_libm_ops_are_the_ops_whose_formulas_call_libm():
-    from fasttape.native.translate import libm_ops
-
-    names = {OPS[c].name for c in libm_ops()}
-    # Directly (sin, exp, pow through **) and through helpers (sigmoid, softplus).
-    assert {"sin", "cos", "exp", "log", "tanh", "atan2", "pow", "powc", "sigmoid",
-            "softplus", "erf"} <= names
-    # Arithmetic, intrinsics (sqrt, floor, abs) and powi's loop of multiplications.
-    assert not names & {"add", "mul", "div", "square", "sqrt", "floor", "abs", "powi",
-                        "fmac", "where", "maximum"}
-
-
 def _mixed_tape(n_sin: int, n_mul: int) -> ft.Tape:
     """``n_sin`` chained sines, then ``n_mul`` chained products: two kinds of pieces."""
     ops = [OPS_BY["sin"]] * n_sin + [OPS_BY["mul"]] * n_mul
@@ -305,40 +293,59 @@ def _mixed_tape(n_sin: int, n_mul: int) -> ft.Tape:
                                outputs=[n_sin + n_mul])
 
 
-def test_piece_levels_follow_the_share_of_libm_calls():
-    piece_levels = native_tape.piece_levels
-    share = native_tape.LIBM_SHARE_LEVEL0
+def test_piece_levels_follow_the_tape_size():
+    piece_levels, loop = native_tape.piece_levels, native_tape.LOOP_LEVEL
     tape = _mixed_tape(300, 700)
-    assert piece_levels(tape.ops, 100) == (0, 0, 0) + (1,) * 7
-    # A piece with a mixed share: level 0 from the threshold up.
-    k = math.ceil(share * 100)
-    assert piece_levels(_mixed_tape(k, 100 - k).ops, 100) == (0,)
-    assert piece_levels(_mixed_tape(k - 1, 101 - k).ops, 100) == (1,)
-    # Above opt_level's size limit, every piece is at level 0; an empty tape has no piece.
-    big = np.full(20_001, OPS_BY["mul"])
-    assert set(piece_levels(big, 2000)) == {0} and len(piece_levels(big, 2000)) == 11
+    assert piece_levels(tape.ops, 100) == (1,) * 10
+    # Above opt_level's size limit (straight-line instructions only), every straight-line
+    # piece is at level 0; a loop piece always at LOOP_LEVEL; an empty tape has no piece.
+    big = np.full(40_001, OPS_BY["mul"])
+    assert piece_levels(big[:20_000], 2000) == (1,) * 10
+    assert set(piece_levels(big[:20_001], 2000)) == {0} and len(piece_levels(big, 2000)) == 21
+    pieces = (emit.Piece(0, 20_001), emit.Piece(20_001, 40_001, 4))
+    assert piece_levels(big, 2000, pieces) == (0, loop)
+    pieces = (emit.Piece(0, 10), emit.Piece(10, 40_000, 4), emit.Piece(40_000, 40_001))
+    assert piece_levels(big, 2000, pieces) == (1, loop, 1)
     assert piece_levels(np.zeros(0, np.int64)) == ()
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="piece_size must be a positive int"):
             piece_levels(tape.ops, bad)
 
 
-def test_native_compiles_each_piece_at_its_level():
+def test_native_compiles_each_piece_at_its_level(monkeypatch):
+    from fasttape.native import machine
+
     tape = _mixed_tape(30, 70)
-    nt = native(tape, piece_size=10, loops=False, cache_entries=False)
-    assert nt.levels == (0, 0, 0) + (1,) * 7
+    levels = (0, 1, 0, 2, 1, 0, 0, 1, 3, 0)
+    monkeypatch.setattr(native_tape, "piece_levels", lambda *a, **k: levels)
+    seen = []
+    compile_module = machine.compile_module
+
+    def spy(text, level, with_library=True):
+        if with_library:
+            seen.append((text.split('define void @"ft.')[1].split('"')[0], level))
+        return compile_module(text, level, with_library)
+
+    monkeypatch.setattr(machine, "compile_module", spy)
+    nt = native(tape, piece_size=10, loops=False, cache_entries=False, processes=1)
+    assert nt.levels == levels
+    tag = seen[0][0].split(".")[1]
+    assert sorted(seen) == sorted([(f"{kind}.{tag}.{k}", v) for kind in ("fwd", "rev")
+                                   for k, v in enumerate(levels)])
     assert_same(tape, nt, np.array([0.7]))
+    monkeypatch.undo()
     # An explicit opt applies to every piece, and is another cache entry than the default.
-    one = native(tape, piece_size=10, loops=False, opt=1)
-    assert one.levels == (1,) * 10 and not one.from_cache
+    zero = native(tape, piece_size=10, loops=False, opt=0)
+    assert zero.levels == (0,) * 10 and not zero.from_cache
     assert not native(tape, piece_size=10, loops=False).from_cache
     assert native(tape, piece_size=10, loops=False).from_cache
-    assert_same(tape, one, np.array([-0.3]))
+    assert native(tape, piece_size=10, loops=False).levels == (1,) * 10
+    assert_same(tape, zero, np.array([-0.3]))
     # With loops, the 70 products are one loop piece, at LOOP_LEVEL; the 30 sines (too few
     # for a loop) stay straight-line pieces.
     looped = native(tape, piece_size=10, cache_entries=False)
     assert looped.pieces[-1] == emit.Piece(30, 100, 1)
-    assert looped.levels == (0, 0, 0, native_tape.LOOP_LEVEL)
+    assert looped.levels == (1, 1, 1, native_tape.LOOP_LEVEL)
     assert_same(tape, looped, np.array([0.7]))
 
 

@@ -353,6 +353,10 @@ class Shape:
     block: int
 
 
+#: Instructions per basic block at level 1 (16 before level 1 scheduled for a generic CPU,
+#: :data:`fasttape.native.machine.SCHEDULING_CPU`).
+BLOCK_1 = 64
+
 #: The shape by level, 0 and (the second) 1 and above.  Level 1 selects instructions
 #: one basic block at a time in time superlinear in its length (ten times slower per
 #: instruction on a 2,000-instruction block than on 16-instruction ones) and allocates
@@ -364,7 +368,7 @@ class Shape:
 #: against 16.8 on random_uniform; 367 against 414 us on random_local at 100,000), for
 #: about 10% more compile time.
 SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=256, adj_window=256,
-                                                              block=16))
+                                                              block=BLOCK_1))
 
 
 def shape(level: int) -> Shape:

@@ -29,8 +29,8 @@ from fasttape.native.entry import native_cfunction, native_numba_kernel
 from fasttape.ops import table_hash
 from fasttape.tape import TapeRecord, check_out, resolve_threads
 
-__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES",
-           "PARALLEL_PIECES_OPTIMIZED", "LIBM_SHARE_LEVEL0", "MachineCode", "NativeTape",
+__all__ = ["DEFAULT_PIECE_SIZE", "PARALLEL_MIN_WORK", "PARALLEL_PIECES", "MachineCode",
+           "NativeTape",
            "check_options", "interpreted", "native", "opt_level", "piece_levels"]
 
 #: Instructions per piece.  Compile time per instruction is flat from a few hundred to a few
@@ -95,14 +95,14 @@ def _executor() -> ThreadPoolExecutor:
 
 
 def opt_level(n_instr: int) -> int:
-    """LLVM optimization level of the pieces of a tape of ``n_instr`` instructions, by size
-    alone (:func:`piece_levels`, the default, also compiles pieces of libm calls at 0).
+    """LLVM optimization level of the straight-line pieces of a tape of ``n_instr``
+    straight-line instructions (:func:`piece_levels`).
 
     Every level gives bitwise the same results (no fast-math, no contraction): the level only
     trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
-    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.2 to 0.6 ms of
-    compiling per instruction, code up to twice as fast as level 0's); above, ``0`` (its fast
-    instruction selector and register allocator, about 0.1 ms per instruction).
+    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.04 to 0.07 ms of
+    compiling per instruction, code 5 to 35% faster than level 0's); above, ``0`` (its fast
+    instruction selector and register allocator, about 0.02 to 0.04 ms per instruction).
     docs/native.md has the measurements.
     """
     return 1 if n_instr <= 20_000 else 0
@@ -121,47 +121,30 @@ def _piece_size(piece_size: Any) -> int:
 #: milliseconds at any level.
 LOOP_LEVEL = 1
 
-#: Share of a piece's instructions that call libm (:func:`fasttape.native.translate.libm_ops`)
-#: from which :func:`piece_levels` compiles the piece at level 0 even in a small tape.
-LIBM_SHARE_LEVEL0 = 0.2
-
-
 def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
                  pieces: tuple[emit.Piece, ...] | None = None) -> tuple[int, ...]:
     """The default LLVM optimization level of each piece of a tape with op codes ``ops``.
 
     ``pieces`` is the tape cut into pieces (:func:`fasttape.native.emit.cut`; default: cut
     into straight-line pieces of ``piece_size`` only).  A loop piece gets
-    :data:`LOOP_LEVEL`.  The straight-line pieces get :func:`opt_level` by how many
-    instructions they hold together; then, in a tape small enough for level 1, level 0
-    for every piece in which at least :data:`LIBM_SHARE_LEVEL0` of the instructions call
-    libm (``sin``, ``exp``, ``tanh`` ...).  Such a piece's time goes to the calls, around
-    which level 1 has little to schedule (a call clobbers every vector register), so level
-    0's code is nearly as fast, for a fraction of the compile time: at 10,000 instructions,
-    random graphs (35% libm) took 28.3 us at level 0 against 26.4 us at level 1, for 0.44 s
-    of compiling against 1.59 s, while Rosenbrock and Lennard-Jones (no libm) need level 1
-    (17.5 and 18.1 us; level 0 gave 27.3 and 27.6 us).  docs/native.md has the measurements.
+    :data:`LOOP_LEVEL`, the straight-line pieces :func:`opt_level` by how many instructions
+    they hold together.  Pieces of libm calls gain from level 1 too (random graphs, 35% libm
+    calls: 5% at 10,000 instructions; a chain of ``sin``: 4%), now that level 1 schedules
+    for a generic x86-64 (:mod:`fasttape.native.machine`) at half the compile time of the
+    host's own model.  docs/native.md has the measurements.
     """
     size = _piece_size(piece_size)
     n = len(ops)
     if pieces is None:
         pieces = tuple(emit.Piece(k, min(k + size, n)) for k in range(0, n, size))
-    straight = sum(p.hi - p.lo for p in pieces if not p.period)
-    calls = np.zeros(max(int(np.max(ops, initial=0)) + 1, 1), dtype=bool)
-    codes = [c for c in translate.libm_ops() if c < len(calls)]
-    calls[codes] = True
-    hit = calls[np.asarray(ops, dtype=np.int64)]
-    if opt_level(straight) == 0:
-        return tuple(LOOP_LEVEL if p.period else 0 for p in pieces)
-    return tuple(LOOP_LEVEL if p.period else
-                 0 if hit[p.lo:p.hi].mean() >= LIBM_SHARE_LEVEL0 else 1 for p in pieces)
+    level = opt_level(sum(p.hi - p.lo for p in pieces if not p.period))
+    return tuple(LOOP_LEVEL if p.period else level for p in pieces)
 
 
 #: Modules (a forward and a reverse one per piece) from which a tape is compiled in worker
-#: processes by default at level 0 (below, starting them, about a second, costs more than
-#: they save), and at levels 1 to 3.
-PARALLEL_PIECES = 64
-PARALLEL_PIECES_OPTIMIZED = 6
+#: processes by default, by the highest level of its straight-line pieces (0, 1, 2, 3):
+#: about two seconds of compiling in this process (starting the workers costs about one).
+PARALLEL_PIECES = (64, 32, 6, 6)
 
 
 def _compile_all(jobs: Iterator[tuple[str, int]], processes: int) -> Iterator[bytes]:
@@ -453,7 +436,7 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
         Instructions per compiled piece (bounds the compile time and stack of each).
     opt : int, optional
         LLVM optimization level 0-3 of every piece; default by piece,
-        :func:`piece_levels` (by the tape's size and each piece's share of libm calls).
+        :func:`piece_levels` (by the tape's size).
     loops : bool
         Compile the tape's periodic runs as loops (:mod:`fasttape.native.loops`); false:
         straight-line code throughout.
@@ -465,8 +448,8 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     processes : int, optional
         Worker processes that compile pieces side by side (llvmlite runs one LLVM call at a
         time per process).  Default: one per CPU when the tape has at least
-        :data:`PARALLEL_PIECES` modules at level 0 or :data:`PARALLEL_PIECES_OPTIMIZED`
-        above, else none (starting a worker costs about a second).
+        :data:`PARALLEL_PIECES` modules (by level), else none (starting a worker costs about
+        a second).
         ``1``: compile in this process.  Every process produces the same object code.
 
     Returns
@@ -496,8 +479,7 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
         # compile in milliseconds: only the straight-line code counts, in full pieces.
         straight = [(p.hi - p.lo, v) for p, v in zip(pieces, levels, strict=True)
                     if not p.period]
-        enough = (PARALLEL_PIECES if max((v for _, v in straight), default=0) == 0
-                  else PARALLEL_PIECES_OPTIMIZED)
+        enough = PARALLEL_PIECES[max((v for _, v in straight), default=0)]
         work = 2 * sum(m for m, _ in straight) / piece_size
         processes = (os.cpu_count() or 1) if work >= enough else 1
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:

@@ -54,7 +54,6 @@ __all__ = [
     "forward_name",
     "fused_name",
     "fused_width",
-    "libm_ops",
     "libm_symbols",
     "op_library",
     "partial_name",
@@ -190,7 +189,6 @@ class _Library:
         self.module = ir.Module(name="fasttape-ops")
         self.helpers: dict[str, ir.Function] = {}
         self.loops: set[str] = set()  # functions with a loop, themselves or in a helper
-        self.libm: set[str] = set()  # functions that call libm, themselves or in a helper
 
     def declare(self, name: str, n_args: int, readnone: bool = True) -> ir.Function:
         """A libm (or intrinsic) declaration ``double name(double, ...)``."""
@@ -254,7 +252,6 @@ class _Library:
                 b.call(self.declare_paired(call), [tr.load_local(p), *out])
                 for n, o in zip(pair, out, strict=True):
                     tr.shared[(n, p)] = b.load(o)
-        self.libm.add(fn.name)
         f = tr.as_double(tr.expr(trees[0]))
         tr.store_local("f", f)
         for k, tree in enumerate(trees[1:]):
@@ -472,8 +469,6 @@ class _Translator:
         fn = self.lib.helper(name)
         if fn.name in self.lib.loops:
             self.lib.loops.add(self.fn.name)
-        if fn.name in self.lib.libm:
-            self.lib.libm.add(self.fn.name)
         return self.b.call(fn, [self.as_double(a) for a in args])
 
     def intrinsic(self, name: str, args: list[ir.Value]) -> ir.Value:
@@ -485,7 +480,6 @@ class _Translator:
         if len(args) != n:
             raise NotImplementedError(f"{name} takes {n} arguments, got {len(args)}")
         fn = self.lib.declare(_LIBM_PREFIX + name, n)
-        self.lib.libm.add(self.fn.name)
         return self.b.call(fn, [self.as_double(a) for a in args])
 
     def binop(self, op: ast.operator, a: ir.Value, c: ir.Value) -> ir.Value:
@@ -568,18 +562,3 @@ def op_library() -> tuple[str, frozenset[str]]:
     """
     lib = _library()
     return str(lib.module), frozenset(lib.loops)
-
-
-@functools.cache
-def libm_ops() -> frozenset[int]:
-    """Op codes whose forward function or a partial calls libm (``sin``, ``exp``, ``x ** y``
-    ...), directly or in a helper: the ops whose native code is dominated by a call.
-
-    Derived from the translation itself, so a new op row is classified without a list to
-    keep.  :func:`fasttape.native.tape.piece_levels` picks optimization levels from it.
-    """
-    lib = _library()
-    return frozenset(
-        code for code, spec in enumerate(OPS)
-        if forward_name(spec) in lib.libm
-        or any(partial_name(spec, j) in lib.libm for j in range(len(spec.partials))))
