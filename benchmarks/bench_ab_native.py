@@ -1,6 +1,6 @@
 """The native tier's choices, each against its absence, timed in turn in one process.
 
-    python benchmarks/bench_ab_native.py [--choices fast,stored,shared,shape]
+    python benchmarks/bench_ab_native.py [--choices fast,stored,shared,dead,shape]
                                          [--families random_local,chain] [--sizes 1e4]
 
 Each choice compiles the same tape twice, with the choice and with it switched off for that
@@ -19,6 +19,9 @@ interpreter's bits.
 ``shared``
     an instruction that repeats an earlier one reading its value (``Layout.value_at``)
     against computing it again.
+``dead``
+    the tape's dead code dropped before it is laid out (``emit.without_dead_code``) against
+    kept (and skipped) in place.
 ``shape``
     the level-0 :class:`fasttape.native.emit.Shape` against level 1's, at level 0.
 
@@ -110,6 +113,13 @@ def _without(choice: str) -> Iterator[None]:
             yield
         finally:
             emit.Layout._share_values = keep_share  # type: ignore[method-assign]
+    elif choice == "dead":
+        keep_dead = emit.without_dead_code
+        emit.without_dead_code = lambda arrays: arrays
+        try:
+            yield
+        finally:
+            emit.without_dead_code = keep_dead
     elif choice == "shape":
         keep_shapes = emit.SHAPES
         emit.SHAPES = (keep_shapes[1], keep_shapes[1])
@@ -118,7 +128,7 @@ def _without(choice: str) -> Iterator[None]:
         finally:
             emit.SHAPES = keep_shapes
     else:
-        raise ValueError(f"unknown choice {choice!r}: fast, stored, shared or shape")
+        raise ValueError(f"unknown choice {choice!r}: fast, stored, shared, dead or shape")
 
 
 def _median_vg(nt: Any, x: np.ndarray) -> float:
@@ -157,7 +167,7 @@ def row(choice: str, family: str, n: int, repeat: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--choices", default="fast,stored,shared,shape")
+    ap.add_argument("--choices", default="fast,stored,shared,dead,shape")
     ap.add_argument("--families", default="random_local,random_uniform,chain")
     ap.add_argument("--sizes", default="1e4")
     ap.add_argument("--repeat", type=int, default=5)

@@ -317,7 +317,6 @@ def test_native_compiles_each_piece_at_its_level(monkeypatch):
 
     tape = _mixed_tape(30, 70)
     levels = (0, 1, 0, 2, 1, 0, 0, 1, 3, 0)
-    monkeypatch.setattr(native_tape, "piece_levels", lambda *a, **k: levels)
     seen = []
     compile_module = machine.compile_module
 
@@ -326,14 +325,15 @@ def test_native_compiles_each_piece_at_its_level(monkeypatch):
             seen.append((text.split('define void @"ft.')[1].split('"')[0], level))
         return compile_module(text, level, with_library)
 
-    monkeypatch.setattr(machine, "compile_module", spy)
-    nt = native(tape, piece_size=10, loops=False, cache_entries=False, processes=1)
+    with monkeypatch.context() as m:
+        m.setattr(native_tape, "piece_levels", lambda *a, **k: levels)
+        m.setattr(machine, "compile_module", spy)
+        nt = native(tape, piece_size=10, loops=False, cache_entries=False, processes=1)
     assert nt.levels == levels
     tag = seen[0][0].split(".")[1]
     assert sorted(seen) == sorted([(f"{kind}.{tag}.{k}", v) for kind in ("fwd", "rev")
                                    for k, v in enumerate(levels)])
     assert_same(tape, nt, np.array([0.7]))
-    monkeypatch.undo()
     # An explicit opt applies to every piece, and is another cache entry than the default.
     zero = native(tape, piece_size=10, loops=False, opt=0)
     assert zero.levels == (0,) * 10 and not zero.from_cache
@@ -576,6 +576,20 @@ def periodic_tapes(draw, max_period: int = 4):
         args += [slot - 1, draw(st.integers(0, slot - 1))]
     n_slots = n_pre + len(ops)
     outputs = [n_slots - 1, *draw(st.lists(st.integers(0, n_slots - 1), max_size=3))]
+    # Every instruction reaches an output: the native tier drops dead code before it looks
+    # for loops (emit.without_dead_code), so a dead run would not be one.  What nothing
+    # reads is added to the first output.
+    reached = set(outputs)
+    at = len(args)
+    for i in range(len(ops) - 1, -1, -1):
+        at -= OPS[ops[i]].arity
+        if n_pre + i in reached:
+            reached.update(args[at: at + OPS[ops[i]].arity])
+    for i in range(len(ops)):
+        if n_pre + i not in reached:
+            ops.append(OPS_BY["add"])
+            args += [n_pre + len(ops) - 2, n_pre + i]
+    outputs[0] = n_pre + len(ops) - 1
     x = np.array(draw(st.lists(FLOATS, min_size=n_in, max_size=n_in)))
     p = np.array(draw(st.lists(FLOATS, min_size=n_par, max_size=n_par))) if n_par else None
     tape = ft.Tape.from_arrays(ops, args, consts, outputs, n_in, n_params=n_par)
@@ -583,13 +597,15 @@ def periodic_tapes(draw, max_period: int = 4):
 
 
 def periodic_tape(period: int, reps: int) -> ft.Tape:
-    """``period`` instructions repeated ``reps`` times over moving inputs, summed."""
+    """``period`` instructions repeated ``reps`` times over moving inputs, each repetition's
+    first one reading the previous repetition's last (the input before the first), so that
+    every instruction reaches the output."""
     n_in = reps + 1
     ops, args = [], []
     for r in range(reps):
         ops += [OPS_BY["mul"], OPS_BY["sin"]][:period] + [OPS_BY["add"]] * (period - 2)
         slot = n_in + len(ops) - period
-        body = [[r, r + 1], [slot]] + [[slot + 1, slot]] * (period - 2)
+        body = [[r, slot - 1], [slot]] + [[slot + 1, slot]] * (period - 2)
         for a in body[:period]:
             args += a
     return ft.Tape.from_arrays(ops, args, [], [n_in + len(ops) - 1], n_in)
@@ -1016,3 +1032,20 @@ def test_a_value_a_loop_reads_is_not_shared():
     assert lay.value_at[n_in + 1] == n_in + 1
     x = np.random.default_rng(3).uniform(0.5, 2.0, n_in)
     assert_same(tape, nt, x)
+
+
+def test_dead_code_is_dropped_before_the_layout():
+    # %2 = sin(x0) (dead), %3 = x0 * x1, %4 = exp(%2) (dead), %5 = cos(%3); outputs %5, %3
+    ops = [OPS_BY["sin"], OPS_BY["mul"], OPS_BY["exp"], OPS_BY["cos"]]
+    tape = ft.Tape.from_arrays(ops, [0, 0, 1, 2, 3], [], [5, 3], 2)
+    a = emit.without_dead_code(tape.to_arrays())
+    assert a["ops"].tolist() == [OPS_BY["mul"], OPS_BY["cos"]]
+    assert a["args"].tolist() == [0, 1, 2] and a["outputs"].tolist() == [3, 2]
+    assert a["args"].dtype == tape.to_arrays()["args"].dtype
+    live = ft.Tape.from_arrays(a["ops"], a["args"], a["consts"], a["outputs"], 2)
+    kept = live.to_arrays()
+    assert emit.without_dead_code(kept) is kept  # nothing to drop: the arrays themselves
+    nt = native(tape, cache_entries=False)
+    assert nt.pieces == (emit.Piece(0, 2),)
+    for x in [(0.3, -1.2), (0.0, math.inf), (math.nan, 1.0)]:
+        assert_same(tape, nt, np.array(x))

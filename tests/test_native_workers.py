@@ -15,7 +15,7 @@ def test_pieces_compiled_in_workers_give_the_same_code():
     x = np.random.default_rng(0).uniform(0.1, 0.9, tape.n_inputs)
     here = native(tape, piece_size=500, cache_entries=False, processes=1)
     there = native(tape, piece_size=500, cache_entries=False, processes=2)
-    assert there.n_pieces == here.n_pieces == 6
+    assert there.n_pieces == here.n_pieces >= 3  # of its live instructions
     v1, g1 = here.value_and_grad(x)
     v2, g2 = there.value_and_grad(x)
     v0, g0 = tape.value_and_grad(x)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ from fasttape.native.translate import (
 from fasttape.ops import OPS
 
 __all__ = ["LOOPS_PER_MODULE", "SHAPES", "Layout", "Piece", "Shape", "cut", "driver_module",
-           "n_modules", "piece_modules", "shape", "work_size"]
+           "n_modules", "piece_modules", "shape", "without_dead_code", "work_size"]
 
 _ARITY = np.array([op.arity for op in OPS], dtype=np.int64)
 _NDIFF = np.array([op.ndiff for op in OPS], dtype=np.int64)
@@ -96,6 +97,47 @@ def cut(ops: np.ndarray, args: np.ndarray, n_lead: int, n_pre: int, piece_size: 
             pieces.append(Piece(lo, hi, period))
         at = hi
     return tuple(pieces)
+
+
+def _reached(args: np.ndarray, starts: np.ndarray, outputs: np.ndarray, n_pre: int,
+             nd: np.ndarray) -> np.ndarray:
+    """Per instruction: whether an output reaches it, through the first ``nd[i]`` arguments
+    of each instruction ``i`` it reaches (``starts``: where each one's arguments begin)."""
+    n_instr = len(nd)
+    reach = [False] * (n_pre + n_instr)
+    for s in np.asarray(outputs).tolist():
+        reach[s] = True
+    args_, starts_ = args.tolist(), starts.tolist()
+    for i, n in zip(range(n_instr - 1, -1, -1), nd[::-1].tolist(), strict=True):
+        if reach[n_pre + i]:
+            for a in args_[starts_[i]: starts_[i] + n]:
+                reach[a] = True
+    return np.array(reach[n_pre:], dtype=bool)
+
+
+def without_dead_code(arrays: dict[str, Any]) -> dict[str, Any]:
+    """A tape's arrays (``Tape.to_arrays()``) without the instructions no output depends on,
+    the other slots renumbered in order; the arrays themselves when there are none.
+
+    Those instructions compute nothing any caller can see, and their slots would spread the
+    work array: random_uniform at 10,000 instructions keeps 2,552 of them
+    (``python benchmarks/bench_ab_native.py --choices dead`` times the difference).
+    """
+    ops = np.asarray(arrays["ops"], dtype=np.int64)
+    args = np.asarray(arrays["args"], dtype=np.int64)
+    n_pre = int(arrays["n_inputs"]) + int(arrays["n_params"]) + len(arrays["consts"])
+    arity = _ARITY[ops]
+    starts = np.concatenate(([0], np.cumsum(arity)))
+    needed = _reached(args, starts, arrays["outputs"], n_pre, arity)
+    if needed.all():
+        return arrays
+    keep = np.nonzero(needed)[0]
+    slot = np.full(n_pre + len(ops), -1, dtype=np.int64)
+    slot[:n_pre] = np.arange(n_pre)
+    slot[n_pre + keep] = n_pre + np.arange(len(keep))
+    return {**arrays, "ops": np.asarray(arrays["ops"])[keep],
+            "args": slot[args[np.repeat(needed, arity)]].astype(np.asarray(arrays["args"]).dtype),
+            "outputs": slot[np.asarray(arrays["outputs"], dtype=np.int64)]}
 
 
 @dataclass
@@ -232,15 +274,7 @@ class Layout:
     def _live(self, nd: np.ndarray) -> np.ndarray:
         """Per instruction: whether an output's adjoint can reach it (an output itself, or one
         of the first ``nd`` arguments, the differentiable ones, of a live instruction)."""
-        reach = [False] * self.n_slots
-        for s in self.outputs.tolist():
-            reach[s] = True
-        args, starts, n_pre = self.args.tolist(), self.starts.tolist(), self.n_pre
-        for i, n in zip(range(self.n_instr - 1, -1, -1), nd[::-1].tolist(), strict=True):
-            if reach[n_pre + i]:
-                for a in args[starts[i]: starts[i] + n]:
-                    reach[a] = True
-        return np.array(reach[n_pre:], dtype=bool)
+        return _reached(self.args, self.starts, self.outputs, self.n_pre, nd)
 
     def seeded(self, slot: int, piece: int) -> bool:
         """Whether piece ``piece`` starts ``slot``'s adjoint from ``w`` (else from 0)."""
@@ -353,22 +387,26 @@ class Shape:
     block: int
 
 
-#: Instructions per basic block at level 1 (16 before level 1 scheduled for a generic CPU,
-#: :data:`fasttape.native.machine.SCHEDULING_CPU`).
-BLOCK_1 = 64
-
-#: The shape by level, 0 and (the second) 1 and above.  Level 1 selects instructions
-#: one basic block at a time in time superlinear in its length (ten times slower per
-#: instruction on a 2,000-instruction block than on 16-instruction ones) and allocates
-#: registers across blocks; level 0 selects in linear time but spills every register
-#: live across a block boundary or a call to the stack, so there a value is reloaded from
-#: ``w`` (where it is anyway) after one instruction, and blocks are long.  Against the
-#: level-1 shape at level 0 (``python benchmarks/bench_ab_native.py --choices shape``):
-#: ``value_and_grad`` 27.6 against 37.9 us on random_local at 10,000 instructions (15.6
-#: against 16.8 on random_uniform; 367 against 414 us on random_local at 100,000), for
-#: about 10% more compile time.
-SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=256, adj_window=256,
-                                                              block=BLOCK_1))
+#: The shape by level, 0 and (the second) 1 and above.  Level 0 selects instructions in
+#: linear time but spills every register live across a block boundary or a call to the
+#: stack, so there a value is reloaded from ``w`` (where it is anyway) after one
+#: instruction, and blocks are long.  Against level 1's former shape (windows of 256, blocks
+#: of 16) at level 0 (``python benchmarks/bench_ab_native.py --choices shape`` at commit
+#: bf2a57a): ``value_and_grad`` 27.6
+#: against 37.9 us on random_local at 10,000 instructions (15.6 against 16.8 on
+#: random_uniform; 367 against 414 us on random_local at 100,000), for about 10% more
+#: compile time.  Level 1 selects instructions one basic block at a time, in time
+#: superlinear in its length on long chains of arithmetic, and allocates registers across
+#: blocks; a value kept in a register past a call is spilled to the stack (every vector
+#: register is the callee's), so there too a value is reloaded from ``w`` a few
+#: instructions on.  At 10,000 instructions, all straight-line (commit 08e3e90, a ``/tmp``
+#: script timing both in one process): windows of 4 against 256 instructions, random_local
+#: 23.4 to 23.6 against 23.9 us, Rosenbrock 23.1 against 24.4 us, Lennard-Jones 15.7
+#: against 16.1 us; blocks of 64 against 16 instructions compiled random_local in 0.67
+#: against 0.79 s (the calls split the scheduler's regions anyway), Rosenbrock and
+#: Lennard-Jones within the noise.
+SHAPES = (Shape(window=1, adj_window=256, block=512), Shape(window=4, adj_window=256,
+                                                              block=64))
 
 
 def shape(level: int) -> Shape:
@@ -410,15 +448,16 @@ def _forward(lay: Layout, k: int, level: int) -> str:
         else:
             operands = ", ".join(f"double {refs.value(int(v))}" for v in a)
             v = f"%v{s}"
-            if lay.part_at[i] >= 0:
-                lines.append(f"  %t{s} = getelementptr inbounds double, ptr %w, "
-                             f"i64 {lay.part_at[i]}")
-                lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
-                             f"ptr %t{s})")
-            else:
-                lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')
         lines.append(f"  %q{s} = getelementptr inbounds double, ptr %w, i64 {s}")
-        lines.append(f"  store double {v}, ptr %q{s}")
+        if n is None and lay.part_at[i] >= 0:  # stores the value too
+            lines.append(f"  %t{s} = getelementptr inbounds double, ptr %w, "
+                         f"i64 {lay.part_at[i]}")
+            lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
+                         f"ptr %t{s}, ptr %q{s})")
+        else:
+            if n is None:
+                lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')
+            lines.append(f"  store double {v}, ptr %q{s}")
         refs.define(s, v)
     lines += ["  ret void", "}"]
     return "\n".join(lines)

@@ -278,14 +278,17 @@ def forward(lay: Layout, k: int, stored: bool = True) -> str:
         else:
             vals = ", ".join(f"double {body.value(b, d, own)}" for b, d in operands)
             v = f"%v{q}"
-            at = int(lay.part_at[piece.lo + q])
-            if stored and at >= 0:  # the stored partials of repetition r at at + r * width
-                t = body.address("%w", at, fused_width(spec))
-                lines.append(f'  {v} = call double @"{fused_name(spec)}"({vals}, ptr {t})')
-            else:
-                lines.append(f'  {v} = call double @"{forward_name(spec)}"({vals})')
         p = body.address("%w", *body.result(q))
-        lines.append(f"  store double {v}, ptr {p}")
+        at = int(lay.part_at[piece.lo + q])
+        if n is None and stored and at >= 0:
+            # the stored partials of repetition r at at + r * width; stores the value too
+            t = body.address("%w", at, fused_width(spec))
+            lines.append(f'  {v} = call double @"{fused_name(spec)}"({vals}, ptr {t}, '
+                         f"ptr {p})")
+        else:
+            if n is None:
+                lines.append(f'  {v} = call double @"{forward_name(spec)}"({vals})')
+            lines.append(f"  store double {v}, ptr {p}")
         own[q] = v
     reps = (piece.hi - piece.lo) // piece.period
     prologue: list[str] = []

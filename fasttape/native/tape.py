@@ -200,7 +200,9 @@ class NativeTape:
     n_pieces : int
         Pieces the tape was cut into (each compiled twice: forward and reverse).
     pieces : tuple of fasttape.native.emit.Piece
-        The pieces, in order: ``(lo, hi, period)``, ``period`` 0 for straight-line code.
+        The pieces, in order: ``(lo, hi, period)``, ``period`` 0 for straight-line code;
+        instruction indices of the tape without its dead code
+        (:func:`fasttape.native.emit.without_dead_code`).
     n_loops : int
         How many of the pieces are loops (:mod:`fasttape.native.loops`).
     levels : tuple of int
@@ -458,7 +460,7 @@ def native(tape: TapeRecord, *, piece_size: int = DEFAULT_PIECE_SIZE,
     """
     check_options(piece_size=piece_size, opt=opt, loops=loops)
     piece_size = int(piece_size)
-    arrays = tape.to_arrays()
+    arrays = emit.without_dead_code(tape.to_arrays())
     n_lead = int(arrays["n_inputs"] + arrays["n_params"])
     pieces = emit.cut(arrays["ops"], arrays["args"], n_lead, n_lead + len(arrays["consts"]),
                       piece_size, bool(loops))

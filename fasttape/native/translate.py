@@ -105,8 +105,9 @@ def partial_name(spec: OpSpec, j: int) -> str:
 
 
 def fused_name(spec: OpSpec) -> str:
-    """The LLVM name of ``spec``'s fused function ``(x[, y[, z]], t) -> f``: its forward
-    value, with the partials :func:`stored_partials` names stored to ``t[0], t[1], ...``."""
+    """The LLVM name of ``spec``'s fused function ``(x[, y[, z]], t, r) -> f``: its forward
+    value, also stored to ``r``, with the partials :func:`stored_partials` names stored to
+    ``t[0], t[1], ...``."""
     return f"ft.fp.{spec.name}"
 
 
@@ -114,6 +115,14 @@ def fused_name(spec: OpSpec) -> str:
 #: and the call's: ``sincos(x, &s, &c)`` (glibc's ``sin``, ``cos`` and ``sincos`` share one
 #: implementation, so its two results are bitwise the separate calls').
 _PAIRED = {("sin", "cos"): "sincos"}
+
+
+def _is_call(tree: ast.AST, name: str, param: str) -> bool:
+    """Whether the formula ``tree`` is exactly ``math.<name>(<param>)``."""
+    return (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Attribute)
+            and isinstance(tree.func.value, ast.Name) and tree.func.value.id == "math"
+            and tree.func.attr == name and len(tree.args) == 1
+            and isinstance(tree.args[0], ast.Name) and tree.args[0].id == param)
 
 
 def _paired_calls(tree: ast.AST) -> set[tuple[str, str]]:
@@ -230,32 +239,58 @@ class _Library:
 
     def fused(self, spec: OpSpec, params: list[str]) -> None:
         """``spec``'s fused function (:func:`fused_name`): each pair of paired calls
-        (``sin(p)``, ``cos(p)``) becomes one call at the entry, writing its two results to
-        ``t[0]`` and ``t[1]``; the forward formula and the stored partials then read them,
-        and the partials overwrite ``t[0], t[1], ...``."""
+        (``sin(p)``, ``cos(p)``) becomes one call at the entry; the forward formula and the
+        stored partials then read its two results.
+
+        Where an op makes a single paired call, the call writes each result straight to where
+        it belongs when a formula is exactly that call: the forward formula's to ``r`` (the
+        value's slot), a stored partial's to its ``t[k]`` (``sin``: ``sin(x)`` to ``r`` and
+        ``cos(x)`` to ``t[0]``; ``cos``: ``cos(x)`` to ``r``), and nothing is copied
+        afterwards; any other result goes to a free ``t`` slot, which a partial may
+        overwrite once every result is read.  (``fused_width`` leaves two slots.)
+        """
         stored = stored_partials(spec)
         trees = [ast.parse(spec.forward, mode="eval").body,
                  *(ast.parse(spec.partials[j], mode="eval").body for j in stored)]
         ptr = ir.PointerType(DOUBLE)
-        fn = ir.Function(self.module, ir.FunctionType(DOUBLE, [DOUBLE] * len(params) + [ptr]),
+        fn = ir.Function(self.module,
+                         ir.FunctionType(DOUBLE, [DOUBLE] * len(params) + [ptr, ptr]),
                          fused_name(spec))
         fn.attributes.add("alwaysinline")
         fn.attributes.add("nounwind")
-        for arg, p in zip(fn.args, [*params, "t"], strict=True):
+        for arg, p in zip(fn.args, [*params, "t", "r"], strict=True):
             arg.name = p
-        tr = _Translator(self, fn, [*params, "t"])
-        b, t = tr.b, fn.args[-1]
-        calls = set().union(*(_paired_calls(tree) for tree in trees))
-        for pair, call in _PAIRED.items():
-            for p in sorted({p for n, p in calls if n in pair}):
-                out = [b.gep(t, [ir.Constant(I64, k)], inbounds=True) for k in range(2)]
-                b.call(self.declare_paired(call), [tr.load_local(p), *out])
-                for n, o in zip(pair, out, strict=True):
-                    tr.shared[(n, p)] = b.load(o)
+        tr = _Translator(self, fn, [*params, "t", "r"])
+        b, t, r = tr.b, fn.args[-2], fn.args[-1]
+
+        def slot(k: int) -> ir.Value:
+            return r if k < 0 else b.gep(t, [ir.Constant(I64, k)], inbounds=True)
+
+        calls = sorted({(pair, call, p) for pair, call in _PAIRED.items()
+                        for tree in trees for n, p in _paired_calls(tree) if n in pair})
+        placed: set[int] = set()  # trees a paired call writes: tree i to slot i - 1 (-1: r)
+        for pair, call, p in calls:
+            targets: list[int | None] = []
+            for n in pair:
+                i = next((i for i, tree in enumerate(trees) if len(calls) == 1
+                          and i not in placed and _is_call(tree, n, p)), None)
+                if i is not None:
+                    placed.add(i)
+                targets.append(None if i is None else i - 1)
+            free = [k for k in range(max(len(stored), 2)) if k not in targets]
+            slots = [free.pop(0) if k is None else k for k in targets]
+            out = [slot(k) for k in slots]
+            b.call(self.declare_paired(call), [tr.load_local(p), *out])
+            for n, o in zip(pair, out, strict=True):
+                tr.shared[(n, p)] = b.load(o)
         f = tr.as_double(tr.expr(trees[0]))
         tr.store_local("f", f)
-        for k, tree in enumerate(trees[1:]):
-            b.store(tr.as_double(tr.expr(tree)), b.gep(t, [ir.Constant(I64, k)], inbounds=True))
+        values = [tr.as_double(tr.expr(tree)) for tree in trees[1:]]
+        if 0 not in placed:
+            b.store(f, r)
+        for k, v in enumerate(values):
+            if k + 1 not in placed:
+                b.store(v, slot(k))
         b.store(f, tr.result)
         b.branch(tr.exit)
 
