@@ -353,39 +353,19 @@ class NativeTape:
         if (type(x) is np.ndarray and x.dtype is _FLOAT64 and x.shape == self._plain_shape
                 and x.strides == _ONE_STRIDE and p is None and output is None and out is None
                 and threads is None):
-            # The common call, checked in a quarter of the time of the general path below
-            # (1.0 against 1.5 us a call on a tiny tape): a C-contiguous float64 point.
-            grad = np.empty(self._n_inputs)
-            return self._vg_one(x, 0, grad), grad
-        xin = self._point(x, p)
-        which = 0 if output is None and self._one_output else self.tape.output_index(output)
-        n = self._n_inputs
-        if xin.ndim == 2:
-            xin = np.ascontiguousarray(xin)
-            b = xin.shape[0]
-            # check_out accepts only C-contiguous float64 arrays.
-            g = np.empty((b, n)) if out is None else check_out(out, (b, n), "out")
-            vals = np.empty(b)
-            xs, gs = xin.strides[0], 8 * n
-
-            def run(lo: int, hi: int) -> None:
-                w = self._work()
-                while lo < hi:
-                    lo += self._vgb(xin.ctypes.data + lo * xs, w.ctypes.data,
-                                    g.ctypes.data + lo * gs, which, vals.ctypes.data + 8 * lo,
-                                    hi - lo)
-                    if lo < hi:  # row lo's check failed (emit._batch_loops)
-                        vals[lo] = self._interpreted(xin[lo], which, g[lo])
-                        lo += 1
-
-            self._chunks(b, threads, run)
-            return vals, g
-        if threads is not None:
-            resolve_threads(threads)
-        grad = np.empty(n) if out is None else check_out(out, n, "out")
-        return self._vg_one(xin, which, grad), grad
-
-    def _vg_one(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
+            # The common call, checked in a fraction of the time of the general path
+            # (0.97 against 1.54 us a call on a tiny tape): a C-contiguous float64 point.
+            xin, which, grad = x, 0, np.empty(self._n_inputs)
+        else:
+            xin = self._point(x, p)
+            which = 0 if output is None and self._one_output else \
+                self.tape.output_index(output)
+            if xin.ndim == 2:
+                return self._vg_batch(xin, which, out, threads)
+            if threads is not None:
+                resolve_threads(threads)
+            n = self._n_inputs
+            grad = np.empty(n) if out is None else check_out(out, n, "out")
         # xin: a C-contiguous float64 point (_point); grad: the same (check_out or new).
         try:
             w = self._local.w
@@ -393,8 +373,30 @@ class NativeTape:
             w = self._work()
         v = call_vg(self._vg_address, xin, w, grad, which)
         if v != v and w[self._check_at] != w[self._check_at]:  # NaN: maybe a failed check
-            return self._interpreted(xin, which, grad)
-        return v
+            v = self._interpreted(xin, which, grad)
+        return v, grad
+
+    def _vg_batch(self, xin: np.ndarray, which: int, out: np.ndarray | None,
+                  threads: Any) -> tuple[np.ndarray, np.ndarray]:
+        xin = np.ascontiguousarray(xin)
+        b, n = xin.shape[0], self._n_inputs
+        # check_out accepts only C-contiguous float64 arrays.
+        g = np.empty((b, n)) if out is None else check_out(out, (b, n), "out")
+        vals = np.empty(b)
+        xs, gs = xin.strides[0], 8 * n
+
+        def run(lo: int, hi: int) -> None:
+            w = self._work()
+            while lo < hi:
+                lo += self._vgb(xin.ctypes.data + lo * xs, w.ctypes.data,
+                                g.ctypes.data + lo * gs, which, vals.ctypes.data + 8 * lo,
+                                hi - lo)
+                if lo < hi:  # row lo's check failed (emit._batch_loops)
+                    vals[lo] = self._interpreted(xin[lo], which, g[lo])
+                    lo += 1
+
+        self._chunks(b, threads, run)
+        return vals, g
 
     def _interpreted(self, xin: np.ndarray, which: int, grad: np.ndarray) -> float:
         """``value_and_grad`` of the point ``xin`` (inputs and parameters joined) on the
