@@ -17,8 +17,9 @@ interpreter's bits.
     ``sin``'s and ``cos``'s partials stored by one ``sincos`` in the forward sweep
     (``Layout.part_at``) against ``cos`` and ``sin`` called again in the reverse sweep.
 ``shared``
-    an instruction that repeats an earlier one reading its value (``Layout.value_at``)
-    against computing it again.
+    an instruction that repeats an earlier one reading its value (``Layout.value_at``), and
+    a ``sin`` or ``cos`` reading the results of an earlier ``sincos`` on the same argument
+    (``Layout.pair_from``), against computing them again.
 ``dead``
     the tape's dead code dropped before it is laid out (``emit.without_dead_code``) against
     kept (and skipped) in place.
@@ -103,16 +104,21 @@ def _without(choice: str) -> Iterator[None]:
         finally:
             emit.Layout.__post_init__ = keep_init  # type: ignore[method-assign]
     elif choice == "shared":
-        keep_share = emit.Layout._share_values
+        keep_share, keep_pairs = emit.Layout._share_values, emit.Layout._pair_sources
 
         def computed_twice(self: emit.Layout) -> np.ndarray:
             return np.arange(self.n_slots, dtype=np.int64)
 
+        def called_twice(self: emit.Layout) -> np.ndarray:
+            return np.full(self.n_instr, -1, dtype=np.int64)
+
         emit.Layout._share_values = computed_twice  # type: ignore[method-assign]
+        emit.Layout._pair_sources = called_twice  # type: ignore[method-assign]
         try:
             yield
         finally:
             emit.Layout._share_values = keep_share  # type: ignore[method-assign]
+            emit.Layout._pair_sources = keep_pairs  # type: ignore[method-assign]
     elif choice == "dead":
         keep_dead = emit.without_dead_code
         emit.without_dead_code = lambda arrays: arrays

@@ -1049,3 +1049,44 @@ def test_dead_code_is_dropped_before_the_layout():
     assert nt.pieces == (emit.Piece(0, 2),)
     for x in [(0.3, -1.2), (0.0, math.inf), (math.nan, 1.0)]:
         assert_same(tape, nt, np.array(x))
+
+
+def _paired_tape():
+    x0, x1 = 0, 1
+    rows = [
+        ("cos", [x0]),  # 2: sincos(x0)
+        ("sin", [x0]),  # 3: reads 2's results (sin(x0) left in 2's t[1])
+        ("add", [x0, x1]),  # 4
+        ("sin", [4]),  # 5: sincos(%4), no adjoint (stop_gradient): still keeps both
+        ("stop_gradient", [5]),  # 6
+        ("cos", [4]),  # 7: reads 5's results
+        ("cos", [x1]),  # 8: sincos(x1)
+        ("mul", [2, 3]),  # 9
+        ("add", [9, 6]),  # 10
+        ("add", [10, 7]),  # 11
+        ("mul", [11, 8]),  # 12
+        ("sin", [x1]),  # 13: reads 8's results, from a later piece at piece_size 4
+        ("add", [12, 13]),  # 14
+    ]
+    ops = [OPS_BY[name] for name, _ in rows]
+    args = [a for _, row in rows for a in row]
+    return ft.Tape.from_arrays(ops, args, [], [14, 3, 7], 2)
+
+
+def test_sin_and_cos_of_one_argument_share_one_sincos():
+    from fasttape.native import machine
+
+    tape = _paired_tape()
+    a = tape.to_arrays()
+    pieces = emit.cut(a["ops"], a["args"], 2, 2, 100)
+    lay = emit.Layout(a["ops"], a["args"], a["consts"], a["outputs"], 2, 2, pieces, "s")
+    assert {i + 2: int(j) + 2 for i, j in enumerate(lay.pair_from) if j >= 0} == \
+        {3: 2, 7: 5, 13: 8}
+    assert (lay.part_at[[0, 1, 3, 5, 6, 11]] >= 0).all()  # sources and readers keep theirs
+    text = "".join(t for t, _ in emit.piece_modules(lay, machine.header(), (0,)))
+    assert text.count('@"ft.fp.') == 3 and text.count('@"ft.fg.') == 3
+    rng = np.random.default_rng(6)
+    for piece_size in (1, 4, 100):
+        nt = native(tape, piece_size=piece_size, cache_entries=False)
+        for x in [rng.uniform(-4, 4, 2), rng.choice(SPECIAL, 2), np.zeros(2), [-0.0, 1e300]]:
+            assert_same(tape, nt, np.array(x, dtype=float))

@@ -57,6 +57,8 @@ from fasttape.native.translate import (
     forward_name,
     fused_name,
     fused_width,
+    given_name,
+    paired_call,
     stored_partials,
 )
 from fasttape.ops import OPS
@@ -196,6 +198,7 @@ class Layout:
         # not another instruction's: value_at)
         self.computed = self.needed & (self.value_at[self.n_pre:] == self.n_pre
                                        + np.arange(self.n_instr))
+        self.pair_from = self._pair_sources()
         for j in range(int(nd.max(initial=0))):
             rows = np.nonzero((nd > j) & live)[0]
             parents = self.args[self.starts[rows] + j]
@@ -237,6 +240,30 @@ class Layout:
                 value_at[n_pre + i] = s
         return np.array(value_at, dtype=np.int64)
 
+    def _pair_sources(self) -> np.ndarray:
+        """``pair_from[i]``: the earlier instruction whose paired libm call (``sincos``) is
+        the one instruction ``i`` would make, on an argument of the same value, and whose
+        work-array entries keep both results (:func:`fasttape.native.translate.paired_call`);
+        ``i`` reads them there (:func:`fasttape.native.translate.given_name`) instead of
+        calling libm again: a ``cos(a)`` after a ``sin(a)``.  -1 where there is none.  Both
+        in straight-line pieces (a loop's ``value`` function stores no partials)."""
+        pair_from = np.full(self.n_instr, -1, dtype=np.int64)
+        calls = [paired_call(op) for op in OPS]
+        straight = np.ones(self.n_instr, dtype=bool)
+        for piece in self.pieces:
+            if piece.period:
+                straight[piece.lo: piece.hi] = False
+        first: dict[tuple[str, int], int] = {}
+        for i in np.nonzero(self.computed & straight)[0].tolist():
+            pc = calls[int(self.ops[i])]
+            if pc is None:
+                continue
+            arg = int(self.value_at[self.args[self.starts[i] + "xyz".index(pc.param)]])
+            src = first.setdefault((pc.call, arg), i)
+            if src != i:
+                pair_from[i] = src
+        return pair_from
+
     def _place_partials(self) -> None:
         """``part_at[i]``: where instruction ``i``'s stored partials start in ``w`` (-1: it
         has none); ``n_work`` the work array's length with them.  A straight-line piece
@@ -250,6 +277,9 @@ class Layout:
         shared = np.nonzero(self.value_at[self.n_pre:] != own)[0]
         wanted = self.live.copy()
         wanted[self.value_at[self.n_pre + shared[self.live[shared]]] - self.n_pre] = True
+        readers = np.nonzero(self.pair_from >= 0)[0]  # both keep their paired results
+        wanted[readers] = True
+        wanted[self.pair_from[readers]] = True
         wanted[shared] = False
         at = 2 * self.n_slots + len(self.outputs)
         for piece in self.pieces:
@@ -452,8 +482,19 @@ def _forward(lay: Layout, k: int, level: int) -> str:
         if n is None and lay.part_at[i] >= 0:  # stores the value too
             lines.append(f"  %t{s} = getelementptr inbounds double, ptr %w, "
                          f"i64 {lay.part_at[i]}")
-            lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
-                         f"ptr %t{s}, ptr %q{s})")
+            src = int(lay.pair_from[i])
+            if src >= 0:  # the paired call's results, where src's fused function left them
+                got = []
+                for k in paired_call(OPS[ops[src]]).slots:
+                    if k < 0:
+                        got.append(refs.value(n_pre + src))
+                    else:
+                        got.append(stored(lines, "%w", str(lay.part_at[src] + k), f"g{s}.{k}"))
+                lines.append(f'  {v} = call double @"{given_name(spec)}"({operands}, '
+                             f"double {got[0]}, double {got[1]}, ptr %t{s}, ptr %q{s})")
+            else:
+                lines.append(f'  {v} = call double @"{fused_name(spec)}"({operands}, '
+                             f"ptr %t{s}, ptr %q{s})")
         else:
             if n is None:
                 lines.append(f'  {v} = call double @"{forward_name(spec)}"({operands})')

@@ -41,7 +41,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import llvmlite.ir as ir
 
@@ -54,6 +54,9 @@ __all__ = [
     "forward_name",
     "fused_name",
     "fused_width",
+    "given_name",
+    "paired_call",
+    "PairedCall",
     "libm_symbols",
     "op_library",
     "partial_name",
@@ -156,6 +159,82 @@ def stored_partials(spec: OpSpec) -> tuple[int, ...]:
     return tuple(out)
 
 
+class PairedCall(NamedTuple):
+    """The one paired libm call of an op with stored partials (:func:`paired_call`): the
+    call (``"sincos"``), the pair of functions it computes (``("sin", "cos")``), the
+    parameter it is called on (``"x"``: the op's argument of that index in ``"xyz"``), and
+    where its fused function leaves each result: ``-1`` the value's slot ``r``, ``k >= 0``
+    ``t[k]``, in pair order, each still there after the call returns."""
+
+    call: str
+    pair: tuple[str, str]
+    param: str
+    slots: tuple[int, int]
+
+
+def _trees(spec: OpSpec) -> list[ast.expr]:
+    """The forward formula's tree, then each stored partial's."""
+    return [ast.parse(spec.forward, mode="eval").body,
+            *(ast.parse(spec.partials[j], mode="eval").body for j in stored_partials(spec))]
+
+
+def _placement(spec: OpSpec) -> list[tuple[tuple[str, str], str, str, list[int], set[int]]]:
+    """Each paired call of ``spec``'s fused function as ``(pair, call, param, slots,
+    placed)``: the slot each result is written to (``-1``: ``r``; ``k``: ``t[k]``), and the
+    trees (:func:`_trees`) whose formula is exactly that call, so written by it.
+
+    With a single paired call, a result whose formula is a tree's goes to that tree's slot
+    (the value's to ``r``, stored partial ``k``'s to ``t[k]``); any other to a free ``t``
+    slot, from the top: past the stored partials (``fused_width`` leaves two slots) it
+    stays there, so another instruction can read it (:func:`paired_call`).
+    """
+    trees = _trees(spec)
+    n_stored = len(trees) - 1
+    calls = sorted({(pair, call, p) for pair, call in _PAIRED.items()
+                    for tree in trees for n, p in _paired_calls(tree) if n in pair})
+    out = []
+    placed: set[int] = set()
+    for pair, call, p in calls:
+        targets: list[int | None] = []
+        mine: set[int] = set()
+        for n in pair:
+            i = next((i for i, tree in enumerate(trees) if len(calls) == 1
+                      and i not in placed and _is_call(tree, n, p)), None)
+            if i is not None:
+                placed.add(i)
+                mine.add(i)
+            targets.append(None if i is None else i - 1)
+        free = [k for k in range(max(n_stored, 2) - 1, -1, -1) if k not in targets]
+        slots = [free.pop(0) if k is None else k for k in targets]
+        out.append((pair, call, p, slots, mine))
+    return out
+
+
+@functools.cache
+def paired_call(spec: OpSpec) -> PairedCall | None:
+    """The paired call of ``spec`` whose two results its fused function leaves in the work
+    array (:class:`PairedCall`); None for an op without stored partials, with several
+    paired calls, or one that overwrites a result.  ``sin``: ``sin(x)`` in the value's slot,
+    ``cos(x)`` in ``t[0]`` (its partial); ``cos``: ``cos(x)`` in the value's slot, ``sin(x)``
+    in ``t[1]`` (its partial ``-sin(x)`` in ``t[0]``).  Another instruction of the pair on
+    the same argument reads them there instead of calling libm again
+    (:func:`given_name`; :mod:`fasttape.native.emit` decides which)."""
+    found = _placement(spec) if stored_partials(spec) else []
+    if len(found) != 1:
+        return None
+    pair, call, p, slots, placed = found[0]
+    n_stored = len(stored_partials(spec))
+    kept = all(k == -1 or (k + 1 in placed) or k >= n_stored for k in slots)
+    return PairedCall(call, pair, p, (slots[0], slots[1])) if kept else None
+
+
+def given_name(spec: OpSpec) -> str:
+    """The LLVM name of ``spec``'s fused function given its paired call's results
+    ``(x[, y[, z]], a, b, t, r) -> f``: as :func:`fused_name`'s, with ``a`` and ``b`` (the
+    pair's results, in :class:`PairedCall` order) instead of the call."""
+    return f"ft.fg.{spec.name}"
+
+
 def fused_width(spec: OpSpec) -> int:
     """Work-array entries one instruction of ``spec`` with stored partials takes: the
     partials, and at least the two results of the paired call (0 without stored partials)."""
@@ -237,48 +316,40 @@ class _Library:
         tree = ast.parse(expr, mode="eval").body
         _Translator(self, fn, params).body([ast.Return(value=tree)])
 
-    def fused(self, spec: OpSpec, params: list[str]) -> None:
+    def fused(self, spec: OpSpec, params: list[str], given: bool = False) -> None:
         """``spec``'s fused function (:func:`fused_name`): each pair of paired calls
-        (``sin(p)``, ``cos(p)``) becomes one call at the entry; the forward formula and the
-        stored partials then read its two results.
-
-        Where an op makes a single paired call, the call writes each result straight to where
-        it belongs when a formula is exactly that call: the forward formula's to ``r`` (the
-        value's slot), a stored partial's to its ``t[k]`` (``sin``: ``sin(x)`` to ``r`` and
-        ``cos(x)`` to ``t[0]``; ``cos``: ``cos(x)`` to ``r``), and nothing is copied
-        afterwards; any other result goes to a free ``t`` slot, which a partial may
-        overwrite once every result is read.  (``fused_width`` leaves two slots.)
+        (``sin(p)``, ``cos(p)``) becomes one call at the entry, writing its results where
+        :func:`_placement` says (straight to the value's slot ``r`` and the partials' ``t[k]``
+        where a formula is exactly that call); the forward formula and the stored partials
+        then read them, and what was not written by the call is stored after.  ``given``:
+        the function of :func:`given_name` instead, the results of its one paired call
+        (:func:`paired_call`) passed as two arguments, no call made.
         """
-        stored = stored_partials(spec)
-        trees = [ast.parse(spec.forward, mode="eval").body,
-                 *(ast.parse(spec.partials[j], mode="eval").body for j in stored)]
+        trees = _trees(spec)
+        extra = ["a", "b"] if given else []
         ptr = ir.PointerType(DOUBLE)
         fn = ir.Function(self.module,
-                         ir.FunctionType(DOUBLE, [DOUBLE] * len(params) + [ptr, ptr]),
-                         fused_name(spec))
+                         ir.FunctionType(DOUBLE, [DOUBLE] * (len(params) + len(extra))
+                                         + [ptr, ptr]),
+                         given_name(spec) if given else fused_name(spec))
         fn.attributes.add("alwaysinline")
         fn.attributes.add("nounwind")
-        for arg, p in zip(fn.args, [*params, "t", "r"], strict=True):
+        names = [*params, *extra, "t", "r"]
+        for arg, p in zip(fn.args, names, strict=True):
             arg.name = p
-        tr = _Translator(self, fn, [*params, "t", "r"])
+        tr = _Translator(self, fn, names)
         b, t, r = tr.b, fn.args[-2], fn.args[-1]
 
         def slot(k: int) -> ir.Value:
             return r if k < 0 else b.gep(t, [ir.Constant(I64, k)], inbounds=True)
 
-        calls = sorted({(pair, call, p) for pair, call in _PAIRED.items()
-                        for tree in trees for n, p in _paired_calls(tree) if n in pair})
-        placed: set[int] = set()  # trees a paired call writes: tree i to slot i - 1 (-1: r)
-        for pair, call, p in calls:
-            targets: list[int | None] = []
-            for n in pair:
-                i = next((i for i, tree in enumerate(trees) if len(calls) == 1
-                          and i not in placed and _is_call(tree, n, p)), None)
-                if i is not None:
-                    placed.add(i)
-                targets.append(None if i is None else i - 1)
-            free = [k for k in range(max(len(stored), 2)) if k not in targets]
-            slots = [free.pop(0) if k is None else k for k in targets]
+        placed: set[int] = set()
+        for pair, call, p, slots, mine in _placement(spec):
+            if given:  # one paired call (paired_call): its results are the arguments
+                for n, arg in zip(pair, fn.args[len(params):len(params) + 2], strict=True):
+                    tr.shared[(n, p)] = arg
+                continue
+            placed |= mine
             out = [slot(k) for k in slots]
             b.call(self.declare_paired(call), [tr.load_local(p), *out])
             for n, o in zip(pair, out, strict=True):
@@ -582,6 +653,8 @@ def _library() -> _Library:
                 lib.formula(partial_name(spec, j), [*names, "f"], expr)
         if stored_partials(spec):
             lib.fused(spec, names)
+        if paired_call(spec) is not None:
+            lib.fused(spec, names, given=True)
     return lib
 
 
