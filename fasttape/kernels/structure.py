@@ -29,6 +29,21 @@ def mark_live(ops, args, arity, n_real_ops, live):  # pragma: no cover (jitted)
                 live[args[k + j]] = True
 
 
+@kernel
+def mark_reached(args, starts, nd, n_pre, reach):  # pragma: no cover (jitted)
+    """Mark every slot that a slot already marked in ``reach`` reaches, on a tape's arrays.
+
+    Instruction ``i`` writes slot ``n_pre + i``, its arguments are
+    ``args[starts[i]:starts[i + 1]]``; only the first ``nd[i]`` of them count (all of them
+    for what an output's value depends on, the differentiable ones for where its adjoint
+    goes).  Walks backwards once.
+    """
+    for i in range(nd.shape[0] - 1, -1, -1):
+        if reach[n_pre + i]:
+            for k in range(starts[i], starts[i] + nd[i]):
+                reach[args[k]] = True
+
+
 # Error codes returned by check_tape (index = the offending instruction).
 OK = 0
 BAD_OPCODE = 1
