@@ -481,11 +481,12 @@ def _forward(lay: Layout, k: int, level: int) -> str:
             src = int(lay.pair_from[i])
             if src >= 0:  # the paired call's results, where src's fused function left them
                 got = []
-                for k in paired_call(OPS[ops[src]]).slots:
-                    if k < 0:
+                for at in paired_call(OPS[ops[src]]).slots:
+                    if at < 0:
                         got.append(refs.value(n_pre + src))
                     else:
-                        got.append(stored(lines, "%w", str(lay.part_at[src] + k), f"g{s}.{k}"))
+                        got.append(stored(lines, "%w", str(lay.part_at[src] + at),
+                                          f"g{s}.{at}"))
                 lines.append(f'  {v} = call double @"{given_name(spec)}"({operands}, '
                              f"double {got[0]}, double {got[1]}, ptr %t{s}, ptr %q{s})")
             else:
