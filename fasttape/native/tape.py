@@ -100,9 +100,10 @@ def opt_level(n_instr: int) -> int:
 
     Every level gives bitwise the same results (no fast-math, no contraction): the level only
     trades compile time for run time (:func:`fasttape.native.machine.compile_module`).  Up
-    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.04 to 0.07 ms of
-    compiling per instruction, code 5 to 35% faster than level 0's); above, ``0`` (its fast
-    instruction selector and register allocator, about 0.02 to 0.04 ms per instruction).
+    to 20,000 instructions, ``1`` (LLVM's optimizing code generator: about 0.07 to 0.1 ms of
+    compiling per instruction, 0.5 to 0.7 on long runs of arithmetic, for code 1 to 40%
+    faster than level 0's); above, ``0`` (its fast instruction selector and register
+    allocator, about 0.04 to 0.08 ms per instruction).
     docs/native.md has the measurements.
     """
     return 1 if n_instr <= 20_000 else 0
@@ -136,7 +137,7 @@ def piece_levels(ops: np.ndarray, piece_size: int = DEFAULT_PIECE_SIZE,
     into straight-line pieces of ``piece_size`` only).  A loop piece gets
     :data:`LOOP_LEVEL`, the straight-line pieces :func:`opt_level` by how many instructions
     they hold together.  Pieces of libm calls gain from level 1 too (random graphs, 35% libm
-    calls: 5% at 10,000 instructions; a chain of ``sin``: 4%), now that level 1 schedules
+    calls: 8% at 10,000 instructions; a chain of ``sin``: 1%), now that level 1 schedules
     for a generic x86-64 (:mod:`fasttape.native.machine`) at half the compile time of the
     host's own model.  docs/native.md has the measurements.
     """
