@@ -968,6 +968,13 @@ def test_the_sweeps_negative_zeros_become_the_interpreters_positive_ones():
 # moves along its own edges.
 
 
+def _rows_tape(rows, outputs, n_inputs):
+    """A tape from ``(op name, argument slots)`` rows, without constants."""
+    ops = [OPS_BY[name] for name, _ in rows]
+    args = [a for _, row in rows for a in row]
+    return ft.Tape.from_arrays(ops, args, [], outputs, n_inputs)
+
+
 def _repeating_tape():
     x0, x1, x2 = 0, 1, 2
     rows = [
@@ -989,9 +996,7 @@ def _repeating_tape():
         ("add", [17, 12]),  # 18
         ("add", [18, 13]),  # 19
     ]
-    ops = [OPS_BY[name] for name, _ in rows]
-    args = [a for _, row in rows for a in row]
-    return ft.Tape.from_arrays(ops, args, [], [19, 4, 12], 3)
+    return _rows_tape(rows, [19, 4, 12], 3)
 
 
 def test_repeated_instructions_share_one_value():
@@ -1068,9 +1073,7 @@ def _paired_tape():
         ("sin", [x1]),  # 13: reads 8's results, from a later piece at piece_size 4
         ("add", [12, 13]),  # 14
     ]
-    ops = [OPS_BY[name] for name, _ in rows]
-    args = [a for _, row in rows for a in row]
-    return ft.Tape.from_arrays(ops, args, [], [14, 3, 7], 2)
+    return _rows_tape(rows, [14, 3, 7], 2)
 
 
 def test_sin_and_cos_of_one_argument_share_one_sincos():

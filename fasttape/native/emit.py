@@ -189,6 +189,11 @@ class Layout:
         # needed[i]: whether an output's value depends on instruction i (through any
         # argument); the forward pieces compute no other (dead code: no output can tell).
         self.needed = self._live(_ARITY[self.ops])
+        # looped[i]: whether instruction i is in a loop piece (loops address w themselves)
+        self.looped = np.zeros(self.n_instr, dtype=bool)
+        for piece in self.pieces:
+            if piece.period:
+                self.looped[piece.lo: piece.hi] = True
         self.value_at = self._share_values()
         # computed[i]: whether the forward pieces compute instruction i (needed, and its value
         # not another instruction's: value_at)
@@ -215,12 +220,8 @@ class Layout:
         pieces still move each instruction's adjoint along its own edges, as the
         interpreter does (merging the two would change the order of the adjoints' sums).
         A slot that a loop piece reads keeps its value (loops address ``w`` themselves)."""
-        n_pre, n = self.n_pre, self.n_instr
+        n_pre, looped = self.n_pre, self.looped
         value_at = list(range(self.n_slots))
-        looped = np.zeros(n, dtype=bool)
-        for piece in self.pieces:
-            if piece.period:
-                looped[piece.lo: piece.hi] = True
         keep = looped.copy()  # instructions whose own slot holds their value
         read = self.args[np.repeat(looped, np.diff(self.starts))]
         keep[read[read >= n_pre] - n_pre] = True
@@ -245,12 +246,8 @@ class Layout:
         in straight-line pieces (a loop's ``value`` function stores no partials)."""
         pair_from = np.full(self.n_instr, -1, dtype=np.int64)
         calls = [paired_call(op) for op in OPS]
-        straight = np.ones(self.n_instr, dtype=bool)
-        for piece in self.pieces:
-            if piece.period:
-                straight[piece.lo: piece.hi] = False
         first: dict[tuple[str, int], int] = {}
-        for i in np.nonzero(self.computed & straight)[0].tolist():
+        for i in np.nonzero(self.computed & ~self.looped)[0].tolist():
             pc = calls[int(self.ops[i])]
             if pc is None:
                 continue
